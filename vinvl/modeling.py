@@ -1,0 +1,360 @@
+"""Oscar / VinVL (Oscar+) in PaddlePaddle.
+
+A BERT encoder that reads ``[CLS] caption [SEP] tags [SEP]`` followed by an image's
+region features, projected to the hidden size. Layer and parameter names follow the
+official PyTorch code (microsoft/Oscar ``oscar/modeling/modeling_bert.py``), so an
+official state dict converts by transposing its Linear weights and nothing else.
+
+Shapes used below: B batch, T text tokens, R regions, H hidden size, D region width.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import paddle
+import paddle.nn as nn
+import paddle.nn.functional as F
+from paddlenlp.transformers.model_outputs import ModelOutput
+from paddlenlp.transformers.model_utils import PretrainedModel
+
+from .configuration import OscarConfig
+
+__all__ = [
+    "OscarPretrainedModel",
+    "OscarModel",
+    "OscarForImageTextRetrieval",
+    "OscarModelOutput",
+    "ImageTextMatchOutput",
+]
+
+_ACTIVATIONS = {
+    "gelu": lambda x: F.gelu(x, approximate=False),
+    "gelu_new": lambda x: F.gelu(x, approximate=True),
+    "relu": F.relu,
+    "tanh": paddle.tanh,
+}
+
+
+@dataclass
+class OscarModelOutput(ModelOutput):
+    """Encoder output: per-position states ``[B, T+R, H]`` and the pooled ``[CLS]`` ``[B, H]``."""
+
+    last_hidden_state: paddle.Tensor = None
+    pooler_output: paddle.Tensor = None
+
+
+@dataclass
+class ImageTextMatchOutput(ModelOutput):
+    """Match head output: 2-way ``logits [B, 2]`` (score = softmax[:, 1]) and the loss when labels are given."""
+
+    loss: Optional[paddle.Tensor] = None
+    logits: paddle.Tensor = None
+
+
+class OscarEmbeddings(nn.Layer):
+    """Word + position + segment embeddings of the text positions."""
+
+    def __init__(self, config: OscarConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, epsilon=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids: paddle.Tensor, token_type_ids: paddle.Tensor) -> paddle.Tensor:
+        seq_len = input_ids.shape[1]
+        position_ids = paddle.arange(seq_len, dtype="int64").unsqueeze(0)
+        embeddings = (
+            self.word_embeddings(input_ids)
+            + self.position_embeddings(position_ids)
+            + self.token_type_embeddings(token_type_ids)
+        )
+        return self.dropout(self.LayerNorm(embeddings))
+
+
+class OscarSelfAttention(nn.Layer):
+    def __init__(self, config: OscarConfig):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.query = nn.Linear(config.hidden_size, config.hidden_size)
+        self.key = nn.Linear(config.hidden_size, config.hidden_size)
+        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout = nn.Dropout(config.attention_probs_dropout_prob)
+
+    def _split_heads(self, x: paddle.Tensor) -> paddle.Tensor:
+        # [B, L, H] -> [B, heads, L, head_dim]
+        batch, length = x.shape[0], x.shape[1]
+        return x.reshape([batch, length, self.num_heads, self.head_dim]).transpose([0, 2, 1, 3])
+
+    def forward(self, hidden: paddle.Tensor, additive_mask: paddle.Tensor) -> paddle.Tensor:
+        q = self._split_heads(self.query(hidden))
+        k = self._split_heads(self.key(hidden))
+        v = self._split_heads(self.value(hidden))
+        scores = paddle.matmul(q, k, transpose_y=True) / math.sqrt(self.head_dim) + additive_mask
+        probs = self.dropout(F.softmax(scores, axis=-1))
+        context = paddle.matmul(probs, v)  # [B, heads, L, head_dim]
+        batch, length = context.shape[0], context.shape[2]
+        return context.transpose([0, 2, 1, 3]).reshape([batch, length, self.num_heads * self.head_dim])
+
+
+class OscarResidualOutput(nn.Layer):
+    """dense -> dropout -> LayerNorm(x + residual): the ``*.output`` blocks of BERT."""
+
+    def __init__(self, in_size: int, config: OscarConfig):
+        super().__init__()
+        self.dense = nn.Linear(in_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, epsilon=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden: paddle.Tensor, residual: paddle.Tensor) -> paddle.Tensor:
+        return self.LayerNorm(self.dropout(self.dense(hidden)) + residual)
+
+
+class OscarAttention(nn.Layer):
+    def __init__(self, config: OscarConfig):
+        super().__init__()
+        # Attribute named `self` to match the official key `attention.self.query.weight`.
+        setattr(self, "self", OscarSelfAttention(config))
+        self.output = OscarResidualOutput(config.hidden_size, config)
+
+    def forward(self, hidden: paddle.Tensor, additive_mask: paddle.Tensor) -> paddle.Tensor:
+        return self.output(getattr(self, "self")(hidden, additive_mask), hidden)
+
+
+class OscarIntermediate(nn.Layer):
+    def __init__(self, config: OscarConfig):
+        super().__init__()
+        if config.hidden_act not in _ACTIVATIONS:
+            raise ValueError(f"OscarConfig.hidden_act {config.hidden_act!r} is not one of {sorted(_ACTIVATIONS)}")
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.act = _ACTIVATIONS[config.hidden_act]
+
+    def forward(self, hidden: paddle.Tensor) -> paddle.Tensor:
+        return self.act(self.dense(hidden))
+
+
+class OscarLayer(nn.Layer):
+    def __init__(self, config: OscarConfig):
+        super().__init__()
+        self.attention = OscarAttention(config)
+        self.intermediate = OscarIntermediate(config)
+        self.output = OscarResidualOutput(config.intermediate_size, config)
+
+    def forward(self, hidden: paddle.Tensor, additive_mask: paddle.Tensor) -> paddle.Tensor:
+        attended = self.attention(hidden, additive_mask)
+        return self.output(self.intermediate(attended), attended)
+
+
+class OscarEncoder(nn.Layer):
+    def __init__(self, config: OscarConfig):
+        super().__init__()
+        self.layer = nn.LayerList([OscarLayer(config) for _ in range(config.num_hidden_layers)])
+
+    def forward(self, hidden: paddle.Tensor, additive_mask: paddle.Tensor) -> paddle.Tensor:
+        for layer in self.layer:
+            hidden = layer(hidden, additive_mask)
+        return hidden
+
+
+class OscarPooler(nn.Layer):
+    def __init__(self, config: OscarConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, hidden: paddle.Tensor) -> paddle.Tensor:
+        return paddle.tanh(self.dense(hidden[:, 0]))
+
+
+class OscarPretrainedModel(PretrainedModel):
+    """Weight initialisation and the PaddleNLP plumbing shared by the Oscar models."""
+
+    config_class = OscarConfig
+    base_model_prefix = "bert"
+    model_config_file = "config.json"
+    pretrained_init_configuration = {}
+    pretrained_resource_files_map = {}
+
+    def _init_weights(self, layer: nn.Layer) -> None:
+        std = self.config.initializer_range
+        if isinstance(layer, (nn.Linear, nn.Embedding)):
+            layer.weight.set_value(paddle.normal(0.0, std, shape=layer.weight.shape).astype(layer.weight.dtype))
+            if isinstance(layer, nn.Linear) and layer.bias is not None:
+                layer.bias.set_value(paddle.zeros_like(layer.bias))
+        elif isinstance(layer, nn.LayerNorm):
+            layer.weight.set_value(paddle.ones_like(layer.weight))
+            layer.bias.set_value(paddle.zeros_like(layer.bias))
+
+    def save_pretrained(self, save_dir: str, *args, safe_serialization: bool = True, **kwargs) -> None:
+        """As PaddleNLP's, but writing ``model.safetensors`` by default."""
+        super().save_pretrained(save_dir, *args, safe_serialization=safe_serialization, **kwargs)
+
+
+class OscarModel(OscarPretrainedModel):
+    """The Oscar encoder (official ``BertImgModel``): text embeddings, region embeddings, BERT layers, pooler.
+
+    Forward inputs:
+      input_ids       [B, T] int64
+      token_type_ids  [B, T] int64 (0 caption, 1 tags); zeros when omitted
+      attention_mask  [B, T+R] (text positions, then region positions), 1 = attend; all ones when omitted
+      img_feats       [B, R, img_feature_dim] float32, or None for text-only input
+      img_embeds      [B, R, H]: regions already passed through :meth:`embed_regions`, an alternative
+                      to ``img_feats`` that lets a caller project an image's regions once and reuse them
+    """
+
+    def __init__(self, config: OscarConfig):
+        super().__init__(config)
+        self.embeddings = OscarEmbeddings(config)
+        self.encoder = OscarEncoder(config)
+        self.pooler = OscarPooler(config)
+        self.img_embedding = nn.Linear(config.img_feature_dim, config.hidden_size)
+        if config.use_img_layernorm:
+            self.LayerNorm = nn.LayerNorm(config.hidden_size, epsilon=config.img_layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.apply(self._init_weights)
+
+    def embed_regions(self, img_feats: paddle.Tensor) -> paddle.Tensor:
+        """Project region features ``[..., R, D]`` to ``[..., R, H]`` (Linear, then the image LayerNorm).
+
+        Deterministic (no dropout), so it can be computed once per image and reused across captions.
+        """
+        if img_feats.shape[-1] != self.config.img_feature_dim:
+            raise ValueError(
+                f"img_feats has width {img_feats.shape[-1]} but the model expects "
+                f"img_feature_dim={self.config.img_feature_dim}"
+            )
+        projected = self.img_embedding(img_feats)
+        if self.config.use_img_layernorm:
+            projected = self.LayerNorm(projected)
+        return projected
+
+    def forward(
+        self,
+        input_ids: paddle.Tensor,
+        token_type_ids: Optional[paddle.Tensor] = None,
+        attention_mask: Optional[paddle.Tensor] = None,
+        img_feats: Optional[paddle.Tensor] = None,
+        img_embeds: Optional[paddle.Tensor] = None,
+        return_dict: bool = True,
+    ) -> OscarModelOutput | Tuple[paddle.Tensor, paddle.Tensor]:
+        if img_feats is not None and img_embeds is not None:
+            raise ValueError("pass either img_feats or img_embeds, not both")
+        batch, text_len = input_ids.shape
+        if text_len > self.config.max_position_embeddings:
+            raise ValueError(
+                f"input_ids has {text_len} tokens, more than max_position_embeddings="
+                f"{self.config.max_position_embeddings}"
+            )
+        if token_type_ids is None:
+            token_type_ids = paddle.zeros_like(input_ids)
+        hidden = self.embeddings(input_ids, token_type_ids)
+        if img_feats is not None:
+            img_embeds = self.embed_regions(img_feats)
+        if img_embeds is not None:
+            if img_embeds.shape[0] != batch:
+                raise ValueError(f"image batch {img_embeds.shape[0]} differs from text batch {batch}")
+            hidden = paddle.concat([hidden, self.dropout(img_embeds)], axis=1)
+        total_len = hidden.shape[1]
+        if attention_mask is None:
+            attention_mask = paddle.ones([batch, total_len], dtype=hidden.dtype)
+        if list(attention_mask.shape) != [batch, total_len]:
+            raise ValueError(
+                f"attention_mask has shape {list(attention_mask.shape)}; expected [{batch}, {total_len}] "
+                "(text positions, then region positions)"
+            )
+        # [B, 1, 1, T+R]: 0 where attended, -10000 where masked (as the official code does).
+        additive_mask = (1.0 - attention_mask.astype(hidden.dtype)).unsqueeze([1, 2]) * -10000.0
+        sequence_output = self.encoder(hidden, additive_mask)
+        pooled_output = self.pooler(sequence_output)
+        if not return_dict:
+            return sequence_output, pooled_output
+        return OscarModelOutput(last_hidden_state=sequence_output, pooler_output=pooled_output)
+
+
+class OscarForImageTextRetrieval(OscarPretrainedModel):
+    """Oscar with the image-text match head (official ``ImageBertForSequenceClassification``).
+
+    ``forward`` scores (caption + tags, regions) pairs: ``logits [B, 2]``, match score = softmax[:, 1].
+    ``embed_text`` / ``embed_image`` run the same encoder on a caption alone or on an image
+    (tags + regions) alone and return L2-normalised ``[B, contrastive_dim]`` embeddings for the
+    contrastive objective and the first retrieval stage.
+    """
+
+    def __init__(self, config: OscarConfig):
+        super().__init__(config)
+        self.bert = OscarModel(config)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        if config.classifier == "linear":
+            self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        else:
+            wide = config.hidden_size * config.cls_hidden_scale
+            self.classifier = nn.Sequential(
+                nn.Linear(config.hidden_size, wide), nn.ReLU(), nn.Linear(wide, config.num_labels)
+            )
+        if config.contrastive_dim > 0:
+            self.text_proj = nn.Linear(config.hidden_size, config.contrastive_dim)
+            self.image_proj = nn.Linear(config.hidden_size, config.contrastive_dim)
+            # log(1 / temperature), learnable, starting at temperature 0.07 as in CLIP/ALBEF.
+            self.contrastive_logit_scale = self.create_parameter(
+                shape=[1], default_initializer=nn.initializer.Constant(math.log(1 / 0.07))
+            )
+        self.apply(self._init_weights)
+
+    def forward(
+        self,
+        input_ids: paddle.Tensor,
+        token_type_ids: Optional[paddle.Tensor] = None,
+        attention_mask: Optional[paddle.Tensor] = None,
+        img_feats: Optional[paddle.Tensor] = None,
+        img_embeds: Optional[paddle.Tensor] = None,
+        labels: Optional[paddle.Tensor] = None,
+        return_dict: bool = True,
+    ) -> ImageTextMatchOutput | paddle.Tensor:
+        _, pooled = self.bert(
+            input_ids, token_type_ids, attention_mask, img_feats=img_feats, img_embeds=img_embeds, return_dict=False
+        )
+        logits = self.classifier(self.dropout(pooled))
+        loss = None
+        if labels is not None:
+            loss = match_loss(logits, labels)
+        if not return_dict:
+            return logits if loss is None else (loss, logits)
+        return ImageTextMatchOutput(loss=loss, logits=logits)
+
+    def _require_contrastive_heads(self) -> None:
+        if self.config.contrastive_dim <= 0:
+            raise ValueError("this model has no contrastive heads (config.contrastive_dim is 0)")
+
+    def embed_text(
+        self,
+        input_ids: paddle.Tensor,
+        token_type_ids: Optional[paddle.Tensor] = None,
+        attention_mask: Optional[paddle.Tensor] = None,
+    ) -> paddle.Tensor:
+        """Caption-only pass -> L2-normalised ``[B, contrastive_dim]``."""
+        self._require_contrastive_heads()
+        hidden, _ = self.bert(input_ids, token_type_ids, attention_mask, return_dict=False)
+        return F.normalize(self.text_proj(hidden[:, 0]), axis=-1)
+
+    def embed_image(
+        self,
+        input_ids: paddle.Tensor,
+        token_type_ids: Optional[paddle.Tensor] = None,
+        attention_mask: Optional[paddle.Tensor] = None,
+        img_feats: Optional[paddle.Tensor] = None,
+        img_embeds: Optional[paddle.Tensor] = None,
+    ) -> paddle.Tensor:
+        """Image-only pass (``[CLS] [SEP] tags [SEP]`` + regions) -> L2-normalised ``[B, contrastive_dim]``."""
+        self._require_contrastive_heads()
+        hidden, _ = self.bert(
+            input_ids, token_type_ids, attention_mask, img_feats=img_feats, img_embeds=img_embeds, return_dict=False
+        )
+        return F.normalize(self.image_proj(hidden[:, 0]), axis=-1)
+
+
+def match_loss(logits: paddle.Tensor, labels: paddle.Tensor) -> paddle.Tensor:
+    """The official matching objective (``loss_type`` sfmx): softmax cross-entropy over the 2 logits."""
+    return F.cross_entropy(logits, labels.reshape([-1]).astype("int64"))
