@@ -42,17 +42,31 @@ class OscarTokenizer(BertTokenizer):
         An empty caption gives ``[CLS] [SEP] tags [SEP]`` (the image-only input of the
         contrastive heads); no tags give ``[CLS] caption [SEP]`` (the caption-only input).
         """
+        tag_text = self.tags_to_text(tags)
+        return self.build_pair_ids(
+            self.convert_tokens_to_ids(self.tokenize(caption)) if caption else [],
+            self.convert_tokens_to_ids(self.tokenize(tag_text)) if tag_text else None,
+            max_seq_len,
+        )
+
+    def build_pair_ids(
+        self, caption_ids: Sequence[int], tag_ids: Optional[Sequence[int]], max_seq_len: int = 70
+    ) -> Dict[str, List[int]]:
+        """The Oscar layout from already tokenized caption and tag ids (no special tokens).
+
+        Lets a caller tokenize each caption and each image's tags once and pair them many times.
+        ``tag_ids=None`` leaves out the tag segment and its ``[SEP]``.
+        """
         if max_seq_len < 3:
             raise ValueError(f"max_seq_len must be at least 3 to hold [CLS] and two [SEP], got {max_seq_len}")
-        caption_tokens = self.tokenize(caption)[: max_seq_len - 2] if caption else []
-        tokens = [self.cls_token] + caption_tokens + [self.sep_token]
-        segments = [0] * len(tokens)
-        tag_text = self.tags_to_text(tags)
-        if tag_text:
-            tag_tokens = self.tokenize(tag_text)[: max(max_seq_len - len(tokens) - 1, 0)]
-            tokens += tag_tokens + [self.sep_token]
-            segments += [1] * (len(tag_tokens) + 1)
-        return {"input_ids": self.convert_tokens_to_ids(tokens), "token_type_ids": segments}
+        caption_ids = list(caption_ids[: max_seq_len - 2])
+        input_ids = [self.cls_token_id] + caption_ids + [self.sep_token_id]
+        token_type_ids = [0] * len(input_ids)
+        if tag_ids:
+            kept = list(tag_ids[: max(max_seq_len - len(input_ids) - 1, 0)])
+            input_ids += kept + [self.sep_token_id]
+            token_type_ids += [1] * (len(kept) + 1)
+        return {"input_ids": input_ids, "token_type_ids": token_type_ids}
 
     def encode_oscar_batch(
         self, captions: Sequence[str], tags: Optional[Sequence[Tags]] = None, max_seq_len: int = 70
