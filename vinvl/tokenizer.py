@@ -62,8 +62,11 @@ class OscarTokenizer(BertTokenizer):
         caption_ids = list(caption_ids[: max_seq_len - 2])
         input_ids = [self.cls_token_id] + caption_ids + [self.sep_token_id]
         token_type_ids = [0] * len(input_ids)
-        if tag_ids:
-            kept = list(tag_ids[: max(max_seq_len - len(input_ids) - 1, 0)])
+        room = max_seq_len - len(input_ids) - 1
+        # A caption that fills max_seq_len leaves no room for the tag [SEP]; the tag segment is
+        # then left out so the pair never exceeds max_seq_len (the official slice overflows here).
+        if tag_ids and room >= 0:
+            kept = list(tag_ids[:room])
             input_ids += kept + [self.sep_token_id]
             token_type_ids += [1] * (len(kept) + 1)
         return {"input_ids": input_ids, "token_type_ids": token_type_ids}
