@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import paddle
 import paddle.nn as nn
@@ -47,10 +47,18 @@ class OscarModelOutput(ModelOutput):
 
 @dataclass
 class ImageTextMatchOutput(ModelOutput):
-    """Match head output: 2-way ``logits [B, 2]`` (score = softmax[:, 1]) and the loss when labels are given."""
+    """Output of :class:`OscarForImageTextRetrieval`.
+
+    ``logits [B, 2]`` (match score = softmax[:, 1]) and ``loss`` (their cross-entropy, when labels
+    are given) for the pairs; ``caption_embeds`` / ``image_embeds [N, contrastive_dim]`` and
+    ``logit_scale`` when caption-only / image-only inputs are given (the contrastive objective).
+    """
 
     loss: Optional[paddle.Tensor] = None
-    logits: paddle.Tensor = None
+    logits: Optional[paddle.Tensor] = None
+    caption_embeds: Optional[paddle.Tensor] = None
+    image_embeds: Optional[paddle.Tensor] = None
+    logit_scale: Optional[paddle.Tensor] = None
 
 
 class OscarEmbeddings(nn.Layer):
@@ -305,24 +313,45 @@ class OscarForImageTextRetrieval(OscarPretrainedModel):
 
     def forward(
         self,
-        input_ids: paddle.Tensor,
+        input_ids: Optional[paddle.Tensor] = None,
         token_type_ids: Optional[paddle.Tensor] = None,
         attention_mask: Optional[paddle.Tensor] = None,
         img_feats: Optional[paddle.Tensor] = None,
         img_embeds: Optional[paddle.Tensor] = None,
         labels: Optional[paddle.Tensor] = None,
+        caption_inputs: Optional[Dict[str, paddle.Tensor]] = None,
+        image_inputs: Optional[Dict[str, paddle.Tensor]] = None,
         return_dict: bool = True,
     ) -> ImageTextMatchOutput | paddle.Tensor:
-        _, pooled = self.bert(
-            input_ids, token_type_ids, attention_mask, img_feats=img_feats, img_embeds=img_embeds, return_dict=False
-        )
-        logits = self.classifier(self.dropout(pooled))
-        loss = None
-        if labels is not None:
-            loss = match_loss(logits, labels)
+        """Score pairs, and/or embed captions alone and images alone, in one call.
+
+        One call serves every training objective so that data-parallel training wraps a
+        single forward: ``caption_inputs`` / ``image_inputs`` are keyword dicts for
+        :meth:`embed_text` / :meth:`embed_image`.
+        """
+        logits = loss = None
+        if input_ids is not None:
+            _, pooled = self.bert(
+                input_ids,
+                token_type_ids,
+                attention_mask,
+                img_feats=img_feats,
+                img_embeds=img_embeds,
+                return_dict=False,
+            )
+            logits = self.classifier(self.dropout(pooled))
+            if labels is not None:
+                loss = match_loss(logits, labels)
+        caption_embeds = self.embed_text(**caption_inputs) if caption_inputs is not None else None
+        image_embeds = self.embed_image(**image_inputs) if image_inputs is not None else None
+        logit_scale = None
+        if caption_embeds is not None or image_embeds is not None:
+            logit_scale = self.contrastive_logit_scale.exp().clip(max=100.0)
         if not return_dict:
             return logits if loss is None else (loss, logits)
-        return ImageTextMatchOutput(loss=loss, logits=logits)
+        return ImageTextMatchOutput(
+            loss=loss, logits=logits, caption_embeds=caption_embeds, image_embeds=image_embeds, logit_scale=logit_scale
+        )
 
     def _require_contrastive_heads(self) -> None:
         if self.config.contrastive_dim <= 0:
