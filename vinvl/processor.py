@@ -38,20 +38,6 @@ class OscarProcessor:
         self.img_feature_dim = img_feature_dim
         self.pad_token_id = tokenizer.pad_token_id
 
-    @classmethod
-    def from_pretrained(cls, model_dir: str, **overrides) -> "OscarProcessor":
-        """Tokenizer and lengths from a saved model directory (``config.json`` + ``vocab.txt``)."""
-        from .configuration import OscarConfig
-
-        config = OscarConfig.from_pretrained(model_dir)
-        kwargs = dict(
-            max_seq_len=config.max_seq_length,
-            max_img_seq_len=config.max_img_seq_length,
-            img_feature_dim=config.img_feature_dim,
-        )
-        kwargs.update(overrides)
-        return cls(OscarTokenizer.from_pretrained(model_dir), **kwargs)
-
     def encode_text(self, caption: str, tags: Tags = None) -> Dict[str, List[int]]:
         """Ids and segments of ``[CLS] caption [SEP] tags [SEP]`` (see :class:`OscarTokenizer`)."""
         return self.tokenizer.encode_oscar(caption, tags, self.max_seq_len)

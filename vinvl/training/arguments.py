@@ -1,0 +1,69 @@
+"""Command-line / JSON arguments of fine-tuning, beside paddlenlp's TrainingArguments."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+from .losses import OBJECTIVES
+
+__all__ = ["ModelArguments", "DataArguments", "validate_arguments"]
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str = field(
+        metadata={
+            "help": "A model directory: a converted checkpoint, a converted BERT, or a config directory "
+            "from model_configs/ (config.json without weights: random initialisation)."
+        }
+    )
+    objective: str = field(
+        default="itm+itc",
+        metadata={"help": f"Training objective, one of {OBJECTIVES}: image-text matching, contrastive, or both."},
+    )
+
+
+@dataclass
+class DataArguments:
+    data_dir: str = field(metadata={"help": "The coco_ir directory (captions, key files, features)."})
+    features_dir: Optional[str] = field(
+        default=None, metadata={"help": "Where the per-split feature folders are (default: data_dir/features)."}
+    )
+    train_split: str = field(default="train", metadata={"help": "Split to train on."})
+    eval_split: str = field(default="minival", metadata={"help": "Split evaluated during training."})
+    add_od_labels: bool = field(default=True, metadata={"help": "Append the detector's object tags to the text."})
+    eval_img_keys_file: Optional[str] = field(
+        default=None, metadata={"help": "Key file (in data_dir) restricting the evaluation images."}
+    )
+    eval_with_caption_index: bool = field(
+        default=True,
+        metadata={"help": "On minival, rank only each image's top-20 hard-negative captions when the index exists."},
+    )
+    eval_mode: str = field(default="exhaustive", metadata={"help": "exhaustive or two_stage evaluation."})
+    eval_top_k: int = field(default=16, metadata={"help": "Candidates per query re-ranked in two_stage mode."})
+    max_seq_length: Optional[int] = field(default=None, metadata={"help": "Text tokens per pair (default: config)."})
+    max_img_seq_length: Optional[int] = field(default=None, metadata={"help": "Regions per pair (default: config)."})
+
+
+def validate_arguments(model_args: ModelArguments, data_args: DataArguments, training_args) -> None:
+    """Fail at start, with the argument named, on what would otherwise fail deep into a run."""
+    if model_args.objective not in OBJECTIVES:
+        raise ValueError(f"--objective must be one of {OBJECTIVES}, got {model_args.objective!r}")
+    if not os.path.isfile(os.path.join(model_args.model_name_or_path, "config.json")):
+        raise FileNotFoundError(
+            f"--model_name_or_path {model_args.model_name_or_path!r} is not a model directory (no config.json there)"
+        )
+    if not os.path.isdir(data_args.data_dir):
+        raise FileNotFoundError(f"--data_dir {data_args.data_dir!r} does not exist")
+    if data_args.eval_mode not in ("exhaustive", "two_stage"):
+        raise ValueError(f"--eval_mode must be 'exhaustive' or 'two_stage', got {data_args.eval_mode!r}")
+    for name in ("per_device_train_batch_size", "per_device_eval_batch_size"):
+        if getattr(training_args, name) <= 0:
+            raise ValueError(f"--{name} must be positive, got {getattr(training_args, name)}")
+    if data_args.eval_top_k <= 0:
+        raise ValueError(f"--eval_top_k must be positive, got {data_args.eval_top_k}")
+    for name in ("max_seq_length", "max_img_seq_length"):
+        value = getattr(data_args, name)
+        if value is not None and value < (3 if name == "max_seq_length" else 0):
+            raise ValueError(f"--{name} is too small: {value}")

@@ -1,0 +1,110 @@
+"""The fine-tuning entry point behind ``scripts/train_retrieval.py`` and ``vinvl train``."""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Dict, List, Optional, Tuple
+
+from paddlenlp.trainer import PdArgumentParser, TrainingArguments, get_last_checkpoint
+from paddlenlp.utils.log import logger
+
+from ..data import load_corpus
+from ..data.collate import MatchingCollator, MatchingPairDataset
+from ..model_dir import load_retrieval_model
+from .arguments import DataArguments, ModelArguments, validate_arguments
+from .trainer import RetrievalTrainer
+
+__all__ = ["parse_arguments", "run_training", "main"]
+
+
+def parse_arguments(argv: Optional[List[str]] = None) -> Tuple[ModelArguments, DataArguments, TrainingArguments]:
+    """Parse flags, or a single JSON config file as PaddleNLP scripts accept."""
+    argv = sys.argv[1:] if argv is None else argv
+    parser = PdArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        return parser.parse_json_file(json_file=os.path.abspath(argv[0]))
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def _checkpoint_to_resume(training_args: TrainingArguments) -> Optional[str]:
+    """The checkpoint to resume: the one asked for, else the newest in output_dir unless overwriting.
+
+    Every rank creates output_dir itself and waits for the others before looking, so no rank
+    sees a missing directory while another finds checkpoints (the classic hang in all_reduce).
+    """
+    import paddle.distributed as dist
+
+    os.makedirs(training_args.output_dir, exist_ok=True)
+    if training_args.world_size > 1:
+        dist.barrier()
+    asked = training_args.resume_from_checkpoint
+    if asked:
+        if not os.path.isdir(asked):
+            raise FileNotFoundError(f"--resume_from_checkpoint {asked!r} is not a directory")
+        return asked
+    if training_args.overwrite_output_dir:
+        return None
+    last = get_last_checkpoint(training_args.output_dir)
+    if last is not None:
+        logger.info(f"Resuming from {last} (pass --overwrite_output_dir to start over)")
+    return last
+
+
+def run_training(
+    model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments
+) -> Dict[str, float]:
+    """Fine-tune on ``train_split``, evaluate on ``eval_split``, save the model; returns final metrics."""
+    validate_arguments(model_args, data_args, training_args)
+    corpus_options = dict(features_dir=data_args.features_dir, add_od_labels=data_args.add_od_labels)
+    train_corpus = load_corpus(data_args.data_dir, data_args.train_split, **corpus_options) if training_args.do_train else None
+    eval_corpus = None
+    if training_args.do_eval or training_args.evaluation_strategy != "no":
+        eval_corpus = load_corpus(
+            data_args.data_dir,
+            data_args.eval_split,
+            eval_img_keys_file=data_args.eval_img_keys_file,
+            **corpus_options,
+        )
+    model, processor = load_retrieval_model(
+        model_args.model_name_or_path,
+        max_seq_len=data_args.max_seq_length,
+        max_img_seq_len=data_args.max_img_seq_length,
+    )
+    objectives = model_args.objective.split("+")
+    if training_args.ddp_find_unused_parameters is None and len(objectives) == 1:
+        # One objective leaves the other's heads without gradients; data parallel must know.
+        training_args.ddp_find_unused_parameters = True
+    train_dataset = None
+    if train_corpus is not None:
+        train_dataset = MatchingPairDataset(
+            train_corpus, processor, seed=training_args.seed, single_modality="itc" in objectives
+        )
+    trainer = RetrievalTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_corpus,
+        data_collator=MatchingCollator(processor),
+        tokenizer=processor.tokenizer,
+        processor=processor,
+        objective=model_args.objective,
+        eval_mode=data_args.eval_mode,
+        eval_top_k=data_args.eval_top_k,
+        eval_with_caption_index=data_args.eval_with_caption_index,
+    )
+    metrics: Dict[str, float] = {}
+    if training_args.do_train:
+        result = trainer.train(resume_from_checkpoint=_checkpoint_to_resume(training_args))
+        trainer.save_model()
+        trainer.save_state()
+        metrics.update(result.metrics)
+        trainer.save_metrics("train", result.metrics)
+    if eval_corpus is not None and training_args.do_eval:
+        eval_metrics = trainer.evaluate()
+        trainer.save_metrics("eval", eval_metrics)
+        metrics.update(eval_metrics)
+    return metrics
+
+
+def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
+    return run_training(*parse_arguments(argv))
