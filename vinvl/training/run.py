@@ -71,9 +71,9 @@ def run_training(
         max_img_seq_len=data_args.max_img_seq_length,
     )
     objectives = model_args.objective.split("+")
-    if training_args.ddp_find_unused_parameters is None and len(objectives) == 1:
+    if training_args.ddp_find_unused_parameters is None:
         # One objective leaves the other's heads without gradients; data parallel must know.
-        training_args.ddp_find_unused_parameters = True
+        training_args.ddp_find_unused_parameters = len(objectives) == 1
     train_dataset = None
     if train_corpus is not None:
         train_dataset = MatchingPairDataset(
