@@ -1,0 +1,144 @@
+"""Unit tests of the training pieces: contrastive loss, sampler, official negative sampling, collator."""
+import numpy as np
+import pytest
+
+import vinvl  # noqa: F401  (CPU runtime defaults before paddle)
+import paddle
+
+from vinvl.data.collate import MatchingCollator, MatchingPairDataset
+from vinvl.model_dir import packaged_vocab_path
+from vinvl.processor import OscarProcessor
+from vinvl.tokenizer import OscarTokenizer
+from vinvl.training.losses import contrastive_loss
+from vinvl.training.sampler import EpochSeededBatchSampler
+
+FEATURE_DIM = 12
+
+
+class ListCorpus:
+    """A small in-memory corpus with the RetrievalCorpus interface."""
+
+    def __init__(self, num_images: int, captions_per_image: int = 3, seed: int = 0):
+        rng = np.random.default_rng(seed)
+        self.image_ids = [f"img{i}" for i in range(num_images)]
+        self.captions = [[f"image {i} caption {j}" for j in range(captions_per_image)] for i in range(num_images)]
+        self.tags = [[f"tag{i}", "thing"] for i in range(num_images)]
+        self._features = [rng.normal(size=(2 + i % 3, FEATURE_DIM)).astype(np.float32) for i in range(num_images)]
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def features(self, i: int) -> np.ndarray:
+        return self._features[i]
+
+
+@pytest.fixture(scope="module")
+def processor():
+    return OscarProcessor(OscarTokenizer(packaged_vocab_path()), max_seq_len=24, max_img_seq_len=4, img_feature_dim=FEATURE_DIM)
+
+
+def _reference_contrastive(c, v, scale, image_index):
+    logits = scale * c @ v.T
+    same = (image_index[:, None] == image_index[None, :]).astype(np.float64)
+    targets = same / same.sum(1, keepdims=True)
+
+    def soft_ce(lg, tg):
+        lg = lg - lg.max(1, keepdims=True)
+        logp = lg - np.log(np.exp(lg).sum(1, keepdims=True))
+        return -(tg * logp).sum(1).mean()
+
+    return (soft_ce(logits, targets) + soft_ce(logits.T, targets.T)) / 2
+
+
+def test_contrastive_loss_matches_reference_with_shared_images():
+    rng = np.random.default_rng(1)
+    c = rng.normal(size=(6, 5))
+    v = rng.normal(size=(6, 5))
+    c /= np.linalg.norm(c, axis=1, keepdims=True)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    image_index = np.array([0, 1, 1, 2, 3, 3])
+    got = contrastive_loss(
+        paddle.to_tensor(c, dtype="float32"),
+        paddle.to_tensor(v, dtype="float32"),
+        paddle.to_tensor([10.0]),
+        paddle.to_tensor(image_index),
+    )
+    assert float(got) == pytest.approx(_reference_contrastive(c, v, 10.0, image_index), rel=1e-5)
+
+
+def test_contrastive_loss_is_low_for_aligned_embeddings():
+    eye = paddle.eye(4)
+    aligned = contrastive_loss(eye, eye, paddle.to_tensor([50.0]), paddle.arange(4))
+    shuffled = contrastive_loss(eye, eye[[1, 2, 3, 0]], paddle.to_tensor([50.0]), paddle.arange(4))
+    assert float(aligned) < 1e-6 < float(shuffled)
+
+
+def test_sampler_is_deterministic_per_seed_and_epoch_and_shards_evenly():
+    data = list(range(11))
+
+    def batches(seed, epoch, rank):
+        sampler = EpochSeededBatchSampler(data, batch_size=2, seed=seed, num_replicas=2, rank=rank)
+        sampler.set_epoch(epoch)
+        return list(sampler)
+
+    rank0, rank1 = batches(3, 0, 0), batches(3, 0, 1)
+    flat0 = [i for b in rank0 for i in b]
+    flat1 = [i for b in rank1 for i in b]
+    assert len(flat0) == len(flat1) == 6  # ceil(11 / 2), wrapped around
+    assert set(flat0) | set(flat1) == set(data)
+    assert len(EpochSeededBatchSampler(data, batch_size=2, seed=3, num_replicas=2, rank=0)) == len(rank0) == 3
+    assert batches(3, 0, 0) == rank0  # same seed and epoch: same order
+    assert batches(3, 1, 0) != rank0  # a new epoch reshuffles
+    assert batches(4, 0, 0) != rank0  # the seed matters
+
+
+def test_negatives_follow_the_official_rules(processor):
+    corpus = ListCorpus(5)
+    dataset = MatchingPairDataset(corpus, processor, seed=0)
+    assert len(dataset) == 15
+    caption_negatives = image_negatives = 0
+    tokenizer = processor.tokenizer
+    for index in range(len(dataset)):
+        item = dataset[index]
+        image = item["image_index"]
+        pos_text = tokenizer.decode(item["positive"]["input_ids"])
+        neg_text = tokenizer.decode(item["negative"]["input_ids"])
+        assert f"image {image} caption" in pos_text and f"tag{image}" in pos_text
+        if f"tag{image}" in neg_text:
+            # a caption of another image, with this image's tags and regions
+            assert f"image {image} caption" not in neg_text
+            np.testing.assert_array_equal(item["negative"]["img_feats"], corpus.features(image)[:4])
+            caption_negatives += 1
+        else:
+            # this caption with another image's tags and regions
+            assert pos_text.split("[SEP]")[0] == neg_text.split("[SEP]")[0]
+            image_negatives += 1
+        assert tokenizer.decode(item["caption_only"]["input_ids"]) == pos_text.split("[SEP]")[0] + "[SEP]"
+        np.testing.assert_array_equal(item["image_only"]["img_feats"], corpus.features(image)[:4])
+    assert caption_negatives > 0 and image_negatives > 0
+
+
+def test_negatives_depend_only_on_seed_epoch_and_index(processor):
+    corpus = ListCorpus(6)
+    a, b = MatchingPairDataset(corpus, processor, seed=7), MatchingPairDataset(corpus, processor, seed=7)
+    assert [a[i]["negative"]["input_ids"] for i in (4, 2, 9)] == [b[i]["negative"]["input_ids"] for i in (4, 2, 9)]
+    epoch0 = [a[i]["negative"]["input_ids"] for i in range(len(a))]
+    a.set_epoch(1)
+    assert [a[i]["negative"]["input_ids"] for i in range(len(a))] != epoch0
+
+
+def test_matching_needs_two_images(processor):
+    with pytest.raises(ValueError, match="at least 2 images"):
+        MatchingPairDataset(ListCorpus(1), processor)
+
+
+def test_collator_builds_labelled_pairs_and_single_modality_inputs(processor):
+    corpus = ListCorpus(4)
+    dataset = MatchingPairDataset(corpus, processor, seed=0)
+    batch = MatchingCollator(processor)([dataset[i] for i in (0, 5, 7)])
+    assert batch["labels"].tolist() == [1, 1, 1, 0, 0, 0]
+    assert batch["input_ids"].shape[0] == 6
+    assert batch["attention_mask"].shape[1] == batch["input_ids"].shape[1] + batch["img_feats"].shape[1]
+    assert batch["image_index"].tolist() == [0, 1, 2]
+    assert "img_feats" not in batch["caption_inputs"]
+    assert batch["image_inputs"]["img_feats"].shape[0] == 3
