@@ -1,0 +1,136 @@
+"""A self-contained HTML report of a run: R@K table, training curves, ranked query results.
+
+Everything is inlined (plots as base64 PNG, scenes as SVG), so the file can be mailed or opened
+from anywhere without the run's directory.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import os
+from typing import Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+
+__all__ = ["RECALL_COLUMNS", "image_tag", "plot_training_curves", "scene_svg", "write_report"]
+
+RECALL_COLUMNS = ("t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10", "rsum")
+
+
+def plot_training_curves(log_history: Sequence[Mapping]) -> Optional[str]:
+    """Training loss and eval R@K against the step, as a base64 PNG (None without any logged point)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    losses = [(h["step"], h["loss"]) for h in log_history if "loss" in h and "step" in h]
+    evals = [h for h in log_history if "eval_rsum" in h and "step" in h]
+    if not losses and not evals:
+        return None
+    fig, (ax_loss, ax_eval) = plt.subplots(1, 2, figsize=(10, 3.6))
+    if losses:
+        steps, values = zip(*losses)
+        ax_loss.plot(steps, values, color="#3465a4")
+    ax_loss.set(title="training loss", xlabel="step", ylabel="loss")
+    for key, label in (("eval_t2i_r1", "text->image R@1"), ("eval_i2t_r1", "image->text R@1"), ("eval_t2i_r5", "text->image R@5")):
+        points = [(h["step"], h[key]) for h in evals if key in h]
+        if points:
+            steps, values = zip(*points)
+            ax_eval.plot(steps, values, marker="o", label=label)
+    ax_eval.set(title="evaluation recall (%)", xlabel="step", ylabel="R@K", ylim=(0, 100))
+    if evals:
+        ax_eval.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def scene_svg(features: np.ndarray, labels: Sequence[str], width: int = 220, height: int = 165) -> str:
+    """Draw an image's regions from the geometry columns of its features (x1/w, y1/h, x2/w, y2/h, ...)."""
+    palette = ("#e41a1c", "#377eb8", "#4daf4a", "#984ea3", "#ff7f00", "#a65628", "#f781bf", "#999999")
+    parts = [f'<svg width="{width}" height="{height}" class="scene"><rect width="100%" height="100%" fill="#f4f4f0"/>']
+    for i, row in enumerate(np.asarray(features)):
+        x1, y1, x2, y2 = (float(v) for v in row[-6:-2])
+        color = palette[i % len(palette)]
+        label = html.escape(labels[i]) if i < len(labels) else ""
+        parts.append(
+            f'<rect x="{x1 * width:.1f}" y="{y1 * height:.1f}" width="{max(x2 - x1, 0) * width:.1f}" '
+            f'height="{max(y2 - y1, 0) * height:.1f}" fill="none" stroke="{color}" stroke-width="1.5"/>'
+            f'<text x="{x1 * width + 2:.1f}" y="{y1 * height + 10:.1f}" font-size="9" fill="{color}">{label}</text>'
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _metrics_table(rows: Mapping[str, Mapping[str, float]]) -> str:
+    head = "".join(f"<th>{c}</th>" for c in ("setting",) + RECALL_COLUMNS + ("pairs scored",))
+    body = []
+    for name, metrics in rows.items():
+        cells = "".join(f"<td>{metrics[c]:.1f}</td>" if c in metrics else "<td>-</td>" for c in RECALL_COLUMNS)
+        pairs = metrics.get("pairs_scored")
+        body.append(f"<tr><td>{html.escape(name)}</td>{cells}<td>{'-' if pairs is None else int(pairs):,}</td></tr>")
+    return f'<table class="metrics"><tr>{head}</tr>{"".join(body)}</table>'
+
+
+def _query_section(query: Mapping) -> str:
+    """One query and its ranked answers; items may carry ``visual`` (inline SVG/IMG) and ``correct``."""
+    title = html.escape(query["title"])
+    query_visual = query.get("visual", "")
+    items = []
+    for rank, item in enumerate(query["results"], start=1):
+        mark = ' class="hit"' if item.get("correct") else ""
+        visual = item.get("visual", "")
+        items.append(
+            f"<li{mark}><div>{visual}</div><div><b>#{rank}</b> {html.escape(item['label'])}"
+            f"<br><small>score {item['score']:.3f}</small></div></li>"
+        )
+    return f'<section class="query"><h3>{title}</h3>{query_visual}<ol class="results">{"".join(items)}</ol></section>'
+
+
+_STYLE = """
+body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
+table.metrics{border-collapse:collapse;margin:1em 0}table.metrics td,table.metrics th{border:1px solid #ccc;padding:4px 8px;text-align:right}
+table.metrics td:first-child{text-align:left}ol.results{display:flex;flex-wrap:wrap;gap:10px;list-style:none;padding:0}
+ol.results li{border:2px solid #ddd;border-radius:6px;padding:6px;width:230px}ol.results li.hit{border-color:#4daf4a}
+section.query{margin-bottom:1.5em}img.photo{max-width:220px;max-height:165px}pre{background:#f6f6f6;padding:8px}
+"""
+
+
+def write_report(
+    path: str,
+    *,
+    title: str,
+    metrics: Mapping[str, Mapping[str, float]],
+    log_history: Sequence[Mapping] = (),
+    queries: Sequence[Mapping] = (),
+    notes: Sequence[str] = (),
+) -> str:
+    """Write the HTML report to ``path`` (atomically) and return the path."""
+    plot = plot_training_curves(log_history)
+    sections = [f"<h1>{html.escape(title)}</h1>"]
+    sections += [f"<p>{html.escape(n)}</p>" for n in notes]
+    sections.append("<h2>Retrieval recall (%)</h2>" + _metrics_table(metrics))
+    if plot:
+        sections.append(f'<h2>Training</h2><img alt="training curves" src="data:image/png;base64,{plot}">')
+    if queries:
+        sections.append("<h2>Queries</h2>" + "".join(_query_section(q) for q in queries))
+    page = f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>{''.join(sections)}</body></html>"
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(page)
+    os.replace(tmp, path)
+    return path
+
+
+def image_tag(path: str) -> str:
+    """An inline <img> of a photo file, for corpora that ship their images."""
+    ext = os.path.splitext(path)[1].lstrip(".").lower() or "jpeg"
+    with open(path, "rb") as f:
+        data = base64.b64encode(f.read()).decode("ascii")
+    return f'<img class="photo" src="data:image/{"jpeg" if ext == "jpg" else ext};base64,{data}">'
+
