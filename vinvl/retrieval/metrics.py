@@ -1,0 +1,220 @@
+"""Ranks and recall@K of image-text retrieval, vectorised over whole score matrices.
+
+A score matrix is float32 ``[I, C]``: row = image, column = caption, higher = better match;
+``caption_to_image [C]`` names each caption's ground-truth image. Non-candidates of a
+two-stage search hold ``-inf`` so they rank below every candidate.
+
+Tie convention (pessimistic): a query's rank is the number of wrong candidates scoring
+greater than **or equal to** its ground truth (0-based). Ties therefore never help, the result
+does not depend on the order of the gallery, and a model that gives every pair the same score
+gets recall 0 rather than a flattering one. For image-to-text the ground truth is the image's
+best-scoring caption and its other captions are not counted against it.
+
+COCO 1K is reported two ways: :func:`fold_metrics` averages the metrics of 5 consecutive
+1000-image folds of the 5K test (the literature's convention) and :func:`subset_metrics`
+evaluates one given set of images (the official script's ``test_img_keys_1k.tsv``).
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+
+__all__ = [
+    "i2t_ranks",
+    "t2i_ranks",
+    "candidate_i2t_ranks",
+    "recall_at_k",
+    "retrieval_metrics",
+    "rerank_metrics",
+    "fold_metrics",
+    "subset_metrics",
+    "subset_scores",
+    "DEFAULT_KS",
+]
+
+DEFAULT_KS = (1, 5, 10)
+_CHUNK_CELLS = 1 << 24  # bounds the [rows, C] comparison temporaries to ~16M booleans
+
+
+def _check(scores: np.ndarray, caption_to_image: np.ndarray) -> tuple:
+    scores = np.asarray(scores)
+    caption_to_image = np.asarray(caption_to_image, dtype=np.int64)
+    if scores.ndim != 2:
+        raise ValueError(f"scores must be a 2-D [images, captions] matrix, got shape {list(scores.shape)}")
+    num_images, num_captions = scores.shape
+    if caption_to_image.shape != (num_captions,):
+        raise ValueError(
+            f"caption_to_image has shape {list(caption_to_image.shape)}; expected [{num_captions}] (one per column)"
+        )
+    if num_captions == 0 or num_images == 0:
+        raise ValueError(f"cannot rank an empty score matrix of shape {list(scores.shape)}")
+    if caption_to_image.min() < 0 or caption_to_image.max() >= num_images:
+        raise ValueError(f"caption_to_image must index the {num_images} images (0..{num_images - 1})")
+    if np.isnan(scores).any():
+        raise ValueError("scores contain NaN; non-candidates must be -inf")
+    return scores, caption_to_image
+
+
+def _row_chunks(rows: int, cols: int):
+    step = max(1, _CHUNK_CELLS // max(cols, 1))
+    for start in range(0, rows, step):
+        yield slice(start, min(start + step, rows))
+
+
+def i2t_ranks(scores: np.ndarray, caption_to_image: np.ndarray) -> np.ndarray:
+    """Image-to-text rank ``[I]`` of each image: where its best caption lands among all captions.
+
+    Raises if an image has no caption (its rank would be undefined).
+    """
+    scores, caption_to_image = _check(scores, caption_to_image)
+    num_images, num_captions = scores.shape
+    counts = np.bincount(caption_to_image, minlength=num_images)
+    if (counts == 0).any():
+        missing = np.flatnonzero(counts == 0)[:5].tolist()
+        raise ValueError(f"image-to-text ranks need >= 1 caption per image; images {missing} have none")
+    own = scores[caption_to_image, np.arange(num_captions)]
+    best = np.full(num_images, -np.inf, dtype=own.dtype)
+    np.maximum.at(best, caption_to_image, own)
+    at_least_best = np.empty(num_images, dtype=np.int64)
+    for rows in _row_chunks(num_images, num_captions):
+        at_least_best[rows] = (scores[rows] >= best[rows, None]).sum(axis=1)
+    positives_at_least_best = np.bincount(caption_to_image, weights=own >= best[caption_to_image], minlength=num_images)
+    return at_least_best - positives_at_least_best.astype(np.int64)
+
+
+def t2i_ranks(scores: np.ndarray, caption_to_image: np.ndarray) -> np.ndarray:
+    """Text-to-image rank ``[C]`` of each caption: where its image lands among all images."""
+    scores, caption_to_image = _check(scores, caption_to_image)
+    num_images, num_captions = scores.shape
+    own = scores[caption_to_image, np.arange(num_captions)]
+    ranks = np.empty(num_captions, dtype=np.int64)
+    for cols in _row_chunks(num_captions, num_images):
+        ranks[cols] = (scores[:, cols] >= own[None, cols]).sum(axis=0) - 1
+    return ranks
+
+
+def candidate_i2t_ranks(
+    candidate_scores: np.ndarray, candidates: np.ndarray, caption_to_image: np.ndarray
+) -> np.ndarray:
+    """Image-to-text ranks when each image is ranked against its own listed captions only.
+
+    The official minival re-rank setting: ``candidates [I, K]`` holds each image's K caption
+    indices (e.g. its top-20 hard negatives plus positives) and ``candidate_scores [I, K]``
+    their scores. An image none of whose candidates is its own caption gets rank K (a miss),
+    as in the official code.
+    """
+    candidate_scores = np.asarray(candidate_scores)
+    candidates = np.asarray(candidates, dtype=np.int64)
+    caption_to_image = np.asarray(caption_to_image, dtype=np.int64)
+    if candidate_scores.ndim != 2 or candidate_scores.shape != candidates.shape:
+        raise ValueError(
+            f"candidate_scores {list(candidate_scores.shape)} and candidates {list(candidates.shape)} "
+            "must be the same [images, K] shape"
+        )
+    if candidates.size and (candidates.min() < 0 or candidates.max() >= len(caption_to_image)):
+        raise ValueError(f"candidates must index the {len(caption_to_image)} captions")
+    if np.isnan(candidate_scores).any():
+        raise ValueError("candidate_scores contain NaN")
+    num_images, k = candidates.shape
+    positive = caption_to_image[candidates] == np.arange(num_images)[:, None]
+    best = np.where(positive, candidate_scores, -np.inf).max(axis=1, initial=-np.inf)
+    ranks = ((candidate_scores >= best[:, None]) & ~positive).sum(axis=1)
+    return np.where(positive.any(axis=1), ranks, k).astype(np.int64)
+
+
+def recall_at_k(ranks: np.ndarray, ks: Sequence[int] = DEFAULT_KS) -> Dict[int, float]:
+    """Percentage of queries whose (0-based) rank is below K, for each K."""
+    ranks = np.asarray(ranks)
+    if ranks.size == 0:
+        raise ValueError("no ranks to compute recall from")
+    return {int(k): float(100.0 * np.mean(ranks < k)) for k in ks}
+
+
+def _named(direction: str, recalls: Dict[int, float]) -> Dict[str, float]:
+    return {f"{direction}_R@{k}": v for k, v in recalls.items()}
+
+
+def retrieval_metrics(
+    i2t_scores: np.ndarray,
+    caption_to_image: np.ndarray,
+    t2i_scores: Optional[np.ndarray] = None,
+    ks: Sequence[int] = DEFAULT_KS,
+) -> Dict[str, float]:
+    """R@K in percent for image-to-text (``i2t_R@K``) and text-to-image (``t2i_R@K``), plus ``rsum``.
+
+    ``t2i_scores`` defaults to ``i2t_scores``; pass both when the two directions were scored
+    on different candidate sets (two-stage retrieval).
+    """
+    t2i_scores = i2t_scores if t2i_scores is None else t2i_scores
+    if np.shape(t2i_scores) != np.shape(i2t_scores):
+        raise ValueError(f"i2t scores {list(np.shape(i2t_scores))} and t2i scores {list(np.shape(t2i_scores))} differ")
+    out = _named("i2t", recall_at_k(i2t_ranks(i2t_scores, caption_to_image), ks))
+    out.update(_named("t2i", recall_at_k(t2i_ranks(t2i_scores, caption_to_image), ks)))
+    out["rsum"] = float(sum(out.values()))
+    return out
+
+
+def rerank_metrics(
+    candidate_scores: np.ndarray,
+    candidates: np.ndarray,
+    caption_to_image: np.ndarray,
+    ks: Sequence[int] = DEFAULT_KS,
+) -> Dict[str, float]:
+    """Image-to-text R@K (percent) of the minival re-rank setting (see :func:`candidate_i2t_ranks`)."""
+    return _named("i2t", recall_at_k(candidate_i2t_ranks(candidate_scores, candidates, caption_to_image), ks))
+
+
+def subset_scores(
+    scores: np.ndarray, caption_to_image: np.ndarray, images: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The sub-matrix of the given images and their captions, with ``caption_to_image`` renumbered.
+
+    Images keep the given order; captions keep their column order.
+    """
+    images = np.asarray(images, dtype=np.int64)
+    caption_to_image = np.asarray(caption_to_image, dtype=np.int64)
+    num_images = np.shape(scores)[0]
+    if images.size == 0:
+        raise ValueError("the image subset is empty")
+    if images.min() < 0 or images.max() >= num_images or len(np.unique(images)) != len(images):
+        raise ValueError(f"subset images must be distinct indices below {num_images}")
+    new_index = np.full(num_images, -1, dtype=np.int64)
+    new_index[images] = np.arange(len(images))
+    columns = np.flatnonzero(new_index[caption_to_image] >= 0)
+    return np.asarray(scores)[np.ix_(images, columns)], new_index[caption_to_image[columns]]
+
+
+def subset_metrics(
+    i2t_scores: np.ndarray,
+    caption_to_image: np.ndarray,
+    images: Sequence[int],
+    t2i_scores: Optional[np.ndarray] = None,
+    ks: Sequence[int] = DEFAULT_KS,
+) -> Dict[str, float]:
+    """:func:`retrieval_metrics` restricted to the given images and their captions (e.g. the official 1K keys)."""
+    i2t, sub_index = subset_scores(i2t_scores, caption_to_image, images)
+    t2i = None if t2i_scores is None else subset_scores(t2i_scores, caption_to_image, images)[0]
+    return retrieval_metrics(i2t, sub_index, t2i, ks)
+
+
+def fold_metrics(
+    i2t_scores: np.ndarray,
+    caption_to_image: np.ndarray,
+    num_folds: int = 5,
+    t2i_scores: Optional[np.ndarray] = None,
+    ks: Sequence[int] = DEFAULT_KS,
+) -> Dict[str, float]:
+    """Metrics averaged over ``num_folds`` consecutive, equal image folds (COCO 1K = 5 folds of the 5K test).
+
+    Each fold is ranked against its own images and captions only.
+    """
+    num_images = np.shape(i2t_scores)[0]
+    if num_folds <= 0 or num_images % num_folds:
+        raise ValueError(f"{num_images} images do not split into {num_folds} equal folds")
+    size = num_images // num_folds
+    folds = [
+        subset_metrics(i2t_scores, caption_to_image, np.arange(f * size, (f + 1) * size), t2i_scores, ks)
+        for f in range(num_folds)
+    ]
+    return {name: float(np.mean([fold[name] for fold in folds])) for name in folds[0]}
