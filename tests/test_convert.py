@@ -22,7 +22,13 @@ import pytest  # noqa: E402
 import vinvl  # noqa: E402,F401  (CPU defaults before paddle)
 import paddle  # noqa: E402
 from vinvl import OscarConfig, OscarForImageTextRetrieval, OscarModel, OscarTokenizer  # noqa: E402
-from vinvl.convert import ConversionError, convert_checkpoint, load_torch_state_dict, main  # noqa: E402
+from vinvl.convert import (  # noqa: E402
+    ConversionError,
+    convert_checkpoint,
+    load_torch_state_dict,
+    main,
+    read_torch_pickle,
+)
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -215,17 +221,23 @@ def random_oscar_inputs(batch=4, text_len=11, regions=7, seed=1):
     return input_ids, token_type_ids, mask, img_feats
 
 
+@pytest.mark.parametrize("reader", ["torch", "builtin"])
 @pytest.mark.parametrize("legacy", [True, False], ids=["legacy-pickle", "zip"])
 @pytest.mark.parametrize("use_img_layernorm", [True, False], ids=["img-ln", "no-img-ln"])
 @pytest.mark.parametrize("classifier", ["linear", "mlp"])
-def test_official_oscar_checkpoint_parity(tmp_path, caplog, classifier, use_img_layernorm, legacy):
+def test_official_oscar_checkpoint_parity(
+    tmp_path, caplog, monkeypatch, classifier, use_img_layernorm, legacy, reader
+):
+    """``reader="builtin"`` converts with torch hidden, as on a Paddle-only install."""
     src = str(tmp_path / "official")
     reference = write_official_checkpoint(src, official_config(classifier, use_img_layernorm), legacy)
     with open(os.path.join(src, "pytorch_model.bin"), "rb") as handle:
         is_zip = handle.read(2) == b"PK"
     assert is_zip is not legacy
 
-    with caplog.at_level(logging.WARNING, logger="vinvl.convert"):
+    with caplog.at_level(logging.WARNING, logger="vinvl.convert"), monkeypatch.context() as patch:
+        if reader == "builtin":
+            patch.setitem(sys.modules, "torch", None)
         dst = convert_checkpoint(src, str(tmp_path / "converted"))
     dropped = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
     assert dropped and "cls.predictions" in dropped[0] and "cls.seq_relationship" in dropped[0]
@@ -249,7 +261,8 @@ def test_official_oscar_checkpoint_parity(tmp_path, caplog, classifier, use_img_
         sequence = model.bert(*args, img_feats=paddle.to_tensor(img_feats)).last_hidden_state.numpy()
     logits_err = max_rel_err(logits, ref_logits.numpy())
     sequence_err = max_rel_err(sequence, ref_sequence.numpy())
-    print(f"Oscar {classifier} ln={use_img_layernorm} legacy={legacy}: logits {logits_err:.2e} seq {sequence_err:.2e}")
+    variant = f"{classifier} ln={use_img_layernorm} legacy={legacy} {reader}"
+    print(f"Oscar {variant}: logits {logits_err:.2e} seq {sequence_err:.2e}")
     assert logits_err < REL_TOL
     assert sequence_err < REL_TOL
 
@@ -268,14 +281,46 @@ def test_official_config_defaults_follow_official_code(tmp_path):
     assert converted.img_feature_type == "frcnn"
 
 
-def test_load_torch_state_dict_reads_both_serializations(tmp_path):
-    state = {"a.weight": torch.arange(6, dtype=torch.float32).reshape(2, 3), "b": torch.tensor([1.5])}
-    for legacy in (True, False):
-        path = str(tmp_path / f"{legacy}.bin")
-        torch.save(state, path, _use_new_zipfile_serialization=not legacy)
-        loaded = load_torch_state_dict(path)
-        assert set(loaded) == set(state)
-        np.testing.assert_array_equal(loaded["a.weight"], state["a.weight"].numpy())
+@pytest.mark.parametrize("legacy", [True, False], ids=["legacy-pickle", "zip"])
+def test_builtin_reader_equals_torch_load(tmp_path, legacy):
+    module = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4))
+    state = dict(module.state_dict())  # an OrderedDict with _metadata, as module.state_dict() gives
+    state.update(
+        half=torch.randn(4, dtype=torch.float16),
+        bf16=torch.randn(3, dtype=torch.bfloat16),
+        double=torch.randn(2, 2, dtype=torch.float64),
+        transposed=torch.randn(3, 5).t(),  # non-contiguous strides
+        sliced=torch.randn(10)[2:7],  # storage offset
+        shared=module[0].weight.detach()[1],  # a view sharing the Linear's storage
+        ints=torch.arange(5),
+        flags=torch.tensor([True, False]),
+        scalar=torch.tensor(2.5),
+    )
+    path = str(tmp_path / "state.bin")
+    torch.save(state, path, _use_new_zipfile_serialization=not legacy)
+    expected = load_torch_state_dict(path)  # torch.load
+    got = read_torch_pickle(path)
+    assert list(got) == list(expected) == list(state)
+    for name, value in expected.items():
+        assert got[name].dtype == value.dtype and got[name].shape == value.shape, name
+        np.testing.assert_array_equal(got[name], value, err_msg=name)
+
+
+def test_builtin_reader_refuses_foreign_globals(tmp_path):
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo should-not-run",))
+
+    path = str(tmp_path / "evil.bin")
+    torch.save({"x": torch.ones(1), "evil": Evil()}, path)
+    with pytest.raises(ConversionError, match="refusing to load"):
+        read_torch_pickle(path)
+    with open(path, "wb") as handle:
+        pickle.dump({"x": 1}, handle)
+    with pytest.raises(ConversionError, match="not a torch.save file|cannot read"):
+        read_torch_pickle(path)
 
 
 def test_cli_main_converts_with_overrides(tmp_path, capsys):
@@ -411,7 +456,8 @@ def test_shape_mismatch_names_key_and_shapes(official_src, tmp_path):
     with open(os.path.join(official_src, "config.json"), "w") as handle:
         json.dump(config, handle)
     dst = str(tmp_path / "out")
-    with pytest.raises(ConversionError, match=rf"bert\.img_embedding\.weight.*\[{IMG_DIM}, 32\].*\[{IMG_DIM + 6}, 32\]"):
+    shapes = rf"\[{IMG_DIM}, 32\].*\[{IMG_DIM + 6}, 32\]"
+    with pytest.raises(ConversionError, match=r"bert\.img_embedding\.weight.*" + shapes):
         convert_checkpoint(official_src, dst)
     _assert_nothing_written(dst)
 
@@ -478,7 +524,10 @@ def test_already_converted_dir_rejected(official_src, tmp_path):
         convert_checkpoint(dst, str(tmp_path / "again"))
 
 
-def test_torch_missing_gives_clear_error(official_src, monkeypatch):
+def test_without_torch_the_builtin_reader_is_used(official_src, monkeypatch):
+    expected = load_torch_state_dict(os.path.join(official_src, "pytorch_model.bin"))
     monkeypatch.setitem(sys.modules, "torch", None)
-    with pytest.raises(ConversionError, match="needs torch"):
-        load_torch_state_dict(os.path.join(official_src, "pytorch_model.bin"))
+    got = load_torch_state_dict(os.path.join(official_src, "pytorch_model.bin"))
+    assert list(got) == list(expected)
+    for name in expected:
+        np.testing.assert_array_equal(got[name], expected[name])
