@@ -1,0 +1,27 @@
+"""Image-text retrieval: galleries, the scoring engine (exhaustive and two-stage) and R@K metrics."""
+from .engine import RetrievalEngine, RetrievalScores
+from .gallery import Gallery
+from .metrics import (
+    candidate_i2t_ranks,
+    fold_metrics,
+    i2t_ranks,
+    recall_at_k,
+    rerank_metrics,
+    retrieval_metrics,
+    subset_metrics,
+    t2i_ranks,
+)
+
+__all__ = [
+    "Gallery",
+    "RetrievalEngine",
+    "RetrievalScores",
+    "i2t_ranks",
+    "t2i_ranks",
+    "candidate_i2t_ranks",
+    "recall_at_k",
+    "retrieval_metrics",
+    "rerank_metrics",
+    "fold_metrics",
+    "subset_metrics",
+]

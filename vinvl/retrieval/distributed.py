@@ -1,0 +1,33 @@
+"""Collective helpers that let the engine split its pair work across ranks.
+
+Scoring is sharded by batch: each rank scores a contiguous range of the engine's canonical
+batches and writes zeros elsewhere, so summing the arrays across ranks (``all_reduce``) gives
+every rank the full result, bit for bit what one process computes (x + 0 = x exactly).
+Works on CPU under ``python -m paddle.distributed.launch --nproc_per_node N`` once
+``paddle.distributed.init_parallel_env()`` has run; without it everything is single-process.
+"""
+from __future__ import annotations
+
+from typing import Tuple
+
+import numpy as np
+import paddle
+import paddle.distributed as dist
+
+__all__ = ["rank_and_world_size", "all_reduce_sum"]
+
+
+def rank_and_world_size() -> Tuple[int, int]:
+    """This process' rank and the number of ranks (0, 1 unless a parallel env is initialised)."""
+    if not dist.is_initialized():
+        return 0, 1
+    return dist.get_rank(), dist.get_world_size()
+
+
+def all_reduce_sum(array: np.ndarray) -> np.ndarray:
+    """``array`` summed over all ranks (returned unchanged in a single process)."""
+    if rank_and_world_size()[1] == 1:
+        return array
+    tensor = paddle.to_tensor(array)
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor.numpy().astype(array.dtype, copy=False)

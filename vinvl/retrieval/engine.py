@@ -1,0 +1,394 @@
+"""RetrievalEngine: score image-caption pairs with Oscar's match head, exhaustively or in two stages.
+
+Work that depends on one side only is done once: every caption is tokenized once, every
+image's tags are tokenized once and its regions are projected once with
+``model.bert.embed_regions`` (deterministic, so reusing the projection through the model's
+``img_embeds`` argument gives the scores a per-pair forward gives). Pairs are then assembled
+in numpy (:meth:`OscarTokenizer.build_pair_id_arrays`), padded to the longest pair of their
+batch, and scored in a fixed canonical order: images in gallery order, in blocks of
+``IMAGE_BLOCK``; within an image, captions from shortest to longest so that a batch holds
+pairs of similar length (length bucketing at no cost). Because the order depends only on the
+set of pairs, scoring the same pairs through any path (exhaustive, two-stage with k covering
+everything, several ranks) runs the same batches and gives bit-identical scores.
+
+Under ``paddle.distributed.launch`` (after ``paddle.distributed.init_parallel_env()``) the
+batches are split into contiguous ranges, one per rank, and the scores are summed across
+ranks (each score is written by exactly one rank), so every rank returns the full result.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import paddle
+import paddle.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..processor import OscarProcessor
+from .distributed import all_reduce_sum, rank_and_world_size
+from .gallery import Gallery
+from .metrics import DEFAULT_KS, retrieval_metrics
+
+__all__ = ["RetrievalEngine", "RetrievalScores", "IMAGE_BLOCK"]
+
+IMAGE_BLOCK = 128  # images whose projected regions are held at once
+_SIMILARITY_CHUNK = 1 << 22  # cells of the first-stage similarity computed at once
+
+
+@dataclass
+class RetrievalScores:
+    """Image x caption score matrices (float32 ``[I, C]``, match probability softmax[:, 1]).
+
+    ``i2t`` ranks captions for each image and ``t2i`` images for each caption; they are the
+    same array for exhaustive scoring. Pairs a two-stage search did not re-rank hold ``-inf``.
+    ``pairs_scored`` counts the cross-encoder passes; ``seconds`` is the wall time.
+    """
+
+    i2t: np.ndarray
+    t2i: np.ndarray
+    pairs_scored: int
+    seconds: float
+
+    def metrics(self, caption_to_image: np.ndarray, ks: Sequence[int] = DEFAULT_KS) -> Dict[str, float]:
+        """R@K of both directions and rsum (see :func:`vinvl.retrieval.metrics.retrieval_metrics`)."""
+        return retrieval_metrics(self.i2t, caption_to_image, self.t2i, ks)
+
+
+@dataclass
+class _Tokens:
+    """A gallery's text, tokenized once: padded id matrices and true lengths."""
+
+    caption_ids: np.ndarray  # [C, Lc]
+    caption_lens: np.ndarray  # [C]
+    tag_ids: np.ndarray  # [I, Lt]
+    tag_lens: np.ndarray  # [I]
+    caption_rank: np.ndarray  # [C] position of each caption in shortest-first order
+
+
+@dataclass
+class _Block:
+    """Images ``start:stop`` and their pairs to score; ``pairs()`` gives (image, caption) index
+    arrays in canonical order, built only when the block is scored."""
+
+    start: int
+    stop: int
+    num_pairs: int
+    pairs: Callable[[], Tuple[np.ndarray, np.ndarray]]
+
+
+class RetrievalEngine:
+    """Scores a :class:`Gallery` with an :class:`OscarForImageTextRetrieval` model.
+
+    Args:
+        model: the model; it is put in eval mode (dropout off) when scoring.
+        processor: gives the text and region limits (``max_seq_len``, ``max_img_seq_len``) and
+            region checks, so pairs are cut exactly as the processor cuts them for training.
+        batch_size: pairs per forward pass.
+        progress: show a tqdm bar with pairs/s (on rank 0 only).
+    """
+
+    def __init__(self, model, processor: OscarProcessor, batch_size: int = 32, progress: bool = True):
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if processor.img_feature_dim != model.config.img_feature_dim:
+            raise ValueError(
+                f"processor img_feature_dim {processor.img_feature_dim} differs from the model's "
+                f"{model.config.img_feature_dim}"
+            )
+        self.model = model
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.batch_size = batch_size
+        self.progress = progress
+
+    # ----- public scoring API -------------------------------------------------------------
+
+    def exhaustive(self, gallery: Gallery) -> RetrievalScores:
+        """Every image x every caption through the match head (the paper protocol)."""
+        start = time.perf_counter()
+        tokens = self._prepare(gallery)
+        scores = np.zeros((gallery.num_images, gallery.num_captions), dtype=np.float32)
+        caption_order = np.argsort(tokens.caption_rank, kind="stable")
+        blocks = list(self._exhaustive_blocks(gallery, caption_order))
+        for images, captions, values in self._score_blocks(gallery, tokens, blocks, "exhaustive"):
+            scores[images, captions] = values
+        scores = all_reduce_sum(scores)
+        pairs = gallery.num_images * gallery.num_captions
+        return RetrievalScores(scores, scores, pairs, time.perf_counter() - start)
+
+    def two_stage(self, gallery: Gallery, k: int = 128) -> RetrievalScores:
+        """Contrastive top-k candidates per query in both directions, re-ranked by the match head.
+
+        Each image's k most similar captions fill its ``i2t`` row and each caption's k most
+        similar images fill its ``t2i`` column; the union of those pairs is scored once.
+        Everything else is ``-inf``. With k at least the number of captions (or images)
+        every pair is scored and the result equals :meth:`exhaustive` exactly.
+        """
+        if not isinstance(k, (int, np.integer)) or k <= 0:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        start = time.perf_counter()
+        tokens = self._prepare(gallery)
+        image_embeds = self._embed_images(gallery, tokens)
+        caption_embeds = self._embed_captions(tokens)
+        i2t_captions = _top_k(image_embeds, caption_embeds, k)  # [I, k_i2t]
+        t2i_images = _top_k(caption_embeds, image_embeds, k)  # [C, k_t2i]
+        num_captions = gallery.num_captions
+        i2t_codes = (np.arange(gallery.num_images)[:, None] * num_captions + i2t_captions).ravel()
+        t2i_codes = (t2i_images * num_captions + np.arange(num_captions)[:, None]).ravel()
+        union = np.union1d(i2t_codes, t2i_codes)
+        values = self._score_codes(gallery, tokens, union)
+        i2t = _scatter(gallery, union, values, i2t_codes)
+        t2i = _scatter(gallery, union, values, t2i_codes)
+        return RetrievalScores(i2t, t2i, int(len(union)), time.perf_counter() - start)
+
+    def score_pairs(self, gallery: Gallery, images: np.ndarray, captions: np.ndarray) -> np.ndarray:
+        """Match scores ``[P]`` of the given (image index, caption index) pairs, in the given order."""
+        images = np.asarray(images, dtype=np.int64).ravel()
+        captions = np.asarray(captions, dtype=np.int64).ravel()
+        if images.shape != captions.shape:
+            raise ValueError(f"got {len(images)} image indices and {len(captions)} caption indices")
+        if len(images) == 0:
+            return np.zeros(0, dtype=np.float32)
+        if images.min() < 0 or images.max() >= gallery.num_images:
+            raise ValueError(f"image indices must be in 0..{gallery.num_images - 1}")
+        if captions.min() < 0 or captions.max() >= gallery.num_captions:
+            raise ValueError(f"caption indices must be in 0..{gallery.num_captions - 1}")
+        tokens = self._prepare(gallery)
+        codes = images * gallery.num_captions + captions
+        unique, inverse = np.unique(codes, return_inverse=True)
+        return self._score_codes(gallery, tokens, unique)[inverse]
+
+    def rerank(self, gallery: Gallery, candidates: Optional[np.ndarray] = None) -> np.ndarray:
+        """Scores ``[I, K]`` of each image with its listed candidate captions (minival re-ranking).
+
+        ``candidates`` defaults to the gallery's own (from the corpus' ``caption_index``); rank
+        them with :func:`vinvl.retrieval.metrics.rerank_metrics`.
+        """
+        candidates = gallery.candidates if candidates is None else np.asarray(candidates, dtype=np.int64)
+        if candidates is None:
+            raise ValueError("the gallery has no re-rank candidates; pass candidates=[images, K] caption indices")
+        if candidates.ndim != 2 or len(candidates) != gallery.num_images:
+            raise ValueError(f"candidates must be [{gallery.num_images}, K], got {list(candidates.shape)}")
+        images = np.repeat(np.arange(gallery.num_images), candidates.shape[1])
+        return self.score_pairs(gallery, images, candidates.ravel()).reshape(candidates.shape)
+
+    def embed_captions(self, gallery: Gallery) -> np.ndarray:
+        """Caption-only embeddings ``[C, contrastive_dim]`` (``[CLS] caption [SEP]``), L2-normalised."""
+        return self._embed_captions(self._prepare(gallery))
+
+    def embed_images(self, gallery: Gallery) -> np.ndarray:
+        """Image-only embeddings ``[I, contrastive_dim]`` (``[CLS] [SEP] tags [SEP]`` + regions), L2-normalised."""
+        return self._embed_images(gallery, self._prepare(gallery))
+
+    # ----- preparation --------------------------------------------------------------------
+
+    def _prepare(self, gallery: Gallery) -> _Tokens:
+        if gallery.feature_dim != self.processor.img_feature_dim:
+            raise ValueError(
+                f"gallery region features are {gallery.feature_dim} wide but the model expects "
+                f"{self.processor.img_feature_dim}"
+            )
+        max_len = self.processor.max_seq_len
+        caption_ids, caption_lens = self._tokenize(gallery.captions, max_len - 2)
+        tag_text = [self.tokenizer.tags_to_text(t) for t in gallery.tags]
+        tag_ids, tag_lens = self._tokenize(tag_text, max_len - 3)
+        caption_rank = np.empty(len(caption_lens), dtype=np.int64)
+        caption_rank[np.argsort(caption_lens, kind="stable")] = np.arange(len(caption_lens))
+        return _Tokens(caption_ids, caption_lens, tag_ids, tag_lens, caption_rank)
+
+    def _tokenize(self, texts: Sequence[str], keep: int) -> Tuple[np.ndarray, np.ndarray]:
+        """WordPiece ids of each text, cut to ``keep`` (no layout ever uses more), as a padded matrix."""
+        ids = [self.tokenizer.convert_tokens_to_ids(self.tokenizer.tokenize(t))[:keep] if t else [] for t in texts]
+        lens = np.array([len(i) for i in ids], dtype=np.int64)
+        matrix = np.zeros((len(ids), max(int(lens.max(initial=0)), 1)), dtype=np.int64)
+        for row, row_ids in enumerate(ids):
+            matrix[row, : len(row_ids)] = row_ids
+        return matrix, lens
+
+    def _project_regions(self, gallery: Gallery, start: int, stop: int) -> Tuple[paddle.Tensor, np.ndarray]:
+        """Regions of images ``start:stop`` through ``embed_regions``: ``[n, R_max, H]`` and lengths ``[n]``."""
+        feats = [self.processor.prepare_regions(gallery.features(i)) for i in range(start, stop)]
+        lens = np.array([len(f) for f in feats], dtype=np.int64)
+        padded = np.zeros((len(feats), int(lens.max(initial=0)), self.processor.img_feature_dim), dtype=np.float32)
+        for row, f in enumerate(feats):
+            padded[row, : len(f)] = f
+        return self.model.bert.embed_regions(paddle.to_tensor(padded)), lens
+
+    # ----- the pair-scoring loop ----------------------------------------------------------
+
+    def _exhaustive_blocks(self, gallery: Gallery, caption_order: np.ndarray) -> Iterator[_Block]:
+        num_captions = gallery.num_captions
+        for start in range(0, gallery.num_images, IMAGE_BLOCK):
+            stop = min(start + IMAGE_BLOCK, gallery.num_images)
+            yield _Block(
+                start,
+                stop,
+                (stop - start) * num_captions,
+                lambda start=start, stop=stop: (
+                    np.repeat(np.arange(start, stop), num_captions),
+                    np.tile(caption_order, stop - start),
+                ),
+            )
+
+    def _sparse_blocks(self, gallery: Gallery, tokens: _Tokens, codes: np.ndarray) -> List[_Block]:
+        """Blocks of the pairs ``codes`` (image * C + caption), sorted into the canonical order."""
+        images, captions = np.divmod(codes, gallery.num_captions)
+        order = np.lexsort((tokens.caption_rank[captions], images))
+        images, captions = images[order], captions[order]
+        blocks = []
+        for start in range(0, gallery.num_images, IMAGE_BLOCK):
+            stop = min(start + IMAGE_BLOCK, gallery.num_images)
+            lo, hi = np.searchsorted(images, [start, stop])
+            if hi > lo:
+                pairs = (images[lo:hi], captions[lo:hi])
+                blocks.append(_Block(start, stop, int(hi - lo), lambda pairs=pairs: pairs))
+        return blocks
+
+    def _score_codes(self, gallery: Gallery, tokens: _Tokens, codes: np.ndarray) -> np.ndarray:
+        """Scores of the distinct pairs ``codes`` (image * C + caption), returned in ``codes`` order."""
+        blocks = self._sparse_blocks(gallery, tokens, codes)
+        values = np.zeros(len(codes), dtype=np.float32)
+        for images, captions, scores in self._score_blocks(gallery, tokens, blocks, "re-rank"):
+            values[np.searchsorted(codes, images * gallery.num_captions + captions)] = scores
+        return all_reduce_sum(values)
+
+    def _score_blocks(
+        self, gallery: Gallery, tokens: _Tokens, blocks: List[_Block], label: str
+    ) -> Iterator[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Yields ``(images, captions, scores)`` per batch for this rank's share of the batches."""
+        rank, world = rank_and_world_size()
+        batch_starts = [(b, s) for b, block in enumerate(blocks) for s in range(0, block.num_pairs, self.batch_size)]
+        lo, hi = len(batch_starts) * rank // world, len(batch_starts) * (rank + 1) // world
+        mine = batch_starts[lo:hi]
+        total = sum(min(self.batch_size, blocks[b].num_pairs - s) for b, s in mine)
+        bar = tqdm(total=total, unit="pair", unit_scale=True, desc=label, disable=not self.progress or rank != 0)
+        self.model.eval()
+        current = None
+        with paddle.no_grad():
+            for b, s in mine:
+                block = blocks[b]
+                if current != b:
+                    current = b
+                    embeds, region_lens = self._project_regions(gallery, block.start, block.stop)
+                    block_images, block_captions = block.pairs()
+                images = block_images[s : s + self.batch_size]
+                captions = block_captions[s : s + self.batch_size]
+                scores = self._score_batch(tokens, images, captions, images - block.start, embeds, region_lens)
+                bar.update(len(images))
+                yield images, captions, scores
+        bar.close()
+
+    def _score_batch(
+        self,
+        tokens: _Tokens,
+        images: np.ndarray,
+        captions: np.ndarray,
+        local_images: np.ndarray,
+        block_embeds: paddle.Tensor,
+        block_region_lens: np.ndarray,
+    ) -> np.ndarray:
+        input_ids, token_type_ids, text_lens = self.tokenizer.build_pair_id_arrays(
+            tokens.caption_ids[captions],
+            tokens.caption_lens[captions],
+            tokens.tag_ids[images],
+            tokens.tag_lens[images],
+            self.processor.max_seq_len,
+        )
+        region_lens = block_region_lens[local_images]
+        img_embeds = paddle.gather(block_embeds, paddle.to_tensor(local_images))[:, : int(region_lens.max())]
+        logits = self.model(
+            input_ids=paddle.to_tensor(input_ids),
+            token_type_ids=paddle.to_tensor(token_type_ids),
+            attention_mask=paddle.to_tensor(_attention_mask(text_lens, input_ids.shape[1], region_lens, img_embeds.shape[1])),
+            img_embeds=img_embeds,
+        ).logits
+        return F.softmax(logits, axis=-1)[:, 1].numpy().astype(np.float32)
+
+    # ----- first stage --------------------------------------------------------------------
+
+    def _embed_captions(self, tokens: _Tokens) -> np.ndarray:
+        """``embed_text`` of ``[CLS] caption [SEP]`` for every caption, batched shortest first."""
+        order = np.argsort(tokens.caption_rank)
+        out = np.zeros((len(order), self.model.config.contrastive_dim), dtype=np.float32)
+        no_tags = np.zeros((len(order), 1), dtype=np.int64)
+        self.model.eval()
+        with paddle.no_grad():
+            for s in range(0, len(order), self.batch_size):
+                rows = order[s : s + self.batch_size]
+                input_ids, token_type_ids, lens = self.tokenizer.build_pair_id_arrays(
+                    tokens.caption_ids[rows], tokens.caption_lens[rows], no_tags[rows], np.zeros(len(rows)),
+                    self.processor.max_seq_len,
+                )
+                out[rows] = self.model.embed_text(
+                    paddle.to_tensor(input_ids),
+                    paddle.to_tensor(token_type_ids),
+                    paddle.to_tensor(_attention_mask(lens, input_ids.shape[1], np.zeros(len(rows), np.int64), 0)),
+                ).numpy()
+        return out
+
+    def _embed_images(self, gallery: Gallery, tokens: _Tokens) -> np.ndarray:
+        """``embed_image`` of ``[CLS] [SEP] tags [SEP]`` + regions for every image, regions projected once."""
+        out = np.zeros((gallery.num_images, self.model.config.contrastive_dim), dtype=np.float32)
+        self.model.eval()
+        with paddle.no_grad():
+            for start in range(0, gallery.num_images, IMAGE_BLOCK):
+                stop = min(start + IMAGE_BLOCK, gallery.num_images)
+                embeds, region_lens = self._project_regions(gallery, start, stop)
+                for s in range(start, stop, self.batch_size):
+                    rows = np.arange(s, min(s + self.batch_size, stop))
+                    no_caption = np.zeros((len(rows), 1), dtype=np.int64)
+                    input_ids, token_type_ids, lens = self.tokenizer.build_pair_id_arrays(
+                        no_caption, np.zeros(len(rows)), tokens.tag_ids[rows], tokens.tag_lens[rows],
+                        self.processor.max_seq_len,
+                    )
+                    local = rows - start
+                    rl = region_lens[local]
+                    img_embeds = paddle.gather(embeds, paddle.to_tensor(local))[:, : int(rl.max())]
+                    out[rows] = self.model.embed_image(
+                        paddle.to_tensor(input_ids),
+                        paddle.to_tensor(token_type_ids),
+                        paddle.to_tensor(_attention_mask(lens, input_ids.shape[1], rl, img_embeds.shape[1])),
+                        img_embeds=img_embeds,
+                    ).numpy()
+        return out
+
+
+def _attention_mask(text_lens: np.ndarray, text_len: int, region_lens: np.ndarray, region_len: int) -> np.ndarray:
+    """``[B, T+R]`` float32 mask from lengths: the text positions, then the region positions
+    (the processor's layout, :meth:`OscarProcessor.pad`), built without a per-pair loop."""
+    text = np.arange(text_len)[None, :] < np.asarray(text_lens)[:, None]
+    regions = np.arange(region_len)[None, :] < np.asarray(region_lens)[:, None]
+    return np.concatenate([text, regions], axis=1).astype(np.float32)
+
+
+def _top_k(queries: np.ndarray, keys: np.ndarray, k: int) -> np.ndarray:
+    """Indices ``[Q, min(k, K)]`` of each query's k highest inner products with the keys (any order).
+
+    Uses faiss (exact inner-product index) when it is installed, else chunked numpy matmuls.
+    """
+    k = min(k, len(keys))
+    if k == len(keys):
+        return np.broadcast_to(np.arange(k), (len(queries), k))
+    try:
+        import faiss
+    except ImportError:
+        faiss = None
+    if faiss is not None:
+        index = faiss.IndexFlatIP(keys.shape[1])
+        index.add(np.ascontiguousarray(keys, dtype=np.float32))
+        return index.search(np.ascontiguousarray(queries, dtype=np.float32), k)[1].astype(np.int64)
+    out = np.empty((len(queries), k), dtype=np.int64)
+    step = max(1, _SIMILARITY_CHUNK // len(keys))
+    for s in range(0, len(queries), step):
+        sim = queries[s : s + step] @ keys.T
+        out[s : s + step] = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+    return out
+
+
+def _scatter(gallery: Gallery, union: np.ndarray, values: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """An ``[I, C]`` matrix of -inf holding the scores of the pairs ``codes`` (all members of ``union``)."""
+    matrix = np.full((gallery.num_images, gallery.num_captions), -np.inf, dtype=np.float32)
+    matrix.ravel()[codes] = values[np.searchsorted(union, codes)]
+    return matrix
