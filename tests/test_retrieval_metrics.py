@@ -12,6 +12,7 @@ from vinvl.retrieval.metrics import (
     retrieval_metrics,
     subset_metrics,
     t2i_ranks,
+    top_k_indices,
 )
 
 # 3 images x 4 captions; captions 0 and 1 belong to image 0, 2 to image 1, 3 to image 2.
@@ -168,6 +169,15 @@ def test_subset_keeps_given_image_order():
     assert forward == backward
     with pytest.raises(ValueError, match="distinct"):
         subset_metrics(scores, caption_to_image, [0, 0])
+
+
+def test_top_k_indices_lists_best_first_ties_by_index():
+    assert top_k_indices(SCORES, 3).tolist() == [[0, 2, 3], [1, 2, 3], [3, 2, 1]]
+    assert top_k_indices(SCORES, 2, axis=0).tolist() == [[0, 1], [1, 2], [0, 1], [1, 2]]
+    with_minus_inf = np.array([[-np.inf, 0.5, -np.inf]], dtype=np.float32)
+    assert top_k_indices(with_minus_inf, 10).tolist() == [[1, 0, 2]]
+    with pytest.raises(ValueError, match="positive"):
+        top_k_indices(SCORES, 0)
 
 
 def test_bad_input_errors():

@@ -10,6 +10,7 @@ from .metrics import (
     retrieval_metrics,
     subset_metrics,
     t2i_ranks,
+    top_k_indices,
 )
 
 __all__ = [
@@ -24,4 +25,5 @@ __all__ = [
     "rerank_metrics",
     "fold_metrics",
     "subset_metrics",
+    "top_k_indices",
 ]

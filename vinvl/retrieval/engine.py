@@ -9,11 +9,15 @@ batch, and scored in a fixed canonical order: images in gallery order, in blocks
 ``IMAGE_BLOCK``; within an image, captions from shortest to longest so that a batch holds
 pairs of similar length (length bucketing at no cost). Because the order depends only on the
 set of pairs, scoring the same pairs through any path (exhaustive, two-stage with k covering
-everything, several ranks) runs the same batches and gives bit-identical scores.
+everything, several ranks) runs the same batches and gives bit-identical scores. (A static
+graph, ``paddle.jit.to_static``, was measured and left out: once warm it is no faster than
+eager here and it compiles anew, for seconds, for every padded shape.)
 
 Under ``paddle.distributed.launch`` (after ``paddle.distributed.init_parallel_env()``) the
-batches are split into contiguous ranges, one per rank, and the scores are summed across
-ranks (each score is written by exactly one rank), so every rank returns the full result.
+batches (of pair scoring and of the first-stage embeddings) are split into contiguous ranges,
+one per rank, and the results are summed across ranks (each value is written by exactly one
+rank), so every rank returns the full result. With equal thread counts it is bit-identical to
+one process.
 """
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ import paddle.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..processor import OscarProcessor
-from .distributed import all_reduce_sum, rank_and_world_size
+from .distributed import all_reduce_sum, rank, shard
 from .gallery import Gallery
 from .metrics import DEFAULT_KS, retrieval_metrics
 
@@ -258,12 +262,10 @@ class RetrievalEngine:
         self, gallery: Gallery, tokens: _Tokens, blocks: List[_Block], label: str
     ) -> Iterator[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Yields ``(images, captions, scores)`` per batch for this rank's share of the batches."""
-        rank, world = rank_and_world_size()
         batch_starts = [(b, s) for b, block in enumerate(blocks) for s in range(0, block.num_pairs, self.batch_size)]
-        lo, hi = len(batch_starts) * rank // world, len(batch_starts) * (rank + 1) // world
-        mine = batch_starts[lo:hi]
+        mine = shard(batch_starts)
         total = sum(min(self.batch_size, blocks[b].num_pairs - s) for b, s in mine)
-        bar = tqdm(total=total, unit="pair", unit_scale=True, desc=label, disable=not self.progress or rank != 0)
+        bar = tqdm(total=total, unit="pair", unit_scale=True, desc=label, disable=not self.progress or rank() != 0)
         self.model.eval()
         current = None
         with paddle.no_grad():
@@ -271,11 +273,11 @@ class RetrievalEngine:
                 block = blocks[b]
                 if current != b:
                     current = b
-                    embeds, region_lens = self._project_regions(gallery, block.start, block.stop)
+                    embeds, block_region_lens = self._project_regions(gallery, block.start, block.stop)
                     block_images, block_captions = block.pairs()
                 images = block_images[s : s + self.batch_size]
                 captions = block_captions[s : s + self.batch_size]
-                scores = self._score_batch(tokens, images, captions, images - block.start, embeds, region_lens)
+                scores = self._score_batch(tokens, images, captions, images - block.start, embeds, block_region_lens)
                 bar.update(len(images))
                 yield images, captions, scores
         bar.close()
@@ -296,8 +298,7 @@ class RetrievalEngine:
             tokens.tag_lens[images],
             self.processor.max_seq_len,
         )
-        region_lens = block_region_lens[local_images]
-        img_embeds = paddle.gather(block_embeds, paddle.to_tensor(local_images))[:, : int(region_lens.max())]
+        img_embeds, region_lens = _batch_regions(block_embeds, block_region_lens, local_images)
         logits = self.model(
             input_ids=paddle.to_tensor(input_ids),
             token_type_ids=paddle.to_tensor(token_type_ids),
@@ -312,47 +313,59 @@ class RetrievalEngine:
         """``embed_text`` of ``[CLS] caption [SEP]`` for every caption, batched shortest first."""
         order = np.argsort(tokens.caption_rank)
         out = np.zeros((len(order), self.model.config.contrastive_dim), dtype=np.float32)
-        no_tags = np.zeros((len(order), 1), dtype=np.int64)
+        batches = [order[s : s + self.batch_size] for s in range(0, len(order), self.batch_size)]
         self.model.eval()
         with paddle.no_grad():
-            for s in range(0, len(order), self.batch_size):
-                rows = order[s : s + self.batch_size]
+            for rows in shard(batches):
+                no_tags = np.zeros(len(rows), dtype=np.int64)
                 input_ids, token_type_ids, lens = self.tokenizer.build_pair_id_arrays(
-                    tokens.caption_ids[rows], tokens.caption_lens[rows], no_tags[rows], np.zeros(len(rows)),
+                    tokens.caption_ids[rows], tokens.caption_lens[rows], no_tags[:, None], no_tags,
                     self.processor.max_seq_len,
                 )
                 out[rows] = self.model.embed_text(
                     paddle.to_tensor(input_ids),
                     paddle.to_tensor(token_type_ids),
-                    paddle.to_tensor(_attention_mask(lens, input_ids.shape[1], np.zeros(len(rows), np.int64), 0)),
+                    paddle.to_tensor(_attention_mask(lens, input_ids.shape[1], no_tags, 0)),
                 ).numpy()
-        return out
+        return all_reduce_sum(out)
 
     def _embed_images(self, gallery: Gallery, tokens: _Tokens) -> np.ndarray:
         """``embed_image`` of ``[CLS] [SEP] tags [SEP]`` + regions for every image, regions projected once."""
         out = np.zeros((gallery.num_images, self.model.config.contrastive_dim), dtype=np.float32)
+        batches = [
+            (start, np.arange(s, min(s + self.batch_size, start + IMAGE_BLOCK, gallery.num_images)))
+            for start in range(0, gallery.num_images, IMAGE_BLOCK)
+            for s in range(start, min(start + IMAGE_BLOCK, gallery.num_images), self.batch_size)
+        ]
         self.model.eval()
+        current = None
         with paddle.no_grad():
-            for start in range(0, gallery.num_images, IMAGE_BLOCK):
-                stop = min(start + IMAGE_BLOCK, gallery.num_images)
-                embeds, region_lens = self._project_regions(gallery, start, stop)
-                for s in range(start, stop, self.batch_size):
-                    rows = np.arange(s, min(s + self.batch_size, stop))
-                    no_caption = np.zeros((len(rows), 1), dtype=np.int64)
-                    input_ids, token_type_ids, lens = self.tokenizer.build_pair_id_arrays(
-                        no_caption, np.zeros(len(rows)), tokens.tag_ids[rows], tokens.tag_lens[rows],
-                        self.processor.max_seq_len,
-                    )
-                    local = rows - start
-                    rl = region_lens[local]
-                    img_embeds = paddle.gather(embeds, paddle.to_tensor(local))[:, : int(rl.max())]
-                    out[rows] = self.model.embed_image(
-                        paddle.to_tensor(input_ids),
-                        paddle.to_tensor(token_type_ids),
-                        paddle.to_tensor(_attention_mask(lens, input_ids.shape[1], rl, img_embeds.shape[1])),
-                        img_embeds=img_embeds,
-                    ).numpy()
-        return out
+            for start, rows in shard(batches):
+                if current != start:
+                    current = start
+                    block = self._project_regions(gallery, start, min(start + IMAGE_BLOCK, gallery.num_images))
+                img_embeds, region_lens = _batch_regions(*block, rows - start)
+                no_caption = np.zeros(len(rows), dtype=np.int64)
+                input_ids, token_type_ids, lens = self.tokenizer.build_pair_id_arrays(
+                    no_caption[:, None], no_caption, tokens.tag_ids[rows], tokens.tag_lens[rows],
+                    self.processor.max_seq_len,
+                )
+                out[rows] = self.model.embed_image(
+                    paddle.to_tensor(input_ids),
+                    paddle.to_tensor(token_type_ids),
+                    paddle.to_tensor(_attention_mask(lens, input_ids.shape[1], region_lens, img_embeds.shape[1])),
+                    img_embeds=img_embeds,
+                ).numpy()
+        return all_reduce_sum(out)
+
+
+def _batch_regions(
+    block_embeds: paddle.Tensor, block_region_lens: np.ndarray, local_images: np.ndarray
+) -> Tuple[paddle.Tensor, np.ndarray]:
+    """Projected regions ``[B, R_batch, H]`` of the batch's images (padded to the batch's longest) and their lengths."""
+    region_lens = block_region_lens[local_images]
+    embeds = paddle.gather(block_embeds, paddle.to_tensor(local_images))[:, : int(region_lens.max())]
+    return embeds, region_lens
 
 
 def _attention_mask(text_lens: np.ndarray, text_len: int, region_lens: np.ndarray, region_len: int) -> np.ndarray:

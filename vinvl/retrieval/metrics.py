@@ -30,6 +30,7 @@ __all__ = [
     "fold_metrics",
     "subset_metrics",
     "subset_scores",
+    "top_k_indices",
     "DEFAULT_KS",
 ]
 
@@ -121,6 +122,26 @@ def candidate_i2t_ranks(
     best = np.where(positive, candidate_scores, -np.inf).max(axis=1, initial=-np.inf)
     ranks = ((candidate_scores >= best[:, None]) & ~positive).sum(axis=1)
     return np.where(positive.any(axis=1), ranks, k).astype(np.int64)
+
+
+def top_k_indices(scores: np.ndarray, k: int, axis: int = 1) -> np.ndarray:
+    """The k best candidates of each query, best first, for writing ranked results.
+
+    ``axis=1``: each image's top captions ``[I, k]``; ``axis=0``: each caption's top images
+    ``[C, k]``. Equal scores are listed in candidate-index order (a stable sort), so the
+    listing is deterministic; ``-inf`` non-candidates come last.
+    """
+    if k <= 0:
+        raise ValueError(f"k must be positive, got {k}")
+    if axis not in (0, 1):
+        raise ValueError(f"axis must be 0 (per caption) or 1 (per image), got {axis}")
+    matrix = np.asarray(scores)
+    matrix = matrix if axis == 1 else matrix.T
+    k = min(k, matrix.shape[1])
+    out = np.empty((matrix.shape[0], k), dtype=np.int64)
+    for rows in _row_chunks(*matrix.shape):
+        out[rows] = np.argsort(-matrix[rows], axis=1, kind="stable")[:, :k]
+    return out
 
 
 def recall_at_k(ranks: np.ndarray, ks: Sequence[int] = DEFAULT_KS) -> Dict[int, float]:
