@@ -22,20 +22,18 @@ only when everything succeeded, so a failed conversion never leaves a half-writt
 from __future__ import annotations
 
 import argparse
-import collections
 import inspect
-import io
 import json
 import logging
 import os
-import pickle
 import re
 import shutil
 import tempfile
-import zipfile
 from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
+
+from .torch_io import TorchFileError, load_torch_file, read_torch_file
 
 if TYPE_CHECKING:
     from .configuration import OscarConfig
@@ -99,148 +97,25 @@ class ConversionError(ValueError):
 def load_torch_state_dict(path: str) -> Dict[str, np.ndarray]:
     """Read a ``torch.save`` state dict (legacy or zip serialization) as numpy arrays.
 
-    With torch installed this is ``torch.load(..., weights_only=True)``; without it, a built-in
-    reader (:func:`read_torch_pickle`) that understands the same two formats. Both unpickle
-    tensors and plain containers only, so a downloaded checkpoint cannot run code on load.
+    Through torch when it is installed, else the built-in reader (:mod:`vinvl.torch_io`); both
+    unpickle tensors and plain containers only, so a downloaded checkpoint cannot run code on load.
     """
-    try:
-        import torch
-    except ImportError:
-        return read_torch_pickle(path)
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for corrupt/foreign files
-        raise ConversionError(f"cannot read {path} as a PyTorch state dict: {exc}") from exc
-    if not isinstance(loaded, Mapping) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
-        raise ConversionError(f"{path} does not hold a state dict (a mapping of parameter names to tensors)")
-    state = {}
-    for name, tensor in loaded.items():
-        tensor = tensor.detach().cpu()
-        if tensor.dtype == torch.bfloat16:  # numpy has no bfloat16
-            tensor = tensor.float()
-        state[name] = tensor.numpy()
-    return state
-
-
-# ``torch.<Name>Storage`` classes named in torch.save pickles, and their numpy element types.
-_TORCH_STORAGE_DTYPES = {
-    "DoubleStorage": np.float64,
-    "FloatStorage": np.float32,
-    "HalfStorage": np.float16,
-    "BFloat16Storage": "bfloat16",
-    "LongStorage": np.int64,
-    "IntStorage": np.int32,
-    "ShortStorage": np.int16,
-    "CharStorage": np.int8,
-    "ByteStorage": np.uint8,
-    "BoolStorage": np.bool_,
-}
-_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
-
-
-class _Storage:
-    """A storage named in the pickle; its bytes are attached once they have been read."""
-
-    def __init__(self, dtype) -> None:
-        self.dtype = dtype
-        self.data: Optional[bytes] = None
-
-    def array_itemsize(self) -> int:
-        return 2 if self.dtype == "bfloat16" else np.dtype(self.dtype).itemsize
-
-    def array(self) -> np.ndarray:
-        if self.dtype == "bfloat16":  # the upper half of a float32
-            raw = np.frombuffer(self.data, dtype="<u2").astype(np.uint32) << 16
-            return raw.view(np.float32)
-        return np.frombuffer(self.data, dtype=np.dtype(self.dtype).newbyteorder("<"))
-
-
-class _TensorRef:
-    """What ``torch._utils._rebuild_tensor_v2`` would build: a strided view of a storage."""
-
-    def __init__(self, storage: _Storage, offset: int, size: Sequence[int], stride: Sequence[int]) -> None:
-        self.storage, self.offset, self.size, self.stride = storage, offset, tuple(size), tuple(stride)
-
-    def materialize(self) -> np.ndarray:
-        flat = self.storage.array()
-        if not self.size:
-            return np.array(flat[self.offset])
-        itemsize = flat.dtype.itemsize
-        view = np.lib.stride_tricks.as_strided(
-            flat[self.offset :], shape=self.size, strides=[s * itemsize for s in self.stride]
-        )
-        return np.array(view, dtype=flat.dtype.newbyteorder("="))
-
-
-def _rebuild_tensor(storage, storage_offset, size, stride, *_unused) -> _TensorRef:
-    return _TensorRef(storage, storage_offset, size, stride)
-
-
-class _TorchUnpickler(pickle.Unpickler):
-    """Unpickles a torch.save state dict without torch, refusing every global but the few it needs."""
-
-    def __init__(self, handle, storages: Dict[str, _Storage]) -> None:
-        super().__init__(handle)
-        self.storages = storages
-
-    def find_class(self, module: str, name: str):
-        if (module, name) == ("collections", "OrderedDict"):
-            return collections.OrderedDict
-        if module == "torch._utils" and name in ("_rebuild_tensor_v2", "_rebuild_tensor"):
-            return _rebuild_tensor
-        if module == "torch" and name in _TORCH_STORAGE_DTYPES:
-            return name
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name}: not part of a plain state dict")
-
-    def persistent_load(self, pid):
-        if not (isinstance(pid, tuple) and pid and pid[0] == "storage"):
-            raise pickle.UnpicklingError(f"unsupported persistent id {pid!r}")
-        storage_type, key = pid[1], str(pid[2])
-        if len(pid) > 5 and pid[5] is not None:
-            raise pickle.UnpicklingError("storage views (PyTorch < 1.0 checkpoints) are not supported")
-        if key not in self.storages:
-            self.storages[key] = _Storage(_TORCH_STORAGE_DTYPES[storage_type])
-        return self.storages[key]
+    return _as_state_dict(load_torch_file, path)
 
 
 def read_torch_pickle(path: str) -> Dict[str, np.ndarray]:
-    """Read a ``torch.save`` state dict without torch: the zip format (PyTorch >= 1.6) and the
-    legacy one (magic number, protocol, sys info, the object, its storage keys, raw storages)."""
-    storages: Dict[str, _Storage] = {}
+    """:func:`load_torch_state_dict` through the built-in reader only (no torch needed)."""
+    return _as_state_dict(read_torch_file, path)
+
+
+def _as_state_dict(reader, path: str) -> Dict[str, np.ndarray]:
     try:
-        if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as archive:
-                names = archive.namelist()
-                pkl = next((n for n in names if n.endswith("/data.pkl") or n == "data.pkl"), None)
-                if pkl is None:
-                    raise ConversionError(f"{path} is a zip file but not a torch.save archive (no data.pkl)")
-                root = pkl[: -len("data.pkl")]
-                byteorder = root + "byteorder"
-                if byteorder in names and archive.read(byteorder).strip() != b"little":
-                    raise ConversionError(f"{path} was written on a big-endian machine; not supported")
-                obj = _TorchUnpickler(io.BytesIO(archive.read(pkl)), storages).load()
-                for key, storage in storages.items():
-                    storage.data = archive.read(f"{root}data/{key}")
-        else:
-            with open(path, "rb") as handle:
-                if pickle.load(handle) != _LEGACY_MAGIC:
-                    raise ConversionError(f"{path} is not a torch.save file (no zip archive, no legacy magic number)")
-                pickle.load(handle)  # protocol version
-                sys_info = pickle.load(handle)
-                if isinstance(sys_info, dict) and not sys_info.get("little_endian", True):
-                    raise ConversionError(f"{path} was written on a big-endian machine; not supported")
-                obj = _TorchUnpickler(handle, storages).load()
-                for key in pickle.load(handle):
-                    storage = storages[str(key)]
-                    count = int.from_bytes(handle.read(8), "little")
-                    storage.data = handle.read(count * storage.array_itemsize())
-    except ConversionError:
-        raise
-    except Exception as exc:
-        raise ConversionError(f"cannot read {path} as a PyTorch state dict: {exc}") from exc
-    if not isinstance(obj, Mapping) or not all(isinstance(v, _TensorRef) for v in obj.values()):
+        loaded = reader(path)
+    except TorchFileError as exc:
+        raise ConversionError(str(exc)) from exc
+    if not isinstance(loaded, Mapping) or not all(isinstance(v, np.ndarray) for v in loaded.values()):
         raise ConversionError(f"{path} does not hold a state dict (a mapping of parameter names to tensors)")
-    return {name: ref.materialize() for name, ref in obj.items()}
+    return dict(loaded)
 
 
 def _safetensors_layout(path: str) -> Optional[str]:
