@@ -30,6 +30,7 @@ import paddle
 import paddle.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..modeling import OscarForImageTextRetrieval
 from ..processor import OscarProcessor
 from .distributed import all_reduce_sum, rank, shard
 from .gallery import Gallery
@@ -93,7 +94,7 @@ class RetrievalEngine:
         progress: show a tqdm bar with pairs/s (on rank 0 only).
     """
 
-    def __init__(self, model, processor: OscarProcessor, batch_size: int = 32, progress: bool = True):
+    def __init__(self, model: OscarForImageTextRetrieval, processor: OscarProcessor, batch_size: int = 32, progress: bool = True):
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         if processor.img_feature_dim != model.config.img_feature_dim:
@@ -127,8 +128,9 @@ class RetrievalEngine:
 
         Each image's k most similar captions fill its ``i2t`` row and each caption's k most
         similar images fill its ``t2i`` column; the union of those pairs is scored once.
-        Everything else is ``-inf``. With k at least the number of captions (or images)
-        every pair is scored and the result equals :meth:`exhaustive` exactly.
+        Everything else is ``-inf``. When k covers every caption (or every image) all pairs are
+        scored and that direction's matrix equals :meth:`exhaustive` exactly; when it covers
+        both, so do both.
         """
         if not isinstance(k, (int, np.integer)) or k <= 0:
             raise ValueError(f"k must be a positive integer, got {k!r}")
