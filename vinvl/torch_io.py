@@ -14,7 +14,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["TorchFileError", "load_torch_file", "read_torch_file"]
+__all__ = ["TorchFileError", "load_torch_file", "read_torch_file", "save_torch_file"]
 
 
 class TorchFileError(ValueError):
@@ -179,3 +179,29 @@ def _tensors_to_numpy(obj: Any, torch) -> Any:
     if isinstance(obj, (list, tuple)):
         return type(obj)(_tensors_to_numpy(v, torch) for v in obj)
     return obj
+
+
+def save_torch_file(obj: Any, path: str) -> None:
+    """``torch.save`` a plain Python object (no tensors), with torch when installed.
+
+    Without torch the legacy serialization is written (magic number, protocol, sys info, the
+    object, an empty storage list), which ``torch.load`` reads as well.
+    """
+    try:
+        import torch
+    except ImportError:
+        with open(path, "wb") as f:
+            for part in (
+                _LEGACY_MAGIC,
+                _LEGACY_PROTOCOL,
+                {"protocol_version": _LEGACY_PROTOCOL, "little_endian": True, "type_sizes": _TYPE_SIZES},
+                obj,
+                [],
+            ):
+                pickle.dump(part, f, protocol=2)
+        return
+    torch.save(obj, path)
+
+
+_LEGACY_PROTOCOL = 1001
+_TYPE_SIZES = {"short": 2, "int": 4, "long": 4}

@@ -1,0 +1,318 @@
+"""A synthetic COCO retrieval corpus in exactly the official on-disk format, learnable by design.
+
+Each image is a scene of a few objects drawn from the real VinVL vocabulary (a subset of its
+1594 classes and 524 attributes). A region feature is its class prototype plus an attribute
+component plus noise, followed by the box geometry of a real-looking box; the tags are what a
+noisy detector would report (objects missed, false positives added); five captions per image
+mention some of its objects, with attributes and varied templates, so a caption usually
+matches several images by any single word and only its image by all of them.
+
+The result is deterministic from the seed. ``vinvl make-synthetic`` and
+``scripts/make_synthetic_coco.py`` call :func:`write_synthetic_corpus`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from .formats import APPEARANCE_DIM, box_geometry, encode_features
+from .layout import CAPTION_INDEX_FILE, SPLITS
+
+__all__ = ["SyntheticImage", "SceneGenerator", "generate_split", "write_synthetic_corpus", "main"]
+
+LABELMAP = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "vinvl_labelmap.json")
+IMAGE_SIZES = ((480, 640), (640, 480), (427, 640), (500, 500), (480, 480))  # (height, width)
+TEMPLATES = (
+    "a {0} next to a {1}",
+    "a photo of a {0} and a {1}",
+    "there is a {0} near the {1} in this picture",
+    "the {0} is beside a {1} and a {2}",
+    "a {0} with a {1}",
+    "an image showing a {0}",
+    "close up of a {0} by a {1}",
+    "a {0}, a {1} and a {2} in one scene",
+    "someone left a {0} close to the {1}",
+    "view of a {0} and some {1}",
+)
+# Attributes a caption writer would use (all in the VinVL attribute vocabulary).
+VISUAL_ATTRIBUTES = (
+    "white", "black", "blue", "green", "red", "brown", "yellow", "orange", "gray", "pink", "purple",
+    "silver", "small", "large", "tall", "wooden", "metal", "plastic", "glass", "striped", "round", "dark", "bright", "old",
+)
+SPLIT_OFFSETS = {"train": 100000, "minival": 400000, "val": 300000, "test": 500000}
+CAPTIONS_PER_IMAGE = 5
+
+
+@dataclass
+class SyntheticImage:
+    """One generated image: what the files will hold for it."""
+
+    image_id: str
+    captions: List[str]
+    tags: List[str]
+    features: np.ndarray  # [num_detections, 2054] float32
+    rects: np.ndarray  # [num_detections, 4] x1, y1, x2, y2 in pixels
+    confidences: np.ndarray  # [num_detections]
+    size: Tuple[int, int]  # (height, width)
+
+
+class SceneGenerator:
+    """Class/attribute prototypes over a subset of the VinVL vocabulary, and scenes built from them."""
+
+    def __init__(self, seed: int = 0, num_classes: int = 60, num_attributes: int = 16, noise: float = 0.35):
+        with open(LABELMAP, encoding="utf-8") as f:
+            labelmap = json.load(f)
+        rng = np.random.default_rng([seed, 0])
+        common = sorted(labelmap["object_count"], key=lambda c: -labelmap["object_count"][c])[:400]
+        common = [c for c in common if c.isalpha()]  # one-word names keep captions readable
+        self.classes = sorted(rng.choice(common, size=min(num_classes, len(common)), replace=False).tolist())
+        attributes = [a for a in VISUAL_ATTRIBUTES if a in labelmap["attribute_to_idx"]]
+        self.attributes = sorted(rng.choice(attributes, size=min(num_attributes, len(attributes)), replace=False).tolist())
+        # Non-negative, sparse-ish appearance vectors, like pooled ReLU detector features.
+        self.class_protos = np.maximum(rng.normal(0, 1.0, (len(self.classes), APPEARANCE_DIM)), 0).astype(np.float32) * 2
+        self.attr_protos = np.maximum(rng.normal(0, 1.0, (len(self.attributes), APPEARANCE_DIM)), 0).astype(np.float32)
+        self.class_weights = 1.0 / np.arange(1, len(self.classes) + 1) ** 0.6  # a mild long tail
+        self.class_weights /= self.class_weights.sum()
+        self.noise = noise
+
+    def _box(self, rng: np.random.Generator, size: Tuple[int, int]) -> np.ndarray:
+        height, width = size
+        bw, bh = rng.uniform(0.15, 0.7) * width, rng.uniform(0.15, 0.7) * height
+        x1, y1 = rng.uniform(0, width - bw), rng.uniform(0, height - bh)
+        return np.array([x1, y1, x1 + bw, y1 + bh], dtype=np.float32)
+
+    def _region(self, rng: np.random.Generator, cls: int, attr: int, rect: np.ndarray, size) -> np.ndarray:
+        appearance = self.class_protos[cls] + (0.6 * self.attr_protos[attr] if attr >= 0 else 0)
+        appearance = np.maximum(appearance + rng.normal(0, self.noise, APPEARANCE_DIM), 0)
+        return np.concatenate([appearance, box_geometry(rect, *size)[0]]).astype(np.float32)
+
+    def _caption(self, rng: np.random.Generator, names: List[str]) -> str:
+        template = TEMPLATES[int(rng.integers(len(TEMPLATES)))]
+        slots = template.count("{")
+        picks = [names[int(i)] for i in rng.choice(len(names), size=slots, replace=len(names) < slots)]
+        text = template.format(*picks)
+        return " ".join("an" if w == "a" and n[:1] in "aeiou" else w for w, n in zip(text.split(), text.split()[1:] + [""]))
+
+    def image(self, image_id: str, rng: np.random.Generator) -> SyntheticImage:
+        size = IMAGE_SIZES[int(rng.integers(len(IMAGE_SIZES)))]
+        num_objects = int(rng.integers(3, 8))
+        classes = rng.choice(len(self.classes), size=num_objects, replace=False, p=self.class_weights)
+        attrs = np.where(rng.random(num_objects) < 0.6, rng.integers(len(self.attributes), size=num_objects), -1)
+        rects = [self._box(rng, size) for _ in range(num_objects)]
+        # The detector: misses some objects, adds false positives.
+        detected = [i for i in range(num_objects) if rng.random() > 0.12] or [0]
+        regions = [(int(classes[i]), int(attrs[i]), rects[i]) for i in detected]
+        for _ in range(int(rng.integers(0, 3))):
+            regions.append((int(rng.integers(len(self.classes))), -1, self._box(rng, size)))
+        order = rng.permutation(len(regions))
+        regions = [regions[i] for i in order]
+        features = np.stack([self._region(rng, c, a, r, size) for c, a, r in regions])
+        names = [
+            f"{self.attributes[a]} {self.classes[c]}" if a >= 0 and rng.random() < 0.7 else self.classes[c]
+            for c, a in zip(classes, attrs)
+        ]
+        return SyntheticImage(
+            image_id=image_id,
+            captions=[self._caption(rng, names) for _ in range(CAPTIONS_PER_IMAGE)],
+            tags=[self.classes[c] for c, _, _ in regions],
+            features=features,
+            rects=np.stack([r for _, _, r in regions]),
+            confidences=rng.uniform(0.3, 0.99, len(regions)).astype(np.float32),
+            size=size,
+        )
+
+
+def generate_split(generator: SceneGenerator, split: str, num_images: int, seed: int, string_ids: bool = False) -> Iterator[SyntheticImage]:
+    """The images of one split, streamed (ids are COCO-like ints, or zero-padded strings)."""
+    rng = np.random.default_rng([seed, SPLITS.index(split) + 1])
+    for i in range(num_images):
+        number = SPLIT_OFFSETS[split] + i
+        yield generator.image(f"{number:012d}" if string_ids else str(number), rng)
+
+
+def _objects(image: SyntheticImage, with_features: bool) -> List[dict]:
+    objects = []
+    for j, (cls, rect, conf) in enumerate(zip(image.tags, image.rects, image.confidences)):
+        obj = {"class": cls, "conf": round(float(conf), 4), "rect": [round(float(v), 2) for v in rect]}
+        if with_features:
+            obj["feature"] = encode_features(image.features[j, :APPEARANCE_DIM])
+        objects.append(obj)
+    return objects
+
+
+def _save_mapping(mapping: Mapping, path: str, fmt: str) -> None:
+    if fmt == "pt":
+        from ..torch_io import save_torch_file
+
+        save_torch_file(dict(mapping), path)
+    elif fmt == "pd":
+        import paddle
+
+        paddle.save(dict(mapping), path)
+    elif fmt == "json":
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump({str(k): v for k, v in mapping.items()}, f)
+    else:
+        raise ValueError(f"captions_format must be 'pt', 'pd' or 'json', got {fmt!r}")
+
+
+def _write_official_split(images: Iterator[SyntheticImage], folder: str, predictions_format: str, write_lineidx: bool):
+    """features.tsv (+ lineidx), imageid2idx.json, predictions.tsv; returns the images' captions and tags."""
+    os.makedirs(folder, exist_ok=True)
+    captions, tags, row_of = {}, {}, {}
+    with open(os.path.join(folder, "features.tsv"), "wb") as feats, open(
+        os.path.join(folder, "predictions.tsv"), "w", encoding="utf-8"
+    ) as preds:
+        offsets = []
+        for row, image in enumerate(images):
+            offsets.append(feats.tell())
+            feats.write(f"{image.image_id}\t{len(image.features)}\t{encode_features(image.features)}\n".encode())
+            objects = _objects(image, with_features=False)
+            payload = objects if predictions_format == "list" else {
+                "objects": objects, "image_h": image.size[0], "image_w": image.size[1]
+            }
+            preds.write(f"{image.image_id}\t{json.dumps(payload)}\n")
+            captions[image.image_id], tags[image.image_id], row_of[image.image_id] = image.captions, image.tags, row
+    if write_lineidx:
+        with open(os.path.join(folder, "features.lineidx"), "w") as f:
+            f.writelines(f"{o}\n" for o in offsets)
+    with open(os.path.join(folder, "imageid2idx.json"), "w") as f:
+        json.dump(row_of, f)
+    return captions, tags
+
+
+def _write_detector_split(images: Iterator[SyntheticImage], folder: str) -> Dict[str, List[str]]:
+    """scene_graph_benchmark output: predictions.tsv with per-object features, and a .hw.tsv."""
+    captions = {}
+    with open(os.path.join(folder, "predictions.tsv"), "w", encoding="utf-8") as preds, open(
+        os.path.join(folder, "images.hw.tsv"), "w", encoding="utf-8"
+    ) as hw:
+        for image in images:
+            preds.write(f"{image.image_id}\t{json.dumps({'objects': _objects(image, with_features=True)})}\n")
+            hw.write(f"{image.image_id}\t{json.dumps([{'height': image.size[0], 'width': image.size[1]}])}\n")
+            captions[image.image_id] = image.captions
+    return captions
+
+
+def _hard_negative_index(captions: Dict[str, List[str]], tags: Dict[str, List[str]], rng: np.random.Generator) -> Dict:
+    """Per minival image 20 candidates: its own captions, then captions of images sharing its tags."""
+    ids = list(captions)
+    index = {}
+    for image_id in ids:
+        own = [[int(image_id), j] for j in range(len(captions[image_id]))]
+        mine = set(tags[image_id])
+        others = sorted((i for i in ids if i != image_id), key=lambda i: -len(mine & set(tags[i])))
+        negatives = [[int(i), int(rng.integers(len(captions[i])))] for i in others[: 20 - len(own)]]
+        index[int(image_id)] = json.dumps(own + negatives)
+    return index
+
+
+def write_synthetic_corpus(
+    out_dir: str,
+    num_images: Union[int, Mapping[str, int]] = 200,
+    seed: int = 0,
+    *,
+    captions_format: str = "pt",
+    captions_as_json: bool = True,
+    predictions_format: str = "dict",
+    write_lineidx: bool = True,
+    layout: str = "official",
+    num_classes: int = 60,
+) -> str:
+    """Write a synthetic corpus to ``out_dir`` (created atomically; it must not exist yet).
+
+    Args:
+        num_images: per split (``{"train": 500, "minival": 50, "val": 50, "test": 100}``) or one
+            number for every split.
+        captions_format: ``pt`` (torch.save, as the official files), ``pd`` (paddle.save, as the
+            Paddle port) or ``json``; ``captions_as_json`` stores each list as a JSON string.
+        predictions_format: ``dict`` (``{"objects", "image_h", "image_w"}``) or ``list`` (bare objects).
+        write_lineidx: also write ``features.lineidx`` (the loader builds it when missing).
+        layout: ``official``, or ``detector`` for the VinVL detector's own output (one folder,
+            ``predictions.tsv`` with per-object features + ``images.hw.tsv``, string image keys;
+            only the splits asked for, captions in ``{split}_captions.*``).
+    """
+    counts = {s: num_images for s in SPLITS} if isinstance(num_images, int) else dict(num_images)
+    unknown = [s for s in counts if s not in SPLITS]
+    if unknown:
+        raise ValueError(f"unknown split {unknown[0]!r}; the splits are {SPLITS}")
+    if any(n < 0 for n in counts.values()):
+        raise ValueError(f"image counts must be >= 0, got {counts}")
+    if os.path.exists(out_dir) and os.listdir(out_dir):
+        raise FileExistsError(f"{out_dir} exists and is not empty; choose a new directory")
+    if predictions_format not in ("dict", "list"):
+        raise ValueError(f"predictions_format must be 'dict' or 'list', got {predictions_format!r}")
+    if layout not in ("official", "detector"):
+        raise ValueError(f"layout must be 'official' or 'detector', got {layout!r}")
+    if layout == "detector" and sum(1 for n in counts.values() if n) != 1:
+        raise ValueError("the detector layout holds one folder of images: give images for exactly one split")
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".synthetic-", dir=parent)
+    try:
+        generator = SceneGenerator(seed=seed, num_classes=num_classes)
+        for split, count in counts.items():
+            if count == 0:
+                continue
+            images = generate_split(generator, split, count, seed, string_ids=layout == "detector")
+            if layout == "detector":
+                captions = _write_detector_split(images, tmp)
+                key = str
+            else:
+                captions, tags = _write_official_split(
+                    images, os.path.join(tmp, "features", split), predictions_format, write_lineidx
+                )
+                key = int
+                if split == "test":
+                    keys = list(captions)
+                    with open(os.path.join(tmp, "test_img_keys.tsv"), "w") as f:
+                        f.writelines(f"{k}\n" for k in keys)
+                    with open(os.path.join(tmp, "test_img_keys_1k.tsv"), "w") as f:
+                        f.writelines(f"{k}\n" for k in keys[: min(1000, max(len(keys) // 5, 1))])
+                if split == "minival":
+                    index = _hard_negative_index(captions, tags, np.random.default_rng([seed, 99]))
+                    _save_mapping(index, os.path.join(tmp, CAPTION_INDEX_FILE), "pt")
+            stored = {key(k): (json.dumps(v) if captions_as_json else v) for k, v in captions.items()}
+            _save_mapping(stored, os.path.join(tmp, f"{split}_captions.{captions_format}"), captions_format)
+        if os.path.exists(out_dir):
+            os.rmdir(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("out_dir", help="new directory to write the corpus to")
+    for split, default in (("train", 500), ("minival", 50), ("val", 50), ("test", 100)):
+        parser.add_argument(f"--{split}", type=int, default=default, help=f"images in the {split} split")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--captions_format", choices=("pt", "pd", "json"), default="pt")
+    parser.add_argument("--predictions_format", choices=("dict", "list"), default="dict")
+    parser.add_argument("--layout", choices=("official", "detector"), default="official")
+    parser.add_argument("--num_classes", type=int, default=60, help="size of the VinVL class subset used")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> str:
+    parser = add_arguments(argparse.ArgumentParser(prog="vinvl make-synthetic", description=__doc__.split("\n\n")[0]))
+    args = parser.parse_args(argv)
+    path = write_synthetic_corpus(
+        args.out_dir,
+        {s: getattr(args, s) for s in SPLITS},
+        seed=args.seed,
+        captions_format=args.captions_format,
+        predictions_format=args.predictions_format,
+        layout=args.layout,
+        num_classes=args.num_classes,
+    )
+    print(f"wrote {path}")
+    return path
