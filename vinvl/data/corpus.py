@@ -96,23 +96,30 @@ def load_coco_ir(
     """``split`` of a coco_ir folder as a ``datasets.Dataset`` through the loading script."""
     # paddlenlp replaces datasets.load_dataset with a wrapper that forces trust_remote_code;
     # the original function keeps this call the same with or without paddlenlp imported.
+    from datasets.exceptions import DatasetGenerationError
     from datasets.load import load_dataset
 
     if not os.path.isdir(data_dir):
         raise DataError(f"{data_dir}: no such data directory")
-    return load_dataset(
-        COCO_IR_SCRIPT,
-        data_dir=os.path.abspath(data_dir),
-        split=split,
-        trust_remote_code=True,
-        cache_dir=cache_dir,
-        features_dir=os.path.abspath(features_dir) if features_dir else None,
-        add_od_labels=add_od_labels,
-        eval_img_keys_file=eval_img_keys_file,
-        inline_features=inline_features,
-        layout=layout,
-        splits=(split,),
-    )
+    try:
+        return load_dataset(
+            COCO_IR_SCRIPT,
+            data_dir=os.path.abspath(data_dir),
+            split=split,
+            trust_remote_code=True,
+            cache_dir=cache_dir,
+            features_dir=os.path.abspath(features_dir) if features_dir else None,
+            add_od_labels=add_od_labels,
+            eval_img_keys_file=eval_img_keys_file,
+            inline_features=inline_features,
+            layout=layout,
+            splits=(split,),
+        )
+    except DatasetGenerationError as exc:
+        # datasets wraps the reader's error; the reader's own message names the file and row.
+        if isinstance(exc.__cause__, DataError):
+            raise exc.__cause__ from None
+        raise
 
 
 def load_corpus(
