@@ -12,6 +12,7 @@ from ..data import load_corpus
 from ..data.collate import MatchingCollator, MatchingPairDataset
 from ..model_dir import load_retrieval_model
 from .arguments import DataArguments, ModelArguments, validate_arguments
+from .history import LogHistoryCallback
 from .trainer import RetrievalTrainer
 
 __all__ = ["parse_arguments", "run_training", "main"]
@@ -91,6 +92,7 @@ def run_training(
         eval_mode=data_args.eval_mode,
         eval_top_k=data_args.eval_top_k,
         eval_with_caption_index=data_args.eval_with_caption_index,
+        callbacks=[LogHistoryCallback()],
     )
     metrics: Dict[str, float] = {}
     if training_args.do_train:

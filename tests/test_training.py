@@ -1,0 +1,152 @@
+"""End-to-end training through the real script: data parallel launch, learning, resume after SIGKILL, bad arguments."""
+import glob
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import vinvl  # noqa: F401  (CPU runtime defaults before paddle)
+from vinvl.data import write_synthetic_corpus
+from vinvl.training.history import read_log_history
+from vinvl.training.run import main as train_main
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(REPO, "scripts", "train_retrieval.py")
+TINY = os.path.join(REPO, "model_configs", "tiny")
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("corpus")
+    write_synthetic_corpus(str(out), num_images={"train": 64, "minival": 16, "val": 16, "test": 16}, seed=3)
+    return str(out)
+
+
+def _flags(corpus_dir, output_dir, **overrides):
+    flags = {
+        "model_name_or_path": TINY,
+        "data_dir": corpus_dir,
+        "output_dir": output_dir,
+        "do_train": "true",
+        "per_device_train_batch_size": "8",
+        "learning_rate": "5e-4",
+        "max_steps": "12",
+        "logging_steps": "2",
+        "save_steps": "6",
+        "save_strategy": "steps",
+        "evaluation_strategy": "no",
+        "seed": "7",
+        "disable_tqdm": "true",
+        "report_to": "visualdl",
+    }
+    flags.update({k: str(v) for k, v in overrides.items()})
+    return [token for key, value in flags.items() for token in (f"--{key}", value)]
+
+
+def _env():
+    env = dict(os.environ)
+    env.pop("OMP_NUM_THREADS", None)  # let vinvl share the cores among the launched ranks
+    return env
+
+
+def _logged_losses(output_dir):
+    return [h["loss"] for h in read_log_history(output_dir) if "loss" in h]
+
+
+def test_data_parallel_training_with_the_launcher(corpus_dir, tmp_path):
+    output_dir = str(tmp_path / "run")
+    log_dir = str(tmp_path / "launch_logs")
+    cmd = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--log_dir", log_dir, SCRIPT]
+    cmd += _flags(corpus_dir, output_dir, max_steps=16, save_steps=16, learning_rate="1e-3")
+    proc = subprocess.run(cmd, cwd=str(tmp_path), env=_env(), capture_output=True, text=True, timeout=600)
+    logs = {p: open(p).read() for p in sorted(glob.glob(os.path.join(log_dir, "workerlog.*")))}
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + "".join(v[-2000:] for v in logs.values())
+    assert len(logs) == 2
+    for text in logs.values():  # both ranks trained, in one 2-process group, to the end
+        assert re.search(r"world_size\s+: 2", text)
+        assert "Total train batch size (w. parallel, distributed & accumulation) = 16" in text
+        assert "Training completed." in text
+    losses = _logged_losses(output_dir)
+    assert len(losses) >= 4 and np.mean(losses[-2:]) < np.mean(losses[:2])
+    assert [os.path.basename(p) for p in glob.glob(os.path.join(output_dir, "checkpoint-*"))] == ["checkpoint-16"]
+    assert os.path.isfile(os.path.join(output_dir, "model.safetensors"))
+    assert glob.glob(os.path.join(output_dir, "runs", "**", "vdlrecords.*"), recursive=True), "no VisualDL records"
+
+
+def test_resume_after_sigkill_matches_an_uninterrupted_run(corpus_dir, tmp_path):
+    from safetensors.numpy import load_file
+
+    straight = str(tmp_path / "straight")
+    train_main(_flags(corpus_dir, straight))
+
+    killed = str(tmp_path / "killed")
+    cmd = [sys.executable, SCRIPT] + _flags(corpus_dir, killed)
+    proc = subprocess.Popen(cmd, cwd=str(tmp_path), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = os.path.join(killed, "checkpoint-6")
+    deadline = time.time() + 300
+    while not os.path.isfile(os.path.join(first, "trainer_state.json")) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert os.path.isdir(first), "the run ended before its first checkpoint"
+    assert not os.path.exists(os.path.join(killed, "checkpoint-12")), "killed too late to test a resume"
+
+    train_main(_flags(corpus_dir, killed, resume_from_checkpoint=first))
+    with open(os.path.join(killed, "trainer_state.json")) as f:
+        assert json.load(f)["global_step"] == 12
+    a = load_file(os.path.join(straight, "model.safetensors"))
+    b = load_file(os.path.join(killed, "model.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_allclose(a[key], b[key], rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+def test_learning_lifts_recall_far_above_chance(tmp_path):
+    corpus = str(tmp_path / "corpus")
+    write_synthetic_corpus(corpus, num_images={"train": 240, "minival": 40, "val": 40, "test": 40}, seed=11)
+    metrics = train_main(
+        _flags(
+            corpus,
+            str(tmp_path / "run"),
+            max_steps=300,
+            per_device_train_batch_size=16,
+            learning_rate="1e-3",
+            warmup_steps=20,
+            save_strategy="no",
+            logging_steps=50,
+            do_eval="true",
+            eval_split="test",
+            report_to="none",
+        )
+    )
+    # 40 test images with 200 captions: chance R@1 is 2.5% (text->image) and 0.5% per caption.
+    assert metrics["eval_t2i_r1"] > 20.0, metrics
+    assert metrics["eval_i2t_r1"] > 20.0, metrics
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"model_name_or_path": "/nonexistent/model"}, "model_name_or_path"),
+        ({"per_device_train_batch_size": 0}, "per_device_train_batch_size"),
+        ({"objective": "mlm"}, "objective"),
+    ],
+)
+def test_bad_arguments_fail_at_start(corpus_dir, tmp_path, override, message):
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        train_main(_flags(corpus_dir, str(tmp_path / "run"), **override))
+
+
+def test_data_dir_missing_files_fails_at_start(tmp_path):
+    empty = tmp_path / "empty_data"
+    empty.mkdir()
+    start = time.time()
+    with pytest.raises((ValueError, FileNotFoundError), match="train_captions|empty_data"):
+        train_main(_flags(str(empty), str(tmp_path / "run")))
+    assert time.time() - start < 60
