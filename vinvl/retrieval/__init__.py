@@ -1,5 +1,6 @@
 """Image-text retrieval: galleries, the scoring engine (exhaustive and two-stage) and R@K metrics."""
 from .engine import RetrievalEngine, RetrievalScores
+from .evaluate import evaluate_corpus, public_names, run_protocol, score_gallery
 from .gallery import Gallery
 from .metrics import (
     candidate_i2t_ranks,
@@ -17,6 +18,10 @@ __all__ = [
     "Gallery",
     "RetrievalEngine",
     "RetrievalScores",
+    "evaluate_corpus",
+    "public_names",
+    "run_protocol",
+    "score_gallery",
     "i2t_ranks",
     "t2i_ranks",
     "candidate_i2t_ranks",

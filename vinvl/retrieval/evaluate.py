@@ -1,0 +1,373 @@
+"""Retrieval evaluation: R@K of a model on a corpus, in training and from the ``vinvl eval`` command.
+
+:func:`evaluate_corpus` is what ``RetrievalTrainer.evaluate`` calls: the minival top-20
+re-rank setting when the corpus carries its caption index (as the official code evaluates
+during training), otherwise the whole split ranked exhaustively or in two stages.
+
+:func:`main` (``vinvl eval`` / ``scripts/eval_retrieval.py``) runs the COCO protocols:
+
+- ``coco1k``: COCO 1K reported both ways: the average over consecutive folds of the base image
+  set (5 folds of 1000 on the 5K test, the literature's convention) and the single subset of
+  ``{split}_img_keys_1k.tsv`` (the official script's). Only the folds' diagonal blocks are
+  scored (5 x 1K x 5K pairs, a fifth of the 5K matrix); the subset is taken from them when it
+  is one of the folds and scored on its own otherwise.
+- ``coco5k``: the whole base image set as one gallery (1K numbers are derived from the same
+  matrix at no cost and reported too).
+- ``keys``: any key file, as one gallery.
+
+The base image set is the split restricted to ``{split}_img_keys.tsv`` when that file exists
+(``test_img_keys.tsv`` lists the 5K test images), else the whole split. Every metric is a
+percentage under the names ``t2i_r1 t2i_r5 t2i_r10 i2t_r1 i2t_r5 i2t_r10 rsum`` (this module is
+the one place that maps :mod:`vinvl.retrieval.metrics`' ``i2t_R@1`` style to them).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..data.formats import DataError, load_image_keys
+from .distributed import rank
+from .engine import RetrievalEngine, RetrievalScores
+from .gallery import Gallery
+from .metrics import fold_metrics, i2t_ranks, rerank_metrics, subset_metrics, t2i_ranks, top_k_indices
+
+__all__ = [
+    "MODES",
+    "PROTOCOLS",
+    "evaluate_corpus",
+    "public_names",
+    "score_gallery",
+    "ProtocolResult",
+    "run_protocol",
+    "ranked_results",
+    "main",
+]
+
+MODES = ("exhaustive", "two_stage")
+PROTOCOLS = ("coco1k", "coco5k", "keys")
+RANKED_TOP = 10  # results listed per query in the ranked-results files
+
+
+def public_names(metrics: Dict[str, float]) -> Dict[str, float]:
+    """``i2t_R@1`` -> ``i2t_r1`` (the names the trainer logs and the HTML report reads)."""
+    return {name.replace("_R@", "_r"): float(value) for name, value in metrics.items()}
+
+
+def _check_mode(mode: str, top_k: int) -> None:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k <= 0:
+        raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
+
+
+def score_gallery(engine: RetrievalEngine, gallery: Gallery, mode: str = "exhaustive", top_k: int = 16) -> RetrievalScores:
+    """The gallery's score matrices, every pair (``exhaustive``) or contrastive top-k re-ranked (``two_stage``)."""
+    _check_mode(mode, top_k)
+    return engine.exhaustive(gallery) if mode == "exhaustive" else engine.two_stage(gallery, k=top_k)
+
+
+def evaluate_corpus(
+    model: Any,
+    processor: Any,
+    corpus: Any,
+    *,
+    mode: str = "exhaustive",
+    top_k: int = 16,
+    batch_size: int = 32,
+    use_caption_index: bool = True,
+    progress: bool = True,
+) -> Dict[str, float]:
+    """R@1/5/10 (percent), ``rsum`` and ``pairs_scored`` of ``model`` on ``corpus`` (RetrievalCorpus interface).
+
+    With ``use_caption_index`` and a corpus that has a ``caption_index`` (minival's top-20 hard
+    negatives), each image ranks only its listed candidates, as the official code evaluates
+    during training: only image-to-text is defined there, so the result holds ``i2t_r1/5/10``
+    and ``rsum`` is their sum (comparable between evaluations of one run, not with a full rsum).
+    Otherwise every image and caption of the corpus is ranked (``mode`` exhaustive or
+    two_stage with ``top_k`` candidates per query) and ``rsum`` sums all six recalls.
+    Under ``paddle.distributed.launch`` the pair work is shared and every rank returns the same.
+    """
+    _check_mode(mode, top_k)
+    gallery = Gallery.from_corpus(corpus)
+    engine = RetrievalEngine(model, processor, batch_size=batch_size, progress=progress)
+    if use_caption_index and gallery.candidates is not None:
+        candidates = gallery.candidates
+        metrics = public_names(rerank_metrics(engine.rerank(gallery), candidates, gallery.caption_to_image))
+        metrics["rsum"] = float(sum(metrics.values()))
+        rows = np.arange(gallery.num_images)[:, None]
+        metrics["pairs_scored"] = float(len(np.unique(rows * gallery.num_captions + candidates)))
+        return metrics
+    scores = score_gallery(engine, gallery, mode, top_k)
+    metrics = public_names(scores.metrics(gallery.caption_to_image))
+    metrics["pairs_scored"] = float(scores.pairs_scored)
+    return metrics
+
+
+# ----- the COCO protocols ----------------------------------------------------------------
+
+
+@dataclass
+class ProtocolResult:
+    """What a protocol run measured.
+
+    ``results``: evaluation name (``1k_5fold``, ``1k_subset``, ``5k``, ``keys``) -> metrics.
+    ``gallery`` / ``scores``: the gallery whose ranked results are written (the 1K subset for
+    coco1k, the whole set otherwise) and its score matrices.
+    """
+
+    results: Dict[str, Dict[str, float]]
+    gallery: Gallery
+    scores: RetrievalScores
+    pairs_scored: int
+    seconds: float
+
+
+def _metrics(scores: RetrievalScores, caption_to_image: np.ndarray) -> Dict[str, float]:
+    return public_names(scores.metrics(caption_to_image))
+
+
+def _folds(num_images: int, fold_size: int) -> List[np.ndarray]:
+    if fold_size <= 0:
+        raise ValueError(f"fold_size must be positive, got {fold_size}")
+    if num_images < fold_size or num_images % fold_size:
+        raise ValueError(
+            f"{num_images} images do not split into equal folds of {fold_size} "
+            "(COCO 1K: the 5000 test images in 5 folds of 1000); pass --fold_size"
+        )
+    return [np.arange(start, start + fold_size) for start in range(0, num_images, fold_size)]
+
+
+def run_protocol(
+    engine: RetrievalEngine,
+    gallery: Gallery,
+    protocol: str,
+    *,
+    mode: str = "exhaustive",
+    top_k: int = 16,
+    fold_size: int = 1000,
+    subset: Optional[np.ndarray] = None,
+) -> ProtocolResult:
+    """Score ``gallery`` as ``protocol`` asks and compute its metrics.
+
+    ``subset``: gallery indices of the official 1K images (``coco1k`` and ``coco5k``), or None.
+    ``fold_size``: images per fold of the 5-fold 1K average (``coco1k`` and ``coco5k``).
+    """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    _check_mode(mode, top_k)
+    if protocol == "coco1k":
+        return _coco1k(engine, gallery, mode, top_k, _folds(gallery.num_images, fold_size), subset)
+    scores = score_gallery(engine, gallery, mode, top_k)
+    c2i = gallery.caption_to_image
+    results = {"5k" if protocol == "coco5k" else "keys": _metrics(scores, c2i)}
+    if protocol == "coco5k":
+        num_folds = len(_folds(gallery.num_images, fold_size))
+        results["1k_5fold"] = public_names(fold_metrics(scores.i2t, c2i, num_folds, scores.t2i))
+        if subset is not None:
+            results["1k_subset"] = public_names(subset_metrics(scores.i2t, c2i, subset, scores.t2i))
+    return ProtocolResult(results, gallery, scores, scores.pairs_scored, scores.seconds)
+
+
+def _coco1k(
+    engine: RetrievalEngine, gallery: Gallery, mode: str, top_k: int, folds: List[np.ndarray], subset: Optional[np.ndarray]
+) -> ProtocolResult:
+    """Each fold scored as its own gallery; the official subset reuses a fold holding the same images."""
+    per_fold, scored = [], []
+    for fold in folds:
+        fold_gallery = gallery.subset(fold)
+        scores = score_gallery(engine, fold_gallery, mode, top_k)
+        per_fold.append(_metrics(scores, fold_gallery.caption_to_image))
+        scored.append((fold_gallery, scores))
+    results = {"1k_5fold": {name: float(np.mean([m[name] for m in per_fold])) for name in per_fold[0]}}
+    primary = scored[0]
+    if subset is not None:
+        same = [s for fold, s in zip(folds, scored) if set(fold.tolist()) == set(subset.tolist())]
+        if same:
+            primary = same[0]
+        else:
+            subset_gallery = gallery.subset(subset)
+            primary = (subset_gallery, score_gallery(engine, subset_gallery, mode, top_k))
+            scored.append(primary)
+        results["1k_subset"] = _metrics(primary[1], primary[0].caption_to_image)
+    pairs = sum(s.pairs_scored for _, s in scored)
+    seconds = sum(s.seconds for _, s in scored)
+    return ProtocolResult(results, primary[0], primary[1], pairs, seconds)
+
+
+# ----- ranked results --------------------------------------------------------------------
+
+
+def ranked_results(gallery: Gallery, scores: RetrievalScores, k: int = RANKED_TOP) -> Tuple[List[dict], List[dict]]:
+    """Each image's top-k captions and each caption's top-k images, best first, with ids and scores.
+
+    ``gt_rank`` is the 0-based rank of the ground truth (the image's best own caption for an
+    image query). Pairs a two-stage search never scored are left out of the lists.
+    """
+    c2i = gallery.caption_to_image
+    number_in_image = np.arange(gallery.num_captions) - gallery.caption_offsets[c2i]
+    i2t_rank, t2i_rank = i2t_ranks(scores.i2t, c2i), t2i_ranks(scores.t2i, c2i)
+
+    def caption(c: int) -> dict:
+        return {"image_id": gallery.image_ids[c2i[c]], "caption_number": int(number_in_image[c]), "caption": gallery.captions[c]}
+
+    image_queries = []
+    for i, row in enumerate(top_k_indices(scores.i2t, k, axis=1)):
+        listed = [dict(caption(int(c)), score=float(scores.i2t[i, c])) for c in row if np.isfinite(scores.i2t[i, c])]
+        image_queries.append({"image_id": gallery.image_ids[i], "gt_rank": int(i2t_rank[i]), "top_captions": listed})
+    caption_queries = []
+    for c, column in enumerate(top_k_indices(scores.t2i, k, axis=0)):
+        listed = [
+            {"image_id": gallery.image_ids[int(i)], "score": float(scores.t2i[i, c])}
+            for i in column
+            if np.isfinite(scores.t2i[i, c])
+        ]
+        caption_queries.append(dict(caption(c), gt_rank=int(t2i_rank[c]), top_images=listed))
+    return image_queries, caption_queries
+
+
+def _write_jsonl(path: str, rows: Sequence[dict]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def write_outputs(output_dir: str, report: Dict[str, Any], result: ProtocolResult) -> List[str]:
+    """``metrics.json``, ``ranked_i2t.jsonl`` and ``ranked_t2i.jsonl`` in ``output_dir``; returns their paths."""
+    os.makedirs(output_dir, exist_ok=True)
+    paths = [os.path.join(output_dir, name) for name in ("metrics.json", "ranked_i2t.jsonl", "ranked_t2i.jsonl")]
+    with open(paths[0], "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=2)
+    image_queries, caption_queries = ranked_results(result.gallery, result.scores)
+    _write_jsonl(paths[1], image_queries)
+    _write_jsonl(paths[2], caption_queries)
+    return paths
+
+
+# ----- the command -----------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vinvl eval", description="COCO 1K/5K image-text retrieval: R@1/5/10 both ways, rsum, ranked results."
+    )
+    parser.add_argument("--model_dir", required=True, help="a saved model directory (config.json + weights)")
+    parser.add_argument("--data_dir", required=True, help="the coco_ir directory")
+    parser.add_argument("--features_dir", default=None, help="per-split feature folders (default: data_dir/features)")
+    parser.add_argument("--split", default="test", help="split to evaluate (default: test)")
+    parser.add_argument("--protocol", choices=PROTOCOLS, default="coco1k",
+                        help="coco1k: 5-fold average + official 1K subset; coco5k: the whole set; keys: --eval_img_keys_file")
+    parser.add_argument("--eval_img_keys_file", default=None, help="key file (path, or name in data_dir) for --protocol keys")
+    parser.add_argument("--fold_size", type=int, default=None,
+                        help="images per 1K fold (default: the size of {split}_img_keys_1k.tsv, else 1000)")
+    parser.add_argument("--mode", choices=MODES, default="exhaustive")
+    parser.add_argument("--top_k", type=int, default=128, help="two_stage: candidates per query re-ranked")
+    parser.add_argument("--batch_size", type=int, default=128, help="pairs per forward pass")
+    parser.add_argument("--no_od_labels", action="store_true", help="leave out the object tags")
+    parser.add_argument("--output_dir", default=None, help="write metrics.json and ranked results here")
+    parser.add_argument("--no_progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def _key_path(data_dir: str, name: str) -> str:
+    return name if os.path.isabs(name) else os.path.join(data_dir, name)
+
+
+def _validate(args: argparse.Namespace) -> None:
+    """Errors that need no data read, before the model or corpus is loaded."""
+    if args.batch_size <= 0:
+        raise ValueError(f"--batch_size must be positive, got {args.batch_size}")
+    if args.top_k <= 0:
+        raise ValueError(f"--top_k must be positive, got {args.top_k}")
+    if args.fold_size is not None and args.fold_size <= 0:
+        raise ValueError(f"--fold_size must be positive, got {args.fold_size}")
+    if (args.protocol == "keys") != (args.eval_img_keys_file is not None):
+        raise ValueError("--eval_img_keys_file goes with --protocol keys (and that protocol needs it)")
+    if not os.path.isfile(os.path.join(args.model_dir, "config.json")):
+        raise FileNotFoundError(f"--model_dir {args.model_dir!r} is not a model directory (no config.json)")
+    from ..model_dir import has_weights
+
+    if not has_weights(args.model_dir):
+        raise FileNotFoundError(f"--model_dir {args.model_dir!r} holds a config but no weights to evaluate")
+    if not os.path.isdir(args.data_dir):
+        raise FileNotFoundError(f"--data_dir {args.data_dir!r} does not exist")
+
+
+def _load_gallery(args: argparse.Namespace) -> Tuple[Gallery, Optional[np.ndarray], int]:
+    """The base gallery, the official 1K subset's indices in it (or None) and the fold size."""
+    from ..data import load_corpus
+
+    if args.protocol == "keys":
+        keys_file = _key_path(args.data_dir, args.eval_img_keys_file)
+    else:
+        default_keys = os.path.join(args.data_dir, f"{args.split}_img_keys.tsv")
+        keys_file = default_keys if os.path.isfile(default_keys) else None
+    corpus = load_corpus(
+        args.data_dir, args.split, features_dir=args.features_dir, add_od_labels=not args.no_od_labels,
+        eval_img_keys_file=keys_file, use_caption_index=False,
+    )
+    gallery = Gallery.from_corpus(corpus)
+    if args.protocol == "keys":
+        return gallery, None, 0
+    subset_file = os.path.join(args.data_dir, f"{args.split}_img_keys_1k.tsv")
+    subset = None
+    if os.path.isfile(subset_file):
+        keys = load_image_keys(subset_file)
+        unknown = [k for k in keys if k not in set(gallery.image_ids)]
+        if unknown:
+            raise DataError(f"{subset_file}: image {unknown[0]} is not in the evaluated set ({len(unknown)} unknown ids)")
+        subset = gallery.index_of(keys)
+    fold_size = args.fold_size or (len(subset) if subset is not None else 1000)
+    return gallery, subset, fold_size
+
+
+def _print_table(result: ProtocolResult) -> None:
+    names = ("t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10", "rsum")
+    print(f"{'':<10}" + "".join(f"{n:>9}" for n in names))
+    for evaluation, metrics in result.results.items():
+        print(f"{evaluation:<10}" + "".join(f"{metrics[n]:>9.2f}" for n in names))
+    rate = result.pairs_scored / max(result.seconds, 1e-9)
+    print(f"{result.pairs_scored} pairs scored in {result.seconds:.1f} s ({rate:.0f} pairs/s)")
+
+
+def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
+    """``vinvl eval``: score, print the R@K table, write metrics.json and ranked results (rank 0 only)."""
+    args = build_parser().parse_args(argv)
+    _validate(args)
+    import paddle.distributed as dist
+
+    if int(os.environ.get("PADDLE_TRAINERS_NUM", "1")) > 1 and not dist.is_initialized():
+        dist.init_parallel_env()
+    from ..model_dir import load_retrieval_model
+
+    gallery, subset, fold_size = _load_gallery(args)
+    model, processor = load_retrieval_model(args.model_dir)
+    engine = RetrievalEngine(model, processor, batch_size=args.batch_size, progress=not args.no_progress)
+    start = time.perf_counter()
+    result = run_protocol(engine, gallery, args.protocol, mode=args.mode, top_k=args.top_k, fold_size=fold_size, subset=subset)
+    report = {
+        "protocol": args.protocol,
+        "split": args.split,
+        "mode": args.mode,
+        "top_k": args.top_k if args.mode == "two_stage" else None,
+        "model_dir": os.path.abspath(args.model_dir),
+        "num_images": gallery.num_images,
+        "num_captions": gallery.num_captions,
+        "fold_size": fold_size if args.protocol != "keys" else None,
+        "results": result.results,
+        "pairs_scored": result.pairs_scored,
+        "scoring_seconds": round(result.seconds, 3),
+        "pairs_per_second": round(result.pairs_scored / max(result.seconds, 1e-9), 1),
+        "wall_seconds": round(time.perf_counter() - start, 3),
+    }
+    if rank() == 0:
+        _print_table(result)
+        if args.output_dir:
+            for path in write_outputs(args.output_dir, report, result):
+                print(f"wrote {path}")
+    return report
