@@ -1,0 +1,13 @@
+"""Evaluate image-text retrieval: COCO 1K (5-fold and official subset), 5K, or a key file.
+
+    python scripts/eval_retrieval.py --model_dir outputs/tiny-synthetic --data_dir outputs/synthetic_coco \
+        --protocol coco1k --output_dir outputs/eval
+    python -m paddle.distributed.launch --nproc_per_node 2 scripts/eval_retrieval.py --model_dir ... --data_dir ...
+
+Same flags as `vinvl eval` (vinvl.retrieval.evaluate).
+"""
+import vinvl  # noqa: F401  (tunes the CPU runtime before paddle loads)
+from vinvl.retrieval.evaluate import main
+
+if __name__ == "__main__":
+    main()
