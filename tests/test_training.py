@@ -14,6 +14,7 @@ import pytest
 import vinvl  # noqa: F401  (CPU runtime defaults before paddle)
 from vinvl.data import write_synthetic_corpus
 from vinvl.training.history import read_log_history
+from vinvl.training.run import is_complete_checkpoint, last_complete_checkpoint
 from vinvl.training.run import main as train_main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -82,29 +83,41 @@ def test_data_parallel_training_with_the_launcher(corpus_dir, tmp_path):
 def test_resume_after_sigkill_matches_an_uninterrupted_run(corpus_dir, tmp_path):
     from safetensors.numpy import load_file
 
+    flags = dict(max_steps=30, save_steps=10)
     straight = str(tmp_path / "straight")
-    train_main(_flags(corpus_dir, straight))
+    train_main(_flags(corpus_dir, straight, **flags))
 
     killed = str(tmp_path / "killed")
-    cmd = [sys.executable, SCRIPT] + _flags(corpus_dir, killed)
+    cmd = [sys.executable, SCRIPT] + _flags(corpus_dir, killed, **flags)
     proc = subprocess.Popen(cmd, cwd=str(tmp_path), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    first = os.path.join(killed, "checkpoint-6")
+    first = os.path.join(killed, "checkpoint-10")
     deadline = time.time() + 300
-    while not os.path.isfile(os.path.join(first, "trainer_state.json")) and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
+    while not is_complete_checkpoint(first) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert os.path.isdir(first), "the run ended before its first checkpoint"
-    assert not os.path.exists(os.path.join(killed, "checkpoint-12")), "killed too late to test a resume"
+    assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+    assert is_complete_checkpoint(first)
+    assert not os.path.isfile(os.path.join(killed, "model.safetensors")), "killed too late to test a resume"
 
-    train_main(_flags(corpus_dir, killed, resume_from_checkpoint=first))
+    # Restart the same command in a new process: it resumes from the newest complete checkpoint.
+    resumed_from = last_complete_checkpoint(killed)
+    subprocess.run(cmd, cwd=str(tmp_path), env=_env(), check=True, capture_output=True, timeout=600)
     with open(os.path.join(killed, "trainer_state.json")) as f:
-        assert json.load(f)["global_step"] == 12
+        assert json.load(f)["global_step"] == 30
+    assert resumed_from is not None and not resumed_from.endswith("checkpoint-30")
     a = load_file(os.path.join(straight, "model.safetensors"))
     b = load_file(os.path.join(killed, "model.safetensors"))
     assert a.keys() == b.keys()
     for key in a:
         np.testing.assert_allclose(a[key], b[key], rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+def test_resume_refuses_an_incomplete_checkpoint(corpus_dir, tmp_path):
+    partial = tmp_path / "run" / "checkpoint-5"
+    partial.mkdir(parents=True)
+    (partial / "trainer_state.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
+        train_main(_flags(corpus_dir, str(tmp_path / "run"), resume_from_checkpoint=str(partial)))
 
 
 def test_learning_lifts_recall_far_above_chance(tmp_path):

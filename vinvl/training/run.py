@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from typing import Dict, List, Optional, Tuple
 
-from paddlenlp.trainer import PdArgumentParser, TrainingArguments, get_last_checkpoint
+from paddlenlp.trainer import PdArgumentParser, TrainingArguments, set_seed
 from paddlenlp.utils.log import logger
 
 from ..data import load_corpus
@@ -27,8 +28,29 @@ def parse_arguments(argv: Optional[List[str]] = None) -> Tuple[ModelArguments, D
     return parser.parse_args_into_dataclasses(args=argv)
 
 
+# What a checkpoint holds once the Trainer has finished writing it (the scheduler comes last).
+CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pdopt", "scheduler.pdparams")
+
+
+def is_complete_checkpoint(path: str) -> bool:
+    """Whether a checkpoint directory was written to the end (a run killed while saving leaves a partial one)."""
+    has_weights = any(os.path.isfile(os.path.join(path, name)) for name in ("model.safetensors", "model_state.pdparams"))
+    return has_weights and all(os.path.isfile(os.path.join(path, name)) for name in CHECKPOINT_FILES)
+
+
+def last_complete_checkpoint(output_dir: str) -> Optional[str]:
+    """The newest complete ``checkpoint-N`` in ``output_dir``, or None."""
+    steps = []
+    for name in os.listdir(output_dir):
+        match = re.fullmatch(r"checkpoint-(\d+)", name)
+        if match and is_complete_checkpoint(os.path.join(output_dir, name)):
+            steps.append(int(match.group(1)))
+    return os.path.join(output_dir, f"checkpoint-{max(steps)}") if steps else None
+
+
 def _checkpoint_to_resume(training_args: TrainingArguments) -> Optional[str]:
-    """The checkpoint to resume: the one asked for, else the newest in output_dir unless overwriting.
+    """The checkpoint to resume: the one asked for, else the newest complete one in output_dir
+    unless overwriting.
 
     Every rank creates output_dir itself and waits for the others before looking, so no rank
     sees a missing directory while another finds checkpoints (the classic hang in all_reduce).
@@ -40,12 +62,14 @@ def _checkpoint_to_resume(training_args: TrainingArguments) -> Optional[str]:
         dist.barrier()
     asked = training_args.resume_from_checkpoint
     if asked:
-        if not os.path.isdir(asked):
-            raise FileNotFoundError(f"--resume_from_checkpoint {asked!r} is not a directory")
+        if not is_complete_checkpoint(asked):
+            raise FileNotFoundError(
+                f"--resume_from_checkpoint {asked!r} is not a complete checkpoint (needs weights and {CHECKPOINT_FILES})"
+            )
         return asked
     if training_args.overwrite_output_dir:
         return None
-    last = get_last_checkpoint(training_args.output_dir)
+    last = last_complete_checkpoint(training_args.output_dir)
     if last is not None:
         logger.info(f"Resuming from {last} (pass --overwrite_output_dir to start over)")
     return last
@@ -66,6 +90,7 @@ def run_training(
             eval_img_keys_file=data_args.eval_img_keys_file,
             **corpus_options,
         )
+    set_seed(training_args.seed)  # before the model exists: a config-only directory is randomly initialised
     model, processor = load_retrieval_model(
         model_args.model_name_or_path,
         max_seq_len=data_args.max_seq_length,

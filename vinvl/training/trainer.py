@@ -1,10 +1,12 @@
 """RetrievalTrainer: paddlenlp.Trainer with the VinVL objectives and R@K evaluation."""
 from __future__ import annotations
 
+import os
 import time
 from typing import Any, Dict, List, Optional
 
 from paddlenlp.trainer import Trainer
+from paddlenlp.utils.env import PADDLE_WEIGHTS_NAME, SAFE_WEIGHTS_NAME
 
 from ..processor import OscarProcessor
 from .losses import OBJECTIVES, contrastive_loss
@@ -56,6 +58,18 @@ class RetrievalTrainer(Trainer):
             rank=self.args.dataset_rank,
             drop_last=self.args.dataloader_drop_last,
         )
+
+    def _load_from_checkpoint(self, resume_from_checkpoint=None):
+        """Also resume from checkpoints whose weights are ``model.safetensors`` (what
+        ``save_pretrained`` writes here); paddlenlp 3.0.0b4 looks for ``model_state.pdparams`` only."""
+        if isinstance(resume_from_checkpoint, str):
+            weights = os.path.join(resume_from_checkpoint, SAFE_WEIGHTS_NAME)
+            if os.path.isfile(weights) and not os.path.isfile(os.path.join(resume_from_checkpoint, PADDLE_WEIGHTS_NAME)):
+                from safetensors.numpy import load_file
+
+                self.model.set_state_dict(load_file(weights))
+                return
+        super()._load_from_checkpoint(resume_from_checkpoint)
 
     def compute_loss(self, model, inputs: Dict[str, Any], return_outputs: bool = False):
         image_index = inputs.pop("image_index", None)
