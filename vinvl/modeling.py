@@ -99,10 +99,13 @@ class OscarSelfAttention(nn.Layer):
         return x.reshape([batch, length, self.num_heads, self.head_dim]).transpose([0, 2, 1, 3])
 
     def forward(self, hidden: paddle.Tensor, additive_mask: paddle.Tensor) -> paddle.Tensor:
-        q = self._split_heads(self.query(hidden))
+        # Scaling q (not the [B, heads, L, L] scores) and a mask already expanded to the scores'
+        # shape keep the elementwise work small: on CPU a broadcast add over the scores costs
+        # several times a same-shape one.
+        q = self._split_heads(self.query(hidden)) * (1.0 / math.sqrt(self.head_dim))
         k = self._split_heads(self.key(hidden))
         v = self._split_heads(self.value(hidden))
-        scores = paddle.matmul(q, k, transpose_y=True) / math.sqrt(self.head_dim) + additive_mask
+        scores = paddle.matmul(q, k, transpose_y=True) + additive_mask
         probs = self.dropout(F.softmax(scores, axis=-1))
         context = paddle.matmul(probs, v)  # [B, heads, L, head_dim]
         batch, length = context.shape[0], context.shape[2]
@@ -273,8 +276,9 @@ class OscarModel(OscarPretrainedModel):
                 f"attention_mask has shape {list(attention_mask.shape)}; expected [{batch}, {total_len}] "
                 "(text positions, then region positions)"
             )
-        # [B, 1, 1, T+R]: 0 where attended, -10000 where masked (as the official code does).
+        # [B, heads, T+R, T+R]: 0 where attended, -10000 where masked (as the official code does).
         additive_mask = (1.0 - attention_mask.astype(hidden.dtype)).unsqueeze([1, 2]) * -10000.0
+        additive_mask = additive_mask.expand([batch, self.config.num_attention_heads, total_len, total_len])
         sequence_output = self.encoder(hidden, additive_mask)
         pooled_output = self.pooler(sequence_output)
         if not return_dict:
