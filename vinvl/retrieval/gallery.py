@@ -37,31 +37,54 @@ class Gallery:
         features: FeatureSource,
         candidates: Optional[np.ndarray] = None,
     ):
+        self._set_images(image_ids, tags, features)
+        num_images = len(self.image_ids)
+        if len(captions) != num_images:
+            raise ValueError(f"got {num_images} image ids and {len(captions)} caption lists")
+        counts = np.array([len(c) for c in captions], dtype=np.int64)
+        if (counts == 0).any() and counts.sum() > 0:
+            raise ValueError(f"every image needs at least one caption; image {self.image_ids[int(np.argmin(counts))]!r} has none")
+        self._set_captions([c for per_image in captions for c in per_image])
+        self.caption_to_image = np.repeat(np.arange(num_images, dtype=np.int64), counts)
+        self.caption_offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        self.candidates = None if candidates is None else self._check_candidates(candidates)
+
+    @classmethod
+    def for_queries(cls, image_ids: Sequence[str], tags: Sequence, features: FeatureSource, captions: Sequence[str]) -> "Gallery":
+        """Images and free captions with no ground truth between them (``caption_to_image`` is -1).
+
+        For answering queries (Taskflow): scoring and ranking work, recall metrics do not apply.
+        """
+        gallery = cls.__new__(cls)
+        gallery._set_images(image_ids, tags, features)
+        gallery._set_captions(captions)
+        gallery.caption_to_image = np.full(len(gallery.captions), -1, dtype=np.int64)
+        gallery.caption_offsets = None
+        gallery.candidates = None
+        return gallery
+
+    def _set_images(self, image_ids: Sequence[str], tags: Sequence, features: FeatureSource) -> None:
         self.image_ids: List[str] = [str(i) for i in image_ids]
         num_images = len(self.image_ids)
         if num_images == 0:
             raise ValueError("the gallery has no images")
         if len(set(self.image_ids)) != num_images:
             raise ValueError("gallery image ids must be distinct")
-        if len(tags) != num_images or len(captions) != num_images:
-            raise ValueError(f"got {num_images} image ids, {len(tags)} tag lists and {len(captions)} caption lists")
+        if len(tags) != num_images:
+            raise ValueError(f"got {num_images} image ids and {len(tags)} tag lists")
         self.tags = list(tags)
-        counts = np.array([len(c) for c in captions], dtype=np.int64)
-        if counts.sum() == 0:
-            raise ValueError("the gallery has no captions (empty caption set)")
-        if (counts == 0).any():
-            raise ValueError(f"every image needs at least one caption; image {self.image_ids[int(np.argmin(counts))]!r} has none")
-        self.captions: List[str] = [str(c) for per_image in captions for c in per_image]
-        empty = [i for i, c in enumerate(self.captions) if not c.strip()]
-        if empty:
-            raise ValueError(f"{len(empty)} captions are empty (first: caption {empty[0]})")
-        self.caption_to_image = np.repeat(np.arange(num_images, dtype=np.int64), counts)
-        self.caption_offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self._read = features if callable(features) else features.__getitem__
         if not callable(features) and len(features) != num_images:
             raise ValueError(f"got {len(features)} feature arrays for {num_images} images")
         self.feature_dim = int(self._checked(0, self._read(0), None).shape[1])
-        self.candidates = None if candidates is None else self._check_candidates(candidates)
+
+    def _set_captions(self, captions: Sequence[str]) -> None:
+        self.captions: List[str] = [str(c) for c in captions]
+        if not self.captions:
+            raise ValueError("the gallery has no captions (empty caption set)")
+        empty = [i for i, c in enumerate(self.captions) if not c.strip()]
+        if empty:
+            raise ValueError(f"{len(empty)} captions are empty (first: caption {empty[0]})")
 
     @classmethod
     def from_corpus(cls, corpus: Any) -> "Gallery":
@@ -128,6 +151,8 @@ class Gallery:
 
     def captions_of(self, index: int) -> List[str]:
         """The captions of image ``index``."""
+        if self.caption_offsets is None:
+            raise ValueError("a query gallery's captions belong to no image")
         return self.captions[self.caption_offsets[index] : self.caption_offsets[index + 1]]
 
     def _check_candidates(self, candidates: np.ndarray) -> np.ndarray:
