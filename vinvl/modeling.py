@@ -73,8 +73,7 @@ class OscarEmbeddings(nn.Layer):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, input_ids: paddle.Tensor, token_type_ids: paddle.Tensor) -> paddle.Tensor:
-        seq_len = input_ids.shape[1]
-        position_ids = paddle.arange(seq_len, dtype="int64").unsqueeze(0)
+        position_ids = paddle.arange(paddle.shape(input_ids)[1], dtype="int64").unsqueeze(0)
         embeddings = (
             self.word_embeddings(input_ids)
             + self.position_embeddings(position_ids)
@@ -242,6 +241,26 @@ class OscarModel(OscarPretrainedModel):
             projected = self.LayerNorm(projected)
         return projected
 
+    def _check_shapes(
+        self, input_ids: paddle.Tensor, attention_mask: Optional[paddle.Tensor], img_embeds: Optional[paddle.Tensor]
+    ) -> None:
+        batch, text_len = input_ids.shape
+        if text_len > self.config.max_position_embeddings:
+            raise ValueError(
+                f"input_ids has {text_len} tokens, more than max_position_embeddings="
+                f"{self.config.max_position_embeddings}"
+            )
+        num_regions = 0
+        if img_embeds is not None:
+            if img_embeds.shape[0] != batch:
+                raise ValueError(f"image batch {img_embeds.shape[0]} differs from text batch {batch}")
+            num_regions = img_embeds.shape[1]
+        if attention_mask is not None and list(attention_mask.shape) != [batch, text_len + num_regions]:
+            raise ValueError(
+                f"attention_mask has shape {list(attention_mask.shape)}; expected [{batch}, {text_len + num_regions}] "
+                "(text positions, then region positions)"
+            )
+
     def forward(
         self,
         input_ids: paddle.Tensor,
@@ -253,32 +272,21 @@ class OscarModel(OscarPretrainedModel):
     ) -> OscarModelOutput | Tuple[paddle.Tensor, paddle.Tensor]:
         if img_feats is not None and img_embeds is not None:
             raise ValueError("pass either img_feats or img_embeds, not both")
-        batch, text_len = input_ids.shape
-        if text_len > self.config.max_position_embeddings:
-            raise ValueError(
-                f"input_ids has {text_len} tokens, more than max_position_embeddings="
-                f"{self.config.max_position_embeddings}"
-            )
         if token_type_ids is None:
             token_type_ids = paddle.zeros_like(input_ids)
-        hidden = self.embeddings(input_ids, token_type_ids)
         if img_feats is not None:
             img_embeds = self.embed_regions(img_feats)
+        if paddle.in_dynamic_mode():  # shapes are only known numbers when running eagerly
+            self._check_shapes(input_ids, attention_mask, img_embeds)
+        hidden = self.embeddings(input_ids, token_type_ids)
         if img_embeds is not None:
-            if img_embeds.shape[0] != batch:
-                raise ValueError(f"image batch {img_embeds.shape[0]} differs from text batch {batch}")
             hidden = paddle.concat([hidden, self.dropout(img_embeds)], axis=1)
-        total_len = hidden.shape[1]
         if attention_mask is None:
-            attention_mask = paddle.ones([batch, total_len], dtype=hidden.dtype)
-        if list(attention_mask.shape) != [batch, total_len]:
-            raise ValueError(
-                f"attention_mask has shape {list(attention_mask.shape)}; expected [{batch}, {total_len}] "
-                "(text positions, then region positions)"
-            )
+            attention_mask = paddle.ones(paddle.shape(hidden)[:2], dtype=hidden.dtype)
         # [B, heads, T+R, T+R]: 0 where attended, -10000 where masked (as the official code does).
         additive_mask = (1.0 - attention_mask.astype(hidden.dtype)).unsqueeze([1, 2]) * -10000.0
-        additive_mask = additive_mask.expand([batch, self.config.num_attention_heads, total_len, total_len])
+        total_len = paddle.shape(hidden)[1]
+        additive_mask = additive_mask.expand([-1, self.config.num_attention_heads, total_len, -1])
         sequence_output = self.encoder(hidden, additive_mask)
         pooled_output = self.pooler(sequence_output)
         if not return_dict:
