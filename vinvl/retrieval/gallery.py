@@ -54,10 +54,11 @@ class Gallery:
         """Images and free captions with no ground truth between them (``caption_to_image`` is -1).
 
         For answering queries (Taskflow): scoring and ranking work, recall metrics do not apply.
+        The caption list may be empty (a gallery of images only).
         """
         gallery = cls.__new__(cls)
         gallery._set_images(image_ids, tags, features)
-        gallery._set_captions(captions)
+        gallery._set_captions(captions, allow_empty=True)
         gallery.caption_to_image = np.full(len(gallery.captions), -1, dtype=np.int64)
         gallery.caption_offsets = None
         gallery.candidates = None
@@ -78,9 +79,9 @@ class Gallery:
             raise ValueError(f"got {len(features)} feature arrays for {num_images} images")
         self.feature_dim = int(self._checked(0, self._read(0), None).shape[1])
 
-    def _set_captions(self, captions: Sequence[str]) -> None:
+    def _set_captions(self, captions: Sequence[str], allow_empty: bool = False) -> None:
         self.captions: List[str] = [str(c) for c in captions]
-        if not self.captions:
+        if not self.captions and not allow_empty:
             raise ValueError("the gallery has no captions (empty caption set)")
         empty = [i for i, c in enumerate(self.captions) if not c.strip()]
         if empty:
