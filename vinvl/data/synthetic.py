@@ -140,7 +140,9 @@ def generate_split(generator: SceneGenerator, split: str, num_images: int, seed:
 def _objects(image: SyntheticImage, with_features: bool) -> List[dict]:
     objects = []
     for j, (cls, rect, conf) in enumerate(zip(image.tags, image.rects, image.confidences)):
-        obj = {"class": cls, "conf": round(float(conf), 4), "rect": [round(float(v), 2) for v in rect]}
+        # Rects at full float32 precision (as the detector writes them), so the geometry a reader
+        # computes from rect + image size equals the geometry columns in features.tsv bit for bit.
+        obj = {"class": cls, "conf": round(float(conf), 4), "rect": [float(v) for v in rect]}
         if with_features:
             obj["feature"] = encode_features(image.features[j, :APPEARANCE_DIM])
         objects.append(obj)

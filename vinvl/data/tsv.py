@@ -21,6 +21,12 @@ def _default_cache_dir() -> str:
     return os.path.join(os.path.expanduser("~"), ".cache", "vinvl", "lineidx")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def build_lineidx(tsv_path: str, out_path: str) -> str:
     """Write the byte offset of every row of ``tsv_path`` to ``out_path`` (atomic; returns it)."""
     out_dir = os.path.dirname(os.path.abspath(out_path))
@@ -33,6 +39,8 @@ def build_lineidx(tsv_path: str, out_path: str) -> str:
                 if line.strip():
                     dst.write(f"{offset}\n")
                 offset += len(line)
+        # mkstemp makes the file private (0600); an index beside shared data must be readable like it.
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, out_path)
     except BaseException:
         if os.path.exists(tmp):
