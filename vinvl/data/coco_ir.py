@@ -1,7 +1,15 @@
 """HuggingFace ``datasets`` loading script for the official Oscar/VinVL COCO retrieval files.
 
     datasets.load_dataset("vinvl/data/coco_ir.py", data_dir="coco_ir", split="test",
-                          trust_remote_code=True, eval_img_keys_file="test_img_keys_1k.tsv")
+                          trust_remote_code=True, splits=("test",),
+                          eval_img_keys_file="test_img_keys_1k.tsv")
+
+Without ``splits`` every split that has a caption file in ``data_dir`` is prepared (a key file
+then needs ``splits``: it names the images of one split). Once paddlenlp is imported,
+``datasets.load_dataset`` is paddlenlp's wrapper, which passes ``trust_remote_code=True``
+itself (passing it again is a TypeError); ``datasets.load.load_dataset`` is the original.
+Prefer :func:`vinvl.data.load_coco_ir`: it also keys the cache on the files' sizes and
+modification times, so an edited or regenerated corpus is not served from a stale cache.
 
 One example per image: ``image_id``, ``captions``, ``tags`` (the detector's object classes),
 ``num_regions``, and where its region features are (``feature_file``, ``feature_row``); with
@@ -16,7 +24,7 @@ from typing import Optional, Tuple
 import datasets
 
 from vinvl.data.examples import ExampleOptions, iter_examples
-from vinvl.data.formats import FEATURE_DIM
+from vinvl.data.formats import FEATURE_DIM, DataError, find_captions_file
 from vinvl.data.layout import SPLITS
 
 
@@ -29,7 +37,9 @@ class CocoIRConfig(datasets.BuilderConfig):
     eval_img_keys_file: Optional[str] = None
     inline_features: bool = False
     layout: str = "auto"
-    splits: Optional[Tuple[str, ...]] = None  # prepare only these splits (default: all four)
+    splits: Optional[Tuple[str, ...]] = None  # prepare only these (default: those with a caption file)
+    lineidx_cache_dir: Optional[str] = None  # line indexes of read-only data folders go here
+    data_fingerprint: Optional[str] = None  # sizes + mtimes of the input files (set by load_coco_ir)
 
 
 class CocoIR(datasets.GeneratorBasedBuilder):
@@ -59,11 +69,27 @@ class CocoIR(datasets.GeneratorBasedBuilder):
     def _split_generators(self, dl_manager):
         if not self.config.data_dir:
             raise ValueError("coco_ir needs data_dir=<the coco_ir folder>")
-        splits = self.config.splits or SPLITS
+        splits = self.config.splits or self._splits_with_captions()
         unknown = [s for s in splits if s not in SPLITS]
         if unknown:
             raise ValueError(f"unknown split {unknown[0]!r}; the splits are {SPLITS}")
+        if self.config.eval_img_keys_file and len(splits) > 1:
+            raise ValueError(
+                f"eval_img_keys_file names the images of one split, but splits {tuple(splits)} would be "
+                "prepared: pass splits=(the split,) as well"
+            )
         return [datasets.SplitGenerator(name=s, gen_kwargs={"split": s}) for s in splits]
+
+    def _splits_with_captions(self) -> Tuple[str, ...]:
+        """The splits whose caption file is in data_dir (``test`` alone if there is none: a gallery)."""
+        found = []
+        for split in SPLITS:
+            try:
+                find_captions_file(self.config.data_dir, split)
+                found.append(split)
+            except DataError:
+                pass
+        return tuple(found) or ("test",)
 
     def _generate_examples(self, split: str):
         options = ExampleOptions(
@@ -72,5 +98,6 @@ class CocoIR(datasets.GeneratorBasedBuilder):
             eval_img_keys_file=self.config.eval_img_keys_file,
             inline_features=self.config.inline_features,
             layout=self.config.layout,
+            lineidx_cache_dir=self.config.lineidx_cache_dir,
         )
         yield from iter_examples(self.config.data_dir, split, options)

@@ -5,18 +5,21 @@ the minival hard-negative index; region features stay on disk and are read per i
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .examples import ExampleOptions, detect_layout, open_feature_source
+from .examples import ExampleOptions, detect_layout, key_file_path, open_feature_source
 from .formats import DataError, load_caption_index
 from .layout import CAPTION_INDEX_FILE
 
 __all__ = ["RetrievalCorpus", "load_coco_ir", "load_corpus", "COCO_IR_SCRIPT"]
 
 COCO_IR_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "coco_ir.py")
+# What the loading script reads (captions, key files, indexes, TSVs); not the .lineidx it may build.
+_INPUT_SUFFIXES = (".pt", ".pd", ".json", ".tsv")
 
 
 class RetrievalCorpus:
@@ -36,12 +39,14 @@ class RetrievalCorpus:
         feature_rows: Sequence[int],
         layout: str = "official",
         caption_index: Optional[Dict[str, List[Tuple[str, int]]]] = None,
+        lineidx_cache_dir: Optional[str] = None,
     ):
         self.image_ids = [str(i) for i in image_ids]
         self.captions = [list(c) for c in captions]
         self.tags = [list(t) for t in tags]
         self.caption_index = caption_index
         self.layout = layout
+        self.lineidx_cache_dir = lineidx_cache_dir
         files = sorted(set(feature_files))
         self._file_of = np.array([files.index(f) for f in feature_files], dtype=np.int32) if len(files) > 1 else None
         self._files = files
@@ -60,7 +65,9 @@ class RetrievalCorpus:
     def _source(self, i: int):
         file_number = 0 if self._file_of is None else int(self._file_of[i])
         if file_number not in self._sources:
-            self._sources[file_number] = open_feature_source(self._files[file_number], self.layout)
+            self._sources[file_number] = open_feature_source(
+                self._files[file_number], self.layout, self.lineidx_cache_dir
+            )
         return self._sources[file_number]
 
     def features(self, i: int) -> np.ndarray:
@@ -68,7 +75,9 @@ class RetrievalCorpus:
         return self._source(i).read(int(self._rows[i]), self.image_ids[i])
 
     @classmethod
-    def from_dataset(cls, dataset, layout: str = "official", caption_index=None) -> "RetrievalCorpus":
+    def from_dataset(
+        cls, dataset, layout: str = "official", caption_index=None, lineidx_cache_dir: Optional[str] = None
+    ) -> "RetrievalCorpus":
         """From the examples of the ``coco_ir`` loading script (a ``datasets.Dataset``)."""
         columns = dataset.select_columns(["image_id", "captions", "tags", "feature_file", "feature_row"]).to_dict()
         return cls(
@@ -79,7 +88,35 @@ class RetrievalCorpus:
             columns["feature_row"],
             layout=layout,
             caption_index=caption_index,
+            lineidx_cache_dir=lineidx_cache_dir,
         )
+
+
+def data_fingerprint(paths: Sequence[Optional[str]], skip: Optional[str] = None) -> str:
+    """A digest of the path, size and mtime of every input file under ``paths`` (folders or files).
+
+    It keys the datasets cache on the data itself, not only on ``data_dir``: without it an edited
+    caption file or a corpus regenerated in the same folder would be served from the old cache.
+    """
+    skip = os.path.abspath(skip) if skip else None
+    files = set()
+    for top in filter(None, paths):
+        top = os.path.abspath(top)
+        if os.path.isfile(top):
+            files.add(top)
+            continue
+        for root, dirs, names in os.walk(top):
+            dirs[:] = [d for d in dirs if not d.startswith(".") and os.path.join(root, d) != skip]
+            files.update(os.path.join(root, n) for n in names if n.endswith(_INPUT_SUFFIXES) and not n.startswith("."))
+    digest = hashlib.sha1()
+    for path in sorted(files):
+        stat = os.stat(path)
+        digest.update(f"{path}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def _lineidx_cache_dir(cache_dir: Optional[str]) -> Optional[str]:
+    return os.path.join(cache_dir, "vinvl_lineidx") if cache_dir else None
 
 
 def load_coco_ir(
@@ -101,6 +138,8 @@ def load_coco_ir(
 
     if not os.path.isdir(data_dir):
         raise DataError(f"{data_dir}: no such data directory")
+    options = ExampleOptions(features_dir=features_dir, eval_img_keys_file=eval_img_keys_file)
+    fingerprint = data_fingerprint([data_dir, features_dir, key_file_path(data_dir, options)], skip=cache_dir)
     try:
         return load_dataset(
             COCO_IR_SCRIPT,
@@ -114,6 +153,8 @@ def load_coco_ir(
             inline_features=inline_features,
             layout=layout,
             splits=(split,),
+            lineidx_cache_dir=_lineidx_cache_dir(cache_dir),
+            data_fingerprint=fingerprint,
         )
     except DatasetGenerationError as exc:
         # datasets wraps the reader's error; the reader's own message names the file and row.
@@ -148,6 +189,8 @@ def load_corpus(
     if split == "minival" and use_caption_index and os.path.isfile(index_path):
         caption_index = load_caption_index(index_path)
     resolved = detect_layout(data_dir, ExampleOptions(features_dir=features_dir, layout=layout))
-    return RetrievalCorpus.from_dataset(dataset, layout=resolved, caption_index=caption_index)
+    return RetrievalCorpus.from_dataset(
+        dataset, layout=resolved, caption_index=caption_index, lineidx_cache_dir=_lineidx_cache_dir(cache_dir)
+    )
 
 

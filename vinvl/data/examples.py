@@ -31,6 +31,7 @@ class ExampleOptions:
     eval_img_keys_file: Optional[str] = None
     inline_features: bool = False
     layout: str = "auto"  # "official", "detector" (scene_graph_benchmark output) or "auto"
+    lineidx_cache_dir: Optional[str] = None  # where line indexes of read-only data folders go
 
 
 def detect_layout(data_dir: str, options: ExampleOptions) -> str:
@@ -46,20 +47,27 @@ def detect_layout(data_dir: str, options: ExampleOptions) -> str:
     return DETECTOR if has_detector and not os.path.isdir(os.path.join(data_dir, "features")) else OFFICIAL
 
 
-def open_feature_source(path: str, layout: str):
+def open_feature_source(path: str, layout: str, lineidx_cache_dir: Optional[str] = None):
     """The reader of a feature file named in an example."""
     folder = os.path.dirname(path)
-    return DetectorPredictions(folder) if layout == DETECTOR else FeatureTSV(folder)
+    return DetectorPredictions(folder, lineidx_cache_dir) if layout == DETECTOR else FeatureTSV(folder, lineidx_cache_dir)
 
 
-def _select_keys(data_dir: str, captions: Dict[str, List[str]], options: ExampleOptions, source: str) -> List[str]:
-    if not options.eval_img_keys_file:
-        return list(captions)
+def key_file_path(data_dir: str, options: ExampleOptions) -> Optional[str]:
+    """The evaluation key file (relative paths are in ``data_dir``), or None."""
     key_path = options.eval_img_keys_file
-    if not os.path.isabs(key_path):
+    if key_path and not os.path.isabs(key_path):
         key_path = os.path.join(data_dir, key_path)
+    return key_path or None
+
+
+def _select_keys(data_dir: str, available, options: ExampleOptions, source: str) -> List[str]:
+    """The image ids of the split: all of ``available`` in order, or the key file's, all checked."""
+    key_path = key_file_path(data_dir, options)
+    if not key_path:
+        return list(available)
     keys = load_image_keys(key_path)
-    missing = [k for k in keys if k not in captions]
+    missing = [k for k in keys if k not in available]
     if missing:
         raise DataError(f"{key_path}: image {missing[0]} is not in {source} ({len(missing)} unknown ids)")
     return keys
@@ -70,7 +78,7 @@ def _official_examples(data_dir: str, split: str, options: ExampleOptions) -> It
     captions = load_captions(caption_path)
     keys = _select_keys(data_dir, captions, options, caption_path)
     folder = split_feature_dir(data_dir, split, options.features_dir)
-    features = FeatureTSV(folder)
+    features = FeatureTSV(folder, options.lineidx_cache_dir)
     rows = {k: features.row_of(k) for k in keys}  # every captioned image must have features, checked up front
     tags: Dict[str, List[str]] = {}
     if options.add_od_labels:
@@ -98,12 +106,20 @@ def _official_examples(data_dir: str, split: str, options: ExampleOptions) -> It
 
 def _detector_examples(data_dir: str, split: str, options: ExampleOptions) -> Iterator[Tuple[str, dict]]:
     folder = options.features_dir or data_dir
-    predictions = DetectorPredictions(folder)
+    predictions = DetectorPredictions(folder, options.lineidx_cache_dir)
     try:
-        captions = load_captions(find_captions_file(data_dir, split))
-    except DataError:
-        captions = {}
-    keys = _select_keys(data_dir, captions, options, "the captions") if captions else list(predictions.rows)
+        caption_path = find_captions_file(data_dir, split)
+    except DataError:  # no captions: a gallery of the detector's images
+        caption_path, captions = None, {}
+    if caption_path:
+        captions = load_captions(caption_path)
+        keys = _select_keys(data_dir, captions, options, caption_path)
+    else:
+        keys = _select_keys(data_dir, predictions.rows, options, predictions.path)
+    for image_id in keys:  # every image needs a row and a size, checked before any feature is read
+        predictions.row_of(image_id)
+        if image_id not in predictions.sizes:
+            raise DataError(f"{predictions.hw_path}: no image size for image {image_id}")
     for image_id in keys:
         row = predictions.row_of(image_id)
         _, objects = predictions.objects(row)

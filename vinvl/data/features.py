@@ -95,6 +95,8 @@ class DetectorPredictions:
 
     def read(self, row: int, image_id: Optional[str] = None) -> np.ndarray:
         found, objects = self.objects(row)
+        if image_id is not None and found != image_id:
+            raise DataError(f"{self.path}: row {row} holds image {found}, expected image {image_id}")
         if found not in self.sizes:
             raise DataError(f"{self.hw_path}: no image size for image {found}")
         return detector_features(objects, self.sizes[found], self.path, found)
