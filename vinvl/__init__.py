@@ -7,7 +7,10 @@ tune_cpu_defaults()  # must run before paddle is imported anywhere below
 from .configuration import OscarConfig
 from .modeling import OscarForImageTextRetrieval, OscarModel, OscarPretrainedModel
 from .processor import OscarProcessor
+from .taskflow import register_task
 from .tokenizer import OscarTokenizer
+
+register_task()  # Taskflow("image_text_retrieval") works once vinvl is imported
 
 __version__ = "0.1.0"
 
