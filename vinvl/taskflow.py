@@ -192,9 +192,9 @@ class ImageTextRetrievalTask(Task):
 
     def _preprocess(self, inputs):
         queries = inputs[0] if isinstance(inputs, tuple) and len(inputs) == 1 else inputs
-        if isinstance(queries, (str, dict)):
+        if not isinstance(queries, (list, tuple)):
             queries = [queries]
-        if not isinstance(queries, (list, tuple)) or not queries:
+        if not queries:
             raise ValueError("give a caption string, an image dict, a pair dict, or a non-empty list of them")
         return [self._parse_query(q, i) for i, q in enumerate(queries)]
 
