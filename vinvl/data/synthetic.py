@@ -249,6 +249,8 @@ def write_synthetic_corpus(
         raise ValueError(f"image counts must be >= 0, got {counts}")
     if os.path.exists(out_dir) and os.listdir(out_dir):
         raise FileExistsError(f"{out_dir} exists and is not empty; choose a new directory")
+    if captions_format not in ("pt", "pd", "json"):
+        raise ValueError(f"captions_format must be 'pt', 'pd' or 'json', got {captions_format!r}")
     if predictions_format not in ("dict", "list"):
         raise ValueError(f"predictions_format must be 'dict' or 'list', got {predictions_format!r}")
     if layout not in ("official", "detector"):
@@ -283,6 +285,9 @@ def write_synthetic_corpus(
                     _save_mapping(index, os.path.join(tmp, CAPTION_INDEX_FILE), "pt")
             stored = {key(k): (json.dumps(v) if captions_as_json else v) for k, v in captions.items()}
             _save_mapping(stored, os.path.join(tmp, f"{split}_captions.{captions_format}"), captions_format)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp made it private (0700); the corpus is ordinary data
         if os.path.exists(out_dir):
             os.rmdir(out_dir)
         os.replace(tmp, out_dir)
