@@ -238,3 +238,23 @@ def test_eval_key_file_naming_unknown_images_and_missing_dirs(model_dir, corpus_
         _eval(model_dir, str(workdir / "nowhere"), workdir / "bad")
     with pytest.raises(FileNotFoundError, match="no weights"):
         _eval(os.path.join(os.path.dirname(vinvl.__file__), "..", "model_configs", "tiny"), corpus_dir, workdir / "bad")
+
+
+def test_benchmark_smoke_mode_prints_its_ratio_lines(tmp_path, capsys):
+    from vinvl.retrieval.benchmark import main as benchmark_main
+
+    report = benchmark_main(["--work_dir", str(tmp_path), "--num_images", "8", "--train_steps", "0",
+                             "--baseline_pairs", "40", "--cpu_probe_images", "0", "--matmul_size", "256", "--no_progress"])
+    out = capsys.readouterr().out
+    for prefix in ("(1) exhaustive vs baseline throughput", "(2) two-stage", "R@K change", "(3) scoring FLOP/s",
+                   "(4) peak memory"):
+        assert prefix in out, prefix
+    paths = report["paths"]
+    assert paths["exhaustive"]["pairs"] == 8 * 40 and paths["baseline"]["pairs"] == 40
+    assert paths["two_stage"]["pairs"] <= paths["exhaustive"]["pairs"]
+    # The baseline pads every pair to 70 + 70, so it runs more FLOPs per pair than the engine.
+    per_pair = {name: paths[name]["flops"] / paths[name]["pairs"] for name in ("exhaustive", "baseline")}
+    assert per_pair["baseline"] > per_pair["exhaustive"] > 0
+    assert paths["baseline_ranking"]["metrics"]["rsum"] == pytest.approx(paths["exhaustive"]["metrics"]["rsum"])
+    with open(tmp_path / "benchmark.json") as f:
+        assert json.load(f)["lines"] == report["lines"]

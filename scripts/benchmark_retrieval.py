@@ -1,0 +1,13 @@
+"""Benchmark retrieval: engine vs the reference pipeline, two-stage vs exhaustive, FLOP/s, memory.
+
+    python scripts/benchmark_retrieval.py                      # trains the tiny model, 1K/5K gallery
+    python scripts/benchmark_retrieval.py --model_dir M --num_images 1000
+    python scripts/benchmark_retrieval.py --num_images 20 --train_steps 0 --baseline_pairs 64   # smoke
+
+Same flags as `vinvl benchmark` (vinvl.retrieval.benchmark).
+"""
+import vinvl  # noqa: F401  (tunes the CPU runtime before paddle loads)
+from vinvl.retrieval.benchmark import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,420 @@
+"""``vinvl benchmark``: what the retrieval engine buys, measured in one run on one model and gallery.
+
+Prints, as ratios:
+
+1. exhaustive scoring throughput (pairs/s) of :class:`RetrievalEngine` over the reference
+   pipeline of :mod:`vinvl.retrieval.baseline` (measured on the first ``--baseline_pairs``
+   pairs, image-major as the reference dataset orders them; it is slow), plus the time of the
+   reference's Python ranking on the full score dict;
+2. two-stage against exhaustive: wall time, pairs scored and the change of every R@K;
+3. hardware use: the FLOPs of each scoring pass counted from the shapes actually run, divided by
+   its time, over the FLOP/s of a large fp32 ``paddle.matmul`` measured in the same process.
+   Counted: every Linear layer (2 x rows x in x out: Q/K/V, attention output, FFN, pooler,
+   classifier, region projection, contrastive heads) and the two attention matmuls per layer
+   (Q.K^T and P.V, 2 x B x L^2 x H each). Not counted: softmax, LayerNorm, GELU, embedding
+   lookups, masking (all O(L x H), a few percent);
+4. peak memory of each path: Python allocations (tracemalloc, numpy included; paddle's own
+   allocator is not visible to it) and the growth of the process' resident set (psutil,
+   sampled every 20 ms) over its level when the path started;
+
+and the gain of the CPU settings of :mod:`vinvl.runtime`: the matmul and a short scoring pass
+run in two fresh processes, one with ``VINVL_NO_CPU_TUNING=1``.
+
+Without ``--model_dir`` it trains the tiny config (``model_configs/tiny``) on the synthetic
+corpus' train split through ``vinvl.training.run`` first, so two-stage retrieval has trained
+contrastive heads to work with; without ``--data_dir`` it writes that corpus. Scoring uses the
+official 70-token / 70-region limits for both paths. ``--num_images 20 --train_steps 0`` is a
+smoke test (an untrained model; the numbers then mean nothing).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import tracemalloc
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterator, List, Optional
+
+import numpy as np
+import paddle
+import paddle.nn as nn
+
+from ..data import load_corpus, write_synthetic_corpus
+from ..model_dir import load_retrieval_model
+from . import baseline
+from .engine import RetrievalEngine
+from .evaluate import public_names
+from .gallery import Gallery
+
+__all__ = ["FlopCounter", "measure_memory", "matmul_flops_per_second", "cpu_probe", "run_benchmark", "main"]
+
+RECALLS = ("t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10")
+TINY_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "model_configs", "tiny")
+
+
+# ----- measuring instruments ---------------------------------------------------------------
+
+
+class FlopCounter:
+    """Counts the matmul FLOPs a model runs, from the input shapes of its layers (forward hooks).
+
+    Linear: 2 x rows x in x out. Self-attention: 2 x B x L^2 x H for Q.K^T plus the same for P.V.
+    """
+
+    def __init__(self, model: nn.Layer):
+        from ..modeling import OscarSelfAttention
+
+        self.flops = 0
+        self._hooks = []
+        for layer in model.sublayers(include_self=True):
+            if isinstance(layer, nn.Linear):
+                self._hooks.append(layer.register_forward_pre_hook(self._linear))
+            elif isinstance(layer, OscarSelfAttention):
+                self._hooks.append(layer.register_forward_pre_hook(self._attention))
+
+    def _linear(self, layer: nn.Linear, inputs: tuple) -> None:
+        shape = inputs[0].shape
+        rows = int(np.prod(shape[:-1]))
+        self.flops += 2 * rows * int(layer.weight.shape[0]) * int(layer.weight.shape[1])
+
+    def _attention(self, layer: nn.Layer, inputs: tuple) -> None:
+        batch, length, hidden = inputs[0].shape
+        self.flops += 4 * int(batch) * int(length) ** 2 * int(hidden)
+
+    def remove(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
+
+
+@dataclass
+class Memory:
+    """Peak Python allocations (tracemalloc) and peak resident-set growth of one measured path, in MB."""
+
+    python_mb: float = 0.0
+    rss_growth_mb: float = 0.0
+
+
+@contextmanager
+def measure_memory(trace_python: bool = True) -> Iterator[Memory]:
+    """Measure the enclosed block's peak memory (fills the yielded :class:`Memory` on exit)."""
+    import psutil
+
+    process = psutil.Process()
+    start = process.memory_info().rss
+    peak = [start]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.02):
+            peak[0] = max(peak[0], process.memory_info().rss)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    if trace_python:
+        tracemalloc.start()
+    memory = Memory()
+    try:
+        yield memory
+    finally:
+        if trace_python:
+            memory.python_mb = tracemalloc.get_traced_memory()[1] / 2**20
+            tracemalloc.stop()
+        done.set()
+        sampler.join()
+        peak[0] = max(peak[0], process.memory_info().rss)
+        memory.rss_growth_mb = (peak[0] - start) / 2**20
+
+
+def matmul_flops_per_second(size: int = 2048, repeats: int = 5) -> float:
+    """Best FLOP/s of an fp32 ``[size, size] @ [size, size]`` paddle.matmul (2 x size^3 FLOPs)."""
+    a = paddle.randn([size, size], dtype="float32")
+    b = paddle.randn([size, size], dtype="float32")
+    paddle.matmul(a, b).numpy()  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        paddle.matmul(a, b).numpy()
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * size**3 / best
+
+
+@dataclass
+class PathResult:
+    """One measured path: its time, pairs, FLOPs, memory and metrics."""
+
+    seconds: float
+    pairs: int
+    flops: int
+    memory: Memory
+    metrics: Dict[str, float] = field(default_factory=dict)
+
+    @property
+    def pairs_per_second(self) -> float:
+        return self.pairs / max(self.seconds, 1e-12)
+
+    @property
+    def flops_per_second(self) -> float:
+        return self.flops / max(self.seconds, 1e-12)
+
+
+def _measure(model: nn.Layer, run: Callable[[], Any], trace_python: bool = True) -> tuple:
+    counter = FlopCounter(model)
+    try:
+        with measure_memory(trace_python) as memory:
+            start = time.perf_counter()
+            value = run()
+            seconds = time.perf_counter() - start
+    finally:
+        counter.remove()
+    return value, seconds, counter.flops, memory
+
+
+# ----- the paths ---------------------------------------------------------------------------
+
+
+def _engine_path(engine: RetrievalEngine, gallery: Gallery, mode: str, top_k: int) -> tuple:
+    """``(PathResult, RetrievalScores)`` of one engine pass over the gallery."""
+    run = (lambda: engine.exhaustive(gallery)) if mode == "exhaustive" else (lambda: engine.two_stage(gallery, k=top_k))
+    scores, seconds, flops, memory = _measure(engine.model, run)
+    metrics = public_names(scores.metrics(gallery.caption_to_image))
+    return PathResult(seconds, scores.pairs_scored, flops, memory, metrics), scores
+
+
+def _baseline_path(model: nn.Layer, processor: Any, gallery: Gallery, num_pairs: int, rounds: int = 2) -> PathResult:
+    """The reference pipeline on the first ``num_pairs`` pairs: timed (best of ``rounds``) without
+    tracemalloc, which would slow its per-pair Python, then run once more for its Python peak."""
+    indices = range(min(num_pairs, gallery.num_images * gallery.num_captions))
+    timed = [
+        _measure(model, lambda: baseline.score_pairs(model, processor, gallery, indices), False) for _ in range(rounds)
+    ]
+    _, seconds, flops, memory = min(timed, key=lambda run: run[1])
+    with measure_memory() as traced:
+        baseline.score_pairs(model, processor, gallery, indices)
+    memory.python_mb = traced.python_mb
+    return PathResult(seconds, len(indices), flops, memory)
+
+
+def _baseline_ranking(gallery: Gallery, matrix: np.ndarray) -> PathResult:
+    """The reference's ranking stage on the full matrix, fed as the ``{pair index: score}`` dict it keeps."""
+    with measure_memory() as memory:
+        start = time.perf_counter()
+        results = dict(enumerate(matrix.ravel().tolist()))
+        metrics = baseline.baseline_metrics(gallery, results)
+        seconds = time.perf_counter() - start
+    return PathResult(seconds, len(results), 0, memory, metrics)
+
+
+def cpu_probe(
+    model_dir: str, data_dir: str, num_images: int, max_seq_len: int, max_img_seq_len: int, matmul_size: int
+) -> Dict[str, Any]:
+    """Matmul FLOP/s and exhaustive pairs/s on a small gallery, in this process as configured."""
+    model, processor = load_retrieval_model(model_dir, max_seq_len=max_seq_len, max_img_seq_len=max_img_seq_len)
+    gallery = _gallery(data_dir, num_images)
+    engine = RetrievalEngine(model, processor, batch_size=128, progress=False)
+    engine.exhaustive(gallery.subset([0]))  # warm-up
+    scores = engine.exhaustive(gallery)
+    return {
+        "matmul_flops": matmul_flops_per_second(matmul_size),
+        "pairs_per_second": scores.pairs_scored / scores.seconds,
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+    }
+
+
+def _cpu_settings_gain(args: argparse.Namespace, model_dir: str, data_dir: str) -> Dict[str, Dict[str, Any]]:
+    """:func:`cpu_probe` in a fresh process with and without the vinvl CPU settings."""
+    call = (
+        "import json, vinvl\nfrom vinvl.retrieval.benchmark import cpu_probe\n"
+        f"print('PROBE ' + json.dumps(cpu_probe({model_dir!r}, {data_dir!r}, {args.cpu_probe_images}, "
+        f"{args.max_seq_len}, {args.max_img_seq_len}, {args.matmul_size})))"
+    )
+    tuning = ("OMP_NUM_THREADS", "MKL_DEBUG_CPU_TYPE", "VINVL_NO_CPU_TUNING")
+    base_env = {k: v for k, v in os.environ.items() if k not in tuning}
+    out = {}
+    for name, extra in (("tuned", {}), ("untuned", {"VINVL_NO_CPU_TUNING": "1"})):
+        done = subprocess.run(
+            [sys.executable, "-c", call], env={**base_env, **extra}, capture_output=True, text=True, timeout=3600
+        )
+        lines = [line for line in done.stdout.splitlines() if line.startswith("PROBE ")]
+        if done.returncode != 0 or not lines:
+            raise RuntimeError(f"the CPU probe ({name}) failed:\n{done.stderr[-3000:]}")
+        out[name] = json.loads(lines[-1][len("PROBE "):])
+    return out
+
+
+# ----- set-up: corpus and model ------------------------------------------------------------
+
+
+def _gallery(data_dir: str, num_images: int) -> Gallery:
+    """The first ``num_images`` images of the corpus' test split."""
+    gallery = Gallery.from_corpus(load_corpus(data_dir, "test"))
+    if gallery.num_images < num_images:
+        raise ValueError(f"{data_dir} has {gallery.num_images} test images, fewer than --num_images {num_images}")
+    return gallery if gallery.num_images == num_images else gallery.subset(list(range(num_images)))
+
+
+def _train_tiny(work_dir: str, data_dir: str, steps: int, seed: int) -> str:
+    """Train model_configs/tiny (matching + contrastive) on the corpus' train split; returns the model dir."""
+    from ..training.run import main as train_main
+
+    output_dir = os.path.join(work_dir, f"tiny-trained-{steps}")
+    flags = {
+        "model_name_or_path": TINY_CONFIG, "data_dir": data_dir, "output_dir": output_dir, "objective": "itm+itc",
+        "do_train": "true", "max_steps": str(steps), "per_device_train_batch_size": "32", "learning_rate": "1e-3",
+        "weight_decay": "0.01", "warmup_steps": str(max(steps // 20, 1)), "lr_scheduler_type": "linear",
+        "logging_steps": "50", "save_strategy": "no", "evaluation_strategy": "no", "report_to": "none",
+        "disable_tqdm": "true", "seed": str(seed), "overwrite_output_dir": "true",
+    }
+    train_main([token for key, value in flags.items() for token in (f"--{key}", value)])
+    return output_dir
+
+
+def _input_sizes(processor: Any, gallery: Gallery) -> Dict[str, float]:
+    """Mean text tokens and regions of a pair (over matching pairs), i.e. what dynamic padding pads to."""
+    tokens = [len(processor.encode_text(c, gallery.tags[i])["input_ids"]) for c, i in zip(gallery.captions, gallery.caption_to_image)]
+    regions = [min(len(gallery.features(i)), processor.max_img_seq_len) for i in range(gallery.num_images)]
+    return {"mean_text_tokens": float(np.mean(tokens)), "mean_regions": float(np.mean(regions))}
+
+
+# ----- the run -----------------------------------------------------------------------------
+
+
+def _prepare(args: argparse.Namespace) -> tuple:
+    """The corpus directory and model directory to use, writing / training them when not given."""
+    os.makedirs(args.work_dir, exist_ok=True)
+    data_dir = args.data_dir
+    if data_dir is None:
+        train_images = args.train_images if args.train_steps else 0
+        data_dir = os.path.join(args.work_dir, f"synthetic-seed{args.seed}-train{train_images}-test{args.num_images}")
+        if not os.path.isdir(data_dir):
+            # (training loads minival for evaluation even when it never evaluates)
+            counts = {"train": train_images, "minival": 20 if train_images else 0, "val": 0, "test": args.num_images}
+            write_synthetic_corpus(data_dir, counts, seed=args.seed)
+    model_dir = args.model_dir
+    if model_dir is None:
+        model_dir = _train_tiny(args.work_dir, data_dir, args.train_steps, args.seed) if args.train_steps else TINY_CONFIG
+    return data_dir, model_dir
+
+
+def run_benchmark(args: argparse.Namespace) -> Dict[str, Any]:
+    """Every measurement of the module docstring; prints the ratios, returns and writes them as JSON."""
+    data_dir, model_dir = _prepare(args)
+    model, processor = load_retrieval_model(model_dir, max_seq_len=args.max_seq_len, max_img_seq_len=args.max_img_seq_len)
+    gallery = _gallery(data_dir, args.num_images)
+    engine = RetrievalEngine(model, processor, batch_size=args.batch_size, progress=not args.no_progress)
+    engine.exhaustive(gallery.subset([0]))  # warm-up: first-call allocations stay out of the timings
+    load_before = os.getloadavg()[0]
+    matmul = matmul_flops_per_second(args.matmul_size)
+    exhaustive, exhaustive_scores = _engine_path(engine, gallery, "exhaustive", args.top_k)
+    two_stage, _ = _engine_path(engine, gallery, "two_stage", args.top_k)
+    reference = _baseline_path(model, processor, gallery, args.baseline_pairs)
+    ranking = _baseline_ranking(gallery, exhaustive_scores.i2t)
+    del exhaustive_scores
+    cpu = _cpu_settings_gain(args, model_dir, data_dir) if args.cpu_probe_images else None
+    paths = {"exhaustive": exhaustive, "two_stage": two_stage, "baseline": reference, "baseline_ranking": ranking}
+    report = {
+        "settings": {
+            "model_dir": os.path.abspath(model_dir), "data_dir": os.path.abspath(data_dir),
+            "num_images": gallery.num_images, "num_captions": gallery.num_captions, "batch_size": args.batch_size,
+            "top_k": args.top_k, "max_seq_len": args.max_seq_len, "max_img_seq_len": args.max_img_seq_len,
+            "baseline_pairs": reference.pairs, "matmul_size": args.matmul_size,
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "cpu_count": os.cpu_count(),
+            "load_average_start_end": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+            **_input_sizes(processor, gallery),
+        },
+        "matmul_flops": matmul,
+        "paths": {
+            name: dict(path.__dict__, memory=path.memory.__dict__, pairs_per_second=path.pairs_per_second,
+                       flops_per_second=path.flops_per_second)
+            for name, path in paths.items()
+        },
+        "cpu_settings": cpu,
+    }
+    report["lines"] = _report_lines(report, paths, matmul, cpu)
+    print("\n".join(report["lines"]))
+    with open(os.path.join(args.work_dir, "benchmark.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    return report
+
+
+def _report_lines(report: Dict[str, Any], paths: Dict[str, PathResult], matmul: float, cpu: Optional[Dict]) -> List[str]:
+    s = report["settings"]
+    ex, ts, ref, rank = paths["exhaustive"], paths["two_stage"], paths["baseline"], paths["baseline_ranking"]
+    lines = [
+        f"gallery: {s['num_images']} images x {s['num_captions']} captions; mean pair {s['mean_text_tokens']:.1f} tokens "
+        f"+ {s['mean_regions']:.1f} regions (limits {s['max_seq_len']} + {s['max_img_seq_len']}); "
+        f"{s['omp_num_threads']} threads on {s['cpu_count']} cores; load average {s['load_average_start_end']}",
+        "",
+        f"{'path':<18}{'seconds':>10}{'pairs':>12}{'pairs/s':>11}{'GFLOP/s':>9}{'py MB':>9}{'RSS+ MB':>9}",
+    ]
+    for name, path in paths.items():
+        gflops = f"{path.flops_per_second / 1e9:9.2f}" if path.flops else f"{'-':>9}"
+        lines.append(
+            f"{name:<18}{path.seconds:10.2f}{path.pairs:12d}{path.pairs_per_second:11.0f}{gflops}"
+            f"{path.memory.python_mb:9.1f}{path.memory.rss_growth_mb:9.1f}"
+        )
+    lines += [
+        "",
+        f"(1) exhaustive vs baseline throughput: {ex.pairs_per_second / ref.pairs_per_second:.1f}x pairs/s "
+        f"({ex.pairs_per_second:.0f} vs {ref.pairs_per_second:.0f}; baseline on {ref.pairs} pairs, "
+        f"its dict + Python ranking of all {rank.pairs} scores takes {rank.seconds:.1f} s more)",
+        f"(2) two-stage (k={s['top_k']}) vs exhaustive: {ex.seconds / ts.seconds:.1f}x less wall time "
+        f"({ts.seconds:.1f} s vs {ex.seconds:.1f} s), {ex.pairs / max(ts.pairs, 1):.1f}x fewer pairs "
+        f"({ts.pairs} vs {ex.pairs})",
+        "    R@K change (two-stage minus exhaustive, points): "
+        + ", ".join(f"{n} {ts.metrics[n] - ex.metrics[n]:+.2f}" for n in RECALLS)
+        + f"; max |change| {max(abs(ts.metrics[n] - ex.metrics[n]) for n in RECALLS):.2f}",
+        "    exhaustive R@K: " + ", ".join(f"{n} {ex.metrics[n]:.2f}" for n in RECALLS + ("rsum",)),
+        f"(3) scoring FLOP/s over matmul FLOP/s ({matmul / 1e9:.1f} GFLOP/s, {s['matmul_size']}^2 fp32): "
+        f"exhaustive {ex.flops_per_second / matmul:.2f}, two-stage {ts.flops_per_second / matmul:.2f}, "
+        f"baseline {ref.flops_per_second / matmul:.2f}; FLOPs per pair: exhaustive {ex.flops / ex.pairs / 1e6:.1f} M, "
+        f"baseline {ref.flops / ref.pairs / 1e6:.1f} M",
+        f"(4) peak memory, Python / RSS growth (MB): exhaustive {ex.memory.python_mb:.0f} / {ex.memory.rss_growth_mb:.0f}, "
+        f"two-stage {ts.memory.python_mb:.0f} / {ts.memory.rss_growth_mb:.0f}, baseline scoring {ref.pairs} pairs "
+        f"{ref.memory.python_mb:.0f} / {ref.memory.rss_growth_mb:.0f}, baseline dict + ranking "
+        f"{rank.memory.python_mb:.0f} / {rank.memory.rss_growth_mb:.0f}",
+    ]
+    if cpu is not None:
+        tuned, untuned = cpu["tuned"], cpu["untuned"]
+        lines.append(
+            f"(5) CPU settings (vinvl.runtime) vs VINVL_NO_CPU_TUNING=1, fresh processes: scoring "
+            f"{tuned['pairs_per_second'] / untuned['pairs_per_second']:.2f}x pairs/s "
+            f"({tuned['pairs_per_second']:.0f} vs {untuned['pairs_per_second']:.0f}), matmul "
+            f"{tuned['matmul_flops'] / untuned['matmul_flops']:.2f}x "
+            f"({tuned['matmul_flops'] / 1e9:.1f} vs {untuned['matmul_flops'] / 1e9:.1f} GFLOP/s; threads "
+            f"{tuned['omp_num_threads']} vs {untuned['omp_num_threads']})"
+        )
+    return lines
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vinvl benchmark", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model_dir", default=None, help="a trained model (default: train model_configs/tiny first)")
+    parser.add_argument("--data_dir", default=None, help="a coco_ir corpus whose test split is the gallery (default: synthetic)")
+    parser.add_argument("--work_dir", default="outputs/benchmark", help="corpus, trained model and benchmark.json go here")
+    parser.add_argument("--num_images", type=int, default=1000, help="gallery images (5 captions each in the synthetic corpus)")
+    parser.add_argument("--train_images", type=int, default=1000, help="synthetic train images when training")
+    parser.add_argument("--train_steps", type=int, default=600, help="steps of training without --model_dir (0: untrained)")
+    parser.add_argument("--baseline_pairs", type=int, default=3000, help="pairs the reference pipeline is timed on")
+    parser.add_argument("--top_k", type=int, default=16, help="two-stage candidates per query")
+    parser.add_argument("--batch_size", type=int, default=128, help="engine pairs per forward pass")
+    parser.add_argument("--max_seq_len", type=int, default=70, help="text tokens per pair (official 70)")
+    parser.add_argument("--max_img_seq_len", type=int, default=70, help="regions per pair (official 70)")
+    parser.add_argument("--matmul_size", type=int, default=2048, help="side of the reference fp32 matmul")
+    parser.add_argument("--cpu_probe_images", type=int, default=40,
+                        help="gallery images of the CPU-settings probe (0: skip the probe)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no_progress", action="store_true")
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
+    args = build_parser().parse_args(argv)
+    for name in ("num_images", "baseline_pairs", "top_k", "batch_size", "matmul_size"):
+        if getattr(args, name) <= 0:
+            raise ValueError(f"--{name} must be positive, got {getattr(args, name)}")
+    return run_benchmark(args)
