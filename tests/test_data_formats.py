@@ -20,6 +20,7 @@ from vinvl.data.formats import (
     DEFAULT_IMAGE_SIZE,
     box_geometry,
     decode_feature_row,
+    detector_features,
     encode_features,
     load_captions,
     load_caption_index,
@@ -28,7 +29,7 @@ from vinvl.data.formats import (
     parse_prediction,
 )
 from vinvl.data.synthetic import SceneGenerator, generate_split
-from vinvl.data.tsv import TSVFile, build_lineidx, lineidx_path_for
+from vinvl.data.tsv import TSVFile, build_lineidx, index_fits, lineidx_path_for
 from vinvl.torch_io import load_torch_file, read_torch_file, save_torch_file
 
 COUNTS = {"train": 3, "minival": 4, "val": 3, "test": 6}
@@ -249,6 +250,7 @@ def test_parse_prediction_dict_and_bare_list():
 @pytest.mark.parametrize(
     "text, message",
     [('{"objects": [', "malformed JSON"), ('{"boxes": []}', "expected a list of objects"),
+     ('{"objects": [], "image_h": null, "image_w": 640}', "image_h / image_w are not integers"),
      ('[{"rect": [0, 0, 1, 1]}]', "object 0 has no 'class'"), ("7", "expected a list of objects")],
 )
 def test_parse_prediction_rejects(text, message):
@@ -257,6 +259,23 @@ def test_parse_prediction_rejects(text, message):
     assert "/d/predictions.tsv: row 12" in str(info.value)
     if "malformed" in message:
         assert "image 000000522418" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [(lambda o: o[1].pop("rect"), "every object needs a 4-number 'rect'"),
+     (lambda o: o[1].update(rect=[1, 2, 3]), "every object needs a 4-number 'rect'"),
+     (lambda o: o[0].update(feature="@@@@"), "object 0 has no valid base64 'feature'"),
+     (lambda o: o[1].update(feature=encode_features(np.zeros(2047))), "object 1 feature has 2047 values"),
+     (lambda o: o[1].update(rect=[0, 0, float("nan"), 1]), "NaN or Inf")],
+)
+def test_detector_features_rejects(change, message):
+    objects = [{"class": "dog", "rect": [0, 0, 10, 20], "feature": encode_features(np.ones(2048))} for _ in range(2)]
+    assert detector_features(objects, (40, 50), "p.tsv", "k").shape == (2, FEATURE_DIM)
+    change(objects)
+    with pytest.raises(DataError, match=message) as info:
+        detector_features(objects, (40, 50), "/d/predictions.tsv", "000000522418")
+    assert "/d/predictions.tsv: image 000000522418" in str(info.value)
 
 
 def test_parse_hw_and_box_geometry():
@@ -316,28 +335,50 @@ def test_lineidx_of_a_read_only_folder_goes_to_the_cache(tmp_path, monkeypatch):
         os.chmod(folder, 0o755)
 
 
-def test_a_stale_user_lineidx_is_never_rewritten(tmp_path):
+@pytest.mark.parametrize(
+    "content", ["0\n999\n", "0\n3\n", "0\n", "5\n9\n", "zero\n"], ids=["outside", "mid-row", "short", "no-0", "junk"]
+)
+def test_a_user_lineidx_that_does_not_fit_is_bypassed_never_rewritten(tmp_path, content):
     tsv = str(tmp_path / "features.tsv")
-    offsets = _write_tsv(tsv, [["1", "a"], ["2", "b"]])
+    offsets = _write_tsv(tsv, [["1", "a"], ["22", "bb"]])
     user = tmp_path / "features.lineidx"
-    user.write_text("0\n999\n")  # wrong, and older than the TSV
-    os.utime(user, (1_000_000, 1_000_000))
+    user.write_text(content)
+    os.utime(user, (4_000_000_000, 4_000_000_000))  # newer than the TSV: time says nothing about fit
     table = TSVFile(tsv, cache_dir=str(tmp_path / "cache"))
-    assert user.read_text() == "0\n999\n" and os.path.getmtime(user) == 1_000_000
+    assert user.read_text() == content and os.path.getmtime(user) == 4_000_000_000
     assert table.lineidx_path.startswith(str(tmp_path / "cache"))
     assert [int(x) for x in open(table.lineidx_path)] == offsets
-    assert table.seek(1) == ["2", "b"]
+    assert table.seek(1) == ["22", "bb"]
 
 
-def test_a_lineidx_pointing_outside_the_file_is_an_error(tmp_path):
+def test_an_older_user_lineidx_that_fits_is_used(tmp_path):
+    """A download finishing the big TSV after its index must not cost a pass over the TSV."""
+    tsv = str(tmp_path / "features.tsv")
+    offsets = _write_tsv(tsv, [[str(i), "x" * i] for i in range(40)])
+    user = tmp_path / "features.lineidx"
+    user.write_text("".join(f"{o}\n" for o in offsets))
+    os.utime(user, (1_000_000, 1_000_000))
+    assert index_fits(str(user), tsv)
+    table = TSVFile(tsv, cache_dir=str(tmp_path / "cache"))
+    assert table.lineidx_path == str(user) and not (tmp_path / "cache").exists()
+    assert table.seek(39) == ["39", "x" * 39]
+    with open(tsv, "a") as f:  # rows appended after the index was made: it no longer fits
+        f.write("40\ty\n")
+    assert not index_fits(str(user), tsv)
+
+
+def test_a_corrupt_index_in_use_is_an_error(tmp_path):
     tsv = str(tmp_path / "features.tsv")
     _write_tsv(tsv, [["1", "a"], ["2", "b"]])
-    (tmp_path / "features.lineidx").write_text("0\n4000\n")
+    table = TSVFile(tsv)
+    with open(table.lineidx_path, "w") as f:
+        f.write("0\n4000\n")
     with pytest.raises(ValueError, match="features.lineidx: offsets point outside"):
-        TSVFile(tsv)
-    (tmp_path / "features.lineidx").write_text("0\nfour\n")
+        table._read_offsets()
+    with open(table.lineidx_path, "w") as f:
+        f.write("0\nfour\n")
     with pytest.raises(ValueError, match="not a line index"):
-        TSVFile(tsv)
+        table._read_offsets()
 
 
 def test_built_lineidx_is_readable_like_a_normal_file(tmp_path):

@@ -14,7 +14,7 @@ from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
 
-__all__ = ["TSVFile", "build_lineidx", "lineidx_path_for"]
+__all__ = ["TSVFile", "build_lineidx", "index_fits", "lineidx_path_for"]
 
 
 def _default_cache_dir() -> str:
@@ -49,10 +49,39 @@ def build_lineidx(tsv_path: str, out_path: str) -> str:
     return out_path
 
 
+def index_fits(index_path: str, tsv_path: str, samples: int = 16) -> bool:
+    """Whether ``index_path`` holds the row starts of ``tsv_path``, by spot checks (no full pass).
+
+    The offsets must start at 0 and increase; a few of them, the last included, must each
+    follow a line break; and the last row must run to the end of the file. Modification times
+    are not used: downloads and copies do not keep them in order.
+    """
+    try:
+        with open(index_path) as f:
+            offsets = np.array([int(line) for line in f if line.strip()], dtype=np.int64)
+    except (OSError, ValueError):
+        return False
+    size = os.path.getsize(tsv_path)
+    if len(offsets) == 0:
+        return size == 0
+    if offsets[0] != 0 or offsets[-1] >= size or (len(offsets) > 1 and (np.diff(offsets) <= 0).any()):
+        return False
+    with open(tsv_path, "rb") as f:
+        for i in np.unique(np.linspace(0, len(offsets) - 1, min(samples, len(offsets))).astype(np.int64)):
+            if offsets[i] > 0:
+                f.seek(int(offsets[i]) - 1)
+                if f.read(1) != b"\n":
+                    return False
+        f.seek(int(offsets[-1]))
+        f.readline()
+        return not f.read(4096).strip()  # nothing but blank space after the last indexed row
+
+
 def lineidx_path_for(tsv_path: str, cache_dir: Optional[str] = None) -> str:
-    """The index to use for ``tsv_path``: the one beside it, else one built beside it, else in a cache."""
+    """The index to use for ``tsv_path``: the one beside it if it fits the file, else one built
+    beside it (when there is none and the folder is writable), else one in a cache."""
     beside = os.path.splitext(tsv_path)[0] + ".lineidx"
-    if os.path.isfile(beside) and os.path.getmtime(beside) >= os.path.getmtime(tsv_path):
+    if os.path.isfile(beside) and index_fits(beside, tsv_path):
         return beside
     if not os.path.exists(beside) and os.access(os.path.dirname(os.path.abspath(tsv_path)), os.W_OK):
         return build_lineidx(tsv_path, beside)
