@@ -182,7 +182,10 @@ def parse_prediction(fields: Sequence[str], path: str, row: int) -> Tuple[str, L
         objects, size = parsed, DEFAULT_IMAGE_SIZE
     elif isinstance(parsed, dict) and isinstance(parsed.get("objects"), list):
         objects = parsed["objects"]
-        size = (int(parsed.get("image_h", DEFAULT_IMAGE_SIZE[0])), int(parsed.get("image_w", DEFAULT_IMAGE_SIZE[1])))
+        try:
+            size = (int(parsed.get("image_h", DEFAULT_IMAGE_SIZE[0])), int(parsed.get("image_w", DEFAULT_IMAGE_SIZE[1])))
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"{path}: row {row} (image {image_id}): image_h / image_w are not integers") from exc
     else:
         raise DataError(f"{path}: row {row} (image {image_id}): expected a list of objects or a dict with 'objects'")
     for j, obj in enumerate(objects):
@@ -222,8 +225,11 @@ def detector_features(objects: Sequence[dict], size: Tuple[int, int], path: str,
         if vec.size != APPEARANCE_DIM:
             raise DataError(f"{path}: image {image_id}: object {j} feature has {vec.size} values, expected {APPEARANCE_DIM}")
         appearance.append(vec)
-    rects = np.array([obj.get("rect") for obj in objects], dtype=np.float32)
-    if rects.shape != (len(objects), 4):
+    try:
+        rects = np.array([obj.get("rect") for obj in objects], dtype=np.float32)
+    except (TypeError, ValueError):  # a missing or ragged rect
+        rects = None
+    if rects is None or rects.shape != (len(objects), 4):
         raise DataError(f"{path}: image {image_id}: every object needs a 4-number 'rect'")
     features = np.concatenate([np.stack(appearance), box_geometry(rects, *size)], axis=1).astype(np.float32)
     if not np.isfinite(features).all():
