@@ -344,22 +344,36 @@ def test_paddlenlp_rebinds_datasets_load_dataset(tmp_path):
     assert datasets.load_dataset(COCO_IR_SCRIPT, **kwargs)["image_id"] == [im.image_id for im in truth("test", 6)]
 
 
-def test_plain_datasets_call_before_paddlenlp_is_imported(tmp_path):
-    """In a fresh process (nothing imported but datasets) the documented call works as written."""
-    out = write(tmp_path)
+@pytest.fixture(scope="module", autouse=True)
+def plain_call(tmp_path_factory):
+    """A fresh process (nothing imported but datasets) making the documented call as written.
+
+    Started when the module starts, so its ~10 s of imports overlap the other tests."""
+    tmp = tmp_path_factory.mktemp("plain")
+    out = write_synthetic_corpus(str(tmp / "corpus"), {"train": 0, "minival": 0, "val": 0, "test": 6}, seed=SEED)
     code = textwrap.dedent(
         f"""
         import json, sys
         import datasets
         assert "paddlenlp" not in sys.modules
         ds = datasets.load_dataset({COCO_IR_SCRIPT!r}, data_dir={out!r}, split="test",
-                                   trust_remote_code=True, cache_dir={str(tmp_path / 'cache')!r})
+                                   trust_remote_code=True, cache_dir={str(tmp / 'cache')!r})
         print(json.dumps(ds["image_id"]))
         """
     )
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert json.loads(result.stdout.strip().splitlines()[-1]) == [im.image_id for im in truth("test", 6)]
+    process = subprocess.Popen(
+        [sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    yield process
+    if process.poll() is None:
+        process.kill()
+        process.communicate()
+
+
+def test_plain_datasets_call_before_paddlenlp_is_imported(plain_call):
+    stdout, stderr = plain_call.communicate(timeout=180)
+    assert plain_call.returncode == 0, stderr[-2000:]
+    assert json.loads(stdout.strip().splitlines()[-1]) == [im.image_id for im in truth("test", 6)]
 
 
 # ---------------------------------------------------------------- bad input
