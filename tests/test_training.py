@@ -86,8 +86,11 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(corpus_dir, tmp_path)
     from safetensors.numpy import load_file
 
     flags = dict(max_steps=30, save_steps=10)
-    straight = str(tmp_path / "straight")
-    train_main(_flags(corpus_dir, straight, **flags))
+    straight = str(tmp_path / "straight")  # the same command, run through without interruption
+    subprocess.run(
+        [sys.executable, SCRIPT] + _flags(corpus_dir, straight, **flags),
+        cwd=str(tmp_path), env=_env(), check=True, capture_output=True, timeout=600,
+    )
 
     killed = str(tmp_path / "killed")
     cmd = [sys.executable, SCRIPT] + _flags(corpus_dir, killed, **flags)
@@ -111,7 +114,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(corpus_dir, tmp_path)
     b = load_file(os.path.join(killed, "model.safetensors"))
     assert a.keys() == b.keys()
     for key in a:
-        np.testing.assert_allclose(a[key], b[key], rtol=1e-5, atol=1e-6, err_msg=key)
+        np.testing.assert_allclose(a[key], b[key], rtol=1e-5, atol=1e-5, err_msg=key)
 
 
 def test_resume_refuses_an_incomplete_checkpoint(corpus_dir, tmp_path):
