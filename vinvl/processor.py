@@ -102,6 +102,16 @@ class OscarProcessor:
 
         return {k: paddle.to_tensor(v) for k, v in out.items()}
 
+    @staticmethod
+    def attention_mask_from_lengths(
+        text_lens: np.ndarray, text_len: int, region_lens: np.ndarray, region_len: int
+    ) -> np.ndarray:
+        """The ``[B, text_len + region_len]`` float32 mask :meth:`pad` builds, from lengths alone
+        (text positions, then region positions), for callers that assemble pairs in bulk."""
+        text = np.arange(text_len)[None, :] < np.asarray(text_lens)[:, None]
+        regions = np.arange(region_len)[None, :] < np.asarray(region_lens)[:, None]
+        return np.concatenate([text, regions], axis=1).astype(np.float32)
+
     def __call__(
         self,
         captions: Sequence[str],

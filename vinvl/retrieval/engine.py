@@ -304,7 +304,7 @@ class RetrievalEngine:
         logits = self.model(
             input_ids=paddle.to_tensor(input_ids),
             token_type_ids=paddle.to_tensor(token_type_ids),
-            attention_mask=paddle.to_tensor(_attention_mask(text_lens, input_ids.shape[1], region_lens, img_embeds.shape[1])),
+            attention_mask=paddle.to_tensor(OscarProcessor.attention_mask_from_lengths(text_lens, input_ids.shape[1], region_lens, img_embeds.shape[1])),
             img_embeds=img_embeds,
         ).logits
         return F.softmax(logits, axis=-1)[:, 1].numpy().astype(np.float32)
@@ -327,7 +327,7 @@ class RetrievalEngine:
                 out[rows] = self.model.embed_text(
                     paddle.to_tensor(input_ids),
                     paddle.to_tensor(token_type_ids),
-                    paddle.to_tensor(_attention_mask(lens, input_ids.shape[1], no_tags, 0)),
+                    paddle.to_tensor(OscarProcessor.attention_mask_from_lengths(lens, input_ids.shape[1], no_tags, 0)),
                 ).numpy()
         return all_reduce_sum(out)
 
@@ -355,7 +355,7 @@ class RetrievalEngine:
                 out[rows] = self.model.embed_image(
                     paddle.to_tensor(input_ids),
                     paddle.to_tensor(token_type_ids),
-                    paddle.to_tensor(_attention_mask(lens, input_ids.shape[1], region_lens, img_embeds.shape[1])),
+                    paddle.to_tensor(OscarProcessor.attention_mask_from_lengths(lens, input_ids.shape[1], region_lens, img_embeds.shape[1])),
                     img_embeds=img_embeds,
                 ).numpy()
         return all_reduce_sum(out)
@@ -368,14 +368,6 @@ def _batch_regions(
     region_lens = block_region_lens[local_images]
     embeds = paddle.gather(block_embeds, paddle.to_tensor(local_images))[:, : int(region_lens.max())]
     return embeds, region_lens
-
-
-def _attention_mask(text_lens: np.ndarray, text_len: int, region_lens: np.ndarray, region_len: int) -> np.ndarray:
-    """``[B, T+R]`` float32 mask from lengths: the text positions, then the region positions
-    (the processor's layout, :meth:`OscarProcessor.pad`), built without a per-pair loop."""
-    text = np.arange(text_len)[None, :] < np.asarray(text_lens)[:, None]
-    regions = np.arange(region_len)[None, :] < np.asarray(region_lens)[:, None]
-    return np.concatenate([text, regions], axis=1).astype(np.float32)
 
 
 def _top_k(queries: np.ndarray, keys: np.ndarray, k: int) -> np.ndarray:

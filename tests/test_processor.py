@@ -1,0 +1,21 @@
+"""OscarProcessor: the bulk mask-from-lengths equals the mask pad() builds."""
+import numpy as np
+
+from vinvl.model_dir import packaged_vocab_path
+from vinvl.processor import OscarProcessor
+from vinvl.tokenizer import OscarTokenizer
+
+
+def test_mask_from_lengths_equals_pad():
+    processor = OscarProcessor(OscarTokenizer(packaged_vocab_path()), max_seq_len=20, max_img_seq_len=6, img_feature_dim=4)
+    rng = np.random.default_rng(0)
+    examples = [
+        processor.encode("a dog on a couch", ["dog"], rng.normal(size=(3, 4))),
+        processor.encode("two cats sleeping in the sun near a window", None, rng.normal(size=(6, 4))),
+        processor.encode("a bike", ["bike", "wheel", "street"], rng.normal(size=(1, 4))),
+    ]
+    batch = processor.pad(examples, return_tensors="np")
+    mask = processor.attention_mask_from_lengths(
+        [len(e["input_ids"]) for e in examples], batch["input_ids"].shape[1], [3, 6, 1], batch["img_feats"].shape[1]
+    )
+    np.testing.assert_array_equal(mask, batch["attention_mask"])
