@@ -35,7 +35,7 @@ transformers = pytest.importorskip("transformers")
 from transformers.models.bert import modeling_bert as hf_bert  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CAPTIONS_FILE = os.path.join(REPO, "..", "shared", "data", "coco_minitest", "captions.txt")
+CAPTIONS_FILE = os.path.join(REPO, "tests", "data", "coco_minitest_captions.txt")
 REL_TOL = 1e-4
 
 TINY_BERT = dict(

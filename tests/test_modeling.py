@@ -19,7 +19,6 @@ from vinvl.modeling import match_loss
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOCAB = os.path.join(REPO, "vinvl", "assets", "vocab.txt")
-DATA = os.path.join(REPO, "..", "shared", "data")
 IMG_DIM = 10
 
 TINY = dict(
@@ -50,14 +49,14 @@ def tiny_model(seed: int = 0, **overrides) -> OscarForImageTextRetrieval:
 
 def real_pairs(count: int, seed: int = 0):
     """Real COCO captions with tag strings from the VinVL labelmap and random region features."""
-    with open(os.path.join(DATA, "coco_minitest", "captions.txt"), encoding="utf-8") as handle:
+    with open(os.path.join(REPO, "tests", "data", "coco_minitest_captions.txt"), encoding="utf-8") as handle:
         captions = [
             line.strip()
             for block in handle.read().split("\n\n")
             for line in block.strip().splitlines()[1:]
             if line.strip()
         ]
-    with open(os.path.join(DATA, "vinvl_labelmap.json"), encoding="utf-8") as handle:
+    with open(os.path.join(REPO, "vinvl", "assets", "vinvl_labelmap.json"), encoding="utf-8") as handle:
         labels = list(json.load(handle)["idx_to_label"].values())
     rng = random.Random(seed)
     nprng = np.random.default_rng(seed)

@@ -23,9 +23,8 @@ transformers = pytest.importorskip("transformers")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOCAB = os.path.join(REPO, "vinvl", "assets", "vocab.txt")
-DATA = os.path.join(REPO, "..", "shared", "data")
-CAPTIONS_FILE = os.path.join(DATA, "coco_minitest", "captions.txt")
-LABELMAP = os.path.join(DATA, "vinvl_labelmap.json")
+CAPTIONS_FILE = os.path.join(REPO, "tests", "data", "coco_minitest_captions.txt")
+LABELMAP = os.path.join(REPO, "vinvl", "assets", "vinvl_labelmap.json")  # the real VinVL label map, shipped
 
 
 def read_captions() -> list:
