@@ -83,7 +83,7 @@ def run_training(
     corpus_options = dict(features_dir=data_args.features_dir, add_od_labels=data_args.add_od_labels)
     train_corpus = load_corpus(data_args.data_dir, data_args.train_split, **corpus_options) if training_args.do_train else None
     eval_corpus = None
-    if training_args.do_eval or training_args.evaluation_strategy != "no":
+    if training_args.do_eval:  # paddlenlp turns it on whenever an evaluation strategy is set
         eval_corpus = load_corpus(
             data_args.data_dir,
             data_args.eval_split,
