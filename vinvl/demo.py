@@ -151,9 +151,9 @@ def run_demo(work_dir: str = "vinvl_demo", size: str = "default", seed: int = 0)
 
 def _print_table(metrics: Dict[str, Dict[str, float]]) -> None:
     columns = ("t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10", "rsum", "pairs_scored")
-    print("setting".ljust(18) + "".join(c.rjust(10) for c in columns))
+    print("setting".ljust(18) + "".join(c.rjust(13) for c in columns))
     for name, values in metrics.items():
-        print(name.ljust(18) + "".join(f"{values.get(c, float('nan')):10.1f}" for c in columns))
+        print(name.ljust(18) + "".join(f"{values.get(c, float('nan')):13.1f}" for c in columns))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> str:
