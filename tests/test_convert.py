@@ -20,6 +20,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import vinvl  # noqa: E402,F401  (CPU defaults before paddle)
+from realdata import read_captions  # noqa: E402
 import paddle  # noqa: E402
 from vinvl import OscarConfig, OscarForImageTextRetrieval, OscarModel, OscarTokenizer  # noqa: E402
 from vinvl.convert import (  # noqa: E402
@@ -35,7 +36,6 @@ transformers = pytest.importorskip("transformers")
 from transformers.models.bert import modeling_bert as hf_bert  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CAPTIONS_FILE = os.path.join(REPO, "tests", "data", "coco_minitest_captions.txt")
 REL_TOL = 1e-4
 
 TINY_BERT = dict(
@@ -56,16 +56,6 @@ def max_rel_err(actual, reference) -> float:
     """max |actual - reference| / max |reference| over the whole tensor."""
     actual, reference = np.asarray(actual, dtype=np.float64), np.asarray(reference, dtype=np.float64)
     return float(np.abs(actual - reference).max() / np.abs(reference).max())
-
-
-def read_captions() -> list:
-    """All captions of coco_minitest (lines after an image-path line, until a blank line)."""
-    captions = []
-    with open(CAPTIONS_FILE, encoding="utf-8") as handle:
-        for block in handle.read().split("\n\n"):
-            lines = [line.strip() for line in block.strip().splitlines() if line.strip()]
-            captions.extend(lines[1:])
-    return captions
 
 
 def minilm_dir() -> str:

@@ -5,11 +5,11 @@ padding/mask invariances the retrieval code relies on, the embedding heads and t
 """
 from __future__ import annotations
 
-import json
 import os
 import random
 
 import numpy as np
+from realdata import labelmap_names, read_captions
 import pytest
 
 import vinvl  # noqa: F401  (CPU defaults before paddle)
@@ -49,15 +49,8 @@ def tiny_model(seed: int = 0, **overrides) -> OscarForImageTextRetrieval:
 
 def real_pairs(count: int, seed: int = 0):
     """Real COCO captions with tag strings from the VinVL labelmap and random region features."""
-    with open(os.path.join(REPO, "tests", "data", "coco_minitest_captions.txt"), encoding="utf-8") as handle:
-        captions = [
-            line.strip()
-            for block in handle.read().split("\n\n")
-            for line in block.strip().splitlines()[1:]
-            if line.strip()
-        ]
-    with open(os.path.join(REPO, "vinvl", "assets", "vinvl_labelmap.json"), encoding="utf-8") as handle:
-        labels = list(json.load(handle)["idx_to_label"].values())
+    captions = read_captions()
+    labels = labelmap_names()[0]
     rng = random.Random(seed)
     nprng = np.random.default_rng(seed)
     pairs = []

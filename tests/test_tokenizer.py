@@ -7,7 +7,6 @@ independent construction: the official truncation rule applied to HF's ids, HF's
 """
 from __future__ import annotations
 
-import json
 import os
 import random
 
@@ -17,29 +16,13 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import pytest  # noqa: E402
 
 import vinvl  # noqa: E402,F401
+from realdata import labelmap_names, read_captions  # noqa: E402
 from vinvl import OscarTokenizer  # noqa: E402
 
 transformers = pytest.importorskip("transformers")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOCAB = os.path.join(REPO, "vinvl", "assets", "vocab.txt")
-CAPTIONS_FILE = os.path.join(REPO, "tests", "data", "coco_minitest_captions.txt")
-LABELMAP = os.path.join(REPO, "vinvl", "assets", "vinvl_labelmap.json")  # the real VinVL label map, shipped
-
-
-def read_captions() -> list:
-    captions = []
-    with open(CAPTIONS_FILE, encoding="utf-8") as handle:
-        for block in handle.read().split("\n\n"):
-            lines = [line.strip() for line in block.strip().splitlines() if line.strip()]
-            captions.extend(lines[1:])
-    return captions
-
-
-def labelmap_names() -> tuple:
-    with open(LABELMAP, encoding="utf-8") as handle:
-        labelmap = json.load(handle)
-    return list(labelmap["idx_to_label"].values()), list(labelmap["idx_to_attribute"].values())
 
 
 def tag_strings(count: int = 60, seed: int = 0) -> list:

@@ -1,0 +1,24 @@
+"""Real text the tests read: COCO captions (tests/data) and the VinVL label map (shipped in the package)."""
+import json
+import os
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CAPTIONS_FILE = os.path.join(REPO, "tests", "data", "coco_minitest_captions.txt")
+LABELMAP = os.path.join(REPO, "vinvl", "assets", "vinvl_labelmap.json")
+
+
+def read_captions() -> list:
+    """All captions of coco_minitest (the lines after an image-path line, until a blank line)."""
+    captions = []
+    with open(CAPTIONS_FILE, encoding="utf-8") as handle:
+        for block in handle.read().split("\n\n"):
+            lines = [line.strip() for line in block.strip().splitlines() if line.strip()]
+            captions.extend(lines[1:])
+    return captions
+
+
+def labelmap_names() -> tuple:
+    """(class names, attribute names) of the VinVL label map."""
+    with open(LABELMAP, encoding="utf-8") as handle:
+        labelmap = json.load(handle)
+    return list(labelmap["idx_to_label"].values()), list(labelmap["idx_to_attribute"].values())
