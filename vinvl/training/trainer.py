@@ -5,6 +5,7 @@ import os
 import time
 from typing import Any, Dict, List, Optional
 
+import paddle
 from paddlenlp.trainer import Trainer
 from paddlenlp.utils.env import PADDLE_WEIGHTS_NAME, SAFE_WEIGHTS_NAME
 
@@ -45,6 +46,7 @@ class RetrievalTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.processor = processor
         self.objective = objective
+        self._objectives = set(objective.split("+"))
         self.eval_mode = eval_mode
         self.eval_top_k = eval_top_k
         self.eval_with_caption_index = eval_with_caption_index
@@ -73,9 +75,8 @@ class RetrievalTrainer(Trainer):
 
     def compute_loss(self, model, inputs: Dict[str, Any], return_outputs: bool = False):
         image_index = inputs.pop("image_index", None)
-        use_itm = "itm" in self.objective.split("+")
-        use_itc = "itc" in self.objective.split("+")
-        dropped = _SINGLE_MODALITY_KEYS if not use_itc else _PAIR_KEYS if not use_itm else ()
+        use_itm, use_itc = "itm" in self._objectives, "itc" in self._objectives
+        dropped = (() if use_itc else _SINGLE_MODALITY_KEYS) + (() if use_itm else _PAIR_KEYS)
         outputs = model(**{k: v for k, v in inputs.items() if k not in dropped})
         losses = []
         if use_itm:
@@ -84,7 +85,7 @@ class RetrievalTrainer(Trainer):
             losses.append(
                 contrastive_loss(outputs.caption_embeds, outputs.image_embeds, outputs.logit_scale, image_index)
             )
-        loss = losses[0] if len(losses) == 1 else losses[0] + losses[1]
+        loss = paddle.add_n(losses)
         return (loss, outputs) if return_outputs else loss
 
     def evaluate(
