@@ -6,7 +6,7 @@ mask covers the text positions, then the region positions (the official ``att_ma
 """
 from __future__ import annotations
 
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -101,6 +101,48 @@ class OscarProcessor:
         import paddle
 
         return {k: paddle.to_tensor(v) for k, v in out.items()}
+
+    def caption_pieces(self, captions: Sequence[str]) -> Tuple[np.ndarray, np.ndarray]:
+        """Each caption's WordPiece ids, cut to what any layout keeps (``max_seq_len - 2``),
+        as a zero-padded ``[N, L]`` matrix and lengths ``[N]``: the caption side of
+        :meth:`assemble_pairs`, tokenized once however many pairs it joins."""
+        return self._pieces(captions, self.max_seq_len - 2)
+
+    def tag_pieces(self, tags: Sequence[Tags]) -> Tuple[np.ndarray, np.ndarray]:
+        """Each image's tag ids, cut to ``max_seq_len - 3``, as :meth:`caption_pieces` does."""
+        return self._pieces([self.tokenizer.tags_to_text(t) for t in tags], self.max_seq_len - 3)
+
+    def _pieces(self, texts: Sequence[str], keep: int) -> Tuple[np.ndarray, np.ndarray]:
+        tok = self.tokenizer
+        ids = [tok.convert_tokens_to_ids(tok.tokenize(t))[:keep] if t else [] for t in texts]
+        lens = np.array([len(i) for i in ids], dtype=np.int64)
+        matrix = np.zeros((len(ids), max(int(lens.max(initial=0)), 1)), dtype=np.int64)
+        for row, row_ids in enumerate(ids):
+            matrix[row, : len(row_ids)] = row_ids
+        return matrix, lens
+
+    def assemble_pairs(
+        self,
+        caption_ids: np.ndarray,
+        caption_lens: np.ndarray,
+        tag_ids: np.ndarray,
+        tag_lens: np.ndarray,
+        region_lens: np.ndarray,
+        region_len: int,
+    ) -> Dict[str, np.ndarray]:
+        """Text inputs and mask of many pairs from token pieces, in numpy, without per-pair Python.
+
+        Row ``b`` pairs ``caption_ids[b]`` with ``tag_ids[b]`` (pieces as :meth:`caption_pieces`
+        and :meth:`tag_pieces` give them; a zero length leaves that side out) and an image of
+        ``region_lens[b]`` regions, the regions padded to ``region_len``. Returns
+        ``input_ids`` / ``token_type_ids [B, T]`` and ``attention_mask [B, T + region_len]``
+        (float32), equal to what :meth:`pad` gives for the same pairs.
+        """
+        input_ids, token_type_ids, text_lens = self.tokenizer.build_pair_id_arrays(
+            caption_ids, caption_lens, tag_ids, tag_lens, self.max_seq_len
+        )
+        mask = self.attention_mask_from_lengths(text_lens, input_ids.shape[1], region_lens, region_len)
+        return {"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": mask}
 
     @staticmethod
     def attention_mask_from_lengths(

@@ -4,7 +4,7 @@ Work that depends on one side only is done once: every caption is tokenized once
 image's tags are tokenized once and its regions are projected once with
 ``model.bert.embed_regions`` (deterministic, so reusing the projection through the model's
 ``img_embeds`` argument gives the scores a per-pair forward gives). Pairs are then assembled
-in numpy (:meth:`OscarTokenizer.build_pair_id_arrays`), padded to the longest pair of their
+in numpy (:meth:`OscarProcessor.assemble_pairs`), padded to the longest pair of their
 batch, and scored in a fixed canonical order: images in gallery order, in blocks of
 ``IMAGE_BLOCK``; within an image, captions from shortest to longest so that a batch holds
 pairs of similar length (length bucketing at no cost). Because the order depends only on the
@@ -104,7 +104,6 @@ class RetrievalEngine:
             )
         self.model = model
         self.processor = processor
-        self.tokenizer = processor.tokenizer
         self.batch_size = batch_size
         self.progress = progress
 
@@ -196,22 +195,11 @@ class RetrievalEngine:
                 f"gallery region features are {gallery.feature_dim} wide but the model expects "
                 f"{self.processor.img_feature_dim}"
             )
-        max_len = self.processor.max_seq_len
-        caption_ids, caption_lens = self._tokenize(gallery.captions, max_len - 2)
-        tag_text = [self.tokenizer.tags_to_text(t) for t in gallery.tags]
-        tag_ids, tag_lens = self._tokenize(tag_text, max_len - 3)
+        caption_ids, caption_lens = self.processor.caption_pieces(gallery.captions)
+        tag_ids, tag_lens = self.processor.tag_pieces(gallery.tags)
         caption_rank = np.empty(len(caption_lens), dtype=np.int64)
         caption_rank[np.argsort(caption_lens, kind="stable")] = np.arange(len(caption_lens))
         return _Tokens(caption_ids, caption_lens, tag_ids, tag_lens, caption_rank)
-
-    def _tokenize(self, texts: Sequence[str], keep: int) -> Tuple[np.ndarray, np.ndarray]:
-        """WordPiece ids of each text, cut to ``keep`` (no layout ever uses more), as a padded matrix."""
-        ids = [self.tokenizer.convert_tokens_to_ids(self.tokenizer.tokenize(t))[:keep] if t else [] for t in texts]
-        lens = np.array([len(i) for i in ids], dtype=np.int64)
-        matrix = np.zeros((len(ids), max(int(lens.max(initial=0)), 1)), dtype=np.int64)
-        for row, row_ids in enumerate(ids):
-            matrix[row, : len(row_ids)] = row_ids
-        return matrix, lens
 
     def _project_regions(self, gallery: Gallery, start: int, stop: int) -> Tuple[paddle.Tensor, np.ndarray]:
         """Regions of images ``start:stop`` through ``embed_regions``: ``[n, R_max, H]`` and lengths ``[n]``."""
@@ -293,20 +281,16 @@ class RetrievalEngine:
         block_embeds: paddle.Tensor,
         block_region_lens: np.ndarray,
     ) -> np.ndarray:
-        input_ids, token_type_ids, text_lens = self.tokenizer.build_pair_id_arrays(
+        img_embeds, region_lens = _batch_regions(block_embeds, block_region_lens, local_images)
+        inputs = self.processor.assemble_pairs(
             tokens.caption_ids[captions],
             tokens.caption_lens[captions],
             tokens.tag_ids[images],
             tokens.tag_lens[images],
-            self.processor.max_seq_len,
+            region_lens,
+            img_embeds.shape[1],
         )
-        img_embeds, region_lens = _batch_regions(block_embeds, block_region_lens, local_images)
-        logits = self.model(
-            input_ids=paddle.to_tensor(input_ids),
-            token_type_ids=paddle.to_tensor(token_type_ids),
-            attention_mask=paddle.to_tensor(OscarProcessor.attention_mask_from_lengths(text_lens, input_ids.shape[1], region_lens, img_embeds.shape[1])),
-            img_embeds=img_embeds,
-        ).logits
+        logits = self.model(**_to_tensors(inputs), img_embeds=img_embeds).logits
         return F.softmax(logits, axis=-1)[:, 1].numpy().astype(np.float32)
 
     # ----- first stage --------------------------------------------------------------------
@@ -320,15 +304,10 @@ class RetrievalEngine:
         with paddle.no_grad():
             for rows in shard(batches):
                 no_tags = np.zeros(len(rows), dtype=np.int64)
-                input_ids, token_type_ids, lens = self.tokenizer.build_pair_id_arrays(
-                    tokens.caption_ids[rows], tokens.caption_lens[rows], no_tags[:, None], no_tags,
-                    self.processor.max_seq_len,
+                inputs = self.processor.assemble_pairs(
+                    tokens.caption_ids[rows], tokens.caption_lens[rows], no_tags[:, None], no_tags, no_tags, 0
                 )
-                out[rows] = self.model.embed_text(
-                    paddle.to_tensor(input_ids),
-                    paddle.to_tensor(token_type_ids),
-                    paddle.to_tensor(OscarProcessor.attention_mask_from_lengths(lens, input_ids.shape[1], no_tags, 0)),
-                ).numpy()
+                out[rows] = self.model.embed_text(**_to_tensors(inputs)).numpy()
         return all_reduce_sum(out)
 
     def _embed_images(self, gallery: Gallery, tokens: _Tokens) -> np.ndarray:
@@ -348,17 +327,16 @@ class RetrievalEngine:
                     block = self._project_regions(gallery, start, min(start + IMAGE_BLOCK, gallery.num_images))
                 img_embeds, region_lens = _batch_regions(*block, rows - start)
                 no_caption = np.zeros(len(rows), dtype=np.int64)
-                input_ids, token_type_ids, lens = self.tokenizer.build_pair_id_arrays(
+                inputs = self.processor.assemble_pairs(
                     no_caption[:, None], no_caption, tokens.tag_ids[rows], tokens.tag_lens[rows],
-                    self.processor.max_seq_len,
+                    region_lens, img_embeds.shape[1],
                 )
-                out[rows] = self.model.embed_image(
-                    paddle.to_tensor(input_ids),
-                    paddle.to_tensor(token_type_ids),
-                    paddle.to_tensor(OscarProcessor.attention_mask_from_lengths(lens, input_ids.shape[1], region_lens, img_embeds.shape[1])),
-                    img_embeds=img_embeds,
-                ).numpy()
+                out[rows] = self.model.embed_image(**_to_tensors(inputs), img_embeds=img_embeds).numpy()
         return all_reduce_sum(out)
+
+
+def _to_tensors(arrays: Dict[str, np.ndarray]) -> Dict[str, paddle.Tensor]:
+    return {name: paddle.to_tensor(value) for name, value in arrays.items()}
 
 
 def _batch_regions(

@@ -5,6 +5,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Optional
 
+from ..data.collate import PAIR_SAMPLING
 from .losses import OBJECTIVES
 
 __all__ = ["ModelArguments", "DataArguments", "validate_arguments"]
@@ -21,6 +22,13 @@ class ModelArguments:
     objective: str = field(
         default="itm+itc",
         metadata={"help": f"Training objective, one of {OBJECTIVES}: image-text matching, contrastive, or both."},
+    )
+    itm_negatives: str = field(
+        default="random",
+        metadata={
+            "help": f"Negatives of the matching loss, one of {PAIR_SAMPLING}: the official random ones, or "
+            "two per positive drawn from the batch by contrastive similarity (itm+itc only)."
+        },
     )
 
 
@@ -50,6 +58,12 @@ def validate_arguments(model_args: ModelArguments, data_args: DataArguments, tra
     """Fail at start, with the argument named, on what would otherwise fail deep into a run."""
     if model_args.objective not in OBJECTIVES:
         raise ValueError(f"--objective must be one of {OBJECTIVES}, got {model_args.objective!r}")
+    if model_args.itm_negatives not in PAIR_SAMPLING:
+        raise ValueError(f"--itm_negatives must be one of {PAIR_SAMPLING}, got {model_args.itm_negatives!r}")
+    if model_args.itm_negatives == "mined" and model_args.objective != "itm+itc":
+        raise ValueError(f"--itm_negatives mined needs --objective itm+itc, got {model_args.objective!r}")
+    if model_args.itm_negatives == "mined" and training_args.per_device_train_batch_size < 2:
+        raise ValueError("--itm_negatives mined draws negatives from the batch: --per_device_train_batch_size must be >= 2")
     if not os.path.isfile(os.path.join(model_args.model_name_or_path, "config.json")):
         raise FileNotFoundError(
             f"--model_name_or_path {model_args.model_name_or_path!r} is not a model directory (no config.json there)"

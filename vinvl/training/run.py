@@ -103,7 +103,11 @@ def run_training(
     train_dataset = None
     if train_corpus is not None:
         train_dataset = MatchingPairDataset(
-            train_corpus, processor, seed=training_args.seed, single_modality="itc" in objectives
+            train_corpus,
+            processor,
+            seed=training_args.seed,
+            single_modality="itc" in objectives,
+            pairs=model_args.itm_negatives if "itm" in objectives else None,
         )
     trainer = RetrievalTrainer(
         model=model,
@@ -114,6 +118,7 @@ def run_training(
         tokenizer=processor.tokenizer,
         processor=processor,
         objective=model_args.objective,
+        itm_negatives=model_args.itm_negatives,
         eval_mode=data_args.eval_mode,
         eval_top_k=data_args.eval_top_k,
         eval_with_caption_index=data_args.eval_with_caption_index,

@@ -5,12 +5,16 @@ import os
 import time
 from typing import Any, Dict, List, Optional
 
+import numpy as np
 import paddle
 from paddlenlp.trainer import Trainer
 from paddlenlp.utils.env import PADDLE_WEIGHTS_NAME, SAFE_WEIGHTS_NAME
 
 from ..processor import OscarProcessor
+from ..data.collate import PAIR_SAMPLING
+from ..modeling import ImageTextMatchOutput
 from .losses import OBJECTIVES, contrastive_loss
+from .negatives import mined_pair_inputs, sample_negatives
 from .sampler import EpochSeededBatchSampler
 
 __all__ = ["RetrievalTrainer"]
@@ -24,6 +28,9 @@ class RetrievalTrainer(Trainer):
 
     - ``objective``: ``"itm"`` (the official matching loss over positive and negative pairs),
       ``"itc"`` (in-batch contrastive loss on caption-only and image-only passes) or ``"itm+itc"``.
+    - ``itm_negatives``: ``"random"`` (the official negatives, sampled with the data) or
+      ``"mined"`` (``itm+itc`` only: two negatives per positive drawn from the batch by their
+      contrastive similarity, see :mod:`vinvl.training.negatives`).
     - ``evaluate`` ranks ``eval_dataset`` (a corpus with the RetrievalCorpus interface) with the
       retrieval engine and reports R@1/5/10 both ways and ``rsum`` (use ``metric_for_best_model
       rsum``), instead of paddlenlp's loss-only evaluation loop.
@@ -36,6 +43,7 @@ class RetrievalTrainer(Trainer):
         *args,
         processor: OscarProcessor,
         objective: str = "itm+itc",
+        itm_negatives: str = "random",
         eval_mode: str = "exhaustive",
         eval_top_k: int = 16,
         eval_with_caption_index: bool = True,
@@ -43,9 +51,14 @@ class RetrievalTrainer(Trainer):
     ):
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+        if itm_negatives not in PAIR_SAMPLING:
+            raise ValueError(f"itm_negatives must be one of {PAIR_SAMPLING}, got {itm_negatives!r}")
+        if itm_negatives == "mined" and objective != "itm+itc":
+            raise ValueError(f"mined negatives need the objective itm+itc (they come from its similarities), got {objective!r}")
         super().__init__(*args, **kwargs)
         self.processor = processor
         self.objective = objective
+        self.itm_negatives = itm_negatives
         self._objectives = set(objective.split("+"))
         self.eval_mode = eval_mode
         self.eval_top_k = eval_top_k
@@ -74,7 +87,10 @@ class RetrievalTrainer(Trainer):
         super()._load_from_checkpoint(resume_from_checkpoint)
 
     def compute_loss(self, model, inputs: Dict[str, Any], return_outputs: bool = False):
-        image_index = inputs.pop("image_index", None)
+        image_index = inputs.pop("image_index")
+        if self.itm_negatives == "mined":
+            loss, outputs = self._mined_loss(model, inputs, image_index)
+            return (loss, outputs) if return_outputs else loss
         use_itm, use_itc = "itm" in self._objectives, "itc" in self._objectives
         dropped = (() if use_itc else _SINGLE_MODALITY_KEYS) + (() if use_itm else _PAIR_KEYS)
         outputs = model(**{k: v for k, v in inputs.items() if k not in dropped})
@@ -87,6 +103,30 @@ class RetrievalTrainer(Trainer):
             )
         loss = paddle.add_n(losses)
         return (loss, outputs) if return_outputs else loss
+
+    def _mined_loss(self, model, inputs: Dict[str, Any], image_index: paddle.Tensor) -> tuple:
+        """Contrastive loss, then the matching loss on negatives drawn from its similarities.
+
+        Two passes: the pairs depend on the first pass' embeddings. Only the first goes through
+        the data-parallel wrapper (which expects one forward per backward); the second runs on
+        the wrapped layers, and its gradients still reach the same parameters before the
+        all-reduce. The draw is seeded by (seed, step, rank), so a resumed run draws the same.
+        """
+        single = model(caption_inputs=inputs["caption_inputs"], image_inputs=inputs["image_inputs"])
+        itc = contrastive_loss(single.caption_embeds, single.image_embeds, single.logit_scale, image_index)
+        with paddle.no_grad():
+            similarity = (single.logit_scale * paddle.matmul(single.caption_embeds, single.image_embeds, transpose_y=True)).numpy()
+        rng = np.random.default_rng([self.args.seed, self.state.global_step, self.args.dataset_rank])
+        image_for_caption, caption_for_image = sample_negatives(similarity, image_index.numpy(), rng)
+        pairs = mined_pair_inputs(
+            self.processor, inputs["pair_pieces"], inputs["image_inputs"], image_for_caption, caption_for_image
+        )
+        matched = getattr(model, "_layers", model)(**pairs)
+        outputs = ImageTextMatchOutput(
+            loss=matched.loss, logits=matched.logits, caption_embeds=single.caption_embeds,
+            image_embeds=single.image_embeds, logit_scale=single.logit_scale,
+        )
+        return itc + matched.loss, outputs
 
     def evaluate(
         self,
