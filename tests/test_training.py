@@ -62,11 +62,12 @@ def _logged_losses(output_dir):
     return [h["loss"] for h in read_log_history(output_dir) if "loss" in h]
 
 
-def test_data_parallel_training_with_the_launcher(corpus_dir, tmp_path):
+@pytest.mark.parametrize("itm_negatives", ["random", "mined"])
+def test_data_parallel_training_with_the_launcher(corpus_dir, tmp_path, itm_negatives):
     output_dir = str(tmp_path / "run")
     log_dir = str(tmp_path / "launch_logs")
     cmd = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--log_dir", log_dir, SCRIPT]
-    cmd += _flags(corpus_dir, output_dir, max_steps=16, save_steps=16, learning_rate="1e-3")
+    cmd += _flags(corpus_dir, output_dir, max_steps=16, save_steps=16, learning_rate="1e-3", itm_negatives=itm_negatives)
     proc = subprocess.run(cmd, cwd=str(tmp_path), env=_env(), capture_output=True, text=True, timeout=600)
     logs = {p: open(p).read() for p in sorted(glob.glob(os.path.join(log_dir, "workerlog.*")))}
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + "".join(v[-2000:] for v in logs.values())
@@ -82,10 +83,11 @@ def test_data_parallel_training_with_the_launcher(corpus_dir, tmp_path):
     assert glob.glob(os.path.join(output_dir, "runs", "**", "vdlrecords.*"), recursive=True), "no VisualDL records"
 
 
-def test_resume_after_sigkill_matches_an_uninterrupted_run(corpus_dir, tmp_path):
+@pytest.mark.parametrize("itm_negatives", ["random", "mined"])
+def test_resume_after_sigkill_matches_an_uninterrupted_run(corpus_dir, tmp_path, itm_negatives):
     from safetensors.numpy import load_file
 
-    flags = dict(max_steps=30, save_steps=10)
+    flags = dict(max_steps=30, save_steps=10, itm_negatives=itm_negatives)
     straight = str(tmp_path / "straight")  # the same command, run through without interruption
     subprocess.run(
         [sys.executable, SCRIPT] + _flags(corpus_dir, straight, **flags),
@@ -160,6 +162,9 @@ def test_learning_lifts_recall_far_above_chance(tmp_path):
         ({"model_name_or_path": "/nonexistent/model"}, "model_name_or_path"),
         ({"per_device_train_batch_size": 0}, "per_device_train_batch_size"),
         ({"objective": "mlm"}, "objective"),
+        ({"itm_negatives": "hardest"}, "itm_negatives"),
+        ({"objective": "itm", "itm_negatives": "mined"}, "itm_negatives"),
+        ({"itm_negatives": "mined", "per_device_train_batch_size": 1}, "per_device_train_batch_size"),
     ],
 )
 def test_bad_arguments_fail_at_start(corpus_dir, tmp_path, override, message):

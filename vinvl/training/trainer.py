@@ -12,7 +12,6 @@ from paddlenlp.utils.env import PADDLE_WEIGHTS_NAME, SAFE_WEIGHTS_NAME
 
 from ..processor import OscarProcessor
 from ..data.collate import PAIR_SAMPLING
-from ..modeling import ImageTextMatchOutput
 from .losses import OBJECTIVES, contrastive_loss
 from .negatives import mined_pair_inputs, sample_negatives
 from .sampler import EpochSeededBatchSampler
@@ -105,28 +104,26 @@ class RetrievalTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
     def _mined_loss(self, model, inputs: Dict[str, Any], image_index: paddle.Tensor) -> tuple:
-        """Contrastive loss, then the matching loss on negatives drawn from its similarities.
+        """Contrastive loss, plus the matching loss on negatives drawn from the batch's similarities.
 
-        Two passes: the pairs depend on the first pass' embeddings. Only the first goes through
-        the data-parallel wrapper (which expects one forward per backward); the second runs on
-        the wrapped layers, and its gradients still reach the same parameters before the
-        all-reduce. The draw is seeded by (seed, step, rank), so a resumed run draws the same.
+        The draw needs the embeddings before the pairs exist, so a gradient-free pass of the
+        caption-only and image-only inputs comes first; the training forward then takes the
+        pairs and the single-modality inputs together, as one call, which is what data-parallel
+        training requires (one forward per backward; a second forward of the same parameters
+        fails there). The draw is seeded by (seed, step, rank), so a resumed run draws the same.
         """
-        single = model(caption_inputs=inputs["caption_inputs"], image_inputs=inputs["image_inputs"])
-        itc = contrastive_loss(single.caption_embeds, single.image_embeds, single.logit_scale, image_index)
+        single = {"caption_inputs": inputs["caption_inputs"], "image_inputs": inputs["image_inputs"]}
         with paddle.no_grad():
-            similarity = (single.logit_scale * paddle.matmul(single.caption_embeds, single.image_embeds, transpose_y=True)).numpy()
+            embedded = getattr(model, "_layers", model)(**single)
+            similarity = embedded.logit_scale * paddle.matmul(embedded.caption_embeds, embedded.image_embeds, transpose_y=True)
         rng = np.random.default_rng([self.args.seed, self.state.global_step, self.args.dataset_rank])
-        image_for_caption, caption_for_image = sample_negatives(similarity, image_index.numpy(), rng)
+        image_for_caption, caption_for_image = sample_negatives(similarity.numpy(), image_index.numpy(), rng)
         pairs = mined_pair_inputs(
             self.processor, inputs["pair_pieces"], inputs["image_inputs"], image_for_caption, caption_for_image
         )
-        matched = getattr(model, "_layers", model)(**pairs)
-        outputs = ImageTextMatchOutput(
-            loss=matched.loss, logits=matched.logits, caption_embeds=single.caption_embeds,
-            image_embeds=single.image_embeds, logit_scale=single.logit_scale,
-        )
-        return itc + matched.loss, outputs
+        outputs = model(**pairs, **single)
+        itc = contrastive_loss(outputs.caption_embeds, outputs.image_embeds, outputs.logit_scale, image_index)
+        return itc + outputs.loss, outputs
 
     def evaluate(
         self,
