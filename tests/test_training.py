@@ -127,7 +127,7 @@ def test_resume_refuses_an_incomplete_checkpoint(corpus_dir, tmp_path):
         train_main(_flags(corpus_dir, str(tmp_path / "run"), resume_from_checkpoint=str(partial)))
 
 
-def test_learning_lifts_recall_far_above_chance(tmp_path):
+def test_learning_lifts_recall_far_above_chance_and_two_stage_loses_none(tmp_path):
     corpus = str(tmp_path / "corpus")
     write_synthetic_corpus(corpus, {"train": 240, "minival": 40, "val": 40, "test": 40}, seed=11)
     output_dir = str(tmp_path / "run")
@@ -135,25 +135,34 @@ def test_learning_lifts_recall_far_above_chance(tmp_path):
         _flags(
             corpus,
             output_dir,
-            max_steps=300,
+            max_steps=1200,
             per_device_train_batch_size=16,
             learning_rate="2e-3",
             warmup_steps=20,
             weight_decay=0.01,
             max_grad_norm=1.0,
             save_strategy="no",
-            logging_steps=50,
+            logging_steps=100,
             report_to="none",
         )
     )
     model, processor = load_retrieval_model(output_dir)
-    metrics = evaluate_corpus(model, processor, load_corpus(corpus, "test"), mode="two_stage", top_k=8, progress=False)
-    # 40 test images x 200 captions. Chance: R@1 2.5% both ways, text->image R@5 12.5%.
-    # From random init the contrastive first stage learns within a few hundred steps; the
-    # match head needs more (about 1500 steps on this config), so two-stage is what is checked.
-    assert metrics["i2t_r1"] >= 10.0, metrics
-    assert metrics["t2i_r1"] >= 5.0, metrics
-    assert metrics["t2i_r5"] >= 20.0, metrics
+    test = load_corpus(corpus, "test")
+    exhaustive = evaluate_corpus(model, processor, test, mode="exhaustive", progress=False)
+    two_stage = evaluate_corpus(model, processor, test, mode="two_stage", top_k=8, progress=False)
+    # 40 test images x 200 captions. Chance: R@1 2.5% both ways, text->image R@5 12.5%, rsum ~77.
+    # From random init the contrastive heads learn within a few hundred steps, the match head
+    # (all that exhaustive scoring uses) only after about a thousand (README, Benchmarks).
+    assert two_stage["i2t_r1"] >= 10.0, two_stage
+    assert two_stage["t2i_r1"] >= 5.0, two_stage
+    assert two_stage["t2i_r5"] >= 20.0, two_stage
+    assert exhaustive["rsum"] >= 120.0, exhaustive
+    # Re-ranking the contrastive top 8 (a fifth of the pairs) must not cost recall. It may gain,
+    # while the match head is the weaker stage: the candidates the first stage drops include
+    # distractors the match head would rank too high.
+    assert two_stage["pairs_scored"] < exhaustive["pairs_scored"] / 4
+    for name in ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10"):
+        assert two_stage[name] >= exhaustive[name] - 0.5, (name, exhaustive, two_stage)
 
 
 @pytest.mark.parametrize(

@@ -264,8 +264,8 @@ def _train_tiny(work_dir: str, data_dir: str, steps: int, seed: int) -> str:
     output_dir = os.path.join(work_dir, f"tiny-trained-{steps}")
     flags = {
         "model_name_or_path": TINY_CONFIG, "data_dir": data_dir, "output_dir": output_dir, "objective": "itm+itc",
-        "do_train": "true", "max_steps": str(steps), "per_device_train_batch_size": "32", "learning_rate": "1e-3",
-        "weight_decay": "0.01", "warmup_steps": str(max(steps // 20, 1)), "lr_scheduler_type": "linear",
+        "do_train": "true", "max_steps": str(steps), "per_device_train_batch_size": "32", "learning_rate": "2e-3",
+        "weight_decay": "0.01", "warmup_steps": str(min(100, max(steps // 20, 1))), "lr_scheduler_type": "linear",
         "logging_steps": "50", "save_strategy": "no", "evaluation_strategy": "no", "report_to": "none",
         "disable_tqdm": "true", "seed": str(seed), "overwrite_output_dir": "true",
     }
@@ -397,8 +397,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data_dir", default=None, help="a coco_ir corpus whose test split is the gallery (default: synthetic)")
     parser.add_argument("--work_dir", default="outputs/benchmark", help="corpus, trained model and benchmark.json go here")
     parser.add_argument("--num_images", type=int, default=1000, help="gallery images (5 captions each in the synthetic corpus)")
-    parser.add_argument("--train_images", type=int, default=1000, help="synthetic train images when training")
-    parser.add_argument("--train_steps", type=int, default=600, help="steps of training without --model_dir (0: untrained)")
+    parser.add_argument("--train_images", type=int, default=2000, help="synthetic train images when training")
+    parser.add_argument("--train_steps", type=int, default=5000,
+                        help="steps of training without --model_dir (0: untrained); the match head needs thousands")
     parser.add_argument("--baseline_pairs", type=int, default=3000, help="pairs the reference pipeline is timed on")
     parser.add_argument("--top_k", type=int, default=16, help="two-stage candidates per query")
     parser.add_argument("--batch_size", type=int, default=128, help="engine pairs per forward pass")
