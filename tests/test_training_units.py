@@ -1,4 +1,4 @@
-"""Unit tests of the training pieces: contrastive loss, sampler, official negative sampling, collator."""
+"""Unit tests of the training pieces: contrastive loss, sampler, official negative sampling, collator, trainer loss."""
 import numpy as np
 import pytest
 
@@ -142,3 +142,53 @@ def test_collator_builds_labelled_pairs_and_single_modality_inputs(processor):
     assert batch["image_index"].tolist() == [0, 1, 2]
     assert "img_feats" not in batch["caption_inputs"]
     assert batch["image_inputs"]["img_feats"].shape[0] == 3
+
+
+@pytest.mark.parametrize(
+    "objective, itm_negatives", [("itm", "random"), ("itc", "random"), ("itm+itc", "random"), ("itm+itc", "mined")]
+)
+def test_trainer_loss_is_the_objectives_sum(processor, tmp_path, objective, itm_negatives):
+    from paddlenlp.trainer import TrainingArguments
+
+    from vinvl import OscarConfig, OscarForImageTextRetrieval
+    from vinvl.modeling import match_loss
+    from vinvl.training.negatives import mined_pair_inputs, sample_negatives
+    from vinvl.training.trainer import RetrievalTrainer
+
+    paddle.seed(3)
+    config = OscarConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, contrastive_dim=16,
+        img_feature_dim=FEATURE_DIM, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )
+    model = OscarForImageTextRetrieval(config)
+    objectives = objective.split("+")
+    dataset = MatchingPairDataset(
+        ListCorpus(5), processor, seed=0, single_modality="itc" in objectives,
+        pairs=itm_negatives if "itm" in objectives else None,
+    )
+    batch = MatchingCollator(processor)([dataset[i] for i in (0, 4, 8, 12, 13)])
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], disable_tqdm=True, seed=5)
+    trainer = RetrievalTrainer(
+        model=model, args=args, processor=processor, objective=objective, itm_negatives=itm_negatives
+    )
+    loss = trainer.compute_loss(model, dict(batch))
+    loss.backward()
+    assert model.classifier.weight.grad is not None if "itm" in objectives else model.classifier.weight.grad is None
+    assert model.text_proj.weight.grad is not None if "itc" in objectives else model.text_proj.weight.grad is None
+
+    with paddle.no_grad():
+        expected = 0.0
+        if "itc" in objectives:
+            single = model(caption_inputs=batch["caption_inputs"], image_inputs=batch["image_inputs"])
+            expected += float(contrastive_loss(single.caption_embeds, single.image_embeds, single.logit_scale, batch["image_index"]))
+        if itm_negatives == "mined":
+            similarity = (single.logit_scale * single.caption_embeds @ single.image_embeds.T).numpy()
+            rng = np.random.default_rng([5, 0, 0])  # (seed, step, rank)
+            drawn = sample_negatives(similarity, batch["image_index"].numpy(), rng)
+            pairs = mined_pair_inputs(processor, batch["pair_pieces"], batch["image_inputs"], *drawn)
+            assert len(pairs["labels"]) == 5 + 2 * 5  # each item has items of another image to draw
+            expected += float(model(**pairs).loss)
+        elif "itm" in objectives:
+            keys = ("input_ids", "token_type_ids", "attention_mask", "img_feats")
+            expected += float(match_loss(model(**{k: batch[k] for k in keys}).logits, batch["labels"]))
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
