@@ -147,6 +147,22 @@ def test_two_stage_small_k_scores_the_top_k_union(engine, gallery, exhaustive):
     assert set(metrics) == {"i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10", "rsum"}
 
 
+def test_score_pairs_tokenizes_only_the_pairs_it_scores(engine, gallery, exhaustive, monkeypatch):
+    seen = {"captions": 0, "tags": 0}
+    for name, kind in (("caption_pieces", "captions"), ("tag_pieces", "tags")):
+        original = getattr(engine.processor, name)
+
+        def counted(texts, original=original, kind=kind):
+            seen[kind] += len(texts)
+            return original(texts)
+
+        monkeypatch.setattr(engine.processor, name, counted)
+    images, captions = np.array([5, 2, 5]), np.array([3, 3, 9])
+    scores = engine.score_pairs(gallery, images, captions)
+    np.testing.assert_allclose(scores, exhaustive.i2t[images, captions], atol=1e-5, rtol=0)
+    assert seen == {"captions": 2, "tags": 2}
+
+
 def test_first_stage_embeddings_use_the_oscar_layout(model, processor, engine, gallery):
     captions = engine.embed_captions(gallery)
     images = engine.embed_images(gallery)

@@ -160,7 +160,7 @@ class RetrievalEngine:
             raise ValueError(f"image indices must be in 0..{gallery.num_images - 1}")
         if captions.min() < 0 or captions.max() >= gallery.num_captions:
             raise ValueError(f"caption indices must be in 0..{gallery.num_captions - 1}")
-        tokens = self._prepare(gallery)
+        tokens = self._prepare(gallery, images, captions)
         codes = images * gallery.num_captions + captions
         unique, inverse = np.unique(codes, return_inverse=True)
         return self._score_codes(gallery, tokens, unique)[inverse]
@@ -181,22 +181,29 @@ class RetrievalEngine:
 
     def embed_captions(self, gallery: Gallery) -> np.ndarray:
         """Caption-only embeddings ``[C, contrastive_dim]`` (``[CLS] caption [SEP]``), L2-normalised."""
-        return self._embed_captions(self._prepare(gallery))
+        return self._embed_captions(self._prepare(gallery, images=np.zeros(0, dtype=np.int64)))
 
     def embed_images(self, gallery: Gallery) -> np.ndarray:
         """Image-only embeddings ``[I, contrastive_dim]`` (``[CLS] [SEP] tags [SEP]`` + regions), L2-normalised."""
-        return self._embed_images(gallery, self._prepare(gallery))
+        return self._embed_images(gallery, self._prepare(gallery, captions=np.zeros(0, dtype=np.int64)))
 
     # ----- preparation --------------------------------------------------------------------
 
-    def _prepare(self, gallery: Gallery) -> _Tokens:
+    def _prepare(
+        self, gallery: Gallery, images: Optional[np.ndarray] = None, captions: Optional[np.ndarray] = None
+    ) -> _Tokens:
+        """Token pieces of the gallery's captions and tags, indexed like the gallery.
+
+        ``images`` / ``captions`` (indices) limit the tokenizing to what will be used; the other
+        rows stay empty. A query against a large gallery then costs its candidates, not the gallery.
+        """
         if gallery.feature_dim != self.processor.img_feature_dim:
             raise ValueError(
                 f"gallery region features are {gallery.feature_dim} wide but the model expects "
                 f"{self.processor.img_feature_dim}"
             )
-        caption_ids, caption_lens = self.processor.caption_pieces(gallery.captions)
-        tag_ids, tag_lens = self.processor.tag_pieces(gallery.tags)
+        caption_ids, caption_lens = _pieces_of(self.processor.caption_pieces, gallery.captions, captions)
+        tag_ids, tag_lens = _pieces_of(self.processor.tag_pieces, gallery.tags, images)
         caption_rank = np.empty(len(caption_lens), dtype=np.int64)
         caption_rank[np.argsort(caption_lens, kind="stable")] = np.arange(len(caption_lens))
         return _Tokens(caption_ids, caption_lens, tag_ids, tag_lens, caption_rank)
@@ -333,6 +340,20 @@ class RetrievalEngine:
                 )
                 out[rows] = self.model.embed_image(**_to_tensors(inputs), img_embeds=img_embeds).numpy()
         return all_reduce_sum(out)
+
+
+def _pieces_of(
+    make: Callable[[Sequence], Tuple[np.ndarray, np.ndarray]], items: Sequence, rows: Optional[np.ndarray]
+) -> Tuple[np.ndarray, np.ndarray]:
+    """``make(items)``, or only ``items[rows]`` made and placed at their rows (others empty)."""
+    if rows is None:
+        return make(items)
+    rows = np.unique(rows)
+    ids, lens = make([items[i] for i in rows])
+    all_ids = np.zeros((len(items), ids.shape[1]), dtype=np.int64)
+    all_lens = np.zeros(len(items), dtype=np.int64)
+    all_ids[rows], all_lens[rows] = ids, lens
+    return all_ids, all_lens
 
 
 def _to_tensors(arrays: Dict[str, np.ndarray]) -> Dict[str, paddle.Tensor]:
