@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 from typing import Tuple
 
+from paddlenlp.utils.env import PADDLE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
+
 from .configuration import OscarConfig
 from .modeling import OscarForImageTextRetrieval
 from .processor import OscarProcessor
@@ -11,7 +13,10 @@ from .tokenizer import OscarTokenizer
 
 __all__ = ["packaged_vocab_path", "has_weights", "load_tokenizer", "load_retrieval_model"]
 
-WEIGHT_FILES = ("model.safetensors", "model_state.pdparams", "model.safetensors.index.json")
+# Weights in one file (what save_pretrained and the Trainer's checkpoints write), and every
+# form a model directory may hold them in (a sharded safetensors index too).
+SINGLE_FILE_WEIGHTS = (SAFE_WEIGHTS_NAME, PADDLE_WEIGHTS_NAME)
+WEIGHT_FILES = SINGLE_FILE_WEIGHTS + (SAFE_WEIGHTS_INDEX_NAME,)
 
 
 def packaged_vocab_path() -> str:

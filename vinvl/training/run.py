@@ -11,7 +11,7 @@ from paddlenlp.utils.log import logger
 
 from ..data import load_corpus
 from ..data.collate import MatchingCollator, MatchingPairDataset
-from ..model_dir import load_retrieval_model
+from ..model_dir import SINGLE_FILE_WEIGHTS, load_retrieval_model
 from .arguments import DataArguments, ModelArguments, validate_arguments
 from .history import LogHistoryCallback
 from .trainer import RetrievalTrainer
@@ -34,7 +34,7 @@ CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pdopt", "scheduler.pdparams
 
 def is_complete_checkpoint(path: str) -> bool:
     """Whether a checkpoint directory was written to the end (a run killed while saving leaves a partial one)."""
-    has_weights = any(os.path.isfile(os.path.join(path, name)) for name in ("model.safetensors", "model_state.pdparams"))
+    has_weights = any(os.path.isfile(os.path.join(path, name)) for name in SINGLE_FILE_WEIGHTS)
     return has_weights and all(os.path.isfile(os.path.join(path, name)) for name in CHECKPOINT_FILES)
 
 
