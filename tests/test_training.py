@@ -119,6 +119,21 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(corpus_dir, tmp_path,
         np.testing.assert_allclose(a[key], b[key], rtol=1e-5, atol=1e-5, err_msg=key)
 
 
+def test_a_checkpoint_is_complete_only_once_its_last_file_loads(tmp_path):
+    import paddle
+
+    path = tmp_path / "checkpoint-5"
+    path.mkdir()
+    for name in ("model.safetensors", "trainer_state.json", "optimizer.pdopt"):
+        (path / name).write_bytes(b"x")
+    assert not is_complete_checkpoint(str(path))  # no scheduler yet
+    (path / "scheduler.pdparams").write_bytes(b"")  # created, not yet written
+    assert not is_complete_checkpoint(str(path))
+    paddle.save({"last_epoch": 5}, str(path / "scheduler.pdparams"))
+    assert is_complete_checkpoint(str(path))
+    assert last_complete_checkpoint(str(tmp_path)) == str(path)
+
+
 def test_resume_refuses_an_incomplete_checkpoint(corpus_dir, tmp_path):
     partial = tmp_path / "run" / "checkpoint-5"
     partial.mkdir(parents=True)

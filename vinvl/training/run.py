@@ -6,6 +6,7 @@ import re
 import sys
 from typing import Dict, List, Optional, Tuple
 
+import paddle
 from paddlenlp.trainer import PdArgumentParser, TrainingArguments, set_seed
 from paddlenlp.utils.log import logger
 
@@ -33,9 +34,16 @@ CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pdopt", "scheduler.pdparams
 
 
 def is_complete_checkpoint(path: str) -> bool:
-    """Whether a checkpoint directory was written to the end (a run killed while saving leaves a partial one)."""
+    """Whether a checkpoint directory was written to the end (a run killed while saving leaves a
+    partial one: files missing, or the last one created but not yet written, so it must load)."""
     has_weights = any(os.path.isfile(os.path.join(path, name)) for name in SINGLE_FILE_WEIGHTS)
-    return has_weights and all(os.path.isfile(os.path.join(path, name)) for name in CHECKPOINT_FILES)
+    if not has_weights or not all(os.path.isfile(os.path.join(path, name)) for name in CHECKPOINT_FILES):
+        return False
+    try:
+        paddle.load(os.path.join(path, CHECKPOINT_FILES[-1]))
+    except Exception:  # truncated or empty: whatever the unpickler raises
+        return False
+    return True
 
 
 def last_complete_checkpoint(output_dir: str) -> Optional[str]:
