@@ -114,10 +114,14 @@ class OscarProcessor:
 
     def _pieces(self, texts: Sequence[str], keep: int) -> Tuple[np.ndarray, np.ndarray]:
         tok = self.tokenizer
-        ids = [tok.convert_tokens_to_ids(tok.tokenize(t))[:keep] if t else [] for t in texts]
-        lens = np.array([len(i) for i in ids], dtype=np.int64)
-        matrix = np.zeros((len(ids), max(int(lens.max(initial=0)), 1)), dtype=np.int64)
-        for row, row_ids in enumerate(ids):
+        return self.stack_pieces([tok.convert_tokens_to_ids(tok.tokenize(t))[:keep] if t else [] for t in texts])
+
+    @staticmethod
+    def stack_pieces(rows: Sequence[Sequence[int]]) -> Tuple[np.ndarray, np.ndarray]:
+        """Id sequences as a zero-padded ``[N, L]`` matrix (at least one column) and lengths ``[N]``."""
+        lens = np.array([len(r) for r in rows], dtype=np.int64)
+        matrix = np.zeros((len(rows), max(int(lens.max(initial=0)), 1)), dtype=np.int64)
+        for row, row_ids in enumerate(rows):
             matrix[row, : len(row_ids)] = row_ids
         return matrix, lens
 

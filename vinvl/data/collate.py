@@ -118,8 +118,8 @@ class MatchingCollator:
             batch.update(self.processor.pad(pairs))
             batch["labels"] = paddle.to_tensor([1] * len(items) + [0] * len(items), dtype="int64")
         if "caption_pieces" in first:
-            caption_ids, caption_lens = _stack_pieces([it["caption_pieces"] for it in items])
-            tag_ids, tag_lens = _stack_pieces([it["tag_pieces"] for it in items])
+            caption_ids, caption_lens = _stack_pieces(self.processor, [it["caption_pieces"] for it in items])
+            tag_ids, tag_lens = _stack_pieces(self.processor, [it["tag_pieces"] for it in items])
             batch["pair_pieces"] = {
                 "caption_ids": caption_ids, "caption_lens": caption_lens, "tag_ids": tag_ids, "tag_lens": tag_lens,
             }
@@ -130,10 +130,6 @@ class MatchingCollator:
         return batch
 
 
-def _stack_pieces(pieces: Sequence[tuple]) -> tuple:
+def _stack_pieces(processor: OscarProcessor, pieces: Sequence[tuple]) -> tuple:
     """Stack single-row ``(ids [1, L], lens [1])`` pieces into ``(ids [B, L_max], lens [B])``."""
-    lens = np.concatenate([p[1] for p in pieces])
-    ids = np.zeros((len(pieces), max(int(lens.max(initial=0)), 1)), dtype=np.int64)
-    for row, (row_ids, row_len) in enumerate(pieces):
-        ids[row, : int(row_len[0])] = row_ids[0, : int(row_len[0])]
-    return ids, lens
+    return processor.stack_pieces([ids[0, : int(lens[0])] for ids, lens in pieces])
