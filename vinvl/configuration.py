@@ -1,11 +1,16 @@
 """OscarConfig: the BERT hyper-parameters plus what Oscar/VinVL adds for regions and the match head."""
 from __future__ import annotations
 
+from typing import List, Optional, Set
+
 from paddlenlp.transformers.configuration_utils import PretrainedConfig
 
-__all__ = ["OscarConfig"]
+__all__ = ["HEAD_NAMES", "OscarConfig"]
 
 CLASSIFIER_TYPES = ("linear", "mlp")
+# The heads a model directory can record as trained: the cross-encoder match head and the
+# caption-only / image-only contrastive heads of the first retrieval stage.
+HEAD_NAMES = ("match", "contrastive")
 LOSS_TYPES = ("sfmx",)
 
 
@@ -23,6 +28,9 @@ class OscarConfig(PretrainedConfig):
     - ``max_seq_length`` / ``max_img_seq_length``: text tokens and regions per pair.
     - ``contrastive_dim``: width of the caption-only / image-only embedding heads used by
       the contrastive objective and the first retrieval stage (0 disables them).
+    - ``trained_heads``: which of ``HEAD_NAMES`` carry trained weights, written by whoever
+      produced the weights (conversion, the Trainer); ``None`` means not recorded (directories
+      saved before the record existed), read as all heads trained.
     """
 
     model_type = "oscar"
@@ -53,6 +61,7 @@ class OscarConfig(PretrainedConfig):
         max_seq_length: int = 70,
         max_img_seq_length: int = 70,
         contrastive_dim: int = 256,
+        trained_heads: Optional[List[str]] = None,
         **kwargs,
     ):
         super().__init__(pad_token_id=pad_token_id, num_labels=num_labels, **kwargs)
@@ -65,6 +74,8 @@ class OscarConfig(PretrainedConfig):
                 f"OscarConfig: img_feature_type {img_feature_type!r} is not supported; "
                 "only continuous region features ('frcnn') are"
             )
+        if trained_heads is not None and not set(trained_heads) <= set(HEAD_NAMES):
+            raise ValueError(f"OscarConfig: trained_heads must be a subset of {HEAD_NAMES}, got {trained_heads!r}")
         if hidden_size % num_attention_heads:
             raise ValueError(
                 f"OscarConfig: hidden_size {hidden_size} is not a multiple of num_attention_heads {num_attention_heads}"
@@ -91,3 +102,8 @@ class OscarConfig(PretrainedConfig):
         self.max_seq_length = max_seq_length
         self.max_img_seq_length = max_img_seq_length
         self.contrastive_dim = contrastive_dim
+        self.trained_heads = None if trained_heads is None else sorted(set(trained_heads))
+
+    def heads_trained(self) -> Set[str]:
+        """The heads whose weights are trained (all of them when nothing was recorded)."""
+        return set(HEAD_NAMES) if self.trained_heads is None else set(self.trained_heads)

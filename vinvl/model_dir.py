@@ -43,7 +43,9 @@ def load_retrieval_model(model_dir: str, **processor_overrides) -> Tuple[OscarFo
     if has_weights(model_dir):
         model = OscarForImageTextRetrieval.from_pretrained(model_dir)
     else:
-        model = OscarForImageTextRetrieval(OscarConfig.from_pretrained(model_dir))
+        config = OscarConfig.from_pretrained(model_dir)
+        config.trained_heads = []  # random initialisation: no head carries trained weights
+        model = OscarForImageTextRetrieval(config)
     config = model.config
     settings = dict(
         max_seq_len=config.max_seq_length,
