@@ -73,8 +73,8 @@ TORCH_LAYOUT = "torch"  # 2-D Linear weights stored [out, in]
 PADDLE_LAYOUT = "paddle"  # 2-D Linear weights stored [in, out]
 
 SEED_WEIGHTS_FILE = "paddle_model.bin"  # what cattidea/VinVL-Paddle saves (paddle.save)
-SEED_FINETUNED = "seed port fine-tuned"  # {'epoch': ..., 'model': state dict}
-SEED_PRETRAINED = "seed port pre-trained"  # the state dict itself (its tools/convert_model_params.py)
+SEED_FINETUNED = "fine-tuned"  # {'epoch': ..., 'model': state dict}
+SEED_PRETRAINED = "pre-trained"  # the state dict itself (its tools/convert_model_params.py)
 
 # Weight files looked for in a source directory, in order of preference, with their layout
 # (None: decided by the file: the safetensors header, or the seed port's two forms).
@@ -583,12 +583,52 @@ def _publish(tmp_dir: str, dst: str, overwrite: bool) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _describe_source(weights: SourceWeights, own: bool, is_oscar: bool) -> str:
+class _Source(NamedTuple):
+    """A source directory read and mapped to this package's names, before any override."""
+
+    state: Dict[str, np.ndarray]
+    config: "OscarConfig"
+    layout: str
+    is_oscar: bool  # an Oscar (image stack present), not a BERT
+    recorded_heads: Optional[List[str]]  # the source's own trained_heads record (None: all it holds)
+    weights_path: str
+    description: str
+
+
+def _read_source(src: str, config_path: str) -> _Source:
+    """Read ``src``'s config and weights, whichever of the supported kinds it is."""
+    source_config = _read_json(config_path)
+    if not isinstance(source_config, dict):
+        raise ConversionError(f"{config_path} does not hold a JSON object")
+    weights = load_state_dict(src)
+    own = source_config.get("model_type") == "oscar"
     if own:
-        return "vinvl-paddle model directory"
+        is_oscar, description = True, "vinvl-paddle model directory"
+    else:
+        source_config = with_seed_config_names(source_config)
+        renamed_keys = {_canonical_name(k) for k in weights.state}
+        is_oscar = "img_feature_dim" in source_config or "bert.img_embedding.weight" in renamed_keys
+        description = "Oscar/VinVL" if is_oscar else "BERT"
+        if weights.seed_form:
+            description = f"cattidea/VinVL-Paddle, {weights.seed_form}"
+    state, dropped = _map_state_dict(weights.state, is_oscar)
+    if dropped:
+        logger.warning(
+            "dropped %d parameters of heads Oscar retrieval does not use (%s): %s",
+            len(dropped),
+            "pre-training heads" if is_oscar else "BERT pre-training/task heads",
+            ", ".join(sorted({".".join(k.split(".")[:2]) for k in dropped})),
+        )
     if weights.seed_form:
-        return f"cattidea/VinVL-Paddle, {weights.seed_form.replace('seed port ', '')}"
-    return "Oscar/VinVL" if is_oscar else "BERT"
+        _zero_seed_padding_row(state)
+    if own:
+        config = _own_model_config(source_config, config_path)
+        recorded = config.trained_heads
+    else:
+        config = oscar_config_from_source(source_config, state, is_oscar, weights.layout)
+        recorded = None  # every head an external checkpoint holds carries its trained weights
+    weights_path = os.path.join(src, weights.file_name)
+    return _Source(state, config, weights.layout, is_oscar, recorded, weights_path, description)
 
 
 def convert_checkpoint(
@@ -615,50 +655,22 @@ def convert_checkpoint(
     config_path = _source_config_path(src)
     if os.path.exists(dst) and not overwrite and (not os.path.isdir(dst) or os.listdir(dst)):
         raise ConversionError(f"destination {dst} already exists and is not empty (pass overwrite=True to replace it)")
-    source_config = _read_json(config_path)
-    if not isinstance(source_config, dict):
-        raise ConversionError(f"{config_path} does not hold a JSON object")
-    own = source_config.get("model_type") == "oscar"
-
-    weights = load_state_dict(src)
-    source_name = os.path.join(src, weights.file_name)
-    if own:
-        is_oscar = True
-        config = _own_model_config(source_config, config_path)
-        recorded = config.trained_heads
-    else:
-        renamed_keys = {_canonical_name(k) for k in weights.state}
-        source_config = with_seed_config_names(source_config)
-        is_oscar = "img_feature_dim" in source_config or "bert.img_embedding.weight" in renamed_keys
-        recorded = None  # every head an external checkpoint holds carries its trained weights
-    state, dropped = _map_state_dict(weights.state, is_oscar)
-    if dropped:
-        logger.warning(
-            "dropped %d parameters of heads Oscar retrieval does not use (%s): %s",
-            len(dropped),
-            "pre-training heads" if is_oscar else "BERT pre-training/task heads",
-            ", ".join(sorted({".".join(k.split(".")[:2]) for k in dropped})),
-        )
-    if weights.seed_form:
-        _zero_seed_padding_row(state)
-    if not own:
-        config = oscar_config_from_source(source_config, state, is_oscar, weights.layout)
-    if config_overrides:
-        config = _apply_overrides(config, config_overrides)
+    source = _read_source(src, config_path)
+    config = _apply_overrides(source.config, config_overrides) if config_overrides else source.config
 
     try:
         model = OscarForImageTextRetrieval(config)
     except ValueError as exc:
         raise ConversionError(f"{config_path}: {exc}") from exc
-    loaded_heads = _heads_in_state(state, list(model.state_dict()), source_name)
-    _load_into_model(model, state, weights.layout, is_oscar, source_name)
-    model.config.trained_heads = _trained_heads(loaded_heads, recorded)
+    loaded_heads = _heads_in_state(source.state, list(model.state_dict()), source.weights_path)
+    _load_into_model(model, source.state, source.layout, source.is_oscar, source.weights_path)
+    model.config.trained_heads = _trained_heads(loaded_heads, source.recorded_heads)
     logger.info(
         "converted %s (%s, %s layout) with %d tensors; trained heads: %s",
-        source_name,
-        _describe_source(weights, own, is_oscar),
-        weights.layout,
-        len(state),
+        source.weights_path,
+        source.description,
+        source.layout,
+        len(source.state),
         "all" if model.config.trained_heads is None else (", ".join(model.config.trained_heads) or "none"),
     )
 
