@@ -476,6 +476,16 @@ def test_missing_weights(official_src, tmp_path):
     _assert_nothing_written(dst)
 
 
+def test_sharded_weights_are_named(official_src, tmp_path):
+    os.remove(os.path.join(official_src, "pytorch_model.bin"))
+    with open(os.path.join(official_src, "pytorch_model.bin.index.json"), "w") as handle:
+        json.dump({"weight_map": {}}, handle)
+    dst = str(tmp_path / "out")
+    with pytest.raises(ConversionError, match=r"sharded weights \(pytorch_model\.bin\.index\.json\)"):
+        convert_checkpoint(official_src, dst)
+    _assert_nothing_written(dst)
+
+
 def test_corrupt_weights(official_src, tmp_path):
     with open(os.path.join(official_src, "pytorch_model.bin"), "wb") as handle:
         handle.write(b"not a checkpoint")

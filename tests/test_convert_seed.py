@@ -294,3 +294,18 @@ def test_seed_classifier_half_present_is_an_error(tmp_path):
     with pytest.raises(ConversionError, match=r"match head is incomplete.*classifier\.2\.weight"):
         convert_checkpoint(src, dst)
     assert not os.path.exists(dst)
+
+
+def test_seed_activation_we_do_not_have_is_named(tmp_path):
+    """The seed's BertIntermediate also offers ``swish``; this package's Oscar does not, and says so."""
+    official = official_config("linear", True)
+    reference = write_official_checkpoint(str(tmp_path / "official"), official, legacy=False, extra_keys=False)
+    src = write_seed_finetuned(tmp_path / "seed", reference, official)
+    config_path = os.path.join(src, "config.json")
+    config = json.load(open(config_path))
+    config["hidden_act"] = "swish"
+    json.dump(config, open(config_path, "w"))
+    dst = str(tmp_path / "out")
+    with pytest.raises(ConversionError, match=r"config\.json: .*hidden_act 'swish'"):
+        convert_checkpoint(src, dst)
+    assert not os.path.exists(dst)
