@@ -112,6 +112,23 @@ def write_seed_pretrained(path, official_dir, official: dict):
     return folder
 
 
+def seed_checkpoint(tmp_path, classifier="linear", use_img_layernorm=True):
+    """(reference, fine-tuned seed checkpoint dir) for one head variant."""
+    official = official_config(classifier, use_img_layernorm)
+    reference = write_official_checkpoint(str(tmp_path / "official"), official, legacy=False, extra_keys=False)
+    return reference, write_seed_finetuned(tmp_path / "seed", reference, official)
+
+
+def update_config(src, **changes):
+    """Change fields of ``src``/config.json in place."""
+    path = os.path.join(src, "config.json")
+    with open(path) as handle:
+        config = json.load(handle)
+    config.update(changes)
+    with open(path, "w") as handle:
+        json.dump(config, handle)
+
+
 def drop_official_config_keys(config: dict, variant: str) -> dict:
     """Remove what a config may leave out: the seed (like the official code) then uses its defaults."""
     config = dict(config)
@@ -157,9 +174,7 @@ def test_seed_finetuned_checkpoint_parity(tmp_path, classifier, use_img_layernor
 
 
 def test_seed_finetuned_tokenizer_files_carried_over(tmp_path):
-    official = official_config("linear", True)
-    reference = write_official_checkpoint(str(tmp_path / "official"), official, legacy=False, extra_keys=False)
-    src = write_seed_finetuned(tmp_path / "seed", reference, official)
+    _, src = seed_checkpoint(tmp_path)
     dst = convert_checkpoint(src, str(tmp_path / "converted"))
     with open(os.path.join(src, "vocab.txt")) as a, open(os.path.join(dst, "vocab.txt")) as b:
         assert a.read().split() == b.read().split()
@@ -174,13 +189,8 @@ def test_seed_finetuned_tokenizer_files_carried_over(tmp_path):
 def test_seed_feat_dim_name_wins_over_a_stale_official_one(tmp_path):
     """A seed config keeps the pre-trained ``img_feature_dim`` beside its own ``img_feat_dim``; the seed's model
     reads ``img_feat_dim``, so a conversion using the other name would not fit the weights."""
-    official = official_config("linear", True)
-    reference = write_official_checkpoint(str(tmp_path / "official"), official, legacy=False, extra_keys=False)
-    src = write_seed_finetuned(tmp_path / "seed", reference, official)
-    config_path = os.path.join(src, "config.json")
-    config = json.load(open(config_path))
-    config.update(img_feature_dim=2054, img_feature_type="faster_r-cnn")
-    json.dump(config, open(config_path, "w"))
+    reference, src = seed_checkpoint(tmp_path)
+    update_config(src, img_feature_dim=2054, img_feature_type="faster_r-cnn")
     dst = convert_checkpoint(src, str(tmp_path / "converted"))
     assert OscarConfig.from_pretrained(dst).img_feature_dim == IMG_DIM
     assert reference_errors(dst, reference)[0] < REL_TOL
@@ -193,12 +203,9 @@ def test_seed_padding_id_embeds_to_zero_as_in_paddle(tmp_path):
     lookup.weight.set_value(paddle.ones([4, 3]))
     assert not lookup(paddle.to_tensor([0])).numpy().any()  # the premise: Paddle outputs zeros for padding_idx
 
-    official = official_config("linear", True)
-    official_dir = str(tmp_path / "official")
-    reference = write_official_checkpoint(official_dir, official, legacy=False, extra_keys=False)
-    src = write_seed_finetuned(tmp_path / "seed", reference, official)
+    reference, src = seed_checkpoint(tmp_path)
     dst = convert_checkpoint(src, str(tmp_path / "converted"))
-    official_dst = convert_checkpoint(official_dir, str(tmp_path / "converted_official"))
+    official_dst = convert_checkpoint(str(tmp_path / "official"), str(tmp_path / "converted_official"))
 
     input_ids, token_type_ids, mask, img_feats = random_oscar_inputs()
     input_ids[:, 3] = 0  # an attended [PAD] id in every row
@@ -283,9 +290,7 @@ def test_seed_file_of_another_shape_is_named(tmp_path):
 
 
 def test_seed_classifier_half_present_is_an_error(tmp_path):
-    official = official_config("mlp", True)
-    reference = write_official_checkpoint(str(tmp_path / "official"), official, legacy=False, extra_keys=False)
-    src = write_seed_finetuned(tmp_path / "seed", reference, official)
+    _, src = seed_checkpoint(tmp_path, classifier="mlp")
     path = os.path.join(src, "paddle_model.bin")
     checkpoint = paddle.load(path)
     del checkpoint["model"]["classifier.2.weight"]
@@ -298,13 +303,8 @@ def test_seed_classifier_half_present_is_an_error(tmp_path):
 
 def test_seed_activation_we_do_not_have_is_named(tmp_path):
     """The seed's BertIntermediate also offers ``swish``; this package's Oscar does not, and says so."""
-    official = official_config("linear", True)
-    reference = write_official_checkpoint(str(tmp_path / "official"), official, legacy=False, extra_keys=False)
-    src = write_seed_finetuned(tmp_path / "seed", reference, official)
-    config_path = os.path.join(src, "config.json")
-    config = json.load(open(config_path))
-    config["hidden_act"] = "swish"
-    json.dump(config, open(config_path, "w"))
+    _, src = seed_checkpoint(tmp_path)
+    update_config(src, hidden_act="swish")
     dst = str(tmp_path / "out")
     with pytest.raises(ConversionError, match=r"config\.json: .*hidden_act 'swish'"):
         convert_checkpoint(src, dst)
