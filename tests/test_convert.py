@@ -194,6 +194,28 @@ def write_official_checkpoint(path, config: dict, legacy: bool, extra_keys: bool
     return reference
 
 
+def reference_errors(dst, reference, inputs=None, attended_only=False):
+    """Max relative errors (logits, sequence output) of the converted model in ``dst`` against ``reference``.
+
+    ``attended_only`` compares the sequence output at attended positions only.
+    """
+    input_ids, token_type_ids, mask, img_feats = inputs if inputs is not None else random_oscar_inputs()
+    model = OscarForImageTextRetrieval.from_pretrained(dst)
+    model.eval()
+    with torch.no_grad():
+        ref_sequence, ref_logits = reference(
+            *(torch.from_numpy(a) for a in (input_ids, token_type_ids, mask, img_feats))
+        )
+    with paddle.no_grad():
+        args = [paddle.to_tensor(a) for a in (input_ids, token_type_ids, mask)]
+        logits = model(*args, img_feats=paddle.to_tensor(img_feats)).logits.numpy()
+        sequence = model.bert(*args, img_feats=paddle.to_tensor(img_feats)).last_hidden_state.numpy()
+    ref_sequence = ref_sequence.numpy()
+    if attended_only:
+        sequence, ref_sequence = sequence[mask == 1], ref_sequence[mask == 1]
+    return max_rel_err(logits, ref_logits.numpy()), max_rel_err(sequence, ref_sequence)
+
+
 def random_oscar_inputs(batch=4, text_len=11, regions=7, seed=1):
     """Random ids, segments, region features and a ragged text+region attention mask."""
     rng = np.random.default_rng(seed)
@@ -239,18 +261,10 @@ def test_official_oscar_checkpoint_parity(
     assert model.config.classifier == classifier
     assert model.config.use_img_layernorm is use_img_layernorm
     assert model.config.img_feature_dim == IMG_DIM and model.config.cls_hidden_scale == 3
+    # A fine-tuned retrieval checkpoint: its match head is trained, the contrastive heads are fresh.
+    assert model.config.trained_heads == ["match"]
 
-    input_ids, token_type_ids, mask, img_feats = random_oscar_inputs()
-    with torch.no_grad():
-        ref_sequence, ref_logits = reference(
-            *(torch.from_numpy(a) for a in (input_ids, token_type_ids, mask, img_feats))
-        )
-    with paddle.no_grad():
-        args = [paddle.to_tensor(a) for a in (input_ids, token_type_ids, mask)]
-        logits = model(*args, img_feats=paddle.to_tensor(img_feats)).logits.numpy()
-        sequence = model.bert(*args, img_feats=paddle.to_tensor(img_feats)).last_hidden_state.numpy()
-    logits_err = max_rel_err(logits, ref_logits.numpy())
-    sequence_err = max_rel_err(sequence, ref_sequence.numpy())
+    logits_err, sequence_err = reference_errors(dst, reference)
     variant = f"{classifier} ln={use_img_layernorm} legacy={legacy} {reader}"
     print(f"Oscar {variant}: logits {logits_err:.2e} seq {sequence_err:.2e}")
     assert logits_err < REL_TOL
@@ -321,7 +335,8 @@ def test_cli_main_converts_with_overrides(tmp_path, capsys):
     assert capsys.readouterr().out.strip() == os.path.abspath(dst)
     config = OscarConfig.from_pretrained(dst)
     assert config.max_seq_length == 50 and config.contrastive_dim == 16
-    assert main([src, dst]) == 2  # exists, no --overwrite
+    with pytest.raises(ConversionError, match="already exists"):  # no --overwrite: raised, so the command fails
+        main([src, dst])
     assert main([src, dst, "--overwrite", "--set", "max_seq_length=60"]) == 0
     assert OscarConfig.from_pretrained(dst).max_seq_length == 60
     assert no_temp_leftovers(str(tmp_path))
@@ -350,6 +365,7 @@ def test_paddlenlp_bert_to_oscar_text_path(tmp_path, safe_serialization):
     model = OscarForImageTextRetrieval.from_pretrained(dst)
     model.eval()
     assert model.config.use_img_layernorm is True  # VinVL's retrieval setting for a fresh image stack
+    assert model.config.trained_heads == []  # a BERT brings no match or contrastive head
 
     input_ids, token_type_ids, mask, img_feats = random_oscar_inputs()
     text_mask = mask[:, : input_ids.shape[1]]
@@ -374,6 +390,7 @@ def test_hf_bert_with_prefix_and_heads_drops_heads(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="vinvl.convert"):
         dst = convert_checkpoint(src, str(tmp_path / "converted"))
     assert any("cls.predictions" in r.getMessage() for r in caplog.records)
+    assert OscarConfig.from_pretrained(dst).trained_heads == []  # BERT's own heads are dropped, none is Oscar's
     model = OscarModel.from_pretrained(dst)
     model.eval()
     input_ids, token_type_ids, mask, _ = random_oscar_inputs()
@@ -414,6 +431,35 @@ def test_missing_source_dir(tmp_path):
     _assert_nothing_written(dst)
 
 
+def test_not_a_checkpoint_dir_names_it_and_what_was_looked_for(official_src, tmp_path):
+    """Pointing at the folder that holds checkpoint-N/ (a common slip) names the folder, the files a
+    checkpoint holds, and the checkpoint folders inside it."""
+    parent = tmp_path / "run"
+    parent.mkdir()
+    os.rename(official_src, parent / "checkpoint-30")
+    dst = str(tmp_path / "out")
+    with pytest.raises(ConversionError) as error:
+        convert_checkpoint(str(parent), dst)
+    message = str(error.value)
+    assert f"{parent} is not a checkpoint directory: it has no config.json" in message
+    assert all(name in message for name in ("pytorch_model.bin", "paddle_model.bin", "model.safetensors"))
+    assert message.endswith("folders inside it that have one: checkpoint-30")
+    _assert_nothing_written(dst)
+
+
+def test_vinvl_convert_fails_with_nonzero_status_and_the_cause_on_stderr(tmp_path):
+    import subprocess
+
+    bad, dst = tmp_path / "empty", tmp_path / "out"
+    bad.mkdir()
+    result = subprocess.run(
+        [sys.executable, "-m", "vinvl.cli", "convert", str(bad), str(dst)], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode != 0
+    assert f"{bad} is not a checkpoint directory" in result.stderr
+    assert not os.path.exists(dst) and no_temp_leftovers(str(tmp_path))
+
+
 def test_missing_config(official_src, tmp_path):
     os.remove(os.path.join(official_src, "config.json"))
     dst = str(tmp_path / "out")
@@ -426,6 +472,16 @@ def test_missing_weights(official_src, tmp_path):
     os.remove(os.path.join(official_src, "pytorch_model.bin"))
     dst = str(tmp_path / "out")
     with pytest.raises(ConversionError, match="no weights.*pytorch_model.bin"):
+        convert_checkpoint(official_src, dst)
+    _assert_nothing_written(dst)
+
+
+def test_sharded_weights_are_named(official_src, tmp_path):
+    os.remove(os.path.join(official_src, "pytorch_model.bin"))
+    with open(os.path.join(official_src, "pytorch_model.bin.index.json"), "w") as handle:
+        json.dump({"weight_map": {}}, handle)
+    dst = str(tmp_path / "out")
+    with pytest.raises(ConversionError, match=r"sharded weights \(pytorch_model\.bin\.index\.json\)"):
         convert_checkpoint(official_src, dst)
     _assert_nothing_written(dst)
 
@@ -506,12 +562,6 @@ def test_discrete_code_features_rejected(official_src, tmp_path):
         json.dump(config, handle)
     with pytest.raises(ConversionError, match="dis_code"):
         convert_checkpoint(official_src, str(tmp_path / "out"))
-
-
-def test_already_converted_dir_rejected(official_src, tmp_path):
-    dst = convert_checkpoint(official_src, str(tmp_path / "out"))
-    with pytest.raises(ConversionError, match="already a vinvl-paddle model directory"):
-        convert_checkpoint(dst, str(tmp_path / "again"))
 
 
 def test_without_torch_the_builtin_reader_is_used(official_src, monkeypatch):

@@ -188,6 +188,25 @@ def test_features_dir_and_minival_reading_val_features(tmp_path):
         split_feature_dir(out, "test", str(tmp_path / "empty"))
 
 
+def test_flat_folder_features_beside_the_captions(tmp_path):
+    """The download unpacked into one folder: features.tsv, predictions.tsv, ... beside test_captions.pt."""
+    out = write(tmp_path)
+    for name in os.listdir(os.path.join(out, "features", "test")):
+        shutil.move(os.path.join(out, "features", "test", name), out)
+    shutil.rmtree(os.path.join(out, "features"))
+    assert split_feature_dir(out, "test") == out
+    corpus = load_corpus(out, "test", cache_dir=str(tmp_path / "cache"))
+    assert_corpus_equals(corpus, truth("test", 6))
+    # With features_dir given, only features_dir is searched, and the error names every place looked in.
+    empty = str(tmp_path / "empty")
+    with pytest.raises(DataError, match=re.escape(f"looked in {empty}/test, {empty}")):
+        split_feature_dir(out, "test", empty)
+    os.remove(os.path.join(out, "features.tsv"))
+    features_root = os.path.join(out, "features")
+    with pytest.raises(DataError, match=re.escape(f"looked in {features_root}/test, {features_root}, {out}")):
+        split_feature_dir(out, "test")
+
+
 @pytest.mark.parametrize("key_file", ["test_img_keys_1k.tsv", "test_img_keys.tsv", "custom"])
 def test_eval_img_keys_file_selects_and_orders(tmp_path, key_file):
     out = write(tmp_path, {"train": 0, "minival": 0, "val": 0, "test": 10})

@@ -10,8 +10,10 @@ data_dir/
 ```
 
 A split without its own feature folder reads ``val``'s when it is ``minival`` (minival is a
-subset of COCO val), and otherwise ``features_dir`` itself when that holds ``features.tsv``
-(a single folder for everything, as in the VinVL feature download of one split).
+subset of COCO val), and otherwise the features root itself when that holds ``features.tsv``
+(a single folder for everything, as in the VinVL feature download of one split). Without
+``features_dir``, ``data_dir`` itself is looked in last: the flat folder many users unpack the
+download into, ``features.tsv`` beside the caption files.
 """
 from __future__ import annotations
 
@@ -34,6 +36,8 @@ def split_feature_dir(data_dir: str, split: str, features_dir: Optional[str] = N
     if split == "minival":
         candidates.append(os.path.join(root, "val"))
     candidates.append(root)
+    if not features_dir:
+        candidates.append(data_dir)
     for folder in candidates:
         if os.path.isfile(os.path.join(folder, FEATURES_FILE)):
             return folder
