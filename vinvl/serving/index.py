@@ -212,6 +212,8 @@ class GalleryIndex:
     def features(self, index: int) -> np.ndarray:
         """Image ``index``'s ``[num_regions, 2054]`` region features, read from the original file."""
         number = int(self._feature_file[index])
+        if number < 0:
+            raise ValueError(f"image {self.image_id(index)!r} has no region features in the index {self.root}")
         if number not in self._sources:
             entry = self.manifest["feature_files"][number]
             size = os.path.getsize(entry["path"]) if os.path.isfile(entry["path"]) else None
@@ -301,10 +303,6 @@ def _write_version(
 ) -> dict:
     """Write a complete index version into ``folder``: ``base``'s images (if any), then ``sources``'."""
     new_ids = [i for s in sources for i in s.corpus.image_ids]
-    new_tags = [t for s in sources for t in s.corpus.tags]
-    IdColumn.write(folder, "image_ids", new_ids, base=base._ids if base else None)
-    ListColumn.write(folder, "tags", new_tags, base=base._tags if base else None)
-
     files = [dict(e) for e in base.manifest["feature_files"]] if base else []
     number = {e["path"]: n for n, e in enumerate(files)}
     new_files, new_layouts = [], []
@@ -315,37 +313,67 @@ def _write_version(
                 new_files.append(path)
                 new_layouts.append(s.layout)
     files += _feature_file_entries(new_files, new_layouts)
-    file_of = np.array([number[p] for s in sources for p in s.feature_files], dtype=np.int32)
-    rows = np.array([r for s in sources for r in s.feature_rows], dtype=np.int64)
-    old_count = base.num_images if base else 0
-    np.save(os.path.join(folder, "feature_file.npy"), np.concatenate([base._feature_file if base else [], file_of]).astype(np.int32))
-    np.save(os.path.join(folder, "feature_row.npy"), np.concatenate([base._feature_row if base else [], rows]).astype(np.int64))
+    write_columns(
+        folder,
+        new_ids,
+        [t for s in sources for t in s.corpus.tags],
+        np.array([number[p] for s in sources for p in s.feature_files], dtype=np.int32),
+        np.array([r for s in sources for r in s.feature_rows], dtype=np.int64),
+        base,
+    )
     pause_for_test("staging")
 
     stages = _first_stages(config)
-    total = old_count + len(new_ids)
+    total = (base.num_images if base else 0) + len(new_ids)
     embeddings_entry = faiss_entry = None
     if "contrastive" in stages:
         embeddings_entry, faiss_entry = _write_embeddings(
             folder, model_dir, config, sources, base, total, faiss_nlist, use_faiss, batch_size, progress
         )
 
-    manifest = {
-        "format": INDEX_FORMAT,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "num_images": total,
-        "model": {
+    return write_manifest(
+        folder,
+        num_images=total,
+        model={
             "weights_sha256": checksum,
             "model_dir": os.path.abspath(model_dir),
             "trained_heads": sorted(config.heads_trained()),
             "contrastive_dim": config.contrastive_dim,
         },
-        "first_stages": stages,
-        "embeddings": embeddings_entry,
-        "faiss": faiss_entry,
-        "feature_files": files,
-        "sources": (base.manifest["sources"] if base else [])
+        first_stages=stages,
+        embeddings=embeddings_entry,
+        faiss=faiss_entry,
+        feature_files=files,
+        sources=(base.manifest["sources"] if base else [])
         + [{"gallery_dir": os.path.abspath(s.source.gallery_dir), "split": s.source.split, "num_images": len(s.corpus)} for s in sources],
+    )
+
+
+def write_columns(
+    folder: str,
+    image_ids: Sequence[str],
+    tags: Sequence[Sequence[str]],
+    feature_file: np.ndarray,
+    feature_row: np.ndarray,
+    base: Optional[GalleryIndex] = None,
+) -> None:
+    """The per-image columns of a version: ``base``'s images (if any), then these.
+
+    ``feature_file[i]`` numbers a file of the manifest's ``feature_files`` (-1: no features).
+    """
+    IdColumn.write(folder, "image_ids", image_ids, base=base._ids if base else None)
+    ListColumn.write(folder, "tags", tags, base=base._tags if base else None)
+    for name, column, dtype in (("feature_file", feature_file, np.int32), ("feature_row", feature_row, np.int64)):
+        previous = getattr(base, f"_{name}") if base else np.zeros(0, dtype)
+        np.save(os.path.join(folder, f"{name}.npy"), np.concatenate([previous, column]).astype(dtype))
+
+
+def write_manifest(folder: str, **fields) -> dict:
+    """``manifest.json`` of a version (written last: a version without it is never read)."""
+    manifest = {
+        "format": INDEX_FORMAT,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **fields,
     }
     with open(os.path.join(folder, MANIFEST), "w", encoding="utf-8") as f:
         json.dump(manifest, f, indent=2)
