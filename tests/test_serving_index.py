@@ -228,3 +228,45 @@ def test_sigkill_during_a_first_build_leaves_no_index_and_a_rebuild_works(setup,
     with GalleryIndex.open(out) as index:
         assert index.num_images == 10
     assert not [n for n in os.listdir(out) if n.startswith(".staging-")]
+
+
+def test_detector_layout_gallery_reads_features_through_the_index(tmp_path):
+    corpus_dir = str(tmp_path / "detector")
+    write_synthetic_corpus(corpus_dir, {"test": 5}, seed=6, layout="detector")
+    model = _save_model(tmp_path / "model", ["contrastive", "match"], seed=0)
+    out = str(tmp_path / "index")
+    build_index(out, model, [GallerySource(corpus_dir, "test")], progress=False)
+    corpus = load_corpus(corpus_dir, "test")
+    with GalleryIndex.open(out) as index:
+        assert index.manifest["feature_files"][0]["layout"] == "detector"
+        assert [index.image_id(i) for i in range(5)] == corpus.image_ids
+        np.testing.assert_array_equal(index.features(4), corpus.features(4))
+
+
+def test_a_feature_file_changed_after_the_build_is_reported(setup, tmp_path):
+    corpus_dir = str(tmp_path / "corpus")
+    write_synthetic_corpus(corpus_dir, {"test": 4}, seed=7)
+    out = str(tmp_path / "index")
+    build_index(out, setup["model"], [GallerySource(corpus_dir, "test")], progress=False)
+    features_tsv = os.path.join(corpus_dir, "features", "test", "features.tsv")
+    with open(features_tsv, "a") as f:
+        f.write("\n")
+    with GalleryIndex.open(out) as index:
+        assert index.tags(1)  # what the index holds itself is still served
+        with pytest.raises(ValueError, match="features.tsv.*rebuild the index"):
+            index.features(1)
+
+
+def test_the_vinvl_index_command(setup, tmp_path, capsys):
+    from vinvl.cli import main as vinvl_main
+
+    out = str(tmp_path / "index")
+    common = ["--model_dir", setup["model"], "--gallery_dir", setup["corpus"]]
+    with pytest.raises(SystemExit):  # two --split values for one gallery
+        vinvl_main(["index", "build", *common, "--split", "test", "--split", "val", out])
+    assert not os.path.exists(out)
+    assert vinvl_main(["index", "build", *common, "--gallery_dir", setup["corpus"], "--split", "test", "--split", "val", out]) == 0
+    capsys.readouterr()
+    vinvl_main(["index", "info", out])
+    info = capsys.readouterr().out
+    assert '"version": "v000001"' in info and '"num_images": 16' in info

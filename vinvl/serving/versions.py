@@ -111,7 +111,7 @@ class VersionedDir:
             if same:
                 return path, handle
             handle.close()
-        raise RuntimeError(f"{self.root}: the live version kept changing while it was being opened")
+        raise RuntimeError(f"{self.root}: cannot open the live version {name} (no {MANIFEST}, or it kept changing)")
 
     def versions(self) -> List[str]:
         names = [n for n in os.listdir(self.root) if _VERSION.match(n)] if os.path.isdir(self.root) else []
