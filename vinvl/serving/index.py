@@ -23,6 +23,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import threading
 from dataclasses import dataclass
 from typing import IO, Dict, List, Optional, Sequence
 
@@ -120,7 +121,7 @@ class GalleryIndex:
     """A read-only view of the live version of an index directory (pinned while open).
 
     Use :meth:`open`; close it (or use it as a context manager) to let the version be
-    garbage-collected once a newer one is live.
+    garbage-collected once a newer one is live. Safe to share between threads.
     """
 
     def __init__(self, root: str, path: str, handle: IO):
@@ -138,6 +139,7 @@ class GalleryIndex:
         self.embeddings: Optional[np.ndarray] = load_array(path, "embeddings") if self.manifest["embeddings"] else None
         self._faiss = None
         self._sources: Dict[int, object] = {}
+        self._lock = threading.Lock()  # feature files share one handle (seek + read); faiss loads once
 
     @classmethod
     def open(cls, root: str, model_dir: Optional[str] = None) -> "GalleryIndex":
@@ -214,16 +216,21 @@ class GalleryIndex:
         number = int(self._feature_file[index])
         if number < 0:
             raise ValueError(f"image {self.image_id(index)!r} has no region features in the index {self.root}")
-        if number not in self._sources:
-            entry = self.manifest["feature_files"][number]
-            size = os.path.getsize(entry["path"]) if os.path.isfile(entry["path"]) else None
-            if size != entry["size"]:
-                raise DataError(
-                    f"{entry['path']}: {'missing' if size is None else f'{size} bytes'}, but the index "
-                    f"{self.root} was built when it had {entry['size']} bytes; rebuild the index"
-                )
-            self._sources[number] = open_feature_source(entry["path"], entry["layout"])
-        return self._sources[number].read(int(self._feature_row[index]), self.image_id(index))
+        with self._lock:
+            if number not in self._sources:
+                self._sources[number] = self._open_feature_file(number)
+            return self._sources[number].read(int(self._feature_row[index]), self.image_id(index))
+
+    def _open_feature_file(self, number: int):
+        """The reader of feature file ``number``, once it is checked to be the file the index was built on."""
+        entry = self.manifest["feature_files"][number]
+        size = os.path.getsize(entry["path"]) if os.path.isfile(entry["path"]) else None
+        if size != entry["size"]:
+            raise DataError(
+                f"{entry['path']}: {'missing' if size is None else f'{size} bytes'}, but the index "
+                f"{self.root} was built when it had {entry['size']} bytes; rebuild the index"
+            )
+        return open_feature_source(entry["path"], entry["layout"])
 
     # ----- first stage --------------------------------------------------------------------
 
@@ -261,8 +268,9 @@ class GalleryIndex:
         """The version's faiss index, memory-mapped on first use."""
         if self.manifest.get("faiss") is None:
             raise ValueError(f"the index {self.root} has no faiss index; build it with `vinvl index build --faiss ...`")
-        if self._faiss is None:
-            self._faiss = ann.load(os.path.join(self.path, self.manifest["faiss"]["file"]))
+        with self._lock:
+            if self._faiss is None:
+                self._faiss = ann.load(os.path.join(self.path, self.manifest["faiss"]["file"]))
         return self._faiss
 
 
