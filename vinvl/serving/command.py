@@ -54,6 +54,8 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
             return index.path
     if args.batch_size <= 0:
         parser.error(f"--batch_size must be positive, got {args.batch_size}")
+    if args.command == "build" and args.nlist is not None and not args.faiss:
+        parser.error("--nlist sets the faiss index's lists; it needs --faiss")
     sources = _sources(parser, args)
     if args.command == "build":
         path = build_index(args.out, args.model_dir, sources, use_faiss=args.faiss, faiss_nlist=args.nlist, batch_size=args.batch_size)
