@@ -197,13 +197,13 @@ def _run_and_kill(args, stage, tmp_path):
     assert process.returncode == -signal.SIGKILL
 
 
-@pytest.mark.parametrize("stage", ["staging", "commit"])
-def test_sigkill_during_add_leaves_the_previous_index_intact(setup, tmp_path, stage):
+@pytest.mark.parametrize("command, stage", [("add", "staging"), ("add", "commit"), ("build", "commit")])
+def test_sigkill_during_add_or_rebuild_leaves_the_previous_index_intact(setup, tmp_path, command, stage):
     out = str(tmp_path / "index")
     build_index(out, setup["model"], [_test_source(setup)], progress=False)
     queries = _caption_embeddings(setup["model"], ["a dog near a tree", load_corpus(setup["corpus"], "val").captions[1][0]])
     before = _answers(out, queries)
-    args = ["add", "--model_dir", setup["model"], "--gallery_dir", setup["corpus"], "--split", "val", out]
+    args = [command, "--model_dir", setup["model"], "--gallery_dir", setup["corpus"], "--split", "val", out]
     _run_and_kill(args, stage, tmp_path)
     leftovers = set(os.listdir(out)) - {"CURRENT", ".lock", "v000001"}
     assert leftovers  # the killed writer did leave files behind ...
