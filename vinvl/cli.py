@@ -15,6 +15,7 @@ COMMANDS = {
     "make-synthetic": ("vinvl.data.synthetic", "write a synthetic corpus in the official coco_ir file format"),
     "train": ("vinvl.training.run", "fine-tune with paddlenlp.Trainer (accepts a JSON config)"),
     "eval": ("vinvl.retrieval.evaluate", "COCO 1K/5K retrieval evaluation: R@1/5/10 both ways, rsum"),
+    "extract": ("vinvl.vision.extract", "photos -> region features and tags the loading script reads (resumable, sharded)"),
     "retrieve": ("vinvl.retrieve", "answer text or image queries against a gallery through Taskflow"),
     "benchmark": ("vinvl.retrieval.benchmark", "measure scoring throughput, two-stage savings, FLOP/s, memory"),
 }
