@@ -65,7 +65,7 @@ BAD_FILE = "bad_images.jsonl"
 SUMMARY_FILE = "extract.json"
 WORK_DIR = ".extract"
 LOCK_FILE = ".extract.lock"
-PREFETCH = 4  # images decoded ahead of the detector
+PREFETCH = 2  # images decoded ahead of the detector (each may be up to PIL's 89.5-megapixel limit)
 
 
 class ExtractError(ValueError):
@@ -377,8 +377,8 @@ def _detector_fingerprint(detector_dir: str) -> List[List]:
     return files
 
 
-def _run_description(entries: Sequence[ImageEntry], source: str, detector_dir: str) -> dict:
-    """What makes two runs the same extraction: the image list and the detector's files."""
+def _run_description(entries: Sequence[ImageEntry], source: str, detector_dir: str, fail_on_bad: bool) -> dict:
+    """What makes two runs the same extraction: the image list, the detector's files, the bad-file rule."""
     digest = hashlib.sha1()
     for entry in entries:
         digest.update(f"{entry.image_id}\t{entry.listed_as}\n".encode("utf-8", "surrogateescape"))
@@ -388,11 +388,14 @@ def _run_description(entries: Sequence[ImageEntry], source: str, detector_dir: s
         "image_list_sha1": digest.hexdigest(),
         "detector": os.path.abspath(detector_dir),
         "detector_files": _detector_fingerprint(detector_dir),
+        "fail_on_bad": fail_on_bad,
     }
 
 
-def _same_run(recorded: dict, description: dict) -> bool:
-    keys = ("num_listed", "image_list_sha1", "detector_files")
+SAME_OUTPUT = ("num_listed", "image_list_sha1", "detector_files")  # what the final files depend on
+
+
+def _same_run(recorded: dict, description: dict, keys: Sequence[str] = SAME_OUTPUT + ("fail_on_bad",)) -> bool:
     return all(recorded.get(k) == description[k] for k in keys)
 
 
@@ -409,14 +412,15 @@ def _finished(out_dir: str, description: dict) -> Optional[ExtractSummary]:
     recorded = _load_json(os.path.join(out_dir, SUMMARY_FILE))
     if recorded is None:
         return None
-    if not _same_run(recorded, description):
+    if not _same_run(recorded, description, SAME_OUTPUT):
         raise ExtractError(
             f"{out_dir} already holds an extraction of other images or with another detector "
             f"({recorded.get('images')}, {recorded.get('detector')}); choose a new OUT"
         )
-    bad = []
     with open(os.path.join(out_dir, BAD_FILE), encoding="utf-8") as f:
         bad = [json.loads(line) for line in f if line.strip()]
+    if bad and description["fail_on_bad"]:
+        raise BadImageError(bad[0]["path"], bad[0]["reason"] + f" (skipped by the finished extraction in {out_dir})")
     return ExtractSummary(out_dir, recorded["num_listed"], recorded["num_extracted"], bad)
 
 
@@ -431,8 +435,8 @@ def _prepare_work_dir(out_dir: str, description: dict) -> str:
     elif not _same_run(recorded, description):
         raise ExtractError(
             f"{work_dir} holds an unfinished extraction of other images or with another detector "
-            f"({recorded.get('images')}, {recorded.get('detector')}); resume it with the same IMAGES and "
-            "--detector, or choose a new OUT"
+            f"({recorded.get('images')}, {recorded.get('detector')}, fail_on_bad={recorded.get('fail_on_bad')}); "
+            "resume it with the same IMAGES, --detector and --fail_on_bad, or choose a new OUT"
         )
     return work_dir
 
@@ -444,8 +448,9 @@ def rank_and_world_size() -> Tuple[int, int]:
     return rank, max(world, 1)
 
 
-def _decoded(entries: Sequence[Tuple[int, ImageEntry]], workers: int = 2) -> Iterator[Tuple[int, ImageEntry, object]]:
-    """(index, entry, RGB array or BadImageError) in order, decoded by threads a few images ahead."""
+def _decoded(entries: Sequence[Tuple[int, ImageEntry]], workers: int = 1) -> Iterator[Tuple[int, ImageEntry, object]]:
+    """(index, entry, RGB array or BadImageError) in order, decoded in a thread ``PREFETCH`` images
+    ahead, so decoding overlaps detection (PIL releases the GIL while it decodes)."""
 
     def decode(entry: ImageEntry):
         if entry.problem:
@@ -500,7 +505,7 @@ def extract(
     if not os.path.isdir(detector_dir):
         raise ImagesNotFoundError(f"{detector_dir}: no such detector directory")
     entries = list_images(images, recursive)
-    description = _run_description(entries, images, detector_dir)
+    description = _run_description(entries, images, detector_dir, fail_on_bad)
     rank, world = rank_and_world_size()
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, LOCK_FILE), "a+") as lock:
@@ -513,6 +518,8 @@ def extract(
         done = _committed(work_dir)
         mine = [(i, e) for i, e in enumerate(entries) if i % world == rank]
         todo = [(i, e) for i, e in mine if i not in done]
+        if len(todo) < len(mine):
+            print(f"resuming: {len(mine) - len(todo)} of {len(mine)} images already done")
         if fail_on_bad:
             _check_headers(e for _, e in todo)
         if todo:
