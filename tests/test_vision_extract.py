@@ -24,7 +24,7 @@ from vinvl.vision.extract import (
     SUMMARY_FILE,
     WORK_DIR,
     ExtractError,
-    ImagesNotFoundError,
+    InputNotFoundError,
     extract,
     list_images,
     main,
@@ -267,7 +267,7 @@ def test_image_ids_from_file_names(tmp_path):
     listing.write_text("root/b.jpg\tb\textra\n")
     with pytest.raises(ExtractError, match="line 1"):
         list_images(str(listing))
-    with pytest.raises(ImagesNotFoundError, match="no such folder or list file"):
+    with pytest.raises(InputNotFoundError, match="no such folder or list file"):
         list_images(str(tmp_path / "missing"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(ExtractError, match="no .jpg/.jpeg/.png files"):

@@ -38,11 +38,11 @@ import shutil
 import sys
 import time
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
-import numpy as np
+import paddle
 from tqdm.auto import tqdm
 
 from ..data.formats import encode_features
@@ -50,7 +50,7 @@ from .image import IMAGE_EXTENSIONS, BadImageError, check_header, load_image
 
 __all__ = [
     "ExtractError",
-    "ImagesNotFoundError",
+    "InputNotFoundError",
     "ImageEntry",
     "ExtractSummary",
     "list_images",
@@ -72,7 +72,7 @@ class ExtractError(ValueError):
     """A user mistake in what extraction was asked to do (the message says what and where)."""
 
 
-class ImagesNotFoundError(FileNotFoundError):
+class InputNotFoundError(FileNotFoundError):
     """IMAGES (a folder or a list file) or the detector directory does not exist."""
 
 
@@ -95,6 +95,7 @@ class ExtractSummary:
     num_extracted: int
     bad: List[dict] = field(default_factory=list)
     seconds: float = 0.0
+    already_done: bool = False  # out_dir held this finished extraction before the call
 
     @property
     def num_bad(self) -> int:
@@ -166,7 +167,7 @@ def list_images(source: str, recursive: bool = False) -> List[ImageEntry]:
         entries = _read_list_file(source)
         what = f"{source}: the list names no images"
     else:
-        raise ImagesNotFoundError(f"{source}: no such folder or list file")
+        raise InputNotFoundError(f"{source}: no such folder or list file")
     if not entries:
         raise ExtractError(what)
     first: Dict[str, ImageEntry] = {}
@@ -421,7 +422,7 @@ def _finished(out_dir: str, description: dict) -> Optional[ExtractSummary]:
         bad = [json.loads(line) for line in f if line.strip()]
     if bad and description["fail_on_bad"]:
         raise BadImageError(bad[0]["path"], bad[0]["reason"] + f" (skipped by the finished extraction in {out_dir})")
-    return ExtractSummary(out_dir, recorded["num_listed"], recorded["num_extracted"], bad)
+    return ExtractSummary(out_dir, recorded["num_listed"], recorded["num_extracted"], bad, already_done=True)
 
 
 def _prepare_work_dir(out_dir: str, description: dict) -> str:
@@ -441,14 +442,7 @@ def _prepare_work_dir(out_dir: str, description: dict) -> str:
     return work_dir
 
 
-def rank_and_world_size() -> Tuple[int, int]:
-    """This process' rank and the number of ranks paddle.distributed.launch started (0, 1 without it)."""
-    rank = int(os.environ.get("PADDLE_TRAINER_ID", "0"))
-    world = int(os.environ.get("PADDLE_TRAINERS_NUM", "1"))
-    return rank, max(world, 1)
-
-
-def _decoded(entries: Sequence[Tuple[int, ImageEntry]], workers: int = 1) -> Iterator[Tuple[int, ImageEntry, object]]:
+def _decoded(entries: Sequence[Tuple[int, ImageEntry]]) -> Iterator[Tuple[int, ImageEntry, object]]:
     """(index, entry, RGB array or BadImageError) in order, decoded in a thread ``PREFETCH`` images
     ahead, so decoding overlaps detection (PIL releases the GIL while it decodes)."""
 
@@ -460,20 +454,16 @@ def _decoded(entries: Sequence[Tuple[int, ImageEntry]], workers: int = 1) -> Ite
         except BadImageError as exc:
             return exc
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    with ThreadPoolExecutor(max_workers=1) as pool:
         pending: deque = deque()
-        items = iter(entries)
-        for index, entry in items:
+        for index, entry in entries:
             pending.append((index, entry, pool.submit(decode, entry)))
-            if len(pending) >= PREFETCH:
-                break
+            if len(pending) > PREFETCH:
+                done_index, done_entry, future = pending.popleft()
+                yield done_index, done_entry, future.result()
         while pending:
-            index, entry, future = pending.popleft()
-            result = future.result()
-            for index_next, entry_next in items:
-                pending.append((index_next, entry_next, pool.submit(decode, entry_next)))
-                break
-            yield index, entry, result
+            done_index, done_entry, future = pending.popleft()
+            yield done_index, done_entry, future.result()
 
 
 def _check_headers(entries: Iterable[ImageEntry]) -> None:
@@ -503,10 +493,11 @@ def extract(
     """
     start_time = time.perf_counter()
     if not os.path.isdir(detector_dir):
-        raise ImagesNotFoundError(f"{detector_dir}: no such detector directory")
+        raise InputNotFoundError(f"{detector_dir}: no such detector directory")
     entries = list_images(images, recursive)
     description = _run_description(entries, images, detector_dir, fail_on_bad)
-    rank, world = rank_and_world_size()
+    parallel = paddle.distributed.ParallelEnv()  # the ranks paddle.distributed.launch started (0 of 1 without it)
+    rank, world = parallel.rank, max(parallel.world_size, 1)
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, LOCK_FILE), "a+") as lock:
         # Shared while working (the work dir must stay), exclusive to merge.
@@ -526,11 +517,8 @@ def extract(
             _extract_share(todo, work_dir, rank, world, len(mine), detector or _load_detector(detector_dir), fail_on_bad, progress)
         fcntl.flock(lock, fcntl.LOCK_UN)
         fcntl.flock(lock, fcntl.LOCK_EX)
-        finished = _finished(out_dir, description)
-        if finished is not None:
-            return finished
-        if len(_committed(work_dir)) < len(entries):
-            return None  # another rank is still working; the last one to finish merges
+        if os.path.exists(os.path.join(out_dir, SUMMARY_FILE)) or len(_committed(work_dir)) < len(entries):
+            return None  # another rank merged, or is still working (the last one to finish merges)
         summary = _merge(out_dir, work_dir, entries, description)
     summary.seconds = time.perf_counter() - start_time
     return summary
@@ -590,9 +578,11 @@ def main(argv: Optional[List[str]] = None) -> Optional[ExtractSummary]:
     if summary is None:
         print("this rank's share is done; another rank merges the files")
         return None
-    rate = summary.num_extracted / summary.seconds if summary.seconds else float("nan")
-    print(f"extracted {summary.num_extracted} of {summary.num_listed} images into {summary.out_dir} "
-          f"in {summary.seconds:.1f} s ({rate:.2f} images/s)")
+    if summary.already_done:
+        print(f"{summary.out_dir} already holds this extraction: {summary.num_extracted} of {summary.num_listed} images")
+    else:
+        print(f"extracted {summary.num_extracted} of {summary.num_listed} images into {summary.out_dir} "
+              f"in {summary.seconds:.1f} s")
     if summary.bad:
         print(f"skipped {summary.num_bad} bad files (listed in {os.path.join(summary.out_dir, BAD_FILE)}):")
         for record in summary.bad[:10]:
