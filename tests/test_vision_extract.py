@@ -16,6 +16,8 @@ from PIL import Image
 
 from test_vision_image import bad_files, jpeg_bytes, odd_good_files
 from vinvl.data import load_coco_ir, load_corpus
+from vinvl.retrieval.evaluate import main as eval_main
+from vinvl.training.run import main as train_main
 from vinvl.vision.detector import VinVLDetector
 from vinvl.vision.extract import (
     BAD_FILE,
@@ -36,6 +38,8 @@ DETECTOR_DIR = os.path.join(REPO, "model_configs", "vinvl-detector-tiny")
 PHOTO_DIR = os.path.join(REPO, "tests", "data", "coco_minitest")
 PHOTOS = sorted(n for n in os.listdir(PHOTO_DIR) if n.endswith(".jpg"))
 TRUNCATED = "COCO_val2014_000000100000.jpg"  # sorts second: a bad file between good ones
+CAPTIONS = os.path.join(REPO, "tests", "data", "coco_minitest_captions.txt")
+TINY_MODEL = os.path.join(REPO, "model_configs", "tiny")
 
 
 def _env():
@@ -272,3 +276,38 @@ def test_image_ids_from_file_names(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ExtractError, match="no .jpg/.jpeg/.png files"):
         list_images(str(tmp_path / "empty"))
+
+
+def _captions_by_image_id():
+    """The COCO captions of coco_minitest by image id (the photo's file name without extension)."""
+    captions = {}
+    with open(CAPTIONS, encoding="utf-8") as f:
+        for block in f.read().split("\n\n"):
+            lines = [line.strip() for line in block.strip().splitlines() if line.strip()]
+            if lines:
+                captions[os.path.splitext(os.path.basename(lines[0]))[0]] = lines[1:]
+    return captions
+
+
+def test_train_and_eval_run_on_the_extracted_folder(reference, tmp_path):
+    """The extracted folder plus caption files written beside it is a corpus `vinvl train` and
+    `vinvl eval` take as it is."""
+    data = tmp_path / "data"
+    shutil.copytree(reference, data)
+    ids = [os.path.splitext(n)[0] for n in PHOTOS]
+    captions = {i: c for i, c in _captions_by_image_id().items() if i in ids}
+    assert sorted(captions) == ids
+    for split in ("train", "test"):
+        (data / f"{split}_captions.json").write_text(json.dumps(captions))
+    model = str(tmp_path / "model")
+    train = train_main([
+        "--model_name_or_path", TINY_MODEL, "--data_dir", str(data), "--output_dir", model, "--do_train", "true",
+        "--per_device_train_batch_size", "4", "--max_steps", "3", "--logging_steps", "1", "--save_strategy", "no",
+        "--evaluation_strategy", "no", "--disable_tqdm", "true", "--report_to", "none", "--seed", "1",
+    ])
+    assert np.isfinite(train["train_loss"]) and os.path.isfile(os.path.join(model, "model.safetensors"))
+    report = eval_main(["--model_dir", model, "--data_dir", str(data), "--split", "test", "--fold_size", "3",
+                        "--no_progress", "--output_dir", str(tmp_path / "eval")])
+    assert report["num_images"] == 3 and report["num_captions"] == sum(len(c) for c in captions.values())
+    metrics = report["results"]["1k_5fold"]
+    assert all(0 <= metrics[k] <= 100 for k in ("i2t_r1", "t2i_r1")) and metrics["i2t_r10"] == 100
