@@ -17,7 +17,7 @@ import logging
 import os
 import shutil
 import tempfile
-from typing import Dict, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from paddle import nn
@@ -52,24 +52,25 @@ def _linear_weights(model: nn.Layer) -> set:
     return {f"{name}.weight" for name, layer in model.named_sublayers() if isinstance(layer, nn.Linear)}
 
 
-def map_state_dict(state: Mapping[str, np.ndarray], model: VinVLDetector, source: str) -> Dict[str, np.ndarray]:
-    """Official tensors -> the Paddle detector's, after checking the ones that carry no weights of their own."""
+def map_state_dict(state: Mapping[str, np.ndarray], model: VinVLDetector) -> Tuple[Dict[str, np.ndarray], List[str]]:
+    """Official tensors -> the Paddle detector's, and what is wrong with the ones that carry no weights of their own."""
     config = model.config
     mapped: Dict[str, np.ndarray] = {}
+    problems: List[str] = []
     for name, value in state.items():
         if name.startswith(_ANCHORS_PREFIX):
             if not (value.shape == model.rpn.cells.shape and np.allclose(value, model.rpn.cells)):
-                raise ConversionError(
-                    f"{source}: {name} differs from the anchors of MODEL.RPN.ANCHOR_SIZES/ASPECT_RATIOS/ANCHOR_STRIDE"
+                problems.append(
+                    f"{name} differs from the anchors of MODEL.RPN.ANCHOR_SIZES/ASPECT_RATIOS/ANCHOR_STRIDE"
                     f" ({config['MODEL.RPN.ANCHOR_SIZES']}, {config['MODEL.RPN.ASPECT_RATIOS']},"
-                    f" {config['MODEL.RPN.ANCHOR_STRIDE']}): the checkpoint was built with another config"
+                    f" {config['MODEL.RPN.ANCHOR_STRIDE']})"
                 )
             continue
         if name.startswith(_SHARED_COPY_PREFIX) and config["MODEL.ROI_ATTRIBUTE_HEAD.SHARE_BOX_FEATURE_EXTRACTOR"]:
             original = state.get(_BOX_EXTRACTOR_PREFIX + name[len(_SHARED_COPY_PREFIX) :])
             if original is None or original.shape != value.shape or not np.array_equal(original, value):
-                raise ConversionError(
-                    f"{source}: {name} is not a copy of the box head's extractor, but the config shares it"
+                problems.append(
+                    f"{name} is not a copy of the box head's extractor, but the config shares it"
                     " (MODEL.ROI_ATTRIBUTE_HEAD.SHARE_BOX_FEATURE_EXTRACTOR True)"
                 )
             continue
@@ -77,7 +78,7 @@ def map_state_dict(state: Mapping[str, np.ndarray], model: VinVLDetector, source
     for name in _linear_weights(model) & set(mapped):
         if mapped[name].ndim == 2:
             mapped[name] = mapped[name].T
-    return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in mapped.items()}
+    return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in mapped.items()}, problems
 
 
 def convert_detector(
@@ -105,10 +106,13 @@ def convert_detector(
     except DetectorConfigError as exc:
         raise ConversionError(str(exc)) from exc
     state = read_checkpoint(checkpoint)
+    mapped, problems = map_state_dict(state, model)
     try:
-        model.load_weights(map_state_dict(state, model, checkpoint), checkpoint)
+        model.load_weights(mapped, checkpoint)
     except DetectorWeightsError as exc:
-        raise ConversionError(str(exc)) from exc
+        problems.insert(0, str(exc))
+    if problems:
+        raise ConversionError(f"{checkpoint}: refused, nothing written: " + "; ".join(problems))
 
     parent = os.path.dirname(dst)
     os.makedirs(parent, exist_ok=True)
