@@ -4,7 +4,7 @@
     python scripts/benchmark_detector.py --detector models/vinvl-detector photo.jpg
 
 For each image: the wall time of ``detect`` and the growth of the resident set while it runs
-(sampled), then the backbone (stem + res2..res4) run alone on the same input, whose conv FLOPs
+(sampled) and the process's peak resident set so far, then the backbone (stem + res2..res4) run alone on the same input, whose conv FLOPs
 (2 x output elements x input channels per group x kernel area, counted from the layers' shapes)
 over its time give its achieved FLOP/s, reported over the FLOP/s of a large fp32 matmul measured
 in the same process. The res5 box head's FLOPs on the image's RoIs are reported the same way.
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import time
 from typing import Dict, List, Optional, Sequence
 
@@ -74,6 +75,7 @@ def benchmark_image(detector: VinVLDetector, image: np.ndarray) -> Dict[str, flo
     return {
         "seconds": seconds,
         "rss_growth_mb": memory.rss_growth_mb,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "detections": len(result),
         "proposals": len(proposals),
         "input_hw": resized.shape[:2],
@@ -96,9 +98,10 @@ def run_benchmark(detector: VinVLDetector, images: Sequence[np.ndarray], matmul_
         hd = row["head_flops"] / row["head_seconds"]
         lines.append(
             f"image {i} ({row['input_hw'][0]}x{row['input_hw'][1]} input, {row['proposals']} proposals, "
-            f"{row['detections']} detections): {row['seconds']:.1f} s, peak RSS growth {row['rss_growth_mb']:.0f} MB; "
-            f"backbone {row['backbone_flops'] / 1e9:.0f} GFLOP in {row['backbone_seconds']:.1f} s = "
-            f"{bb / 1e9:.1f} GFLOP/s ({bb / matmul:.2f} of matmul); res5 head {row['head_flops'] / 1e9:.0f} GFLOP in "
+            f"{row['detections']} detections): {row['seconds']:.1f} s, peak RSS growth {row['rss_growth_mb']:.0f} MB "
+            f"(process peak {row['peak_rss_mb']:.0f} MB); "
+            f"backbone {row['backbone_flops'] / 1e9:.1f} GFLOP in {row['backbone_seconds']:.1f} s = "
+            f"{bb / 1e9:.1f} GFLOP/s ({bb / matmul:.2f} of matmul); res5 head {row['head_flops'] / 1e9:.1f} GFLOP in "
             f"{row['head_seconds']:.1f} s = {hd / 1e9:.1f} GFLOP/s ({hd / matmul:.2f} of matmul)"
         )
     mean = lambda key: float(np.mean([r[key] for r in rows]))  # noqa: E731

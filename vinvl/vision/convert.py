@@ -36,8 +36,6 @@ _BOX_EXTRACTOR_PREFIX = "roi_heads.box.feature_extractor."
 
 def read_checkpoint(path: str) -> Dict[str, np.ndarray]:
     """The state dict of an official checkpoint (``{"model": ...}`` or a bare state dict), ``module.`` stripped."""
-    if not os.path.isfile(path):
-        raise ConversionError(f"checkpoint {path} does not exist")
     try:
         loaded = read_torch_file(path)
     except TorchFileError as exc:
@@ -96,16 +94,18 @@ def convert_detector(
     tensor converted. Returns ``dst``.
     """
     dst = os.path.abspath(dst)
+    if not os.path.isfile(checkpoint):
+        raise ConversionError(f"checkpoint {checkpoint} does not exist")
     if os.path.exists(dst) and not overwrite and (not os.path.isdir(dst) or os.listdir(dst)):
         raise ConversionError(f"destination {dst} already exists and is not empty (pass --overwrite to replace it)")
     try:
         config = (
             DetectorConfig.from_yaml(config_file, overrides) if config_file else DetectorConfig.vinvl_x152c4(overrides)
         )
+        state = read_checkpoint(checkpoint)
         model = VinVLDetector(config)
     except DetectorConfigError as exc:
         raise ConversionError(str(exc)) from exc
-    state = read_checkpoint(checkpoint)
     mapped, problems = map_state_dict(state, model)
     try:
         model.load_weights(mapped, checkpoint)
