@@ -179,3 +179,23 @@ def test_shipped_x152c4_config_is_vinvls_detector():
     assert list(weights["roi_heads.box.predictor.cls_score.weight"].shape) == [2048, 1595]
     assert list(weights["attribute.predictor.attr_score.weight"].shape) == [512, 525]
     assert len(detector.rpn.cells) == 15  # 5 sizes x 3 aspect ratios
+
+
+def test_official_yaml_sections_outside_the_pipeline_are_ignored_and_unimplemented_ones_refused(tmp_path):
+    official = tmp_path / "official.yaml"
+    official.write_text(
+        "MODEL:\n  META_ARCHITECTURE: AttrRCNN\n  WEIGHT: pretrained_model/x.pth\n  BACKBONE:\n    CONV_BODY: R-152-C4\n"
+        "  RESNETS:\n    STRIDE_IN_1X1: False\n    NUM_GROUPS: 32\n    WIDTH_PER_GROUP: 8\n"
+        "  RPN:\n    PRE_NMS_TOP_N_TEST: 6000\n    POST_NMS_TOP_N_TEST: 300\n    USE_FPN: False\n"
+        "  ROI_HEADS:\n    BATCH_SIZE_PER_IMAGE: 384\n    DETECTIONS_PER_IMG: 100\n    MIN_DETECTIONS_PER_IMG: 10\n"
+        "  ROI_BOX_HEAD:\n    NUM_CLASSES: 1595\n  ROI_ATTRIBUTE_HEAD:\n    NUM_ATTRIBUTES: 525\n"
+        "    POSTPROCESS_ATTRIBUTES_THRESHOLD: 0.05\n  ATTRIBUTE_ON: True\n"
+        "INPUT:\n  MIN_SIZE_TEST: 600\n  MAX_SIZE_TEST: 1000\n  PIXEL_MEAN: [103.530, 116.280, 123.675]\n"
+        "SOLVER:\n  BASE_LR: 0.01\nDATASETS:\n  TEST: ('visualgenome/test.yaml',)\nOUTPUT_DIR: ./output\n"
+    )
+    # the VinVL extraction settings come on top, as on the README's command line
+    assert DetectorConfig.from_yaml(str(official)) == DetectorConfig.vinvl_x152c4()
+    masks = tmp_path / "masks.yaml"
+    masks.write_text(official.read_text().replace("  ATTRIBUTE_ON: True\n", "  ATTRIBUTE_ON: True\n  MASK_ON: True\n"))
+    with pytest.raises(DetectorConfigError, match="MODEL.MASK_ON"):
+        DetectorConfig.from_yaml(str(masks))
