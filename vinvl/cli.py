@@ -12,6 +12,7 @@ from typing import List, Optional
 COMMANDS = {
     "demo": ("vinvl.demo", "synthetic corpus -> train -> evaluate -> Taskflow queries -> HTML report"),
     "convert": ("vinvl.convert", "official Oscar/VinVL or BERT checkpoint -> PaddleNLP model directory"),
+    "convert-detector": ("vinvl.vision.convert", "official VinVL detector checkpoint (.pth) -> Paddle detector directory"),
     "make-synthetic": ("vinvl.data.synthetic", "write a synthetic corpus in the official coco_ir file format"),
     "train": ("vinvl.training.run", "fine-tune with paddlenlp.Trainer (accepts a JSON config)"),
     "eval": ("vinvl.retrieval.evaluate", "COCO 1K/5K retrieval evaluation: R@1/5/10 both ways, rsum"),

@@ -3,7 +3,9 @@
 Boxes are ``x1, y1, x2, y2`` with inclusive corners: a box's width is ``x2 - x1 + 1``. This is the
 convention of the code VinVL was extracted with (its own compiled NMS, not torchvision's), and it
 differs from torchvision's in two ways that change detections: areas and overlaps add 1, and NMS
-suppresses a box when its IoU is ``>=`` the threshold (torchvision: ``>``).
+suppresses a box when its IoU is ``>=`` the threshold (torchvision: ``>``). ``paddle.vision.ops.nms``
+follows torchvision's rule (measured: it keeps both boxes of an IoU of exactly 0.5 at threshold
+0.5), so NMS is implemented here; RoIAlign does come from paddle (see :mod:`.roi_heads`).
 """
 from __future__ import annotations
 

@@ -101,6 +101,28 @@ VINVL_EXTRACTION: Dict[str, Any] = {
     "TEST.OUTPUT_FEATURE": True,
 }
 
+# The pipeline keys of scene_graph_benchmark's sgg_configs/vgattr/vinvl_x152c4.yaml (VinVL's detector).
+VINVL_X152C4: Dict[str, Any] = {
+    "MODEL.META_ARCHITECTURE": "AttrRCNN",
+    "MODEL.BACKBONE.CONV_BODY": "R-152-C4",
+    "MODEL.RESNETS.BACKBONE_OUT_CHANNELS": 1024,
+    "MODEL.RESNETS.STRIDE_IN_1X1": False,
+    "MODEL.RESNETS.NUM_GROUPS": 32,
+    "MODEL.RESNETS.WIDTH_PER_GROUP": 8,
+    "MODEL.RPN.PRE_NMS_TOP_N_TEST": 6000,
+    "MODEL.RPN.POST_NMS_TOP_N_TEST": 300,
+    "MODEL.ROI_HEADS.SCORE_THRESH": 0.2,
+    "MODEL.ROI_HEADS.DETECTIONS_PER_IMG": 100,
+    "MODEL.ROI_HEADS.MIN_DETECTIONS_PER_IMG": 10,
+    "MODEL.ROI_BOX_HEAD.NUM_CLASSES": 1595,
+    "MODEL.ROI_ATTRIBUTE_HEAD.NUM_ATTRIBUTES": 525,
+    "MODEL.ROI_ATTRIBUTE_HEAD.POSTPROCESS_ATTRIBUTES_THRESHOLD": 0.05,
+    "MODEL.ATTRIBUTE_ON": True,
+    "INPUT.MIN_SIZE_TEST": 600,
+    "INPUT.MAX_SIZE_TEST": 1000,
+    "INPUT.PIXEL_MEAN": [103.530, 116.280, 123.675],
+}
+
 # Residual blocks in res2, res3, res4 per backbone; the res5 head always has 3.
 STAGE_BLOCKS = {"R-50-C4": (3, 4, 6), "R-101-C4": (3, 4, 23), "R-152-C4": (3, 8, 36)}
 
@@ -214,6 +236,14 @@ class DetectorConfig:
         config.update(flatten(tree), path, strict=False)
         config.update(VINVL_EXTRACTION, "VinVL extraction settings", strict=True)
         return config.apply_overrides(overrides, source=path)
+
+    @classmethod
+    def vinvl_x152c4(cls, overrides: Sequence[str] = ()) -> "DetectorConfig":
+        """VinVL's X152-C4 detector with its extraction settings (model_configs/vinvl-detector-x152c4), then ``KEY VALUE`` pairs."""
+        config = cls._official_defaults()
+        config.update(VINVL_X152C4, "vinvl_x152c4.yaml", strict=True)
+        config.update(VINVL_EXTRACTION, "VinVL extraction settings", strict=True)
+        return config.apply_overrides(overrides, source="VinVL X152-C4")
 
     def apply_overrides(self, pairs: Sequence[str], source: str = "config") -> "DetectorConfig":
         """Apply ``["KEY", "VALUE", ...]`` command-line pairs (values parsed as yaml literals); validates the result."""

@@ -80,11 +80,15 @@ class VinVLDetector(nn.Layer):
 
         Body convs: kaiming-uniform with a=1; RPN convs and the class, embedding and attribute layers:
         normal(0, 0.01); box regression: normal(0, 0.001); biases 0; frozen-BN statistics identity.
+        One departure: the RPN's box deltas start at zero, so proposals are anchors. With the official
+        normal(0, 0.01) on the un-normalised activations of an untrained body, every delta hits the
+        scale clamp, all proposals collapse onto the image border and NMS leaves a few dozen of the
+        300 a trained RPN gives, which would make the random detector's boxes and speed unrepresentative.
         """
         rng = np.random.default_rng(seed)
         for name, param in self.named_parameters():
             shape = list(param.shape)
-            if name.endswith(".bias"):
+            if name.endswith(".bias") or name == "rpn.head.bbox_pred.weight":
                 value = np.zeros(shape, dtype=np.float32)
             elif name.startswith("backbone.") or ".feature_extractor.head." in name:
                 bound = np.sqrt(3.0 / np.prod(shape[1:]))

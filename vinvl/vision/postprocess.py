@@ -42,6 +42,9 @@ class BoxSelection:
     scores: np.ndarray  # [N] float32
     boxes: np.ndarray  # [N, 4] float32
 
+    def __len__(self) -> int:
+        return int(self.index.shape[0])
+
 
 def select_boxes(
     boxes: np.ndarray, class_probs: np.ndarray, score_thresh: float, min_detections: int, max_detections: int
