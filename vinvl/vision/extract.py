@@ -25,7 +25,13 @@ included) continues without duplicate, missing or half-written rows. Under
 ``python -m paddle.distributed.launch`` rank r takes images r, r+W, r+2W, ...; the last rank to
 finish merges the journalled rows in image-list order, so the files are byte for byte those of
 one process. The final files are each written to a temporary name and renamed into place; the
-shards are removed afterwards.
+shards are removed afterwards (a hidden ``.extract.lock`` stays). Rerunning a finished extraction
+does nothing; OUT never mixes two image lists or two detectors.
+
+Bad files (see :mod:`vinvl.vision.image`: not an image, truncated, too large or too small, or a
+file name that cannot be an id) are skipped, each named with its reason as it is met and listed
+in ``bad_images.jsonl``; their neighbours are extracted as usual. ``--fail_on_bad`` instead checks
+every file's header before the detector is loaded and stops at the first bad file, naming it.
 """
 from __future__ import annotations
 
@@ -558,10 +564,14 @@ def _extract_share(todo, work_dir, rank, world, share_size, detector, fail_on_ba
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vinvl extract", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="vinvl extract",
+        description="Photos -> VinVL region features and object tags in the files the coco_ir loading script "
+        "reads (predictions.tsv + images.hw.tsv); resumable, sharded over paddle.distributed.launch ranks.",
+    )
     parser.add_argument("images", help="a folder of .jpg/.jpeg/.png photos, or a list file (one path per line, optionally <TAB>image_id)")
     parser.add_argument("out_dir", help="folder for predictions.tsv, images.hw.tsv and the bad-file report (resumed if unfinished)")
-    parser.add_argument("--detector", required=True, help="the detector's model directory (e.g. model_configs/vinvl-detector-x152c4 converted)")
+    parser.add_argument("--detector", required=True, help="detector directory (config.json [+ model.safetensors], e.g. from vinvl convert-detector)")
     parser.add_argument("--recursive", action="store_true", help="also take the photos in the folder's subfolders")
     parser.add_argument("--fail_on_bad", action="store_true", help="stop at the first bad file (exit non-zero naming it) instead of skipping it")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
@@ -576,7 +586,7 @@ def main(argv: Optional[List[str]] = None) -> Optional[ExtractSummary]:
         recursive=args.recursive, fail_on_bad=args.fail_on_bad, progress=not args.no_progress,
     )
     if summary is None:
-        print("this rank's share is done; another rank merges the files")
+        print("this rank's share is done; the last rank to finish writes the files")
         return None
     if summary.already_done:
         print(f"{summary.out_dir} already holds this extraction: {summary.num_extracted} of {summary.num_listed} images")
