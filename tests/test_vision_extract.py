@@ -16,6 +16,7 @@ from PIL import Image
 
 from test_vision_image import bad_files, jpeg_bytes, odd_good_files
 from vinvl.data import load_coco_ir, load_corpus
+from vinvl.data.tsv import build_lineidx
 from vinvl.retrieval.evaluate import main as eval_main
 from vinvl.training.run import main as train_main
 from vinvl.vision.detector import VinVLDetector
@@ -115,6 +116,10 @@ def test_the_loading_script_reads_what_the_detector_returned(reference, photo_fo
     for image_id, name in zip(ids, PHOTOS):
         width, height = Image.open(os.path.join(photo_folder, name)).size
         assert sizes[image_id] == {"height": height, "width": width}
+    for tsv in (PREDICTIONS_FILE, HW_FILE):  # the line indexes written beside them are the loader's own
+        written = os.path.join(reference, os.path.splitext(tsv)[0] + ".lineidx")
+        built = build_lineidx(os.path.join(reference, tsv), str(tmp_path / f"{tsv}.lineidx"))
+        assert open(written, "rb").read() == open(built, "rb").read()
     with open(os.path.join(reference, BAD_FILE), encoding="utf-8") as f:
         (bad,) = [json.loads(line) for line in f]
     assert bad["image_id"] == os.path.splitext(TRUNCATED)[0] and "truncated" in bad["reason"]
