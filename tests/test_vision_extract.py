@@ -2,6 +2,7 @@
 exactly what the detector returned; a run killed with SIGKILL and resumed, and two ranks under
 paddle.distributed.launch, give byte for byte the files of one uninterrupted process; bad files
 are skipped and reported (or fail the run with --fail_on_bad) without losing a good neighbour."""
+import fcntl
 import json
 import os
 import shutil
@@ -316,3 +317,14 @@ def test_train_and_eval_run_on_the_extracted_folder(reference, tmp_path):
     assert report["num_images"] == 3 and report["num_captions"] == sum(len(c) for c in captions.values())
     metrics = report["results"]["1k_5fold"]
     assert all(0 <= metrics[k] <= 100 for k in ("i2t_r1", "t2i_r1")) and metrics["i2t_r10"] == 100
+
+
+def test_a_second_process_on_the_same_shard_is_refused(photo_folder, detector, tmp_path):
+    """Two runs writing one OUT as the same rank would interleave rows: the second is refused."""
+    out = tmp_path / "out"
+    (out / WORK_DIR).mkdir(parents=True)
+    with open(out / WORK_DIR / "shard-0.journal", "ab") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # what a running extraction holds
+        with pytest.raises(ExtractError, match="another process is writing it"):
+            extract(photo_folder, str(out), DETECTOR_DIR, detector=detector, progress=False)
+    assert not (out / WORK_DIR / "shard-0.tsv").exists()
