@@ -306,6 +306,8 @@ class _AtomicFile:
         self.handle = open(self.tmp, "wb")
 
     def commit(self) -> None:
+        self.handle.flush()
+        os.fsync(self.handle.fileno())  # on disk before the rename makes it the file
         self.handle.close()
         os.replace(self.tmp, self.path)
 
@@ -367,6 +369,8 @@ def _write_json_atomically(path: str, value: dict) -> None:
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(value, f, indent=1)
         f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
