@@ -3,11 +3,11 @@
     python scripts/benchmark_detector.py tests/data/coco_minitest/*.jpg          # X152-C4, random weights
     python scripts/benchmark_detector.py --detector models/vinvl-detector photo.jpg
 
-For each image: the wall time of ``detect`` and the growth of the resident set while it runs
-(sampled) and the process's peak resident set so far, then the backbone (stem + res2..res4) run alone on the same input, whose conv FLOPs
-(2 x output elements x input channels per group x kernel area, counted from the layers' shapes)
-over its time give its achieved FLOP/s, reported over the FLOP/s of a large fp32 matmul measured
-in the same process. The res5 box head's FLOPs on the image's RoIs are reported the same way.
+For each image, one ``detect``: its wall time, the growth of the resident set while it runs
+(sampled) and the process's peak resident set so far; inside it, the time and conv FLOPs
+(counted from the layers' shapes) of the backbone (stem + res2..res4) and of the res5 head on the
+RoIs, whose ratio (achieved FLOP/s) is reported over the FLOP/s of a large fp32 matmul measured
+in the same process.
 """
 from __future__ import annotations
 
@@ -25,20 +25,32 @@ from PIL import Image
 from ..retrieval.benchmark import matmul_flops_per_second, measure_memory
 from .config import DetectorConfig
 from .detector import VinVLDetector
-from .transforms import normalize, resize_image
+from .transforms import resize_image
 
 
-class ConvFlops:
-    """Counts the FLOPs of every ``nn.Conv2D`` under a layer while attached (forward hooks)."""
+class StageMeter:
+    """While attached to a layer: its forward time and the FLOPs of every ``nn.Conv2D`` under it (hooks).
+
+    FLOPs per conv: 2 x output elements x input channels per group x kernel area.
+    """
 
     def __init__(self, layer: nn.Layer) -> None:
         self.flops = 0
-        self._hooks = [
-            sub.register_forward_post_hook(self._count) for sub in layer.sublayers() if isinstance(sub, nn.Conv2D)
-        ]
+        self.seconds = 0.0
+        self._start = 0.0
+        convs = [sub for sub in layer.sublayers() if isinstance(sub, nn.Conv2D)]
+        self._hooks = [conv.register_forward_post_hook(self._count) for conv in convs]
+        self._hooks.append(layer.register_forward_pre_hook(self._begin))
+        self._hooks.append(layer.register_forward_post_hook(self._end))
+
+    def _begin(self, layer, inputs) -> None:
+        self._start = time.perf_counter()
+
+    def _end(self, layer, inputs, output) -> None:  # paddle's CPU kernels are synchronous
+        self.seconds += time.perf_counter() - self._start
 
     def _count(self, layer: nn.Conv2D, inputs, output) -> None:
-        out_channels, in_per_group, kh, kw = layer.weight.shape
+        _, in_per_group, kh, kw = layer.weight.shape
         self.flops += 2 * int(np.prod(output.shape)) * in_per_group * kh * kw
 
     def remove(self) -> None:
@@ -46,49 +58,34 @@ class ConvFlops:
             hook.remove()
 
 
-def _timed_flops(layer: nn.Layer, run) -> Dict[str, float]:
-    counter = ConvFlops(layer)
-    try:
-        start = time.perf_counter()
-        run()
-        seconds = time.perf_counter() - start
-    finally:
-        counter.remove()
-    return {"seconds": seconds, "flops": float(counter.flops)}
-
-
 def benchmark_image(detector: VinVLDetector, image: np.ndarray) -> Dict[str, float]:
-    """Time and memory of one ``detect``, then the backbone and the res5 head timed alone on its input."""
-    with measure_memory(trace_python=False) as memory:
-        start = time.perf_counter()
-        result = detector.detect([image])[0]
-        seconds = time.perf_counter() - start
+    """One ``detect``: its time and memory, and the time and conv FLOPs of the backbone and the res5 head in it."""
+    backbone = StageMeter(detector.backbone)
+    head = StageMeter(detector.roi_heads.box.feature_extractor.head)
+    try:
+        with measure_memory(trace_python=False) as memory:
+            start = time.perf_counter()
+            result = detector.detect([image])[0]
+            seconds = time.perf_counter() - start
+    finally:
+        backbone.remove()
+        head.remove()
     config = detector.config
-    resized = resize_image(image, config["INPUT.MIN_SIZE_TEST"], config["INPUT.MAX_SIZE_TEST"])
-    pixels = paddle.to_tensor(normalize(resized, config["INPUT.PIXEL_MEAN"], config["INPUT.PIXEL_STD"])[None])
-    with paddle.no_grad():
-        features = detector.backbone(pixels)
-        backbone = _timed_flops(detector.backbone, lambda: detector.backbone(pixels).numpy())
-        proposals = detector.rpn(features, resized.shape[:2])
-        extractor = detector.roi_heads.box.feature_extractor
-        head = _timed_flops(extractor, lambda: extractor(features, proposals).numpy())
     return {
         "seconds": seconds,
         "rss_growth_mb": memory.rss_growth_mb,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "detections": len(result),
-        "proposals": len(proposals),
-        "input_hw": resized.shape[:2],
-        "backbone_seconds": backbone["seconds"],
-        "backbone_flops": backbone["flops"],
-        "head_seconds": head["seconds"],
-        "head_flops": head["flops"],
+        "input_hw": resize_image(image, config["INPUT.MIN_SIZE_TEST"], config["INPUT.MAX_SIZE_TEST"]).shape[:2],
+        "backbone_seconds": backbone.seconds,
+        "backbone_flops": float(backbone.flops),
+        "head_seconds": head.seconds,
+        "head_flops": float(head.flops),
     }
 
 
 def run_benchmark(detector: VinVLDetector, images: Sequence[np.ndarray], matmul_size: int) -> List[str]:
-    """Report lines for ``images`` (the first image is also run once beforehand as a warm-up)."""
-    detector.detect([images[0]])
+    """Report lines for ``images``, each detected once (the first includes paddle's first-call set-up)."""
     rows = [benchmark_image(detector, image) for image in images]
     matmul = matmul_flops_per_second(matmul_size)
     lines = [f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}"]
@@ -97,7 +94,7 @@ def run_benchmark(detector: VinVLDetector, images: Sequence[np.ndarray], matmul_
         bb = row["backbone_flops"] / row["backbone_seconds"]
         hd = row["head_flops"] / row["head_seconds"]
         lines.append(
-            f"image {i} ({row['input_hw'][0]}x{row['input_hw'][1]} input, {row['proposals']} proposals, "
+            f"image {i} ({row['input_hw'][0]}x{row['input_hw'][1]} input, "
             f"{row['detections']} detections): {row['seconds']:.1f} s, peak RSS growth {row['rss_growth_mb']:.0f} MB "
             f"(process peak {row['peak_rss_mb']:.0f} MB); "
             f"backbone {row['backbone_flops'] / 1e9:.1f} GFLOP in {row['backbone_seconds']:.1f} s = "
