@@ -12,9 +12,11 @@ from typing import List, Optional
 COMMANDS = {
     "demo": ("vinvl.demo", "synthetic corpus -> train -> evaluate -> Taskflow queries -> HTML report"),
     "convert": ("vinvl.convert", "official Oscar/VinVL or BERT checkpoint -> PaddleNLP model directory"),
+    "convert-detector": ("vinvl.vision.convert", "official VinVL detector checkpoint (.pth) -> Paddle detector directory"),
     "make-synthetic": ("vinvl.data.synthetic", "write a synthetic corpus in the official coco_ir file format"),
     "train": ("vinvl.training.run", "fine-tune with paddlenlp.Trainer (accepts a JSON config)"),
     "eval": ("vinvl.retrieval.evaluate", "COCO 1K/5K retrieval evaluation: R@1/5/10 both ways, rsum"),
+    "extract": ("vinvl.vision.extract", "photos -> region features and tags the loading script reads (resumable, sharded)"),
     "retrieve": ("vinvl.retrieve", "answer text or image queries against a gallery through Taskflow"),
     "benchmark": ("vinvl.retrieval.benchmark", "measure scoring throughput, two-stage savings, FLOP/s, memory"),
     "index": ("vinvl.serving.command", "build / extend a gallery index on disk (memory-mapped, atomically versioned)"),

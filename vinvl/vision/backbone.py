@@ -1,0 +1,141 @@
+"""ResNe(X)t C4 body and res5 head with frozen batch norm, as maskrcnn_benchmark builds them.
+
+Sub-layer names follow the official module tree (``stem.conv1``, ``layer3.5.downsample.0``, ...)
+so an official state dict maps onto this one key for key. ``STRIDE_IN_1X1 False`` (VinVL) puts
+each stage's stride in the grouped 3x3 conv, as the Caffe2/fb.torch ResNeXt do.
+"""
+from __future__ import annotations
+
+from typing import List
+
+import paddle
+import paddle.nn.functional as F
+from paddle import nn
+
+from .config import DetectorConfig
+
+
+class FrozenBatchNorm2d(nn.Layer):
+    """Batch norm with fixed statistics and affine terms: ``x * w / sqrt(var) + (b - mean * w / sqrt(var))``.
+
+    No epsilon, as the official layer; the four tensors are buffers saved with the weights.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.register_buffer("weight", paddle.ones([channels]))
+        self.register_buffer("bias", paddle.zeros([channels]))
+        self.register_buffer("running_mean", paddle.zeros([channels]))
+        self.register_buffer("running_var", paddle.ones([channels]))
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        scale = self.weight * paddle.rsqrt(self.running_var)
+        shift = self.bias - self.running_mean * scale
+        return x * scale.reshape([1, -1, 1, 1]) + shift.reshape([1, -1, 1, 1])
+
+
+def conv(in_channels: int, out_channels: int, kernel: int, stride: int = 1, groups: int = 1) -> nn.Conv2D:
+    """A bias-free conv with 'same' padding for odd kernels (the body's convs)."""
+    return nn.Conv2D(
+        in_channels, out_channels, kernel, stride=stride, padding=kernel // 2, groups=groups, bias_attr=False
+    )
+
+
+class Bottleneck(nn.Layer):
+    """1x1 -> grouped 3x3 -> 1x1 residual block; a 1x1 projection shortcut when the width changes."""
+
+    def __init__(
+        self, in_channels: int, bottleneck: int, out_channels: int, groups: int, stride_in_1x1: bool, stride: int
+    ) -> None:
+        super().__init__()
+        self.downsample = None
+        if in_channels != out_channels:
+            self.downsample = nn.Sequential(conv(in_channels, out_channels, 1, stride), FrozenBatchNorm2d(out_channels))
+        stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
+        self.conv1 = conv(in_channels, bottleneck, 1, stride_1x1)
+        self.bn1 = FrozenBatchNorm2d(bottleneck)
+        self.conv2 = conv(bottleneck, bottleneck, 3, stride_3x3, groups=groups)
+        self.bn2 = FrozenBatchNorm2d(bottleneck)
+        self.conv3 = conv(bottleneck, out_channels, 1)
+        self.bn3 = FrozenBatchNorm2d(out_channels)
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        identity = x if self.downsample is None else self.downsample(x)
+        return F.relu(out + identity)
+
+
+class Stem(nn.Layer):
+    """7x7/2 conv, frozen BN, ReLU, 3x3/2 max pool."""
+
+    def __init__(self, out_channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2D(3, out_channels, 7, stride=2, padding=3, bias_attr=False)
+        self.bn1 = FrozenBatchNorm2d(out_channels)
+        self.maxpool = nn.MaxPool2D(kernel_size=3, stride=2, padding=1)
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        return self.maxpool(F.relu(self.bn1(self.conv1(x))))
+
+
+def make_stage(config: DetectorConfig, index: int, in_channels: int, blocks: int, first_stride: int) -> nn.Sequential:
+    """Stage ``index`` (1 = res2 ... 4 = res5): widths double per stage from res2's."""
+    factor = 2 ** (index - 1)
+    bottleneck = config["MODEL.RESNETS.NUM_GROUPS"] * config["MODEL.RESNETS.WIDTH_PER_GROUP"] * factor
+    out_channels = config["MODEL.RESNETS.RES2_OUT_CHANNELS"] * factor
+    layers: List[nn.Layer] = []
+    for block in range(blocks):
+        layers.append(
+            Bottleneck(
+                in_channels if block == 0 else out_channels,
+                bottleneck,
+                out_channels,
+                config["MODEL.RESNETS.NUM_GROUPS"],
+                config["MODEL.RESNETS.STRIDE_IN_1X1"],
+                first_stride if block == 0 else 1,
+            )
+        )
+    return nn.Sequential(*layers)
+
+
+class ResNetC4(nn.Layer):
+    """Stem + res2..res4: the backbone whose res4 map (stride 16) feeds the RPN and the pooler."""
+
+    def __init__(self, config: DetectorConfig) -> None:
+        super().__init__()
+        res2, res3, res4, _ = config.block_counts()
+        stem_out = config["MODEL.RESNETS.STEM_OUT_CHANNELS"]
+        width = config["MODEL.RESNETS.RES2_OUT_CHANNELS"]
+        self.stem = Stem(stem_out)
+        self.layer1 = make_stage(config, 1, stem_out, res2, first_stride=1)
+        self.layer2 = make_stage(config, 2, width, res3, first_stride=2)
+        self.layer3 = make_stage(config, 3, width * 2, res4, first_stride=2)
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        return self.layer3(self.layer2(self.layer1(self.stem(x))))
+
+
+class Backbone(nn.Layer):
+    """Holds the body under the official name ``backbone.body``."""
+
+    def __init__(self, config: DetectorConfig) -> None:
+        super().__init__()
+        self.body = ResNetC4(config)
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        return self.body(x)
+
+
+class ResNetHead(nn.Layer):
+    """The res5 stage run on pooled RoIs (stride 2 in its first block): ``head.layer4``."""
+
+    def __init__(self, config: DetectorConfig) -> None:
+        super().__init__()
+        blocks = config.block_counts()[3]
+        in_channels = config["MODEL.RESNETS.RES2_OUT_CHANNELS"] * 4
+        self.layer4 = make_stage(config, 4, in_channels, blocks, first_stride=2)
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        return self.layer4(x)

@@ -1,0 +1,127 @@
+"""Benchmark the detector: seconds and peak memory per image, and the conv FLOP/s it achieves.
+
+    python scripts/benchmark_detector.py tests/data/coco_minitest/*.jpg          # X152-C4, random weights
+    python scripts/benchmark_detector.py --detector models/vinvl-detector photo.jpg
+
+For each image, one ``detect``: its wall time, the growth of the resident set while it runs
+(sampled) and the process's peak resident set so far; inside it, the time and conv FLOPs
+(counted from the layers' shapes) of the backbone (stem + res2..res4) and of the res5 head on the
+RoIs, whose ratio (achieved FLOP/s) is reported over the FLOP/s of a large fp32 matmul measured
+in the same process.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import time
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import paddle
+from paddle import nn
+from PIL import Image
+
+from ..retrieval.benchmark import matmul_flops_per_second, measure_memory
+from .config import DetectorConfig
+from .detector import VinVLDetector
+from .transforms import resize_image
+
+
+class StageMeter:
+    """While attached to a layer: its forward time and the FLOPs of every ``nn.Conv2D`` under it (hooks).
+
+    FLOPs per conv: 2 x output elements x input channels per group x kernel area.
+    """
+
+    def __init__(self, layer: nn.Layer) -> None:
+        self.flops = 0
+        self.seconds = 0.0
+        self._start = 0.0
+        convs = [sub for sub in layer.sublayers() if isinstance(sub, nn.Conv2D)]
+        self._hooks = [conv.register_forward_post_hook(self._count) for conv in convs]
+        self._hooks.append(layer.register_forward_pre_hook(self._begin))
+        self._hooks.append(layer.register_forward_post_hook(self._end))
+
+    def _begin(self, layer, inputs) -> None:
+        self._start = time.perf_counter()
+
+    def _end(self, layer, inputs, output) -> None:  # paddle's CPU kernels are synchronous
+        self.seconds += time.perf_counter() - self._start
+
+    def _count(self, layer: nn.Conv2D, inputs, output) -> None:
+        _, in_per_group, kh, kw = layer.weight.shape
+        self.flops += 2 * int(np.prod(output.shape)) * in_per_group * kh * kw
+
+    def remove(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
+
+
+def benchmark_image(detector: VinVLDetector, image: np.ndarray) -> Dict[str, float]:
+    """One ``detect``: its time and memory, and the time and conv FLOPs of the backbone and the res5 head in it."""
+    backbone = StageMeter(detector.backbone)
+    head = StageMeter(detector.roi_heads.box.feature_extractor.head)
+    try:
+        with measure_memory(trace_python=False) as memory:
+            start = time.perf_counter()
+            result = detector.detect([image])[0]
+            seconds = time.perf_counter() - start
+    finally:
+        backbone.remove()
+        head.remove()
+    config = detector.config
+    return {
+        "seconds": seconds,
+        "rss_growth_mb": memory.rss_growth_mb,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "detections": len(result),
+        "input_hw": resize_image(image, config["INPUT.MIN_SIZE_TEST"], config["INPUT.MAX_SIZE_TEST"]).shape[:2],
+        "backbone_seconds": backbone.seconds,
+        "backbone_flops": float(backbone.flops),
+        "head_seconds": head.seconds,
+        "head_flops": float(head.flops),
+    }
+
+
+def run_benchmark(detector: VinVLDetector, images: Sequence[np.ndarray], matmul_size: int) -> List[str]:
+    """Report lines for ``images``, each detected once (the first includes paddle's first-call set-up)."""
+    rows = [benchmark_image(detector, image) for image in images]
+    matmul = matmul_flops_per_second(matmul_size)
+    lines = [f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}"]
+    lines.append(f"matmul {matmul_size}^2 fp32: {matmul / 1e9:.1f} GFLOP/s")
+    for i, row in enumerate(rows):
+        bb = row["backbone_flops"] / row["backbone_seconds"]
+        hd = row["head_flops"] / row["head_seconds"]
+        lines.append(
+            f"image {i} ({row['input_hw'][0]}x{row['input_hw'][1]} input, "
+            f"{row['detections']} detections): {row['seconds']:.1f} s, peak RSS growth {row['rss_growth_mb']:.0f} MB "
+            f"(process peak {row['peak_rss_mb']:.0f} MB); "
+            f"backbone {row['backbone_flops'] / 1e9:.1f} GFLOP in {row['backbone_seconds']:.1f} s = "
+            f"{bb / 1e9:.1f} GFLOP/s ({bb / matmul:.2f} of matmul); res5 head {row['head_flops'] / 1e9:.1f} GFLOP in "
+            f"{row['head_seconds']:.1f} s = {hd / 1e9:.1f} GFLOP/s ({hd / matmul:.2f} of matmul)"
+        )
+    mean = lambda key: float(np.mean([r[key] for r in rows]))  # noqa: E731
+    lines.append(
+        f"mean over {len(rows)} images: {mean('seconds'):.1f} s/image, peak RSS growth {mean('rss_growth_mb'):.0f} MB/image, "
+        f"backbone {mean('backbone_flops') / mean('backbone_seconds') / matmul:.2f} of matmul FLOP/s"
+    )
+    return lines
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("images", nargs="+", help="image files to run")
+    parser.add_argument("--detector", help="detector directory (default: VinVL X152-C4 with random weights)")
+    parser.add_argument("--matmul_size", type=int, default=2048)
+    args = parser.parse_args(argv)
+    if args.detector:
+        detector = VinVLDetector.from_pretrained(args.detector)
+    else:
+        detector = VinVLDetector(DetectorConfig.vinvl_x152c4()).init_weights()
+    params = sum(int(np.prod(p.shape)) for p in detector.parameters())
+    print(f"detector: {args.detector or 'VinVL X152-C4 (random weights)'}, {params / 1e6:.1f} M parameters")
+    images = [np.asarray(Image.open(path).convert("RGB")) for path in args.images]
+    for line in run_benchmark(detector, images, args.matmul_size):
+        print(line)
+    return 0
