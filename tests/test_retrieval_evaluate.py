@@ -15,6 +15,7 @@ from vinvl.data import DataError, load_corpus, write_synthetic_corpus
 from vinvl.model_dir import load_retrieval_model
 from vinvl.retrieval import Gallery, RetrievalEngine, evaluate_corpus, fold_metrics, public_names
 from vinvl.retrieval import baseline
+from vinvl.retrieval.engine import match_probability
 from vinvl.retrieval.evaluate import main as eval_main
 
 NAMES = ("t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10", "rsum")
@@ -72,11 +73,16 @@ def test_exhaustive_metrics_equal_the_baseline(loaded, test_corpus, baseline_sco
     gallery = Gallery.from_corpus(test_corpus)
     reference = baseline_matrix(gallery, baseline_scores)
     engine = RetrievalEngine(model, processor, batch_size=7, progress=False).exhaustive(gallery)
-    noise = np.abs(engine.i2t - reference).max()
+    noise = np.abs(match_probability(engine.i2t) - reference).max()  # the engine scores logit margins
     assert noise < 1e-6  # dynamic vs fixed padding, shared vs per-pair region projection
-    # Ranks cannot depend on that noise: within each query, distinct scores are further apart.
-    gaps = [np.diff(np.unique(line)).min() for line in (*reference, *reference.T)]
-    assert min(gaps) > 4 * noise
+    # Ranks cannot depend on that noise: in each query, every wrong answer's score is further
+    # from the ground truth's than that (the engine ranks by margin, the baseline by probability).
+    c2i = gallery.caption_to_image
+    own = c2i[None, :] == np.arange(gallery.num_images)[:, None]
+    best_own = np.where(own, reference, -np.inf).max(axis=1)
+    i2t_gaps = np.abs(reference - best_own[:, None])[~own]
+    t2i_gaps = np.abs(reference - reference[c2i, np.arange(gallery.num_captions)][None, :])[~own]
+    assert min(i2t_gaps.min(), t2i_gaps.min()) > 4 * noise
     metrics = evaluate_corpus(model, processor, test_corpus, batch_size=7, progress=False)
     expected = baseline.baseline_metrics(gallery, baseline_scores)
     assert set(metrics) == set(NAMES) | {"pairs_scored"}
