@@ -95,9 +95,9 @@ def test_exhaustive_metrics_equal_the_baseline(loaded, test_corpus, baseline_sco
 def test_two_stage_covering_everything_equals_exhaustive_and_small_k_scores_fewer(loaded, test_corpus):
     model, processor = loaded
     exhaustive = evaluate_corpus(model, processor, test_corpus, progress=False)
-    full = evaluate_corpus(model, processor, test_corpus, mode="two_stage", top_k=10_000, progress=False)
+    full = evaluate_corpus(model, processor, test_corpus, first_stage="contrastive", top_k=10_000, progress=False)
     assert full == exhaustive
-    small = evaluate_corpus(model, processor, test_corpus, mode="two_stage", top_k=2, progress=False)
+    small = evaluate_corpus(model, processor, test_corpus, first_stage="contrastive", top_k=2, progress=False)
     # each image's 2 captions and each caption's 2 images: at most I*2 + C*2 pairs
     assert small["pairs_scored"] <= TEST_IMAGES * 2 + TEST_IMAGES * 5 * 2 < exhaustive["pairs_scored"]
     assert set(small) == set(exhaustive)
@@ -128,10 +128,10 @@ def test_minival_reranks_each_image_against_its_caption_index(loaded, corpus_dir
 
 def test_evaluate_corpus_rejects_bad_settings(loaded, test_corpus):
     model, processor = loaded
-    with pytest.raises(ValueError, match="mode"):
-        evaluate_corpus(model, processor, test_corpus, mode="fast", progress=False)
+    with pytest.raises(ValueError, match="first_stage must be one of"):
+        evaluate_corpus(model, processor, test_corpus, first_stage="two_stage", progress=False)
     with pytest.raises(ValueError, match="top_k"):
-        evaluate_corpus(model, processor, test_corpus, mode="two_stage", top_k=0, progress=False)
+        evaluate_corpus(model, processor, test_corpus, first_stage="contrastive", top_k=0, progress=False)
     with pytest.raises(ValueError, match="batch_size"):
         evaluate_corpus(model, processor, test_corpus, batch_size=0, progress=False)
 
@@ -209,7 +209,7 @@ def test_eval_custom_key_file_in_two_stage_mode(model_dir, corpus_dir, test_corp
     keys.write_text("".join(f"{i}\n" for i in test_corpus.image_ids[3:7]))
     out = workdir / "keys"
     report = _eval(model_dir, corpus_dir, out, "--protocol", "keys", "--eval_img_keys_file", str(keys),
-                   "--mode", "two_stage", "--top_k", "2")
+                   "--first_stage", "contrastive", "--top_k", "2")
     assert report["num_images"] == 4 and report["num_captions"] == 20
     assert set(report["results"]) == {"keys"}
     assert report["pairs_scored"] < 4 * 20
@@ -228,6 +228,7 @@ def test_eval_custom_key_file_in_two_stage_mode(model_dir, corpus_dir, test_corp
         (["--fold_size", "3"], ValueError, "equal folds"),
         (["--top_k", "0"], ValueError, "top_k"),
         (["--batch_size", "-1"], ValueError, "batch_size"),
+        (["--mode", "two_stage"], ValueError, "--mode is gone: use --first_stage"),
     ],
 )
 def test_eval_bad_input_fails_clearly(model_dir, corpus_dir, workdir, extra, error, message):
