@@ -11,51 +11,21 @@ import pytest
 import vinvl  # noqa: F401  (registers the task, CPU runtime defaults)
 from paddlenlp import Taskflow
 
-from vinvl.data import load_corpus, write_synthetic_corpus
+from vinvl.data import load_corpus
 from vinvl.model_dir import load_retrieval_model
 from vinvl.retrieval import Gallery, RetrievalEngine, match_probability, tag_candidates
 from vinvl.taskflow import ImageTextRetrievalTask
-from vinvl.training.run import main as train_main
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tinymodel import derive, train_tiny
+
 TEST_IMAGES = 24  # 120 captions: well above the candidates below
 CANDIDATES = 4
 TOP_K = 3
 
 
-def train_tiny(root, seed=5):
-    """A tiny model trained for 40 steps (both objectives) on a synthetic corpus; (model_dir, corpus_dir)."""
-    corpus = str(root / "corpus")
-    write_synthetic_corpus(corpus, {"train": 48, "minival": 8, "val": 8, "test": TEST_IMAGES}, seed=seed)
-    model_dir = str(root / "model")
-    flags = {
-        "model_name_or_path": os.path.join(REPO, "model_configs", "tiny"),
-        "data_dir": corpus,
-        "output_dir": model_dir,
-        "do_train": "true",
-        "max_steps": "40",
-        "per_device_train_batch_size": "12",
-        "learning_rate": "1e-3",
-        "save_strategy": "no",
-        "report_to": "none",
-        "disable_tqdm": "true",
-        "seed": "1",
-    }
-    train_main([t for k, v in flags.items() for t in (f"--{k}", v)])
-    record_trained_heads(model_dir, ["match", "contrastive"])  # what it was trained on
-    return model_dir, corpus
-
-
-def record_trained_heads(model_dir, heads):
-    """Rewrite the directory's config.json with ``trained_heads`` (weights untouched)."""
-    model, _ = load_retrieval_model(model_dir)
-    model.config.trained_heads = heads
-    model.config.save_pretrained(model_dir)
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    model_dir, corpus = train_tiny(tmp_path_factory.mktemp("taskflow"))
+    model_dir, corpus = train_tiny(tmp_path_factory.mktemp("taskflow"), TEST_IMAGES)
     return model_dir, corpus, load_corpus(corpus, "test")
 
 
@@ -220,6 +190,27 @@ def test_gallery_split_keys_file_and_in_memory_gallery(trained, tmp_path):
     assert sorted(image_ids_of(result)) == sorted(in_memory["image_ids"])
     (result,) = task({"image_id": corpus.image_ids[4]})
     assert sorted(captions_of(result)) == sorted(c for i in picked for c in corpus.captions[i])
+
+
+def test_order_comes_from_the_margin_where_probabilities_saturate(trained, reference, tmp_path):
+    model_dir, corpus_dir, corpus = trained
+    scale = 40.0 / float(np.abs(reference[2]).min())  # every |margin| above 40: float32 probabilities are 0 or 1
+    saturated = derive(model_dir, str(tmp_path / "saturated"), ["match", "contrastive"], logit_scale=scale)
+    model, processor = load_retrieval_model(saturated)
+    gallery = Gallery.from_corpus(corpus)
+    margins = RetrievalEngine(model, processor, progress=False).exhaustive(gallery).i2t
+    task = Taskflow("image_text_retrieval", task_path=saturated, gallery_dir=corpus_dir, first_stage="exhaustive", top_k=100)
+    tied_queries = out_of_index_order = 0
+    for i, j in QUERY_CAPTIONS:
+        column = gallery.caption_offsets[i] + j
+        (result,) = task(gallery.captions[column])
+        assert image_ids_of(result) == [gallery.image_ids[k] for k in ranked(margins[:, column], np.arange(TEST_IMAGES))]
+        at_one = [gallery.image_ids.index(r["image_id"]) for r in result["images"] if r["score"] == 1.0]
+        if len(at_one) >= 2:  # probabilities tie at 1.0 in float32 ...
+            tied_queries += 1
+            assert len({float(margins[k, column]) for k in at_one}) == len(at_one)  # ... margins do not
+            out_of_index_order += at_one != sorted(at_one)  # a probability + index order would differ
+    assert tied_queries > 0 and out_of_index_order > 0
 
 
 def test_image_queries_by_id_and_by_features_agree(trained, retrieval):
