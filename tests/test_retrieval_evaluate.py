@@ -247,18 +247,27 @@ def test_eval_key_file_naming_unknown_images_and_missing_dirs(model_dir, corpus_
         _eval(os.path.join(os.path.dirname(vinvl.__file__), "..", "model_configs", "tiny"), corpus_dir, workdir / "bad")
 
 
-def test_benchmark_smoke_mode_prints_its_ratio_lines(tmp_path, capsys):
+def test_benchmark_smoke_mode_prints_its_ratio_lines(tmp_path, capsys, caplog):
     from vinvl.retrieval.benchmark import main as benchmark_main
 
-    report = benchmark_main(["--work_dir", str(tmp_path), "--num_images", "8", "--train_steps", "0",
-                             "--baseline_pairs", "40", "--cpu_probe_images", "0", "--matmul_size", "256", "--no_progress"])
+    with caplog.at_level("WARNING", logger="vinvl.retrieval.first_stage"):
+        report = benchmark_main(["--work_dir", str(tmp_path), "--num_images", "8", "--train_steps", "0",
+                                 "--baseline_pairs", "40", "--cpu_probe_images", "0", "--matmul_size", "256",
+                                 "--coverage_ks", "2,64", "--top_k", "3", "--no_progress"])
     out = capsys.readouterr().out
-    for prefix in ("(1) exhaustive vs baseline throughput", "(2) two-stage", "R@K change", "(3) scoring FLOP/s",
-                   "(4) peak memory"):
+    for prefix in ("(1) exhaustive vs baseline throughput", "(2) two-stage, first stage tags (k=3)", "R@K change",
+                   "coverage at k=2", "coverage at k=64", "(3) scoring FLOP/s", "(4) peak memory"):
         assert prefix in out, prefix
+    # An untrained model (random init records no trained heads): no contrastive first stage, said once.
+    assert "contrastive" not in report["coverage"] and "not trained" in caplog.text
     paths = report["paths"]
+    assert set(paths) == {"exhaustive", "two_stage_tags", "baseline", "baseline_ranking"}
     assert paths["exhaustive"]["pairs"] == 8 * 40 and paths["baseline"]["pairs"] == 40
-    assert paths["two_stage"]["pairs"] <= paths["exhaustive"]["pairs"]
+    assert paths["two_stage_tags"]["pairs"] < paths["exhaustive"]["pairs"]
+    coverage = report["coverage"]["tags"]
+    assert sorted(coverage) == [2, 3, 64]
+    assert coverage[64] == {"i2t_top1": 1.0, "t2i_top1": 1.0, "i2t_top10": 1.0, "t2i_top10": 1.0}  # k covers all
+    assert all(0.0 <= v <= 1.0 for values in coverage.values() for v in values.values())
     # The baseline pads every pair to 70 + 70, so it runs more FLOPs per pair than the engine.
     per_pair = {name: paths[name]["flops"] / paths[name]["pairs"] for name in ("exhaustive", "baseline")}
     assert per_pair["baseline"] > per_pair["exhaustive"] > 0
