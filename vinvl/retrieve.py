@@ -5,7 +5,7 @@ import argparse
 import json
 from typing import List, Optional, Sequence
 
-from .retrieval.first_stage import FIRST_STAGE_CHOICES
+from .retrieval.first_stage import add_first_stage_argument, reject_removed_mode
 
 
 def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
@@ -16,15 +16,10 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
     parser.add_argument("--text", action="append", default=[], help="a caption query (repeatable)")
     parser.add_argument("--image_id", action="append", default=[], help="a gallery image to find captions for (repeatable)")
     parser.add_argument("--top_k", type=int, default=5)
-    parser.add_argument("--first_stage", choices=FIRST_STAGE_CHOICES, default="auto",
-                        help="which gallery items the match head re-ranks: contrastive (embedding top-N), tags "
-                             "(BM25 of caption words vs detector tags, top-N; needs no trained heads), exhaustive "
-                             "(all), auto (contrastive if the model records trained contrastive heads, else exhaustive)")
-    parser.add_argument("--candidates", type=int, default=16, help="N: items a first stage proposes per query")
-    parser.add_argument("--mode", default=None, help=argparse.SUPPRESS)  # removed: named in an error
+    add_first_stage_argument(parser, default="auto")
+    parser.add_argument("--candidates", type=int, default=16, help="gallery items a first stage proposes per query")
     args = parser.parse_args(argv)
-    if args.mode is not None:
-        raise ValueError(f"--mode is gone: use --first_stage exhaustive, contrastive, tags or auto (got --mode {args.mode})")
+    reject_removed_mode(args)
     if not args.text and not args.image_id:
         parser.error("give at least one --text or --image_id")
 

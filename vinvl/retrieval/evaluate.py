@@ -35,7 +35,7 @@ import numpy as np
 from ..data.formats import DataError, load_image_keys
 from .distributed import rank
 from .engine import RetrievalEngine, RetrievalScores, match_probability
-from .first_stage import FIRST_STAGE_CHOICES, FIRST_STAGES, check_first_stage, resolve_first_stage
+from .first_stage import FIRST_STAGES, add_first_stage_argument, check_first_stage, reject_removed_mode, resolve_first_stage
 from .gallery import Gallery
 from .metrics import fold_metrics, i2t_ranks, rerank_metrics, subset_metrics, t2i_ranks, top_k_indices
 
@@ -284,12 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--eval_img_keys_file", default=None, help="key file (path, or name in data_dir) for --protocol keys")
     parser.add_argument("--fold_size", type=int, default=None,
                         help="images per 1K fold (default: the size of {split}_img_keys_1k.tsv, else 1000)")
-    parser.add_argument("--first_stage", choices=FIRST_STAGE_CHOICES, default="exhaustive",
-                        help="exhaustive: score every pair (the paper protocol); contrastive: embedding top-k; "
-                             "tags: BM25 of caption words vs detector tags, top-k (needs no trained heads); "
-                             "auto: contrastive if the model records trained contrastive heads, else exhaustive")
+    add_first_stage_argument(parser, default="exhaustive")  # exhaustive: the paper protocol
     parser.add_argument("--top_k", type=int, default=128, help="candidates per query a first stage proposes for re-ranking")
-    parser.add_argument("--mode", default=None, help=argparse.SUPPRESS)  # removed: named in an error
     parser.add_argument("--batch_size", type=int, default=128, help="pairs per forward pass")
     parser.add_argument("--no_od_labels", action="store_true", help="leave out the object tags")
     parser.add_argument("--output_dir", default=None, help="write metrics.json and ranked results here")
@@ -303,10 +299,7 @@ def _key_path(data_dir: str, name: str) -> str:
 
 def _validate(args: argparse.Namespace) -> None:
     """Errors that need no data read, before the model or corpus is loaded."""
-    if args.mode is not None:
-        raise ValueError(
-            f"--mode is gone: use --first_stage exhaustive (every pair), contrastive, tags or auto (got --mode {args.mode})"
-        )
+    reject_removed_mode(args)
     if args.batch_size <= 0:
         raise ValueError(f"--batch_size must be positive, got {args.batch_size}")
     if args.top_k <= 0:
