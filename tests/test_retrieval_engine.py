@@ -8,10 +8,10 @@ import pytest
 
 import vinvl
 import paddle
-import paddle.nn.functional as F
 from vinvl import OscarConfig, OscarForImageTextRetrieval, OscarProcessor, OscarTokenizer
-from vinvl.retrieval import Gallery, RetrievalEngine, rerank_metrics
+from vinvl.retrieval import Gallery, RetrievalEngine, i2t_ranks, rerank_metrics, t2i_ranks, top_k_indices
 from vinvl.retrieval import engine as engine_module
+from vinvl.retrieval import first_stage as first_stage_module
 
 FEATURE_DIM = 2054
 MAX_SEQ_LEN = 24
@@ -71,9 +71,11 @@ def exhaustive(engine, gallery):
 
 
 def score_alone(model, processor, caption, tags, feats):
+    """The match logit margin logit[1] - logit[0] of one pair, scored alone."""
     batch = processor.pad([processor.encode(caption, tags, feats)])
     with paddle.no_grad():
-        return float(F.softmax(model(**batch).logits, axis=-1)[0, 1])
+        logits = model(**batch).logits.numpy()[0]
+    return float(logits[1] - logits[0])
 
 
 def test_pair_id_arrays_equal_encode_oscar(tokenizer):
@@ -112,6 +114,35 @@ def test_exhaustive_equals_each_pair_scored_alone(model, processor, gallery, exh
     np.testing.assert_allclose(exhaustive.i2t, expected, atol=1e-5, rtol=0)
     assert exhaustive.t2i is exhaustive.i2t
     assert exhaustive.pairs_scored == gallery.num_images * gallery.num_captions
+
+
+def test_saturated_probabilities_rank_by_the_margin(model, processor, gallery, exhaustive):
+    """Scaled logits: every pair with a positive margin gets probability 1.0 in float32, margins stay
+    distinct; ranks follow the margins."""
+    saturated = OscarForImageTextRetrieval(model.config)
+    saturated.set_state_dict(model.state_dict())
+    # |margin| >= 40 everywhere, and positive for most pairs (the sign flips if most were negative)
+    scale = 40.0 / float(np.abs(exhaustive.i2t).min()) * np.sign(np.median(exhaustive.i2t))
+    for param in saturated.classifier.parameters():
+        param.set_value(param * paddle.to_tensor(scale, dtype=param.dtype))
+    scores = RetrievalEngine(saturated, processor, batch_size=8, progress=False).exhaustive(gallery)
+    margins, probabilities = [], []
+    with paddle.no_grad():
+        for i in range(gallery.num_images):
+            batch = processor.pad([processor.encode(c, gallery.tags[i], gallery.features(i)) for c in gallery.captions])
+            logits = saturated(**batch).logits
+            margins.append((logits[:, 1] - logits[:, 0]).numpy())
+            probabilities.append(paddle.nn.functional.softmax(logits, axis=-1)[:, 1].numpy())
+    margins, probabilities = np.stack(margins), np.stack(probabilities)
+    assert (probabilities[margins > 0] == 1.0).all() and (margins > 0).sum() >= 2
+    assert len(np.unique(margins[probabilities == 1.0])) == (probabilities == 1.0).sum()
+    np.testing.assert_allclose(scores.i2t, margins, rtol=1e-4)
+    c2i = gallery.caption_to_image
+    assert (i2t_ranks(scores.i2t, c2i) == i2t_ranks(margins, c2i)).all()
+    assert (t2i_ranks(scores.i2t, c2i) == t2i_ranks(margins, c2i)).all()
+    assert (top_k_indices(scores.i2t, 5) == np.argsort(-margins, axis=1, kind="stable")[:, :5]).all()
+    # Ranked by the saturated probability, ties would push ground truths down:
+    assert (t2i_ranks(probabilities, c2i) > t2i_ranks(margins, c2i)).any()
 
 
 def test_exhaustive_does_not_depend_on_batch_size_or_image_blocks(model, processor, gallery, exhaustive, monkeypatch):
@@ -271,9 +302,9 @@ def test_faiss_is_used_when_importable(monkeypatch):
     monkeypatch.setitem(sys.modules, "faiss", types.SimpleNamespace(IndexFlatIP=IndexFlatIP))
     rng = np.random.default_rng(0)
     queries, keys = rng.standard_normal((5, 4)), rng.standard_normal((9, 4))
-    top = engine_module._top_k(queries, keys, 3)
+    top = first_stage_module.nearest(queries, keys, 3)
     monkeypatch.setitem(sys.modules, "faiss", None)  # import faiss -> ImportError: numpy path
-    fallback = engine_module._top_k(queries, keys, 3)
+    fallback = first_stage_module.nearest(queries, keys, 3)
     assert calls == [3]
     np.testing.assert_array_equal(np.sort(top, axis=1), np.sort(fallback, axis=1))
 

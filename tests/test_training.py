@@ -163,8 +163,8 @@ def test_learning_lifts_recall_far_above_chance_and_two_stage_loses_none(tmp_pat
     )
     model, processor = load_retrieval_model(output_dir)
     test = load_corpus(corpus, "test")
-    exhaustive = evaluate_corpus(model, processor, test, mode="exhaustive", progress=False)
-    two_stage = evaluate_corpus(model, processor, test, mode="two_stage", top_k=8, progress=False)
+    exhaustive = evaluate_corpus(model, processor, test, first_stage="exhaustive", progress=False)
+    two_stage = evaluate_corpus(model, processor, test, first_stage="contrastive", top_k=8, progress=False)
     # 40 test images x 200 captions. Chance: R@1 2.5% both ways, text->image R@5 12.5%, rsum ~77.
     # From random init the contrastive heads learn within a few hundred steps, the match head
     # (all that exhaustive scoring uses) only after about a thousand (README, Benchmarks).

@@ -6,7 +6,11 @@ Prints, as ratios:
    pipeline of :mod:`vinvl.retrieval.baseline` (measured on the first ``--baseline_pairs``
    pairs, image-major as the reference dataset orders them; it is slow), plus the time of the
    reference's Python ranking on the full score dict;
-2. two-stage against exhaustive: wall time, pairs scored and the change of every R@K;
+2. two-stage against exhaustive, for each first stage the model can use (``tags`` always,
+   ``contrastive`` when the model records trained contrastive heads): wall time, pairs scored,
+   the change of every R@K, and the first stage's coverage (the fraction of queries whose
+   exhaustive top-1 / top-10 answers are among its k candidates, :func:`first_stage_coverage`)
+   at ``--top_k`` and each of ``--coverage_ks``;
 3. hardware use: the FLOPs of each scoring pass counted from the shapes actually run, divided by
    its time, over the FLOP/s of a large fp32 ``paddle.matmul`` measured in the same process.
    Counted: every Linear layer (2 x rows x in x out: Q/K/V, attention output, FFN, pooler,
@@ -47,9 +51,11 @@ import paddle.nn as nn
 from ..data import load_corpus, write_synthetic_corpus
 from ..model_dir import load_retrieval_model
 from . import baseline
-from .engine import RetrievalEngine
-from .evaluate import public_names
+from .engine import RetrievalEngine, RetrievalScores
+from .evaluate import public_names, score_gallery
+from .first_stage import contrastive_heads_trained, resolve_first_stage
 from .gallery import Gallery
+from .metrics import first_stage_coverage
 
 __all__ = ["FlopCounter", "measure_memory", "matmul_flops_per_second", "cpu_probe", "run_benchmark", "main"]
 
@@ -177,10 +183,10 @@ def _measure(model: nn.Layer, run: Callable[[], Any], trace_python: bool = True)
 # ----- the paths ---------------------------------------------------------------------------
 
 
-def _engine_path(engine: RetrievalEngine, gallery: Gallery, mode: str, top_k: int) -> tuple:
-    """``(PathResult, RetrievalScores)`` of one engine pass over the gallery."""
-    run = (lambda: engine.exhaustive(gallery)) if mode == "exhaustive" else (lambda: engine.two_stage(gallery, k=top_k))
-    scores, seconds, flops, memory = _measure(engine.model, run)
+def _engine_path(engine: RetrievalEngine, gallery: Gallery, first_stage: str, top_k: int) -> tuple:
+    """``(PathResult, RetrievalScores)`` of one engine pass over the gallery (``first_stage`` as in
+    :func:`vinvl.retrieval.evaluate.score_gallery`)."""
+    scores, seconds, flops, memory = _measure(engine.model, lambda: score_gallery(engine, gallery, first_stage, top_k))
     metrics = public_names(scores.metrics(gallery.caption_to_image))
     return PathResult(seconds, scores.pairs_scored, flops, memory, metrics), scores
 
@@ -207,6 +213,26 @@ def _baseline_ranking(gallery: Gallery, matrix: np.ndarray) -> PathResult:
         metrics = baseline.baseline_metrics(gallery, results)
         seconds = time.perf_counter() - start
     return PathResult(seconds, len(results), 0, memory, metrics)
+
+
+def _first_stages(config: Any) -> List[str]:
+    """The first stages to measure: ``contrastive`` only when its heads are trained (else the
+    reason is logged once), ``tags`` always."""
+    if contrastive_heads_trained(config):
+        return ["contrastive", "tags"]
+    resolve_first_stage("auto", config)  # logs why the contrastive heads are left out
+    return ["tags"]
+
+
+def _coverage(
+    engine: RetrievalEngine, gallery: Gallery, exhaustive: RetrievalScores, first_stage: str, ks: List[int]
+) -> Dict[int, Dict[str, float]]:
+    """:func:`first_stage_coverage` of ``first_stage``'s candidates at each k, against the exhaustive scores."""
+    out = {}
+    for k in ks:
+        candidates = engine.first_stage_candidates(gallery, first_stage, k)
+        out[k] = first_stage_coverage(exhaustive.i2t, candidates.i2t, candidates.t2i)
+    return out
 
 
 def cpu_probe(
@@ -310,12 +336,17 @@ def run_benchmark(args: argparse.Namespace) -> Dict[str, Any]:
     load_before = os.getloadavg()[0]
     matmul = matmul_flops_per_second(args.matmul_size)
     exhaustive, exhaustive_scores = _engine_path(engine, gallery, "exhaustive", args.top_k)
-    two_stage, _ = _engine_path(engine, gallery, "two_stage", args.top_k)
+    paths = {"exhaustive": exhaustive}
+    coverage = {}
+    for first_stage in _first_stages(model.config):
+        paths[f"two_stage_{first_stage}"], _ = _engine_path(engine, gallery, first_stage, args.top_k)
+        ks = sorted({args.top_k, *args.coverage_ks})
+        coverage[first_stage] = _coverage(engine, gallery, exhaustive_scores, first_stage, ks)
     reference = _baseline_path(model, processor, gallery, args.baseline_pairs)
     ranking = _baseline_ranking(gallery, exhaustive_scores.i2t)
     del exhaustive_scores
     cpu = _cpu_settings_gain(args, model_dir, data_dir) if args.cpu_probe_images else None
-    paths = {"exhaustive": exhaustive, "two_stage": two_stage, "baseline": reference, "baseline_ranking": ranking}
+    paths.update(baseline=reference, baseline_ranking=ranking)
     report = {
         "settings": {
             "model_dir": os.path.abspath(model_dir), "data_dir": os.path.abspath(data_dir),
@@ -332,6 +363,7 @@ def run_benchmark(args: argparse.Namespace) -> Dict[str, Any]:
                        flops_per_second=path.flops_per_second)
             for name, path in paths.items()
         },
+        "coverage": coverage,
         "cpu_settings": cpu,
     }
     report["lines"] = _report_lines(report, paths, matmul, cpu)
@@ -343,18 +375,19 @@ def run_benchmark(args: argparse.Namespace) -> Dict[str, Any]:
 
 def _report_lines(report: Dict[str, Any], paths: Dict[str, PathResult], matmul: float, cpu: Optional[Dict]) -> List[str]:
     s = report["settings"]
-    ex, ts, ref, rank = paths["exhaustive"], paths["two_stage"], paths["baseline"], paths["baseline_ranking"]
+    ex, ref, rank = paths["exhaustive"], paths["baseline"], paths["baseline_ranking"]
+    two_stages = {name[len("two_stage_"):]: path for name, path in paths.items() if name.startswith("two_stage_")}
     lines = [
         f"gallery: {s['num_images']} images x {s['num_captions']} captions; mean pair {s['mean_text_tokens']:.1f} tokens "
         f"+ {s['mean_regions']:.1f} regions (limits {s['max_seq_len']} + {s['max_img_seq_len']}); "
         f"{s['omp_num_threads']} threads on {s['cpu_count']} cores; load average {s['load_average_start_end']}",
         "",
-        f"{'path':<18}{'seconds':>10}{'pairs':>12}{'pairs/s':>11}{'GFLOP/s':>9}{'py MB':>9}{'RSS+ MB':>9}",
+        f"{'path':<24}{'seconds':>10}{'pairs':>12}{'pairs/s':>11}{'GFLOP/s':>9}{'py MB':>9}{'RSS+ MB':>9}",
     ]
     for name, path in paths.items():
         gflops = f"{path.flops_per_second / 1e9:9.2f}" if path.flops else f"{'-':>9}"
         lines.append(
-            f"{name:<18}{path.seconds:10.2f}{path.pairs:12d}{path.pairs_per_second:11.0f}{gflops}"
+            f"{name:<24}{path.seconds:10.2f}{path.pairs:12d}{path.pairs_per_second:11.0f}{gflops}"
             f"{path.memory.python_mb:9.1f}{path.memory.rss_growth_mb:9.1f}"
         )
     lines += [
@@ -362,19 +395,34 @@ def _report_lines(report: Dict[str, Any], paths: Dict[str, PathResult], matmul: 
         f"(1) exhaustive vs baseline throughput: {ex.pairs_per_second / ref.pairs_per_second:.1f}x pairs/s "
         f"({ex.pairs_per_second:.0f} vs {ref.pairs_per_second:.0f}; baseline on {ref.pairs} pairs, "
         f"its dict + Python ranking of all {rank.pairs} scores takes {rank.seconds:.1f} s more)",
-        f"(2) two-stage (k={s['top_k']}) vs exhaustive: {ex.seconds / ts.seconds:.1f}x less wall time "
-        f"({ts.seconds:.1f} s vs {ex.seconds:.1f} s), {ex.pairs / max(ts.pairs, 1):.1f}x fewer pairs "
-        f"({ts.pairs} vs {ex.pairs})",
-        "    R@K change (two-stage minus exhaustive, points): "
-        + ", ".join(f"{n} {ts.metrics[n] - ex.metrics[n]:+.2f}" for n in RECALLS)
-        + f"; max |change| {max(abs(ts.metrics[n] - ex.metrics[n]) for n in RECALLS):.2f}",
         "    exhaustive R@K: " + ", ".join(f"{n} {ex.metrics[n]:.2f}" for n in RECALLS + ("rsum",)),
+    ]
+    for first_stage, ts in two_stages.items():
+        lines += [
+            f"(2) two-stage, first stage {first_stage} (k={s['top_k']}) vs exhaustive: {ex.seconds / ts.seconds:.1f}x "
+            f"less wall time ({ts.seconds:.1f} s vs {ex.seconds:.1f} s), {ex.pairs / max(ts.pairs, 1):.1f}x fewer pairs "
+            f"({ts.pairs} vs {ex.pairs})",
+            "    R@K change (two-stage minus exhaustive, points): "
+            + ", ".join(f"{n} {ts.metrics[n] - ex.metrics[n]:+.2f}" for n in RECALLS)
+            + f"; max |change| {max(abs(ts.metrics[n] - ex.metrics[n]) for n in RECALLS):.2f}",
+        ]
+        for k, values in report["coverage"][first_stage].items():
+            lines.append(
+                f"    coverage at k={k} ({100.0 * k / max(s['num_captions'], 1):.1f}% of captions per image, "
+                f"{100.0 * k / s['num_images']:.1f}% of images per caption): "
+                + ", ".join(f"{name} {value:.3f}" for name, value in values.items())
+            )
+    ratios = ", ".join(f"two-stage {name} {ts.flops_per_second / matmul:.2f}" for name, ts in two_stages.items())
+    memory = ", ".join(
+        f"two-stage {name} {ts.memory.python_mb:.0f} / {ts.memory.rss_growth_mb:.0f}" for name, ts in two_stages.items()
+    )
+    lines += [
         f"(3) scoring FLOP/s over matmul FLOP/s ({matmul / 1e9:.1f} GFLOP/s, {s['matmul_size']}^2 fp32): "
-        f"exhaustive {ex.flops_per_second / matmul:.2f}, two-stage {ts.flops_per_second / matmul:.2f}, "
+        f"exhaustive {ex.flops_per_second / matmul:.2f}, {ratios}, "
         f"baseline {ref.flops_per_second / matmul:.2f}; FLOPs per pair: exhaustive {ex.flops / ex.pairs / 1e6:.1f} M, "
         f"baseline {ref.flops / ref.pairs / 1e6:.1f} M",
         f"(4) peak memory, Python / RSS growth (MB): exhaustive {ex.memory.python_mb:.0f} / {ex.memory.rss_growth_mb:.0f}, "
-        f"two-stage {ts.memory.python_mb:.0f} / {ts.memory.rss_growth_mb:.0f}, baseline scoring {ref.pairs} pairs "
+        f"{memory}, baseline scoring {ref.pairs} pairs "
         f"{ref.memory.python_mb:.0f} / {ref.memory.rss_growth_mb:.0f}, baseline dict + ranking "
         f"{rank.memory.python_mb:.0f} / {rank.memory.rss_growth_mb:.0f}",
     ]
@@ -391,6 +439,13 @@ def _report_lines(report: Dict[str, Any], paths: Dict[str, PathResult], matmul: 
     return lines
 
 
+def _int_list(text: str) -> List[int]:
+    values = [int(v) for v in text.split(",") if v.strip()]
+    if not values or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, got {text!r}")
+    return values
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vinvl benchmark", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model_dir", default=None, help="a trained model (default: train model_configs/tiny first)")
@@ -402,6 +457,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="steps of training without --model_dir (0: untrained); the match head needs thousands")
     parser.add_argument("--baseline_pairs", type=int, default=3000, help="pairs the reference pipeline is timed on")
     parser.add_argument("--top_k", type=int, default=16, help="two-stage candidates per query")
+    parser.add_argument("--coverage_ks", type=_int_list, default=[8, 16, 64],
+                        help="comma-separated k at which each first stage's coverage is reported (besides --top_k)")
     parser.add_argument("--batch_size", type=int, default=128, help="engine pairs per forward pass")
     parser.add_argument("--max_seq_len", type=int, default=70, help="text tokens per pair (official 70)")
     parser.add_argument("--max_img_seq_len", type=int, default=70, help="regions per pair (official 70)")

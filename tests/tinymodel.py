@@ -1,0 +1,58 @@
+"""A tiny model trained in the test (40 steps, both objectives) on a synthetic corpus, and
+stand-ins for the checkpoints users bring: a converted one (trained match head, contrastive heads
+fresh) and a saturating one (every logit scaled up)."""
+import os
+import shutil
+
+import numpy as np
+import paddle
+
+from vinvl.data import write_synthetic_corpus
+from vinvl.model_dir import load_retrieval_model
+from vinvl.training.run import main as train_main
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def train_tiny(root, test_images: int, seed: int = 5):
+    """(model_dir, corpus_dir): the tiny config trained for 40 steps on a synthetic corpus with
+    ``test_images`` test images; its config records both heads as trained."""
+    corpus = str(root / "corpus")
+    write_synthetic_corpus(corpus, {"train": 48, "minival": 8, "val": 8, "test": test_images}, seed=seed)
+    model_dir = str(root / "model")
+    flags = {
+        "model_name_or_path": os.path.join(REPO, "model_configs", "tiny"),
+        "data_dir": corpus,
+        "output_dir": model_dir,
+        "do_train": "true",
+        "max_steps": "40",
+        "per_device_train_batch_size": "12",
+        "learning_rate": "1e-3",
+        "save_strategy": "no",
+        "report_to": "none",
+        "disable_tqdm": "true",
+        "seed": "1",
+    }
+    train_main([t for k, v in flags.items() for t in (f"--{k}", v)])
+    derive(model_dir, model_dir, trained_heads=["match", "contrastive"])  # what it was trained on
+    return model_dir, corpus
+
+
+def derive(model_dir: str, out_dir: str, trained_heads=None, reset_contrastive: bool = False, logit_scale: float = 1.0):
+    """A copy of ``model_dir`` (tokenizer files included) with ``trained_heads`` recorded, optionally
+    with the contrastive projections re-drawn at random (as a conversion leaves them) and the
+    match classifier scaled by ``logit_scale`` (so probabilities saturate); returns ``out_dir``."""
+    if out_dir != model_dir:
+        shutil.copytree(model_dir, out_dir)
+    model, _ = load_retrieval_model(model_dir)
+    if reset_contrastive:
+        rng = np.random.default_rng(11)
+        for layer in (model.text_proj, model.image_proj):
+            layer.weight.set_value(rng.normal(0, 0.02, layer.weight.shape).astype(np.float32))
+            layer.bias.set_value(np.zeros(layer.bias.shape, np.float32))
+    if logit_scale != 1.0:
+        for param in model.classifier.parameters():
+            param.set_value(param * paddle.to_tensor(logit_scale, dtype=param.dtype))
+    model.config.trained_heads = trained_heads
+    model.save_pretrained(out_dir)
+    return out_dir
