@@ -7,6 +7,7 @@
     retrieval("a dog catching a frisbee")            # caption -> top-k images
     retrieval({"image_id": "500012"})                 # gallery image -> top-k captions
     retrieval({"features": feats, "tags": ["dog"]})   # new image -> top-k captions
+    retrieval("photo.jpg")                            # a photo (path, PIL image or array; needs detector_path)
     retrieval({"image_id": "500012", "caption": "a dog"})  # pair -> match score
 
 Every call takes one query or a list of queries and returns a list with one result per query
@@ -22,6 +23,7 @@ words against detector tags; needs no trained heads), ``exhaustive`` (every item
 statistics) is computed once when the gallery is set. The option is not called ``mode``:
 paddlenlp's ``Taskflow.__init__`` keeps ``mode`` for itself and never passes it to a task, so
 ``mode=`` is rejected with an error naming ``first_stage``.
+Photos (``detector_path=``, ``gallery_images=``) are handled by :mod:`vinvl.vision.queries`.
 Nothing is downloaded: ``task_path`` must be a saved model directory.
 """
 from __future__ import annotations
@@ -41,6 +43,7 @@ from paddlenlp.taskflow.task import Task
 from .model_dir import WEIGHT_FILES, load_retrieval_model
 from .retrieval import Gallery, RetrievalEngine, match_probability
 from .retrieval.first_stage import FIRST_STAGE_CHOICES, BM25Index, check_first_stage, resolve_first_stage, tag_words, words_of
+from .vision.queries import ImageQueries, photo_gallery
 
 __all__ = ["TASK_NAME", "ImageTextRetrievalTask", "register_task"]
 
@@ -115,6 +118,12 @@ class ImageTextRetrievalTask(Task):
             script reads (official or detector layout) to use as the gallery.
         gallery: an in-memory gallery, ``{"image_ids", "features", "tags", "captions"?}``
             (captions: per image, optional).
+        detector_path: a detector directory (``config.json`` [+ ``model.safetensors``]); lets
+            queries be photos: a file path, a PIL image, an ``HxWx3`` uint8 array, or
+            ``{"image": photo, "caption"?: ...}``, each detected and then answered as the
+            ``{"features", "tags"}`` query of its regions and class names.
+        gallery_images / gallery_cache_dir: a folder of photos to use as the gallery (no captions),
+            extracted with the detector once and cached (see :mod:`vinvl.vision.queries`).
         _static_mode: score pairs with Paddle Inference from ``task_path/static`` (exported on
             first use and again whenever the weights change).
     """
@@ -131,6 +140,9 @@ class ImageTextRetrievalTask(Task):
         gallery_split: str = "test",
         gallery_keys_file: Optional[str] = None,
         gallery: Optional[Dict[str, Any]] = None,
+        detector_path: Optional[str] = None,
+        gallery_images: Optional[str] = None,
+        gallery_cache_dir: Optional[str] = None,
         _static_mode: bool = False,
         **kwargs,
     ):
@@ -145,6 +157,9 @@ class ImageTextRetrievalTask(Task):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         check_first_stage(first_stage, FIRST_STAGE_CHOICES)
         self._batch_size, self._top_k, self._candidates = batch_size, top_k, candidates
+        if gallery_images is not None and (gallery_dir is not None or gallery is not None):
+            raise ValueError("give one gallery: gallery_images, gallery_dir or gallery")
+        self._images = ImageQueries(detector_path)
         self._static_mode = _static_mode
         self._construct_model(model)
         self._first_stage = resolve_first_stage(first_stage, self._model.config)
@@ -159,6 +174,9 @@ class ImageTextRetrievalTask(Task):
             self.set_gallery_from_dir(gallery_dir, gallery_split, gallery_keys_file)
         elif gallery is not None:
             self.set_gallery(**gallery)
+        elif gallery_images is not None:
+            photos = photo_gallery(gallery_images, self._images, gallery_cache_dir)
+            self.set_gallery(photos.image_ids, photos.features, photos.tags)
 
     # ----- paddlenlp Task hooks ------------------------------------------------------------
 
@@ -211,7 +229,7 @@ class ImageTextRetrievalTask(Task):
             queries = [queries]
         if not queries:
             raise ValueError("give a caption string, an image dict, a pair dict, or a non-empty list of them")
-        return [self._parse_query(q, i) for i, q in enumerate(queries)]
+        return [self._parse_query(q, i) for i, q in enumerate(self._images.resolve(queries))]
 
     def _run_model(self, inputs, **kwargs):
         return [self._answer(query) for query in inputs]
