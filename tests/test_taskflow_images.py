@@ -20,6 +20,7 @@ import vinvl  # noqa: F401  (registers the task)
 from paddlenlp import Taskflow
 
 from vinvl.data import write_synthetic_corpus
+from vinvl.retrieve import main as retrieve_main
 from vinvl.vision.detector import VinVLDetector
 from vinvl.vision.image import load_image
 from vinvl.vision.queries import is_image_source
@@ -200,17 +201,23 @@ def test_vinvl_retrieve_image(model_dir, detector, tmp_path):
     printed = json.loads(done.stdout[done.stdout.index("[\n"):])
     assert printed == make(model_dir, gallery_dir=corpus)(direct(detector, QUERY_PHOTO))
 
-    refused = run_cli("--model_dir", model_dir, "--data_dir", corpus, "--image", QUERY_PHOTO)
-    assert refused.returncode != 0 and "--image needs --detector DIR" in refused.stderr
+
+def test_vinvl_retrieve_needs_a_detector_for_photos(model_dir, capsys):
+    for needs, flags in (("--image", ["--data_dir", "corpus", "--image", QUERY_PHOTO]),
+                         ("--gallery_images", ["--gallery_images", PHOTO_DIR, "--text", "a dog"])):
+        with pytest.raises(SystemExit) as exit_status:
+            retrieve_main(["--model_dir", model_dir, *flags])
+        assert exit_status.value.code == 2
+        assert f"{needs} needs --detector DIR" in capsys.readouterr().err
 
 
-def test_vinvl_retrieve_text_over_a_photo_folder(model_dir, detector, tmp_path):
+def test_vinvl_retrieve_text_over_a_photo_folder(model_dir, detector, tmp_path, capsys):
     folder = photo_folder(tmp_path)
     caption = text_queries()[0]
-    done = run_cli("--model_dir", model_dir, "--gallery_images", str(folder), "--detector", DETECTOR, "--text", caption,
-                   "--gallery_cache_dir", str(tmp_path / "cache"), "--top_k", str(TOP_K), "--first_stage", "exhaustive")
-    assert done.returncode == 0, done.stderr
-    printed = json.loads(done.stdout[done.stdout.index("[\n"):])
+    retrieve_main(["--model_dir", model_dir, "--gallery_images", str(folder), "--detector", DETECTOR, "--text", caption,
+                   "--gallery_cache_dir", str(tmp_path / "cache"), "--top_k", str(TOP_K), "--first_stage", "exhaustive"])
+    out = capsys.readouterr().out
+    printed = json.loads(out[out.index("[\n"):])
     gallery = captions_gallery(detector)
     gallery.pop("captions")
     assert printed == make(model_dir, gallery=gallery)(caption)
