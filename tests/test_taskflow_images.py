@@ -102,7 +102,7 @@ def test_a_photo_pair_and_a_mixed_list(with_detector, detector):
 
 
 def test_which_strings_are_photos():
-    assert is_image_source("photos/cat.JPG") and is_image_source(" dog.png ") and is_image_source(pathlib.Path("x"))
+    assert is_image_source("photos/cat.JPG") and is_image_source("dog.png") and is_image_source(pathlib.Path("x"))
     assert not is_image_source("a dog catching a frisbee") and not is_image_source("a photo of a dog.\nmore.jpg")
 
 

@@ -28,6 +28,8 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 from PIL import Image
 
+from ..data import load_corpus
+from .extract import SUMMARY_FILE, ExtractError, InputNotFoundError, _detector_fingerprint, extract, list_images
 from .image import IMAGE_EXTENSIONS, BadImageError, check_header, load_image
 
 __all__ = [
@@ -36,7 +38,9 @@ __all__ = [
     "PhotoGallery",
     "is_image_source",
     "photo_gallery",
-    "detector_features",
+    "gallery_cache_dir",
+    "check_detector_dir",
+    "detections_query",
 ]
 
 DEFAULT_CACHE_ROOT = os.path.join(os.path.expanduser("~"), ".cache", "vinvl", "photo_galleries")
@@ -51,7 +55,7 @@ def is_image_source(query: Any) -> bool:
     """
     if isinstance(query, (Image.Image, np.ndarray, os.PathLike)):
         return True
-    return isinstance(query, str) and "\n" not in query and query.strip().lower().endswith(IMAGE_EXTENSIONS)
+    return isinstance(query, str) and "\n" not in query and query.lower().endswith(IMAGE_EXTENSIONS)
 
 
 def _missing_detector(what: str) -> ValueError:
@@ -68,7 +72,7 @@ def check_detector_dir(detector_path: str) -> None:
         raise FileNotFoundError(f"detector_path={detector_path!r} is not a detector directory: it has no config.json")
 
 
-def detector_features(detections) -> Dict[str, Any]:
+def detections_query(detections) -> Dict[str, Any]:
     """The ``{"features", "tags"}`` query of one image's detections (its region rows and class names)."""
     return {"features": detections.region_features(), "tags": list(detections.class_names)}
 
@@ -121,7 +125,7 @@ class ImageQueries:
                 raise ValueError(f"query {position}: the detector found no region in {_name(source)}")
             query = resolved[position]
             extra = {k: v for k, v in query.items() if k != "image"} if isinstance(query, dict) else {}
-            resolved[position] = {**detector_features(detections), **extra}
+            resolved[position] = {**detections_query(detections), **extra}
         return resolved
 
     @staticmethod
@@ -164,8 +168,6 @@ def _digest(value: Any) -> str:
 
 def gallery_cache_dir(folder: str, detector_path: str, cache_root: Optional[str] = None) -> str:
     """Where the gallery of ``folder`` in its current state, with this detector, is cached."""
-    from .extract import list_images, _detector_fingerprint
-
     photos = []
     for entry in list_images(folder):
         stat = os.stat(entry.path)
@@ -182,10 +184,8 @@ def photo_gallery(
     progress: bool = True,
 ) -> PhotoGallery:
     """The gallery of the photos in ``folder`` (not its subfolders), extracted with ``queries``'
-    detector unless the cache holds this state of the folder (see the module docstring)."""
-    from ..data import load_corpus
-    from .extract import SUMMARY_FILE, ExtractError, InputNotFoundError, extract
-
+    detector unless the cache holds this state of the folder (see the module docstring).
+    ``folder`` may also be a list file, as ``vinvl extract`` reads it."""
     if queries.detector_path is None:
         raise _missing_detector(f"gallery_images={folder!r}")
     try:
