@@ -14,7 +14,15 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["RECALL_COLUMNS", "image_tag", "photo_svg", "plot_training_curves", "scene_svg", "write_report"]
+__all__ = [
+    "RECALL_COLUMNS",
+    "extraction_figures",
+    "image_tag",
+    "photo_svg",
+    "plot_training_curves",
+    "scene_svg",
+    "write_report",
+]
 
 RECALL_COLUMNS = ("t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10", "rsum")
 
@@ -119,6 +127,27 @@ def _query_section(query: Mapping) -> str:
             f"<br><small>score {item['score']:.3f}</small></div></li>"
         )
     return f'<section class="query"><h3>{title}</h3>{query_visual}<ol class="results">{"".join(items)}</ol></section>'
+
+
+def extraction_figures(out_dir: str, images: str, max_boxes: int = 10) -> List[Dict[str, str]]:
+    """One figure per photo that ``vinvl extract`` put in ``out_dir`` from ``images`` (its folder or
+    list file): the photo with its first ``max_boxes`` regions and their class names, as the
+    ``coco_ir`` loading script reads them back (boxes from the features' geometry columns)."""
+    from .data import load_corpus
+    from .vision.extract import list_images
+    from .vision.image import load_image
+
+    paths = {entry.image_id: entry.path for entry in list_images(images)}
+    corpus = load_corpus(out_dir, "test")
+    figures = []
+    for index, image_id in enumerate(corpus.image_ids):
+        features, tags = corpus.features(index), corpus.tags[index]
+        shown = min(max_boxes, len(tags))
+        figures.append({
+            "visual": photo_svg(load_image(paths[image_id]), features[:shown, -6:-2], tags[:shown]),
+            "label": f"{image_id}: {len(tags)} regions, the first {shown} drawn ({', '.join(tags[:shown])})",
+        })
+    return figures
 
 
 def _photos_section(photos: Mapping) -> str:
