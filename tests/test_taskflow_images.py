@@ -202,13 +202,16 @@ def test_vinvl_retrieve_image(model_dir, detector, tmp_path):
     assert printed == make(model_dir, gallery_dir=corpus)(direct(detector, QUERY_PHOTO))
 
 
-def test_vinvl_retrieve_needs_a_detector_for_photos(model_dir, capsys):
+def test_vinvl_retrieve_refuses_photos_without_a_detector_and_caption_queries_of_a_photo_folder(model_dir, capsys):
     for needs, flags in (("--image", ["--data_dir", "corpus", "--image", QUERY_PHOTO]),
                          ("--gallery_images", ["--gallery_images", PHOTO_DIR, "--text", "a dog"])):
         with pytest.raises(SystemExit) as exit_status:
             retrieve_main(["--model_dir", model_dir, *flags])
         assert exit_status.value.code == 2
         assert f"{needs} needs --detector DIR" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        retrieve_main(["--model_dir", model_dir, "--gallery_images", PHOTO_DIR, "--image", QUERY_PHOTO, "--detector", DETECTOR])
+    assert "a --gallery_images gallery has none: use --data_dir" in capsys.readouterr().err
 
 
 def test_vinvl_retrieve_text_over_a_photo_folder(model_dir, detector, tmp_path, capsys):

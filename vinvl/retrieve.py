@@ -35,6 +35,8 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
     reject_removed_mode(args)
     if not args.text and not args.image_id and not args.image:
         parser.error("give at least one --text, --image_id or --image")
+    if args.gallery_images and (args.image or args.image_id):
+        parser.error("--image and --image_id retrieve captions, and a --gallery_images gallery has none: use --data_dir")
     if (args.image or args.gallery_images) and not args.detector:
         parser.error(f"{'--image' if args.image else '--gallery_images'} needs --detector DIR (a detector directory)")
 
