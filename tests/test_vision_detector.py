@@ -147,6 +147,11 @@ def test_bad_images_are_refused_naming_them(tiny, photos):
         tiny.detect([photos[0], photos[0][:, :, 0]])
     with pytest.raises(ValueError, match="image 0"):
         tiny.detect([photos[0].astype(np.float32)])
+    # a 1 x 2000 strip would resize to 0 x 240 at the tiny config's max side 240
+    with pytest.raises(ValueError, match="image 2: a 1x2000 image is too thin"):
+        tiny.detect([photos[0], photos[1], np.zeros((1, 2000, 3), dtype=np.uint8)])
+    # a 1 x 1 image is fine: it is scaled up to the short side
+    assert tiny.detect([np.full((1, 1, 3), 128, dtype=np.uint8)])[0].image_size == (1, 1)
 
 
 def test_config_errors_name_the_key(tmp_path):

@@ -75,7 +75,6 @@ FIXED: Dict[str, Tuple[Any, ...]] = {
     "MODEL.RESNETS.STAGE_WITH_DCN": ([False, False, False, False],),
     "MODEL.RPN.USE_FPN": (False,),
     "MODEL.RPN.RPN_HEAD": ("SingleConvRPNHead",),
-    "MODEL.RPN.STRADDLE_THRESH": (0, -1),
     "MODEL.ROI_HEADS.USE_FPN": (False,),
     "MODEL.ROI_BOX_HEAD.FEATURE_EXTRACTOR": ("ResNet50Conv5ROIFeatureExtractor",),
     "MODEL.ROI_BOX_HEAD.PREDICTOR": ("FastRCNNPredictor",),

@@ -155,7 +155,7 @@ class VinVLDetector(nn.Layer):
     def detect(self, images: Sequence[np.ndarray]) -> List[Detections]:
         """One :class:`Detections` per RGB uint8 ``HxWx3`` image, each run alone (as the official batch of one)."""
         for index, image in enumerate(images):
-            check_image(image, index)
+            check_image(image, index, self.config["INPUT.MIN_SIZE_TEST"], self.config["INPUT.MAX_SIZE_TEST"])
         with paddle.no_grad():
             return [self._detect_one(image) for image in images]
 

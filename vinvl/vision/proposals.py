@@ -107,7 +107,8 @@ def select_proposals(
     min_size: float,
 ) -> np.ndarray:
     """The official RPN test-time selection for one image and one feature level (see module doc)."""
-    scores = 1.0 / (1.0 + np.exp(-logits.astype(np.float32)))
+    with np.errstate(over="ignore"):  # exp overflows to inf for very negative logits: the sigmoid is then 0
+        scores = 1.0 / (1.0 + np.exp(-logits.astype(np.float32)))
     top = np.argsort(-scores, kind="stable")[: min(pre_nms_top_n, len(scores))]
     proposals = box_ops.decode(deltas[top], anchors[top], (1.0, 1.0, 1.0, 1.0))
     proposals = box_ops.clip(proposals, *image_size)

@@ -49,11 +49,12 @@ def normalize(image: np.ndarray, pixel_mean: Sequence[float], pixel_std: Sequenc
     return np.ascontiguousarray((chw - mean) / std)
 
 
-def check_image(image: np.ndarray, index: int) -> None:
-    """Refuse anything but an RGB uint8 ``HxWx3`` array, naming the image's position."""
+def check_image(image: np.ndarray, index: int, min_size: int, max_size: int) -> None:
+    """Refuse anything but an RGB uint8 ``HxWx3`` array that resizes to at least one pixel, naming its position."""
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         shape = getattr(image, "shape", None)
         dtype = getattr(image, "dtype", type(image).__name__)
         raise ValueError(f"image {index}: expected an RGB uint8 HxWx3 array, got {dtype} with shape {shape}")
-    if min(image.shape[:2]) < 1:
-        raise ValueError(f"image {index}: empty image of shape {image.shape}")
+    height, width = image.shape[:2]
+    if min(height, width) < 1 or min(resized_size(height, width, min_size, max_size)) < 1:
+        raise ValueError(f"image {index}: a {height}x{width} image is too thin to resize to at most {max_size} pixels")
