@@ -118,14 +118,14 @@ class ImageTextRetrievalTask(Task):
             script reads (official or detector layout) to use as the gallery.
         gallery: an in-memory gallery, ``{"image_ids", "features", "tags", "captions"?}``
             (captions: per image, optional).
+        _static_mode: score pairs with Paddle Inference from ``task_path/static`` (exported on
+            first use and again whenever the weights change).
         detector_path: a detector directory (``config.json`` [+ ``model.safetensors``]); lets
             queries be photos: a file path, a PIL image, an ``HxWx3`` uint8 array, or
             ``{"image": photo, "caption"?: ...}``, each detected and then answered as the
             ``{"features", "tags"}`` query of its regions and class names.
         gallery_images / gallery_cache_dir: a folder of photos to use as the gallery (no captions),
             extracted with the detector once and cached (see :mod:`vinvl.vision.queries`).
-        _static_mode: score pairs with Paddle Inference from ``task_path/static`` (exported on
-            first use and again whenever the weights change).
     """
 
     def __init__(
@@ -140,10 +140,10 @@ class ImageTextRetrievalTask(Task):
         gallery_split: str = "test",
         gallery_keys_file: Optional[str] = None,
         gallery: Optional[Dict[str, Any]] = None,
+        _static_mode: bool = False,
         detector_path: Optional[str] = None,
         gallery_images: Optional[str] = None,
         gallery_cache_dir: Optional[str] = None,
-        _static_mode: bool = False,
         **kwargs,
     ):
         _reject_mode(kwargs.get("mode", _mode_given_to_taskflow()))
@@ -169,14 +169,14 @@ class ImageTextRetrievalTask(Task):
             self._get_inference_model()
             scorer = _StaticMatchModel(self._model, self.predictor)
         self._engine = RetrievalEngine(scorer, self._processor, batch_size=batch_size, progress=False)
+        if gallery_images is not None:  # extracted once, then read from the cache, as an in-memory gallery
+            photos = photo_gallery(gallery_images, self._images, gallery_cache_dir)
+            gallery = {"image_ids": photos.image_ids, "features": photos.features, "tags": photos.tags}
         self._gallery: Optional[_GalleryCache] = None
         if gallery_dir is not None:
             self.set_gallery_from_dir(gallery_dir, gallery_split, gallery_keys_file)
         elif gallery is not None:
             self.set_gallery(**gallery)
-        elif gallery_images is not None:
-            photos = photo_gallery(gallery_images, self._images, gallery_cache_dir)
-            self.set_gallery(photos.image_ids, photos.features, photos.tags)
 
     # ----- paddlenlp Task hooks ------------------------------------------------------------
 
