@@ -8,10 +8,10 @@ import pytest
 
 import vinvl
 import paddle
-import paddle.nn.functional as F
 from vinvl import OscarConfig, OscarForImageTextRetrieval, OscarProcessor, OscarTokenizer
 from vinvl.retrieval import Gallery, RetrievalEngine, rerank_metrics
 from vinvl.retrieval import engine as engine_module
+from vinvl.retrieval import first_stage as first_stage_module
 
 FEATURE_DIM = 2054
 MAX_SEQ_LEN = 24
@@ -71,9 +71,11 @@ def exhaustive(engine, gallery):
 
 
 def score_alone(model, processor, caption, tags, feats):
+    """The match logit margin logit[1] - logit[0] of one pair, scored alone."""
     batch = processor.pad([processor.encode(caption, tags, feats)])
     with paddle.no_grad():
-        return float(F.softmax(model(**batch).logits, axis=-1)[0, 1])
+        logits = model(**batch).logits.numpy()[0]
+    return float(logits[1] - logits[0])
 
 
 def test_pair_id_arrays_equal_encode_oscar(tokenizer):
@@ -271,9 +273,9 @@ def test_faiss_is_used_when_importable(monkeypatch):
     monkeypatch.setitem(sys.modules, "faiss", types.SimpleNamespace(IndexFlatIP=IndexFlatIP))
     rng = np.random.default_rng(0)
     queries, keys = rng.standard_normal((5, 4)), rng.standard_normal((9, 4))
-    top = engine_module._top_k(queries, keys, 3)
+    top = first_stage_module.nearest(queries, keys, 3)
     monkeypatch.setitem(sys.modules, "faiss", None)  # import faiss -> ImportError: numpy path
-    fallback = engine_module._top_k(queries, keys, 3)
+    fallback = first_stage_module.nearest(queries, keys, 3)
     assert calls == [3]
     np.testing.assert_array_equal(np.sort(top, axis=1), np.sort(fallback, axis=1))
 

@@ -15,6 +15,7 @@ from vinvl.data import DataError, load_corpus, write_synthetic_corpus
 from vinvl.model_dir import load_retrieval_model
 from vinvl.retrieval import Gallery, RetrievalEngine, evaluate_corpus, fold_metrics, public_names
 from vinvl.retrieval import baseline
+from vinvl.retrieval.engine import match_probability
 from vinvl.retrieval.evaluate import main as eval_main
 
 NAMES = ("t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10", "rsum")
@@ -72,11 +73,16 @@ def test_exhaustive_metrics_equal_the_baseline(loaded, test_corpus, baseline_sco
     gallery = Gallery.from_corpus(test_corpus)
     reference = baseline_matrix(gallery, baseline_scores)
     engine = RetrievalEngine(model, processor, batch_size=7, progress=False).exhaustive(gallery)
-    noise = np.abs(engine.i2t - reference).max()
+    noise = np.abs(match_probability(engine.i2t) - reference).max()  # the engine scores logit margins
     assert noise < 1e-6  # dynamic vs fixed padding, shared vs per-pair region projection
-    # Ranks cannot depend on that noise: within each query, distinct scores are further apart.
-    gaps = [np.diff(np.unique(line)).min() for line in (*reference, *reference.T)]
-    assert min(gaps) > 4 * noise
+    # Ranks cannot depend on that noise: in each query, every wrong answer's score is further
+    # from the ground truth's than that (the engine ranks by margin, the baseline by probability).
+    c2i = gallery.caption_to_image
+    own = c2i[None, :] == np.arange(gallery.num_images)[:, None]
+    best_own = np.where(own, reference, -np.inf).max(axis=1)
+    i2t_gaps = np.abs(reference - best_own[:, None])[~own]
+    t2i_gaps = np.abs(reference - reference[c2i, np.arange(gallery.num_captions)][None, :])[~own]
+    assert min(i2t_gaps.min(), t2i_gaps.min()) > 4 * noise
     metrics = evaluate_corpus(model, processor, test_corpus, batch_size=7, progress=False)
     expected = baseline.baseline_metrics(gallery, baseline_scores)
     assert set(metrics) == set(NAMES) | {"pairs_scored"}
@@ -89,9 +95,9 @@ def test_exhaustive_metrics_equal_the_baseline(loaded, test_corpus, baseline_sco
 def test_two_stage_covering_everything_equals_exhaustive_and_small_k_scores_fewer(loaded, test_corpus):
     model, processor = loaded
     exhaustive = evaluate_corpus(model, processor, test_corpus, progress=False)
-    full = evaluate_corpus(model, processor, test_corpus, mode="two_stage", top_k=10_000, progress=False)
+    full = evaluate_corpus(model, processor, test_corpus, first_stage="contrastive", top_k=10_000, progress=False)
     assert full == exhaustive
-    small = evaluate_corpus(model, processor, test_corpus, mode="two_stage", top_k=2, progress=False)
+    small = evaluate_corpus(model, processor, test_corpus, first_stage="contrastive", top_k=2, progress=False)
     # each image's 2 captions and each caption's 2 images: at most I*2 + C*2 pairs
     assert small["pairs_scored"] <= TEST_IMAGES * 2 + TEST_IMAGES * 5 * 2 < exhaustive["pairs_scored"]
     assert set(small) == set(exhaustive)
@@ -122,10 +128,10 @@ def test_minival_reranks_each_image_against_its_caption_index(loaded, corpus_dir
 
 def test_evaluate_corpus_rejects_bad_settings(loaded, test_corpus):
     model, processor = loaded
-    with pytest.raises(ValueError, match="mode"):
-        evaluate_corpus(model, processor, test_corpus, mode="fast", progress=False)
+    with pytest.raises(ValueError, match="first_stage must be one of"):
+        evaluate_corpus(model, processor, test_corpus, first_stage="two_stage", progress=False)
     with pytest.raises(ValueError, match="top_k"):
-        evaluate_corpus(model, processor, test_corpus, mode="two_stage", top_k=0, progress=False)
+        evaluate_corpus(model, processor, test_corpus, first_stage="contrastive", top_k=0, progress=False)
     with pytest.raises(ValueError, match="batch_size"):
         evaluate_corpus(model, processor, test_corpus, batch_size=0, progress=False)
 
@@ -203,7 +209,7 @@ def test_eval_custom_key_file_in_two_stage_mode(model_dir, corpus_dir, test_corp
     keys.write_text("".join(f"{i}\n" for i in test_corpus.image_ids[3:7]))
     out = workdir / "keys"
     report = _eval(model_dir, corpus_dir, out, "--protocol", "keys", "--eval_img_keys_file", str(keys),
-                   "--mode", "two_stage", "--top_k", "2")
+                   "--first_stage", "contrastive", "--top_k", "2")
     assert report["num_images"] == 4 and report["num_captions"] == 20
     assert set(report["results"]) == {"keys"}
     assert report["pairs_scored"] < 4 * 20
@@ -222,6 +228,7 @@ def test_eval_custom_key_file_in_two_stage_mode(model_dir, corpus_dir, test_corp
         (["--fold_size", "3"], ValueError, "equal folds"),
         (["--top_k", "0"], ValueError, "top_k"),
         (["--batch_size", "-1"], ValueError, "batch_size"),
+        (["--mode", "two_stage"], ValueError, "--mode is gone: use --first_stage"),
     ],
 )
 def test_eval_bad_input_fails_clearly(model_dir, corpus_dir, workdir, extra, error, message):

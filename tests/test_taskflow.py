@@ -1,5 +1,8 @@
-"""Taskflow("image_text_retrieval") on a model trained in the test: the three query kinds, batch sizes,
-static vs dynamic scoring, and bad queries."""
+"""Taskflow("image_text_retrieval") on a model trained in the test, over a gallery larger than the
+first stage's candidates so every option's effect shows: the query kinds, each option (first_stage,
+candidates, top_k, batch_size, gallery_dir / gallery_split / gallery_keys_file, gallery,
+_static_mode), the rejected ``mode=``, and bad queries. The reference for every ranking is the
+engine run directly (margins of every pair, candidates from the first-stage functions)."""
 import os
 
 import numpy as np
@@ -10,18 +13,20 @@ from paddlenlp import Taskflow
 
 from vinvl.data import load_corpus, write_synthetic_corpus
 from vinvl.model_dir import load_retrieval_model
-from vinvl.retrieval import Gallery, RetrievalEngine
+from vinvl.retrieval import Gallery, RetrievalEngine, match_probability, tag_candidates
+from vinvl.taskflow import ImageTextRetrievalTask
 from vinvl.training.run import main as train_main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TEST_IMAGES = 24  # 120 captions: well above the candidates below
+CANDIDATES = 4
 TOP_K = 3
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("taskflow")
+def train_tiny(root, seed=5):
+    """A tiny model trained for 40 steps (both objectives) on a synthetic corpus; (model_dir, corpus_dir)."""
     corpus = str(root / "corpus")
-    write_synthetic_corpus(corpus, {"train": 48, "minival": 8, "val": 8, "test": 12}, seed=5)
+    write_synthetic_corpus(corpus, {"train": 48, "minival": 8, "val": 8, "test": TEST_IMAGES}, seed=seed)
     model_dir = str(root / "model")
     flags = {
         "model_name_or_path": os.path.join(REPO, "model_configs", "tiny"),
@@ -37,46 +42,184 @@ def trained(tmp_path_factory):
         "seed": "1",
     }
     train_main([t for k, v in flags.items() for t in (f"--{k}", v)])
+    record_trained_heads(model_dir, ["match", "contrastive"])  # what it was trained on
+    return model_dir, corpus
+
+
+def record_trained_heads(model_dir, heads):
+    """Rewrite the directory's config.json with ``trained_heads`` (weights untouched)."""
+    model, _ = load_retrieval_model(model_dir)
+    model.config.trained_heads = heads
+    model.config.save_pretrained(model_dir)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    model_dir, corpus = train_tiny(tmp_path_factory.mktemp("taskflow"))
     return model_dir, corpus, load_corpus(corpus, "test")
 
 
 @pytest.fixture(scope="module")
-def retrieval(trained):
-    model_dir, corpus, _ = trained
-    return Taskflow("image_text_retrieval", task_path=model_dir, gallery_dir=corpus, top_k=TOP_K, candidates=4, batch_size=5)
-
-
-def _reference_scores(model_dir, corpus):
-    """Every (image, caption) match score, by the engine run directly (an independent entry point)."""
+def reference(trained):
+    """(engine, gallery, margins [I, C]) of the test split, every pair, by the engine run directly."""
+    model_dir, _, corpus = trained
     model, processor = load_retrieval_model(model_dir)
     gallery = Gallery.from_corpus(corpus)
-    return RetrievalEngine(model, processor, progress=False).exhaustive(gallery).i2t, gallery
+    engine = RetrievalEngine(model, processor, progress=False)
+    return engine, gallery, engine.exhaustive(gallery).i2t
 
 
-def test_caption_query_returns_ranked_images(trained, retrieval):
-    model_dir, _, corpus = trained
-    caption = corpus.captions[2][0]
-    (result,) = retrieval(caption)
-    assert result["caption"] == caption
-    assert len(result["images"]) == TOP_K
-    scores = [r["score"] for r in result["images"]]
-    assert scores == sorted(scores, reverse=True)
-    reference, gallery = _reference_scores(model_dir, corpus)
-    column = int(np.flatnonzero(np.array(gallery.captions) == caption)[0])
-    for item in result["images"]:  # the re-ranked scores are the model's own match scores
-        row = corpus.index_of(item["image_id"])
-        assert item["score"] == pytest.approx(float(reference[row, column]), abs=1e-5)
+def make(trained, **options):
+    model_dir, corpus_dir, _ = trained
+    settings = dict(task_path=model_dir, gallery_dir=corpus_dir, top_k=TOP_K, candidates=CANDIDATES, batch_size=5)
+    settings.update(options)
+    return Taskflow("image_text_retrieval", **settings)
 
 
-def test_exhaustive_mode_ranks_every_image_by_the_match_score(trained):
-    model_dir, corpus_dir, corpus = trained
-    exhaustive = Taskflow("image_text_retrieval", task_path=model_dir, gallery_dir=corpus_dir, mode="exhaustive", top_k=len(corpus))
-    caption = corpus.captions[5][1]
-    (result,) = exhaustive(caption)
-    reference, gallery = _reference_scores(model_dir, corpus)
-    column = int(np.flatnonzero(np.array(gallery.captions) == caption)[0])
-    expected = [corpus.image_ids[i] for i in np.lexsort((np.arange(len(corpus)), -reference[:, column]))]
-    assert [r["image_id"] for r in result["images"]] == expected
+@pytest.fixture(scope="module")
+def retrieval(trained):
+    return make(trained)
+
+
+def ranked(margins, indices):
+    """``indices`` by margin, best first, ties in index order."""
+    indices = np.asarray(indices)
+    return indices[np.lexsort((indices, -margins[indices]))].tolist()
+
+
+def caption_column(gallery, caption):
+    return int(np.flatnonzero(np.array(gallery.captions) == caption)[0])
+
+
+def image_ids_of(result):
+    return [r["image_id"] for r in result["images"]]
+
+
+def captions_of(result):
+    return [r["caption"] for r in result["captions"]]
+
+
+QUERY_CAPTIONS = [(i, j) for i in range(0, TEST_IMAGES, 2) for j in (0, 3)]  # 24 caption queries
+
+
+# ----- the options ------------------------------------------------------------------------
+
+
+def test_mode_is_rejected_and_names_first_stage(trained):
+    model_dir, corpus_dir, _ = trained
+    # paddlenlp's Taskflow.__init__(task, model=None, mode=None, ...) keeps mode; the task sees it only on its frame.
+    with pytest.raises(ValueError, match="first_stage='exhaustive'"):
+        Taskflow("image_text_retrieval", task_path=model_dir, gallery_dir=corpus_dir, mode="exhaustive")
+    with pytest.raises(ValueError, match="first_stage"):
+        ImageTextRetrievalTask(task="image_text_retrieval", model="vinvl", task_path=model_dir, mode="two_stage")
+
+
+def test_first_stage_exhaustive_ranks_every_image_and_caption_by_margin(trained, reference):
+    _, gallery, margins = reference
+    exhaustive = make(trained, first_stage="exhaustive", top_k=10_000)
+    contrastive = make(trained, first_stage="contrastive", top_k=10_000)
+    differs = 0
+    for i, j in QUERY_CAPTIONS:
+        caption = gallery.captions_of(i)[j]
+        column = caption_column(gallery, caption)
+        (result,) = exhaustive(caption)
+        expected = ranked(margins[:, column], np.arange(gallery.num_images))
+        assert image_ids_of(result) == [gallery.image_ids[i] for i in expected]
+        for item in result["images"]:
+            row = gallery.image_ids.index(item["image_id"])
+            assert item["margin"] == pytest.approx(float(margins[row, column]), abs=1e-4)
+            assert item["score"] == pytest.approx(float(match_probability(margins[row, column])), abs=1e-5)
+        differs += image_ids_of(contrastive(caption)[0])[:5] != image_ids_of(result)[:5]
+    assert differs > 0  # the gallery is large enough for the first stage to matter
+    for i in (0, 5, 11):
+        (result,) = exhaustive({"image_id": gallery.image_ids[i]})
+        assert captions_of(result) == [gallery.captions[c] for c in ranked(margins[i], np.arange(gallery.num_captions))]
+
+
+def test_first_stage_contrastive_reranks_the_embedding_top_candidates(trained, reference, retrieval):
+    engine, gallery, margins = reference
+    image_embeds, caption_embeds = engine.embed_images(gallery), engine.embed_captions(gallery)
+    task = make(trained, first_stage="contrastive", top_k=CANDIDATES)
+    for i, j in QUERY_CAPTIONS[:8]:
+        column = gallery.caption_offsets[i] + j
+        proposed = np.argsort(-(image_embeds @ caption_embeds[column]), kind="stable")[:CANDIDATES]
+        (result,) = task(gallery.captions[column])
+        assert image_ids_of(result) == [gallery.image_ids[k] for k in ranked(margins[:, column], proposed)]
+    for i in (1, 8):
+        proposed = np.argsort(-(caption_embeds @ image_embeds[i]), kind="stable")[:CANDIDATES]
+        (result,) = task({"image_id": gallery.image_ids[i]})
+        assert captions_of(result) == [gallery.captions[c] for c in ranked(margins[i], proposed)]
+    # the default first stage on a model recording trained contrastive heads is this one
+    assert retrieval.task_instance._first_stage == "contrastive"
+    assert retrieval(gallery.captions[7]) == [dict(r, images=r["images"][:TOP_K]) for r in task(gallery.captions[7])]
+
+
+def test_first_stage_tags_reranks_the_bm25_candidates(trained, reference):
+    engine, gallery, margins = reference
+    proposed = tag_candidates(gallery, engine.processor.tokenizer, CANDIDATES)
+    task = make(trained, first_stage="tags", top_k=CANDIDATES)
+    for i, j in QUERY_CAPTIONS[:8]:
+        column = gallery.caption_offsets[i] + j
+        (result,) = task(gallery.captions[column])
+        assert image_ids_of(result) == [gallery.image_ids[k] for k in ranked(margins[:, column], proposed.t2i[column])]
+    for i in (2, 9):
+        (by_id,) = task({"image_id": gallery.image_ids[i]})
+        assert captions_of(by_id) == [gallery.captions[c] for c in ranked(margins[i], proposed.i2t[i])]
+        (by_features,) = task({"features": gallery.features(i), "tags": gallery.tags[i]})
+        assert captions_of(by_features) == captions_of(by_id)
+
+
+def test_candidates_and_top_k(trained, reference):
+    _, gallery, margins = reference
+    few = make(trained, first_stage="tags", candidates=2, top_k=10_000)
+    more = make(trained, first_stage="tags", candidates=12, top_k=10_000)
+    everything = make(trained, first_stage="tags", candidates=TEST_IMAGES, top_k=10_000)
+    exhaustive = make(trained, first_stage="exhaustive", top_k=10_000)
+    captions = [gallery.captions_of(i)[j] for i, j in QUERY_CAPTIONS]
+    sizes = {len(r["images"]) for r in few(captions)}, {len(r["images"]) for r in more(captions)}
+    assert sizes == ({2}, {12})  # a query's results are its candidates
+    assert everything(captions) == exhaustive(captions)  # candidates covering the gallery: exhaustive
+    short = make(trained, first_stage="exhaustive", top_k=TOP_K)
+    for full, top in zip(exhaustive(captions[:6]), short(captions[:6])):
+        assert top["images"] == full["images"][:TOP_K]
+
+
+def test_batch_size_bounds_every_forward_and_changes_no_result(trained):
+    one, seven = make(trained, batch_size=1, first_stage="exhaustive"), make(trained, batch_size=7, first_stage="exhaustive")
+    seen = {1: [], 7: []}
+    for size, task in ((1, one), (7, seven)):
+        head = task.task_instance._model.classifier  # runs once per forward of scored pairs
+        hook = head.register_forward_pre_hook(lambda layer, inputs, size=size: seen[size].append(inputs[0].shape[0]))
+        queries = [trained[2].captions[3][0], {"image_id": trained[2].image_ids[2]}]
+        results = task(queries)
+        hook.remove()
+        if size == 1:
+            first = results
+    assert set(seen[1]) == {1} and max(seen[7]) == 7
+    for a, b in zip(first, results):
+        key = "images" if "images" in a else "captions"
+        assert [r.get("image_id") for r in a[key]] == [r.get("image_id") for r in b[key]]
+        np.testing.assert_allclose([r["margin"] for r in a[key]], [r["margin"] for r in b[key]], atol=1e-4)
+
+
+def test_gallery_split_keys_file_and_in_memory_gallery(trained, tmp_path):
+    _, corpus_dir, corpus = trained
+    val = load_corpus(corpus_dir, "val")
+    caption = corpus.captions[0][0]
+    (result,) = make(trained, gallery_split="val", first_stage="exhaustive", top_k=100)(caption)
+    assert sorted(image_ids_of(result)) == sorted(val.image_ids)
+    keys = tmp_path / "keys.tsv"
+    keys.write_text("".join(f"{i}\n" for i in corpus.image_ids[5:11]))
+    (result,) = make(trained, gallery_keys_file=str(keys), first_stage="exhaustive", top_k=100)(caption)
+    assert sorted(image_ids_of(result)) == sorted(corpus.image_ids[5:11])
+    picked = [3, 4, 20]
+    in_memory = dict(image_ids=[corpus.image_ids[i] for i in picked], tags=[corpus.tags[i] for i in picked],
+                     features=[corpus.features(i) for i in picked], captions=[corpus.captions[i] for i in picked])
+    task = make(trained, gallery_dir=None, gallery=in_memory, first_stage="exhaustive", top_k=100)
+    (result,) = task(caption)
+    assert sorted(image_ids_of(result)) == sorted(in_memory["image_ids"])
+    (result,) = task({"image_id": corpus.image_ids[4]})
+    assert sorted(captions_of(result)) == sorted(c for i in picked for c in corpus.captions[i])
 
 
 def test_image_queries_by_id_and_by_features_agree(trained, retrieval):
@@ -85,18 +228,20 @@ def test_image_queries_by_id_and_by_features_agree(trained, retrieval):
     (by_features,) = retrieval({"features": corpus.features(4), "tags": corpus.tags[4]})
     assert by_id["image_id"] == corpus.image_ids[4] and by_features["image_id"] is None
     assert len(by_id["captions"]) == TOP_K
-    assert [c["caption"] for c in by_id["captions"]] == [c["caption"] for c in by_features["captions"]]
-    np.testing.assert_allclose([c["score"] for c in by_id["captions"]], [c["score"] for c in by_features["captions"]], atol=1e-6)
+    assert captions_of(by_id) == captions_of(by_features)
+    np.testing.assert_allclose([c["margin"] for c in by_id["captions"]], [c["margin"] for c in by_features["captions"]], atol=1e-5)
     for item in by_id["captions"]:
         owner = corpus.index_of(item["image_id"])
         assert item["caption"] in corpus.captions[owner]
 
 
-def test_pair_score_and_batches_of_queries(trained, retrieval):
-    model_dir, _, corpus = trained
-    reference, _ = _reference_scores(model_dir, corpus)
+def test_pair_score_and_batches_of_queries(trained, retrieval, reference):
+    _, gallery, margins = reference
+    _, _, corpus = trained
     (pair,) = retrieval({"image_id": corpus.image_ids[1], "caption": corpus.captions[1][0]})
-    assert pair["score"] == pytest.approx(float(reference[1, 5]), abs=1e-5)  # caption 0 of image 1 is column 5
+    column = gallery.caption_offsets[1]
+    assert pair["margin"] == pytest.approx(float(margins[1, column]), abs=1e-4)
+    assert pair["score"] == pytest.approx(float(match_probability(margins[1, column])), abs=1e-5)
     captions = [corpus.captions[i][0] for i in range(4)]
     batch = retrieval(captions)
     assert [r["caption"] for r in batch] == captions
@@ -104,16 +249,30 @@ def test_pair_score_and_batches_of_queries(trained, retrieval):
 
 
 def test_static_graph_gives_the_dynamic_scores(trained, retrieval):
-    model_dir, corpus_dir, corpus = trained
-    static = Taskflow("image_text_retrieval", task_path=model_dir, gallery_dir=corpus_dir, top_k=TOP_K, candidates=4, _static_mode=True)
+    model_dir, _, corpus = trained
+    static = make(trained, _static_mode=True)
     assert os.path.isfile(os.path.join(model_dir, "static", "inference.pdiparams"))
     for query in (corpus.captions[3][2], {"image_id": corpus.image_ids[7]}):
         (dynamic_result,) = retrieval(query)
         (static_result,) = static(query)
         key = "images" if isinstance(query, str) else "captions"
         np.testing.assert_allclose(
-            [r["score"] for r in static_result[key]], [r["score"] for r in dynamic_result[key]], atol=1e-5
+            [r["margin"] for r in static_result[key]], [r["margin"] for r in dynamic_result[key]], atol=1e-4
         )
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"first_stage": "two_stage"}, "first_stage must be one of"),
+        ({"candidates": 0}, "candidates"),
+        ({"top_k": True}, "top_k"),
+        ({"batch_size": -1}, "batch_size"),
+    ],
+)
+def test_bad_options_raise_a_clear_value_error(trained, options, message):
+    with pytest.raises(ValueError, match=message):
+        make(trained, **options)
 
 
 @pytest.mark.parametrize(

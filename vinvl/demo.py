@@ -57,9 +57,9 @@ def _train(corpus_dir: str, model_dir: str, steps: int, seed: int) -> None:
 def _evaluate(model_dir: str, corpus) -> Dict[str, Dict[str, float]]:
     model, processor = load_retrieval_model(model_dir)
     results = {}
-    for name, mode in (("exhaustive", "exhaustive"), ("two-stage (k=16)", "two_stage")):
+    for name, first_stage in (("exhaustive", "exhaustive"), ("two-stage (k=16)", "contrastive")):
         start = time.time()
-        metrics = evaluate_corpus(model, processor, corpus, mode=mode, top_k=16, batch_size=64)
+        metrics = evaluate_corpus(model, processor, corpus, first_stage=first_stage, top_k=16, batch_size=64)
         metrics["seconds"] = time.time() - start
         results[name] = metrics
     return results

@@ -10,15 +10,25 @@
     retrieval({"image_id": "500012", "caption": "a dog"})  # pair -> match score
 
 Every call takes one query or a list of queries and returns a list with one result per query
-(plain dicts, scores descending, ties in gallery order). The gallery's first-stage embeddings
-are computed once when it is set; queries are answered in two stages by default (contrastive
-top-``candidates``, then the match head), or exhaustively with ``mode="exhaustive"``.
+(plain dicts, best first). ``score`` is the match probability; the order comes from the logit
+``margin`` (also returned), which keeps confident pairs apart where probabilities saturate to
+1.0; equal margins list in gallery order.
+
+``first_stage`` picks which gallery items the match head re-ranks for a query: ``contrastive``
+(top-``candidates`` by embedding similarity), ``tags`` (top-``candidates`` by BM25 of caption
+words against detector tags; needs no trained heads), ``exhaustive`` (every item), or ``auto``
+(the default: ``contrastive`` if the model records trained contrastive heads, else
+``exhaustive``, said once as a warning). What a first stage needs of the gallery (embeddings, BM25
+statistics) is computed once when the gallery is set. The option is not called ``mode``:
+paddlenlp's ``Taskflow.__init__`` keeps ``mode`` for itself and never passes it to a task, so
+``mode=`` is rejected with an error naming ``first_stage``.
 Nothing is downloaded: ``task_path`` must be a saved model directory.
 """
 from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -29,22 +39,24 @@ from paddlenlp.taskflow import utils as taskflow_utils
 from paddlenlp.taskflow.task import Task
 
 from .model_dir import WEIGHT_FILES, load_retrieval_model
-from .retrieval import Gallery, RetrievalEngine
+from .retrieval import Gallery, RetrievalEngine, match_probability
+from .retrieval.first_stage import FIRST_STAGE_CHOICES, BM25Index, check_first_stage, resolve_first_stage, tag_words, words_of
 
 __all__ = ["TASK_NAME", "ImageTextRetrievalTask", "register_task"]
 
 TASK_NAME = "image_text_retrieval"
-MODES = ("two_stage", "exhaustive")
 
 
 @dataclass
 class _GalleryCache:
-    """A gallery's images and captions with their first-stage embeddings, computed once."""
+    """A gallery's images and captions with what the first stage needs of them, computed once."""
 
     images: Gallery  # images (+ their captions as free text)
-    image_embeds: Optional[np.ndarray]  # [I, E]
-    caption_embeds: Optional[np.ndarray]  # [C, E]
     caption_image_ids: List[Optional[str]]  # the gallery image each caption came with, if any
+    image_embeds: Optional[np.ndarray] = None  # [I, E] (contrastive)
+    caption_embeds: Optional[np.ndarray] = None  # [C, E] (contrastive)
+    image_index: Optional[BM25Index] = None  # images as documents of their tag words (tags)
+    caption_index: Optional[BM25Index] = None  # captions as documents of their words (tags)
 
 
 class _StaticMatchModel:
@@ -95,8 +107,10 @@ class ImageTextRetrievalTask(Task):
         task_path: a saved model directory (``save_pretrained`` output); required.
         batch_size: pairs per forward pass.
         top_k: results per query.
-        mode: ``two_stage`` (default) or ``exhaustive``.
-        candidates: first-stage candidates re-ranked per query in two-stage mode.
+        first_stage: ``auto`` (default), ``contrastive``, ``tags`` or ``exhaustive`` (see the
+            module docstring); ``contrastive`` on a model whose contrastive heads are not
+            trained (``config.json`` ``trained_heads``) is an error.
+        candidates: gallery items the first stage proposes per query for re-ranking.
         gallery_dir / gallery_split / gallery_keys_file: a data directory the ``coco_ir`` loading
             script reads (official or detector layout) to use as the gallery.
         gallery: an in-memory gallery, ``{"image_ids", "features", "tags", "captions"?}``
@@ -111,7 +125,7 @@ class ImageTextRetrievalTask(Task):
         model: str,
         batch_size: int = 32,
         top_k: int = 5,
-        mode: str = "two_stage",
+        first_stage: str = "auto",
         candidates: int = 16,
         gallery_dir: Optional[str] = None,
         gallery_split: str = "test",
@@ -120,19 +134,20 @@ class ImageTextRetrievalTask(Task):
         _static_mode: bool = False,
         **kwargs,
     ):
+        _reject_mode(kwargs.get("mode", _mode_given_to_taskflow()))
         # Task.__init__ would report usage over the network; this task never touches the network.
         taskflow_utils.DOWNLOAD_CHECK = True
         super().__init__(task=task, model=model, **kwargs)
         if not self._custom_model:
             raise ValueError("image_text_retrieval needs task_path=<a saved model directory>; it downloads nothing")
         for name, value in (("batch_size", batch_size), ("top_k", top_k), ("candidates", candidates)):
-            if not isinstance(value, int) or value <= 0:
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        self._batch_size, self._top_k, self._mode, self._candidates = batch_size, top_k, mode, candidates
+        check_first_stage(first_stage, FIRST_STAGE_CHOICES)
+        self._batch_size, self._top_k, self._candidates = batch_size, top_k, candidates
         self._static_mode = _static_mode
         self._construct_model(model)
+        self._first_stage = resolve_first_stage(first_stage, self._model.config)
         self._construct_tokenizer(model)
         scorer = self._model
         if _static_mode:
@@ -232,11 +247,15 @@ class ImageTextRetrievalTask(Task):
         owners = [str(image_ids[i]) for i, per_image in enumerate(captions) for _ in per_image]
         images = Gallery.for_queries(image_ids, tags, features, flat)
         self._check_width(images)
-        image_embeds = caption_embeds = None
-        if self._model.config.contrastive_dim > 0:
-            image_embeds = self._engine.embed_images(images)
-            caption_embeds = self._engine.embed_captions(images) if flat else np.zeros((0, image_embeds.shape[1]), np.float32)
-        self._gallery = _GalleryCache(images, image_embeds, caption_embeds, owners)
+        cache = _GalleryCache(images, owners)
+        if self._first_stage == "contrastive":
+            cache.image_embeds = self._engine.embed_images(images)
+            cache.caption_embeds = self._engine.embed_captions(images) if flat else None
+        elif self._first_stage == "tags":
+            tokenizer = self._processor.tokenizer
+            cache.image_index = BM25Index([tag_words(tokenizer, t) for t in images.tags])
+            cache.caption_index = BM25Index([words_of(tokenizer, c) for c in flat]) if flat else None
+        self._gallery = cache
 
     def _check_width(self, gallery: Gallery) -> None:
         if gallery.feature_dim != self._processor.img_feature_dim:
@@ -301,8 +320,8 @@ class ImageTextRetrievalTask(Task):
         image = self._query_image(query)
         if query["kind"] == "pair":
             pair = Gallery.for_queries(*image, [query["caption"]])
-            score = float(self._engine.score_pairs(pair, np.array([0]), np.array([0]))[0])
-            return {"image_id": query["image_id"], "caption": query["caption"], "score": score}
+            margin = self._engine.score_pairs(pair, np.array([0]), np.array([0]))[0]
+            return {"image_id": query["image_id"], "caption": query["caption"], **_scored(margin)}
         return self._image_to_captions(query, image)
 
     def _query_image(self, query: Dict[str, Any]):
@@ -318,14 +337,18 @@ class ImageTextRetrievalTask(Task):
         images = gallery.images
         scoring = Gallery.for_queries(images.image_ids, images.tags, images.features, [caption])
         candidates = np.arange(images.num_images)
-        if self._mode == "two_stage" and gallery.image_embeds is not None and self._candidates < images.num_images:
-            query_embed = self._engine.embed_captions(
-                Gallery.for_queries(images.image_ids[:1], images.tags[:1], [images.features(0)], [caption])
-            )
-            candidates = _best(gallery.image_embeds @ query_embed[0], self._candidates)
-        scores = self._engine.score_pairs(scoring, candidates, np.zeros_like(candidates))
-        ranked = _best_in_order(scores, candidates, self._top_k)
-        return {"caption": caption, "images": [{"image_id": images.image_ids[i], "score": float(s)} for i, s in ranked]}
+        if self._candidates < images.num_images:
+            if self._first_stage == "contrastive":
+                query_embed = self._engine.embed_captions(
+                    Gallery.for_queries(images.image_ids[:1], images.tags[:1], [images.features(0)], [caption])
+                )
+                candidates = _best(gallery.image_embeds @ query_embed[0], self._candidates)
+            elif self._first_stage == "tags":
+                words = words_of(self._processor.tokenizer, caption)
+                candidates = np.sort(gallery.image_index.top_k([words], self._candidates)[0])
+        margins = self._engine.score_pairs(scoring, candidates, np.zeros_like(candidates))
+        ranked = _best_in_order(margins, candidates, self._top_k)
+        return {"caption": caption, "images": [{"image_id": images.image_ids[i], **_scored(m)} for i, m in ranked]}
 
     def _image_to_captions(self, query: Dict[str, Any], image) -> Dict[str, Any]:
         gallery = self._require_gallery("an image query")
@@ -334,20 +357,46 @@ class ImageTextRetrievalTask(Task):
             raise ValueError("the gallery has no captions to retrieve; set captions with the gallery")
         scoring = Gallery.for_queries(*image, captions)
         candidates = np.arange(len(captions))
-        if self._mode == "two_stage" and gallery.caption_embeds is not None and self._candidates < len(captions):
-            if query.get("index") is not None:
-                image_embed = gallery.image_embeds[query["index"]]
-            else:
-                image_embed = self._engine.embed_images(Gallery.for_queries(*image, []))[0]
-            candidates = _best(gallery.caption_embeds @ image_embed, self._candidates)
-        scores = self._engine.score_pairs(scoring, np.zeros_like(candidates), candidates)
-        ranked = _best_in_order(scores, candidates, self._top_k)
+        if self._candidates < len(captions):
+            if self._first_stage == "contrastive":
+                if query.get("index") is not None:
+                    image_embed = gallery.image_embeds[query["index"]]
+                else:
+                    image_embed = self._engine.embed_images(Gallery.for_queries(*image, []))[0]
+                candidates = _best(gallery.caption_embeds @ image_embed, self._candidates)
+            elif self._first_stage == "tags":
+                words = tag_words(self._processor.tokenizer, image[1][0])
+                candidates = np.sort(gallery.caption_index.top_k([words], self._candidates)[0])
+        margins = self._engine.score_pairs(scoring, np.zeros_like(candidates), candidates)
+        ranked = _best_in_order(margins, candidates, self._top_k)
         return {
             "image_id": query["image_id"],
             "captions": [
-                {"caption": captions[c], "image_id": gallery.caption_image_ids[c], "score": float(s)} for c, s in ranked
+                {"caption": captions[c], "image_id": gallery.caption_image_ids[c], **_scored(m)} for c, m in ranked
             ],
         }
+
+
+def _mode_given_to_taskflow() -> Optional[str]:
+    """The ``mode=`` a user gave ``paddlenlp.Taskflow`` (which keeps it), read from its frame.
+
+    ``Taskflow.__init__`` builds the task inside its own body, so its frame is on the stack.
+    """
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code is paddlenlp_taskflow.Taskflow.__init__.__code__:
+            return frame.f_locals.get("mode")
+        frame = frame.f_back
+    return None
+
+
+def _reject_mode(mode: Optional[str]) -> None:
+    if mode is not None:
+        raise ValueError(
+            f"image_text_retrieval has no 'mode' option (paddlenlp's Taskflow keeps mode= for itself, so "
+            f"mode={mode!r} would be ignored): use first_stage='exhaustive' to score every image / caption, "
+            "or first_stage='contrastive', 'tags' or 'auto' (the default) with candidates=N"
+        )
 
 
 def _best(similarity: np.ndarray, k: int) -> np.ndarray:
@@ -355,10 +404,15 @@ def _best(similarity: np.ndarray, k: int) -> np.ndarray:
     return np.sort(np.argpartition(-similarity, k - 1)[:k])
 
 
-def _best_in_order(scores: np.ndarray, indices: np.ndarray, k: int):
-    """(index, score) of the k best, scores descending, ties by index."""
-    order = np.lexsort((indices, -scores))[:k]
-    return [(int(indices[o]), float(scores[o])) for o in order]
+def _best_in_order(margins: np.ndarray, indices: np.ndarray, k: int):
+    """(index, margin) of the k best, margins descending, ties by index."""
+    order = np.lexsort((indices, -margins))[:k]
+    return [(int(indices[o]), float(margins[o])) for o in order]
+
+
+def _scored(margin: float) -> Dict[str, float]:
+    """What a result reports of a pair: its match probability and the logit margin it is ranked by."""
+    return {"score": float(match_probability(margin)), "margin": float(margin)}
 
 
 def _weights_md5(model_dir: str) -> str:

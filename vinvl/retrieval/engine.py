@@ -18,6 +18,17 @@ batches (of pair scoring and of the first-stage embeddings) are split into conti
 one per rank, and the results are summed across ranks (each value is written by exactly one
 rank), so every rank returns the full result. With equal thread counts it is bit-identical to
 one process.
+
+Scores and the tie rule. Every score this engine returns is the match head's logit margin
+``logit[1] - logit[0]``; the match probability ``softmax[:, 1]`` is ``sigmoid(margin)``
+(:func:`match_probability`), the same order, but in float32 it saturates to exactly 1.0 for
+margins above ~17, turning distinct confident pairs into ties. Ranking by the margin keeps them
+apart. Per query, pairs rank by margin, higher first; pairs with equal margins are tied:
+:mod:`vinvl.retrieval.metrics` counts a tie against the ground truth (pessimistic) and listings
+(ranked results, Taskflow) put tied pairs in gallery order (lower index first).
+
+First stages (``two_stage(first_stage=...)``) are in :mod:`vinvl.retrieval.first_stage`:
+contrastive embeddings or BM25 over detector tags.
 """
 from __future__ import annotations
 
@@ -27,24 +38,29 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import paddle
-import paddle.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..modeling import OscarForImageTextRetrieval
 from ..processor import OscarProcessor
 from .distributed import all_reduce_sum, rank, shard
+from .first_stage import Candidates, check_first_stage, contrastive_candidates, tag_candidates
 from .gallery import Gallery
 from .metrics import DEFAULT_KS, retrieval_metrics
 
-__all__ = ["RetrievalEngine", "RetrievalScores", "IMAGE_BLOCK"]
+__all__ = ["RetrievalEngine", "RetrievalScores", "IMAGE_BLOCK", "match_probability"]
 
 IMAGE_BLOCK = 128  # images whose projected regions are held at once
-_SIMILARITY_CHUNK = 1 << 22  # cells of the first-stage similarity computed at once
+
+
+def match_probability(margins: np.ndarray) -> np.ndarray:
+    """The match probability ``softmax(logits)[:, 1]`` of logit margins: ``sigmoid(margin)``, float32."""
+    margins = np.asarray(margins, dtype=np.float64)
+    return (0.5 * (1.0 + np.tanh(0.5 * margins))).astype(np.float32)
 
 
 @dataclass
 class RetrievalScores:
-    """Image x caption score matrices (float32 ``[I, C]``, match probability softmax[:, 1]).
+    """Image x caption score matrices (float32 ``[I, C]``, match logit margins ``logit[1] - logit[0]``).
 
     ``i2t`` ranks captions for each image and ``t2i`` images for each caption; they are the
     same array for exhaustive scoring. Pairs a two-stage search did not re-rank hold ``-inf``.
@@ -122,23 +138,23 @@ class RetrievalEngine:
         pairs = gallery.num_images * gallery.num_captions
         return RetrievalScores(scores, scores, pairs, time.perf_counter() - start)
 
-    def two_stage(self, gallery: Gallery, k: int = 128) -> RetrievalScores:
-        """Contrastive top-k candidates per query in both directions, re-ranked by the match head.
+    def two_stage(self, gallery: Gallery, k: int = 128, first_stage: str = "contrastive") -> RetrievalScores:
+        """A first stage's top-k candidates per query in both directions, re-ranked by the match head.
 
-        Each image's k most similar captions fill its ``i2t`` row and each caption's k most
-        similar images fill its ``t2i`` column; the union of those pairs is scored once.
-        Everything else is ``-inf``. When k covers every caption (or every image) all pairs are
-        scored and that direction's matrix equals :meth:`exhaustive` exactly; when it covers
-        both, so do both.
+        ``first_stage``: ``contrastive`` (embedding similarity) or ``tags`` (BM25 of caption
+        words against detector tags), see :meth:`first_stage_candidates`. Each image's k
+        candidate captions fill its ``i2t`` row and each caption's k candidate images fill its
+        ``t2i`` column; the union of those pairs is scored once. Everything else is ``-inf``.
+        When k covers every caption (or every image) all pairs are scored and that direction's
+        matrix equals :meth:`exhaustive` exactly; when it covers both, so do both.
         """
-        if not isinstance(k, (int, np.integer)) or k <= 0:
+        check_first_stage(first_stage, ("contrastive", "tags"))
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
             raise ValueError(f"k must be a positive integer, got {k!r}")
         start = time.perf_counter()
         tokens = self._prepare(gallery)
-        image_embeds = self._embed_images(gallery, tokens)
-        caption_embeds = self._embed_captions(tokens)
-        i2t_captions = _top_k(image_embeds, caption_embeds, k)  # [I, k_i2t]
-        t2i_images = _top_k(caption_embeds, image_embeds, k)  # [C, k_t2i]
+        candidates = self._candidates(gallery, tokens, first_stage, k)
+        i2t_captions, t2i_images = candidates.i2t, candidates.t2i  # [I, k_i2t], [C, k_t2i]
         num_captions = gallery.num_captions
         i2t_codes = (np.arange(gallery.num_images)[:, None] * num_captions + i2t_captions).ravel()
         t2i_codes = (t2i_images * num_captions + np.arange(num_captions)[:, None]).ravel()
@@ -149,7 +165,7 @@ class RetrievalEngine:
         return RetrievalScores(i2t, t2i, int(len(union)), time.perf_counter() - start)
 
     def score_pairs(self, gallery: Gallery, images: np.ndarray, captions: np.ndarray) -> np.ndarray:
-        """Match scores ``[P]`` of the given (image index, caption index) pairs, in the given order."""
+        """Match scores (logit margins) ``[P]`` of the given (image index, caption index) pairs, in the given order."""
         images = np.asarray(images, dtype=np.int64).ravel()
         captions = np.asarray(captions, dtype=np.int64).ravel()
         if images.shape != captions.shape:
@@ -166,7 +182,7 @@ class RetrievalEngine:
         return self._score_codes(gallery, tokens, unique)[inverse]
 
     def rerank(self, gallery: Gallery, candidates: Optional[np.ndarray] = None) -> np.ndarray:
-        """Scores ``[I, K]`` of each image with its listed candidate captions (minival re-ranking).
+        """Scores (logit margins) ``[I, K]`` of each image with its listed candidate captions (minival re-ranking).
 
         ``candidates`` defaults to the gallery's own (from the corpus' ``caption_index``); rank
         them with :func:`vinvl.retrieval.metrics.rerank_metrics`.
@@ -178,6 +194,23 @@ class RetrievalEngine:
             raise ValueError(f"candidates must be [{gallery.num_images}, K], got {list(candidates.shape)}")
         images = np.repeat(np.arange(gallery.num_images), candidates.shape[1])
         return self.score_pairs(gallery, images, candidates.ravel()).reshape(candidates.shape)
+
+    def first_stage_candidates(self, gallery: Gallery, first_stage: str, k: int) -> Candidates:
+        """The candidates ``first_stage`` (``contrastive`` or ``tags``) proposes for every query, k each.
+
+        ``contrastive``: each image's k captions of highest embedding similarity and each
+        caption's k images. ``tags``: :func:`vinvl.retrieval.first_stage.tag_candidates` with
+        this engine's tokenizer. Does not look at ``config.trained_heads``: entry points decide
+        whether contrastive heads may be used (:func:`vinvl.retrieval.first_stage.resolve_first_stage`).
+        """
+        check_first_stage(first_stage, ("contrastive", "tags"))
+        tokens = self._prepare(gallery) if first_stage == "contrastive" else None
+        return self._candidates(gallery, tokens, first_stage, k)
+
+    def _candidates(self, gallery: Gallery, tokens: Optional["_Tokens"], first_stage: str, k: int) -> Candidates:
+        if first_stage == "tags":
+            return tag_candidates(gallery, self.processor.tokenizer, k)
+        return contrastive_candidates(self._embed_images(gallery, tokens), self._embed_captions(tokens), k)
 
     def embed_captions(self, gallery: Gallery) -> np.ndarray:
         """Caption-only embeddings ``[C, contrastive_dim]`` (``[CLS] caption [SEP]``), L2-normalised."""
@@ -297,8 +330,8 @@ class RetrievalEngine:
             region_lens,
             img_embeds.shape[1],
         )
-        logits = self.model(**_to_tensors(inputs), img_embeds=img_embeds).logits
-        return F.softmax(logits, axis=-1)[:, 1].numpy().astype(np.float32)
+        logits = self.model(**_to_tensors(inputs), img_embeds=img_embeds).logits.numpy().astype(np.float32)
+        return logits[:, 1] - logits[:, 0]
 
     # ----- first stage --------------------------------------------------------------------
 
@@ -367,30 +400,6 @@ def _batch_regions(
     region_lens = block_region_lens[local_images]
     embeds = paddle.gather(block_embeds, paddle.to_tensor(local_images))[:, : int(region_lens.max())]
     return embeds, region_lens
-
-
-def _top_k(queries: np.ndarray, keys: np.ndarray, k: int) -> np.ndarray:
-    """Indices ``[Q, min(k, K)]`` of each query's k highest inner products with the keys (any order).
-
-    Uses faiss (exact inner-product index) when it is installed, else chunked numpy matmuls.
-    """
-    k = min(k, len(keys))
-    if k == len(keys):
-        return np.broadcast_to(np.arange(k), (len(queries), k))
-    try:
-        import faiss
-    except ImportError:
-        faiss = None
-    if faiss is not None:
-        index = faiss.IndexFlatIP(keys.shape[1])
-        index.add(np.ascontiguousarray(keys, dtype=np.float32))
-        return index.search(np.ascontiguousarray(queries, dtype=np.float32), k)[1].astype(np.int64)
-    out = np.empty((len(queries), k), dtype=np.int64)
-    step = max(1, _SIMILARITY_CHUNK // len(keys))
-    for s in range(0, len(queries), step):
-        sim = queries[s : s + step] @ keys.T
-        out[s : s + step] = np.argpartition(-sim, k - 1, axis=1)[:, :k]
-    return out
 
 
 def _scatter(gallery: Gallery, union: np.ndarray, values: np.ndarray, codes: np.ndarray) -> np.ndarray:

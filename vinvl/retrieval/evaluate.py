@@ -2,7 +2,8 @@
 
 :func:`evaluate_corpus` is what ``RetrievalTrainer.evaluate`` calls: the minival top-20
 re-rank setting when the corpus carries its caption index (as the official code evaluates
-during training), otherwise the whole split ranked exhaustively or in two stages.
+during training), otherwise the whole split ranked exhaustively or in two stages (a first stage
+of :mod:`vinvl.retrieval.first_stage` proposes, the match head re-ranks).
 
 :func:`main` (``vinvl eval`` / ``scripts/eval_retrieval.py``) runs the COCO protocols:
 
@@ -33,12 +34,12 @@ import numpy as np
 
 from ..data.formats import DataError, load_image_keys
 from .distributed import rank
-from .engine import RetrievalEngine, RetrievalScores
+from .engine import RetrievalEngine, RetrievalScores, match_probability
+from .first_stage import FIRST_STAGE_CHOICES, FIRST_STAGES, check_first_stage, resolve_first_stage
 from .gallery import Gallery
 from .metrics import fold_metrics, i2t_ranks, rerank_metrics, subset_metrics, t2i_ranks, top_k_indices
 
 __all__ = [
-    "MODES",
     "PROTOCOLS",
     "evaluate_corpus",
     "public_names",
@@ -49,7 +50,6 @@ __all__ = [
     "main",
 ]
 
-MODES = ("exhaustive", "two_stage")
 PROTOCOLS = ("coco1k", "coco5k", "keys")
 RANKED_TOP = 10  # results listed per query in the ranked-results files
 
@@ -59,17 +59,21 @@ def public_names(metrics: Dict[str, float]) -> Dict[str, float]:
     return {name.replace("_R@", "_r"): float(value) for name, value in metrics.items()}
 
 
-def _check_mode(mode: str, top_k: int) -> None:
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+def _check_first_stage(first_stage: str, top_k: int) -> None:
+    check_first_stage(first_stage, FIRST_STAGES)
     if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k <= 0:
         raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
 
 
-def score_gallery(engine: RetrievalEngine, gallery: Gallery, mode: str = "exhaustive", top_k: int = 16) -> RetrievalScores:
-    """The gallery's score matrices, every pair (``exhaustive``) or contrastive top-k re-ranked (``two_stage``)."""
-    _check_mode(mode, top_k)
-    return engine.exhaustive(gallery) if mode == "exhaustive" else engine.two_stage(gallery, k=top_k)
+def score_gallery(
+    engine: RetrievalEngine, gallery: Gallery, first_stage: str = "exhaustive", top_k: int = 16
+) -> RetrievalScores:
+    """The gallery's score matrices: every pair (``first_stage="exhaustive"``), or the top-k
+    candidates of the ``contrastive`` or ``tags`` first stage re-ranked by the match head."""
+    _check_first_stage(first_stage, top_k)
+    if first_stage == "exhaustive":
+        return engine.exhaustive(gallery)
+    return engine.two_stage(gallery, k=top_k, first_stage=first_stage)
 
 
 def evaluate_corpus(
@@ -77,7 +81,7 @@ def evaluate_corpus(
     processor: Any,
     corpus: Any,
     *,
-    mode: str = "exhaustive",
+    first_stage: str = "exhaustive",
     top_k: int = 16,
     batch_size: int = 32,
     use_caption_index: bool = True,
@@ -89,11 +93,13 @@ def evaluate_corpus(
     negatives), each image ranks only its listed candidates, as the official code evaluates
     during training: only image-to-text is defined there, so the result holds ``i2t_r1/5/10``
     and ``rsum`` is their sum (comparable between evaluations of one run, not with a full rsum).
-    Otherwise every image and caption of the corpus is ranked (``mode`` exhaustive or
-    two_stage with ``top_k`` candidates per query) and ``rsum`` sums all six recalls.
+    Otherwise every image and caption of the corpus is ranked (``first_stage`` exhaustive, or
+    contrastive / tags with ``top_k`` candidates per query) and ``rsum`` sums all six recalls.
+    The first stage is used as given (``config.trained_heads`` is not consulted: the trainer
+    evaluates heads it is training).
     Under ``paddle.distributed.launch`` the pair work is shared and every rank returns the same.
     """
-    _check_mode(mode, top_k)
+    _check_first_stage(first_stage, top_k)
     gallery = Gallery.from_corpus(corpus)
     engine = RetrievalEngine(model, processor, batch_size=batch_size, progress=progress)
     if use_caption_index and gallery.candidates is not None:
@@ -103,7 +109,7 @@ def evaluate_corpus(
         rows = np.arange(gallery.num_images)[:, None]
         metrics["pairs_scored"] = float(len(np.unique(rows * gallery.num_captions + candidates)))
         return metrics
-    scores = score_gallery(engine, gallery, mode, top_k)
+    scores = score_gallery(engine, gallery, first_stage, top_k)
     metrics = public_names(scores.metrics(gallery.caption_to_image))
     metrics["pairs_scored"] = float(scores.pairs_scored)
     return metrics
@@ -148,7 +154,7 @@ def run_protocol(
     gallery: Gallery,
     protocol: str,
     *,
-    mode: str = "exhaustive",
+    first_stage: str = "exhaustive",
     top_k: int = 16,
     fold_size: int = 1000,
     subset: Optional[np.ndarray] = None,
@@ -157,13 +163,15 @@ def run_protocol(
 
     ``subset``: gallery indices of the official 1K images (``coco1k`` and ``coco5k``), or None.
     ``fold_size``: images per fold of the 5-fold 1K average (``coco1k`` and ``coco5k``).
+    ``first_stage`` / ``top_k``: as :func:`score_gallery` (resolve ``auto`` first with
+    :func:`vinvl.retrieval.first_stage.resolve_first_stage`).
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
-    _check_mode(mode, top_k)
+    _check_first_stage(first_stage, top_k)
     if protocol == "coco1k":
-        return _coco1k(engine, gallery, mode, top_k, _folds(gallery.num_images, fold_size), subset)
-    scores = score_gallery(engine, gallery, mode, top_k)
+        return _coco1k(engine, gallery, first_stage, top_k, _folds(gallery.num_images, fold_size), subset)
+    scores = score_gallery(engine, gallery, first_stage, top_k)
     c2i = gallery.caption_to_image
     results = {"5k" if protocol == "coco5k" else "keys": _metrics(scores, c2i)}
     if protocol == "coco5k":
@@ -175,13 +183,18 @@ def run_protocol(
 
 
 def _coco1k(
-    engine: RetrievalEngine, gallery: Gallery, mode: str, top_k: int, folds: List[np.ndarray], subset: Optional[np.ndarray]
+    engine: RetrievalEngine,
+    gallery: Gallery,
+    first_stage: str,
+    top_k: int,
+    folds: List[np.ndarray],
+    subset: Optional[np.ndarray],
 ) -> ProtocolResult:
     """Each fold scored as its own gallery; the official subset reuses a fold holding the same images."""
     per_fold, scored = [], []
     for fold in folds:
         fold_gallery = gallery.subset(fold)
-        scores = score_gallery(engine, fold_gallery, mode, top_k)
+        scores = score_gallery(engine, fold_gallery, first_stage, top_k)
         per_fold.append(_metrics(scores, fold_gallery.caption_to_image))
         scored.append((fold_gallery, scores))
     results = {"1k_5fold": {name: float(np.mean([m[name] for m in per_fold])) for name in per_fold[0]}}
@@ -192,7 +205,7 @@ def _coco1k(
             primary = same[0]
         else:
             subset_gallery = gallery.subset(subset)
-            primary = (subset_gallery, score_gallery(engine, subset_gallery, mode, top_k))
+            primary = (subset_gallery, score_gallery(engine, subset_gallery, first_stage, top_k))
             scored.append(primary)
         results["1k_subset"] = _metrics(primary[1], primary[0].caption_to_image)
     pairs = sum(s.pairs_scored for _, s in scored)
@@ -206,6 +219,8 @@ def _coco1k(
 def ranked_results(gallery: Gallery, scores: RetrievalScores, k: int = RANKED_TOP) -> Tuple[List[dict], List[dict]]:
     """Each image's top-k captions and each caption's top-k images, best first, with ids and scores.
 
+    ``score`` is the match probability and ``margin`` the logit margin the order comes from
+    (probabilities of confident pairs saturate to 1.0; equal margins list in gallery order).
     ``gt_rank`` is the 0-based rank of the ground truth (the image's best own caption for an
     image query). Pairs a two-stage search never scored are left out of the lists.
     """
@@ -218,17 +233,21 @@ def ranked_results(gallery: Gallery, scores: RetrievalScores, k: int = RANKED_TO
 
     image_queries = []
     for i, row in enumerate(top_k_indices(scores.i2t, k, axis=1)):
-        listed = [dict(caption(int(c)), score=float(scores.i2t[i, c])) for c in row if np.isfinite(scores.i2t[i, c])]
+        listed = [dict(caption(int(c)), **_scored(scores.i2t[i, c])) for c in row if np.isfinite(scores.i2t[i, c])]
         image_queries.append({"image_id": gallery.image_ids[i], "gt_rank": int(i2t_rank[i]), "top_captions": listed})
     caption_queries = []
     for c, column in enumerate(top_k_indices(scores.t2i, k, axis=0)):
         listed = [
-            {"image_id": gallery.image_ids[int(i)], "score": float(scores.t2i[i, c])}
+            {"image_id": gallery.image_ids[int(i)], **_scored(scores.t2i[i, c])}
             for i in column
             if np.isfinite(scores.t2i[i, c])
         ]
         caption_queries.append(dict(caption(c), gt_rank=int(t2i_rank[c]), top_images=listed))
     return image_queries, caption_queries
+
+
+def _scored(margin: float) -> Dict[str, float]:
+    return {"score": float(match_probability(margin)), "margin": float(margin)}
 
 
 def _write_jsonl(path: str, rows: Sequence[dict]) -> None:
@@ -265,8 +284,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--eval_img_keys_file", default=None, help="key file (path, or name in data_dir) for --protocol keys")
     parser.add_argument("--fold_size", type=int, default=None,
                         help="images per 1K fold (default: the size of {split}_img_keys_1k.tsv, else 1000)")
-    parser.add_argument("--mode", choices=MODES, default="exhaustive")
-    parser.add_argument("--top_k", type=int, default=128, help="two_stage: candidates per query re-ranked")
+    parser.add_argument("--first_stage", choices=FIRST_STAGE_CHOICES, default="exhaustive",
+                        help="exhaustive: score every pair (the paper protocol); contrastive: embedding top-k; "
+                             "tags: BM25 of caption words vs detector tags, top-k (needs no trained heads); "
+                             "auto: contrastive if the model records trained contrastive heads, else exhaustive")
+    parser.add_argument("--top_k", type=int, default=128, help="candidates per query a first stage proposes for re-ranking")
+    parser.add_argument("--mode", default=None, help=argparse.SUPPRESS)  # removed: named in an error
     parser.add_argument("--batch_size", type=int, default=128, help="pairs per forward pass")
     parser.add_argument("--no_od_labels", action="store_true", help="leave out the object tags")
     parser.add_argument("--output_dir", default=None, help="write metrics.json and ranked results here")
@@ -280,6 +303,10 @@ def _key_path(data_dir: str, name: str) -> str:
 
 def _validate(args: argparse.Namespace) -> None:
     """Errors that need no data read, before the model or corpus is loaded."""
+    if args.mode is not None:
+        raise ValueError(
+            f"--mode is gone: use --first_stage exhaustive (every pair), contrastive, tags or auto (got --mode {args.mode})"
+        )
     if args.batch_size <= 0:
         raise ValueError(f"--batch_size must be positive, got {args.batch_size}")
     if args.top_k <= 0:
@@ -345,16 +372,19 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         dist.init_parallel_env()
     from ..model_dir import load_retrieval_model
 
-    gallery, subset, fold_size = _load_gallery(args)
     model, processor = load_retrieval_model(args.model_dir)
+    first_stage = resolve_first_stage(args.first_stage, model.config)
+    gallery, subset, fold_size = _load_gallery(args)
     engine = RetrievalEngine(model, processor, batch_size=args.batch_size, progress=not args.no_progress)
     start = time.perf_counter()
-    result = run_protocol(engine, gallery, args.protocol, mode=args.mode, top_k=args.top_k, fold_size=fold_size, subset=subset)
+    result = run_protocol(
+        engine, gallery, args.protocol, first_stage=first_stage, top_k=args.top_k, fold_size=fold_size, subset=subset
+    )
     report = {
         "protocol": args.protocol,
         "split": args.split,
-        "mode": args.mode,
-        "top_k": args.top_k if args.mode == "two_stage" else None,
+        "first_stage": first_stage,
+        "top_k": args.top_k if first_stage != "exhaustive" else None,
         "model_dir": os.path.abspath(args.model_dir),
         "num_images": gallery.num_images,
         "num_captions": gallery.num_captions,

@@ -31,10 +31,14 @@ __all__ = [
     "subset_metrics",
     "subset_scores",
     "top_k_indices",
+    "coverage",
+    "first_stage_coverage",
     "DEFAULT_KS",
+    "COVERAGE_TOPS",
 ]
 
 DEFAULT_KS = (1, 5, 10)
+COVERAGE_TOPS = (1, 10)
 _CHUNK_CELLS = 1 << 24  # bounds the [rows, C] comparison temporaries to ~16M booleans
 
 
@@ -239,3 +243,62 @@ def fold_metrics(
         for f in range(num_folds)
     ]
     return {name: float(np.mean([fold[name] for fold in folds])) for name in folds[0]}
+
+
+def coverage(scores: np.ndarray, candidates: np.ndarray, top: int = 1, axis: int = 1) -> float:
+    """Fraction of queries whose exhaustive top-``top`` answers are all among their first-stage candidates.
+
+    ``scores [I, C]`` are exhaustive scores; ``axis=1`` takes images as queries (rows, with
+    ``candidates [I, k]`` caption indices), ``axis=0`` captions (columns, ``candidates [C, k]``
+    image indices). A query's top-``top`` answers are every item scoring at least its
+    ``top``-th best score, ties included, so the result does not depend on how ties fall.
+
+    This measures a first stage against the re-ranker whatever the re-ranker's quality: a
+    query whose top-n is covered gets the same rank, if below n, from two-stage as from
+    exhaustive scoring (two-stage scores the same pairs with the same model), so at coverage
+    1.0 for ``top=1`` two-stage R@1 equals exhaustive R@1, and for ``top=10`` every R@K with
+    K <= 10 does. (Exactly, on equal scores; the engine's scores of a pair differ between
+    batches by float noise, ~1e-6, which matters only for pairs that close.)
+    """
+    if axis not in (0, 1):
+        raise ValueError(f"axis must be 0 (caption queries) or 1 (image queries), got {axis}")
+    matrix = np.asarray(scores)
+    if matrix.ndim != 2:
+        raise ValueError(f"scores must be a 2-D [images, captions] matrix, got shape {list(matrix.shape)}")
+    matrix = matrix if axis == 1 else matrix.T
+    candidates = np.asarray(candidates, dtype=np.int64)
+    num_queries, num_items = matrix.shape
+    if candidates.ndim != 2 or len(candidates) != num_queries:
+        raise ValueError(f"candidates must be [{num_queries}, k] item indices, got shape {list(candidates.shape)}")
+    if candidates.size and (candidates.min() < 0 or candidates.max() >= num_items):
+        raise ValueError(f"candidates must index the {num_items} items of a query")
+    if isinstance(top, bool) or not isinstance(top, (int, np.integer)) or top <= 0:
+        raise ValueError(f"top must be a positive integer, got {top!r}")
+    if not np.isfinite(matrix).all():
+        raise ValueError("coverage needs exhaustive scores: every pair finite")
+    nth = min(top, num_items)
+    covered = np.empty(num_queries, dtype=bool)
+    for rows in _row_chunks(num_queries, num_items):
+        block = matrix[rows]
+        threshold = -np.partition(-block, nth - 1, axis=1)[:, nth - 1]
+        answers = block >= threshold[:, None]
+        proposed = np.zeros_like(answers)
+        np.put_along_axis(proposed, candidates[rows], True, axis=1)
+        covered[rows] = ~(answers & ~proposed).any(axis=1)
+    return float(covered.mean())
+
+
+def first_stage_coverage(
+    scores: np.ndarray, i2t_candidates: np.ndarray, t2i_candidates: np.ndarray, tops: Sequence[int] = COVERAGE_TOPS
+) -> Dict[str, float]:
+    """:func:`coverage` of a first stage's candidates both ways: ``i2t_top1``, ``t2i_top1``, ``i2t_top10`` ...
+
+    ``i2t_candidates [I, k]`` are each image's candidate captions and ``t2i_candidates [C, k]``
+    each caption's candidate images (e.g. a :class:`vinvl.retrieval.first_stage.Candidates`);
+    values are fractions in [0, 1].
+    """
+    out = {}
+    for top in tops:
+        out[f"i2t_top{top}"] = coverage(scores, i2t_candidates, top, axis=1)
+        out[f"t2i_top{top}"] = coverage(scores, t2i_candidates, top, axis=0)
+    return out

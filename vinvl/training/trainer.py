@@ -241,7 +241,7 @@ class RetrievalTrainer(Trainer):
             self.model,
             self.processor,
             corpus,
-            mode=self.eval_mode,
+            first_stage="contrastive" if self.eval_mode == "two_stage" else "exhaustive",
             top_k=self.eval_top_k,
             batch_size=self.args.per_device_eval_batch_size,
             use_caption_index=self.eval_with_caption_index,

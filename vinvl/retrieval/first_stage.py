@@ -1,0 +1,242 @@
+"""First stages of two-stage retrieval: which pairs the match head re-ranks.
+
+A first stage proposes, for every image, ``k`` candidate captions (``i2t``) and, for every
+caption, ``k`` candidate images (``t2i``); :meth:`RetrievalEngine.two_stage` scores the union
+with the match head. The choices (``first_stage=`` of the engine, ``vinvl eval``,
+``vinvl retrieve`` and ``Taskflow("image_text_retrieval")``):
+
+- ``contrastive``: nearest neighbours of the model's caption-only / image-only embeddings
+  (:func:`contrastive_candidates`). Only as good as the contrastive heads' training.
+- ``tags``: BM25 of caption words against each image's detector tags
+  (:func:`tag_candidates`). Needs no training at all, so it serves any checkpoint (e.g. an
+  official VinVL one, whose contrastive heads are freshly initialised).
+- ``exhaustive``: no first stage; every pair is scored.
+- ``auto`` (entry points only, :func:`resolve_first_stage`): ``contrastive`` when the model
+  records trained contrastive heads (``OscarConfig.trained_heads``), else ``exhaustive``.
+
+Candidate order and ties: each query's candidates are listed best first; equal first-stage
+scores go to the lower gallery index (so a caption sharing no word with any image's tags gets
+the first ``k`` images). The contrastive stage's order within its ``k`` is unspecified (the
+re-ranker orders them).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Dict, List, Sequence
+
+import numpy as np
+from scipy import sparse
+
+__all__ = [
+    "FIRST_STAGES",
+    "FIRST_STAGE_CHOICES",
+    "BM25_K1",
+    "BM25_B",
+    "Candidates",
+    "BM25Index",
+    "words_of",
+    "tag_words",
+    "tag_candidates",
+    "contrastive_candidates",
+    "nearest",
+    "top_k_stable",
+    "check_first_stage",
+    "contrastive_heads_trained",
+    "resolve_first_stage",
+]
+
+logger = logging.getLogger(__name__)
+
+FIRST_STAGES = ("exhaustive", "contrastive", "tags")  # what a scoring call is told to do
+FIRST_STAGE_CHOICES = ("auto",) + FIRST_STAGES  # what a user may ask an entry point for
+BM25_K1 = 1.2  # term-frequency saturation (the common Lucene / Robertson default)
+BM25_B = 0.75  # document-length normalisation
+_CHUNK_CELLS = 1 << 22  # query x document cells scored at once
+
+
+@dataclass
+class Candidates:
+    """A first stage's proposals: ``i2t [I, k]`` caption indices per image and ``t2i [C, k]``
+    image indices per caption (``k`` capped at the number of captions / images)."""
+
+    i2t: np.ndarray
+    t2i: np.ndarray
+
+
+# ----- words -------------------------------------------------------------------------------
+
+
+def words_of(tokenizer: Any, text: str) -> List[str]:
+    """The words of ``text`` as the model's tokenizer splits them before WordPiece (lower-cased,
+    accents stripped, punctuation split off), without the punctuation tokens themselves."""
+    return [w for w in tokenizer.basic_tokenizer.tokenize(text) if any(ch.isalnum() for ch in w)]
+
+
+def tag_words(tokenizer: Any, tags: Any) -> List[str]:
+    """The words of an image's tags, joined as the model reads them (multi-word tags and
+    ``attribute class`` labels give one word each)."""
+    return words_of(tokenizer, tokenizer.tags_to_text(tags))
+
+
+# ----- BM25 --------------------------------------------------------------------------------
+
+
+class BM25Index:
+    """Okapi BM25 over a fixed set of documents (word lists).
+
+    ``score(q, d) = sum over the distinct words t of q of
+    idf(t) * tf(t, d) * (k1 + 1) / (tf(t, d) + k1 * (1 - b + b * |d| / avgdl))`` with
+    ``idf(t) = ln(1 + (N - df(t) + 0.5) / (df(t) + 0.5))`` (never negative), ``tf`` the count of
+    ``t`` in ``d``, ``|d|`` its length in words, ``avgdl`` the mean length and ``N`` the number
+    of documents. A query word repeated counts once; words no document holds score nothing.
+    """
+
+    def __init__(self, documents: Sequence[Sequence[str]], k1: float = BM25_K1, b: float = BM25_B):
+        if k1 < 0 or not 0 <= b <= 1:
+            raise ValueError(f"BM25 needs k1 >= 0 and 0 <= b <= 1, got k1={k1}, b={b}")
+        self.num_documents = len(documents)
+        if self.num_documents == 0:
+            raise ValueError("BM25 needs at least one document")
+        self.vocabulary: Dict[str, int] = {}
+        rows, cols = [], []
+        for d, words in enumerate(documents):
+            for word in words:
+                rows.append(d)
+                cols.append(self.vocabulary.setdefault(word, len(self.vocabulary)))
+        shape = (self.num_documents, max(len(self.vocabulary), 1))
+        tf = sparse.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=shape)  # duplicates summed
+        tf.sum_duplicates()
+        lengths = np.asarray(tf.sum(axis=1)).ravel()
+        mean_length = lengths.mean()
+        norm = k1 * (1 - b + b * lengths / mean_length) if mean_length > 0 else np.full(len(lengths), k1)
+        df = np.bincount(tf.indices, minlength=shape[1])
+        idf = np.log1p((self.num_documents - df + 0.5) / (df + 0.5))
+        doc_of_entry = np.repeat(np.arange(self.num_documents), np.diff(tf.indptr))
+        weights = idf[tf.indices] * tf.data * (k1 + 1) / (tf.data + norm[doc_of_entry])
+        self._weights_t = sparse.csr_matrix((weights, tf.indices, tf.indptr), shape=shape).T.tocsr()  # [V, N]
+
+    def _query_matrix(self, queries: Sequence[Sequence[str]]) -> sparse.csr_matrix:
+        rows, cols = [], []
+        for q, words in enumerate(queries):
+            known = {self.vocabulary[w] for w in words if w in self.vocabulary}
+            rows.extend([q] * len(known))
+            cols.extend(sorted(known))
+        return sparse.csr_matrix(
+            (np.ones(len(rows)), (rows, cols)), shape=(len(queries), self._weights_t.shape[0])
+        )
+
+    def scores(self, queries: Sequence[Sequence[str]]) -> np.ndarray:
+        """BM25 of every query against every document, float64 ``[Q, N]``."""
+        return np.asarray((self._query_matrix(queries) @ self._weights_t).todense())
+
+    def top_k(self, queries: Sequence[Sequence[str]], k: int) -> np.ndarray:
+        """Each query's ``min(k, N)`` best documents ``[Q, k]``, best first, ties to the lower index."""
+        k = _check_k(k, self.num_documents)
+        query_matrix = self._query_matrix(queries)
+        out = np.empty((len(queries), k), dtype=np.int64)
+        step = max(1, _CHUNK_CELLS // self.num_documents)
+        for start in range(0, len(queries), step):
+            block = np.asarray((query_matrix[start : start + step] @ self._weights_t).todense())
+            out[start : start + step] = top_k_stable(block, k)
+        return out
+
+
+def tag_candidates(gallery: Any, tokenizer: Any, k: int, k1: float = BM25_K1, b: float = BM25_B) -> Candidates:
+    """The ``tags`` first stage over a :class:`Gallery`: BM25 both ways between caption words and tag words.
+
+    Caption -> images: the caption's words query the images, each image a document of its tag
+    words. Image -> captions: the image's tag words query the captions, each caption a
+    document of its words. Words come from :func:`words_of` (the tokenizer's basic
+    tokenization), so ``Dog,`` in a caption meets the tag ``dog``.
+    """
+    image_words = [tag_words(tokenizer, tags) for tags in gallery.tags]
+    caption_words = [words_of(tokenizer, caption) for caption in gallery.captions]
+    i2t = BM25Index(caption_words, k1, b).top_k(image_words, k)
+    t2i = BM25Index(image_words, k1, b).top_k(caption_words, k)
+    return Candidates(i2t, t2i)
+
+
+# ----- contrastive embeddings --------------------------------------------------------------
+
+
+def nearest(queries: np.ndarray, keys: np.ndarray, k: int) -> np.ndarray:
+    """Indices ``[Q, min(k, K)]`` of each query's k highest inner products with the keys (any order).
+
+    Uses faiss (exact inner-product index) when it is installed, else chunked numpy matmuls.
+    """
+    k = _check_k(k, len(keys))
+    if k == len(keys):
+        return np.broadcast_to(np.arange(k), (len(queries), k))
+    try:
+        import faiss
+    except ImportError:
+        faiss = None
+    if faiss is not None:
+        index = faiss.IndexFlatIP(keys.shape[1])
+        index.add(np.ascontiguousarray(keys, dtype=np.float32))
+        return index.search(np.ascontiguousarray(queries, dtype=np.float32), k)[1].astype(np.int64)
+    out = np.empty((len(queries), k), dtype=np.int64)
+    step = max(1, _CHUNK_CELLS // len(keys))
+    for s in range(0, len(queries), step):
+        sim = queries[s : s + step] @ keys.T
+        out[s : s + step] = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+    return out
+
+
+def contrastive_candidates(image_embeds: np.ndarray, caption_embeds: np.ndarray, k: int) -> Candidates:
+    """The ``contrastive`` first stage from L2-normalised embeddings ``[I, E]`` and ``[C, E]``."""
+    return Candidates(nearest(image_embeds, caption_embeds, k), nearest(caption_embeds, image_embeds, k))
+
+
+# ----- shared helpers ----------------------------------------------------------------------
+
+
+def _check_k(k: int, available: int) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    return int(min(k, available))
+
+
+def top_k_stable(scores: np.ndarray, k: int) -> np.ndarray:
+    """Column indices ``[Q, k]`` of each row's k highest scores, best first, ties to the lower index."""
+    return np.argsort(-np.asarray(scores), axis=1, kind="stable")[:, :k]
+
+
+def check_first_stage(first_stage: str, allowed: Sequence[str] = FIRST_STAGES) -> str:
+    """``first_stage`` if it is one of ``allowed``, else a ValueError that lists them."""
+    if first_stage not in allowed:
+        raise ValueError(f"first_stage must be one of {tuple(allowed)}, got {first_stage!r}")
+    return first_stage
+
+
+def contrastive_heads_trained(config: Any) -> bool:
+    """Whether the model has contrastive heads and its directory records them as trained."""
+    return config.contrastive_dim > 0 and "contrastive" in config.heads_trained()
+
+
+def resolve_first_stage(requested: str, config: Any) -> str:
+    """The first stage an entry point runs for a user's ``requested`` choice on a model with ``config``.
+
+    ``auto`` becomes ``contrastive`` when the contrastive heads are trained, else ``exhaustive``
+    (logged once, here, as a warning: the answer is exact but every pair is scored). An explicit
+    ``contrastive`` on untrained heads is a ValueError: their candidates would be random.
+    """
+    check_first_stage(requested, FIRST_STAGE_CHOICES)
+    if requested in ("auto", "contrastive") and not contrastive_heads_trained(config):
+        why = (
+            "the model has no contrastive heads (contrastive_dim is 0)"
+            if config.contrastive_dim <= 0
+            else f"the model's contrastive heads are not trained (config.json trained_heads: {config.trained_heads})"
+        )
+        if requested == "contrastive":
+            raise ValueError(
+                f"first_stage 'contrastive' needs trained contrastive heads, but {why}; use first_stage "
+                "'tags' (BM25 over detector tags, needs no training) or 'exhaustive', or fit the heads first"
+            )
+        logger.warning(
+            "first_stage 'auto': %s, so every pair is scored exhaustively (exact, but slow on large "
+            "galleries); pass first_stage 'tags' for a first stage that needs no training", why
+        )
+        return "exhaustive"
+    return "contrastive" if requested == "auto" else requested
