@@ -24,7 +24,7 @@ CONTRASTIVE = HEAD_PARAMETER_PREFIXES["contrastive"]
 def _flags(model, data_dir, output_dir, **overrides):
     flags = {
         "model_name_or_path": model, "data_dir": data_dir, "output_dir": output_dir, "do_train": "true",
-        "per_device_train_batch_size": "16", "learning_rate": "2e-3", "max_steps": "4", "logging_steps": "50",
+        "per_device_train_batch_size": "8", "learning_rate": "2e-3", "max_steps": "4", "logging_steps": "50",
         "save_strategy": "no", "evaluation_strategy": "no", "seed": "5", "disable_tqdm": "true",
         "report_to": "none", "overwrite_output_dir": "true",
     }
@@ -46,7 +46,7 @@ def _trained_heads(model_dir):
 @pytest.fixture(scope="module")
 def corpus_dir(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("corpus"))
-    write_synthetic_corpus(out, {"train": 32, "minival": 4, "val": 0, "test": 4}, seed=2)
+    write_synthetic_corpus(out, {"train": 8, "minival": 2, "val": 0, "test": 2}, seed=2)
     return out
 
 
@@ -56,7 +56,7 @@ def trained(corpus_dir, tmp_path_factory):
     conversion leaves them: the stand-in for a converted checkpoint."""
     work = tmp_path_factory.mktemp("trained")
     trained_dir = str(work / "trained")
-    train_main(_flags(TINY, corpus_dir, trained_dir, max_steps=300, warmup_steps=20, weight_decay=0.01))
+    train_main(_flags(TINY, corpus_dir, trained_dir, max_steps=500, warmup_steps=20, weight_decay=0.01))
     model, processor = load_retrieval_model(trained_dir)
     reset_heads(model, ["contrastive"], seed=1)
     reset_dir = str(work / "reset")
@@ -66,34 +66,32 @@ def trained(corpus_dir, tmp_path_factory):
 
 
 def _first_stage_quality(model_dir, corpus_dir, k):
-    """The contrastive first stage's t2i top-1 coverage at k (captions whose match-head best image is
-    among their k candidates), its two-stage t2i R@1 and the exhaustive scores.
+    """The contrastive first stage's top-1 coverage at k both ways (queries whose match-head best
+    answer is among their k candidates) and the exhaustive scores.
 
-    Measured on the images the heads were fitted on: what is tested is that fitting makes the
-    first stage agree with the match head, which needs a match head that ranks well, and the
-    tiny model's does on the images it trained on after a few hundred steps (on unseen ones it
-    needs thousands; the benchmark measures that case)."""
+    Measured on the 8 images the model trained and the heads are fitted on: what is tested is
+    that fitting makes the first stage agree with the match head, which needs a match head that
+    ranks well, and the tiny model's ranks these 8 perfectly after 500 steps (on unseen images it
+    needs thousands of steps on a large corpus; scripts/benchmark_first_stage.py measures that)."""
     model, processor = load_retrieval_model(model_dir)
     gallery = Gallery.from_corpus(load_corpus(corpus_dir, "train"))
     engine = RetrievalEngine(model, processor, batch_size=256, progress=False)
     scores = engine.exhaustive(gallery).t2i  # [I, C]
     candidates = engine.first_stage_candidates(gallery, "contrastive", k)
-    two_stage = np.full_like(scores, -np.inf)
-    for caption, images in enumerate(candidates.t2i):
-        two_stage[images, caption] = scores[images, caption]
-    t2i_r1 = retrieval_metrics(scores, gallery.caption_to_image, two_stage)["t2i_R@1"]
-    return coverage(scores, candidates.t2i, top=1, axis=0), t2i_r1, scores
+    exhaustive = retrieval_metrics(scores, gallery.caption_to_image)
+    assert exhaustive["t2i_R@1"] == exhaustive["i2t_R@1"] == 100.0, exhaustive  # the teacher is right
+    return coverage(scores, candidates.t2i, top=1, axis=0), coverage(scores, candidates.i2t, top=1, axis=1), scores
 
 
 def test_fitting_heads_with_the_encoder_frozen_changes_nothing_else_and_learns_the_match_head(
     trained, corpus_dir, tmp_path
 ):
-    trained_dir, reset_dir = trained
+    _, reset_dir = trained
     fitted = str(tmp_path / "fitted")
     train_main(
         _flags(
-            reset_dir, corpus_dir, fitted, objective="distill", train_only="heads", max_steps=150,
-            learning_rate="5e-3", save_strategy="steps", save_steps=150,
+            reset_dir, corpus_dir, fitted, objective="distill", train_only="heads", max_steps=100,
+            learning_rate="5e-3", save_strategy="steps", save_steps=100,
         )
     )
     before, after = _weights(reset_dir), _weights(fitted)
@@ -109,20 +107,18 @@ def test_fitting_heads_with_the_encoder_frozen_changes_nothing_else_and_learns_t
     # The optimizer held the heads alone, under structured names.
     import paddle
 
-    state = paddle.load(os.path.join(fitted, "checkpoint-150", "optimizer.pdopt"))
+    state = paddle.load(os.path.join(fitted, "checkpoint-100", "optimizer.pdopt"))
     owners = {key.split("/")[0] for key in state if "/" in key}
     assert owners == set(heads), owners
     assert _trained_heads(fitted) == ["contrastive", "match"]
 
-    k = 4  # of 32 images
-    reset_coverage, reset_r1, reset_scores = _first_stage_quality(reset_dir, corpus_dir, k)
-    fitted_coverage, fitted_r1, fitted_scores = _first_stage_quality(fitted, corpus_dir, k)
-    trained_coverage, trained_r1, _ = _first_stage_quality(trained_dir, corpus_dir, k)
+    k = 2  # of 8 images / 40 captions
+    reset_t2i, reset_i2t, reset_scores = _first_stage_quality(reset_dir, corpus_dir, k)
+    fitted_t2i, fitted_i2t, fitted_scores = _first_stage_quality(fitted, corpus_dir, k)
     np.testing.assert_array_equal(reset_scores, fitted_scores)  # the match head scores exactly as before
-    print(f"coverage reset {reset_coverage:.3f} fitted {fitted_coverage:.3f} trained {trained_coverage:.3f}; "
-          f"two-stage t2i R@1 {reset_r1:.1f} {fitted_r1:.1f} {trained_r1:.1f}")
-    assert fitted_coverage >= reset_coverage + 0.3, (reset_coverage, fitted_coverage)
-    assert fitted_r1 >= reset_r1 + 20.0, (reset_r1, fitted_r1)
+    # Measured: random heads cover 0.25 / 0.0, fitted ones 1.0 / 0.875 (the trained heads 1.0 / 0.125).
+    assert reset_t2i <= 0.5 and reset_i2t <= 0.25, (reset_t2i, reset_i2t)
+    assert fitted_t2i >= 0.9 and fitted_i2t >= 0.6, (fitted_t2i, fitted_i2t)
 
 
 def test_trainable_layers_train_the_last_encoder_layers_too(trained, corpus_dir, tmp_path):
