@@ -37,25 +37,30 @@ def processor():
     return OscarProcessor(OscarTokenizer(packaged_vocab_path()), max_seq_len=24, max_img_seq_len=4, img_feature_dim=FEATURE_DIM)
 
 
+def _log_softmax(x):
+    x = x - x.max(1, keepdims=True)
+    return x - np.log(np.exp(x).sum(1, keepdims=True))
+
+
+def _soft_ce(logits, targets):
+    return -(targets * _log_softmax(logits)).sum(1).mean()
+
+
+def _unit_rows(rng, rows, width):
+    x = rng.normal(size=(rows, width))
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
 def _reference_contrastive(c, v, scale, image_index):
     logits = scale * c @ v.T
     same = (image_index[:, None] == image_index[None, :]).astype(np.float64)
     targets = same / same.sum(1, keepdims=True)
-
-    def soft_ce(lg, tg):
-        lg = lg - lg.max(1, keepdims=True)
-        logp = lg - np.log(np.exp(lg).sum(1, keepdims=True))
-        return -(tg * logp).sum(1).mean()
-
-    return (soft_ce(logits, targets) + soft_ce(logits.T, targets.T)) / 2
+    return (_soft_ce(logits, targets) + _soft_ce(logits.T, targets.T)) / 2
 
 
 def test_contrastive_loss_matches_reference_with_shared_images():
     rng = np.random.default_rng(1)
-    c = rng.normal(size=(6, 5))
-    v = rng.normal(size=(6, 5))
-    c /= np.linalg.norm(c, axis=1, keepdims=True)
-    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    c, v = _unit_rows(rng, 6, 5), _unit_rows(rng, 6, 5)
     image_index = np.array([0, 1, 1, 2, 3, 3])
     got = contrastive_loss(
         paddle.to_tensor(c, dtype="float32"),
@@ -160,25 +165,16 @@ def _per_pair_margins(model, processor, corpus, captions, images):
 
 
 def _reference_distillation(c, v, scale, teacher, temperature):
-    def softmax(x):
-        x = x - x.max(1, keepdims=True)
-        return np.exp(x) / np.exp(x).sum(1, keepdims=True)
-
     logits = scale * c @ v.T
     t = teacher / temperature
-    c2i = -(softmax(t) * np.log(softmax(logits))).sum(1).mean()
-    i2c = -(softmax(t.T) * np.log(softmax(logits.T))).sum(1).mean()
-    return (c2i + i2c) / 2
+    return (_soft_ce(logits, np.exp(_log_softmax(t))) + _soft_ce(logits.T, np.exp(_log_softmax(t.T)))) / 2
 
 
 def test_distillation_loss_matches_reference():
     from vinvl.training.losses import distillation_loss
 
     rng = np.random.default_rng(4)
-    c = rng.normal(size=(5, 3))
-    v = rng.normal(size=(5, 3))
-    c /= np.linalg.norm(c, axis=1, keepdims=True)
-    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    c, v = _unit_rows(rng, 5, 3), _unit_rows(rng, 5, 3)
     teacher = rng.normal(scale=4.0, size=(5, 5))
     for temperature in (1.0, 0.5):
         got = distillation_loss(
