@@ -15,6 +15,7 @@ from ..data.collate import MatchingCollator, MatchingPairDataset
 from ..model_dir import SINGLE_FILE_WEIGHTS, load_retrieval_model
 from .arguments import DataArguments, ModelArguments, validate_arguments
 from .history import LogHistoryCallback
+from .losses import objective_parts
 from .trainer import RetrievalTrainer
 
 __all__ = ["parse_arguments", "run_training", "main"]
@@ -104,18 +105,21 @@ def run_training(
         max_seq_len=data_args.max_seq_length,
         max_img_seq_len=data_args.max_img_seq_length,
     )
-    objectives = model_args.objective.split("+")
+    objectives = objective_parts(model_args.objective)
     if training_args.ddp_find_unused_parameters is None:
-        # One objective leaves the other's heads without gradients; data parallel must know.
-        training_args.ddp_find_unused_parameters = len(objectives) == 1
+        # Only itm+itc reaches every head; otherwise some weights get no gradient, and data parallel must know.
+        training_args.ddp_find_unused_parameters = objectives != {"itm", "itc"}
     train_dataset = None
     if train_corpus is not None:
+        # Distillation scores every in-batch (caption, image) pair, assembled from token pieces as
+        # the pairs of mined negatives are.
+        pairs = model_args.itm_negatives if "itm" in objectives else ("mined" if "distill" in objectives else None)
         train_dataset = MatchingPairDataset(
             train_corpus,
             processor,
             seed=training_args.seed,
-            single_modality="itc" in objectives,
-            pairs=model_args.itm_negatives if "itm" in objectives else None,
+            single_modality=bool(objectives - {"itm"}),
+            pairs=pairs,
         )
     trainer = RetrievalTrainer(
         model=model,
@@ -130,6 +134,9 @@ def run_training(
         eval_mode=data_args.eval_mode,
         eval_top_k=data_args.eval_top_k,
         eval_with_caption_index=data_args.eval_with_caption_index,
+        train_only=model_args.train_only,
+        trainable_layers=model_args.trainable_layers,
+        distill_temperature=model_args.distill_temperature,
         callbacks=[LogHistoryCallback()],
     )
     metrics: Dict[str, float] = {}
