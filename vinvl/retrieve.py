@@ -5,6 +5,8 @@ import argparse
 import json
 from typing import List, Optional, Sequence
 
+from .data.layout import SPLITS
+from .errors import UsageError
 from .retrieval.first_stage import add_first_stage_argument, reject_removed_mode
 
 
@@ -12,7 +14,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
     parser = argparse.ArgumentParser(prog="vinvl retrieve", description=__doc__)
     parser.add_argument("--model_dir", required=True, help="a saved model directory")
     parser.add_argument("--data_dir", required=True, help="the gallery: a data directory the coco_ir script reads")
-    parser.add_argument("--split", default="test", help="gallery split")
+    parser.add_argument("--split", choices=SPLITS, default="test", help="gallery split")
     parser.add_argument("--text", action="append", default=[], help="a caption query (repeatable)")
     parser.add_argument("--image_id", action="append", default=[], help="a gallery image to find captions for (repeatable)")
     parser.add_argument("--top_k", type=int, default=5)
@@ -22,6 +24,11 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
     reject_removed_mode(args)
     if not args.text and not args.image_id:
         parser.error("give at least one --text or --image_id")
+    if any(not text.strip() for text in args.text):
+        parser.error("--text: a caption query cannot be empty")
+    for name in ("top_k", "candidates"):
+        if getattr(args, name) <= 0:
+            parser.error(f"--{name} must be positive, got {getattr(args, name)}")
 
     import vinvl  # noqa: F401  (registers the task)
     from paddlenlp import Taskflow
@@ -35,6 +42,9 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
         first_stage=args.first_stage,
         candidates=args.candidates,
     )
-    results = retrieval(list(args.text) + [{"image_id": i} for i in args.image_id])
+    try:
+        results = retrieval(list(args.text) + [{"image_id": i} for i in args.image_id])
+    except ValueError as exc:  # the task's message names the query at fault (an unknown image id...)
+        raise UsageError(str(exc)) from exc
     print(json.dumps(results, indent=2))
     return results

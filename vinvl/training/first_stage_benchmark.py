@@ -261,10 +261,11 @@ def _objectives(text: str) -> Tuple[str, ...]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     for name in ("num_images", "train_images", "train_steps", "fit_steps", "fit_eval_every", "batch_size"):
         if getattr(args, name) <= 0:
-            raise ValueError(f"--{name} must be positive, got {getattr(args, name)}")
+            parser.error(f"--{name} must be positive, got {getattr(args, name)}")
     if args.fit_batch_size < 2:
-        raise ValueError(f"--fit_batch_size must be >= 2 (candidates come from the batch), got {args.fit_batch_size}")
+        parser.error(f"--fit_batch_size must be >= 2 (candidates come from the batch), got {args.fit_batch_size}")
     return run_benchmark(args)

@@ -12,6 +12,7 @@ from paddlenlp.utils.log import logger
 
 from ..data import load_corpus
 from ..data.collate import MatchingCollator, MatchingPairDataset
+from ..errors import UsageError
 from ..model_dir import SINGLE_FILE_WEIGHTS, load_retrieval_model
 from .arguments import DataArguments, ModelArguments, validate_arguments
 from .history import LogHistoryCallback
@@ -20,14 +21,20 @@ from .trainer import RetrievalTrainer
 
 __all__ = ["parse_arguments", "run_training", "main"]
 
+LIBRARY_LOG_LEVEL = "INFO"  # `vinvl train` reports through the Trainer's INFO lines (losses, metrics, saves)
+
 
 def parse_arguments(argv: Optional[List[str]] = None) -> Tuple[ModelArguments, DataArguments, TrainingArguments]:
     """Parse flags, or a single JSON config file as PaddleNLP scripts accept."""
     argv = sys.argv[1:] if argv is None else argv
     parser = PdArgumentParser((ModelArguments, DataArguments, TrainingArguments))
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(json_file=os.path.abspath(argv[0]))
-    return parser.parse_args_into_dataclasses(args=argv)
+    config_file = argv[0] if len(argv) == 1 and argv[0].endswith(".json") else None
+    try:
+        if config_file:
+            return parser.parse_json_file(json_file=os.path.abspath(config_file))
+        return parser.parse_args_into_dataclasses(args=argv)
+    except ValueError as exc:  # malformed JSON, flags or keys no argument takes, TrainingArguments' own checks
+        raise UsageError(f"{config_file}: {exc}" if config_file else str(exc)) from exc
 
 
 # What a checkpoint holds once the Trainer has finished writing it (the scheduler comes last).
@@ -88,7 +95,10 @@ def run_training(
     model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments
 ) -> Dict[str, float]:
     """Fine-tune on ``train_split``, evaluate on ``eval_split``, save the model; returns final metrics."""
-    validate_arguments(model_args, data_args, training_args)
+    try:
+        validate_arguments(model_args, data_args, training_args)
+    except ValueError as exc:  # each check names the flag at fault
+        raise UsageError(str(exc)) from exc
     corpus_options = dict(features_dir=data_args.features_dir, add_od_labels=data_args.add_od_labels)
     train_corpus = load_corpus(data_args.data_dir, data_args.train_split, **corpus_options) if training_args.do_train else None
     eval_corpus = None
