@@ -6,8 +6,11 @@
 
 Same flags as `vinvl eval` (vinvl.retrieval.evaluate).
 """
-import vinvl  # noqa: F401  (tunes the CPU runtime before paddle loads)
+
+import os
+
+from vinvl.cli import run_main  # importing vinvl first tunes the CPU runtime and quiets start-up noise
 from vinvl.retrieval.evaluate import main
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_main(main, prog=os.path.basename(__file__)))

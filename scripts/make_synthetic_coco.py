@@ -1,6 +1,9 @@
 """Write a synthetic COCO retrieval corpus in the official file format (see `vinvl make-synthetic --help`)."""
-import vinvl  # noqa: F401  (CPU runtime defaults before paddle)
+
+import os
+
+from vinvl.cli import run_main  # importing vinvl first tunes the CPU runtime and quiets start-up noise
 from vinvl.data.synthetic import main
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_main(main, prog=os.path.basename(__file__)))

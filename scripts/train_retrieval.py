@@ -5,8 +5,11 @@
 
 Flags are vinvl.training.arguments (model, data) plus paddlenlp TrainingArguments.
 """
-import vinvl  # noqa: F401  (tunes the CPU runtime before paddle loads)
+
+import os
+
+from vinvl.cli import run_main  # importing vinvl first tunes the CPU runtime and quiets start-up noise
 from vinvl.training.run import main
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_main(main, prog=os.path.basename(__file__)))

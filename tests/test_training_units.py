@@ -37,25 +37,30 @@ def processor():
     return OscarProcessor(OscarTokenizer(packaged_vocab_path()), max_seq_len=24, max_img_seq_len=4, img_feature_dim=FEATURE_DIM)
 
 
+def _log_softmax(x):
+    x = x - x.max(1, keepdims=True)
+    return x - np.log(np.exp(x).sum(1, keepdims=True))
+
+
+def _soft_ce(logits, targets):
+    return -(targets * _log_softmax(logits)).sum(1).mean()
+
+
+def _unit_rows(rng, rows, width):
+    x = rng.normal(size=(rows, width))
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
 def _reference_contrastive(c, v, scale, image_index):
     logits = scale * c @ v.T
     same = (image_index[:, None] == image_index[None, :]).astype(np.float64)
     targets = same / same.sum(1, keepdims=True)
-
-    def soft_ce(lg, tg):
-        lg = lg - lg.max(1, keepdims=True)
-        logp = lg - np.log(np.exp(lg).sum(1, keepdims=True))
-        return -(tg * logp).sum(1).mean()
-
-    return (soft_ce(logits, targets) + soft_ce(logits.T, targets.T)) / 2
+    return (_soft_ce(logits, targets) + _soft_ce(logits.T, targets.T)) / 2
 
 
 def test_contrastive_loss_matches_reference_with_shared_images():
     rng = np.random.default_rng(1)
-    c = rng.normal(size=(6, 5))
-    v = rng.normal(size=(6, 5))
-    c /= np.linalg.norm(c, axis=1, keepdims=True)
-    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    c, v = _unit_rows(rng, 6, 5), _unit_rows(rng, 6, 5)
     image_index = np.array([0, 1, 1, 2, 3, 3])
     got = contrastive_loss(
         paddle.to_tensor(c, dtype="float32"),
@@ -144,14 +149,85 @@ def test_collator_builds_labelled_pairs_and_single_modality_inputs(processor):
     assert batch["image_inputs"]["img_feats"].shape[0] == 3
 
 
+def _per_pair_margins(model, processor, corpus, captions, images):
+    """Match-head logit margins of (captions[b], image images[b']) for every b, b', each pair
+    encoded on its own by the processor (independent of the trainer's in-batch assembly)."""
+    model.eval()
+    with paddle.no_grad():
+        out = np.zeros((len(captions), len(images)))
+        for b, caption in enumerate(captions):
+            for b2, image in enumerate(images):
+                pair = processor.pad([processor.encode(caption, corpus.tags[image], corpus.features(image))])
+                logits = model(**pair).logits.numpy()[0]
+                out[b, b2] = logits[1] - logits[0]
+    model.train()
+    return out
+
+
+def _reference_distillation(c, v, scale, teacher, temperature):
+    logits = scale * c @ v.T
+    t = teacher / temperature
+    return (_soft_ce(logits, np.exp(_log_softmax(t))) + _soft_ce(logits.T, np.exp(_log_softmax(t.T)))) / 2
+
+
+def test_distillation_loss_matches_reference():
+    from vinvl.training.losses import distillation_loss
+
+    rng = np.random.default_rng(4)
+    c, v = _unit_rows(rng, 5, 3), _unit_rows(rng, 5, 3)
+    teacher = rng.normal(scale=4.0, size=(5, 5))
+    for temperature in (1.0, 0.5):
+        got = distillation_loss(
+            paddle.to_tensor(c, dtype="float32"), paddle.to_tensor(v, dtype="float32"),
+            paddle.to_tensor([7.0]), paddle.to_tensor(teacher, dtype="float32"), temperature,
+        )
+        np.testing.assert_allclose(float(got), _reference_distillation(c, v, 7.0, teacher, temperature), rtol=1e-5)
+    # Minimal exactly where the student's softmax is the teacher's, in both directions.
+    same = paddle.to_tensor(np.eye(5) * 6.0, dtype="float32")
+    eye = paddle.eye(5)
+    aligned = float(distillation_loss(eye, eye, paddle.to_tensor([1.0]), same))
+    shuffled = float(distillation_loss(eye, eye, paddle.to_tensor([1.0]), paddle.to_tensor(np.roll(np.eye(5), 1, 0) * 6.0, dtype="float32")))
+    assert aligned < shuffled
+    with pytest.raises(ValueError, match="temperature"):
+        distillation_loss(eye, eye, paddle.to_tensor([1.0]), same, 0.0)
+
+
+def test_teacher_margins_equal_each_pair_scored_alone(processor):
+    from vinvl import OscarConfig, OscarForImageTextRetrieval
+    from vinvl.training.teacher import match_margins
+
+    paddle.seed(2)
+    config = OscarConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, contrastive_dim=16,
+        img_feature_dim=FEATURE_DIM, initializer_range=0.3,  # wide weights: pairs score far apart
+    )
+    model = OscarForImageTextRetrieval(config)
+    model.train()  # dropout on: the teacher must switch it off, and restore training mode
+    corpus = ListCorpus(4)
+    dataset = MatchingPairDataset(corpus, processor, seed=0, single_modality=True, pairs="mined")
+    items = (0, 4, 9, 10)  # images 0, 1, 3, 3 (two captions of image 3)
+    batch = MatchingCollator(processor)([dataset[i] for i in items])
+    got = match_margins(model, processor, batch["pair_pieces"], batch["image_inputs"], chunk=5).numpy()
+    assert model.training
+    captions = [corpus.captions[i // 3][i % 3] for i in items]
+    expected = _per_pair_margins(model, processor, corpus, captions, [i // 3 for i in items])
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+    assert np.ptp(expected) > 0.1  # the pairs do score differently
+
+
 @pytest.mark.parametrize(
-    "objective, itm_negatives", [("itm", "random"), ("itc", "random"), ("itm+itc", "random"), ("itm+itc", "mined")]
+    "objective, itm_negatives",
+    [
+        ("itm", "random"), ("itc", "random"), ("itm+itc", "random"), ("itm+itc", "mined"),
+        ("distill", "random"), ("itc+distill", "random"),
+    ],
 )
 def test_trainer_loss_is_the_objectives_sum(processor, tmp_path, objective, itm_negatives):
     from paddlenlp.trainer import TrainingArguments
 
     from vinvl import OscarConfig, OscarForImageTextRetrieval
     from vinvl.modeling import match_loss
+    from vinvl.training.losses import distillation_loss
     from vinvl.training.negatives import mined_pair_inputs, sample_negatives
     from vinvl.training.trainer import RetrievalTrainer
 
@@ -162,11 +238,14 @@ def test_trainer_loss_is_the_objectives_sum(processor, tmp_path, objective, itm_
     )
     model = OscarForImageTextRetrieval(config)
     objectives = objective.split("+")
+    corpus = ListCorpus(5)
+    distill = "distill" in objectives
     dataset = MatchingPairDataset(
-        ListCorpus(5), processor, seed=0, single_modality="itc" in objectives,
-        pairs=itm_negatives if "itm" in objectives else None,
+        corpus, processor, seed=0, single_modality="itc" in objectives or distill,
+        pairs=itm_negatives if "itm" in objectives else ("mined" if distill else None),
     )
-    batch = MatchingCollator(processor)([dataset[i] for i in (0, 4, 8, 12, 13)])
+    items = (0, 4, 8, 12, 13)
+    batch = MatchingCollator(processor)([dataset[i] for i in items])
     args = TrainingArguments(output_dir=str(tmp_path), report_to=[], disable_tqdm=True, seed=5)
     trainer = RetrievalTrainer(
         model=model, args=args, processor=processor, objective=objective, itm_negatives=itm_negatives
@@ -174,13 +253,22 @@ def test_trainer_loss_is_the_objectives_sum(processor, tmp_path, objective, itm_
     loss = trainer.compute_loss(model, dict(batch))
     loss.backward()
     assert model.classifier.weight.grad is not None if "itm" in objectives else model.classifier.weight.grad is None
-    assert model.text_proj.weight.grad is not None if "itc" in objectives else model.text_proj.weight.grad is None
+    contrastive_trained = "itc" in objectives or distill
+    assert model.text_proj.weight.grad is not None if contrastive_trained else model.text_proj.weight.grad is None
 
+    teacher = None
+    if distill:
+        captions = [corpus.captions[i // 3][i % 3] for i in items]
+        teacher = _per_pair_margins(model, processor, corpus, captions, [i // 3 for i in items])
     with paddle.no_grad():
         expected = 0.0
-        if "itc" in objectives:
+        if contrastive_trained:
             single = model(caption_inputs=batch["caption_inputs"], image_inputs=batch["image_inputs"])
+        if "itc" in objectives:
             expected += float(contrastive_loss(single.caption_embeds, single.image_embeds, single.logit_scale, batch["image_index"]))
+        if distill:
+            embeds = (single.caption_embeds, single.image_embeds, single.logit_scale)
+            expected += float(distillation_loss(*embeds, paddle.to_tensor(teacher, dtype="float32")))
         if itm_negatives == "mined":
             similarity = (single.logit_scale * single.caption_embeds @ single.image_embeds.T).numpy()
             rng = np.random.default_rng([5, 0, 0])  # (seed, step, rank)

@@ -1,7 +1,8 @@
 """vinvl-paddle: VinVL (Oscar+) image-text retrieval on PaddlePaddle / PaddleNLP."""
-from .runtime import tune_cpu_defaults
+from .runtime import import_paddle_quietly, tune_cpu_defaults
 
 tune_cpu_defaults()  # must run before paddle is imported anywhere below
+import_paddle_quietly()
 
 # isort: split
 from .configuration import OscarConfig

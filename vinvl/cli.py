@@ -1,12 +1,33 @@
 """The ``vinvl`` command: one sub-command per step of the flow, each a thin call into the library.
 
 Every sub-command is a module with ``main(argv)``; ``vinvl <command> --help`` shows its flags.
+:func:`run_main` runs a ``main`` the same way for ``vinvl`` and for every script in scripts/:
+
+- Exit status: 0 on success (or what ``main`` returns, when that is an int); 2 for a mistake of
+  the user's; 1, with the traceback, for a failure of the program.
+- A user's mistake prints one line, ``vinvl <command>: error: <message>``. It is a
+  :class:`vinvl.errors.UserError` (``DataError``, ``ConversionError``, ``UsageError``...),
+  an argparse error (every ``argparse.ArgumentParser.error`` raises a ``UsageError`` while a
+  command runs), or the file system refusing a path the user named (missing, already there,
+  not a directory, no permission). ``--debug`` among the options, or ``VINVL_DEBUG=1``, adds
+  the traceback.
+- Library logs: paddlenlp's logger shows warnings and errors only, unless the command's module
+  sets ``LIBRARY_LOG_LEVEL`` (training reports through the Trainer's INFO lines); ``--verbose``
+  among the options shows all of it.
 """
 from __future__ import annotations
 
+import argparse
+import contextlib
 import importlib
+import os
 import sys
-from typing import List, Optional
+import traceback
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
+
+from .errors import USER_ERROR_STATUS, UsageError, UserError
+
+__all__ = ["COMMANDS", "GLOBAL_FLAGS", "main", "run_main"]
 
 # name -> (module holding main(argv), one-line summary)
 COMMANDS = {
@@ -22,27 +43,123 @@ COMMANDS = {
     "index": ("vinvl.serving.command", "build / extend a gallery index on disk (memory-mapped, atomically versioned)"),
 }
 
+GLOBAL_FLAGS = {
+    "--debug": "show the traceback of a user error too (or set VINVL_DEBUG=1)",
+    "--verbose": "show the libraries' INFO and DEBUG logs",
+}
+
+# A UserError, or the file system refusing a path the user named: one line, status 2.
+USER_MISTAKES = (UserError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)
+
 
 def _usage() -> str:
-    width = max(len(name) for name in COMMANDS)
-    lines = ["usage: vinvl <command> [options]", "", "commands:"]
+    width = max(len(name) for name in list(COMMANDS) + list(GLOBAL_FLAGS))
+    lines = ["usage: vinvl <command> [options] [--debug] [--verbose]", "", "commands:"]
     lines += [f"  {name.ljust(width)}  {summary}" for name, (_, summary) in COMMANDS.items()]
-    lines += ["", "Run `vinvl <command> --help` for a command's options."]
+    lines += ["", "options of every command:"]
+    lines += [f"  {flag.ljust(width)}  {summary}" for flag, summary in GLOBAL_FLAGS.items()]
+    lines += ["", "Run `vinvl <command> --help` for a command's options. Exit status: 0 success, "
+              "2 a user error (one line on stderr), 1 a program failure (with its traceback)."]
     return "\n".join(lines)
+
+
+def _split_global_flags(argv: Sequence[str]) -> Tuple[List[str], set]:
+    """``argv`` without the :data:`GLOBAL_FLAGS` found before any ``--``, and the set of those found."""
+    rest, found = [], set()
+    for position, token in enumerate(argv):
+        if token == "--":
+            rest.extend(argv[position:])
+            break
+        if token in GLOBAL_FLAGS:
+            found.add(token)
+        else:
+            rest.append(token)
+    return rest, found
+
+
+def _one_line(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.filename and error.strerror:
+        text = f"{error.filename}: {error.strerror}"
+    else:
+        text = str(error) or type(error).__name__
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+@contextlib.contextmanager
+def _parser_errors_raise(prog: str) -> Iterator[None]:
+    """While a command runs, argparse errors raise UsageError instead of printing usage and exiting."""
+
+    def error(parser: argparse.ArgumentParser, message: str):
+        raise UsageError(f"{message} (see `{prog} --help`)")
+
+    original = argparse.ArgumentParser.error
+    argparse.ArgumentParser.error = error
+    try:
+        yield
+    finally:
+        argparse.ArgumentParser.error = original
+
+
+@contextlib.contextmanager
+def _library_log_level(level: str) -> Iterator[None]:
+    from paddlenlp.utils.log import logger
+
+    previous = logger.logger.level
+    logger.logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.logger.setLevel(previous)
+
+
+def _exit_status(code: Any) -> int:
+    """The status ``sys.exit(code)`` would give the process (a message is printed as Python would)."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    print(code, file=sys.stderr)
+    return 1
+
+
+def run_main(command_main: Callable[[List[str]], Any], argv: Optional[Sequence[str]] = None,
+             prog: Optional[str] = None) -> int:
+    """Run ``command_main(argv)`` as an entry point does and return the process exit status (see the module doc).
+
+    ``argv`` defaults to ``sys.argv[1:]``, ``prog`` (the name error lines start with) to the script name.
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    prog = prog or os.path.basename(sys.argv[0])
+    argv, flags = _split_global_flags(argv)
+    debug = "--debug" in flags or os.environ.get("VINVL_DEBUG") == "1"
+    module = sys.modules.get(getattr(command_main, "__module__", ""), None)
+    level = "DEBUG" if "--verbose" in flags else getattr(module, "LIBRARY_LOG_LEVEL", "WARNING")
+    with _parser_errors_raise(prog), _library_log_level(level):
+        try:
+            result = command_main(argv)
+        except SystemExit as exc:
+            return _exit_status(exc.code)
+        except USER_MISTAKES as exc:
+            if debug:
+                traceback.print_exc()
+            print(f"{prog}: error: {_one_line(exc)}", file=sys.stderr)
+            return USER_ERROR_STATUS
+    return result if isinstance(result, int) and not isinstance(result, bool) else 0
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv or argv[0] in ("-h", "--help"):
+    command_at = next((i for i, token in enumerate(argv) if token not in GLOBAL_FLAGS), len(argv))
+    if command_at == len(argv) or argv[command_at] in ("-h", "--help"):
         print(_usage())
         return 0
-    command, rest = argv[0], argv[1:]
+    command = argv[command_at]
     if command not in COMMANDS:
-        print(f"vinvl: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
-        return 2
+        print(f"vinvl: error: unknown command {command!r} (commands: {', '.join(COMMANDS)}; see `vinvl --help`)",
+              file=sys.stderr)
+        return USER_ERROR_STATUS
     module = importlib.import_module(COMMANDS[command][0])
-    module.main(rest)
-    return 0
+    return run_main(module.main, argv[:command_at] + argv[command_at + 1:], prog=f"vinvl {command}")
 
 
 if __name__ == "__main__":

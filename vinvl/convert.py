@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Dict, List, Mapping, NamedTuple, Optional, Seq
 
 import numpy as np
 
+from .errors import UserError
 from .torch_io import TorchFileError, load_torch_file, read_torch_file
 
 if TYPE_CHECKING:
@@ -132,7 +133,7 @@ _PADDLENLP_LAYER_RENAMES = {
 _PADDLENLP_LAYER_RE = re.compile(r"^bert\.encoder\.layers\.(\d+)\.(\w+(?:\.\w+_proj)?)\.(weight|bias)$")
 
 
-class ConversionError(ValueError):
+class ConversionError(UserError, ValueError):
     """A source checkpoint that cannot be converted; the message says what is wrong."""
 
 
@@ -736,9 +737,11 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``python -m vinvl.convert SRC DST``: the same as ``vinvl convert``."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    parser = add_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
+    parser = add_arguments(argparse.ArgumentParser(prog="vinvl convert", description=__doc__.splitlines()[0]))
     return run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from .cli import run_main
+
+    raise SystemExit(run_main(main, prog="vinvl convert"))

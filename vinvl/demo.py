@@ -4,27 +4,53 @@ Writes a synthetic corpus in the official file format, fine-tunes the tiny Oscar
 the PaddleNLP Trainer, evaluates exhaustive and two-stage retrieval, loads the saved model
 through ``Taskflow("image_text_retrieval")``, answers a few text and image queries, and writes
 an HTML report (R@K table, training curves, ranked results with drawings of the scenes).
+
+The work directory is marked as the demo's (a ``.vinvl_demo`` file): running the same command
+again replaces the demo's own outputs there (``corpus/``, ``model/``, ``report.html``) and
+leaves anything else alone; a non-empty directory the demo did not write is refused.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import time
 from typing import Dict, List, Optional, Sequence
 
 from .data import load_corpus, write_synthetic_corpus
+from .errors import UsageError
 from .model_dir import load_retrieval_model
 from .report import scene_svg, write_report
 from .retrieval import evaluate_corpus
 from .training.history import read_log_history
 from .training.run import main as train_main
 
-__all__ = ["SIZES", "run_demo", "main"]
+__all__ = ["SIZES", "prepare_work_dir", "run_demo", "main"]
 
 # name -> (train images, test images, training steps); "ci" is the smallest honest run.
 SIZES = {"default": (400, 100, 1200), "ci": (160, 40, 300)}
 TINY_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "model_configs", "tiny")
 TOP_K = 5
+MARKER = ".vinvl_demo"  # marks a work directory as the demo's own
+OUTPUTS = ("corpus", "model", "report.html")  # what a run writes there, replaced by the next run
+
+
+def prepare_work_dir(work_dir: str) -> None:
+    """Create ``work_dir``, or clear the outputs of an earlier demo in it; refuse a folder the demo did not write."""
+    if os.path.exists(work_dir) and not os.path.isdir(work_dir):
+        raise UsageError(f"--work_dir {work_dir} is a file, not a directory")
+    marker = os.path.join(work_dir, MARKER)
+    if os.path.isdir(work_dir) and os.listdir(work_dir) and not os.path.isfile(marker):
+        raise UsageError(f"{work_dir} exists and was not written by `vinvl demo`; choose another --work_dir")
+    for name in OUTPUTS:
+        path = os.path.join(work_dir, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        elif os.path.lexists(path):
+            os.remove(path)
+    os.makedirs(work_dir, exist_ok=True)
+    with open(marker, "w", encoding="utf-8") as f:
+        f.write(f"written by `vinvl demo`: the next run replaces {', '.join(OUTPUTS)} here\n")
 
 
 def _train(corpus_dir: str, model_dir: str, steps: int, seed: int) -> None:
@@ -111,9 +137,10 @@ def _scene(corpus, image_id: str) -> str:
 
 
 def run_demo(work_dir: str = "vinvl_demo", size: str = "default", seed: int = 0) -> str:
-    """Run every step in ``work_dir`` (created; must not hold an earlier demo) and return the report path."""
+    """Run every step in ``work_dir`` (see :func:`prepare_work_dir`) and return the report path."""
     if size not in SIZES:
-        raise ValueError(f"size must be one of {sorted(SIZES)}, got {size!r}")
+        raise UsageError(f"size must be one of {sorted(SIZES)}, got {size!r}")
+    prepare_work_dir(work_dir)
     train_images, test_images, steps = SIZES[size]
     corpus_dir = os.path.join(work_dir, "corpus")
     model_dir = os.path.join(work_dir, "model")
@@ -158,7 +185,8 @@ def _print_table(metrics: Dict[str, Dict[str, float]]) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> str:
     parser = argparse.ArgumentParser(prog="vinvl demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--work_dir", default="vinvl_demo", help="new directory for the corpus, model and report")
+    parser.add_argument("--work_dir", default="vinvl_demo",
+                        help="directory for the corpus, model and report: new, empty, or an earlier demo's (replaced)")
     parser.add_argument("--size", choices=sorted(SIZES), default="default", help="'ci' is a smaller, faster run")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

@@ -11,6 +11,8 @@ import json
 import pathlib
 from typing import List, Optional, Sequence
 
+from .data.layout import SPLITS
+from .errors import UsageError
 from .retrieval.first_stage import add_first_stage_argument, reject_removed_mode
 
 
@@ -20,7 +22,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
     gallery = parser.add_mutually_exclusive_group(required=True)
     gallery.add_argument("--data_dir", help="the gallery: a data directory the coco_ir script reads")
     gallery.add_argument("--gallery_images", help="the gallery: a folder of photos (no captions; needs --detector)")
-    parser.add_argument("--split", default="test", help="gallery split")
+    parser.add_argument("--split", choices=SPLITS, default="test", help="gallery split")
     parser.add_argument("--text", action="append", default=[], help="a caption query (repeatable)")
     parser.add_argument("--image_id", action="append", default=[], help="a gallery image to find captions for (repeatable)")
     parser.add_argument("--image", action="append", default=[], help="a photo file to find captions for (repeatable; needs --detector)")
@@ -39,6 +41,11 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
         parser.error("--image and --image_id retrieve captions, and a --gallery_images gallery has none: use --data_dir")
     if (args.image or args.gallery_images) and not args.detector:
         parser.error(f"{'--image' if args.image else '--gallery_images'} needs --detector DIR (a detector directory)")
+    if any(not text.strip() for text in args.text):
+        parser.error("--text: a caption query cannot be empty")
+    for name in ("top_k", "candidates"):
+        if getattr(args, name) <= 0:
+            parser.error(f"--{name} must be positive, got {getattr(args, name)}")
 
     import vinvl  # noqa: F401  (registers the task)
     from paddlenlp import Taskflow
@@ -56,6 +63,9 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
         candidates=args.candidates,
     )
     queries = list(args.text) + [{"image_id": i} for i in args.image_id] + [pathlib.Path(p) for p in args.image]
-    results = retrieval(queries)
+    try:
+        results = retrieval(queries)
+    except ValueError as exc:  # the task's message names the query at fault (an unknown image id, a bad photo...)
+        raise UsageError(str(exc)) from exc
     print(json.dumps(results, indent=2))
     return results

@@ -1,24 +1,114 @@
-"""CPU runtime defaults that must be in place before paddle is imported.
+"""CPU runtime defaults that must be in place before paddle is imported, and a quiet paddle import.
 
 Paddle sets OMP_NUM_THREADS=1 when it is unset, and its bundled MKL takes a slow code path on
 AMD processors unless MKL_DEBUG_CPU_TYPE=5; together they cost this project's CPU paths about
 3x. ``import vinvl`` gives each process its share of the cores (the processes that
 paddle.distributed.launch starts on one machine share them) and the fast MKL path, unless the
 user set these variables or ``VINVL_NO_CPU_TUNING=1``. It can only act before paddle is imported.
+
+Importing paddle, paddlenlp and what they pull in prints lines that say nothing to a user of
+this package; :func:`import_paddle_quietly` removes exactly those, each where it comes from:
+
+- ``UserWarning: No ccache found`` (paddle's C++-extension helper, a ``warnings.warn``) and
+  ``Setuptools is replacing distutils`` (setuptools' ``_distutils_hack``): warning filters on
+  those messages.
+- ``WARNING: OMP_NUM_THREADS set to N, not 1 ... PLEASE USE OMP_NUM_THREADS WISELY.``: two
+  ``print(file=sys.stderr)`` calls in ``paddle.base``; dropped only when N is the count
+  :func:`tune_cpu_defaults` chooses, so a count the user set is still questioned.
+- ``[...] [INFO] config.py:54 - PyTorch version ... available.`` (datasets), faiss' loader and
+  matplotlib's font cache INFO lines: paddle's ``log_utils.get_logger`` configures the *root*
+  logger at INFO with a handler of its own (it means a logger named "root"), so every library's
+  INFO records reach stderr. The root logger is put back as it was before paddle's import.
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import sys
+import warnings
+from typing import Callable, Iterator, Optional
 
-__all__ = ["tune_cpu_defaults"]
+__all__ = ["tune_cpu_defaults", "default_num_threads", "import_paddle_quietly"]
+
+_OMP_WARNING = "WARNING: OMP_NUM_THREADS set to {}, not 1."
+_OMP_WARNING_END = "PLEASE USE OMP_NUM_THREADS WISELY."
+
+
+def default_num_threads() -> int:
+    """The OMP thread count this process gets: its share of the cores among the launcher's local processes."""
+    local_processes = max(int(os.environ.get("PADDLE_LOCAL_SIZE", "1")), 1)
+    return max((os.cpu_count() or 1) // local_processes, 1)
 
 
 def tune_cpu_defaults() -> bool:
     """Set the thread count and MKL code path for this machine; returns whether it could still act."""
     if os.environ.get("VINVL_NO_CPU_TUNING") == "1" or "paddle" in sys.modules:
         return False
-    local_processes = max(int(os.environ.get("PADDLE_LOCAL_SIZE", "1")), 1)
-    os.environ.setdefault("OMP_NUM_THREADS", str(max((os.cpu_count() or 1) // local_processes, 1)))
+    os.environ.setdefault("OMP_NUM_THREADS", str(default_num_threads()))
     os.environ.setdefault("MKL_DEBUG_CPU_TYPE", "5")
     return True
+
+
+class _LineFilter:
+    """A text stream that passes whole lines on to ``stream`` unless ``drop(line)`` says otherwise."""
+
+    def __init__(self, stream, drop: Callable[[str], bool]):
+        self._stream, self._drop, self._pending = stream, drop, ""
+
+    def write(self, text: str) -> int:
+        self._pending += text
+        *lines, self._pending = self._pending.split("\n")
+        for line in lines:
+            if not self._drop(line):
+                self._stream.write(line + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        if self._pending:
+            if not self._drop(self._pending):
+                self._stream.write(self._pending)
+            self._pending = ""
+        self._stream.flush()
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def _stderr_without(drop: Optional[Callable[[str], bool]]) -> Iterator[None]:
+    if drop is None:
+        yield
+        return
+    original = sys.stderr
+    sys.stderr = _LineFilter(original, drop)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        sys.stderr = original
+
+
+def _omp_warning_filter() -> Optional[Callable[[str], bool]]:
+    """Drops paddle's OMP_NUM_THREADS warning when the count is the one vinvl chooses, else None."""
+    count = str(default_num_threads())
+    if os.environ.get("VINVL_NO_CPU_TUNING") == "1" or os.environ.get("OMP_NUM_THREADS", "").strip() != count:
+        return None
+    first = _OMP_WARNING.format(count)
+    return lambda line: line.startswith(first) or line == _OMP_WARNING_END
+
+
+def import_paddle_quietly() -> None:
+    """Import paddle (and what it imports) without the start-up lines listed in this module's docstring."""
+    warnings.filterwarnings("ignore", message="No ccache found", category=UserWarning)
+    warnings.filterwarnings("ignore", message="Setuptools is replacing distutils", category=UserWarning)
+    if "paddle" in sys.modules:
+        return
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    with _stderr_without(_omp_warning_filter()):
+        import paddle  # noqa: F401
+    for handler in root.handlers:
+        if handler not in handlers:
+            root.removeHandler(handler)
+    root.setLevel(level)

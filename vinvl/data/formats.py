@@ -14,6 +14,8 @@ from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 
+from ..errors import UserError
+
 __all__ = [
     "APPEARANCE_DIM",
     "FEATURE_DIM",
@@ -38,7 +40,7 @@ DEFAULT_IMAGE_SIZE = (600, 800)  # (height, width)
 CAPTION_EXTENSIONS = (".pt", ".pd", ".json")
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A data file that does not hold what it should; the message names the file and the row or id."""
 
 

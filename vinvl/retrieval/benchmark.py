@@ -471,8 +471,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     for name in ("num_images", "baseline_pairs", "top_k", "batch_size", "matmul_size"):
         if getattr(args, name) <= 0:
-            raise ValueError(f"--{name} must be positive, got {getattr(args, name)}")
+            parser.error(f"--{name} must be positive, got {getattr(args, name)}")
     return run_benchmark(args)

@@ -15,6 +15,9 @@ of :mod:`vinvl.retrieval.first_stage` proposes, the match head re-ranks).
 - ``coco5k``: the whole base image set as one gallery (1K numbers are derived from the same
   matrix at no cost and reported too).
 - ``keys``: any key file, as one gallery.
+- ``all``: every image of the split (no key file), as one gallery.
+
+The default protocol fits the split: ``coco1k`` for ``test``, ``all`` for any other split.
 
 The base image set is the split restricted to ``{split}_img_keys.tsv`` when that file exists
 (``test_img_keys.tsv`` lists the 5K test images), else the whole split. Every metric is a
@@ -33,6 +36,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..data.formats import DataError, load_image_keys
+from ..data.layout import SPLITS
+from ..errors import UsageError
 from .distributed import rank
 from .engine import RetrievalEngine, RetrievalScores, match_probability
 from .first_stage import FIRST_STAGES, add_first_stage_argument, check_first_stage, reject_removed_mode, resolve_first_stage
@@ -50,7 +55,7 @@ __all__ = [
     "main",
 ]
 
-PROTOCOLS = ("coco1k", "coco5k", "keys")
+PROTOCOLS = ("coco1k", "coco5k", "keys", "all")
 RANKED_TOP = 10  # results listed per query in the ranked-results files
 
 
@@ -122,7 +127,7 @@ def evaluate_corpus(
 class ProtocolResult:
     """What a protocol run measured.
 
-    ``results``: evaluation name (``1k_5fold``, ``1k_subset``, ``5k``, ``keys``) -> metrics.
+    ``results``: evaluation name (``1k_5fold``, ``1k_subset``, ``5k``, ``keys``, ``all``) -> metrics.
     ``gallery`` / ``scores``: the gallery whose ranked results are written (the 1K subset for
     coco1k, the whole set otherwise) and its score matrices.
     """
@@ -140,11 +145,11 @@ def _metrics(scores: RetrievalScores, caption_to_image: np.ndarray) -> Dict[str,
 
 def _folds(num_images: int, fold_size: int) -> List[np.ndarray]:
     if fold_size <= 0:
-        raise ValueError(f"fold_size must be positive, got {fold_size}")
+        raise UsageError(f"fold_size must be positive, got {fold_size}")
     if num_images < fold_size or num_images % fold_size:
-        raise ValueError(
+        raise UsageError(
             f"{num_images} images do not split into equal folds of {fold_size} "
-            "(COCO 1K: the 5000 test images in 5 folds of 1000); pass --fold_size"
+            "(COCO 1K: the 5000 test images in 5 folds of 1000); pass --fold_size, or --protocol all for one gallery"
         )
     return [np.arange(start, start + fold_size) for start in range(0, num_images, fold_size)]
 
@@ -173,7 +178,7 @@ def run_protocol(
         return _coco1k(engine, gallery, first_stage, top_k, _folds(gallery.num_images, fold_size), subset)
     scores = score_gallery(engine, gallery, first_stage, top_k)
     c2i = gallery.caption_to_image
-    results = {"5k" if protocol == "coco5k" else "keys": _metrics(scores, c2i)}
+    results = {"5k" if protocol == "coco5k" else protocol: _metrics(scores, c2i)}
     if protocol == "coco5k":
         num_folds = len(_folds(gallery.num_images, fold_size))
         results["1k_5fold"] = public_names(fold_metrics(scores.i2t, c2i, num_folds, scores.t2i))
@@ -279,9 +284,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data_dir", required=True, help="the coco_ir directory")
     parser.add_argument("--features_dir", default=None, help="per-split feature folders (default: data_dir/features)")
     parser.add_argument("--split", default="test", help="split to evaluate (default: test)")
-    parser.add_argument("--protocol", choices=PROTOCOLS, default="coco1k",
-                        help="coco1k: 5-fold average + official 1K subset; coco5k: the whole set; keys: --eval_img_keys_file")
-    parser.add_argument("--eval_img_keys_file", default=None, help="key file (path, or name in data_dir) for --protocol keys")
+    parser.add_argument("--protocol", choices=PROTOCOLS, default=None,
+                        help="coco1k: 5-fold average + official 1K subset; coco5k: the whole set; keys: "
+                             "--eval_img_keys_file; all: every image of the split (default: coco1k for the test split, "
+                             "all for any other)")
+    parser.add_argument("--eval_img_keys_file", default=None,
+                        help="key file for --protocol keys: a path, or a file name in data_dir")
     parser.add_argument("--fold_size", type=int, default=None,
                         help="images per 1K fold (default: the size of {split}_img_keys_1k.tsv, else 1000)")
     add_first_stage_argument(parser, default="exhaustive")  # exhaustive: the paper protocol
@@ -294,20 +302,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _key_path(data_dir: str, name: str) -> str:
-    return name if os.path.isabs(name) else os.path.join(data_dir, name)
+    """The absolute path of a key file given as a path (relative to the current directory) or a name in data_dir."""
+    return os.path.abspath(name if os.path.isfile(name) else os.path.join(data_dir, name))
 
 
 def _validate(args: argparse.Namespace) -> None:
     """Errors that need no data read, before the model or corpus is loaded."""
     reject_removed_mode(args)
+    if args.split not in SPLITS:
+        raise UsageError(f"unknown split {args.split!r}; the splits are {SPLITS}")
+    if args.protocol is None:
+        args.protocol = "coco1k" if args.split == "test" else "all"
     if args.batch_size <= 0:
-        raise ValueError(f"--batch_size must be positive, got {args.batch_size}")
+        raise UsageError(f"--batch_size must be positive, got {args.batch_size}")
     if args.top_k <= 0:
-        raise ValueError(f"--top_k must be positive, got {args.top_k}")
+        raise UsageError(f"--top_k must be positive, got {args.top_k}")
     if args.fold_size is not None and args.fold_size <= 0:
-        raise ValueError(f"--fold_size must be positive, got {args.fold_size}")
+        raise UsageError(f"--fold_size must be positive, got {args.fold_size}")
     if (args.protocol == "keys") != (args.eval_img_keys_file is not None):
-        raise ValueError("--eval_img_keys_file goes with --protocol keys (and that protocol needs it)")
+        raise UsageError("--eval_img_keys_file goes with --protocol keys (and that protocol needs it)")
+    keys_file = _key_path(args.data_dir, args.eval_img_keys_file) if args.protocol == "keys" else None
+    if keys_file and not os.path.isfile(keys_file):
+        raise DataError(f"{keys_file}: no such file (--eval_img_keys_file)")
     if not os.path.isfile(os.path.join(args.model_dir, "config.json")):
         raise FileNotFoundError(f"--model_dir {args.model_dir!r} is not a model directory (no config.json)")
     from ..model_dir import has_weights
@@ -324,15 +340,17 @@ def _load_gallery(args: argparse.Namespace) -> Tuple[Gallery, Optional[np.ndarra
 
     if args.protocol == "keys":
         keys_file = _key_path(args.data_dir, args.eval_img_keys_file)
+    elif args.protocol == "all":
+        keys_file = None
     else:
-        default_keys = os.path.join(args.data_dir, f"{args.split}_img_keys.tsv")
+        default_keys = os.path.abspath(os.path.join(args.data_dir, f"{args.split}_img_keys.tsv"))
         keys_file = default_keys if os.path.isfile(default_keys) else None
     corpus = load_corpus(
         args.data_dir, args.split, features_dir=args.features_dir, add_od_labels=not args.no_od_labels,
         eval_img_keys_file=keys_file, use_caption_index=False,
     )
     gallery = Gallery.from_corpus(corpus)
-    if args.protocol == "keys":
+    if args.protocol in ("keys", "all"):
         return gallery, None, 0
     subset_file = os.path.join(args.data_dir, f"{args.split}_img_keys_1k.tsv")
     subset = None
@@ -381,7 +399,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         "model_dir": os.path.abspath(args.model_dir),
         "num_images": gallery.num_images,
         "num_captions": gallery.num_captions,
-        "fold_size": fold_size if args.protocol != "keys" else None,
+        "fold_size": fold_size if args.protocol in ("coco1k", "coco5k") else None,
         "results": result.results,
         "pairs_scored": result.pairs_scored,
         "scoring_seconds": round(result.seconds, 3),

@@ -29,6 +29,8 @@ from typing import Any, Dict, List, Sequence
 import numpy as np
 from scipy import sparse
 
+from ..errors import UsageError
+
 __all__ = [
     "FIRST_STAGES",
     "FIRST_STAGE_CHOICES",
@@ -209,7 +211,7 @@ def top_k_stable(scores: np.ndarray, k: int) -> np.ndarray:
 def check_first_stage(first_stage: str, allowed: Sequence[str] = FIRST_STAGES) -> str:
     """``first_stage`` if it is one of ``allowed``, else a ValueError that lists them."""
     if first_stage not in allowed:
-        raise ValueError(f"first_stage must be one of {tuple(allowed)}, got {first_stage!r}")
+        raise UsageError(f"first_stage must be one of {tuple(allowed)}, got {first_stage!r}")
     return first_stage
 
 
@@ -233,7 +235,7 @@ def resolve_first_stage(requested: str, config: Any) -> str:
             else f"the model's contrastive heads are not trained (config.json trained_heads: {config.trained_heads})"
         )
         if requested == "contrastive":
-            raise ValueError(
+            raise UsageError(
                 f"first_stage 'contrastive' needs trained contrastive heads, but {why}; use first_stage "
                 "'tags' (BM25 over detector tags, needs no training) or 'exhaustive', or fit the heads first"
             )
@@ -264,6 +266,6 @@ def add_first_stage_argument(parser: argparse.ArgumentParser, default: str) -> N
 def reject_removed_mode(args: argparse.Namespace) -> None:
     """A ValueError naming ``--first_stage`` when the removed ``--mode`` was given."""
     if args.mode is not None:
-        raise ValueError(
+        raise UsageError(
             f"--mode is gone: use --first_stage exhaustive (every pair), contrastive, tags or auto (got --mode {args.mode})"
         )

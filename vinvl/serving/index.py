@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from ..configuration import OscarConfig
 from ..data import DataError, RetrievalCorpus, load_coco_ir
 from ..data.examples import ExampleOptions, detect_layout, open_feature_source
+from ..errors import UserError
 from ..model_dir import load_retrieval_model
 from ..retrieval import Gallery, RetrievalEngine
 from . import ann
@@ -59,7 +60,7 @@ EMBED_CHUNK = 1024
 _COPY_ROWS = 1 << 16
 
 
-class IndexWeightsError(ValueError):
+class IndexWeightsError(UserError, ValueError):
     """An index queried or extended with weights other than those that built it."""
 
 

@@ -26,6 +26,8 @@ import time
 from contextlib import contextmanager
 from typing import IO, Iterator, List, Optional, Tuple
 
+from ..errors import UserError
+
 __all__ = ["CURRENT", "MANIFEST", "IndexBusyError", "VersionedDir", "pause_for_test"]
 
 CURRENT = "CURRENT"
@@ -38,7 +40,7 @@ _VERSION = re.compile(r"^v(\d{6,})$")
 PAUSE_ENV = "VINVL_INDEX_TEST_PAUSE"
 
 
-class IndexBusyError(RuntimeError):
+class IndexBusyError(UserError, RuntimeError):
     """Another process is writing the same index."""
 
 

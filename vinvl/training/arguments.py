@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from ..data.collate import PAIR_SAMPLING
+from .heads import TRAIN_ONLY
 from .losses import OBJECTIVES
 
 __all__ = ["ModelArguments", "DataArguments", "validate_arguments"]
@@ -21,7 +22,29 @@ class ModelArguments:
     )
     objective: str = field(
         default="itm+itc",
-        metadata={"help": f"Training objective, one of {OBJECTIVES}: image-text matching, contrastive, or both."},
+        metadata={
+            "help": f"Training objective, one of {OBJECTIVES}: image-text matching, contrastive, both; "
+            "distill: the match head's in-batch scores as the contrastive heads' targets (fits a first stage "
+            "to a checkpoint whose match head is trained), alone or with the contrastive loss."
+        },
+    )
+    train_only: str = field(
+        default="all",
+        metadata={
+            "help": f"One of {TRAIN_ONLY}: train every weight, or only the heads the objective trains (plus "
+            "--trainable_layers); the rest is frozen and saved unchanged."
+        },
+    )
+    trainable_layers: int = field(
+        default=0,
+        metadata={
+            "help": "With --train_only heads: also train the last N encoder layers (the match head reads "
+            "them too, so its scores change)."
+        },
+    )
+    distill_temperature: float = field(
+        default=1.0,
+        metadata={"help": "Divides the match head's logit margins before their softmax (the distillation targets)."},
     )
     itm_negatives: str = field(
         default="random",
@@ -58,6 +81,16 @@ def validate_arguments(model_args: ModelArguments, data_args: DataArguments, tra
     """Fail at start, with the argument named, on what would otherwise fail deep into a run."""
     if model_args.objective not in OBJECTIVES:
         raise ValueError(f"--objective must be one of {OBJECTIVES}, got {model_args.objective!r}")
+    if model_args.train_only not in TRAIN_ONLY:
+        raise ValueError(f"--train_only must be one of {TRAIN_ONLY}, got {model_args.train_only!r}")
+    if model_args.trainable_layers < 0:
+        raise ValueError(f"--trainable_layers must be >= 0, got {model_args.trainable_layers}")
+    if model_args.trainable_layers and model_args.train_only != "heads":
+        raise ValueError("--trainable_layers needs --train_only heads (otherwise every layer trains)")
+    if model_args.distill_temperature <= 0:
+        raise ValueError(f"--distill_temperature must be positive, got {model_args.distill_temperature}")
+    if "distill" in model_args.objective.split("+") and training_args.per_device_train_batch_size < 2:
+        raise ValueError("--objective distill ranks the batch's candidates: --per_device_train_batch_size must be >= 2")
     if model_args.itm_negatives not in PAIR_SAMPLING:
         raise ValueError(f"--itm_negatives must be one of {PAIR_SAMPLING}, got {model_args.itm_negatives!r}")
     if model_args.itm_negatives == "mined" and model_args.objective != "itm+itc":

@@ -95,10 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     for name in ("train_images", "steps", "batch_size"):
         if getattr(args, name) <= 0:
-            raise ValueError(f"--{name} must be positive, got {getattr(args, name)}")
+            parser.error(f"--{name} must be positive, got {getattr(args, name)}")
     data_dir = os.path.join(args.work_dir, f"synthetic-seed{args.seed}-train{args.train_images}")
     if not os.path.isdir(data_dir):
         # minival too: the training entry loads it for evaluation even when it never evaluates

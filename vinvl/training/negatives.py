@@ -16,6 +16,7 @@ import numpy as np
 import paddle
 
 from ..processor import OscarProcessor
+from .pairs import pair_text_inputs
 
 __all__ = ["sample_negatives", "mined_pair_inputs"]
 
@@ -67,18 +68,7 @@ def mined_pair_inputs(
     captions = np.concatenate([items, items[has_image], caption_for_image[has_caption]])
     images = np.concatenate([items, image_for_caption[has_image], items[has_caption]])
     labels = np.concatenate([np.ones(len(items)), np.zeros(len(captions) - len(items))]).astype(np.int64)
-    img_feats = image_inputs["img_feats"]
-    text_len = image_inputs["input_ids"].shape[1]
-    region_lens = image_inputs["attention_mask"][:, text_len:].astype("int64").sum(axis=1).numpy()[images]
-    arrays = processor.assemble_pairs(
-        pieces["caption_ids"][captions],
-        pieces["caption_lens"][captions],
-        pieces["tag_ids"][images],
-        pieces["tag_lens"][images],
-        region_lens,
-        img_feats.shape[1],
-    )
-    inputs = {name: paddle.to_tensor(value) for name, value in arrays.items()}
-    inputs["img_feats"] = paddle.gather(img_feats, paddle.to_tensor(images))
+    inputs = pair_text_inputs(processor, pieces, image_inputs, captions, images)
+    inputs["img_feats"] = paddle.gather(image_inputs["img_feats"], paddle.to_tensor(images))
     inputs["labels"] = paddle.to_tensor(labels)
     return inputs

@@ -12,21 +12,29 @@ from paddlenlp.utils.log import logger
 
 from ..data import load_corpus
 from ..data.collate import MatchingCollator, MatchingPairDataset
+from ..errors import UsageError
 from ..model_dir import SINGLE_FILE_WEIGHTS, load_retrieval_model
 from .arguments import DataArguments, ModelArguments, validate_arguments
 from .history import LogHistoryCallback
+from .losses import objective_parts
 from .trainer import RetrievalTrainer
 
 __all__ = ["parse_arguments", "run_training", "main"]
+
+LIBRARY_LOG_LEVEL = "INFO"  # `vinvl train` reports through the Trainer's INFO lines (losses, metrics, saves)
 
 
 def parse_arguments(argv: Optional[List[str]] = None) -> Tuple[ModelArguments, DataArguments, TrainingArguments]:
     """Parse flags, or a single JSON config file as PaddleNLP scripts accept."""
     argv = sys.argv[1:] if argv is None else argv
     parser = PdArgumentParser((ModelArguments, DataArguments, TrainingArguments))
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(json_file=os.path.abspath(argv[0]))
-    return parser.parse_args_into_dataclasses(args=argv)
+    config_file = argv[0] if len(argv) == 1 and argv[0].endswith(".json") else None
+    try:
+        if config_file:
+            return parser.parse_json_file(json_file=os.path.abspath(config_file))
+        return parser.parse_args_into_dataclasses(args=argv)
+    except ValueError as exc:  # malformed JSON, flags or keys no argument takes, TrainingArguments' own checks
+        raise UsageError(f"{config_file}: {exc}" if config_file else str(exc)) from exc
 
 
 # What a checkpoint holds once the Trainer has finished writing it (the scheduler comes last).
@@ -87,7 +95,10 @@ def run_training(
     model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments
 ) -> Dict[str, float]:
     """Fine-tune on ``train_split``, evaluate on ``eval_split``, save the model; returns final metrics."""
-    validate_arguments(model_args, data_args, training_args)
+    try:
+        validate_arguments(model_args, data_args, training_args)
+    except ValueError as exc:  # each check names the flag at fault
+        raise UsageError(str(exc)) from exc
     corpus_options = dict(features_dir=data_args.features_dir, add_od_labels=data_args.add_od_labels)
     train_corpus = load_corpus(data_args.data_dir, data_args.train_split, **corpus_options) if training_args.do_train else None
     eval_corpus = None
@@ -104,18 +115,21 @@ def run_training(
         max_seq_len=data_args.max_seq_length,
         max_img_seq_len=data_args.max_img_seq_length,
     )
-    objectives = model_args.objective.split("+")
+    objectives = objective_parts(model_args.objective)
     if training_args.ddp_find_unused_parameters is None:
-        # One objective leaves the other's heads without gradients; data parallel must know.
-        training_args.ddp_find_unused_parameters = len(objectives) == 1
+        # Only itm+itc reaches every head; otherwise some weights get no gradient, and data parallel must know.
+        training_args.ddp_find_unused_parameters = objectives != {"itm", "itc"}
     train_dataset = None
     if train_corpus is not None:
+        # Distillation scores every in-batch (caption, image) pair, assembled from token pieces as
+        # the pairs of mined negatives are.
+        pairs = model_args.itm_negatives if "itm" in objectives else ("mined" if "distill" in objectives else None)
         train_dataset = MatchingPairDataset(
             train_corpus,
             processor,
             seed=training_args.seed,
-            single_modality="itc" in objectives,
-            pairs=model_args.itm_negatives if "itm" in objectives else None,
+            single_modality=bool(objectives - {"itm"}),
+            pairs=pairs,
         )
     trainer = RetrievalTrainer(
         model=model,
@@ -130,6 +144,9 @@ def run_training(
         eval_mode=data_args.eval_mode,
         eval_top_k=data_args.eval_top_k,
         eval_with_caption_index=data_args.eval_with_caption_index,
+        train_only=model_args.train_only,
+        trainable_layers=model_args.trainable_layers,
+        distill_temperature=model_args.distill_temperature,
         callbacks=[LogHistoryCallback()],
     )
     metrics: Dict[str, float] = {}

@@ -8,13 +8,18 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import paddle
 from paddlenlp.trainer import Trainer
+from paddlenlp.trainer.trainer import OPTIMIZER_NAME
 from paddlenlp.utils.env import PADDLE_WEIGHTS_NAME, SAFE_WEIGHTS_NAME
+from paddlenlp.utils.log import logger
 
 from ..processor import OscarProcessor
 from ..data.collate import PAIR_SAMPLING
-from .losses import OBJECTIVES, contrastive_loss
+from .heads import TRAIN_ONLY, freeze_all_but, trainable_parameter_names
+from .losses import contrastive_loss, distillation_loss, objective_parts, trained_heads
 from .negatives import mined_pair_inputs, sample_negatives
+from .optimizer_state import from_structured_names, to_structured_names
 from .sampler import EpochSeededBatchSampler
+from .teacher import match_margins
 
 __all__ = ["RetrievalTrainer"]
 
@@ -26,15 +31,27 @@ class RetrievalTrainer(Trainer):
     """paddlenlp.Trainer for image-text retrieval.
 
     - ``objective``: ``"itm"`` (the official matching loss over positive and negative pairs),
-      ``"itc"`` (in-batch contrastive loss on caption-only and image-only passes) or ``"itm+itc"``.
+      ``"itc"`` (in-batch contrastive loss on caption-only and image-only passes), ``"itm+itc"``,
+      ``"distill"`` (the match head's in-batch scores, computed without gradient, as the targets
+      of the contrastive heads, see :func:`vinvl.training.losses.distillation_loss`) or
+      ``"itc+distill"``.
+    - ``train_only``: ``"all"`` or ``"heads"``: only the objective's heads (plus the last
+      ``trainable_layers`` encoder layers) train; everything else is frozen (``stop_gradient``,
+      left out of the optimizer) and saved bit-identical. ``"heads"`` with ``"distill"`` fits the
+      contrastive heads of a checkpoint whose match head is trained, without touching that head.
     - ``itm_negatives``: ``"random"`` (the official negatives, sampled with the data) or
       ``"mined"`` (``itm+itc`` only: two negatives per positive drawn from the batch by their
       contrastive similarity, see :mod:`vinvl.training.negatives`).
     - ``evaluate`` ranks ``eval_dataset`` (a corpus with the RetrievalCorpus interface) with the
       retrieval engine and reports R@1/5/10 both ways and ``rsum`` (use ``metric_for_best_model
       rsum``), instead of paddlenlp's loss-only evaluation loop.
-    - The training order and the negatives depend only on (seed, epoch), so resuming from a
-      checkpoint continues exactly where an uninterrupted run would be.
+    - The training order and the negatives depend only on (seed, epoch), and the optimizer state
+      is saved under structured parameter names (:mod:`vinvl.training.optimizer_state`), so
+      resuming from a checkpoint, in a new process or in one that built other models before,
+      continues exactly where an uninterrupted run would be.
+    - Training records the heads it trained in the model's config (``trained_heads``: what the
+      start model recorded, plus ``match`` for itm and ``contrastive`` for itc / distill), so
+      every checkpoint and the final model say which heads carry trained weights.
     """
 
     def __init__(
@@ -46,22 +63,93 @@ class RetrievalTrainer(Trainer):
         eval_mode: str = "exhaustive",
         eval_top_k: int = 16,
         eval_with_caption_index: bool = True,
+        train_only: str = "all",
+        trainable_layers: int = 0,
+        distill_temperature: float = 1.0,
         **kwargs,
     ):
-        if objective not in OBJECTIVES:
-            raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+        self._objectives = objective_parts(objective)
         if itm_negatives not in PAIR_SAMPLING:
             raise ValueError(f"itm_negatives must be one of {PAIR_SAMPLING}, got {itm_negatives!r}")
         if itm_negatives == "mined" and objective != "itm+itc":
             raise ValueError(f"mined negatives need the objective itm+itc (they come from its similarities), got {objective!r}")
+        if train_only not in TRAIN_ONLY:
+            raise ValueError(f"train_only must be one of {TRAIN_ONLY}, got {train_only!r}")
+        if trainable_layers and train_only != "heads":
+            raise ValueError("trainable_layers unfreezes encoder layers beside the heads: it needs train_only='heads'")
+        if distill_temperature <= 0:
+            raise ValueError(f"distill_temperature must be positive, got {distill_temperature}")
         super().__init__(*args, **kwargs)
+        if self.args.use_async_save or self.args.unified_checkpoint:
+            raise ValueError("RetrievalTrainer saves optimizer state itself: use_async_save / unified_checkpoint are not supported")
         self.processor = processor
         self.objective = objective
         self.itm_negatives = itm_negatives
-        self._objectives = set(objective.split("+"))
         self.eval_mode = eval_mode
         self.eval_top_k = eval_top_k
         self.eval_with_caption_index = eval_with_caption_index
+        self.train_only = train_only
+        self.distill_temperature = distill_temperature
+        if train_only == "heads":
+            self._freeze(trainable_layers)
+        self._save_ckpt_func = self._structured_optimizer_saver(self._save_ckpt_func)
+
+    def _freeze(self, trainable_layers: int) -> None:
+        names = trainable_parameter_names(self.model, trained_heads(self.objective), trainable_layers)
+        count = freeze_all_but(self.model, names)
+        total = sum(int(p.size) for p in self.model.parameters())
+        logger.info(f"Training {len(names)} tensors ({count:,} of {total:,} weights); the rest is frozen")
+        if trainable_layers and "match" not in trained_heads(self.objective):
+            logger.warning(
+                f"The last {trainable_layers} encoder layers train, and the match head reads them too: "
+                "its scores will change although the objective does not train it"
+            )
+
+    def create_optimizer(self, lr_scheduler=None):
+        """paddlenlp's optimizer over the trainable parameters only (same weight-decay rule)."""
+        if self.optimizer is not None or self.train_only == "all":
+            return super().create_optimizer(lr_scheduler)
+        named = [(name, p) for name, p in self.model.named_parameters() if not p.stop_gradient]
+        decay = {p.name for name, p in named if not any(nd in name for nd in ("bias", "norm"))}
+        optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(self.args)
+        self.optimizer = optimizer_cls(
+            learning_rate=self.lr_scheduler if lr_scheduler is None else lr_scheduler,
+            apply_decay_param_fun=lambda name: name in decay,
+            parameters=[p for _, p in named],
+            weight_decay=self.args.weight_decay,
+            grad_clip=paddle.nn.ClipGradByGlobalNorm(self.args.max_grad_norm) if self.args.max_grad_norm > 0 else None,
+            **optimizer_kwargs,
+        )
+        return self.optimizer
+
+    def train(self, *args, **kwargs):
+        """paddlenlp's training loop, with the heads it trains recorded in the model's config first
+        (so checkpoints written during the run carry the record too)."""
+        config = self.model.config
+        config.trained_heads = sorted(config.heads_trained() | trained_heads(self.objective))
+        return super().train(*args, **kwargs)
+
+    def _structured_optimizer_saver(self, save):
+        """Wrap paddlenlp's checkpoint-file writer so the optimizer file is keyed by structured names."""
+
+        def save_checkpoint_file(state_dict, path, signal_path=None):
+            if os.path.basename(path) == OPTIMIZER_NAME:
+                state_dict = to_structured_names(state_dict, self.model)
+            return save(state_dict, path, signal_path)
+
+        return save_checkpoint_file
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        """paddlenlp's loading, with the optimizer state renamed from structured names to the
+        current parameters' names just before it is set."""
+        if checkpoint is None or self.optimizer is None:
+            return super()._load_optimizer_and_scheduler(checkpoint)
+        set_state_dict = self.optimizer.set_state_dict
+        self.optimizer.set_state_dict = lambda state: set_state_dict(from_structured_names(state, self.model))
+        try:
+            return super()._load_optimizer_and_scheduler(checkpoint)
+        finally:
+            del self.optimizer.set_state_dict
 
     def _get_train_sampler(self) -> EpochSeededBatchSampler:
         return EpochSeededBatchSampler(
@@ -90,15 +178,27 @@ class RetrievalTrainer(Trainer):
         if self.itm_negatives == "mined":
             loss, outputs = self._mined_loss(model, inputs, image_index)
             return (loss, outputs) if return_outputs else loss
-        use_itm, use_itc = "itm" in self._objectives, "itc" in self._objectives
-        dropped = (() if use_itc else _SINGLE_MODALITY_KEYS) + (() if use_itm else _PAIR_KEYS)
-        outputs = model(**{k: v for k, v in inputs.items() if k not in dropped})
+        parts = self._objectives
+        teacher = None
+        if "distill" in parts:  # before the student's forward: data parallel allows one per backward
+            teacher = match_margins(
+                getattr(model, "_layers", model), self.processor, inputs["pair_pieces"], inputs["image_inputs"],
+                chunk=self.args.per_device_eval_batch_size,
+            )
+        keys = (_PAIR_KEYS if "itm" in parts else ()) + (_SINGLE_MODALITY_KEYS if parts - {"itm"} else ())
+        outputs = model(**{k: inputs[k] for k in keys if k in inputs})
         losses = []
-        if use_itm:
+        if "itm" in parts:
             losses.append(outputs.loss)
-        if use_itc:
+        if "itc" in parts:
             losses.append(
                 contrastive_loss(outputs.caption_embeds, outputs.image_embeds, outputs.logit_scale, image_index)
+            )
+        if teacher is not None:
+            losses.append(
+                distillation_loss(
+                    outputs.caption_embeds, outputs.image_embeds, outputs.logit_scale, teacher, self.distill_temperature
+                )
             )
         loss = paddle.add_n(losses)
         return (loss, outputs) if return_outputs else loss

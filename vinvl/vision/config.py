@@ -17,6 +17,8 @@ import json
 import os
 from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
+from ..errors import UserError
+
 CONFIG_NAME = "config.json"
 MODEL_TYPE = "vinvl-detector"
 
@@ -126,7 +128,7 @@ VINVL_X152C4: Dict[str, Any] = {
 STAGE_BLOCKS = {"R-50-C4": (3, 4, 6), "R-101-C4": (3, 4, 23), "R-152-C4": (3, 8, 36)}
 
 
-class DetectorConfigError(ValueError):
+class DetectorConfigError(UserError, ValueError):
     """A detector configuration this port cannot run; the message names the key at fault."""
 
 

@@ -138,20 +138,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``vinvl convert-detector``; exits with status 2 (message on stderr) when the conversion is refused."""
+    """``vinvl convert-detector``; a refused conversion raises ConversionError (one line on stderr, status 2)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     parser = add_arguments(argparse.ArgumentParser(prog="vinvl convert-detector", description=__doc__.splitlines()[0]))
     args = parser.parse_intermixed_args(argv)
-    try:
-        out = convert_detector(
-            args.checkpoint, args.dst, config_file=args.config_file, overrides=args.overrides, overwrite=args.overwrite
-        )
-    except ConversionError as exc:
-        logger.error("%s", exc)
-        raise SystemExit(2) from exc
+    out = convert_detector(
+        args.checkpoint, args.dst, config_file=args.config_file, overrides=args.overrides, overwrite=args.overwrite
+    )
     print(out)
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from ..cli import run_main
+
+    raise SystemExit(run_main(main, prog="vinvl convert-detector"))

@@ -20,6 +20,7 @@ import paddle
 from paddle import nn
 
 from ..data.synthetic import LABELMAP
+from ..errors import UserError
 from ..model_dir import SAFE_WEIGHTS_NAME
 from . import boxes as box_ops
 from .backbone import Backbone
@@ -34,7 +35,7 @@ from .transforms import check_image, normalize, resize_image
 INIT_SEED = 0
 
 
-class DetectorWeightsError(ValueError):
+class DetectorWeightsError(UserError, ValueError):
     """Weights that do not fit the detector's config; the message names every tensor at fault."""
 
 

@@ -52,6 +52,7 @@ import paddle
 from tqdm.auto import tqdm
 
 from ..data.formats import encode_features
+from ..errors import UserError
 from .image import IMAGE_EXTENSIONS, BadImageError, check_header, load_image
 
 __all__ = [
@@ -74,7 +75,7 @@ LOCK_FILE = ".extract.lock"
 PREFETCH = 2  # images decoded ahead of the detector (each may be up to PIL's 89.5-megapixel limit)
 
 
-class ExtractError(ValueError):
+class ExtractError(UserError, ValueError):
     """A user mistake in what extraction was asked to do (the message says what and where)."""
 
 

@@ -22,6 +22,8 @@ from typing import Tuple, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ..errors import UserError
+
 __all__ = [
     "IMAGE_EXTENSIONS",
     "READ_FORMATS",
@@ -43,7 +45,7 @@ SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 ImageSource = Union[str, "os.PathLike[str]", bytes, Image.Image, np.ndarray]
 
 
-class BadImageError(ValueError):
+class BadImageError(UserError, ValueError):
     """An image that cannot be used: ``source`` names it, ``reason`` says why."""
 
     def __init__(self, source: str, reason: str):

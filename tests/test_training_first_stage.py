@@ -1,0 +1,181 @@
+"""Fitting a first stage to a checkpoint: the contrastive heads distilled from the match head with
+everything else frozen, and the heads a run trained recorded in the saved config."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+import vinvl  # noqa: F401  (CPU runtime defaults before paddle)
+from vinvl.data import load_corpus, write_synthetic_corpus
+from vinvl.model_dir import load_retrieval_model
+from vinvl.retrieval.engine import RetrievalEngine
+from vinvl.retrieval.gallery import Gallery
+from vinvl.retrieval.metrics import coverage, retrieval_metrics
+from vinvl.training.run import parse_arguments
+from vinvl.training.heads import HEAD_PARAMETER_PREFIXES, reset_heads
+from vinvl.training.run import main as train_main
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(REPO, "model_configs", "tiny")
+CONTRASTIVE = HEAD_PARAMETER_PREFIXES["contrastive"]
+
+
+def _flags(model, data_dir, output_dir, **overrides):
+    flags = {
+        "model_name_or_path": model, "data_dir": data_dir, "output_dir": output_dir, "do_train": "true",
+        "per_device_train_batch_size": "8", "learning_rate": "2e-3", "max_steps": "4", "logging_steps": "50",
+        "save_strategy": "no", "evaluation_strategy": "no", "seed": "5", "disable_tqdm": "true",
+        "report_to": "none", "overwrite_output_dir": "true",
+    }
+    flags.update({k: str(v) for k, v in overrides.items()})
+    return [token for key, value in flags.items() for token in (f"--{key}", value)]
+
+
+def _weights(model_dir):
+    from safetensors.numpy import load_file
+
+    return load_file(os.path.join(model_dir, "model.safetensors"))
+
+
+def _trained_heads(model_dir):
+    with open(os.path.join(model_dir, "config.json")) as f:
+        return json.load(f).get("trained_heads")
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("corpus"))
+    write_synthetic_corpus(out, {"train": 8, "minival": 2, "val": 0, "test": 2}, seed=2)
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(corpus_dir, tmp_path_factory):
+    """The tiny model trained (match and contrastive heads), then its contrastive heads reset as a
+    conversion leaves them: the stand-in for a converted checkpoint."""
+    work = tmp_path_factory.mktemp("trained")
+    trained_dir = str(work / "trained")
+    train_main(_flags(TINY, corpus_dir, trained_dir, max_steps=500, warmup_steps=20, weight_decay=0.01))
+    model, processor = load_retrieval_model(trained_dir)
+    reset_heads(model, ["contrastive"], seed=1)
+    reset_dir = str(work / "reset")
+    model.save_pretrained(reset_dir)
+    processor.tokenizer.save_pretrained(reset_dir)
+    return trained_dir, reset_dir
+
+
+def _first_stage_quality(model_dir, corpus_dir, k):
+    """The contrastive first stage's top-1 coverage at k both ways (queries whose match-head best
+    answer is among their k candidates) and the exhaustive scores.
+
+    Measured on the 8 images the model trained and the heads are fitted on: what is tested is
+    that fitting makes the first stage agree with the match head, which needs a match head that
+    ranks well, and the tiny model's ranks these 8 perfectly after 500 steps (on unseen images it
+    needs thousands of steps on a large corpus; scripts/benchmark_first_stage.py measures that)."""
+    model, processor = load_retrieval_model(model_dir)
+    gallery = Gallery.from_corpus(load_corpus(corpus_dir, "train"))
+    engine = RetrievalEngine(model, processor, batch_size=256, progress=False)
+    scores = engine.exhaustive(gallery).t2i  # [I, C]
+    candidates = engine.first_stage_candidates(gallery, "contrastive", k)
+    exhaustive = retrieval_metrics(scores, gallery.caption_to_image)
+    assert exhaustive["t2i_R@1"] == exhaustive["i2t_R@1"] == 100.0, exhaustive  # the teacher is right
+    return coverage(scores, candidates.t2i, top=1, axis=0), coverage(scores, candidates.i2t, top=1, axis=1), scores
+
+
+def test_fitting_heads_with_the_encoder_frozen_changes_nothing_else_and_learns_the_match_head(
+    trained, corpus_dir, tmp_path
+):
+    _, reset_dir = trained
+    fitted = str(tmp_path / "fitted")
+    train_main(
+        _flags(
+            reset_dir, corpus_dir, fitted, objective="distill", train_only="heads", max_steps=100,
+            learning_rate="5e-3", save_strategy="steps", save_steps=100,
+        )
+    )
+    before, after = _weights(reset_dir), _weights(fitted)
+    assert before.keys() == after.keys()
+    heads = [k for k in before if k.startswith(CONTRASTIVE)]
+    assert len(heads) == 5  # two projections (weight, bias) and the temperature
+    for key in before:
+        if key in heads:
+            assert not np.array_equal(before[key], after[key]), f"{key} did not train"
+        else:
+            assert before[key].dtype == after[key].dtype
+            assert np.array_equal(before[key], after[key]), f"{key} changed although frozen"
+    # The optimizer held the heads alone, under structured names.
+    import paddle
+
+    state = paddle.load(os.path.join(fitted, "checkpoint-100", "optimizer.pdopt"))
+    owners = {key.split("/")[0] for key in state if "/" in key}
+    assert owners == set(heads), owners
+    assert _trained_heads(fitted) == ["contrastive", "match"]
+
+    k = 2  # of 8 images / 40 captions
+    reset_t2i, reset_i2t, reset_scores = _first_stage_quality(reset_dir, corpus_dir, k)
+    fitted_t2i, fitted_i2t, fitted_scores = _first_stage_quality(fitted, corpus_dir, k)
+    np.testing.assert_array_equal(reset_scores, fitted_scores)  # the match head scores exactly as before
+    # Measured: random heads cover 0.25 / 0.0, fitted ones 1.0 / 0.875 (the trained heads 1.0 / 0.125).
+    assert reset_t2i <= 0.5 and reset_i2t <= 0.25, (reset_t2i, reset_i2t)
+    assert fitted_t2i >= 0.9 and fitted_i2t >= 0.6, (fitted_t2i, fitted_i2t)
+
+
+def test_trainable_layers_train_the_last_encoder_layers_too(trained, corpus_dir, tmp_path):
+    _, reset_dir = trained
+    out = str(tmp_path / "fit")
+    train_main(_flags(reset_dir, corpus_dir, out, objective="itc+distill", train_only="heads", trainable_layers=1))
+    before, after = _weights(reset_dir), _weights(out)
+    changed = {key for key in before if not np.array_equal(before[key], after[key])}
+    last_layer = {key for key in before if key.startswith("bert.encoder.layer.1.")}
+    heads = {key for key in before if key.startswith(CONTRASTIVE)}
+    assert changed <= last_layer | heads and heads <= changed and changed & last_layer
+
+
+@pytest.mark.parametrize(
+    "start, objective, train_only, expected",
+    [
+        ("config", "itm", "all", ["match"]),
+        ("config", "itc", "all", ["contrastive"]),
+        ("config", "itm+itc", "all", ["contrastive", "match"]),
+        ("reset", "distill", "heads", ["contrastive", "match"]),
+        ("reset", "itm", "heads", ["match"]),
+    ],
+)
+def test_saved_models_and_checkpoints_record_the_heads_trained(
+    trained, corpus_dir, tmp_path, start, objective, train_only, expected
+):
+    start_dir = TINY if start == "config" else trained[1]
+    assert _trained_heads(start_dir) == (None if start == "config" else ["match"])  # config only: read as []
+    out = str(tmp_path / "run")
+    train_main(
+        _flags(start_dir, corpus_dir, out, objective=objective, train_only=train_only, max_steps=2,
+               save_strategy="steps", save_steps=1)
+    )
+    assert _trained_heads(out) == expected
+    assert _trained_heads(os.path.join(out, "checkpoint-1")) == expected
+    reloaded, _ = load_retrieval_model(out)
+    assert reloaded.config.heads_trained() == set(expected)
+
+
+@pytest.mark.parametrize("recipe", ["tiny/fit_first_stage.json", "vinvl-base/fit_first_stage.json"])
+def test_fitting_recipes_parse_and_freeze_all_but_the_contrastive_heads(recipe):
+    model_args, data_args, training_args = parse_arguments([os.path.join(REPO, "model_configs", recipe)])
+    assert model_args.objective == "distill" and model_args.train_only == "heads"
+    assert training_args.do_train and training_args.per_device_train_batch_size >= 2
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"train_only": "encoder"}, "train_only"),
+        ({"trainable_layers": 1}, "trainable_layers"),
+        ({"train_only": "heads", "trainable_layers": -1}, "trainable_layers"),
+        ({"train_only": "heads", "trainable_layers": 3}, "trainable_layers"),
+        ({"objective": "distill", "distill_temperature": 0}, "distill_temperature"),
+        ({"objective": "distill", "per_device_train_batch_size": 1}, "per_device_train_batch_size"),
+    ],
+)
+def test_bad_fitting_arguments_fail_at_start(corpus_dir, tmp_path, override, message):
+    with pytest.raises(ValueError, match=message):
+        train_main(_flags(TINY, corpus_dir, str(tmp_path / "run"), **override))

@@ -1,0 +1,271 @@
+"""``scripts/benchmark_first_stage.py``: a first stage for a checkpoint whose contrastive heads are untrained.
+
+An official VinVL checkpoint converts with a trained match head and freshly initialised
+contrastive heads. This benchmark stands in for one with the tiny config trained on the
+synthetic corpus (matching + contrastive, as :mod:`vinvl.retrieval.benchmark` trains it),
+its contrastive heads then reset to a fresh initialisation (:func:`vinvl.training.heads.reset_heads`),
+and measures on the corpus' test split, against exhaustive scoring by the (unchanged) match head:
+
+- ``fitted <objective>``: the reset heads fitted with everything else frozen
+  (``--train_only heads``), for each of ``--fit_objectives`` (``distill``: the match head's
+  in-batch scores as targets; ``itc``: the in-batch contrastive loss), evaluated every
+  ``--fit_eval_every`` steps of one run of ``--fit_steps`` (the learning curve);
+- ``tags``: BM25 of caption words against the detector tags (needs no training);
+- ``trained heads``: the heads as originally trained (what fitting is aiming at);
+- ``reset heads``: the random heads themselves (what two-stage would use unfitted);
+
+each at every k of ``--ks``: two-stage R@1/5/10 both ways and their change from exhaustive,
+the pairs scored, and coverage (the fraction of queries whose exhaustive top-1 / top-10
+answers are all among the k candidates; :func:`vinvl.retrieval.metrics.coverage`).
+
+The match head's scores do not depend on the first stage, so the gallery is scored
+exhaustively once and each first stage's two-stage result is that matrix restricted to its
+candidate pairs (what :meth:`RetrievalEngine.two_stage` scores). That shortcut is checked
+once per run against a real ``two_stage`` call (reported as the largest R@K difference).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..data import write_synthetic_corpus
+from ..model_dir import load_retrieval_model
+from ..retrieval.benchmark import RECALLS, _gallery, _train_tiny
+from ..retrieval.engine import RetrievalEngine
+from ..retrieval.evaluate import public_names
+from ..retrieval.first_stage import Candidates, contrastive_candidates, tag_candidates
+from ..retrieval.gallery import Gallery
+from ..retrieval.metrics import first_stage_coverage, retrieval_metrics
+from .heads import reset_heads
+from .losses import OBJECTIVES
+from .run import main as train_main
+
+__all__ = ["restrict_to_candidates", "run_benchmark", "main"]
+
+COVERAGES = ("t2i_top1", "i2t_top1", "t2i_top10", "i2t_top10")
+
+
+def restrict_to_candidates(scores: np.ndarray, candidates: Candidates) -> Tuple[np.ndarray, np.ndarray, int]:
+    """Two-stage ``(i2t, t2i, pairs scored)`` from exhaustive ``scores [I, C]``: each image keeps
+    its candidate captions, each caption its candidate images, everything else ``-inf``; the
+    pairs scored are the union of both directions' candidates."""
+    num_images, num_captions = scores.shape
+    i2t_codes = (np.arange(num_images)[:, None] * num_captions + candidates.i2t).ravel()
+    t2i_codes = (candidates.t2i * num_captions + np.arange(num_captions)[:, None]).ravel()
+    i2t = np.full(scores.shape, -np.inf, dtype=np.float32)
+    t2i = np.full(scores.shape, -np.inf, dtype=np.float32)
+    i2t.ravel()[i2t_codes] = scores.ravel()[i2t_codes]
+    t2i.ravel()[t2i_codes] = scores.ravel()[t2i_codes]
+    return i2t, t2i, int(len(np.union1d(i2t_codes, t2i_codes)))
+
+
+def _evaluate(scores: np.ndarray, gallery: Gallery, candidates: Candidates) -> Dict[str, float]:
+    i2t, t2i, pairs = restrict_to_candidates(scores, candidates)
+    row = public_names(retrieval_metrics(i2t, gallery.caption_to_image, t2i))
+    row.update(first_stage_coverage(scores, candidates.i2t, candidates.t2i))
+    row["pairs_scored"] = pairs
+    return row
+
+
+def _exhaustive_scores(
+    args: argparse.Namespace, engine: RetrievalEngine, gallery: Gallery, model_dir: str
+) -> Tuple[np.ndarray, float]:
+    """The gallery's exhaustive match scores and the seconds they took, kept in work_dir: they
+    depend only on the match head, which no first stage changes, and cost most of a run."""
+    path = os.path.join(args.work_dir, f"exhaustive-{gallery.num_images}.npz")
+    if os.path.isfile(path):
+        cached = np.load(path)
+        if str(cached["model_dir"]) == os.path.abspath(model_dir) and cached["scores"].shape == (
+            gallery.num_images, gallery.num_captions
+        ):
+            return cached["scores"], float(cached["seconds"])
+    exhaustive = engine.exhaustive(gallery)
+    np.savez(path, scores=exhaustive.t2i, seconds=exhaustive.seconds, model_dir=os.path.abspath(model_dir))
+    return exhaustive.t2i, exhaustive.seconds
+
+
+def _embeddings(model_dir: str, gallery: Gallery, batch_size: int) -> Tuple[np.ndarray, np.ndarray]:
+    model, processor = load_retrieval_model(model_dir)
+    engine = RetrievalEngine(model, processor, batch_size=batch_size, progress=False)
+    return engine.embed_images(gallery), engine.embed_captions(gallery)
+
+
+def _fit(args: argparse.Namespace, reset_dir: str, data_dir: str, objective: str) -> List[Tuple[int, str]]:
+    """Fit the reset heads with the encoder frozen; returns ``(step, model dir)`` of every checkpoint."""
+    output_dir = os.path.join(
+        args.work_dir,
+        f"fit-{objective}-T{args.fit_distill_temperature}-b{args.fit_batch_size}-{args.fit_steps}-lr{args.fit_learning_rate}",
+    )
+    flags = {
+        "model_name_or_path": reset_dir, "data_dir": data_dir, "output_dir": output_dir, "objective": objective,
+        "train_only": "heads", "distill_temperature": str(args.fit_distill_temperature), "do_train": "true", "max_steps": str(args.fit_steps),
+        "per_device_train_batch_size": str(args.fit_batch_size), "per_device_eval_batch_size": "256",
+        "learning_rate": str(args.fit_learning_rate), "lr_scheduler_type": "constant", "weight_decay": "0.0",
+        "save_strategy": "steps", "save_steps": str(args.fit_eval_every), "evaluation_strategy": "no",
+        "logging_steps": "50", "report_to": "none", "disable_tqdm": "true", "seed": str(args.seed),
+        "overwrite_output_dir": "true",
+    }
+    if not os.path.isfile(os.path.join(output_dir, "model.safetensors")):
+        train_main([token for key, value in flags.items() for token in (f"--{key}", value)])
+    steps = sorted(
+        int(m.group(1)) for name in os.listdir(output_dir) if (m := re.fullmatch(r"checkpoint-(\d+)", name))
+    )
+    return [(step, os.path.join(output_dir, f"checkpoint-{step}")) for step in steps]
+
+
+def _prepare(args: argparse.Namespace) -> Tuple[str, str, str]:
+    """Corpus, trained model and its reset copy (each made only when not already in work_dir)."""
+    os.makedirs(args.work_dir, exist_ok=True)
+    data_dir = args.data_dir or os.path.join(
+        args.work_dir, f"synthetic-seed{args.seed}-train{args.train_images}-test{args.num_images}"
+    )
+    if not os.path.isdir(data_dir):
+        counts = {"train": args.train_images, "minival": 20, "val": 0, "test": args.num_images}
+        write_synthetic_corpus(data_dir, counts, seed=args.seed)
+    model_dir = args.model_dir
+    if model_dir is None:
+        model_dir = os.path.join(args.work_dir, f"tiny-trained-{args.train_steps}")
+        if not os.path.isfile(os.path.join(model_dir, "model.safetensors")):
+            _train_tiny(args.work_dir, data_dir, args.train_steps, args.seed)
+    reset_dir = os.path.join(args.work_dir, "reset-heads")
+    model, processor = load_retrieval_model(model_dir)
+    reset_heads(model, ["contrastive"], seed=args.seed + 1)
+    model.save_pretrained(reset_dir)
+    processor.tokenizer.save_pretrained(reset_dir)
+    return data_dir, model_dir, reset_dir
+
+
+def run_benchmark(args: argparse.Namespace) -> Dict[str, Any]:
+    """Every measurement of the module docstring; prints the table, returns and writes it as JSON."""
+    data_dir, model_dir, reset_dir = _prepare(args)
+    gallery = _gallery(data_dir, args.num_images)
+    model, processor = load_retrieval_model(model_dir)
+    engine = RetrievalEngine(model, processor, batch_size=args.batch_size, progress=not args.no_progress)
+    scores, seconds = _exhaustive_scores(args, engine, gallery, model_dir)
+    reference = public_names(retrieval_metrics(scores, gallery.caption_to_image))
+    reference.update(pairs_scored=int(scores.size), seconds=seconds)
+
+    stages: List[Tuple[str, Optional[int], Any]] = [("trained heads", None, _embeddings(model_dir, gallery, args.batch_size))]
+    stages.append(("reset heads", None, _embeddings(reset_dir, gallery, args.batch_size)))
+    stages.append(("tags", None, "tags"))
+    for objective in args.fit_objectives:
+        for step, checkpoint in _fit(args, reset_dir, data_dir, objective):
+            stages.append((f"fitted {objective}", step, _embeddings(checkpoint, gallery, args.batch_size)))
+
+    rows = []
+    for name, step, source in stages:
+        for k in args.ks:
+            if source == "tags":
+                candidates = tag_candidates(gallery, processor.tokenizer, k)
+            else:
+                candidates = contrastive_candidates(source[0], source[1], k)
+            rows.append(dict(first_stage=name, fit_steps=step, k=k, **_evaluate(scores, gallery, candidates)))
+
+    check_k = args.ks[len(args.ks) // 2]
+    real = engine.two_stage(gallery, k=check_k, first_stage="tags")
+    real_metrics = public_names(real.metrics(gallery.caption_to_image))
+    shortcut = next(r for r in rows if r["first_stage"] == "tags" and r["k"] == check_k)
+    check = {
+        "k": check_k, "pairs_scored": [real.pairs_scored, shortcut["pairs_scored"]],
+        "max_abs_recall_difference": max(abs(real_metrics[n] - shortcut[n]) for n in RECALLS),
+    }
+    report = {
+        "settings": {
+            "model_dir": os.path.abspath(model_dir), "data_dir": os.path.abspath(data_dir),
+            "num_images": gallery.num_images, "num_captions": gallery.num_captions, "ks": list(args.ks),
+            "fit_objectives": list(args.fit_objectives), "fit_steps": args.fit_steps,
+            "fit_batch_size": args.fit_batch_size, "fit_learning_rate": args.fit_learning_rate,
+            "fit_distill_temperature": args.fit_distill_temperature,
+            "train_steps": args.train_steps if args.model_dir is None else None,
+        },
+        "exhaustive": reference,
+        "rows": rows,
+        "shortcut_check": check,
+    }
+    report["lines"] = _table(report)
+    print("\n".join(report["lines"]))
+    with open(os.path.join(args.work_dir, "first_stage_benchmark.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    return report
+
+
+def _table(report: Dict[str, Any]) -> List[str]:
+    s, ex = report["settings"], report["exhaustive"]
+    lines = [
+        f"gallery: {s['num_images']} images x {s['num_captions']} captions; exhaustive: {ex['pairs_scored']} pairs "
+        f"in {ex['seconds']:.0f} s; R@K " + ", ".join(f"{n} {ex[n]:.1f}" for n in RECALLS),
+        "",
+        "| first stage | fit steps | k | pairs scored | cov. t2i top-1 | cov. i2t top-1 | cov. t2i top-10 | "
+        "cov. i2t top-10 | " + " | ".join(RECALLS) + " | max R@K drop |",
+        "|---" * (9 + len(RECALLS)) + "|",
+    ]
+    for row in report["rows"]:
+        drop = max(ex[n] - row[n] for n in RECALLS)
+        lines.append(
+            f"| {row['first_stage']} | {row['fit_steps'] if row['fit_steps'] is not None else '-'} | {row['k']} | "
+            f"{row['pairs_scored']} | " + " | ".join(f"{row[c]:.3f}" for c in COVERAGES) + " | "
+            + " | ".join(f"{row[n]:.1f} ({row[n] - ex[n]:+.1f})" for n in RECALLS) + f" | {drop:.1f} |"
+        )
+    c = report["shortcut_check"]
+    lines += [
+        "",
+        f"check: engine.two_stage(first_stage='tags', k={c['k']}) scored {c['pairs_scored'][0]} pairs (shortcut "
+        f"{c['pairs_scored'][1]}); largest R@K difference from the restricted exhaustive matrix: "
+        f"{c['max_abs_recall_difference']:.2f} points",
+    ]
+    return lines
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="benchmark_first_stage", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model_dir", default=None, help="a trained model (default: train model_configs/tiny first)")
+    parser.add_argument("--data_dir", default=None, help="a coco_ir corpus: train split to fit on, test split as gallery")
+    parser.add_argument("--work_dir", default="outputs/first_stage_benchmark", help="corpus, models and the JSON go here")
+    parser.add_argument("--num_images", type=int, default=250, help="gallery images (5 captions each, synthetic)")
+    parser.add_argument("--train_images", type=int, default=1000, help="synthetic train images")
+    parser.add_argument("--train_steps", type=int, default=2000, help="steps training the tiny model (without --model_dir)")
+    parser.add_argument("--ks", type=_ints, default=(8, 16, 64), help="first-stage candidates per query, comma-separated")
+    parser.add_argument("--fit_objectives", type=_objectives, default=("distill", "itc"),
+                        help="objectives the reset heads are fitted with, comma-separated")
+    parser.add_argument("--fit_steps", type=int, default=600, help="steps of each fitting run")
+    parser.add_argument("--fit_eval_every", type=int, default=150, help="steps between the curve's points")
+    parser.add_argument("--fit_batch_size", type=int, default=32, help="fitting batch (distill scores batch^2 pairs)")
+    parser.add_argument("--fit_learning_rate", type=float, default=5e-3, help="constant learning rate of the heads")
+    parser.add_argument("--fit_distill_temperature", type=float, default=1.0,
+                        help="divides the match head's margins before their softmax (distill targets)")
+    parser.add_argument("--batch_size", type=int, default=256, help="engine pairs per forward pass")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no_progress", action="store_true")
+    return parser
+
+
+def _ints(text: str) -> Tuple[int, ...]:
+    values = tuple(int(v) for v in text.split(","))
+    if not values or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, got {text!r}")
+    return values
+
+
+def _objectives(text: str) -> Tuple[str, ...]:
+    values = tuple(text.split(","))
+    fitting = tuple(o for o in OBJECTIVES if "itm" not in o)
+    bad = [v for v in values if v not in fitting]
+    if bad:
+        raise argparse.ArgumentTypeError(f"fit objectives must be among {fitting}, got {bad}")
+    return values
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for name in ("num_images", "train_images", "train_steps", "fit_steps", "fit_eval_every", "batch_size"):
+        if getattr(args, name) <= 0:
+            parser.error(f"--{name} must be positive, got {getattr(args, name)}")
+    if args.fit_batch_size < 2:
+        parser.error(f"--fit_batch_size must be >= 2 (candidates come from the batch), got {args.fit_batch_size}")
+    return run_benchmark(args)
