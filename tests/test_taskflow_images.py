@@ -20,6 +20,7 @@ import vinvl  # noqa: F401  (registers the task)
 from paddlenlp import Taskflow
 
 from vinvl.data import write_synthetic_corpus
+from vinvl.cli import main as cli_main
 from vinvl.retrieve import main as retrieve_main
 from vinvl.vision.detector import VinVLDetector
 from vinvl.vision.image import load_image
@@ -202,16 +203,32 @@ def test_vinvl_retrieve_image(model_dir, detector, tmp_path):
     assert printed == make(model_dir, gallery_dir=corpus)(direct(detector, QUERY_PHOTO))
 
 
-def test_vinvl_retrieve_refuses_photos_without_a_detector_and_caption_queries_of_a_photo_folder(model_dir, capsys):
-    for needs, flags in (("--image", ["--data_dir", "corpus", "--image", QUERY_PHOTO]),
-                         ("--gallery_images", ["--gallery_images", PHOTO_DIR, "--text", "a dog"])):
-        with pytest.raises(SystemExit) as exit_status:
-            retrieve_main(["--model_dir", model_dir, *flags])
-        assert exit_status.value.code == 2
-        assert f"{needs} needs --detector DIR" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        retrieve_main(["--model_dir", model_dir, "--gallery_images", PHOTO_DIR, "--image", QUERY_PHOTO, "--detector", DETECTOR])
-    assert "a --gallery_images gallery has none: use --data_dir" in capsys.readouterr().err
+def user_error(capsys, *argv):
+    """The one error line ``vinvl retrieve`` prints for ``argv`` (status 2, as every user error)."""
+    assert cli_main(["retrieve", *argv]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("vinvl retrieve: error: ") == 1, err
+    return err.strip().splitlines()[-1]
+
+
+def test_vinvl_retrieve_names_what_a_photo_query_is_missing(model_dir, capsys, tmp_path):
+    corpus = str(tmp_path / "corpus")
+    write_synthetic_corpus(corpus, {"test": 2}, seed=3)
+    model = ["--model_dir", model_dir]
+    assert "--image needs --detector DIR" in user_error(capsys, *model, "--data_dir", corpus, "--image", QUERY_PHOTO)
+    assert "--gallery_images needs --detector DIR" in user_error(capsys, *model, "--gallery_images", PHOTO_DIR, "--text", "a dog")
+    assert "a --gallery_images gallery has none: use --data_dir" in user_error(
+        capsys, *model, "--gallery_images", PHOTO_DIR, "--image", QUERY_PHOTO, "--detector", DETECTOR)
+    missing = str(tmp_path / "nowhere.jpg")
+    assert f"query 0: {missing}: no such file" in user_error(
+        capsys, *model, "--data_dir", corpus, "--image", missing, "--detector", DETECTOR)
+    assert "detector_path='nowhere' is not a detector directory" in user_error(
+        capsys, *model, "--data_dir", corpus, "--image", QUERY_PHOTO, "--detector", "nowhere")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert f"gallery_images={str(empty)!r}" in user_error(
+        capsys, *model, "--gallery_images", str(empty), "--text", "a dog", "--detector", DETECTOR,
+        "--gallery_cache_dir", str(tmp_path / "cache"))
 
 
 def test_vinvl_retrieve_text_over_a_photo_folder(model_dir, detector, tmp_path, capsys):

@@ -29,10 +29,12 @@ import numpy as np
 from PIL import Image
 
 from ..data import load_corpus
+from ..errors import UserError
 from .extract import SUMMARY_FILE, ExtractError, InputNotFoundError, _detector_fingerprint, extract, list_images
 from .image import IMAGE_EXTENSIONS, BadImageError, check_header, load_image
 
 __all__ = [
+    "PhotoError",
     "DEFAULT_CACHE_ROOT",
     "ImageQueries",
     "PhotoGallery",
@@ -47,6 +49,10 @@ DEFAULT_CACHE_ROOT = os.path.join(os.path.expanduser("~"), ".cache", "vinvl", "p
 LOADER_CACHE = ".loader_cache"  # the coco_ir loader's own caches, kept inside the gallery's cache
 
 
+class PhotoError(UserError, ValueError):
+    """A photo query or photo gallery that cannot be answered; the message names the query or option."""
+
+
 def is_image_source(query: Any) -> bool:
     """Whether ``query`` is a photo (file path, PIL image or array) rather than a caption or a dict.
 
@@ -58,8 +64,8 @@ def is_image_source(query: Any) -> bool:
     return isinstance(query, str) and "\n" not in query and query.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def _missing_detector(what: str) -> ValueError:
-    return ValueError(
+def _missing_detector(what: str) -> PhotoError:
+    return PhotoError(
         f"{what} needs a detector to turn photos into region features and tags: pass "
         "detector_path=<detector directory> to Taskflow (vinvl retrieve: --detector DIR), e.g. "
         "model_configs/vinvl-detector-x152c4 with weights from vinvl convert-detector"
@@ -113,16 +119,16 @@ class ImageQueries:
                     try:
                         check_header(source)
                     except BadImageError as exc:
-                        raise ValueError(f"query {position}: {exc}") from exc
+                        raise PhotoError(f"query {position}: {exc}") from exc
                 photos[position] = source
         resolved = list(queries)
         for position, source in photos.items():
             try:
                 detections = self.detector.detect([load_image(source)])[0]
             except BadImageError as exc:
-                raise ValueError(f"query {position}: {exc}") from exc
+                raise PhotoError(f"query {position}: {exc}") from exc
             if len(detections) == 0:
-                raise ValueError(f"query {position}: the detector found no region in {_name(source)}")
+                raise PhotoError(f"query {position}: the detector found no region in {_name(source)}")
             query = resolved[position]
             extra = {k: v for k, v in query.items() if k != "image"} if isinstance(query, dict) else {}
             resolved[position] = {**detections_query(detections), **extra}
@@ -136,9 +142,9 @@ class ImageQueries:
         if isinstance(query, dict) and "image" in query:
             clash = {"image_id", "features", "tags"} & set(query)
             if clash:
-                raise ValueError(f"query {position}: give 'image' or {sorted(clash)}, not both")
+                raise PhotoError(f"query {position}: give 'image' or {sorted(clash)}, not both")
             if not is_image_source(query["image"]) and not isinstance(query["image"], str):
-                raise ValueError(f"query {position}: 'image' must be a file path, a PIL image or an HxWx3 uint8 array")
+                raise PhotoError(f"query {position}: 'image' must be a file path, a PIL image or an HxWx3 uint8 array")
             return query["image"]
         return None
 
@@ -195,7 +201,7 @@ def photo_gallery(
             folder, cache_dir, queries.detector_path, progress=progress, detector=None if finished else queries.detector
         )
     except (ExtractError, InputNotFoundError) as exc:
-        raise ValueError(f"gallery_images={folder!r}: {exc}") from exc
+        raise PhotoError(f"gallery_images={folder!r}: {exc}") from exc
     _drop_older_states(cache_dir)
     if summary.bad:
         warnings.warn(
@@ -203,7 +209,7 @@ def photo_gallery(
             f"{os.path.join(cache_dir, 'bad_images.jsonl')}), e.g. {summary.bad[0]['path']}: {summary.bad[0]['reason']}"
         )
     if summary.num_extracted == 0:
-        raise ValueError(f"gallery_images={folder!r}: no photo could be extracted")
+        raise PhotoError(f"gallery_images={folder!r}: no photo could be extracted")
     corpus = load_corpus(cache_dir, "test", cache_dir=os.path.join(cache_dir, LOADER_CACHE))
     return PhotoGallery(cache_dir, list(corpus.image_ids), [list(t) for t in corpus.tags], corpus.features, summary.bad)
 
