@@ -64,6 +64,7 @@ logger = logging.getLogger(__name__)
 
 ROUTE = "taskflow/image_text_retrieval"
 HEALTH_ROUTE = "/health"
+HEALTH_WAIT = 2.0  # seconds a health check waits for a running request before it answers "busy"
 DEFAULT_MAX_BODY_BYTES = 16 << 20  # a 50-region 2054-d image as JSON text is about 2 MB
 DEFAULT_MAX_QUERIES = 64
 MAX_TOP_K = 1000
@@ -292,9 +293,18 @@ def _describe_invalid(errors: List[Dict[str, Any]]) -> str:
 
 
 def _health(app) -> Dict[str, Any]:
-    task = app._taskflow_manager._task[0].task_instance
+    """The worker's state as the next query will see it: a newer live index version is picked up
+    first, unless a request holds the Taskflow for longer than ``HEALTH_WAIT`` (then ``busy``)."""
+    flow = app._taskflow_manager._task[0]
+    task = flow.task_instance
+    busy = not flow._lock.acquire(timeout=HEALTH_WAIT)
+    if not busy:
+        try:
+            _pick_up_new_version(task)
+        finally:
+            flow._lock.release()
     gallery = task._gallery
-    answer = {"status": "ok", "pid": os.getpid(), "model_dir": task._task_path, "first_stage": task._first_stage}
+    answer = {"status": "ok", "busy": busy, "pid": os.getpid(), "model_dir": task._task_path, "first_stage": task._first_stage}
     if isinstance(gallery, IndexGallery):
         answer["index"] = {
             "path": gallery.root,
