@@ -18,7 +18,17 @@ import psutil
 
 from .server import HEALTH_ROUTE, ROUTE
 
-__all__ = ["LOCALHOST", "Reply", "ServerProcess", "free_port", "post_json", "get_json", "tree_rss_mb", "vinvl_serve_command"]
+__all__ = [
+    "LOCALHOST",
+    "Reply",
+    "Connection",
+    "ServerProcess",
+    "free_port",
+    "post_json",
+    "get_json",
+    "tree_rss_mb",
+    "vinvl_serve_command",
+]
 
 LOCALHOST = "127.0.0.1"
 
@@ -32,18 +42,59 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _request(port: int, method: str, path: str, body: Optional[bytes], timeout: float, headers: Dict[str, str]) -> Reply:
-    connection = http.client.HTTPConnection(LOCALHOST, port, timeout=timeout)
-    try:
-        connection.request(method, path, body=body, headers=headers)
-        response = connection.getresponse()
-        raw = response.read()
-    finally:
-        connection.close()
+def _reply(response: http.client.HTTPResponse) -> Reply:
+    raw = response.read()
     try:
         return response.status, json.loads(raw)
     except ValueError:
         return response.status, raw.decode("utf-8", "replace")
+
+
+def _request(port: int, method: str, path: str, body: Optional[bytes], timeout: float, headers: Dict[str, str]) -> Reply:
+    """One request on a connection of its own."""
+    connection = http.client.HTTPConnection(LOCALHOST, port, timeout=timeout)
+    try:
+        connection.request(method, path, body=body, headers=headers)
+        return _reply(connection.getresponse())
+    finally:
+        connection.close()
+
+
+class Connection:
+    """A kept-alive connection to the retrieval route, as a long-lived client holds one.
+
+    A request on a connection the server closed while it was idle is sent again once on a new
+    one (queries are idempotent; do not send adds through it).
+    """
+
+    def __init__(self, port: int, timeout: float = 60.0):
+        self.port, self.timeout = port, timeout
+        self._connection: Optional[http.client.HTTPConnection] = None
+
+    def post(self, body: bytes, path: str = "/" + ROUTE) -> Reply:
+        reused = self._connection is not None
+        try:
+            return self._post(body, path)
+        except (http.client.RemoteDisconnected, http.client.CannotSendRequest, ConnectionResetError, BrokenPipeError):
+            self.close()
+            if not reused:
+                raise
+            return self._post(body, path)
+
+    def _post(self, body: bytes, path: str) -> Reply:
+        if self._connection is None:
+            self._connection = http.client.HTTPConnection(LOCALHOST, self.port, timeout=self.timeout)
+        self._connection.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+        response = self._connection.getresponse()
+        status, answer = _reply(response)
+        if response.will_close:
+            self.close()
+        return status, answer
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
 
 
 def post_json(port: int, payload: Any, timeout: float = 60.0, path: str = "/" + ROUTE, raw: Optional[bytes] = None) -> Reply:

@@ -2,10 +2,10 @@
 
 For each worker count: start ``vinvl serve`` over an index, then
 
-1. sequential: one client sends every query of a fixed mix ``repeats`` times; its median latency
+1. sequential: one client (one kept-alive connection) sends every query of a fixed mix ``repeats`` times; its median latency
    against the same queries' single-call latency through the Taskflow in-process (run before the
    server starts, so the two never share the CPU) is the service layer's overhead;
-2. concurrent: ``clients`` threads send queries of the mix (and some bad requests) for ``seconds``;
+2. concurrent: ``clients`` threads, each on a kept-alive connection, send queries of the mix (and some bad requests) for ``seconds``;
    every answer is checked against the in-process answer for the same query (a good request) or its
    expected 4xx status (a bad one); throughput, p50/p95/p99 latency, replies by status, mismatches
    and the server's resident memory (all its processes) before and after are reported.
@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .client import ServerProcess, free_port, post_json, tree_rss_mb, vinvl_serve_command
+from .client import Connection, ServerProcess, free_port, tree_rss_mb, vinvl_serve_command
 from .index import GalleryIndex
 
 __all__ = ["Query", "query_mix", "in_process_answers", "run_load", "load_test", "format_table"]
@@ -121,14 +121,16 @@ def run_load(port: int, queries: Sequence[Query], clients: int, seconds: float, 
 
     def client(number: int) -> None:
         rng = random.Random(seed * 1000 + number)
+        connection = Connection(port, timeout=REQUEST_TIMEOUT)
         for _ in range(MAX_REQUESTS_PER_CLIENT):
             if time.monotonic() >= deadline:
-                return
+                break
             query = rng.choice(bad) if bad and rng.random() < bad_fraction else rng.choice(good)
             start = time.perf_counter()
             try:
-                status, answer = post_json(port, None, raw=query.body, timeout=REQUEST_TIMEOUT)
+                status, answer = connection.post(query.body)
             except OSError as exc:
+                connection.close()
                 with lock:
                     result.failures[type(exc).__name__] += 1
                 continue
@@ -137,6 +139,7 @@ def run_load(port: int, queries: Sequence[Query], clients: int, seconds: float, 
                 result.latencies.append(elapsed)
                 result.statuses[status] += 1
                 result.mismatches += not _check(query, status, answer)
+        connection.close()
 
     threads = [threading.Thread(target=client, args=(n,), daemon=True) for n in range(clients)]
     for thread in threads:
@@ -149,13 +152,15 @@ def run_load(port: int, queries: Sequence[Query], clients: int, seconds: float, 
 def _sequential(port: int, queries: Sequence[Query], repeats: int) -> List[Tuple[str, float]]:
     """(kind, latency in s) of every good query sent ``repeats`` times by one client, answers checked."""
     latencies = []
+    connection = Connection(port, timeout=REQUEST_TIMEOUT)
     for query in [q for q in queries if q.status == 200]:
         for _ in range(repeats):
             start = time.perf_counter()
-            status, answer = post_json(port, None, raw=query.body, timeout=REQUEST_TIMEOUT)
+            status, answer = connection.post(query.body)
             latencies.append((query.kind, time.perf_counter() - start))
             if not _check(query, status, answer):
                 raise AssertionError(f"{query.kind} query: the server answered {status} {str(answer)[:300]}, not the in-process answer")
+    connection.close()
     return latencies
 
 

@@ -119,7 +119,7 @@ class RetrievalHandler(BaseTaskflowHandler):
             parsed = task._preprocess(queries)
         except (ValueError, TypeError, KeyError) as exc:
             raise _bad(str(exc).strip("'\"")) from None
-        if any(q["kind"] == "image" for q in parsed) and not task._gallery.images.captions:
+        if any(q["kind"] == "image" for q in parsed) and (task._gallery is None or not task._gallery.images.captions):
             raise _bad("image -> captions queries need captions, but the gallery holds none (rebuild the index from data with captions)")
         with _options(task, options):
             return task._postprocess(task._run_model(parsed))
