@@ -2,10 +2,11 @@
 
 For each worker count: start ``vinvl serve`` over an index, then
 
-1. sequential: one client (one kept-alive connection) sends every query of a fixed mix ``repeats`` times; its median latency
-   against the same queries' single-call latency through the Taskflow in-process (run before the
-   server starts, so the two never share the CPU) is the service layer's overhead;
-2. concurrent: ``clients`` threads, each on a kept-alive connection, send queries of the mix (and some bad requests) for ``seconds``;
+1. paired: every query of a fixed mix, ``repeats`` times, through the Taskflow in-process and right
+   after through HTTP (one client, one kept-alive connection), so both calls see the same machine
+   load; the ratio of their medians is the service layer's overhead;
+2. concurrent: ``clients`` threads, each on a kept-alive connection, send queries of the mix (and
+   some bad requests) for ``seconds``;
    every answer is checked against the in-process answer for the same query (a good request) or its
    expected 4xx status (a bad one); throughput, p50/p95/p99 latency, replies by status, mismatches
    and the server's resident memory (all its processes) before and after are reported.
@@ -75,21 +76,19 @@ def query_mix(index_path: str, size: int = 24, seed: int = 0) -> List[Query]:
     return queries
 
 
-def in_process_answers(queries: Sequence[Query], taskflow, repeats: int = 3) -> List[Tuple[str, float]]:
-    """Fill each good query's ``expected`` with the Taskflow's answer; returns (kind, single-call latency in s)."""
-    latencies = []
+def _as_taskflow_input(query: Query) -> Any:
+    """The query as an in-process caller passes it (features as a float32 array)."""
+    data = query.data
+    if isinstance(data, dict) and "features" in data:
+        data = {**data, "features": np.asarray(data["features"], dtype=np.float32)}
+    return data
+
+
+def in_process_answers(queries: Sequence[Query], taskflow) -> None:
+    """Fill each good query's ``expected`` with the in-process Taskflow's answer (as JSON carries it)."""
     for query in queries:
-        if query.status != 200:
-            continue
-        data = query.data
-        if isinstance(data, dict) and "features" in data:
-            data = {**data, "features": np.asarray(data["features"], dtype=np.float32)}
-        query.expected = json.loads(json.dumps(taskflow(data)))
-        for _ in range(repeats):
-            start = time.perf_counter()
-            taskflow(data)
-            latencies.append((query.kind, time.perf_counter() - start))
-    return latencies
+        if query.status == 200:
+            query.expected = json.loads(json.dumps(taskflow(_as_taskflow_input(query))))
 
 
 @dataclass
@@ -149,15 +148,20 @@ def run_load(port: int, queries: Sequence[Query], clients: int, seconds: float, 
     return result
 
 
-def _sequential(port: int, queries: Sequence[Query], repeats: int) -> List[Tuple[str, float]]:
-    """(kind, latency in s) of every good query sent ``repeats`` times by one client, answers checked."""
+def _paired_latencies(port: int, queries: Sequence[Query], taskflow, repeats: int) -> List[Tuple[str, float, float]]:
+    """(kind, in-process s, HTTP s) of every good query, ``repeats`` times: each in-process call is
+    followed by the same query through one kept-alive connection, so both see the same machine load.
+    Every HTTP answer is checked against the in-process one."""
     latencies = []
     connection = Connection(port, timeout=REQUEST_TIMEOUT)
     for query in [q for q in queries if q.status == 200]:
+        data = _as_taskflow_input(query)
         for _ in range(repeats):
             start = time.perf_counter()
+            taskflow(data)
+            middle = time.perf_counter()
             status, answer = connection.post(query.body)
-            latencies.append((query.kind, time.perf_counter() - start))
+            latencies.append((query.kind, middle - start, time.perf_counter() - middle))
             if not _check(query, status, answer):
                 raise AssertionError(f"{query.kind} query: the server answered {status} {str(answer)[:300]}, not the in-process answer")
     connection.close()
@@ -208,11 +212,9 @@ def load_test(
     options = dict(options or {})
     serve_flags = [t for name, value in options.items() for t in (f"--{name}", str(value))]
     taskflow = Taskflow(TASK_NAME, task_path=model_dir, index_path=index_path, **options)
-    in_process = in_process_answers(queries, taskflow, repeats)
-    del taskflow
+    in_process_answers(queries, taskflow)
     report: Dict[str, Any] = {
         "queries": Counter(q.kind for q in queries),
-        "in_process_p50_ms": _by_kind(in_process),
         "clients": clients,
         "seconds": seconds,
         "runs": [],
@@ -222,17 +224,20 @@ def load_test(
         port = free_port()
         command = vinvl_serve_command(index_path, port, workers=count, extra=["--model_dir", model_dir, *serve_flags])
         with ServerProcess(command, port, f"{log_dir}/server-{count}-workers.log", env=env) as server:
-            sequential = _sequential(port, queries, repeats)  # also warms every worker up
+            _paired_latencies(port, queries, taskflow, 1)  # warm-up: first calls of each worker
+            paired = _paired_latencies(port, queries, taskflow, repeats)
             rss_started = tree_rss_mb(server.pid)
             warmup = run_load(port, queries, clients, warmup_seconds, bad_fraction, seed=1) if warmup_seconds > 0 else None
             rss_before = tree_rss_mb(server.pid)
             loaded = run_load(port, queries, clients, seconds, bad_fraction)
             rss_after = tree_rss_mb(server.pid)
-        http = _by_kind(sequential)
+        in_process = _by_kind([(kind, t) for kind, t, _ in paired])
+        http = _by_kind([(kind, t) for kind, _, t in paired])
         report["runs"].append({
             "workers": count,
-            "sequential_p50_ms": http,
-            "overhead": {k: v / report["in_process_p50_ms"][k] for k, v in http.items()},
+            "in_process_p50_ms": in_process,
+            "http_p50_ms": http,
+            "overhead": {k: http[k] / in_process[k] for k in http},
             "requests": len(loaded.latencies),
             "throughput": len(loaded.latencies) / seconds,
             "under_load": _percentiles(loaded.latencies),
@@ -254,20 +259,16 @@ def load_test(
 
 def format_table(report: Dict[str, Any]) -> str:
     """The report as Markdown: the overhead per query kind, then one row per worker count under load."""
-    in_process = report["in_process_p50_ms"]
-    kinds = list(in_process)
+    kinds = list(report["runs"][0]["http_p50_ms"])
     lines = [
-        "Single calls, one client (p50 ms): in-process Taskflow vs through HTTP",
+        "Single calls, one client, p50 ms: in-process Taskflow / through HTTP (ratio)",
         "",
-        "| | " + " | ".join(kinds) + " |",
+        "| workers | " + " | ".join(kinds) + " |",
         "|---|" + "---|" * len(kinds),
-        "| in-process | " + " | ".join(f"{in_process[k]:.1f}" for k in kinds) + " |",
     ]
     for run in report["runs"]:
-        http, ratio = run["sequential_p50_ms"], run["overhead"]
-        lines.append(
-            f"| HTTP, {run['workers']} worker(s) | " + " | ".join(f"{http[k]:.1f} ({ratio[k]:.2f}x)" for k in kinds) + " |"
-        )
+        cells = [f"{run['in_process_p50_ms'][k]:.1f} / {run['http_p50_ms'][k]:.1f} ({run['overhead'][k]:.2f}x)" for k in kinds]
+        lines.append(f"| {run['workers']} | " + " | ".join(cells) + " |")
     lines += [
         "",
         f"Under load: {report['clients']} clients for {report['seconds']:.0f} s per run (after {report['runs'][0]['warmup']['seconds']:.0f} s "

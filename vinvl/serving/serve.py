@@ -37,13 +37,18 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--max_body_bytes", type=int, default=DEFAULT_MAX_BODY_BYTES, help="larger request bodies get 413")
     parser.add_argument("--max_queries", type=int, default=DEFAULT_MAX_QUERIES, help="queries per request (more get 413)")
     parser.add_argument("--log_level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    parser.add_argument(
+        "--worker_healthcheck_timeout", type=float, default=60.0,
+        help="seconds a worker may take to answer uvicorn's supervisor (with --workers > 1) before it is restarted; "
+             "uvicorn's 5 s default kills workers still loading paddle and the model on a busy machine",
+    )
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = _parser()
     args = parser.parse_args(argv)
-    for name in ("port", "workers", "top_k", "candidates", "batch_size", "max_body_bytes", "max_queries"):
+    for name in ("port", "workers", "top_k", "candidates", "batch_size", "max_body_bytes", "max_queries", "worker_healthcheck_timeout"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name} must be positive, got {getattr(args, name)}")
     try:
@@ -65,4 +70,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     os.environ.update({ENVIRONMENT[name]: str(value) for name, value in settings.items()})
     import uvicorn
 
-    uvicorn.run(APP, host=args.host, port=args.port, workers=args.workers, log_level=args.log_level)
+    uvicorn.run(
+        APP, host=args.host, port=args.port, workers=args.workers, log_level=args.log_level,
+        timeout_worker_healthcheck=args.worker_healthcheck_timeout,
+    )
