@@ -84,6 +84,8 @@ class Connection:
     def _post(self, body: bytes, path: str) -> Reply:
         if self._connection is None:
             self._connection = http.client.HTTPConnection(LOCALHOST, self.port, timeout=self.timeout)
+            self._connection.connect()
+            self._connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as urllib3 does
         self._connection.request("POST", path, body=body, headers={"Content-Type": "application/json"})
         response = self._connection.getresponse()
         status, answer = _reply(response)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 from typing import Optional, Sequence
 
 from ..retrieval.first_stage import FIRST_STAGE_CHOICES
@@ -68,9 +69,44 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         "max_queries": args.max_queries,
     }
     os.environ.update({ENVIRONMENT[name]: str(value) for name, value in settings.items()})
-    import uvicorn
+    _run(args)
 
-    uvicorn.run(
+
+def _tcp_socket(host: str, port: int) -> socket.socket:
+    """The listening socket of several workers, created as TCP explicitly.
+
+    uvicorn's own (``socket.socket(family)``) records protocol 0, so asyncio does not set
+    TCP_NODELAY on the connections the workers accept, and a response written as headers then
+    body waits for the client's delayed ACK: about 40 ms more per request on a kept-alive connection.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise SystemExit(f"vinvl serve: cannot bind {host}:{port}: {exc}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def _run(args: argparse.Namespace) -> None:
+    """uvicorn.run, with the workers' socket from :func:`_tcp_socket`."""
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    config = uvicorn.Config(
         APP, host=args.host, port=args.port, workers=args.workers, log_level=args.log_level,
         timeout_worker_healthcheck=args.worker_healthcheck_timeout,
     )
+    if config.workers > 1:
+        Multiprocess(config, sockets=[_tcp_socket(args.host, args.port)]).run()
+        return
+    server = uvicorn.Server(config)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        return
+    if not server.started:
+        raise SystemExit("vinvl serve: the server did not start (see the log above)")
