@@ -17,7 +17,7 @@ from vinvl.retrieval import Gallery, RetrievalEngine
 from vinvl.serving import GalleryIndex, GallerySource, IndexWeightsError, add_to_index, build_index
 from vinvl.serving.versions import MANIFEST
 
-from tinymodel import derive, train_tiny
+from tinymodel import derive, in_memory_gallery, train_tiny
 
 TEST_IMAGES = 12
 OPTIONS = dict(top_k=3, candidates=4, batch_size=5)
@@ -30,16 +30,6 @@ def trained(tmp_path_factory):
     index = str(root / "index")
     build_index(index, model_dir, [GallerySource(corpus, "test"), GallerySource(corpus, "minival")], progress=False)
     return root, model_dir, corpus, index
-
-
-def in_memory(corpus_dir, splits):
-    corpora = [load_corpus(corpus_dir, s) for s in splits]
-    return {
-        "image_ids": [i for c in corpora for i in c.image_ids],
-        "features": [c.features(i) for c in corpora for i in range(len(c))],
-        "tags": [t for c in corpora for t in c.tags],
-        "captions": [p for c in corpora for p in c.captions],
-    }
 
 
 def queries(corpus_dir):
@@ -59,7 +49,7 @@ def queries(corpus_dir):
 def test_taskflow_over_the_index_answers_as_over_the_same_gallery_in_memory(trained, first_stage):
     _, model_dir, corpus, index = trained
     over_index = Taskflow("image_text_retrieval", task_path=model_dir, index_path=index, first_stage=first_stage, **OPTIONS)
-    in_mem = Taskflow("image_text_retrieval", task_path=model_dir, gallery=in_memory(corpus, ["test", "minival"]),
+    in_mem = Taskflow("image_text_retrieval", task_path=model_dir, gallery=in_memory_gallery(corpus, ["test", "minival"]),
                       first_stage=first_stage, **OPTIONS)
     asked = queries(corpus)
     answers = over_index(asked)

@@ -20,7 +20,7 @@ from vinvl.data import load_corpus
 from vinvl.serving import GallerySource, build_index
 from vinvl.serving.client import ServerProcess, free_port, get_json, post_json, tree_rss_mb, vinvl_serve_command
 
-from tinymodel import train_tiny
+from tinymodel import in_memory_gallery, train_tiny
 
 TEST_IMAGES = 12  # + 8 minival images in the index: 20 images, 100 captions
 TOP_K, CANDIDATES, BATCH = 3, 4, 5
@@ -34,17 +34,6 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("serving_server")
     model_dir, corpus = train_tiny(root, TEST_IMAGES)
     return root, model_dir, corpus
-
-
-def in_memory_gallery(corpus_dir, splits):
-    """The images of ``splits`` (in order) as Taskflow's ``gallery=`` (features read into memory)."""
-    corpora = [load_corpus(corpus_dir, s) for s in splits]
-    return {
-        "image_ids": [i for c in corpora for i in c.image_ids],
-        "features": [c.features(i) for c in corpora for i in range(len(c))],
-        "tags": [t for c in corpora for t in c.tags],
-        "captions": [p for c in corpora for p in c.captions],
-    }
 
 
 class Reference:
@@ -210,9 +199,9 @@ def test_paddlenlp_recipe_serves_and_an_internal_failure_is_a_logged_500(trained
         with open(log, encoding="utf-8", errors="replace") as f:
             logged = f.read()
         assert "internal error answering POST /taskflow/image_text_retrieval" in logged and "Traceback" in logged
-        assert ask(port, pair) == Reference(model_dir, in_memory_gallery(corpus_copy, ["test", "minival"]))(pair)
+        reference = Reference(model_dir, in_memory_gallery(corpus_copy, ["test", "minival"]))
         caption = minival.captions[0][0]
-        assert ask(port, caption) == Reference(model_dir, in_memory_gallery(corpus_copy, ["test", "minival"]))(caption)
+        assert ask(port, pair) == reference(pair) and ask(port, caption) == reference(caption)
 
 
 def test_images_added_through_the_service_are_answered_by_every_worker(trained, tmp_path):

@@ -430,6 +430,15 @@ def write_manifest(folder: str, **fields) -> dict:
     return manifest
 
 
+def _open_embeddings(folder: str, name: str, rows: int, dim: int, previous: Optional[np.ndarray]) -> np.ndarray:
+    """A new ``[rows, dim]`` float32 ``.npy`` memory map starting with the rows of ``previous`` (if any), copied in chunks."""
+    out = np.lib.format.open_memmap(os.path.join(folder, name), mode="w+", dtype=np.float32, shape=(rows, dim))
+    count = 0 if previous is None else len(previous)
+    for lo in range(0, count, _COPY_ROWS):
+        out[lo : min(lo + _COPY_ROWS, count)] = previous[lo : min(lo + _COPY_ROWS, count)]
+    return out
+
+
 def _write_embeddings(
     folder: str,
     engine: RetrievalEngine,
@@ -443,12 +452,7 @@ def _write_embeddings(
 ):
     """``embeddings.npy`` (``base``'s rows copied, ``sources``' embedded) and the faiss index; their manifest entries."""
     old_count = base.num_images if base else 0
-    embeddings = np.lib.format.open_memmap(
-        os.path.join(folder, EMBEDDINGS_FILE), mode="w+", dtype=np.float32, shape=(total, config.contrastive_dim)
-    )
-    for lo in range(0, old_count, _COPY_ROWS):
-        hi = min(lo + _COPY_ROWS, old_count)
-        embeddings[lo:hi] = base.embeddings[lo:hi]
+    embeddings = _open_embeddings(folder, EMBEDDINGS_FILE, total, config.contrastive_dim, base.embeddings if base else None)
     start = old_count
     for s in sources:
         _embed_source(engine, s.corpus, embeddings, start, progress)
@@ -477,14 +481,9 @@ def _write_caption_embeddings(
     progress: bool,
 ) -> dict:
     """``caption_embeddings.npy``: ``base``'s rows copied, ``sources``' captions embedded; its manifest entry."""
-    out = np.lib.format.open_memmap(
-        os.path.join(folder, CAPTION_EMBEDDINGS_FILE), mode="w+", dtype=np.float32, shape=(total, config.contrastive_dim)
-    )
-    start = 0
-    if base is not None and base.num_captions:
-        start = base.num_captions
-        for lo in range(0, start, _COPY_ROWS):
-            out[lo : min(lo + _COPY_ROWS, start)] = base.caption_embeddings[lo : min(lo + _COPY_ROWS, start)]
+    previous = base.caption_embeddings if base is not None and base.num_captions else None
+    out = _open_embeddings(folder, CAPTION_EMBEDDINGS_FILE, total, config.contrastive_dim, previous)
+    start = 0 if previous is None else len(previous)
     captions = [c for s in sources for per_image in s.corpus.captions for c in per_image]
     placeholder = next(s for s in sources if len(s.corpus))  # a caption-only embedding reads no image
     image = ([placeholder.corpus.image_ids[0]], [placeholder.corpus.tags[0]], [placeholder.corpus.features(0)])
