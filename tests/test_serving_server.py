@@ -4,9 +4,11 @@ Taskflow's over the same images held in memory; each bad request gets its 4xx na
 the next good request still works; an internal failure is a logged 500; images added through the
 service are answered by every worker; the PaddleNLP recipe (`paddlenlp server server:app`) serves too.
 Every request has a timeout and every loop a fixed count."""
+import http.client
 import json
 import os
 import shutil
+import subprocess
 import sys
 
 import numpy as np
@@ -18,9 +20,10 @@ from paddlenlp import Taskflow
 
 from vinvl.data import load_corpus
 from vinvl.serving import GallerySource, build_index
+from vinvl.serving.server import ROUTE
 from vinvl.serving.client import ServerProcess, free_port, get_json, post_json, tree_rss_mb, vinvl_serve_command
 
-from tinymodel import in_memory_gallery, train_tiny
+from tinymodel import derive, in_memory_gallery, train_tiny
 
 TEST_IMAGES = 12  # + 8 minival images in the index: 20 images, 100 captions
 TOP_K, CANDIDATES, BATCH = 3, 4, 5
@@ -141,6 +144,32 @@ def test_each_bad_request_gets_its_4xx_and_the_next_good_request_works(service):
         assert ask(server.port, good) == expected, name
     status, health = get_json(server.port)
     assert status == 200 and health["status"] == "ok"
+
+
+def test_an_oversized_chunked_body_is_cut_off_with_413(service):
+    """A body without Content-Length is counted as it arrives and refused once over the limit."""
+    server, reference, corpus_dir = service
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=TIMEOUT)
+    chunks = [b'{"data": "'] + [b"a" * (1 << 20)] * 17 + [b'"}']
+    try:
+        connection.request("POST", "/" + ROUTE, body=iter(chunks), encode_chunked=True, headers={"Content-Type": "application/json"})
+        response = connection.getresponse()
+        status, answer = response.status, json.loads(response.read())
+    finally:
+        connection.close()
+    assert status == 413 and "more than" in answer["detail"] and "16777216" in answer["detail"]
+    good = load_corpus(corpus_dir, "test").captions[1][0]
+    assert ask(server.port, good) == reference(good)
+
+
+def test_vinvl_serve_refuses_a_missing_index_and_other_weights_before_starting(trained, service, tmp_path):
+    root, model_dir, _ = trained
+    other = derive(model_dir, str(tmp_path / "other"), trained_heads=["match", "contrastive"], logit_scale=2.0)
+    port = str(free_port())
+    for index, model, words in ((str(tmp_path / "none"), model_dir, "not a gallery index"), (str(root / "index"), other, "rebuild the index")):
+        command = [sys.executable, "-m", "vinvl.cli", "serve", "--index", index, "--model_dir", model, "--port", port]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 2 and words in done.stderr, done.stderr[-2000:]
 
 
 def test_health_names_the_index_version_and_size(service):
