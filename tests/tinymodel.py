@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import paddle
 
-from vinvl.data import write_synthetic_corpus
+from vinvl.data import load_corpus, write_synthetic_corpus
 from vinvl.model_dir import load_retrieval_model
 from vinvl.training.run import main as train_main
 
@@ -56,3 +56,15 @@ def derive(model_dir: str, out_dir: str, trained_heads=None, reset_contrastive: 
     model.config.trained_heads = trained_heads
     model.save_pretrained(out_dir)
     return out_dir
+
+
+def in_memory_gallery(corpus_dir: str, splits):
+    """The images of ``splits`` (in order, region features read into memory) as Taskflow's ``gallery=``:
+    the in-memory twin of a gallery index built from the same splits."""
+    corpora = [load_corpus(corpus_dir, s) for s in splits]
+    return {
+        "image_ids": [i for c in corpora for i in c.image_ids],
+        "features": [c.features(i) for c in corpora for i in range(len(c))],
+        "tags": [t for c in corpora for t in c.tags],
+        "captions": [p for c in corpora for p in c.captions],
+    }

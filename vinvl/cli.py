@@ -41,6 +41,7 @@ COMMANDS = {
     "retrieve": ("vinvl.retrieve", "answer text or image queries against a gallery through Taskflow"),
     "benchmark": ("vinvl.retrieval.benchmark", "measure scoring throughput, two-stage savings, FLOP/s, memory"),
     "index": ("vinvl.serving.command", "build / extend a gallery index on disk (memory-mapped, atomically versioned)"),
+    "serve": ("vinvl.serving.serve", "serve retrieval over a gallery index through HTTP (PaddleNLP SimpleServer, uvicorn)"),
 }
 
 GLOBAL_FLAGS = {

@@ -655,7 +655,7 @@ def convert_checkpoint(
     src, dst = os.path.abspath(src), os.path.abspath(dst)
     config_path = _source_config_path(src)
     if os.path.exists(dst) and not overwrite and (not os.path.isdir(dst) or os.listdir(dst)):
-        raise ConversionError(f"destination {dst} already exists and is not empty (pass overwrite=True to replace it)")
+        raise ConversionError(f"destination {dst} already exists and is not empty (pass --overwrite, or overwrite=True, to replace it)")
     source = _read_source(src, config_path)
     config = _apply_overrides(source.config, config_overrides) if config_overrides else source.config
 

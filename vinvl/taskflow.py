@@ -10,6 +10,9 @@
     retrieval("photo.jpg")                            # a photo (path, PIL image or array; needs detector_path)
     retrieval({"image_id": "500012", "caption": "a dog"})  # pair -> match score
 
+    # over a gallery index (`vinvl index build`): opens in seconds, nothing re-read or re-embedded
+    retrieval = Taskflow("image_text_retrieval", task_path="outputs/model", index_path="gallery_index")
+
 Every call takes one query or a list of queries and returns a list with one result per query
 (plain dicts, best first). ``score`` is the match probability; the order comes from the logit
 ``margin`` (also returned), which keeps confident pairs apart where probabilities saturate to
@@ -118,6 +121,8 @@ class ImageTextRetrievalTask(Task):
             script reads (official or detector layout) to use as the gallery.
         gallery: an in-memory gallery, ``{"image_ids", "features", "tags", "captions"?}``
             (captions: per image, optional).
+        index_path: a gallery index directory (``vinvl index build``) built with these weights;
+            its live version is the gallery (see :mod:`vinvl.serving.index_gallery`).
         _static_mode: score pairs with Paddle Inference from ``task_path/static`` (exported on
             first use and again whenever the weights change).
         detector_path: a detector directory (``config.json`` [+ ``model.safetensors``]); lets
@@ -140,6 +145,7 @@ class ImageTextRetrievalTask(Task):
         gallery_split: str = "test",
         gallery_keys_file: Optional[str] = None,
         gallery: Optional[Dict[str, Any]] = None,
+        index_path: Optional[str] = None,
         _static_mode: bool = False,
         detector_path: Optional[str] = None,
         gallery_images: Optional[str] = None,
@@ -173,7 +179,11 @@ class ImageTextRetrievalTask(Task):
             photos = photo_gallery(gallery_images, self._images, gallery_cache_dir)
             gallery = {"image_ids": photos.image_ids, "features": photos.features, "tags": photos.tags}
         self._gallery: Optional[_GalleryCache] = None
-        if gallery_dir is not None:
+        if sum(g is not None for g in (gallery_dir, gallery, index_path)) > 1:
+            raise ValueError("give one of gallery_dir=, gallery= and index_path=")
+        if index_path is not None:
+            self.set_gallery_from_index(index_path)
+        elif gallery_dir is not None:
             self.set_gallery_from_dir(gallery_dir, gallery_split, gallery_keys_file)
         elif gallery is not None:
             self.set_gallery(**gallery)
@@ -245,6 +255,16 @@ class ImageTextRetrievalTask(Task):
 
         corpus = load_corpus(data_dir, split, eval_img_keys_file=keys_file)
         self.set_gallery(corpus.image_ids, corpus.features, corpus.tags, corpus.captions)
+
+    def set_gallery_from_index(self, index_path: str) -> None:
+        """Use the live version of a gallery index (built with this model's weights) as the gallery."""
+        from .serving.index_gallery import IndexGallery
+
+        gallery = IndexGallery.open(index_path, self._task_path, self._first_stage, self._processor.tokenizer)
+        self._check_width(gallery.images)
+        previous, self._gallery = self._gallery, gallery
+        if isinstance(previous, IndexGallery):
+            previous.close()
 
     def set_gallery(
         self,

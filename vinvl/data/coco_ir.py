@@ -76,13 +76,13 @@ class CocoIR(datasets.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager):
         if not self.config.data_dir:
-            raise ValueError("coco_ir needs data_dir=<the coco_ir folder>")
+            raise DataError("coco_ir needs data_dir=<the coco_ir folder>")
         splits = self.config.splits or self._splits_with_captions()
         unknown = [s for s in splits if s not in SPLITS]
         if unknown:
-            raise ValueError(f"unknown split {unknown[0]!r}; the splits are {SPLITS}")
+            raise DataError(f"unknown split {unknown[0]!r}; the splits are {SPLITS}")
         if self.config.eval_img_keys_file and len(splits) > 1:
-            raise ValueError(
+            raise DataError(
                 f"eval_img_keys_file names the images of one split, but splits {tuple(splits)} would be "
                 "prepared: pass splits=(the split,) as well"
             )

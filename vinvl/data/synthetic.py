@@ -22,6 +22,7 @@ from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Uni
 
 import numpy as np
 
+from ..errors import UsageError
 from .formats import APPEARANCE_DIM, box_geometry, encode_features
 from .layout import CAPTION_INDEX_FILE, SPLITS
 
@@ -244,19 +245,19 @@ def write_synthetic_corpus(
     counts = {s: num_images for s in SPLITS} if isinstance(num_images, int) else dict(num_images)
     unknown = [s for s in counts if s not in SPLITS]
     if unknown:
-        raise ValueError(f"unknown split {unknown[0]!r}; the splits are {SPLITS}")
+        raise UsageError(f"unknown split {unknown[0]!r}; the splits are {SPLITS}")
     if any(n < 0 for n in counts.values()):
-        raise ValueError(f"image counts must be >= 0, got {counts}")
+        raise UsageError(f"image counts must be >= 0, got {counts}")
     if os.path.exists(out_dir) and os.listdir(out_dir):
         raise FileExistsError(f"{out_dir} exists and is not empty; choose a new directory")
     if captions_format not in ("pt", "pd", "json"):
-        raise ValueError(f"captions_format must be 'pt', 'pd' or 'json', got {captions_format!r}")
+        raise UsageError(f"captions_format must be 'pt', 'pd' or 'json', got {captions_format!r}")
     if predictions_format not in ("dict", "list"):
-        raise ValueError(f"predictions_format must be 'dict' or 'list', got {predictions_format!r}")
+        raise UsageError(f"predictions_format must be 'dict' or 'list', got {predictions_format!r}")
     if layout not in ("official", "detector"):
-        raise ValueError(f"layout must be 'official' or 'detector', got {layout!r}")
+        raise UsageError(f"layout must be 'official' or 'detector', got {layout!r}")
     if layout == "detector" and sum(1 for n in counts.values() if n) != 1:
-        raise ValueError("the detector layout holds one folder of images: give images for exactly one split")
+        raise UsageError("the detector layout holds one folder of images: give images for exactly one split")
     parent = os.path.dirname(os.path.abspath(out_dir))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".synthetic-", dir=parent)

@@ -11,7 +11,15 @@ feature_row.npy          the image's row in that file (features are read lazily,
 embeddings.npy           float32 [N, contrastive_dim] first-stage image embeddings (L2-normalised),
                          only when the model's contrastive heads are trained
 faiss.index              optional IVF-Flat index over embeddings.npy
+captions.npy             each image's captions, JSON per image (+ captions_offsets.npy); what
+                         image -> captions queries retrieve (flattened in image order)
+caption_embeddings.npy   float32 [C, contrastive_dim] caption-only embeddings of those captions,
+                         only when the contrastive heads are trained
 ```
+
+Captions came later than the rest of format 1: an index written before them has no
+``captions`` entry in its manifest and reads as an index whose images have no captions (image ->
+captions queries say so); ``add`` to such an index gives its old images no captions.
 
 Every array is opened with ``np.load(mmap_mode="r")``: opening costs the same for 1K or 1M
 images, and a query reads only the rows it touches. Versions are switched atomically
@@ -54,9 +62,11 @@ __all__ = [
 INDEX_FORMAT = 1
 FIRST_STAGES = ("contrastive", "tags")  # "tags": the tags are stored for a tag-matching first stage
 EMBEDDINGS_FILE = "embeddings.npy"
+CAPTION_EMBEDDINGS_FILE = "caption_embeddings.npy"
 # Images embedded per engine call: a multiple of the engine's IMAGE_BLOCK (128), so chunking
 # gives the batches (and so the bits) one call over the whole source would.
 EMBED_CHUNK = 1024
+CAPTION_CHUNK = 8192  # captions embedded per engine call
 _COPY_ROWS = 1 << 16
 
 
@@ -138,6 +148,11 @@ class GalleryIndex:
         self._feature_file = load_array(path, "feature_file")
         self._feature_row = load_array(path, "feature_row")
         self.embeddings: Optional[np.ndarray] = load_array(path, "embeddings") if self.manifest["embeddings"] else None
+        captions = self.manifest.get("captions")  # absent in indexes written before captions were stored
+        self._captions = ListColumn(path, "captions") if captions else None
+        self.caption_embeddings: Optional[np.ndarray] = (
+            load_array(path, "caption_embeddings") if captions and captions.get("embeddings") else None
+        )
         self._faiss = None
         self._sources: Dict[int, object] = {}
         self._lock = threading.Lock()  # feature files share one handle (seek + read); faiss loads once
@@ -212,6 +227,15 @@ class GalleryIndex:
     def tags(self, index: int) -> List[str]:
         return self._tags[index]
 
+    @property
+    def num_captions(self) -> int:
+        """Captions of every image together (0 for an index written before captions were stored)."""
+        return int(self.manifest["captions"]["count"]) if self._captions is not None else 0
+
+    def captions(self, index: int) -> List[str]:
+        """Image ``index``'s captions ([] when it has none, or the index stores none)."""
+        return self._captions[index] if self._captions is not None else []
+
     def features(self, index: int) -> np.ndarray:
         """Image ``index``'s ``[num_regions, 2054]`` region features, read from the original file."""
         number = int(self._feature_file[index])
@@ -235,7 +259,7 @@ class GalleryIndex:
 
     # ----- first stage --------------------------------------------------------------------
 
-    def _require_embeddings(self) -> np.ndarray:
+    def require_embeddings(self) -> np.ndarray:
         if self.embeddings is None:
             model = self.manifest["model"]
             raise ValueError(
@@ -258,7 +282,7 @@ class GalleryIndex:
         ``exact`` scans the memory-mapped embeddings in chunks; ``faiss`` searches the IVF index
         (built with ``--faiss``). Ties rank the lower position first.
         """
-        embeddings = self._require_embeddings()
+        embeddings = self.require_embeddings()
         if method == "exact":
             return exact_top_k(embeddings, queries, k, chunk_rows=chunk_rows)
         if method == "faiss":
@@ -330,15 +354,19 @@ def _write_version(
         np.array([r for s in sources for r in s.feature_rows], dtype=np.int64),
         base,
     )
+    num_captions = _write_captions(folder, sources, base)
     pause_for_test("staging")
 
     stages = _first_stages(config)
     total = (base.num_images if base else 0) + len(new_ids)
     embeddings_entry = faiss_entry = None
+    captions_entry = {"count": num_captions, "embeddings": None}
     if "contrastive" in stages:
+        engine = _engine(model_dir, batch_size)
         embeddings_entry, faiss_entry = _write_embeddings(
-            folder, model_dir, config, sources, base, total, faiss_nlist, use_faiss, batch_size, progress
+            folder, engine, config, sources, base, total, faiss_nlist, use_faiss, progress
         )
+        captions_entry["embeddings"] = _write_caption_embeddings(folder, engine, config, sources, base, num_captions, progress)
 
     return write_manifest(
         folder,
@@ -352,6 +380,7 @@ def _write_version(
         first_stages=stages,
         embeddings=embeddings_entry,
         faiss=faiss_entry,
+        captions=captions_entry,
         feature_files=files,
         sources=(base.manifest["sources"] if base else [])
         + [{"gallery_dir": os.path.abspath(s.source.gallery_dir), "split": s.source.split, "num_images": len(s.corpus)} for s in sources],
@@ -377,6 +406,19 @@ def write_columns(
         np.save(os.path.join(folder, f"{name}.npy"), np.concatenate([previous, column]).astype(dtype))
 
 
+def _write_captions(folder: str, sources: Sequence[_LoadedSource], base: Optional[GalleryIndex]) -> int:
+    """The captions column: ``base``'s captions (none per image if it stores none), then ``sources``'.
+
+    Returns the number of captions of the whole version.
+    """
+    rows = [c for s in sources for c in s.corpus.captions]
+    if base is not None and base._captions is None:
+        rows = [[] for _ in range(base.num_images)] + rows
+        base = None
+    ListColumn.write(folder, "captions", rows, base=base._captions if base else None)
+    return (base.num_captions if base else 0) + sum(len(c) for c in rows)
+
+
 def write_manifest(folder: str, **fields) -> dict:
     """``manifest.json`` of a version (written last: a version without it is never read)."""
     manifest = {
@@ -389,27 +431,29 @@ def write_manifest(folder: str, **fields) -> dict:
     return manifest
 
 
+def _open_embeddings(folder: str, name: str, rows: int, dim: int, previous: Optional[np.ndarray]) -> np.ndarray:
+    """A new ``[rows, dim]`` float32 ``.npy`` memory map starting with the rows of ``previous`` (if any), copied in chunks."""
+    out = np.lib.format.open_memmap(os.path.join(folder, name), mode="w+", dtype=np.float32, shape=(rows, dim))
+    count = 0 if previous is None else len(previous)
+    for lo in range(0, count, _COPY_ROWS):
+        out[lo : min(lo + _COPY_ROWS, count)] = previous[lo : min(lo + _COPY_ROWS, count)]
+    return out
+
+
 def _write_embeddings(
     folder: str,
-    model_dir: str,
+    engine: RetrievalEngine,
     config: OscarConfig,
     sources: Sequence[_LoadedSource],
     base: Optional[GalleryIndex],
     total: int,
     faiss_nlist: Optional[int],
     use_faiss: bool,
-    batch_size: int,
     progress: bool,
 ):
     """``embeddings.npy`` (``base``'s rows copied, ``sources``' embedded) and the faiss index; their manifest entries."""
     old_count = base.num_images if base else 0
-    embeddings = np.lib.format.open_memmap(
-        os.path.join(folder, EMBEDDINGS_FILE), mode="w+", dtype=np.float32, shape=(total, config.contrastive_dim)
-    )
-    for lo in range(0, old_count, _COPY_ROWS):
-        hi = min(lo + _COPY_ROWS, old_count)
-        embeddings[lo:hi] = base.embeddings[lo:hi]
-    engine = _engine(model_dir, batch_size)
+    embeddings = _open_embeddings(folder, EMBEDDINGS_FILE, total, config.contrastive_dim, base.embeddings if base else None)
     start = old_count
     for s in sources:
         _embed_source(engine, s.corpus, embeddings, start, progress)
@@ -426,6 +470,29 @@ def _write_embeddings(
             faiss_entry = {"kind": "ivf_flat", "file": ann.FAISS_FILE, "nlist": int(index.nlist), "trained_on": total}
         ann.save(index, os.path.join(folder, ann.FAISS_FILE))
     return {"file": EMBEDDINGS_FILE, "dim": config.contrastive_dim}, faiss_entry
+
+
+def _write_caption_embeddings(
+    folder: str,
+    engine: RetrievalEngine,
+    config: OscarConfig,
+    sources: Sequence[_LoadedSource],
+    base: Optional[GalleryIndex],
+    total: int,
+    progress: bool,
+) -> dict:
+    """``caption_embeddings.npy``: ``base``'s rows copied, ``sources``' captions embedded; its manifest entry."""
+    previous = base.caption_embeddings if base is not None and base.num_captions else None
+    out = _open_embeddings(folder, CAPTION_EMBEDDINGS_FILE, total, config.contrastive_dim, previous)
+    start = 0 if previous is None else len(previous)
+    captions = [c for s in sources for per_image in s.corpus.captions for c in per_image]
+    placeholder = next(s for s in sources if len(s.corpus))  # a caption-only embedding reads no image
+    image = ([placeholder.corpus.image_ids[0]], [placeholder.corpus.tags[0]], [placeholder.corpus.features(0)])
+    for lo in tqdm(range(0, len(captions), CAPTION_CHUNK), desc="embedding captions", unit="chunk", disable=not progress):
+        chunk = captions[lo : lo + CAPTION_CHUNK]
+        out[start + lo : start + lo + len(chunk)] = engine.embed_captions(Gallery.for_queries(*image, chunk))
+    out.flush()
+    return {"file": CAPTION_EMBEDDINGS_FILE, "dim": config.contrastive_dim}
 
 
 def _prepare(model_dir: str, sources: Sequence[GallerySource], use_faiss: bool):

@@ -1,0 +1,112 @@
+"""``vinvl serve``: the retrieval service over a gallery index in one command.
+
+    vinvl serve --index OUT [--model_dir M] [--host 127.0.0.1] [--port 8189] [--workers N]
+
+Does what ``paddlenlp server vinvl.serving.server:app`` does (uvicorn, one model per worker),
+with the app's settings given as flags instead of ``VINVL_SERVE_*`` variables. The index and
+the model are checked before any worker starts: a missing index or one built with other weights
+is an error here, not in every worker.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+from typing import Optional, Sequence
+
+from ..retrieval.first_stage import FIRST_STAGE_CHOICES
+from .checksum import weights_checksum
+from .index import GalleryIndex
+from .server import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_QUERIES, ENVIRONMENT
+
+__all__ = ["main"]
+
+APP = "vinvl.serving.server:app"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vinvl serve", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--index", required=True, help="the gallery index directory (vinvl index build)")
+    parser.add_argument("--model_dir", help="the saved model (default: the one the index records)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=8189, help="port to bind (default 8189)")
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes, each with its own model (default 1)")
+    parser.add_argument("--top_k", type=int, default=5, help="results per query unless a request sets top_k")
+    parser.add_argument("--first_stage", choices=FIRST_STAGE_CHOICES, default="auto", help="default first stage (see vinvl retrieve)")
+    parser.add_argument("--candidates", type=int, default=16, help="first-stage candidates per query unless a request sets them")
+    parser.add_argument("--batch_size", type=int, default=32, help="pairs per forward pass")
+    parser.add_argument("--max_body_bytes", type=int, default=DEFAULT_MAX_BODY_BYTES, help="larger request bodies get 413")
+    parser.add_argument("--max_queries", type=int, default=DEFAULT_MAX_QUERIES, help="queries per request (more get 413)")
+    parser.add_argument("--log_level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    parser.add_argument(
+        "--worker_healthcheck_timeout", type=float, default=60.0,
+        help="seconds a worker may take to answer uvicorn's supervisor (with --workers > 1) before it is restarted; "
+             "uvicorn's 5 s default kills workers still loading paddle and the model on a busy machine",
+    )
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    for name in ("port", "workers", "top_k", "candidates", "batch_size", "max_body_bytes", "max_queries", "worker_healthcheck_timeout"):
+        if getattr(args, name) <= 0:
+            parser.error(f"--{name} must be positive, got {getattr(args, name)}")
+    try:
+        with GalleryIndex.open(args.index) as index:
+            model_dir = args.model_dir or index.manifest["model"]["model_dir"]
+            index.check_weights(weights_checksum(model_dir), model_dir)
+    except (FileNotFoundError, ValueError) as exc:
+        parser.error(str(exc))
+    settings = {
+        "index_path": os.path.abspath(args.index),
+        "model_dir": os.path.abspath(model_dir),
+        "top_k": args.top_k,
+        "first_stage": args.first_stage,
+        "candidates": args.candidates,
+        "batch_size": args.batch_size,
+        "max_body_bytes": args.max_body_bytes,
+        "max_queries": args.max_queries,
+    }
+    os.environ.update({ENVIRONMENT[name]: str(value) for name, value in settings.items()})
+    _run(args)
+
+
+def _tcp_socket(host: str, port: int) -> socket.socket:
+    """The listening socket of several workers, created as TCP explicitly.
+
+    uvicorn's own (``socket.socket(family)``) records protocol 0, so asyncio does not set
+    TCP_NODELAY on the connections the workers accept, and a response written as headers then
+    body waits for the client's delayed ACK: about 40 ms more per request on a kept-alive connection.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise SystemExit(f"vinvl serve: cannot bind {host}:{port}: {exc}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def _run(args: argparse.Namespace) -> None:
+    """uvicorn.run, with the workers' socket from :func:`_tcp_socket`."""
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    config = uvicorn.Config(
+        APP, host=args.host, port=args.port, workers=args.workers, log_level=args.log_level,
+        timeout_worker_healthcheck=args.worker_healthcheck_timeout,
+    )
+    if config.workers > 1:
+        Multiprocess(config, sockets=[_tcp_socket(args.host, args.port)]).run()
+        return
+    server = uvicorn.Server(config)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        return
+    if not server.started:
+        raise SystemExit("vinvl serve: the server did not start (see the log above)")
