@@ -178,6 +178,8 @@ def test_without_a_detector_a_photo_says_which_option_is_missing(model_dir, dete
         make(model_dir, gallery_images=str(photo_folder(tmp_path)))
     with pytest.raises(FileNotFoundError, match="detector_path='nowhere'"):
         make(model_dir, detector_path="nowhere")
+    with pytest.raises(ValueError, match="give one of .*gallery_images="):
+        make(model_dir, detector_path=DETECTOR, gallery_images=PHOTO_DIR, gallery=captions_gallery(detector))
 
 
 def test_a_bad_photo_is_named_before_any_photo_is_detected(with_detector, tmp_path):

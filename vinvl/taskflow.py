@@ -163,8 +163,8 @@ class ImageTextRetrievalTask(Task):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         check_first_stage(first_stage, FIRST_STAGE_CHOICES)
         self._batch_size, self._top_k, self._candidates = batch_size, top_k, candidates
-        if gallery_images is not None and (gallery_dir is not None or gallery is not None):
-            raise ValueError("give one gallery: gallery_images, gallery_dir or gallery")
+        if sum(g is not None for g in (gallery_dir, gallery, index_path, gallery_images)) > 1:
+            raise ValueError("give one of gallery_dir=, gallery= and index_path= (or gallery_images=)")
         self._images = ImageQueries(detector_path)
         self._static_mode = _static_mode
         self._construct_model(model)
@@ -179,8 +179,6 @@ class ImageTextRetrievalTask(Task):
             photos = photo_gallery(gallery_images, self._images, gallery_cache_dir)
             gallery = {"image_ids": photos.image_ids, "features": photos.features, "tags": photos.tags}
         self._gallery: Optional[_GalleryCache] = None
-        if sum(g is not None for g in (gallery_dir, gallery, index_path)) > 1:
-            raise ValueError("give one of gallery_dir=, gallery= and index_path=")
         if index_path is not None:
             self.set_gallery_from_index(index_path)
         elif gallery_dir is not None:
