@@ -1,7 +1,6 @@
 """The tiny detector end to end on real COCO photos, and the detector's config and directory handling."""
 from __future__ import annotations
 
-import glob
 import json
 import os
 
@@ -16,7 +15,7 @@ from vinvl.vision.structures import Detections
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "model_configs", "vinvl-detector-tiny")
 X152 = os.path.join(ROOT, "model_configs", "vinvl-detector-x152c4")
-PHOTOS = sorted(glob.glob(os.path.join(ROOT, "tests", "data", "coco_minitest", "*.jpg")))[:2]
+PHOTOS = [os.path.join(ROOT, "tests", "data", "coco_minitest", f"COCO_val2014_000000{n}.jpg") for n in ("045057", "317441")]
 LABELMAP = os.path.join(ROOT, "vinvl", "assets", "vinvl_labelmap.json")
 
 

@@ -38,7 +38,8 @@ from vinvl.vision.image import BadImageError, load_image
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DETECTOR_DIR = os.path.join(REPO, "model_configs", "vinvl-detector-tiny")
 PHOTO_DIR = os.path.join(REPO, "tests", "data", "coco_minitest")
-PHOTOS = sorted(n for n in os.listdir(PHOTO_DIR) if n.endswith(".jpg"))
+# Three of the shipped photos keep these tests small (the folder holds ten, for the demo).
+PHOTOS = ["COCO_val2014_000000045057.jpg", "COCO_val2014_000000317441.jpg", "COCO_val2014_000000415746.jpg"]
 TRUNCATED = "COCO_val2014_000000100000.jpg"  # sorts second: a bad file between good ones
 CAPTIONS = os.path.join(REPO, "tests", "data", "coco_minitest_captions.txt")
 TINY_MODEL = os.path.join(REPO, "model_configs", "tiny")

@@ -1,7 +1,8 @@
-"""A self-contained HTML report of a run: R@K table, training curves, ranked query results.
+"""A self-contained HTML report of a run: R@K table, training curves, ranked query results, and
+photos with the detector's boxes drawn over them.
 
-Everything is inlined (plots as base64 PNG, scenes as SVG), so the file can be mailed or opened
-from anywhere without the run's directory.
+Everything is inlined (plots as base64 PNG, scenes as SVG, photos as downscaled base64 JPEG
+inside SVG), so the file can be mailed or opened from anywhere without the run's directory.
 """
 from __future__ import annotations
 
@@ -13,7 +14,15 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["RECALL_COLUMNS", "image_tag", "plot_training_curves", "scene_svg", "write_report"]
+__all__ = [
+    "RECALL_COLUMNS",
+    "extraction_figures",
+    "image_tag",
+    "photo_svg",
+    "plot_training_curves",
+    "scene_svg",
+    "write_report",
+]
 
 RECALL_COLUMNS = ("t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10", "rsum")
 
@@ -49,19 +58,48 @@ def plot_training_curves(log_history: Sequence[Mapping]) -> Optional[str]:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def scene_svg(features: np.ndarray, labels: Sequence[str], width: int = 220, height: int = 165) -> str:
-    """Draw an image's regions from the geometry columns of its features (x1/w, y1/h, x2/w, y2/h, ...)."""
-    palette = ("#e41a1c", "#377eb8", "#4daf4a", "#984ea3", "#ff7f00", "#a65628", "#f781bf", "#999999")
-    parts = [f'<svg width="{width}" height="{height}" class="scene"><rect width="100%" height="100%" fill="#f4f4f0"/>']
-    for i, row in enumerate(np.asarray(features)):
-        x1, y1, x2, y2 = (float(v) for v in row[-6:-2])
-        color = palette[i % len(palette)]
+_PALETTE = ("#e41a1c", "#377eb8", "#4daf4a", "#984ea3", "#ff7f00", "#a65628", "#f781bf", "#999999")
+
+
+def _boxes_svg(relative_boxes: np.ndarray, labels: Sequence[str], width: int, height: int) -> List[str]:
+    """SVG rectangles and labels of boxes given as fractions of the image (x1/w, y1/h, x2/w, y2/h)."""
+    parts = []
+    for i, (x1, y1, x2, y2) in enumerate(np.asarray(relative_boxes, dtype=np.float64).reshape(-1, 4)):
+        color = _PALETTE[i % len(_PALETTE)]
         label = html.escape(labels[i]) if i < len(labels) else ""
         parts.append(
             f'<rect x="{x1 * width:.1f}" y="{y1 * height:.1f}" width="{max(x2 - x1, 0) * width:.1f}" '
             f'height="{max(y2 - y1, 0) * height:.1f}" fill="none" stroke="{color}" stroke-width="1.5"/>'
             f'<text x="{x1 * width + 2:.1f}" y="{y1 * height + 10:.1f}" font-size="9" fill="{color}">{label}</text>'
         )
+    return parts
+
+
+def scene_svg(features: np.ndarray, labels: Sequence[str], width: int = 220, height: int = 165) -> str:
+    """Draw an image's regions from the geometry columns of its features (x1/w, y1/h, x2/w, y2/h, ...)."""
+    parts = [f'<svg width="{width}" height="{height}" class="scene"><rect width="100%" height="100%" fill="#f4f4f0"/>']
+    parts += _boxes_svg(np.asarray(features)[:, -6:-2], labels, width, height)
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def photo_svg(image: np.ndarray, relative_boxes: np.ndarray, labels: Sequence[str], max_side: int = 320) -> str:
+    """A photo (an RGB uint8 array, downscaled to ``max_side`` and inlined as JPEG) with boxes and labels
+    drawn over it; ``relative_boxes`` are ``[N, 4]`` fractions of the photo's width and height, as the
+    first four geometry columns of region features hold them."""
+    from PIL import Image
+
+    photo = Image.fromarray(np.asarray(image, dtype=np.uint8))
+    scale = min(max_side / max(photo.size), 1.0)
+    width, height = max(round(photo.width * scale), 1), max(round(photo.height * scale), 1)
+    buffer = io.BytesIO()
+    photo.resize((width, height), Image.BILINEAR).save(buffer, format="JPEG", quality=80)
+    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    parts = [
+        f'<svg width="{width}" height="{height}" class="photo">'
+        f'<image width="{width}" height="{height}" href="data:image/jpeg;base64,{data}"/>'
+    ]
+    parts += _boxes_svg(relative_boxes, labels, width, height)
     parts.append("</svg>")
     return "".join(parts)
 
@@ -91,12 +129,46 @@ def _query_section(query: Mapping) -> str:
     return f'<section class="query"><h3>{title}</h3>{query_visual}<ol class="results">{"".join(items)}</ol></section>'
 
 
+def extraction_figures(out_dir: str, images: str, max_boxes: int = 10) -> List[Dict[str, str]]:
+    """One figure per photo that ``vinvl extract`` put in ``out_dir`` from ``images`` (its folder or
+    list file): the photo with its first ``max_boxes`` regions and their class names, as the
+    ``coco_ir`` loading script reads them back (boxes from the features' geometry columns)."""
+    from .data import load_corpus
+    from .vision.extract import list_images
+    from .vision.image import load_image
+
+    paths = {entry.image_id: entry.path for entry in list_images(images)}
+    corpus = load_corpus(out_dir, "test")
+    figures = []
+    for index, image_id in enumerate(corpus.image_ids):
+        features, tags = corpus.features(index), corpus.tags[index]
+        shown = min(max_boxes, len(tags))
+        figures.append({
+            "visual": photo_svg(load_image(paths[image_id]), features[:shown, -6:-2], tags[:shown]),
+            "label": f"{image_id}: {len(tags)} regions, the first {shown} drawn ({', '.join(tags[:shown])})",
+        })
+    return figures
+
+
+def _photos_section(photos: Mapping) -> str:
+    """A heading, a note (shown as a warning) and figures of ``{"visual", "label"}``."""
+    figures = "".join(
+        f'<figure>{item["visual"]}<figcaption>{html.escape(item["label"])}</figcaption></figure>' for item in photos["items"]
+    )
+    return (
+        f'<h2>{html.escape(photos["title"])}</h2><p class="warning">{html.escape(photos.get("note", ""))}</p>'
+        f'<div class="photos">{figures}</div>'
+    )
+
+
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
 table.metrics{border-collapse:collapse;margin:1em 0}table.metrics td,table.metrics th{border:1px solid #ccc;padding:4px 8px;text-align:right}
 table.metrics td:first-child{text-align:left}ol.results{display:flex;flex-wrap:wrap;gap:10px;list-style:none;padding:0}
 ol.results li{border:2px solid #ddd;border-radius:6px;padding:6px;width:230px}ol.results li.hit{border-color:#4daf4a}
 section.query{margin-bottom:1.5em}img.photo{max-width:220px;max-height:165px}pre{background:#f6f6f6;padding:8px}
+p.warning{background:#fff4e0;border-left:4px solid #ff7f00;padding:6px 10px}div.photos{display:flex;flex-wrap:wrap;gap:12px}
+div.photos figure{margin:0;width:320px}div.photos figcaption{font-size:12px}
 """
 
 
@@ -108,8 +180,12 @@ def write_report(
     log_history: Sequence[Mapping] = (),
     queries: Sequence[Mapping] = (),
     notes: Sequence[str] = (),
+    photos: Optional[Mapping] = None,
 ) -> str:
-    """Write the HTML report to ``path`` (atomically) and return the path."""
+    """Write the HTML report to ``path`` (atomically) and return the path.
+
+    ``photos``: an optional section after the queries, ``{"title", "note", "items": [{"visual", "label"}]}``.
+    """
     plot = plot_training_curves(log_history)
     sections = [f"<h1>{html.escape(title)}</h1>"]
     sections += [f"<p>{html.escape(n)}</p>" for n in notes]
@@ -118,6 +194,8 @@ def write_report(
         sections.append(f'<h2>Training</h2><img alt="training curves" src="data:image/png;base64,{plot}">')
     if queries:
         sections.append("<h2>Queries</h2>" + "".join(_query_section(q) for q in queries))
+    if photos:
+        sections.append(_photos_section(photos))
     page = f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>{''.join(sections)}</body></html>"
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp"

@@ -7,6 +7,7 @@
     retrieval("a dog catching a frisbee")            # caption -> top-k images
     retrieval({"image_id": "500012"})                 # gallery image -> top-k captions
     retrieval({"features": feats, "tags": ["dog"]})   # new image -> top-k captions
+    retrieval("photo.jpg")                            # a photo (path, PIL image or array; needs detector_path)
     retrieval({"image_id": "500012", "caption": "a dog"})  # pair -> match score
 
     # over a gallery index (`vinvl index build`): opens in seconds, nothing re-read or re-embedded
@@ -25,6 +26,7 @@ words against detector tags; needs no trained heads), ``exhaustive`` (every item
 statistics) is computed once when the gallery is set. The option is not called ``mode``:
 paddlenlp's ``Taskflow.__init__`` keeps ``mode`` for itself and never passes it to a task, so
 ``mode=`` is rejected with an error naming ``first_stage``.
+Photos (``detector_path=``, ``gallery_images=``) are handled by :mod:`vinvl.vision.queries`.
 Nothing is downloaded: ``task_path`` must be a saved model directory.
 """
 from __future__ import annotations
@@ -44,6 +46,7 @@ from paddlenlp.taskflow.task import Task
 from .model_dir import WEIGHT_FILES, load_retrieval_model
 from .retrieval import Gallery, RetrievalEngine, match_probability
 from .retrieval.first_stage import FIRST_STAGE_CHOICES, BM25Index, check_first_stage, resolve_first_stage, tag_words, words_of
+from .vision.queries import ImageQueries, photo_gallery
 
 __all__ = ["TASK_NAME", "ImageTextRetrievalTask", "register_task"]
 
@@ -122,6 +125,12 @@ class ImageTextRetrievalTask(Task):
             its live version is the gallery (see :mod:`vinvl.serving.index_gallery`).
         _static_mode: score pairs with Paddle Inference from ``task_path/static`` (exported on
             first use and again whenever the weights change).
+        detector_path: a detector directory (``config.json`` [+ ``model.safetensors``]); lets
+            queries be photos: a file path, a PIL image, an ``HxWx3`` uint8 array, or
+            ``{"image": photo, "caption"?: ...}``, each detected and then answered as the
+            ``{"features", "tags"}`` query of its regions and class names.
+        gallery_images / gallery_cache_dir: a folder of photos to use as the gallery (no captions),
+            extracted with the detector once and cached (see :mod:`vinvl.vision.queries`).
     """
 
     def __init__(
@@ -138,6 +147,9 @@ class ImageTextRetrievalTask(Task):
         gallery: Optional[Dict[str, Any]] = None,
         index_path: Optional[str] = None,
         _static_mode: bool = False,
+        detector_path: Optional[str] = None,
+        gallery_images: Optional[str] = None,
+        gallery_cache_dir: Optional[str] = None,
         **kwargs,
     ):
         _reject_mode(kwargs.get("mode", _mode_given_to_taskflow()))
@@ -151,6 +163,9 @@ class ImageTextRetrievalTask(Task):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         check_first_stage(first_stage, FIRST_STAGE_CHOICES)
         self._batch_size, self._top_k, self._candidates = batch_size, top_k, candidates
+        if sum(g is not None for g in (gallery_dir, gallery, index_path, gallery_images)) > 1:
+            raise ValueError("give one of gallery_dir=, gallery= and index_path= (or gallery_images=)")
+        self._images = ImageQueries(detector_path)
         self._static_mode = _static_mode
         self._construct_model(model)
         self._first_stage = resolve_first_stage(first_stage, self._model.config)
@@ -160,9 +175,10 @@ class ImageTextRetrievalTask(Task):
             self._get_inference_model()
             scorer = _StaticMatchModel(self._model, self.predictor)
         self._engine = RetrievalEngine(scorer, self._processor, batch_size=batch_size, progress=False)
+        if gallery_images is not None:  # extracted once, then read from the cache, as an in-memory gallery
+            photos = photo_gallery(gallery_images, self._images, gallery_cache_dir)
+            gallery = {"image_ids": photos.image_ids, "features": photos.features, "tags": photos.tags}
         self._gallery: Optional[_GalleryCache] = None
-        if sum(g is not None for g in (gallery_dir, gallery, index_path)) > 1:
-            raise ValueError("give one of gallery_dir=, gallery= and index_path=")
         if index_path is not None:
             self.set_gallery_from_index(index_path)
         elif gallery_dir is not None:
@@ -221,7 +237,7 @@ class ImageTextRetrievalTask(Task):
             queries = [queries]
         if not queries:
             raise ValueError("give a caption string, an image dict, a pair dict, or a non-empty list of them")
-        return [self._parse_query(q, i) for i, q in enumerate(queries)]
+        return [self._parse_query(q, i) for i, q in enumerate(self._images.resolve(queries))]
 
     def _run_model(self, inputs, **kwargs):
         return [self._answer(query) for query in inputs]
