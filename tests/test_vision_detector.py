@@ -113,17 +113,23 @@ def test_attributes_with_a_low_threshold_meet_the_per_image_cap(photos):
     assert 100 < total <= len(result) + 100 and total < 16 * len(result)
 
 
-def test_shared_extractor_reuse_equals_repooling(tiny, photos, tiny_results):
-    """Reusing the box features for the attribute head (same boxes) gives what re-pooling them gives."""
+def test_shared_extractor_reuse_equals_repooling(tiny):
+    """Reusing the box features for the attribute head (same boxes) gives what re-pooling them gives.
+
+    On a 640x480 photo, whose rounded resized size makes the x and y ratios differ.
+    """
     import paddle
 
     from vinvl.vision.transforms import normalize, resize_image
 
     config = tiny.config
-    resized = resize_image(photos[0], config["INPUT.MIN_SIZE_TEST"], config["INPUT.MAX_SIZE_TEST"])
+    photo = np.asarray(Image.open(os.path.join(ROOT, "tests", "data", "coco_minitest", "COCO_val2014_000000028675.jpg")).convert("RGB"))
+    resized = resize_image(photo, config["INPUT.MIN_SIZE_TEST"], config["INPUT.MAX_SIZE_TEST"])
     pixels = normalize(resized, config["INPUT.PIXEL_MEAN"], config["INPUT.PIXEL_STD"])
-    result = tiny_results[0]
-    scale = np.float32(resized.shape[0] / photos[0].shape[0])
+    result = tiny.detect([photo])[0]
+    # back to the resized image, x and y each by its own ratio
+    scale_y, scale_x = (np.float32(r / o) for r, o in zip(resized.shape[:2], photo.shape[:2]))
+    scale = np.array([scale_x, scale_y, scale_x, scale_y], dtype=np.float32)
     with paddle.no_grad():
         features = tiny.backbone(paddle.to_tensor(pixels[None]))
         repooled = tiny.roi_heads.box.feature_extractor(features, result.boxes * scale).numpy()
