@@ -17,7 +17,7 @@ from vinvl.data import load_corpus, write_synthetic_corpus
 from vinvl.model_dir import load_retrieval_model
 from vinvl.retrieval import Gallery, RetrievalEngine
 from vinvl.serving import GalleryIndex, GallerySource, IndexBusyError, IndexWeightsError, add_to_index, build_index
-from vinvl.serving.checksum import weights_checksum
+from vinvl.model_dir import weights_checksum
 from vinvl.serving.versions import PAUSE_ENV, VersionedDir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -1,8 +1,10 @@
 """Model directories: what a saved model is on disk and how every entry point loads one."""
 from __future__ import annotations
 
+import hashlib
+import json
 import os
-from typing import Tuple
+from typing import List, Tuple
 
 from paddlenlp.utils.env import PADDLE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
@@ -11,7 +13,14 @@ from .modeling import OscarForImageTextRetrieval
 from .processor import OscarProcessor
 from .tokenizer import OscarTokenizer
 
-__all__ = ["packaged_vocab_path", "has_weights", "load_tokenizer", "load_retrieval_model"]
+__all__ = [
+    "packaged_vocab_path",
+    "has_weights",
+    "weight_files",
+    "weights_checksum",
+    "load_tokenizer",
+    "load_retrieval_model",
+]
 
 # Weights in one file (what save_pretrained and the Trainer's checkpoints write), and every
 # form a model directory may hold them in (a sharded safetensors index too).
@@ -27,6 +36,34 @@ def packaged_vocab_path() -> str:
 def has_weights(model_dir: str) -> bool:
     """Whether ``model_dir`` holds saved weights, not only a config."""
     return any(os.path.isfile(os.path.join(model_dir, name)) for name in WEIGHT_FILES)
+
+
+def weight_files(model_dir: str) -> List[str]:
+    """The files holding ``model_dir``'s weights (a sharded checkpoint's shards included), in a fixed order."""
+    if not has_weights(model_dir):
+        raise FileNotFoundError(
+            f"{model_dir} has no saved weights (none of {', '.join(WEIGHT_FILES)}); save the model "
+            "(save_pretrained) first"
+        )
+    files = [os.path.join(model_dir, n) for n in WEIGHT_FILES if os.path.isfile(os.path.join(model_dir, n))]
+    index_path = os.path.join(model_dir, SAFE_WEIGHTS_INDEX_NAME)
+    if os.path.isfile(index_path):
+        with open(index_path, encoding="utf-8") as f:
+            shards = sorted(set(json.load(f).get("weight_map", {}).values()))
+        files += [os.path.join(model_dir, s) for s in shards]
+    return files
+
+
+def weights_checksum(model_dir: str) -> str:
+    """sha256 over the names and bytes of every weight file of ``model_dir``: what ties derived files
+    (a gallery index's embeddings, an exported static graph) to the weights that made them."""
+    digest = hashlib.sha256()
+    for path in weight_files(model_dir):
+        digest.update(os.path.basename(path).encode("utf-8") + b"\0")
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                digest.update(block)
+    return digest.hexdigest()
 
 
 def load_tokenizer(model_dir: str) -> OscarTokenizer:

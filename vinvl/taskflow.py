@@ -31,7 +31,6 @@ Nothing is downloaded: ``task_path`` must be a saved model directory.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 from dataclasses import dataclass
@@ -43,7 +42,7 @@ from paddlenlp.taskflow import taskflow as paddlenlp_taskflow
 from paddlenlp.taskflow import utils as taskflow_utils
 from paddlenlp.taskflow.task import Task
 
-from .model_dir import WEIGHT_FILES, load_retrieval_model
+from .model_dir import load_retrieval_model, weights_checksum
 from .retrieval import Gallery, RetrievalEngine, match_probability
 from .retrieval.first_stage import FIRST_STAGE_CHOICES, BM25Index, check_first_stage, resolve_first_stage, tag_words, words_of
 from .vision.queries import ImageQueries, photo_gallery
@@ -213,7 +212,7 @@ class ImageTextRetrievalTask(Task):
         static_dir = os.path.join(self._task_path, "static")
         self.inference_model_path = os.path.join(static_dir, "inference")
         stamp_path = os.path.join(static_dir, "weights.md5")
-        stamp = _weights_md5(self._task_path)
+        stamp = weights_checksum(self._task_path)
         current = open(stamp_path).read().strip() if os.path.isfile(stamp_path) else None
         if current != stamp:
             os.makedirs(static_dir, exist_ok=True)
@@ -449,17 +448,6 @@ def _best_in_order(margins: np.ndarray, indices: np.ndarray, k: int):
 def _scored(margin: float) -> Dict[str, float]:
     """What a result reports of a pair: its match probability and the logit margin it is ranked by."""
     return {"score": float(match_probability(margin)), "margin": float(margin)}
-
-
-def _weights_md5(model_dir: str) -> str:
-    digest = hashlib.md5()
-    for name in WEIGHT_FILES:
-        path = os.path.join(model_dir, name)
-        if os.path.isfile(path):
-            with open(path, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(chunk)
-    return digest.hexdigest()
 
 
 def register_task() -> None:

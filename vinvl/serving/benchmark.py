@@ -26,7 +26,6 @@ import numpy as np
 
 from . import ann
 from .index import GalleryIndex, write_columns, write_manifest
-from .topk import exact_top_k
 from .versions import VersionedDir
 
 __all__ = ["write_synthetic_index", "measure_open", "run_benchmark", "main"]

@@ -45,7 +45,7 @@ from ..errors import UserError
 from ..model_dir import load_retrieval_model
 from ..retrieval import Gallery, RetrievalEngine
 from . import ann
-from .checksum import weights_checksum
+from ..model_dir import weights_checksum
 from .tables import IdColumn, ListColumn, load_array
 from .topk import DEFAULT_CHUNK_ROWS, TopK, exact_top_k
 from .versions import MANIFEST, VersionedDir, pause_for_test

@@ -15,7 +15,7 @@ import socket
 from typing import Optional, Sequence
 
 from ..retrieval.first_stage import FIRST_STAGE_CHOICES
-from .checksum import weights_checksum
+from ..model_dir import weights_checksum
 from .index import GalleryIndex
 from .server import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_QUERIES, ENVIRONMENT
 
