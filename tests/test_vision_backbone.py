@@ -1,9 +1,10 @@
-"""The backbone's fast inference path against the official frozen-BN formula, written here in the test.
+"""The backbone's fast inference path against the official formulas, written here in the test.
 
-``FrozenBatchNorm2d`` runs as one inference ``batch_norm`` pass and the bottlenecks use in-place
-ReLU and residual adds; both must give what maskrcnn_benchmark's ``x * scale + shift`` with
-out-of-place ops gives, to float32 rounding, on non-trivial BN statistics (the seeded init leaves
-them at identity, where any per-channel affine bug would be invisible).
+``FrozenBatchNorm2d`` runs as one inference ``batch_norm`` pass, the bottlenecks use in-place
+ReLU and residual adds, and the res5 head's 1x1 convs run as matmuls; all must give what
+maskrcnn_benchmark's ``x * scale + shift``, out-of-place ops and Paddle's own conv give, to float32
+rounding, on non-trivial BN statistics (the seeded init leaves them at identity, where any
+per-channel affine bug would be invisible).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import pytest
 from PIL import Image
 
 from vinvl.vision import backbone
-from vinvl.vision.backbone import Bottleneck, FrozenBatchNorm2d, Stem
+from vinvl.vision.backbone import Bottleneck, FrozenBatchNorm2d, PointwiseConv, Stem
 from vinvl.vision.detector import VinVLDetector
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -75,12 +76,25 @@ def tiny_with_bn_statistics():
     return detector
 
 
+def test_pointwise_conv_equals_paddles_conv():
+    rng = np.random.default_rng(1)
+    for stride in (1, 2):
+        layer = PointwiseConv(12, 20, stride)
+        reference = paddle.nn.Conv2D(12, 20, 1, stride=stride, bias_attr=False)
+        reference.weight.set_value(layer.weight.numpy())
+        x = paddle.to_tensor(rng.normal(size=(3, 12, 7, 9)).astype(np.float32))
+        out = layer(x)
+        assert out.shape == reference(x).shape == [3, 20, 4 if stride == 2 else 7, 5 if stride == 2 else 9]
+        np.testing.assert_allclose(out.numpy(), reference(x).numpy(), rtol=1e-5, atol=1e-5)
+
+
 def test_fast_backbone_gives_the_official_formulas_detections(tiny_with_bn_statistics, monkeypatch):
     photo = np.asarray(Image.open(PHOTO).convert("RGB"))
     fast = tiny_with_bn_statistics.detect([photo])[0]
     monkeypatch.setattr(backbone.FrozenBatchNorm2d, "forward", _official_bn)
     monkeypatch.setattr(backbone.Bottleneck, "forward", _official_bottleneck)
     monkeypatch.setattr(backbone.Stem, "forward", _official_stem)
+    monkeypatch.setattr(backbone.PointwiseConv, "forward", paddle.nn.Conv2D.forward)
     reference = tiny_with_bn_statistics.detect([photo])[0]
     assert len(fast) == len(reference) >= 10
     np.testing.assert_allclose(fast.boxes, reference.boxes, rtol=1e-6)
