@@ -19,7 +19,8 @@ from paddle.vision.ops import roi_align
 from .backbone import ResNetHead
 from .config import DetectorConfig
 
-# RoIs run through the res5 head at a time: bounds the head's activation memory per image.
+# RoIs run through the res5 head at a time: bounds the head's activation memory per image. The head's
+# CPU time per RoI is flat from 32 to 128 RoIs a chunk (X152-C4, 1 thread); 128 adds ~110 MB of peak RSS.
 ROI_CHUNK = 64
 
 
