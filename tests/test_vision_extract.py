@@ -90,6 +90,12 @@ def detector():
     return VinVLDetector.from_pretrained(DETECTOR_DIR)
 
 
+def close(actual: np.ndarray, desired: np.ndarray) -> None:
+    """Equal up to float32 rounding: the extraction ran in another process, whose kernels may round
+    differently from this one's (seen after other detector tests ran here: 3.5e-5 on features of ~50)."""
+    np.testing.assert_allclose(actual, desired, rtol=1e-5, atol=1e-5)
+
+
 def test_the_loading_script_reads_what_the_detector_returned(reference, photo_folder, detector, tmp_path):
     ids = [os.path.splitext(n)[0] for n in PHOTOS]
     expected = {i: detector.detect([load_image(os.path.join(photo_folder, n))])[0] for i, n in zip(ids, PHOTOS)}
@@ -99,20 +105,20 @@ def test_the_loading_script_reads_what_the_detector_returned(reference, photo_fo
         detections = expected[image_id]
         assert len(detections.boxes) > 0
         assert corpus.tags[i] == detections.class_names
-        np.testing.assert_array_equal(corpus.features(i), detections.region_features())
+        close(corpus.features(i), detections.region_features())
     inline = load_coco_ir(reference, "test", inline_features=True, cache_dir=str(tmp_path / "cache")).with_format("numpy")
-    np.testing.assert_array_equal(inline[1]["features"], expected[ids[1]].region_features())
+    np.testing.assert_array_equal(inline[1]["features"], corpus.features(1))
     # The rest of each object: scores, boxes and attributes exactly as returned.
     with open(os.path.join(reference, PREDICTIONS_FILE), encoding="utf-8") as f:
         rows = [line.rstrip("\n").split("\t") for line in f]
     assert [r[0] for r in rows] == ids
     for image_id, text in rows:
         objects, detections = json.loads(text)["objects"], expected[image_id]
-        np.testing.assert_array_equal(np.array([o["rect"] for o in objects], np.float32), detections.boxes)
-        np.testing.assert_array_equal(np.array([o["conf"] for o in objects], np.float32), detections.scores)
+        close(np.array([o["rect"] for o in objects], np.float32), detections.boxes)
+        close(np.array([o["conf"] for o in objects], np.float32), detections.scores)
         assert [o["attributes"] for o in objects] == detections.attr_names
         for o, scores in zip(objects, detections.attr_scores):
-            np.testing.assert_array_equal(np.array(o["attr_scores"], np.float32), scores)
+            close(np.array(o["attr_scores"], np.float32), scores)
     with open(os.path.join(reference, HW_FILE), encoding="utf-8") as f:
         sizes = {k: json.loads(v)[0] for k, v in (line.rstrip("\n").split("\t") for line in f)}
     for image_id, name in zip(ids, PHOTOS):
@@ -168,7 +174,7 @@ def test_two_ranks_under_the_launcher_equal_one_process(reference, photo_folder,
     assert _files(str(out)) == _files(reference)
 
 
-def test_bad_files_are_skipped_and_reported_and_odd_ones_converted(reference, detector, tmp_path):
+def test_bad_files_are_skipped_and_reported_and_odd_ones_converted(detector, tmp_path):
     folder = tmp_path / "mixed"
     folder.mkdir()
     for name in PHOTOS[:2]:
@@ -184,7 +190,12 @@ def test_bad_files_are_skipped_and_reported_and_odd_ones_converted(reference, de
     with open(out / PREDICTIONS_FILE, encoding="utf-8") as f:
         rows = {line.split("\t", 1)[0]: line for line in f}
     assert list(rows) == good  # in file-name order, every good file kept
-    with open(reference + "/" + PREDICTIONS_FILE, encoding="utf-8") as f:
+    alone = tmp_path / "alone"  # the same photos without bad neighbours, extracted in this process too
+    alone.mkdir()
+    for name in PHOTOS[:2]:
+        shutil.copy(os.path.join(PHOTO_DIR, name), alone / name)
+    extract(str(alone), str(tmp_path / "alone_out"), DETECTOR_DIR, detector=detector, progress=False)
+    with open(tmp_path / "alone_out" / PREDICTIONS_FILE, encoding="utf-8") as f:
         reference_rows = {line.split("\t", 1)[0]: line for line in f}
     for name in PHOTOS[:2]:  # the photos' rows are the same as in a run without bad neighbours
         assert rows[os.path.splitext(name)[0]] == reference_rows[os.path.splitext(name)[0]]
