@@ -202,7 +202,18 @@ def test_vinvl_retrieve_image(model_dir, detector, tmp_path):
                    "--top_k", str(TOP_K), "--first_stage", "exhaustive")
     assert done.returncode == 0, done.stderr
     printed = json.loads(done.stdout[done.stdout.index("[\n"):])
-    assert printed == make(model_dir, gallery_dir=corpus)(direct(detector, QUERY_PHOTO))
+    assert_same_up_to_rounding(printed, make(model_dir, gallery_dir=corpus)(direct(detector, QUERY_PHOTO)))
+
+
+def assert_same_up_to_rounding(printed, expected):
+    """The same answers, scores up to float32 rounding: the CLI detected the photo in another
+    process, whose kernels may round differently from this one's after other detector runs here."""
+    assert len(printed) == len(expected)
+    for got, want in zip(printed, expected):
+        assert got.keys() == want.keys() and got["image_id"] == want["image_id"]
+        assert [(c["caption"], c["image_id"]) for c in got["captions"]] == [(c["caption"], c["image_id"]) for c in want["captions"]]
+        for key in ("score", "margin"):
+            np.testing.assert_allclose([c[key] for c in got["captions"]], [c[key] for c in want["captions"]], rtol=1e-4, atol=1e-6)
 
 
 def user_error(capsys, *argv):
