@@ -61,6 +61,7 @@ __all__ = [
     "ImageEntry",
     "ExtractSummary",
     "list_images",
+    "detector_fingerprint",
     "prediction_json",
     "extract",
     "main",
@@ -378,7 +379,7 @@ def _write_json_atomically(path: str, value: dict) -> None:
 # --- the run ----------------------------------------------------------------------------------
 
 
-def _detector_fingerprint(detector_dir: str) -> List[List]:
+def detector_fingerprint(detector_dir: str) -> List[List]:
     """Name, size and modification time of each file of the detector directory."""
     files = []
     for name in sorted(os.listdir(detector_dir)):
@@ -399,7 +400,7 @@ def _run_description(entries: Sequence[ImageEntry], source: str, detector_dir: s
         "num_listed": len(entries),
         "image_list_sha1": digest.hexdigest(),
         "detector": os.path.abspath(detector_dir),
-        "detector_files": _detector_fingerprint(detector_dir),
+        "detector_files": detector_fingerprint(detector_dir),
         "fail_on_bad": fail_on_bad,
     }
 

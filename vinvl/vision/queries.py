@@ -30,7 +30,7 @@ from PIL import Image
 
 from ..data import load_corpus
 from ..errors import UserError
-from .extract import SUMMARY_FILE, ExtractError, InputNotFoundError, _detector_fingerprint, extract, list_images
+from .extract import SUMMARY_FILE, ExtractError, InputNotFoundError, detector_fingerprint, extract, list_images
 from .image import IMAGE_EXTENSIONS, BadImageError, check_header, load_image
 
 __all__ = [
@@ -178,7 +178,7 @@ def gallery_cache_dir(folder: str, detector_path: str, cache_root: Optional[str]
     for entry in list_images(folder):
         stat = os.stat(entry.path)
         photos.append([entry.listed_as, stat.st_size, stat.st_mtime_ns])
-    state = _digest({"photos": photos, "detector": _detector_fingerprint(detector_path)})
+    state = _digest({"photos": photos, "detector": detector_fingerprint(detector_path)})
     folder_key = _digest(os.path.abspath(folder))[:16]
     return os.path.join(cache_root or DEFAULT_CACHE_ROOT, folder_key, state[:24])
 
