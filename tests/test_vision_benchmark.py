@@ -28,8 +28,9 @@ def test_rss_report_reads_each_checkpoint_off_the_first_sample_that_reached_it()
     samples = [(0.0, 0, 100 * MB), (1.0, 0, 900 * MB), (2.0, 1, 500 * MB), (3.0, 7, 510 * MB),
                (4.0, 12, 520 * MB), (5.0, 100, 505 * MB), (6.0, 120, 530 * MB)]
     lines = rss_report(samples, 950 * MB, 120)
-    assert lines[1:5] == ["1 | 500 | 900 | 2", "10 | 520 | 900 | 4", "100 | 505 | 900 | 5", "120 | 530 | 900 | 6"]
-    assert lines[5].startswith("peak RSS while extracting 900 MB, during the merge 530 MB; the process's peak (OS accounting) 950 MB")
+    assert lines[1:7] == ["1 | 500 | 900 | 2", "10 | 520 | 900 | 4", "25 | 505 | 900 | 5", "50 | 505 | 900 | 5",
+                          "100 | 505 | 900 | 5", "120 | 530 | 900 | 6"]
+    assert lines[7].startswith("peak RSS while extracting 900 MB, during the merge 530 MB; the process's peak (OS accounting) 950 MB")
     missing = rss_report([(0.0, 0, MB), (1.0, 3, MB)], MB, 5)
     assert missing[1:3] == ["1 | 1 | 1 | 1", "5 | not sampled | | "]  # never seen at 5 rows: said, not guessed
 

@@ -37,7 +37,7 @@ from .extract import WORK_DIR
 from .transforms import resize_image
 
 # Photo counts after which the resident set of ``vinvl extract`` is reported (those up to N).
-RSS_CHECKPOINTS = (1, 10, 100, 250, 500, 1000, 2000, 5000, 10000)
+RSS_CHECKPOINTS = (1, 10, 25, 50, 100, 250, 500, 1000, 2000, 5000, 10000)
 
 
 class StageMeter:
