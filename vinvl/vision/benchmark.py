@@ -230,17 +230,17 @@ def rss_report(samples: Sequence[Tuple[float, int, int]], peak_bytes: int, num_p
     return lines
 
 
-def run_extraction_memory(photos: Sequence[str], count: int, detector_dir: str, work_dir: Optional[str] = None) -> List[str]:
-    """``vinvl extract`` on ``count`` photos (links to ``photos``) with its RSS sampled: :func:`rss_report`'s lines."""
-    root = work_dir or tempfile.mkdtemp(prefix="vinvl-extract-memory-")
+def run_extraction_memory(photos: Sequence[str], count: int, detector_dir: str) -> List[str]:
+    """``vinvl extract`` on ``count`` photos (links to ``photos``, in a temporary folder removed
+    afterwards) with its RSS sampled: :func:`rss_report`'s lines."""
+    root = tempfile.mkdtemp(prefix="vinvl-extract-memory-")
     try:
         folder = photo_folder(photos, count, os.path.join(root, "photos"))
         samples, peak = sample_extraction_rss(folder, os.path.join(root, "out"), detector_dir)
         return [f"vinvl extract of {count} photos (links to {len(photos)} files), detector {detector_dir}, "
                 f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}"] + rss_report(samples, peak, count)
     finally:
-        if work_dir is None:
-            shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
