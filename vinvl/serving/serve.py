@@ -18,6 +18,7 @@ from ..retrieval.first_stage import FIRST_STAGE_CHOICES
 from ..model_dir import weights_checksum
 from .index import GalleryIndex
 from .server import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_QUERIES, ENVIRONMENT
+from .transport import CoalescingHTTPProtocol
 
 __all__ = ["main"]
 
@@ -92,13 +93,14 @@ def _tcp_socket(host: str, port: int) -> socket.socket:
 
 
 def _run(args: argparse.Namespace) -> None:
-    """uvicorn.run, with the workers' socket from :func:`_tcp_socket`."""
+    """uvicorn.run, with the workers' socket from :func:`_tcp_socket` and each answer sent in one
+    write (:class:`~vinvl.serving.transport.CoalescingHTTPProtocol`)."""
     import uvicorn
     from uvicorn.supervisors import Multiprocess
 
     config = uvicorn.Config(
         APP, host=args.host, port=args.port, workers=args.workers, log_level=args.log_level,
-        timeout_worker_healthcheck=args.worker_healthcheck_timeout,
+        timeout_worker_healthcheck=args.worker_healthcheck_timeout, http=CoalescingHTTPProtocol,
     )
     if config.workers > 1:
         Multiprocess(config, sockets=[_tcp_socket(args.host, args.port)]).run()

@@ -39,13 +39,13 @@ from contextlib import contextmanager
 from typing import Any, Dict, Iterator, List, Optional
 
 from fastapi import HTTPException, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from paddlenlp.server.handlers.base_handler import BaseTaskflowHandler
 
 from ..data import DataError
 from ..retrieval.first_stage import FIRST_STAGE_CHOICES, resolve_first_stage
 from .index import GalleryIndex, GallerySource, add_to_index
+from .endpoint import RetrievalEndpoint
 from .index_gallery import IndexGallery
 from .versions import IndexBusyError
 
@@ -54,7 +54,6 @@ __all__ = [
     "HEALTH_ROUTE",
     "ENVIRONMENT",
     "RetrievalHandler",
-    "BodySizeLimit",
     "add_service_routes",
     "create_app",
     "settings_from_env",
@@ -70,7 +69,6 @@ DEFAULT_MAX_QUERIES = 64
 MAX_TOP_K = 1000
 MAX_CANDIDATES = 100_000
 PARAMETERS = ("top_k", "first_stage", "candidates")
-REQUEST_FORM = '{"data": <query or list of queries>, "parameters": {"top_k", "first_stage", "candidates"}}'
 
 # create_app argument -> the environment variable ``app`` reads it from (what `vinvl serve` sets)
 ENVIRONMENT = {
@@ -230,68 +228,6 @@ def _add_images(task, data: Dict[str, Any], parameters: Optional[Dict[str, Any]]
 # ----- the app around it ------------------------------------------------------------------------
 
 
-class BodySizeLimit:
-    """ASGI middleware: a request body over ``max_bytes`` gets 413 before any of it is parsed.
-
-    A declared ``Content-Length`` is checked first; a chunked body is counted as it arrives.
-    """
-
-    def __init__(self, app, max_bytes: int):
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._too_large(int(declared), scope, receive, send)
-            return
-        chunks, size, more = [], 0, True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":  # the client went away
-                return
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            more = message.get("more_body", False)
-            if size > self.max_bytes:
-                await self._too_large(size, scope, receive, send, at_least=more)
-                return
-        body, delivered = b"".join(chunks), False
-
-        async def replay():
-            nonlocal delivered
-            if delivered:
-                return await receive()
-            delivered = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        await self.app(scope, replay, send)
-
-    async def _too_large(self, size: int, scope, receive, send, at_least: bool = False) -> None:
-        detail = f"request body is {'more than ' if at_least else ''}{size} bytes; the limit is {self.max_bytes} bytes"
-        await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
-
-
-def _describe_invalid(errors: List[Dict[str, Any]]) -> str:
-    """The request-shape errors pydantic found, in words that name the field at fault."""
-    parts = []
-    for error in errors:
-        field = ".".join(str(p) for p in error.get("loc", ())[1:])
-        kind = error.get("type", "")
-        if kind == "extra_forbidden":
-            parts.append(f"unknown field {field!r} in the request")
-        elif kind == "missing":
-            parts.append(f"the request has no {field!r} field")
-        elif kind == "json_invalid":
-            parts.append(f"the body is not valid JSON ({error.get('ctx', {}).get('error', error.get('msg'))})")
-        else:
-            parts.append(f"{field or 'the body'}: {error.get('msg')}")
-    return "; ".join(parts) + f"; a request is {REQUEST_FORM}"
-
-
 def _health(app) -> Dict[str, Any]:
     """The worker's state as the next query will see it: a newer live index version is picked up
     first, unless a request holds the Taskflow for longer than ``HEALTH_WAIT`` (then ``busy``)."""
@@ -318,19 +254,16 @@ def _health(app) -> Dict[str, Any]:
 
 
 def add_service_routes(app, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
-    """What a service needs beyond ``register_taskflow``: ``GET /health``, the body-size limit
-    (413), malformed requests answered 422 with the field named, internal failures logged and 500."""
-    app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
-
-    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"detail": _describe_invalid(exc.errors())}, status_code=422)
+    """What a service needs beyond ``register_taskflow``: the retrieval route answered by
+    :class:`~vinvl.serving.endpoint.RetrievalEndpoint` (body-size limit 413, malformed requests 422
+    with the field named, internal failures logged and 500) and ``GET /health``."""
+    app.add_middleware(RetrievalEndpoint, server=app, path="/" + ROUTE, max_bytes=max_body_bytes)
 
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:
         logger.error("internal error answering %s %s", request.method, request.url.path, exc_info=exc)
         detail = f"internal error ({type(exc).__name__}: {exc}); the server logged it"
         return JSONResponse({"detail": detail}, status_code=500)
 
-    app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(Exception, internal_error)
     app.add_api_route(HEALTH_ROUTE, lambda: _health(app), methods=["GET"], summary="Health")
 
