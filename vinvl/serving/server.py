@@ -21,8 +21,9 @@ sets before it starts uvicorn (``vinvl.serving.server:app``, once per worker).
 Requests (``POST /taskflow/image_text_retrieval``) are ``{"data": ..., "parameters": {...}}``;
 answers are ``{"result": [one answer per query]}``. ``data`` is one query or a list of them, in
 the Taskflow's forms (a caption; ``{"image_id"}``; ``{"features", "tags"}``; either image form
-with ``"caption"`` for a pair score), or ``{"add": {"gallery_dir", "split"}}`` to add a data
-directory's images to the index. ``parameters`` may set ``top_k``, ``first_stage`` and
+with ``"caption"`` for a pair score) plus ``{"photo": "<base64 JPEG/PNG>"}`` (with a detector), or
+``{"add": {"gallery_dir", "split"}}`` to add a data directory's images to the index. A string is
+always a caption: a client never makes the server open a file (:mod:`vinvl.serving.queries`). ``parameters`` may set ``top_k``, ``first_stage`` and
 ``candidates`` for this request.
 
 Errors: a request the service cannot answer as asked gets a 4xx whose JSON ``detail`` names what
@@ -47,6 +48,7 @@ from ..retrieval.first_stage import FIRST_STAGE_CHOICES, resolve_first_stage
 from .index import GalleryIndex, GallerySource, add_to_index
 from .endpoint import RetrievalEndpoint
 from .index_gallery import IndexGallery
+from .queries import parse_http_queries
 from .versions import IndexBusyError
 
 __all__ = [
@@ -80,6 +82,7 @@ ENVIRONMENT = {
     "batch_size": "VINVL_SERVE_BATCH_SIZE",
     "max_body_bytes": "VINVL_SERVE_MAX_BODY_BYTES",
     "max_queries": "VINVL_SERVE_MAX_QUERIES",
+    "detector_path": "VINVL_SERVE_DETECTOR",
 }
 _INTEGER_SETTINGS = ("top_k", "candidates", "batch_size", "max_body_bytes", "max_queries")
 
@@ -94,9 +97,10 @@ def _bad(message: str, status: int = 400) -> HTTPException:
 class RetrievalHandler(BaseTaskflowHandler):
     """``taskflow_handler`` of ``SimpleServer.register_taskflow`` for image-text retrieval requests.
 
-    Runs under the Taskflow's lock (paddlenlp's TaskflowManager takes it), so a request's
-    parameters apply to it alone. Query parsing is the Taskflow's own; what it rejects is the
-    client's error (400), what fails after is the server's (500).
+    Runs under the Taskflow's lock, so a request's parameters apply to it alone. Queries are parsed
+    as HTTP carries them (:mod:`vinvl.serving.queries`: a string is always a caption, a photo is
+    uploaded, never a server path); what parsing rejects is the client's error (400), what fails
+    after is the server's (500).
     """
 
     max_queries = DEFAULT_MAX_QUERIES
@@ -114,7 +118,7 @@ class RetrievalHandler(BaseTaskflowHandler):
         if len(queries) > cls.max_queries:
             raise _bad(f"'data' holds {len(queries)} queries; at most {cls.max_queries} per request", 413)
         try:
-            parsed = task._preprocess(queries)
+            parsed = parse_http_queries(task, queries)
         except (ValueError, TypeError, KeyError) as exc:
             raise _bad(str(exc).strip("'\"")) from None
         if any(q["kind"] == "image" for q in parsed) and (task._gallery is None or not task._gallery.images.captions):
@@ -283,10 +287,12 @@ def create_app(
     batch_size: int = 32,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     max_queries: int = DEFAULT_MAX_QUERIES,
+    detector_path: Optional[str] = None,
 ):
     """A SimpleServer answering retrieval requests over the index at ``index_path``.
 
     ``model_dir`` defaults to the one the index records; the index must match its weights.
+    ``detector_path``: a detector directory, loaded here, so uploaded photos can be queries.
     """
     from paddlenlp import Taskflow
     from paddlenlp.server import SimpleServer
@@ -296,8 +302,10 @@ def create_app(
     model_dir = model_dir or recorded_model_dir(index_path)
     retrieval = Taskflow(
         TASK_NAME, task_path=model_dir, index_path=index_path, top_k=top_k, first_stage=first_stage,
-        candidates=candidates, batch_size=batch_size,
+        candidates=candidates, batch_size=batch_size, detector_path=detector_path,
     )
+    if detector_path is not None:
+        _ = retrieval.task_instance._images.detector  # loaded once per worker, before the first request
     app = SimpleServer(title="vinvl image-text retrieval")
     app.register_taskflow(ROUTE, retrieval, taskflow_handler=RetrievalHandler.limited_to(max_queries))
     add_service_routes(app, max_body_bytes)
