@@ -22,6 +22,7 @@ __all__ = [
     "LOCALHOST",
     "Reply",
     "Connection",
+    "decode_reply",
     "ServerProcess",
     "free_port",
     "post_json",
@@ -43,7 +44,7 @@ def free_port() -> int:
 
 
 def _reply(response: http.client.HTTPResponse) -> Reply:
-    return _decoded(response.status, response.read())
+    return decode_reply(response.status, response.read())
 
 
 def _request(port: int, method: str, path: str, body: Optional[bytes], timeout: float, headers: Dict[str, str]) -> Reply:
@@ -75,7 +76,7 @@ class Connection:
     def post(self, body: bytes, path: str = "/" + ROUTE) -> Reply:
         """(status, the JSON answer) of POSTing ``body``."""
         status, raw = self.post_raw(body, path)
-        return _decoded(status, raw)
+        return decode_reply(status, raw)
 
     def post_raw(self, body: bytes, path: str = "/" + ROUTE) -> Tuple[int, bytes]:
         """(status, the answer's bytes) of POSTing ``body``."""
@@ -132,7 +133,8 @@ class _ClosedByServer(ConnectionError):
     """The server closed a kept-alive connection before answering."""
 
 
-def _decoded(status: int, raw: bytes) -> Reply:
+def decode_reply(status: int, raw: bytes) -> Reply:
+    """(status, the JSON answer, or the raw text when it is not JSON)."""
     try:
         return status, json.loads(raw)
     except ValueError:
