@@ -26,13 +26,10 @@ from vinvl.serving import GallerySource, build_index
 from vinvl.serving.client import ServerProcess, free_port, post_json, vinvl_serve_command
 from vinvl.serving.serve import main as serve_main
 
+from realdata import TINY_DETECTOR as DETECTOR
+from realdata import GALLERY_PHOTOS, OTHER_PHOTO, PHOTO_DIR, QUERY_PHOTO
 from tinymodel import REPO, derive
 
-DETECTOR = os.path.join(REPO, "model_configs", "vinvl-detector-tiny")
-PHOTO_DIR = os.path.join(REPO, "tests", "data", "coco_minitest")
-GALLERY_PHOTOS = ["COCO_val2014_000000045057.jpg", "COCO_val2014_000000317441.jpg", "COCO_val2014_000000415746.jpg"]
-QUERY_PHOTO = os.path.join(PHOTO_DIR, "COCO_val2014_000000507921.jpg")
-OTHER_PHOTO = os.path.join(PHOTO_DIR, "COCO_val2014_000000213008.jpg")
 TOP_K = 3
 OPTIONS = dict(top_k=TOP_K, first_stage="exhaustive")
 SERVE_FLAGS = ["--top_k", str(TOP_K), "--first_stage", "exhaustive"]

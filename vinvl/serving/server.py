@@ -37,7 +37,7 @@ import json
 import logging
 import os
 from contextlib import contextmanager
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, Optional
 
 from fastapi import HTTPException, Request
 from fastapi.responses import JSONResponse
