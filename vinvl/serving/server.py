@@ -12,7 +12,7 @@ The recipe, PaddleNLP style (``server.py``, started with ``paddlenlp server serv
     retrieval = Taskflow("image_text_retrieval", task_path="outputs/model", index_path="gallery_index")
     app = SimpleServer()
     app.register_taskflow(ROUTE, retrieval, taskflow_handler=RetrievalHandler)
-    add_service_routes(app)  # GET /health, body-size limit, JSON 4xx / 5xx errors
+    add_service_routes(app)  # the route answered with orjson, GET /health, body-size limit, JSON 4xx / 5xx
 
 This module is such a ``server.py`` too: its ``app`` is built, on first access, from the
 ``VINVL_SERVE_*`` environment variables (:data:`ENVIRONMENT`), which is what ``vinvl serve``
