@@ -23,7 +23,7 @@ from paddlenlp import Taskflow
 from vinvl.cli import main as cli_main
 from vinvl.data import load_corpus, write_synthetic_corpus
 from vinvl.serving import GallerySource, build_index
-from vinvl.serving.client import ServerProcess, free_port, post_json, vinvl_serve_command
+from vinvl.serving.client import ServerProcess, free_port, get_json, post_json, vinvl_serve_command
 from vinvl.serving.serve import main as serve_main
 
 from realdata import TINY_DETECTOR as DETECTOR
@@ -179,6 +179,15 @@ def test_without_a_detector_a_photo_gets_400_naming_the_flag(photo_gallery):
     status, answer = post_json(server.port, {"data": {"photo": upload(QUERY_PHOTO), "caption": "a dog"}}, timeout=TIMEOUT)
     assert status == 400 and "needs a detector" in answer["detail"], answer
     assert "--detector" in answer["detail"] and "VINVL_SERVE_DETECTOR" in answer["detail"]
+
+
+def test_without_allow_add_an_add_request_gets_403_and_nothing_is_read(photo_gallery):
+    server, _, folder = photo_gallery
+    _, before = get_json(server.port)
+    status, answer = post_json(server.port, {"data": {"add": {"gallery_dir": str(folder)}}}, timeout=TIMEOUT)
+    assert status == 403 and "--allow_add" in answer["detail"] and "VINVL_SERVE_ALLOW_ADD" in answer["detail"], answer
+    _, after = get_json(server.port)
+    assert after["index"] == before["index"]
 
 
 def test_vinvl_serve_refuses_a_detector_path_that_is_not_one(photo_gallery, capsys):

@@ -40,6 +40,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--max_body_bytes", type=int, default=DEFAULT_MAX_BODY_BYTES, help="larger request bodies get 413")
     parser.add_argument("--max_queries", type=int, default=DEFAULT_MAX_QUERIES, help="queries per request (more get 413)")
     parser.add_argument("--detector", help="a detector directory: lets requests upload photos ({\"photo\": base64})")
+    parser.add_argument(
+        "--allow_add", action="store_true",
+        help="answer {\"add\": {\"gallery_dir\": ...}} requests, which make the server read a directory a client names "
+             "(default: refused with 403)",
+    )
     parser.add_argument("--log_level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     parser.add_argument(
         "--worker_healthcheck_timeout", type=float, default=60.0,
@@ -72,6 +77,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         "batch_size": args.batch_size,
         "max_body_bytes": args.max_body_bytes,
         "max_queries": args.max_queries,
+        "allow_add": int(args.allow_add),
     }
     if args.detector is not None:
         settings["detector_path"] = os.path.abspath(args.detector)

@@ -22,7 +22,8 @@ Requests (``POST /taskflow/image_text_retrieval``) are ``{"data": ..., "paramete
 answers are ``{"result": [one answer per query]}``. ``data`` is one query or a list of them, in
 the Taskflow's forms (a caption; ``{"image_id"}``; ``{"features", "tags"}``; either image form
 with ``"caption"`` for a pair score) plus ``{"photo": "<base64 JPEG/PNG>"}`` (with a detector), or
-``{"add": {"gallery_dir", "split"}}`` to add a data directory's images to the index. A string is
+``{"add": {"gallery_dir", "split"}}`` to add a data directory's images to the index (only when
+started with ``allow_add``: ``vinvl serve --allow_add``; otherwise 403). A string is
 always a caption: a client never makes the server open a file (:mod:`vinvl.serving.queries`). ``parameters`` may set ``top_k``, ``first_stage`` and
 ``candidates`` for this request.
 
@@ -83,8 +84,10 @@ ENVIRONMENT = {
     "max_body_bytes": "VINVL_SERVE_MAX_BODY_BYTES",
     "max_queries": "VINVL_SERVE_MAX_QUERIES",
     "detector_path": "VINVL_SERVE_DETECTOR",
+    "allow_add": "VINVL_SERVE_ALLOW_ADD",
 }
 _INTEGER_SETTINGS = ("top_k", "candidates", "batch_size", "max_body_bytes", "max_queries")
+_BOOLEAN_SETTINGS = {"allow_add": {"1": True, "true": True, "0": False, "false": False}}
 
 
 def _bad(message: str, status: int = 400) -> HTTPException:
@@ -104,12 +107,19 @@ class RetrievalHandler(BaseTaskflowHandler):
     """
 
     max_queries = DEFAULT_MAX_QUERIES
+    allow_add = False
 
     @classmethod
     def process(cls, predictor, data: Any, parameters: Optional[Dict[str, Any]]) -> Any:
         task = predictor.task_instance
         _pick_up_new_version(task)
         if isinstance(data, dict) and "add" in data:
+            if not cls.allow_add:
+                raise _bad(
+                    "this server does not take add requests (they read directories on the server); "
+                    "start it with `vinvl serve --allow_add` (or VINVL_SERVE_ALLOW_ADD=1) to allow them",
+                    403,
+                )
             return _add_images(task, data, parameters)
         options = _parse_parameters(task, parameters)
         queries = data if isinstance(data, list) else [data]
@@ -127,9 +137,10 @@ class RetrievalHandler(BaseTaskflowHandler):
             return task._postprocess(task._run_model(parsed))
 
     @classmethod
-    def limited_to(cls, max_queries: int) -> type:
-        """This handler with another per-request query limit."""
-        return type(cls.__name__, (cls,), {"max_queries": max_queries})
+    def configured(cls, max_queries: int = DEFAULT_MAX_QUERIES, allow_add: bool = False) -> type:
+        """This handler with another per-request query limit, and add requests allowed or not
+        (they make the server read a directory a client names: an administrator's choice)."""
+        return type(cls.__name__, (cls,), {"max_queries": max_queries, "allow_add": allow_add})
 
 
 def _pick_up_new_version(task) -> None:
@@ -288,11 +299,13 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     max_queries: int = DEFAULT_MAX_QUERIES,
     detector_path: Optional[str] = None,
+    allow_add: bool = False,
 ):
     """A SimpleServer answering retrieval requests over the index at ``index_path``.
 
     ``model_dir`` defaults to the one the index records; the index must match its weights.
     ``detector_path``: a detector directory, loaded here, so uploaded photos can be queries.
+    ``allow_add``: answer ``{"add": ...}`` requests (otherwise 403).
     """
     from paddlenlp import Taskflow
     from paddlenlp.server import SimpleServer
@@ -307,7 +320,7 @@ def create_app(
     if detector_path is not None:
         _ = retrieval.task_instance._images.detector  # loaded once per worker, before the first request
     app = SimpleServer(title="vinvl image-text retrieval")
-    app.register_taskflow(ROUTE, retrieval, taskflow_handler=RetrievalHandler.limited_to(max_queries))
+    app.register_taskflow(ROUTE, retrieval, taskflow_handler=RetrievalHandler.configured(max_queries, allow_add))
     add_service_routes(app, max_body_bytes)
     return app
 
@@ -325,6 +338,10 @@ def settings_from_env(environ: Optional[Dict[str, str]] = None) -> Dict[str, Any
                 value = int(value)
             except ValueError:
                 raise ValueError(f"{variable} must be an integer, got {value!r}") from None
+        elif name in _BOOLEAN_SETTINGS:
+            if value.lower() not in _BOOLEAN_SETTINGS[name]:
+                raise ValueError(f"{variable} must be 1 or 0, got {value!r}")
+            value = _BOOLEAN_SETTINGS[name][value.lower()]
         settings[name] = value
     if "index_path" not in settings:
         raise ValueError(f"set {ENVIRONMENT['index_path']} to a gallery index directory (or use `vinvl serve --index`)")
