@@ -1,10 +1,16 @@
-"""Real text the tests read: COCO captions (tests/data) and the VinVL label map (shipped in the package)."""
+"""Real data the tests read: COCO photos and captions (tests/data), the VinVL label map (shipped in the
+package), and the tiny detector config that reads the photos."""
 import json
 import os
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CAPTIONS_FILE = os.path.join(REPO, "tests", "data", "coco_minitest_captions.txt")
 LABELMAP = os.path.join(REPO, "vinvl", "assets", "vinvl_labelmap.json")
+TINY_DETECTOR = os.path.join(REPO, "model_configs", "vinvl-detector-tiny")  # config only: seeded random weights
+PHOTO_DIR = os.path.join(REPO, "tests", "data", "coco_minitest")
+GALLERY_PHOTOS = ["COCO_val2014_000000045057.jpg", "COCO_val2014_000000317441.jpg", "COCO_val2014_000000415746.jpg"]
+QUERY_PHOTO = os.path.join(PHOTO_DIR, "COCO_val2014_000000507921.jpg")  # not among GALLERY_PHOTOS
+OTHER_PHOTO = os.path.join(PHOTO_DIR, "COCO_val2014_000000213008.jpg")
 
 
 def read_captions() -> list:

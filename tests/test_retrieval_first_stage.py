@@ -13,7 +13,7 @@ import vinvl
 import paddle
 from vinvl import OscarConfig, OscarForImageTextRetrieval, OscarProcessor, OscarTokenizer
 from vinvl.retrieval import Gallery, RetrievalEngine
-from vinvl.retrieval.first_stage import BM25Index, resolve_first_stage, tag_candidates, words_of
+from vinvl.retrieval.first_stage import BM25Index, fold_plural, resolve_first_stage, tag_candidates, words_of
 from vinvl.retrieval.metrics import coverage, first_stage_coverage, i2t_ranks, retrieval_metrics, t2i_ranks
 
 FEATURE_DIM = 6
@@ -24,9 +24,13 @@ def tokenizer():
     return OscarTokenizer(os.path.join(os.path.dirname(vinvl.__file__), "assets", "vocab.txt"))
 
 
+# The plural words of the hand gallery below and the singulars they must meet, written out by hand.
+HAND_SINGULARS = {"dogs": "dog", "sleeps": "sleep", "rides": "ride", "sits": "sit", "waits": "wait"}
+
+
 def simple_words(text):
-    """The reference's own word split: lower-case alphanumeric runs."""
-    return re.findall(r"[a-z0-9]+", text.lower())
+    """The reference's own word split: lower-case alphanumeric runs, the hand gallery's plurals singular."""
+    return [HAND_SINGULARS.get(w, w) for w in re.findall(r"[a-z0-9]+", text.lower())]
 
 
 def reference_bm25(query, documents, k1, b):
@@ -82,6 +86,28 @@ def hand_gallery():
 
 def test_words_follow_the_tokenizers_basic_split(tokenizer):
     assert words_of(tokenizer, "A Dog's red-car, (Café)!") == ["a", "dog", "s", "red", "car", "cafe"]
+
+
+@pytest.mark.parametrize(
+    "plural, singular",
+    [
+        ("dogs", "dog"), ("berries", "berry"), ("benches", "bench"), ("glasses", "glass"), ("boxes", "box"),
+        ("dishes", "dish"), ("houses", "house"), ("shoes", "shoe"), ("skis", "ski"), ("pies", "pie"),
+        ("people", "person"), ("women", "woman"), ("knives", "knife"), ("buses", "bus"), ("tomatoes", "tomato"),
+        ("cookies", "cookie"), ("grass", "grass"), ("cactus", "cactus"), ("bus", "bus"),
+    ],
+)
+def test_plural_and_singular_fold_to_the_same_word(plural, singular):
+    assert fold_plural(plural) == fold_plural(singular)
+    assert fold_plural(singular) == fold_plural(fold_plural(singular))  # folding a folded word changes nothing
+
+
+def test_a_plural_caption_finds_images_tagged_with_the_singular(tokenizer):
+    feats = [np.zeros((1, FEATURE_DIM), np.float32)] * 4
+    gallery = Gallery(["a", "b", "c", "d"], [["cat"], ["person", "bench"], ["sofa"], ["knife", "glass"]],
+                      [["two benches and some people"], ["knives next to glasses"], ["x"], ["y"]], feats)
+    t2i = tag_candidates(gallery, tokenizer, 1).t2i
+    assert t2i[:2, 0].tolist() == [1, 3]  # without folding neither caption shares a word with any tag
 
 
 @pytest.mark.parametrize("k1, b", [(1.2, 0.75), (2.0, 0.3), (0.5, 1.0)])

@@ -28,7 +28,7 @@ from tinymodel import derive, in_memory_gallery, train_tiny
 TEST_IMAGES = 12  # + 8 minival images in the index: 20 images, 100 captions
 TOP_K, CANDIDATES, BATCH = 3, 4, 5
 OPTIONS = dict(top_k=TOP_K, candidates=CANDIDATES, batch_size=BATCH)
-SERVE_FLAGS = ["--top_k", str(TOP_K), "--candidates", str(CANDIDATES), "--batch_size", str(BATCH)]
+SERVE_FLAGS = ["--top_k", str(TOP_K), "--candidates", str(CANDIDATES), "--batch_size", str(BATCH), "--allow_add"]
 TIMEOUT = 60.0
 
 
@@ -264,3 +264,15 @@ def test_images_added_through_the_service_are_answered_by_every_worker(trained, 
             status, health = get_json(port)
             assert status == 200 and health["index"]["version"] == "v000002", health
             assert health["index"]["num_images"] == TEST_IMAGES + len(val)
+
+
+def test_settings_from_the_environment_are_typed_and_checked():
+    from vinvl.serving.server import settings_from_env
+
+    environ = {"VINVL_SERVE_INDEX": "/i", "VINVL_SERVE_TOP_K": "3", "VINVL_SERVE_ALLOW_ADD": "1"}
+    assert settings_from_env(environ) == {"index_path": "/i", "top_k": 3, "allow_add": True}
+    assert settings_from_env({**environ, "VINVL_SERVE_ALLOW_ADD": "false"})["allow_add"] is False
+    with pytest.raises(ValueError, match="VINVL_SERVE_ALLOW_ADD must be 1 or 0"):
+        settings_from_env({**environ, "VINVL_SERVE_ALLOW_ADD": "yes please"})
+    with pytest.raises(ValueError, match="VINVL_SERVE_TOP_K must be an integer"):
+        settings_from_env({**environ, "VINVL_SERVE_TOP_K": "three"})

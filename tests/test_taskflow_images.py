@@ -26,14 +26,10 @@ from vinvl.vision.detector import VinVLDetector
 from vinvl.vision.image import load_image
 from vinvl.vision.queries import is_image_source
 
-from realdata import read_captions
+from realdata import TINY_DETECTOR as DETECTOR
+from realdata import GALLERY_PHOTOS, OTHER_PHOTO, PHOTO_DIR, QUERY_PHOTO, read_captions
 from tinymodel import REPO, derive
 
-DETECTOR = os.path.join(REPO, "model_configs", "vinvl-detector-tiny")
-PHOTO_DIR = os.path.join(REPO, "tests", "data", "coco_minitest")
-GALLERY_PHOTOS = ["COCO_val2014_000000045057.jpg", "COCO_val2014_000000317441.jpg", "COCO_val2014_000000415746.jpg"]
-QUERY_PHOTO = os.path.join(PHOTO_DIR, "COCO_val2014_000000507921.jpg")
-OTHER_PHOTO = os.path.join(PHOTO_DIR, "COCO_val2014_000000213008.jpg")
 TOP_K = 3
 
 

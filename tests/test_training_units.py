@@ -280,3 +280,19 @@ def test_trainer_loss_is_the_objectives_sum(processor, tmp_path, objective, itm_
             keys = ("input_ids", "token_type_ids", "attention_mask", "img_feats")
             expected += float(match_loss(model(**{k: batch[k] for k in keys}).logits, batch["labels"]))
     np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("objective", ["distill", "itc+distill"])
+def test_trainer_refuses_to_train_the_layers_a_distill_teacher_reads(processor, objective, tmp_path):
+    from paddlenlp.trainer import TrainingArguments
+
+    from vinvl import OscarConfig, OscarForImageTextRetrieval
+    from vinvl.training.trainer import RetrievalTrainer
+
+    config = OscarConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, contrastive_dim=16)
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], disable_tqdm=True)
+    with pytest.raises(ValueError, match="teacher"):
+        RetrievalTrainer(
+            model=OscarForImageTextRetrieval(config), args=args, processor=processor, objective=objective,
+            train_only="heads", trainable_layers=1,
+        )

@@ -7,7 +7,7 @@ with the match head. The choices (``first_stage=`` of the engine, ``vinvl eval``
 
 - ``contrastive``: nearest neighbours of the model's caption-only / image-only embeddings
   (:func:`contrastive_candidates`). Only as good as the contrastive heads' training.
-- ``tags``: BM25 of caption words against each image's detector tags
+- ``tags``: BM25 of caption words against each image's detector tags, plurals folded
   (:func:`tag_candidates`). Needs no training at all, so it serves any checkpoint (e.g. an
   official VinVL one, whose contrastive heads are freshly initialised).
 - ``exhaustive``: no first stage; every pair is scored.
@@ -38,6 +38,7 @@ __all__ = [
     "BM25_B",
     "Candidates",
     "BM25Index",
+    "fold_plural",
     "words_of",
     "tag_words",
     "tag_candidates",
@@ -72,10 +73,42 @@ class Candidates:
 # ----- words -------------------------------------------------------------------------------
 
 
+# Plurals whose regular folding would not meet the singular (``knives`` -> ``knife``, not ``knive``).
+_IRREGULAR_PLURALS = {
+    "people": "person", "men": "man", "women": "woman", "children": "child", "feet": "foot",
+    "teeth": "tooth", "mice": "mouse", "geese": "goose", "knives": "knife", "leaves": "leaf",
+    "shelves": "shelf", "wolves": "wolf", "halves": "half", "loaves": "loaf", "scarves": "scarf",
+    "calves": "calf", "hooves": "hoof", "buses": "bus", "tomatoes": "tomato", "potatoes": "potato",
+    "cookies": "cookie", "movies": "movie", "brownies": "brownie", "goalies": "goalie",
+}
+
+
+def fold_plural(word: str) -> str:
+    """``word`` with an English plural ending removed, so that a caption's ``dogs`` meets the
+    detector's tag ``dog`` (VinVL labels are singular).
+
+    Applied alike to caption and tag words, the rule only has to map a plural and its singular
+    to the same string: ``-ies`` -> ``-y`` (berries), ``-ches/-shes/-xes/-sses/-zzes`` lose
+    ``es`` (benches, glasses), words ending in ``ss`` or ``us`` and words of up to 3 letters stay
+    (grass, cactus, bus), any other final ``s`` goes (dogs, houses, shoes, skis), plus a table of
+    irregular plurals. Verbs fold too (``sits`` -> ``sit``), which no tag matches either way.
+    """
+    if word in _IRREGULAR_PLURALS:
+        return _IRREGULAR_PLURALS[word]
+    if len(word) <= 3 or not word.endswith("s") or word.endswith(("ss", "us")):
+        return word
+    if word.endswith("ies") and len(word) > 4:
+        return word[:-3] + "y"
+    if word.endswith(("ches", "shes", "xes", "sses", "zzes")):
+        return word[:-2]
+    return word[:-1]
+
+
 def words_of(tokenizer: Any, text: str) -> List[str]:
     """The words of ``text`` as the model's tokenizer splits them before WordPiece (lower-cased,
-    accents stripped, punctuation split off), without the punctuation tokens themselves."""
-    return [w for w in tokenizer.basic_tokenizer.tokenize(text) if any(ch.isalnum() for ch in w)]
+    accents stripped, punctuation split off), without the punctuation tokens themselves, each
+    passed through :func:`fold_plural`."""
+    return [fold_plural(w) for w in tokenizer.basic_tokenizer.tokenize(text) if any(ch.isalnum() for ch in w)]
 
 
 def tag_words(tokenizer: Any, tags: Any) -> List[str]:

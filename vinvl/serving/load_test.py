@@ -5,6 +5,10 @@ For each worker count: start ``vinvl serve`` over an index, then
 1. paired: every query of a fixed mix, ``repeats`` times, through the Taskflow in-process and right
    after through HTTP (one client, one kept-alive connection), so both calls see the same machine
    load; the ratio of their medians is the service layer's overhead;
+
+   An HTTP call is timed from the request's ``sendall`` to the answer's last byte on a raw socket
+   (:class:`~vinvl.serving.client.Connection`, no HTTP library); decoding the answer's JSON
+   happens after the clock stops, as the in-process call returns Python objects.
 2. concurrent: ``clients`` threads, each on a kept-alive connection, send queries of the mix (and
    some bad requests) for ``seconds``;
    every answer is checked against the in-process answer for the same query (a good request) or its
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import tempfile
 import threading
@@ -26,7 +31,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..retrieval.first_stage import FIRST_STAGE_CHOICES
-from .client import Connection, ServerProcess, free_port, tree_rss_mb, vinvl_serve_command
+from .client import Connection, ServerProcess, decode_reply, free_port, tree_rss_mb, vinvl_serve_command
 from .index import GalleryIndex
 
 __all__ = ["Query", "query_mix", "in_process_answers", "run_load", "load_test", "format_table", "main"]
@@ -129,13 +134,14 @@ def run_load(port: int, queries: Sequence[Query], clients: int, seconds: float, 
             query = rng.choice(bad) if bad and rng.random() < bad_fraction else rng.choice(good)
             start = time.perf_counter()
             try:
-                status, answer = connection.post(query.body)
+                status, raw = connection.post_raw(query.body)
             except OSError as exc:
                 connection.close()
                 with lock:
                     result.failures[type(exc).__name__] += 1
                 continue
             elapsed = time.perf_counter() - start
+            status, answer = decode_reply(status, raw)
             with lock:
                 result.latencies.append(elapsed)
                 result.statuses[status] += 1
@@ -162,8 +168,9 @@ def _paired_latencies(port: int, queries: Sequence[Query], taskflow, repeats: in
             start = time.perf_counter()
             taskflow(data)
             middle = time.perf_counter()
-            status, answer = connection.post(query.body)
+            status, raw = connection.post_raw(query.body)
             latencies.append((query.kind, middle - start, time.perf_counter() - middle))
+            status, answer = decode_reply(status, raw)
             if not _check(query, status, answer):
                 raise AssertionError(f"{query.kind} query: the server answered {status} {str(answer)[:300]}, not the in-process answer")
     connection.close()
@@ -228,11 +235,13 @@ def load_test(
         with ServerProcess(command, port, f"{log_dir}/server-{count}-workers.log", env=env) as server:
             _paired_latencies(port, queries, taskflow, 1)  # warm-up: first calls of each worker
             paired = _paired_latencies(port, queries, taskflow, repeats)
+            paired_load = os.getloadavg()[0]
             rss_started = tree_rss_mb(server.pid)
             warmup = run_load(port, queries, clients, warmup_seconds, bad_fraction, seed=1) if warmup_seconds > 0 else None
             rss_before = tree_rss_mb(server.pid)
             loaded = run_load(port, queries, clients, seconds, bad_fraction)
             rss_after = tree_rss_mb(server.pid)
+            machine_load = os.getloadavg()[0]
         in_process = _by_kind([(kind, t) for kind, t, _ in paired])
         http = _by_kind([(kind, t) for kind, _, t in paired])
         report["runs"].append({
@@ -254,6 +263,7 @@ def load_test(
             "rss_before_mb": rss_before,
             "rss_after_mb": rss_after,
             "rss_growth_mb": rss_after - rss_before,
+            "machine_load": {"after_paired": paired_load, "after_load": machine_load},  # 1-minute load averages
         })
     report["queries"] = dict(report["queries"])
     return report
@@ -263,22 +273,22 @@ def format_table(report: Dict[str, Any]) -> str:
     """The report as Markdown: the overhead per query kind, then one row per worker count under load."""
     kinds = list(report["runs"][0]["http_p50_ms"])
     lines = [
-        "Single calls, one client, p50 ms: in-process Taskflow / through HTTP (ratio)",
+        "Single calls, one client, p50 ms: in-process Taskflow / through HTTP (ratio); machine load: 1-minute average after the calls",
         "",
-        "| workers | " + " | ".join(kinds) + " |",
-        "|---|" + "---|" * len(kinds),
+        "| workers | " + " | ".join(kinds) + " | machine load |",
+        "|---|" + "---|" * (len(kinds) + 1),
     ]
     for run in report["runs"]:
         cells = [f"{run['in_process_p50_ms'][k]:.1f} / {run['http_p50_ms'][k]:.1f} ({run['overhead'][k]:.2f}x)" for k in kinds]
-        lines.append(f"| {run['workers']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {run['workers']} | " + " | ".join(cells) + f" | {run['machine_load']['after_paired']:.1f} |")
     lines += [
         "",
         f"Under load: {report['clients']} clients for {report['seconds']:.0f} s per run (after {report['runs'][0]['warmup']['seconds']:.0f} s "
         f"of warm-up under the same load); query mix {report['queries']}",
         "",
         "| workers | requests | req/s | p50 / p95 / p99 (ms) | replies by status | 5xx | mismatches "
-        "| RSS idle / before / after (MB) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| RSS idle / before / after (MB) | machine load |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for run in report["runs"]:
         load = run["under_load"]
@@ -289,7 +299,7 @@ def format_table(report: Dict[str, Any]) -> str:
             f"| {run['workers']} | {run['requests']} | {run['throughput']:.1f} "
             f"| {load['p50_ms']:.0f} / {load['p95_ms']:.0f} / {load['p99_ms']:.0f} | {statuses} "
             f"| {run['server_errors']} | {run['mismatches']} | {run['rss_started_mb']:.0f} / {run['rss_before_mb']:.0f} / "
-            f"{run['rss_after_mb']:.0f} ({run['rss_growth_mb']:+.1f}) |"
+            f"{run['rss_after_mb']:.0f} ({run['rss_growth_mb']:+.1f}) | {run['machine_load']['after_load']:.1f} |"
         )
     return "\n".join(lines)
 

@@ -1,6 +1,6 @@
 """``vinvl serve``: the retrieval service over a gallery index in one command.
 
-    vinvl serve --index OUT [--model_dir M] [--host 127.0.0.1] [--port 8189] [--workers N]
+    vinvl serve --index OUT [--model_dir M] [--host 127.0.0.1] [--port 8189] [--workers N] [--detector DIR]
 
 Does what ``paddlenlp server vinvl.serving.server:app`` does (uvicorn, one model per worker),
 with the app's settings given as flags instead of ``VINVL_SERVE_*`` variables. The index and
@@ -16,8 +16,10 @@ from typing import Optional, Sequence
 
 from ..retrieval.first_stage import FIRST_STAGE_CHOICES
 from ..model_dir import weights_checksum
+from ..vision.queries import check_detector_dir
 from .index import GalleryIndex
 from .server import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_QUERIES, ENVIRONMENT
+from .transport import CoalescingHTTPProtocol
 
 __all__ = ["main"]
 
@@ -37,6 +39,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch_size", type=int, default=32, help="pairs per forward pass")
     parser.add_argument("--max_body_bytes", type=int, default=DEFAULT_MAX_BODY_BYTES, help="larger request bodies get 413")
     parser.add_argument("--max_queries", type=int, default=DEFAULT_MAX_QUERIES, help="queries per request (more get 413)")
+    parser.add_argument("--detector", help="a detector directory: lets requests upload photos ({\"photo\": base64})")
+    parser.add_argument(
+        "--allow_add", action="store_true",
+        help="answer {\"add\": {\"gallery_dir\": ...}} requests, which make the server read a directory a client names "
+             "(default: refused with 403)",
+    )
     parser.add_argument("--log_level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     parser.add_argument(
         "--worker_healthcheck_timeout", type=float, default=60.0,
@@ -56,6 +64,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         with GalleryIndex.open(args.index) as index:
             model_dir = args.model_dir or index.manifest["model"]["model_dir"]
             index.check_weights(weights_checksum(model_dir), model_dir)
+        if args.detector is not None:
+            check_detector_dir(args.detector)
     except (FileNotFoundError, ValueError) as exc:
         parser.error(str(exc))
     settings = {
@@ -67,7 +77,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         "batch_size": args.batch_size,
         "max_body_bytes": args.max_body_bytes,
         "max_queries": args.max_queries,
+        "allow_add": int(args.allow_add),
     }
+    if args.detector is not None:
+        settings["detector_path"] = os.path.abspath(args.detector)
     os.environ.update({ENVIRONMENT[name]: str(value) for name, value in settings.items()})
     _run(args)
 
@@ -92,13 +105,14 @@ def _tcp_socket(host: str, port: int) -> socket.socket:
 
 
 def _run(args: argparse.Namespace) -> None:
-    """uvicorn.run, with the workers' socket from :func:`_tcp_socket`."""
+    """uvicorn.run, with the workers' socket from :func:`_tcp_socket` and each answer sent in one
+    write (:class:`~vinvl.serving.transport.CoalescingHTTPProtocol`)."""
     import uvicorn
     from uvicorn.supervisors import Multiprocess
 
     config = uvicorn.Config(
         APP, host=args.host, port=args.port, workers=args.workers, log_level=args.log_level,
-        timeout_worker_healthcheck=args.worker_healthcheck_timeout,
+        timeout_worker_healthcheck=args.worker_healthcheck_timeout, http=CoalescingHTTPProtocol,
     )
     if config.workers > 1:
         Multiprocess(config, sockets=[_tcp_socket(args.host, args.port)]).run()

@@ -12,7 +12,7 @@ The recipe, PaddleNLP style (``server.py``, started with ``paddlenlp server serv
     retrieval = Taskflow("image_text_retrieval", task_path="outputs/model", index_path="gallery_index")
     app = SimpleServer()
     app.register_taskflow(ROUTE, retrieval, taskflow_handler=RetrievalHandler)
-    add_service_routes(app)  # GET /health, body-size limit, JSON 4xx / 5xx errors
+    add_service_routes(app)  # the route answered with orjson, GET /health, body-size limit, JSON 4xx / 5xx
 
 This module is such a ``server.py`` too: its ``app`` is built, on first access, from the
 ``VINVL_SERVE_*`` environment variables (:data:`ENVIRONMENT`), which is what ``vinvl serve``
@@ -21,8 +21,10 @@ sets before it starts uvicorn (``vinvl.serving.server:app``, once per worker).
 Requests (``POST /taskflow/image_text_retrieval``) are ``{"data": ..., "parameters": {...}}``;
 answers are ``{"result": [one answer per query]}``. ``data`` is one query or a list of them, in
 the Taskflow's forms (a caption; ``{"image_id"}``; ``{"features", "tags"}``; either image form
-with ``"caption"`` for a pair score), or ``{"add": {"gallery_dir", "split"}}`` to add a data
-directory's images to the index. ``parameters`` may set ``top_k``, ``first_stage`` and
+with ``"caption"`` for a pair score) plus ``{"photo": "<base64 JPEG/PNG>"}`` (with a detector), or
+``{"add": {"gallery_dir", "split"}}`` to add a data directory's images to the index (only when
+started with ``allow_add``: ``vinvl serve --allow_add``; otherwise 403). A string is
+always a caption: a client never makes the server open a file (:mod:`vinvl.serving.queries`). ``parameters`` may set ``top_k``, ``first_stage`` and
 ``candidates`` for this request.
 
 Errors: a request the service cannot answer as asked gets a 4xx whose JSON ``detail`` names what
@@ -36,17 +38,18 @@ import json
 import logging
 import os
 from contextlib import contextmanager
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, Optional
 
 from fastapi import HTTPException, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from paddlenlp.server.handlers.base_handler import BaseTaskflowHandler
 
 from ..data import DataError
 from ..retrieval.first_stage import FIRST_STAGE_CHOICES, resolve_first_stage
 from .index import GalleryIndex, GallerySource, add_to_index
+from .endpoint import RetrievalEndpoint
 from .index_gallery import IndexGallery
+from .queries import parse_http_queries
 from .versions import IndexBusyError
 
 __all__ = [
@@ -54,7 +57,6 @@ __all__ = [
     "HEALTH_ROUTE",
     "ENVIRONMENT",
     "RetrievalHandler",
-    "BodySizeLimit",
     "add_service_routes",
     "create_app",
     "settings_from_env",
@@ -70,7 +72,6 @@ DEFAULT_MAX_QUERIES = 64
 MAX_TOP_K = 1000
 MAX_CANDIDATES = 100_000
 PARAMETERS = ("top_k", "first_stage", "candidates")
-REQUEST_FORM = '{"data": <query or list of queries>, "parameters": {"top_k", "first_stage", "candidates"}}'
 
 # create_app argument -> the environment variable ``app`` reads it from (what `vinvl serve` sets)
 ENVIRONMENT = {
@@ -82,8 +83,11 @@ ENVIRONMENT = {
     "batch_size": "VINVL_SERVE_BATCH_SIZE",
     "max_body_bytes": "VINVL_SERVE_MAX_BODY_BYTES",
     "max_queries": "VINVL_SERVE_MAX_QUERIES",
+    "detector_path": "VINVL_SERVE_DETECTOR",
+    "allow_add": "VINVL_SERVE_ALLOW_ADD",
 }
 _INTEGER_SETTINGS = ("top_k", "candidates", "batch_size", "max_body_bytes", "max_queries")
+_BOOLEAN_SETTINGS = {"allow_add": {"1": True, "true": True, "0": False, "false": False}}
 
 
 def _bad(message: str, status: int = 400) -> HTTPException:
@@ -96,18 +100,26 @@ def _bad(message: str, status: int = 400) -> HTTPException:
 class RetrievalHandler(BaseTaskflowHandler):
     """``taskflow_handler`` of ``SimpleServer.register_taskflow`` for image-text retrieval requests.
 
-    Runs under the Taskflow's lock (paddlenlp's TaskflowManager takes it), so a request's
-    parameters apply to it alone. Query parsing is the Taskflow's own; what it rejects is the
-    client's error (400), what fails after is the server's (500).
+    Runs under the Taskflow's lock, so a request's parameters apply to it alone. Queries are parsed
+    as HTTP carries them (:mod:`vinvl.serving.queries`: a string is always a caption, a photo is
+    uploaded, never a server path); what parsing rejects is the client's error (400), what fails
+    after is the server's (500).
     """
 
     max_queries = DEFAULT_MAX_QUERIES
+    allow_add = False
 
     @classmethod
     def process(cls, predictor, data: Any, parameters: Optional[Dict[str, Any]]) -> Any:
         task = predictor.task_instance
         _pick_up_new_version(task)
         if isinstance(data, dict) and "add" in data:
+            if not cls.allow_add:
+                raise _bad(
+                    "this server does not take add requests (they read directories on the server); "
+                    "start it with `vinvl serve --allow_add` (or VINVL_SERVE_ALLOW_ADD=1) to allow them",
+                    403,
+                )
             return _add_images(task, data, parameters)
         options = _parse_parameters(task, parameters)
         queries = data if isinstance(data, list) else [data]
@@ -116,7 +128,7 @@ class RetrievalHandler(BaseTaskflowHandler):
         if len(queries) > cls.max_queries:
             raise _bad(f"'data' holds {len(queries)} queries; at most {cls.max_queries} per request", 413)
         try:
-            parsed = task._preprocess(queries)
+            parsed = parse_http_queries(task, queries)
         except (ValueError, TypeError, KeyError) as exc:
             raise _bad(str(exc).strip("'\"")) from None
         if any(q["kind"] == "image" for q in parsed) and (task._gallery is None or not task._gallery.images.captions):
@@ -125,9 +137,10 @@ class RetrievalHandler(BaseTaskflowHandler):
             return task._postprocess(task._run_model(parsed))
 
     @classmethod
-    def limited_to(cls, max_queries: int) -> type:
-        """This handler with another per-request query limit."""
-        return type(cls.__name__, (cls,), {"max_queries": max_queries})
+    def configured(cls, max_queries: int = DEFAULT_MAX_QUERIES, allow_add: bool = False) -> type:
+        """This handler with another per-request query limit, and add requests allowed or not
+        (they make the server read a directory a client names: an administrator's choice)."""
+        return type(cls.__name__, (cls,), {"max_queries": max_queries, "allow_add": allow_add})
 
 
 def _pick_up_new_version(task) -> None:
@@ -230,68 +243,6 @@ def _add_images(task, data: Dict[str, Any], parameters: Optional[Dict[str, Any]]
 # ----- the app around it ------------------------------------------------------------------------
 
 
-class BodySizeLimit:
-    """ASGI middleware: a request body over ``max_bytes`` gets 413 before any of it is parsed.
-
-    A declared ``Content-Length`` is checked first; a chunked body is counted as it arrives.
-    """
-
-    def __init__(self, app, max_bytes: int):
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._too_large(int(declared), scope, receive, send)
-            return
-        chunks, size, more = [], 0, True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":  # the client went away
-                return
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            more = message.get("more_body", False)
-            if size > self.max_bytes:
-                await self._too_large(size, scope, receive, send, at_least=more)
-                return
-        body, delivered = b"".join(chunks), False
-
-        async def replay():
-            nonlocal delivered
-            if delivered:
-                return await receive()
-            delivered = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        await self.app(scope, replay, send)
-
-    async def _too_large(self, size: int, scope, receive, send, at_least: bool = False) -> None:
-        detail = f"request body is {'more than ' if at_least else ''}{size} bytes; the limit is {self.max_bytes} bytes"
-        await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
-
-
-def _describe_invalid(errors: List[Dict[str, Any]]) -> str:
-    """The request-shape errors pydantic found, in words that name the field at fault."""
-    parts = []
-    for error in errors:
-        field = ".".join(str(p) for p in error.get("loc", ())[1:])
-        kind = error.get("type", "")
-        if kind == "extra_forbidden":
-            parts.append(f"unknown field {field!r} in the request")
-        elif kind == "missing":
-            parts.append(f"the request has no {field!r} field")
-        elif kind == "json_invalid":
-            parts.append(f"the body is not valid JSON ({error.get('ctx', {}).get('error', error.get('msg'))})")
-        else:
-            parts.append(f"{field or 'the body'}: {error.get('msg')}")
-    return "; ".join(parts) + f"; a request is {REQUEST_FORM}"
-
-
 def _health(app) -> Dict[str, Any]:
     """The worker's state as the next query will see it: a newer live index version is picked up
     first, unless a request holds the Taskflow for longer than ``HEALTH_WAIT`` (then ``busy``)."""
@@ -318,19 +269,16 @@ def _health(app) -> Dict[str, Any]:
 
 
 def add_service_routes(app, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
-    """What a service needs beyond ``register_taskflow``: ``GET /health``, the body-size limit
-    (413), malformed requests answered 422 with the field named, internal failures logged and 500."""
-    app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
-
-    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"detail": _describe_invalid(exc.errors())}, status_code=422)
+    """What a service needs beyond ``register_taskflow``: the retrieval route answered by
+    :class:`~vinvl.serving.endpoint.RetrievalEndpoint` (body-size limit 413, malformed requests 422
+    with the field named, internal failures logged and 500) and ``GET /health``."""
+    app.add_middleware(RetrievalEndpoint, server=app, path="/" + ROUTE, max_bytes=max_body_bytes)
 
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:
         logger.error("internal error answering %s %s", request.method, request.url.path, exc_info=exc)
         detail = f"internal error ({type(exc).__name__}: {exc}); the server logged it"
         return JSONResponse({"detail": detail}, status_code=500)
 
-    app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(Exception, internal_error)
     app.add_api_route(HEALTH_ROUTE, lambda: _health(app), methods=["GET"], summary="Health")
 
@@ -350,10 +298,14 @@ def create_app(
     batch_size: int = 32,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     max_queries: int = DEFAULT_MAX_QUERIES,
+    detector_path: Optional[str] = None,
+    allow_add: bool = False,
 ):
     """A SimpleServer answering retrieval requests over the index at ``index_path``.
 
     ``model_dir`` defaults to the one the index records; the index must match its weights.
+    ``detector_path``: a detector directory, loaded here, so uploaded photos can be queries.
+    ``allow_add``: answer ``{"add": ...}`` requests (otherwise 403).
     """
     from paddlenlp import Taskflow
     from paddlenlp.server import SimpleServer
@@ -363,10 +315,12 @@ def create_app(
     model_dir = model_dir or recorded_model_dir(index_path)
     retrieval = Taskflow(
         TASK_NAME, task_path=model_dir, index_path=index_path, top_k=top_k, first_stage=first_stage,
-        candidates=candidates, batch_size=batch_size,
+        candidates=candidates, batch_size=batch_size, detector_path=detector_path,
     )
+    if detector_path is not None:
+        _ = retrieval.task_instance._images.detector  # loaded once per worker, before the first request
     app = SimpleServer(title="vinvl image-text retrieval")
-    app.register_taskflow(ROUTE, retrieval, taskflow_handler=RetrievalHandler.limited_to(max_queries))
+    app.register_taskflow(ROUTE, retrieval, taskflow_handler=RetrievalHandler.configured(max_queries, allow_add))
     add_service_routes(app, max_body_bytes)
     return app
 
@@ -384,6 +338,10 @@ def settings_from_env(environ: Optional[Dict[str, str]] = None) -> Dict[str, Any
                 value = int(value)
             except ValueError:
                 raise ValueError(f"{variable} must be an integer, got {value!r}") from None
+        elif name in _BOOLEAN_SETTINGS:
+            if value.lower() not in _BOOLEAN_SETTINGS[name]:
+                raise ValueError(f"{variable} must be 1 or 0, got {value!r}")
+            value = _BOOLEAN_SETTINGS[name][value.lower()]
         settings[name] = value
     if "index_path" not in settings:
         raise ValueError(f"set {ENVIRONMENT['index_path']} to a gallery index directory (or use `vinvl serve --index`)")

@@ -38,8 +38,8 @@ class ModelArguments:
     trainable_layers: int = field(
         default=0,
         metadata={
-            "help": "With --train_only heads: also train the last N encoder layers (the match head reads "
-            "them too, so its scores change)."
+            "help": "With --train_only heads and --objective itc: also train the last N encoder layers (the "
+            "match head reads them too, so its scores change; refused with distill, whose teacher they are)."
         },
     )
     distill_temperature: float = field(
@@ -87,6 +87,12 @@ def validate_arguments(model_args: ModelArguments, data_args: DataArguments, tra
         raise ValueError(f"--trainable_layers must be >= 0, got {model_args.trainable_layers}")
     if model_args.trainable_layers and model_args.train_only != "heads":
         raise ValueError("--trainable_layers needs --train_only heads (otherwise every layer trains)")
+    if model_args.trainable_layers and "distill" in model_args.objective.split("+"):
+        raise ValueError(
+            "--trainable_layers with a distill objective trains the encoder layers its teacher, the match "
+            "head, reads: the targets would move with the student and the match head would change; fit the "
+            "heads alone (--trainable_layers 0)"
+        )
     if model_args.distill_temperature <= 0:
         raise ValueError(f"--distill_temperature must be positive, got {model_args.distill_temperature}")
     if "distill" in model_args.objective.split("+") and training_args.per_device_train_batch_size < 2:

@@ -77,6 +77,11 @@ class RetrievalTrainer(Trainer):
             raise ValueError(f"train_only must be one of {TRAIN_ONLY}, got {train_only!r}")
         if trainable_layers and train_only != "heads":
             raise ValueError("trainable_layers unfreezes encoder layers beside the heads: it needs train_only='heads'")
+        if trainable_layers and "distill" in self._objectives:
+            raise ValueError(
+                "trainable_layers with a distill objective trains the layers its teacher (the match head) "
+                "reads: the targets would move with the student; fit the heads alone"
+            )
         if distill_temperature <= 0:
             raise ValueError(f"distill_temperature must be positive, got {distill_temperature}")
         super().__init__(*args, **kwargs)

@@ -104,14 +104,14 @@ def _open(source: Union[str, "os.PathLike[str]", bytes], name: str) -> Image.Ima
     return image
 
 
-def check_header(path: Union[str, "os.PathLike[str]"]) -> Tuple[int, int]:
-    """(height, width) of an image file from its header alone; :class:`BadImageError` if it is refused.
+def check_header(source: Union[str, "os.PathLike[str]", bytes]) -> Tuple[int, int]:
+    """(height, width) of an image file (or its bytes) from its header alone; :class:`BadImageError` if it is refused.
 
     Cheap (no pixel is decoded), so a whole list can be checked before long work starts; data
     truncated after the header is only found by :func:`load_image`.
     """
-    name = os.fspath(path)
-    with _open(path, name) as image:
+    name = _describe(source)
+    with _open(source, name) as image:
         return image.height, image.width
 
 

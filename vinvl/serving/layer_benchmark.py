@@ -1,0 +1,147 @@
+"""Benchmark of the service layer alone: what HTTP costs per request around a handler that costs nothing.
+
+On a shared machine the paired in-process / HTTP latencies of the load test move with the load
+(each HTTP call wakes two processes, each wake-up waits for a CPU), and the tiny model's answer
+takes 3-30 ms, so a fraction of a millisecond of service overhead hides in the noise. Here the
+Taskflow handler is replaced by one that returns a fixed answer of the real shape (5 results),
+so everything measured is the service layer: reading and parsing the request, the route, the
+thread hop, encoding and writing the answer, and the client's exchange. Two servers are run:
+
+- ``paddlenlp``: PaddleNLP's own route (``register_taskflow`` alone) under uvicorn's protocol,
+  which is what a SimpleServer does without :func:`~vinvl.serving.server.add_service_routes`;
+- ``vinvl``: ``register_taskflow`` + ``add_service_routes`` under ``vinvl serve``'s protocol
+  (:class:`~vinvl.serving.transport.CoalescingHTTPProtocol`).
+
+For a caption request and a features request (``--regions`` x 2054 floats as JSON) it reports
+the median wall time per request (one kept-alive raw-socket client) and the server's CPU time per
+request (user + system over all requests). Localhost only; ``--requests`` per kind bounds it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from typing import Any, Dict, Optional, Sequence
+
+import numpy as np
+import psutil
+
+from .client import LOCALHOST, Connection, ServerProcess, free_port
+
+__all__ = ["CANNED_ANSWER", "request_bodies", "measure", "main"]
+
+MODES = ("paddlenlp", "vinvl")
+CANNED_ANSWER = [
+    {"caption": "a dog on a couch", "images": [{"image_id": f"5000{i:02d}", "score": 0.5 + i / 97, "margin": 1.0 + i / 7} for i in range(5)]}
+]
+_MODE_VARIABLE = "VINVL_LAYER_BENCHMARK_MODE"
+_MODEL_VARIABLE = "VINVL_LAYER_BENCHMARK_MODEL_DIR"
+
+
+def _build_app():
+    """The app a benchmark server runs (uvicorn imports ``app`` from this module in its process)."""
+    from paddlenlp import Taskflow
+    from paddlenlp.server import SimpleServer
+
+    from ..taskflow import TASK_NAME
+    from .server import HEALTH_ROUTE, ROUTE, RetrievalHandler, add_service_routes
+
+    class CannedHandler(RetrievalHandler):
+        @classmethod
+        def process(cls, predictor, data, parameters):
+            return CANNED_ANSWER
+
+    app = SimpleServer()
+    app.register_taskflow(ROUTE, Taskflow(TASK_NAME, task_path=os.environ[_MODEL_VARIABLE]), taskflow_handler=CannedHandler)
+    if os.environ[_MODE_VARIABLE] == "vinvl":
+        add_service_routes(app)
+    else:  # only for ServerProcess to see it is up; requests to the route are untouched
+        app.add_api_route(HEALTH_ROUTE, lambda: {"status": "ok"}, methods=["GET"])
+    return app
+
+
+def __getattr__(name: str):
+    if name != "app":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    global app
+    app = _build_app()
+    return app
+
+
+def request_bodies(regions: int, seed: int = 0) -> Dict[str, bytes]:
+    """A caption request and a features request of ``regions`` x 2054 floats, as JSON bytes."""
+    rng = np.random.default_rng(seed)
+    features = rng.random((regions, 2054), dtype=np.float32).tolist()
+    return {
+        "caption": json.dumps({"data": "a dog sitting on a red couch"}).encode(),
+        "features": json.dumps({"data": {"features": features, "tags": ["dog", "couch"]}}).encode(),
+    }
+
+
+def measure(mode: str, model_dir: str, bodies: Dict[str, bytes], requests: int, log_dir: str) -> Dict[str, Dict[str, float]]:
+    """{kind: {"wall_ms" (median), "server_cpu_ms" (mean)}} of ``requests`` sequential requests per kind."""
+    port = free_port()
+    command = [sys.executable, "-m", "uvicorn", f"{__name__}:app", "--host", LOCALHOST, "--port", str(port), "--log-level", "warning"]
+    if mode == "vinvl":
+        command += ["--http", "vinvl.serving.transport:CoalescingHTTPProtocol"]
+    env = {**os.environ, _MODE_VARIABLE: mode, _MODEL_VARIABLE: model_dir}
+    results = {}
+    with ServerProcess(command, port, os.path.join(log_dir, f"{mode}.log"), env=env) as server:
+        process, connection = psutil.Process(server.pid), Connection(port)
+        for kind, body in bodies.items():
+            for _ in range(min(50, requests)):  # warm-up
+                status, _ = connection.post_raw(body)
+                if status != 200:
+                    raise RuntimeError(f"{mode} server answered {status} to the {kind} request")
+            before, walls = process.cpu_times(), []
+            for _ in range(requests):
+                start = time.perf_counter()
+                connection.post_raw(body)
+                walls.append(time.perf_counter() - start)
+            after = process.cpu_times()
+            cpu = (after.user - before.user) + (after.system - before.system)
+            results[kind] = {"wall_ms": 1000 * statistics.median(walls), "server_cpu_ms": 1000 * cpu / requests}
+        connection.close()
+    return results
+
+
+def format_table(report: Dict[str, Any]) -> str:
+    kinds = list(report["runs"][MODES[0]])
+    lines = [
+        f"Service layer per request (handler answers at once; {report['requests']} requests per kind; "
+        f"features: {report['regions']} x 2054 floats, {report['body_bytes']['features']:,} bytes; "
+        f"machine load {report['load_before']:.1f} -> {report['load_after']:.1f})",
+        "",
+        "| server | " + " | ".join(f"{k}: wall p50 ms | {k}: server CPU ms" for k in kinds) + " |",
+        "|---|" + "---|---|" * len(kinds),
+    ]
+    for mode, run in report["runs"].items():
+        cells = [f"{run[k]['wall_ms']:.2f} | {run[k]['server_cpu_ms']:.2f}" for k in kinds]
+        lines.append(f"| {mode} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """``scripts/benchmark_service_layer.py``: both servers, one table."""
+    parser = argparse.ArgumentParser(description="Measure the retrieval service's HTTP layer alone, on 127.0.0.1.")
+    parser.add_argument("--model_dir", required=True, help="a saved model (loaded by the Taskflow the route needs; never run)")
+    parser.add_argument("--requests", type=int, default=1000, help="sequential requests per kind and server")
+    parser.add_argument("--regions", type=int, default=6, help="regions of the features request")
+    parser.add_argument("--json", help="write the report here")
+    args = parser.parse_args(argv)
+    if args.requests <= 0 or args.regions <= 0:
+        parser.error("--requests and --regions must be positive")
+    bodies = request_bodies(args.regions)
+    report: Dict[str, Any] = {"requests": args.requests, "regions": args.regions, "load_before": os.getloadavg()[0]}
+    report["body_bytes"] = {kind: len(body) for kind, body in bodies.items()}
+    with tempfile.TemporaryDirectory(prefix="vinvl-layer-") as log_dir:
+        report["runs"] = {mode: measure(mode, args.model_dir, bodies, args.requests, log_dir) for mode in MODES}
+    report["load_after"] = os.getloadavg()[0]
+    print(format_table(report))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
