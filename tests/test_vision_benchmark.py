@@ -1,17 +1,15 @@
 """The RSS-over-extraction measurement of scripts/benchmark_detector.py --extract_memory: the photo
 folder it builds, the report it reads off the samples, and one real `vinvl extract` run sampled
-from outside (tiny detector, three photos)."""
+from outside, and the journal count on an extraction stopped midway (tiny detector, a few photos)."""
 import os
 
 import pytest
 
+from realdata import PHOTO_DIR, TINY_DETECTOR as TINY
 from vinvl.vision.benchmark import _committed_rows, main, photo_folder, rss_report, sample_extraction_rss
 from vinvl.vision.detector import VinVLDetector
 from vinvl.vision.extract import PREDICTIONS_FILE, extract
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(REPO, "model_configs", "vinvl-detector-tiny")
-PHOTO_DIR = os.path.join(REPO, "tests", "data", "coco_minitest")
 PHOTOS = [os.path.join(PHOTO_DIR, name) for name in ("COCO_val2014_000000045057.jpg", "COCO_val2014_000000317441.jpg")]
 MB = 2**20
 
