@@ -1,7 +1,10 @@
-"""Benchmark the detector: seconds and peak memory per image, and the conv FLOP/s it achieves.
+"""Benchmark the detector: seconds and peak memory per image, and the conv FLOP/s it achieves;
+and the memory of ``vinvl extract`` over many photos.
 
     python scripts/benchmark_detector.py tests/data/coco_minitest/*.jpg          # X152-C4, random weights
     python scripts/benchmark_detector.py --detector models/vinvl-detector photo.jpg
+    python scripts/benchmark_detector.py --detector model_configs/vinvl-detector-tiny \
+        --extract_memory 1000 tests/data/coco_minitest/*.jpg                   # RSS over 1,000 photos
 
 For each image, one ``detect``: its wall and CPU time (they differ when other processes compete
 for the cores), the growth of the resident set while it runs
@@ -16,8 +19,12 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import shutil
+import subprocess
+import sys
+import tempfile
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from paddle import nn
@@ -26,7 +33,11 @@ from PIL import Image
 from ..retrieval.benchmark import matmul_flops_per_second, measure_memory
 from .config import DetectorConfig
 from .detector import VinVLDetector
+from .extract import WORK_DIR
 from .transforms import resize_image
+
+# Photo counts after which the resident set of ``vinvl extract`` is reported (those up to N).
+RSS_CHECKPOINTS = (1, 10, 25, 50, 100, 250, 500, 1000, 2000, 5000, 10000)
 
 
 class StageMeter:
@@ -134,12 +145,125 @@ def run_benchmark(detector: VinVLDetector, images: Sequence[np.ndarray], matmul_
     return lines
 
 
+def photo_folder(photos: Sequence[str], count: int, folder: str) -> str:
+    """``folder`` filled with ``count`` symlinks ``photo000000.jpg``, ... cycling through ``photos``."""
+    os.makedirs(folder, exist_ok=True)
+    for i in range(count):
+        source = os.path.abspath(photos[i % len(photos)])
+        os.symlink(source, os.path.join(folder, f"photo{i:06d}{os.path.splitext(source)[1].lower()}"))
+    return folder
+
+
+def _committed_rows(out_dir: str) -> int:
+    """Rows ``vinvl extract`` has committed in ``out_dir`` so far (its journals' whole lines)."""
+    work_dir = os.path.join(out_dir, WORK_DIR)
+    count = 0
+    try:
+        names = os.listdir(work_dir)
+    except FileNotFoundError:
+        return 0
+    for name in names:
+        if name.endswith(".journal"):
+            try:
+                with open(os.path.join(work_dir, name), "rb") as handle:
+                    count += handle.read().count(b"\n")
+            except FileNotFoundError:
+                pass  # removed by the merge between listdir and open
+    return count
+
+
+def sample_extraction_rss(
+    images: str, out_dir: str, detector_dir: str, interval: float = 0.05
+) -> Tuple[List[Tuple[float, int, int]], int]:
+    """Run ``vinvl extract images out_dir --detector detector_dir`` as a child process, sampling it.
+
+    Returns ``(seconds, committed rows, RSS bytes)`` samples every ``interval`` seconds (the rows
+    stay at their last count once the merge has removed the journals) and the child's peak RSS in
+    bytes from the operating system (``wait4``). Raises RuntimeError if the extraction failed.
+    """
+    import psutil
+
+    command = [sys.executable, "-m", "vinvl.cli", "extract", images, out_dir, "--detector", detector_dir, "--no_progress"]
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    process = psutil.Process(child.pid)
+    samples: List[Tuple[float, int, int]] = []
+    start, rows = time.perf_counter(), 0
+    while True:
+        pid, status, usage = os.wait4(child.pid, os.WNOHANG)
+        if pid:
+            break
+        try:
+            rss = process.memory_info().rss
+        except psutil.NoSuchProcess:  # exited since wait4: reaped on the next turn
+            continue
+        rows = max(rows, _committed_rows(out_dir))
+        samples.append((time.perf_counter() - start, rows, rss))
+        time.sleep(interval)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    output = child.stdout.read().decode("utf-8", "replace")
+    child.stdout.close()
+    if child.returncode != 0:
+        raise RuntimeError(f"vinvl extract exited with {child.returncode}:\n{output}")
+    return samples, usage.ru_maxrss * 1024
+
+
+def rss_report(samples: Sequence[Tuple[float, int, int]], peak_bytes: int, num_photos: int) -> List[str]:
+    """Report lines: RSS after each checkpoint count of photos and the peak so far, the merge's peak, the OS peak."""
+    mb = 2.0**20
+    lines = ["photos done | RSS then (MB) | peak so far (MB) | seconds"]
+    for checkpoint in [c for c in RSS_CHECKPOINTS if c < num_photos] + [num_photos]:
+        reached = [i for i, (_, rows, _) in enumerate(samples) if rows >= checkpoint]
+        if not reached:
+            lines.append(f"{checkpoint} | not sampled | | ")
+            continue
+        first = reached[0]
+        seconds, _, rss = samples[first]
+        peak = max(r for _, _, r in samples[: first + 1])
+        lines.append(f"{checkpoint} | {rss / mb:.0f} | {peak / mb:.0f} | {seconds:.0f}")
+    extracting = [r for _, rows, r in samples if rows < num_photos]
+    merging = [r for _, rows, r in samples if rows >= num_photos]
+    lines.append(
+        f"peak RSS while extracting {max(extracting, default=0) / mb:.0f} MB, during the merge "
+        f"{max(merging, default=0) / mb:.0f} MB; the process's peak (OS accounting) {peak_bytes / mb:.0f} MB; "
+        f"{len(samples)} samples over {samples[-1][0] if samples else 0:.0f} s"
+    )
+    return lines
+
+
+def run_extraction_memory(photos: Sequence[str], count: int, detector_dir: str) -> List[str]:
+    """``vinvl extract`` on ``count`` photos (links to ``photos``, in a temporary folder removed
+    afterwards) with its RSS sampled: :func:`rss_report`'s lines."""
+    root = tempfile.mkdtemp(prefix="vinvl-extract-memory-")
+    try:
+        folder = photo_folder(photos, count, os.path.join(root, "photos"))
+        samples, peak = sample_extraction_rss(folder, os.path.join(root, "out"), detector_dir)
+        return [f"vinvl extract of {count} photos (links to {len(photos)} files), detector {detector_dir}, "
+                f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}"] + rss_report(samples, peak, count)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("images", nargs="+", help="image files to run")
     parser.add_argument("--detector", help="detector directory (default: VinVL X152-C4 with random weights)")
     parser.add_argument("--matmul_size", type=int, default=2048)
+    parser.add_argument(
+        "--extract_memory", type=int, metavar="N",
+        help="instead: run `vinvl extract` on N photos (links cycling through the images) and report its RSS over the run",
+    )
     args = parser.parse_args(argv)
+    if args.extract_memory is not None:
+        if args.extract_memory < 1:
+            parser.error("--extract_memory must be at least 1")
+        if not args.detector:
+            parser.error("--extract_memory needs --detector (a detector directory, e.g. model_configs/vinvl-detector-tiny)")
+        missing = [path for path in args.images if not os.path.isfile(path)]
+        if missing:
+            parser.error(f"no such image file: {', '.join(missing)}")
+        for line in run_extraction_memory(args.images, args.extract_memory, args.detector):
+            print(line)
+        return 0
     if args.detector:
         detector = VinVLDetector.from_pretrained(args.detector)
     else:
