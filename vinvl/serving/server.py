@@ -87,7 +87,8 @@ ENVIRONMENT = {
     "allow_add": "VINVL_SERVE_ALLOW_ADD",
 }
 _INTEGER_SETTINGS = ("top_k", "candidates", "batch_size", "max_body_bytes", "max_queries")
-_BOOLEAN_SETTINGS = {"allow_add": {"1": True, "true": True, "0": False, "false": False}}
+_BOOLEAN_SETTINGS = ("allow_add",)
+_BOOLEANS = {"1": True, "true": True, "0": False, "false": False}
 
 
 def _bad(message: str, status: int = 400) -> HTTPException:
@@ -339,9 +340,9 @@ def settings_from_env(environ: Optional[Dict[str, str]] = None) -> Dict[str, Any
             except ValueError:
                 raise ValueError(f"{variable} must be an integer, got {value!r}") from None
         elif name in _BOOLEAN_SETTINGS:
-            if value.lower() not in _BOOLEAN_SETTINGS[name]:
+            if value.lower() not in _BOOLEANS:
                 raise ValueError(f"{variable} must be 1 or 0, got {value!r}")
-            value = _BOOLEAN_SETTINGS[name][value.lower()]
+            value = _BOOLEANS[value.lower()]
         settings[name] = value
     if "index_path" not in settings:
         raise ValueError(f"set {ENVIRONMENT['index_path']} to a gallery index directory (or use `vinvl serve --index`)")
