@@ -5,6 +5,7 @@ padding/mask invariances the retrieval code relies on, the embedding heads and t
 """
 from __future__ import annotations
 
+import math
 import os
 import random
 
@@ -92,6 +93,7 @@ def test_config_round_trip_keeps_every_oscar_field(tmp_path):
         max_seq_length=50,
         max_img_seq_length=40,
         contrastive_dim=24,
+        contrastive_hidden_size=48,
     )
     bert_fields = dict(TINY, hidden_act="gelu_new", layer_norm_eps=1e-6, hidden_dropout_prob=0.2)
     bert_fields.pop("img_feature_dim")
@@ -111,6 +113,8 @@ def test_config_round_trip_keeps_every_oscar_field(tmp_path):
         (dict(loss_type="kl"), "loss_type must be one of"),
         (dict(img_feature_type="dis_code"), "img_feature_type"),
         (dict(hidden_size=30, num_attention_heads=4), "not a multiple"),
+        (dict(contrastive_hidden_size=-1), "contrastive_hidden_size"),
+        (dict(contrastive_hidden_size=2.5), "contrastive_hidden_size"),
     ],
 )
 def test_config_rejects_bad_values(kwargs, message):
@@ -208,6 +212,47 @@ def test_embed_text_and_image_are_unit_vectors(processor):
     np.testing.assert_allclose(float(both.logit_scale), expected_scale, rtol=1e-5)
     fresh = OscarForImageTextRetrieval(tiny_config())  # the contrastive temperature starts at 0.07
     np.testing.assert_allclose(float(np.exp(fresh.contrastive_logit_scale.numpy()[0])), 1 / 0.07, rtol=1e-5)
+
+
+@pytest.mark.parametrize("hidden", [0, 24])
+def test_embeddings_are_the_heads_applied_to_the_pooled_states(processor, tmp_path, hidden):
+    """embed_* = project_*(pool_*), pool_* is the mask-weighted mean of the encoder's last states, and
+    the MLP heads (contrastive_hidden_size > 0) compute GELU(x W1 + b1) W2 + b2 and survive a round trip."""
+    model = tiny_model(contrastive_hidden_size=hidden)
+    pairs = real_pairs(4)
+    captions = processor([c for c, _, _ in pairs])
+    images = processor([""] * 4, [t for _, t, _ in pairs], [f for _, _, f in pairs])
+    with paddle.no_grad():
+        pooled_text = model.pool_text(**captions)
+        pooled_image = model.pool_image(**images)
+        hidden_states = model.bert(**captions, return_dict=False)[0].numpy()
+        by_states = model(caption_states=pooled_text, image_states=pooled_image)
+    mask = captions["attention_mask"].numpy()[..., None].astype(np.float32)
+    np.testing.assert_allclose(pooled_text.numpy(), (hidden_states * mask).sum(1) / mask.sum(1), rtol=1e-5, atol=1e-6)
+    weights = {k: v.numpy() for k, v in model.state_dict().items() if k.startswith("text_proj.")}
+    x = pooled_text.numpy()
+    if hidden:
+        assert sorted(weights) == ["text_proj.0.bias", "text_proj.0.weight", "text_proj.2.bias", "text_proj.2.weight"]
+        inner = x @ weights["text_proj.0.weight"] + weights["text_proj.0.bias"]
+        inner = 0.5 * inner * (1 + np.vectorize(math.erf)(inner / math.sqrt(2)))
+        projected = inner @ weights["text_proj.2.weight"] + weights["text_proj.2.bias"]
+    else:
+        assert sorted(weights) == ["text_proj.bias", "text_proj.weight"]
+        projected = x @ weights["text_proj.weight"] + weights["text_proj.bias"]
+    expected = projected / np.linalg.norm(projected, axis=-1, keepdims=True)
+    np.testing.assert_allclose(by_states.caption_embeds.numpy(), expected, rtol=1e-4, atol=1e-5)
+    with paddle.no_grad():
+        np.testing.assert_allclose(model.embed_text(**captions).numpy(), expected, rtol=1e-4, atol=1e-5)
+        image = model.embed_image(**images).numpy()
+    np.testing.assert_allclose(by_states.image_embeds.numpy(), image, rtol=1e-5, atol=1e-6)
+    model.save_pretrained(str(tmp_path))
+    loaded = OscarForImageTextRetrieval.from_pretrained(str(tmp_path))
+    loaded.eval()
+    assert loaded.config.contrastive_hidden_size == hidden
+    with paddle.no_grad():
+        np.testing.assert_array_equal(loaded.embed_text(**captions).numpy(), model.embed_text(**captions).numpy())
+    with pytest.raises(ValueError, match="not both"):
+        model(caption_inputs=captions, caption_states=pooled_text)
 
 
 def test_match_loss_is_softmax_cross_entropy(processor):

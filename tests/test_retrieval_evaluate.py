@@ -274,3 +274,17 @@ def test_benchmark_smoke_mode_prints_its_ratio_lines(tmp_path, capsys, caplog):
     assert paths["baseline_ranking"]["metrics"]["rsum"] == pytest.approx(paths["exhaustive"]["metrics"]["rsum"])
     with open(tmp_path / "benchmark.json") as f:
         assert json.load(f)["lines"] == report["lines"]
+
+
+@pytest.mark.parametrize("bad", ["8,,16", "", "8,x", "0,4", "-2"])
+def test_benchmarks_refuse_malformed_k_lists(bad, capsys):
+    """Both benchmarks parse their k lists with one rule: positive integers, no empty piece."""
+    from vinvl.retrieval.benchmark import build_parser as retrieval_parser
+    from vinvl.training.first_stage_benchmark import build_parser as first_stage_parser
+
+    assert retrieval_parser().parse_args(["--coverage_ks", "8,16"]).coverage_ks == (8, 16)
+    assert first_stage_parser().parse_args(["--ks", "4,64"]).ks == (4, 64)
+    for parser, flag in ((retrieval_parser(), "--coverage_ks"), (first_stage_parser(), "--ks")):
+        with pytest.raises(SystemExit):
+            parser.parse_args([flag, bad])
+        assert "positive integers" in capsys.readouterr().err

@@ -123,6 +123,74 @@ def test_fitting_heads_with_the_encoder_frozen_changes_nothing_else_and_learns_t
     assert fitted_t2i >= 0.9 and fitted_i2t >= 0.6, (fitted_t2i, fitted_i2t)
 
 
+def test_fitting_over_lists_scored_once_changes_nothing_else_and_learns_the_match_head(trained, corpus_dir, tmp_path):
+    """--distill_candidates: MLP heads fitted on the frozen encoder's states and the match head's
+    scores of fixed lists, both computed once, saved in output_dir and reused by a same-settings run."""
+    _, reset_dir = trained
+    fitted = str(tmp_path / "fitted")
+    flags = dict(
+        objective="distill", train_only="heads", distill_candidates=4, contrastive_hidden_size=32, max_steps=150,
+        learning_rate="5e-3", per_device_train_batch_size=16,
+    )
+    train_main(_flags(reset_dir, corpus_dir, fitted, **flags))
+    before, after = _weights(reset_dir), _weights(fitted)
+    old_heads = {k for k in before if k.startswith(CONTRASTIVE)}
+    new_heads = {k for k in after if k.startswith(CONTRASTIVE)}
+    assert new_heads == {
+        f"{side}_proj.{layer}.{kind}" for side in ("text", "image") for layer in (0, 2) for kind in ("weight", "bias")
+    } | {"contrastive_logit_scale"}
+    assert before.keys() - old_heads == after.keys() - new_heads
+    for key in before.keys() - old_heads:
+        assert np.array_equal(before[key], after[key]), f"{key} changed although frozen"
+    with open(os.path.join(fitted, "config.json")) as f:
+        config = json.load(f)
+    assert config["trained_heads"] == ["contrastive", "match"] and config["contrastive_hidden_size"] == 32
+
+    # The targets: the match head's exhaustive scores at the listed pairs, and the states the
+    # fitted heads turn into the engine's embeddings.
+    targets_path = os.path.join(fitted, "distill_targets.npz")
+    targets = dict(np.load(targets_path))
+    model, processor = load_retrieval_model(fitted)
+    gallery = Gallery.from_corpus(load_corpus(corpus_dir, "train"))
+    engine = RetrievalEngine(model, processor, batch_size=256, progress=False)
+    scores = engine.exhaustive(gallery).t2i  # [I, C]
+    c2i = gallery.caption_to_image
+    captions, images = np.arange(gallery.num_captions)[:, None], np.arange(gallery.num_images)[:, None]
+    assert targets["caption_lists"].shape == (gallery.num_captions, 5)
+    assert np.array_equal(targets["caption_lists"][:, 0], c2i)
+    assert (targets["caption_lists"][:, 1:] != c2i[:, None]).all()
+    own = 5  # captions per synthetic image: all of them head each image's list
+    image_lists = targets["image_lists"]
+    assert image_lists.shape == (gallery.num_images, own + 4) and (image_lists >= 0).all()
+    assert np.array_equal(image_lists[:, :own], np.arange(gallery.num_captions).reshape(-1, own))
+    assert (c2i[image_lists[:, own:]] != images).all()
+    np.testing.assert_allclose(targets["caption_scores"], scores[targets["caption_lists"], captions], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(targets["image_scores"], scores[images, image_lists], rtol=1e-5, atol=1e-5)
+    import paddle
+
+    with paddle.no_grad():
+        projected = model.project_text(paddle.to_tensor(targets["caption_states"])).numpy()
+    np.testing.assert_allclose(projected, engine.embed_captions(gallery), rtol=1e-4, atol=1e-5)
+    with paddle.no_grad():
+        projected = model.project_image(paddle.to_tensor(targets["image_states"])).numpy()
+    np.testing.assert_allclose(projected, engine.embed_images(gallery), rtol=1e-4, atol=1e-5)
+
+    # Measured: the reset heads cover 0.225 / 0.0 at k=2; fitted 2 steps 0.7 / 0.375, 20 steps
+    # 1.0 / 0.375, these 150 steps 1.0 / 0.875.
+    fitted_t2i, fitted_i2t, _ = _first_stage_quality(fitted, corpus_dir, 2)
+    assert fitted_t2i >= 0.9 and fitted_i2t >= 0.75, (fitted_t2i, fitted_i2t)
+
+    # Same settings: the saved targets are reused, and the fit ends where it ended.
+    stamp = os.stat(targets_path).st_mtime_ns
+    train_main(_flags(reset_dir, corpus_dir, fitted, **flags))
+    assert os.stat(targets_path).st_mtime_ns == stamp
+    again = _weights(fitted)
+    assert all(np.array_equal(again[key], after[key]) for key in after)
+    # Other settings: computed again.
+    train_main(_flags(reset_dir, corpus_dir, fitted, **{**flags, "distill_candidates": 2, "max_steps": 2}))
+    assert np.load(targets_path)["caption_lists"].shape == (gallery.num_captions, 3)
+
+
 def test_trainable_layers_train_the_last_encoder_layers_too(trained, corpus_dir, tmp_path):
     _, reset_dir = trained
     out = str(tmp_path / "fit")
@@ -164,6 +232,7 @@ def test_saved_models_and_checkpoints_record_the_heads_trained(
 def test_fitting_recipes_parse_and_freeze_all_but_the_contrastive_heads(recipe):
     model_args, data_args, training_args = parse_arguments([os.path.join(REPO, "model_configs", recipe)])
     assert model_args.objective == "distill" and model_args.train_only == "heads"
+    assert model_args.distill_candidates > 0 and model_args.contrastive_hidden_size > 0  # the measured best route
     assert training_args.do_train and training_args.per_device_train_batch_size >= 2
 
 
@@ -178,6 +247,11 @@ def test_fitting_recipes_parse_and_freeze_all_but_the_contrastive_heads(recipe):
         ({"objective": "itc+distill", "train_only": "heads", "trainable_layers": 1}, "teacher"),
         ({"objective": "distill", "distill_temperature": 0}, "distill_temperature"),
         ({"objective": "distill", "per_device_train_batch_size": 1}, "per_device_train_batch_size"),
+        ({"objective": "itc", "train_only": "heads", "distill_candidates": 4}, "distill_candidates"),
+        ({"objective": "distill", "distill_candidates": 4}, "distill_candidates"),
+        ({"objective": "distill", "train_only": "heads", "distill_candidates": -1}, "distill_candidates"),
+        ({"objective": "itm", "contrastive_hidden_size": 16}, "contrastive_hidden_size"),
+        ({"objective": "distill", "contrastive_hidden_size": -2}, "contrastive_hidden_size"),
     ],
 )
 def test_bad_fitting_arguments_fail_at_start(corpus_dir, tmp_path, override, message):

@@ -192,6 +192,70 @@ def test_distillation_loss_matches_reference():
         distillation_loss(eye, eye, paddle.to_tensor([1.0]), same, 0.0)
 
 
+def test_list_distillation_loss_matches_reference():
+    from vinvl.training.losses import list_distillation_loss
+
+    rng = np.random.default_rng(5)
+    queries = _unit_rows(rng, 4, 3)
+    lists = np.stack([_unit_rows(rng, 6, 3) for _ in range(4)])  # [Q, L, E]
+    teacher = rng.normal(scale=3.0, size=(4, 6))
+    for temperature in (1.0, 0.25):
+        got = list_distillation_loss(
+            paddle.to_tensor(queries, dtype="float32"), paddle.to_tensor(lists, dtype="float32"),
+            paddle.to_tensor([5.0]), paddle.to_tensor(teacher, dtype="float32"), temperature,
+        )
+        logits = 5.0 * np.einsum("qe,qle->ql", queries, lists)
+        expected = _soft_ce(logits, np.exp(_log_softmax(teacher / temperature)))
+        np.testing.assert_allclose(float(got), expected, rtol=1e-5)
+    # Padded lists: the padding is in neither softmax, so each row equals its unpadded loss.
+    listed = np.ones((4, 6), dtype=bool)
+    listed[1, 4:] = listed[3, 2:] = False
+    got = list_distillation_loss(
+        paddle.to_tensor(queries, dtype="float32"), paddle.to_tensor(lists, dtype="float32"),
+        paddle.to_tensor([5.0]), paddle.to_tensor(teacher, dtype="float32"), 1.0, paddle.to_tensor(listed),
+    )
+    rows = [
+        _soft_ce(logits[q : q + 1, listed[q]], np.exp(_log_softmax(teacher[q : q + 1, listed[q]])))
+        for q in range(4)
+    ]
+    np.testing.assert_allclose(float(got), np.mean(rows), rtol=1e-5)
+    with pytest.raises(ValueError, match="temperature"):
+        list_distillation_loss(paddle.eye(2), paddle.eye(2).unsqueeze(0).tile([2, 1, 1]), paddle.to_tensor([1.0]), paddle.eye(2), 0.0)
+
+
+def test_frozen_state_batches_pair_each_query_with_its_list():
+    """Captions of uneven counts: each image's list holds all its captions (padding marked), and a
+    mixed batch's projections split back into the right queries and lists."""
+    from vinvl.retrieval.gallery import Gallery
+    from vinvl.training.frozen_states import (
+        DistillationTargets, FrozenStateCollator, FrozenStateQueries, _own_captions, split_projections,
+    )
+
+    features = [np.zeros((1, 3), dtype=np.float32)] * 3
+    gallery = Gallery(["a", "b", "c"], [["x"]] * 3, [["a0", "a1"], ["b0"], ["c0", "c1", "c2"]], features)
+    np.testing.assert_array_equal(_own_captions(gallery), [[0, 1, -1], [2, -1, -1], [3, 4, 5]])
+    states_c = np.arange(6, dtype=np.float32)[:, None] * [1.0, 0.0]  # caption j -> (j, 0)
+    states_i = np.arange(3, dtype=np.float32)[:, None] * [0.0, 1.0] + [0.0, 10.0]  # image i -> (0, 10 + i)
+    image_lists = np.concatenate([_own_captions(gallery), [[2], [0], [1]]], axis=1)
+    targets = DistillationTargets(
+        caption_states=states_c, image_states=states_i,
+        caption_lists=np.array([[0, 1], [0, 2], [1, 0], [2, 1], [2, 0], [2, 1]]),
+        caption_scores=np.arange(12, dtype=np.float32).reshape(6, 2),
+        image_lists=image_lists, image_scores=np.where(image_lists >= 0, 1.0, 0.0).astype(np.float32),
+    )
+    dataset = FrozenStateQueries(targets)
+    assert len(dataset) == 9 and dataset[5] == {"kind": 0, "index": 5} and dataset[7] == {"kind": 1, "index": 1}
+    batch = FrozenStateCollator(targets)([dataset[i] for i in (7, 3, 6, 0)])  # images 1, 0; captions 3, 0
+    parts = split_projections(batch["caption_states"], batch["image_states"], 2, 2)
+    (caption_queries, image_candidates), (image_queries, caption_candidates) = parts
+    np.testing.assert_array_equal(caption_queries.numpy()[:, 0], [3, 0])
+    np.testing.assert_array_equal(image_candidates.numpy()[..., 1], [[12, 11], [10, 11]])
+    np.testing.assert_array_equal(image_queries.numpy()[:, 1], [11, 10])
+    np.testing.assert_array_equal(caption_candidates.numpy()[..., 0], [[2, 0, 0, 0], [0, 1, 0, 2]])
+    np.testing.assert_array_equal(batch["image_listed"].numpy(), [[True, False, False, True], [True, True, False, True]])
+    np.testing.assert_array_equal(batch["caption_teacher"].numpy(), [[6, 7], [0, 1]])
+
+
 def test_teacher_margins_equal_each_pair_scored_alone(processor):
     from vinvl import OscarConfig, OscarForImageTextRetrieval
     from vinvl.training.teacher import match_margins

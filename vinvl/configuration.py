@@ -28,6 +28,9 @@ class OscarConfig(PretrainedConfig):
     - ``max_seq_length`` / ``max_img_seq_length``: text tokens and regions per pair.
     - ``contrastive_dim``: width of the caption-only / image-only embedding heads used by
       the contrastive objective and the first retrieval stage (0 disables them).
+    - ``contrastive_hidden_size``: 0 makes each contrastive head one linear projection of the
+      mean-pooled encoder states; N > 0 a two-layer MLP (hidden -> N -> GELU -> contrastive_dim),
+      which a first stage fitted to a frozen encoder needs to follow its match head closely.
     - ``trained_heads``: which of ``HEAD_NAMES`` carry trained weights, written by whoever
       produced the weights (conversion, the Trainer); ``None`` means not recorded (directories
       saved before the record existed), read as all heads trained.
@@ -61,6 +64,7 @@ class OscarConfig(PretrainedConfig):
         max_seq_length: int = 70,
         max_img_seq_length: int = 70,
         contrastive_dim: int = 256,
+        contrastive_hidden_size: int = 0,
         trained_heads: Optional[List[str]] = None,
         **kwargs,
     ):
@@ -76,6 +80,10 @@ class OscarConfig(PretrainedConfig):
             )
         if trained_heads is not None and not set(trained_heads) <= set(HEAD_NAMES):
             raise ValueError(f"OscarConfig: trained_heads must be a subset of {HEAD_NAMES}, got {trained_heads!r}")
+        if type(contrastive_hidden_size) is not int or contrastive_hidden_size < 0:
+            raise ValueError(
+                f"OscarConfig: contrastive_hidden_size must be an integer >= 0, got {contrastive_hidden_size!r}"
+            )
         if hidden_size % num_attention_heads:
             raise ValueError(
                 f"OscarConfig: hidden_size {hidden_size} is not a multiple of num_attention_heads {num_attention_heads}"
@@ -102,6 +110,7 @@ class OscarConfig(PretrainedConfig):
         self.max_seq_length = max_seq_length
         self.max_img_seq_length = max_img_seq_length
         self.contrastive_dim = contrastive_dim
+        self.contrastive_hidden_size = contrastive_hidden_size
         self.trained_heads = None if trained_heads is None else sorted(set(trained_heads))
 
     def heads_trained(self) -> Set[str]:

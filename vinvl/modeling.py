@@ -315,8 +315,8 @@ class OscarForImageTextRetrieval(OscarPretrainedModel):
                 nn.Linear(config.hidden_size, wide), nn.ReLU(), nn.Linear(wide, config.num_labels)
             )
         if config.contrastive_dim > 0:
-            self.text_proj = nn.Linear(config.hidden_size, config.contrastive_dim)
-            self.image_proj = nn.Linear(config.hidden_size, config.contrastive_dim)
+            self.text_proj = _contrastive_head(config)
+            self.image_proj = _contrastive_head(config)
             # log(1 / temperature), learnable, starting at temperature 0.07 as in CLIP/ALBEF.
             self.contrastive_logit_scale = self.create_parameter(
                 shape=[1], default_initializer=nn.initializer.Constant(math.log(1 / 0.07))
@@ -333,14 +333,22 @@ class OscarForImageTextRetrieval(OscarPretrainedModel):
         labels: Optional[paddle.Tensor] = None,
         caption_inputs: Optional[Dict[str, paddle.Tensor]] = None,
         image_inputs: Optional[Dict[str, paddle.Tensor]] = None,
+        caption_states: Optional[paddle.Tensor] = None,
+        image_states: Optional[paddle.Tensor] = None,
         return_dict: bool = True,
     ) -> ImageTextMatchOutput | paddle.Tensor:
         """Score pairs, and/or embed captions alone and images alone, in one call.
 
         One call serves every training objective so that data-parallel training wraps a
         single forward: ``caption_inputs`` / ``image_inputs`` are keyword dicts for
-        :meth:`embed_text` / :meth:`embed_image`.
+        :meth:`embed_text` / :meth:`embed_image`; ``caption_states`` / ``image_states``
+        (``[N, hidden_size]``, what :meth:`pool_text` / :meth:`pool_image` return) are
+        projected by the heads alone, the encoder not run (fitting heads to a frozen encoder).
         """
+        if caption_inputs is not None and caption_states is not None:
+            raise ValueError("pass caption_inputs or caption_states, not both")
+        if image_inputs is not None and image_states is not None:
+            raise ValueError("pass image_inputs or image_states, not both")
         logits = loss = None
         if input_ids is not None:
             _, pooled = self.bert(
@@ -354,8 +362,15 @@ class OscarForImageTextRetrieval(OscarPretrainedModel):
             logits = self.classifier(self.dropout(pooled))
             if labels is not None:
                 loss = match_loss(logits, labels)
-        caption_embeds = self.embed_text(**caption_inputs) if caption_inputs is not None else None
-        image_embeds = self.embed_image(**image_inputs) if image_inputs is not None else None
+        caption_embeds = image_embeds = None
+        if caption_inputs is not None:
+            caption_embeds = self.embed_text(**caption_inputs)
+        elif caption_states is not None:
+            caption_embeds = self.project_text(caption_states)
+        if image_inputs is not None:
+            image_embeds = self.embed_image(**image_inputs)
+        elif image_states is not None:
+            image_embeds = self.project_image(image_states)
         logit_scale = None
         if caption_embeds is not None or image_embeds is not None:
             logit_scale = self.contrastive_logit_scale.exp().clip(max=100.0)
@@ -376,9 +391,7 @@ class OscarForImageTextRetrieval(OscarPretrainedModel):
         attention_mask: Optional[paddle.Tensor] = None,
     ) -> paddle.Tensor:
         """Caption-only pass -> L2-normalised ``[B, contrastive_dim]`` (mean over the caption's positions)."""
-        self._require_contrastive_heads()
-        hidden, _ = self.bert(input_ids, token_type_ids, attention_mask, return_dict=False)
-        return F.normalize(self.text_proj(_masked_mean(hidden, attention_mask)), axis=-1)
+        return self.project_text(self.pool_text(input_ids, token_type_ids, attention_mask))
 
     def embed_image(
         self,
@@ -390,11 +403,57 @@ class OscarForImageTextRetrieval(OscarPretrainedModel):
     ) -> paddle.Tensor:
         """Image-only pass (``[CLS] [SEP] tags [SEP]`` + regions) -> L2-normalised ``[B, contrastive_dim]``
         (mean over the tag and region positions)."""
+        return self.project_image(self.pool_image(input_ids, token_type_ids, attention_mask, img_feats, img_embeds))
+
+    def pool_text(
+        self,
+        input_ids: paddle.Tensor,
+        token_type_ids: Optional[paddle.Tensor] = None,
+        attention_mask: Optional[paddle.Tensor] = None,
+    ) -> paddle.Tensor:
+        """Caption-only pass -> ``[B, hidden_size]``: the encoder states the text head projects.
+
+        With the encoder frozen these do not change while the heads train, so a fit can compute
+        them once (:mod:`vinvl.training.frozen_states`)."""
+        self._require_contrastive_heads()
+        hidden, _ = self.bert(input_ids, token_type_ids, attention_mask, return_dict=False)
+        return _masked_mean(hidden, attention_mask)
+
+    def pool_image(
+        self,
+        input_ids: paddle.Tensor,
+        token_type_ids: Optional[paddle.Tensor] = None,
+        attention_mask: Optional[paddle.Tensor] = None,
+        img_feats: Optional[paddle.Tensor] = None,
+        img_embeds: Optional[paddle.Tensor] = None,
+    ) -> paddle.Tensor:
+        """Image-only pass -> ``[B, hidden_size]``: the encoder states the image head projects."""
         self._require_contrastive_heads()
         hidden, _ = self.bert(
             input_ids, token_type_ids, attention_mask, img_feats=img_feats, img_embeds=img_embeds, return_dict=False
         )
-        return F.normalize(self.image_proj(_masked_mean(hidden, attention_mask)), axis=-1)
+        return _masked_mean(hidden, attention_mask)
+
+    def project_text(self, pooled: paddle.Tensor) -> paddle.Tensor:
+        """``[B, hidden_size]`` pooled caption states -> L2-normalised ``[B, contrastive_dim]``."""
+        self._require_contrastive_heads()
+        return F.normalize(self.text_proj(pooled), axis=-1)
+
+    def project_image(self, pooled: paddle.Tensor) -> paddle.Tensor:
+        """``[B, hidden_size]`` pooled image states -> L2-normalised ``[B, contrastive_dim]``."""
+        self._require_contrastive_heads()
+        return F.normalize(self.image_proj(pooled), axis=-1)
+
+
+def _contrastive_head(config: OscarConfig) -> nn.Layer:
+    """One contrastive head: a linear projection, or an MLP when ``contrastive_hidden_size`` > 0."""
+    if config.contrastive_hidden_size <= 0:
+        return nn.Linear(config.hidden_size, config.contrastive_dim)
+    return nn.Sequential(
+        nn.Linear(config.hidden_size, config.contrastive_hidden_size),
+        nn.GELU(),
+        nn.Linear(config.contrastive_hidden_size, config.contrastive_dim),
+    )
 
 
 def _masked_mean(hidden: paddle.Tensor, attention_mask: Optional[paddle.Tensor]) -> paddle.Tensor:

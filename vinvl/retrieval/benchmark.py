@@ -42,7 +42,7 @@ import time
 import tracemalloc
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import paddle
@@ -439,8 +439,13 @@ def _report_lines(report: Dict[str, Any], paths: Dict[str, PathResult], matmul: 
     return lines
 
 
-def _int_list(text: str) -> List[int]:
-    values = [int(v) for v in text.split(",") if v.strip()]
+def positive_ints(text: str) -> Tuple[int, ...]:
+    """argparse type of options like ``--ks 8,16,64``: positive integers, comma-separated (an empty
+    piece, as in ``8,,16``, is a typo and refused rather than skipped)."""
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
     if not values or min(values) <= 0:
         raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, got {text!r}")
     return values
@@ -457,7 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="steps of training without --model_dir (0: untrained); the match head needs thousands")
     parser.add_argument("--baseline_pairs", type=int, default=3000, help="pairs the reference pipeline is timed on")
     parser.add_argument("--top_k", type=int, default=16, help="two-stage candidates per query")
-    parser.add_argument("--coverage_ks", type=_int_list, default=[8, 16, 64],
+    parser.add_argument("--coverage_ks", type=positive_ints, default=(8, 16, 64),
                         help="comma-separated k at which each first stage's coverage is reported (besides --top_k)")
     parser.add_argument("--batch_size", type=int, default=128, help="engine pairs per forward pass")
     parser.add_argument("--max_seq_len", type=int, default=70, help="text tokens per pair (official 70)")

@@ -220,6 +220,14 @@ class RetrievalEngine:
         """Image-only embeddings ``[I, contrastive_dim]`` (``[CLS] [SEP] tags [SEP]`` + regions), L2-normalised."""
         return self._embed_images(gallery, self._prepare(gallery, captions=np.zeros(0, dtype=np.int64)))
 
+    def pool_captions(self, gallery: Gallery) -> np.ndarray:
+        """Caption-only encoder states ``[C, hidden_size]`` before the text head (``pool_text``)."""
+        return self._embed_captions(self._prepare(gallery, images=np.zeros(0, dtype=np.int64)), pooled=True)
+
+    def pool_images(self, gallery: Gallery) -> np.ndarray:
+        """Image-only encoder states ``[I, hidden_size]`` before the image head (``pool_image``)."""
+        return self._embed_images(gallery, self._prepare(gallery, captions=np.zeros(0, dtype=np.int64)), pooled=True)
+
     # ----- preparation --------------------------------------------------------------------
 
     def _prepare(
@@ -335,10 +343,12 @@ class RetrievalEngine:
 
     # ----- first stage --------------------------------------------------------------------
 
-    def _embed_captions(self, tokens: _Tokens) -> np.ndarray:
-        """``embed_text`` of ``[CLS] caption [SEP]`` for every caption, batched shortest first."""
+    def _embed_captions(self, tokens: _Tokens, pooled: bool = False) -> np.ndarray:
+        """``embed_text`` (or ``pool_text``) of ``[CLS] caption [SEP]`` for every caption, batched shortest first."""
         order = np.argsort(tokens.caption_rank)
-        out = np.zeros((len(order), self.model.config.contrastive_dim), dtype=np.float32)
+        config = self.model.config
+        embed = self.model.pool_text if pooled else self.model.embed_text
+        out = np.zeros((len(order), config.hidden_size if pooled else config.contrastive_dim), dtype=np.float32)
         batches = [order[s : s + self.batch_size] for s in range(0, len(order), self.batch_size)]
         self.model.eval()
         with paddle.no_grad():
@@ -347,12 +357,15 @@ class RetrievalEngine:
                 inputs = self.processor.assemble_pairs(
                     tokens.caption_ids[rows], tokens.caption_lens[rows], no_tags[:, None], no_tags, no_tags, 0
                 )
-                out[rows] = self.model.embed_text(**_to_tensors(inputs)).numpy()
+                out[rows] = embed(**_to_tensors(inputs)).numpy()
         return all_reduce_sum(out)
 
-    def _embed_images(self, gallery: Gallery, tokens: _Tokens) -> np.ndarray:
-        """``embed_image`` of ``[CLS] [SEP] tags [SEP]`` + regions for every image, regions projected once."""
-        out = np.zeros((gallery.num_images, self.model.config.contrastive_dim), dtype=np.float32)
+    def _embed_images(self, gallery: Gallery, tokens: _Tokens, pooled: bool = False) -> np.ndarray:
+        """``embed_image`` (or ``pool_image``) of ``[CLS] [SEP] tags [SEP]`` + regions for every image,
+        regions projected once."""
+        config = self.model.config
+        embed = self.model.pool_image if pooled else self.model.embed_image
+        out = np.zeros((gallery.num_images, config.hidden_size if pooled else config.contrastive_dim), dtype=np.float32)
         batches = [
             (start, np.arange(s, min(s + self.batch_size, start + IMAGE_BLOCK, gallery.num_images)))
             for start in range(0, gallery.num_images, IMAGE_BLOCK)
@@ -371,7 +384,7 @@ class RetrievalEngine:
                     no_caption[:, None], no_caption, tokens.tag_ids[rows], tokens.tag_lens[rows],
                     region_lens, img_embeds.shape[1],
                 )
-                out[rows] = self.model.embed_image(**_to_tensors(inputs), img_embeds=img_embeds).numpy()
+                out[rows] = embed(**_to_tensors(inputs), img_embeds=img_embeds).numpy()
         return all_reduce_sum(out)
 
 

@@ -7,7 +7,7 @@ from typing import Optional
 
 from ..data.collate import PAIR_SAMPLING
 from .heads import TRAIN_ONLY
-from .losses import OBJECTIVES
+from .losses import OBJECTIVES, trained_heads
 
 __all__ = ["ModelArguments", "DataArguments", "validate_arguments"]
 
@@ -45,6 +45,24 @@ class ModelArguments:
     distill_temperature: float = field(
         default=1.0,
         metadata={"help": "Divides the match head's logit margins before their softmax (the distillation targets)."},
+    )
+    distill_candidates: int = field(
+        default=0,
+        metadata={
+            "help": "With --objective distill --train_only heads: N > 0 fits the heads on fixed lists (each "
+            "caption's image + N random images, each image's caption + N random captions) scored by the match "
+            "head once, over the frozen encoder's states computed once (saved in output_dir, reused by a run "
+            "with the same settings): many epochs over a large collection for the price of its pairs. "
+            "0: in-batch candidates, the encoder run every step."
+        },
+    )
+    contrastive_hidden_size: Optional[int] = field(
+        default=None,
+        metadata={
+            "help": "Give the model fresh contrastive heads of this shape before training (0: linear, N: an MLP "
+            "hidden -> N -> contrastive_dim) when it differs from the model's; needs an objective that trains "
+            "the contrastive heads. Default: keep the model's heads."
+        },
     )
     itm_negatives: str = field(
         default="random",
@@ -97,6 +115,21 @@ def validate_arguments(model_args: ModelArguments, data_args: DataArguments, tra
         raise ValueError(f"--distill_temperature must be positive, got {model_args.distill_temperature}")
     if "distill" in model_args.objective.split("+") and training_args.per_device_train_batch_size < 2:
         raise ValueError("--objective distill ranks the batch's candidates: --per_device_train_batch_size must be >= 2")
+    if model_args.distill_candidates < 0:
+        raise ValueError(f"--distill_candidates must be >= 0, got {model_args.distill_candidates}")
+    if model_args.distill_candidates and (model_args.objective != "distill" or model_args.train_only != "heads"):
+        raise ValueError(
+            "--distill_candidates fits the contrastive heads on the frozen encoder's states: it needs "
+            f"--objective distill --train_only heads (got {model_args.objective!r}, {model_args.train_only!r})"
+        )
+    if model_args.contrastive_hidden_size is not None:
+        if model_args.contrastive_hidden_size < 0:
+            raise ValueError(f"--contrastive_hidden_size must be >= 0, got {model_args.contrastive_hidden_size}")
+        if "contrastive" not in trained_heads(model_args.objective):
+            raise ValueError(
+                f"--contrastive_hidden_size gives the model new contrastive heads, which --objective "
+                f"{model_args.objective} does not train"
+            )
     if model_args.itm_negatives not in PAIR_SAMPLING:
         raise ValueError(f"--itm_negatives must be one of {PAIR_SAMPLING}, got {model_args.itm_negatives!r}")
     if model_args.itm_negatives == "mined" and model_args.objective != "itm+itc":

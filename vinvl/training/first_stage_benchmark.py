@@ -10,6 +10,11 @@ and measures on the corpus' test split, against exhaustive scoring by the (uncha
   (``--train_only heads``), for each of ``--fit_objectives`` (``distill``: the match head's
   in-batch scores as targets; ``itc``: the in-batch contrastive loss), evaluated every
   ``--fit_eval_every`` steps of one run of ``--fit_steps`` (the learning curve);
+- ``fitted lists``: with ``--fit_lists N``, the reset heads (made MLPs of
+  ``--fit_lists_hidden_size``) fitted over fixed lists of N + 1 candidates whose frozen
+  encoder states and teacher scores are computed once (``--distill_candidates``, see
+  :mod:`vinvl.training.frozen_states`), on ``--fit_lists_data_dir``'s train split: any image +
+  caption collection, as large as its pairs can be scored;
 - ``tags``: BM25 of caption words against the detector tags (needs no training);
 - ``trained heads``: the heads as originally trained (what fitting is aiming at);
 - ``reset heads``: the random heads themselves (what two-stage would use unfitted);
@@ -35,7 +40,7 @@ import numpy as np
 
 from ..data import write_synthetic_corpus
 from ..model_dir import load_retrieval_model
-from ..retrieval.benchmark import RECALLS, _gallery, _train_tiny
+from ..retrieval.benchmark import RECALLS, _gallery, _train_tiny, positive_ints
 from ..retrieval.engine import RetrievalEngine
 from ..retrieval.evaluate import public_names
 from ..retrieval.first_stage import Candidates, contrastive_candidates, tag_candidates
@@ -95,20 +100,25 @@ def _embeddings(model_dir: str, gallery: Gallery, batch_size: int) -> Tuple[np.n
     return engine.embed_images(gallery), engine.embed_captions(gallery)
 
 
-def _fit(args: argparse.Namespace, reset_dir: str, data_dir: str, objective: str) -> List[Tuple[int, str]]:
+def _fit(
+    args: argparse.Namespace, reset_dir: str, data_dir: str, objective: str, steps: int, batch_size: int,
+    eval_every: int, **extra: Any,
+) -> List[Tuple[int, str]]:
     """Fit the reset heads with the encoder frozen; returns ``(step, model dir)`` of every checkpoint."""
+    name = "-".join(f"{key}{value}" for key, value in sorted(extra.items()))
     output_dir = os.path.join(
         args.work_dir,
-        f"fit-{objective}-T{args.fit_distill_temperature}-b{args.fit_batch_size}-{args.fit_steps}-lr{args.fit_learning_rate}",
+        f"fit-{objective}-T{args.fit_distill_temperature}-b{batch_size}-{steps}-lr{args.fit_learning_rate}"
+        + (f"-{name}" if name else ""),
     )
     flags = {
         "model_name_or_path": reset_dir, "data_dir": data_dir, "output_dir": output_dir, "objective": objective,
-        "train_only": "heads", "distill_temperature": str(args.fit_distill_temperature), "do_train": "true", "max_steps": str(args.fit_steps),
-        "per_device_train_batch_size": str(args.fit_batch_size), "per_device_eval_batch_size": "256",
+        "train_only": "heads", "distill_temperature": str(args.fit_distill_temperature), "do_train": "true",
+        "max_steps": str(steps), "per_device_train_batch_size": str(batch_size), "per_device_eval_batch_size": "256",
         "learning_rate": str(args.fit_learning_rate), "lr_scheduler_type": "constant", "weight_decay": "0.0",
-        "save_strategy": "steps", "save_steps": str(args.fit_eval_every), "evaluation_strategy": "no",
+        "save_strategy": "steps", "save_steps": str(eval_every), "evaluation_strategy": "no",
         "logging_steps": "50", "report_to": "none", "disable_tqdm": "true", "seed": str(args.seed),
-        "overwrite_output_dir": "true",
+        "overwrite_output_dir": "true", **{key: str(value) for key, value in extra.items()},
     }
     if not os.path.isfile(os.path.join(output_dir, "model.safetensors")):
         train_main([token for key, value in flags.items() for token in (f"--{key}", value)])
@@ -154,8 +164,17 @@ def run_benchmark(args: argparse.Namespace) -> Dict[str, Any]:
     stages.append(("reset heads", None, _embeddings(reset_dir, gallery, args.batch_size)))
     stages.append(("tags", None, "tags"))
     for objective in args.fit_objectives:
-        for step, checkpoint in _fit(args, reset_dir, data_dir, objective):
+        fits = _fit(args, reset_dir, data_dir, objective, args.fit_steps, args.fit_batch_size, args.fit_eval_every)
+        for step, checkpoint in fits:
             stages.append((f"fitted {objective}", step, _embeddings(checkpoint, gallery, args.batch_size)))
+    if args.fit_lists:
+        fits = _fit(
+            args, reset_dir, args.fit_lists_data_dir or data_dir, "distill", args.fit_lists_steps,
+            args.fit_lists_batch_size, args.fit_lists_eval_every, distill_candidates=args.fit_lists,
+            contrastive_hidden_size=args.fit_lists_hidden_size,
+        )
+        for step, checkpoint in fits:
+            stages.append(("fitted lists", step, _embeddings(checkpoint, gallery, args.batch_size)))
 
     rows = []
     for name, step, source in stages:
@@ -181,6 +200,9 @@ def run_benchmark(args: argparse.Namespace) -> Dict[str, Any]:
             "fit_objectives": list(args.fit_objectives), "fit_steps": args.fit_steps,
             "fit_batch_size": args.fit_batch_size, "fit_learning_rate": args.fit_learning_rate,
             "fit_distill_temperature": args.fit_distill_temperature,
+            "fit_lists": args.fit_lists, "fit_lists_hidden_size": args.fit_lists_hidden_size,
+            "fit_lists_data_dir": os.path.abspath(args.fit_lists_data_dir or data_dir),
+            "fit_lists_steps": args.fit_lists_steps, "fit_lists_batch_size": args.fit_lists_batch_size,
             "train_steps": args.train_steps if args.model_dir is None else None,
         },
         "exhaustive": reference,
@@ -229,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num_images", type=int, default=250, help="gallery images (5 captions each, synthetic)")
     parser.add_argument("--train_images", type=int, default=1000, help="synthetic train images")
     parser.add_argument("--train_steps", type=int, default=2000, help="steps training the tiny model (without --model_dir)")
-    parser.add_argument("--ks", type=_ints, default=(8, 16, 64), help="first-stage candidates per query, comma-separated")
+    parser.add_argument("--ks", type=positive_ints, default=(8, 16, 64), help="first-stage candidates per query, comma-separated")
     parser.add_argument("--fit_objectives", type=_objectives, default=("distill", "itc"),
                         help="objectives the reset heads are fitted with, comma-separated")
     parser.add_argument("--fit_steps", type=int, default=600, help="steps of each fitting run")
@@ -238,17 +260,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fit_learning_rate", type=float, default=5e-3, help="constant learning rate of the heads")
     parser.add_argument("--fit_distill_temperature", type=float, default=1.0,
                         help="divides the match head's margins before their softmax (distill targets)")
+    parser.add_argument("--fit_lists", type=int, default=8,
+                        help="candidates per query of the fixed-list fit (0: no such fit)")
+    parser.add_argument("--fit_lists_hidden_size", type=int, default=256, help="its heads' MLP width (0: linear)")
+    parser.add_argument("--fit_lists_data_dir", default=None,
+                        help="the coco_ir collection whose train split it distils on (default: --data_dir)")
+    parser.add_argument("--fit_lists_steps", type=int, default=3000, help="steps of the fixed-list fit")
+    parser.add_argument("--fit_lists_batch_size", type=int, default=256, help="queries per step of that fit")
+    parser.add_argument("--fit_lists_eval_every", type=int, default=1000, help="steps between its curve's points")
     parser.add_argument("--batch_size", type=int, default=256, help="engine pairs per forward pass")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no_progress", action="store_true")
     return parser
-
-
-def _ints(text: str) -> Tuple[int, ...]:
-    values = tuple(int(v) for v in text.split(","))
-    if not values or min(values) <= 0:
-        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, got {text!r}")
-    return values
 
 
 def _objectives(text: str) -> Tuple[str, ...]:
@@ -263,9 +286,16 @@ def _objectives(text: str) -> Tuple[str, ...]:
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     parser = build_parser()
     args = parser.parse_args(argv)
-    for name in ("num_images", "train_images", "train_steps", "fit_steps", "fit_eval_every", "batch_size"):
+    positive = ("num_images", "train_images", "train_steps", "fit_steps", "fit_eval_every", "batch_size",
+                "fit_lists_steps", "fit_lists_batch_size", "fit_lists_eval_every")
+    for name in positive:
         if getattr(args, name) <= 0:
             parser.error(f"--{name} must be positive, got {getattr(args, name)}")
+    for name in ("fit_lists", "fit_lists_hidden_size"):
+        if getattr(args, name) < 0:
+            parser.error(f"--{name} must be >= 0, got {getattr(args, name)}")
+    if args.fit_lists_data_dir is not None and not os.path.isdir(args.fit_lists_data_dir):
+        parser.error(f"--fit_lists_data_dir {args.fit_lists_data_dir!r} does not exist")
     if args.fit_batch_size < 2:
         parser.error(f"--fit_batch_size must be >= 2 (candidates come from the batch), got {args.fit_batch_size}")
     return run_benchmark(args)

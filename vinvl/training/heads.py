@@ -14,7 +14,14 @@ import paddle
 from ..convert import CLASSIFIER_PREFIX, CONTRASTIVE_PREFIXES
 from ..modeling import OscarForImageTextRetrieval
 
-__all__ = ["TRAIN_ONLY", "HEAD_PARAMETER_PREFIXES", "trainable_parameter_names", "freeze_all_but", "reset_heads"]
+__all__ = [
+    "TRAIN_ONLY",
+    "HEAD_PARAMETER_PREFIXES",
+    "trainable_parameter_names",
+    "freeze_all_but",
+    "reset_heads",
+    "reshape_contrastive_heads",
+]
 
 # What `--train_only` may name: every parameter, or the heads of the objective being trained.
 TRAIN_ONLY = ("all", "heads")
@@ -65,3 +72,21 @@ def reset_heads(model: OscarForImageTextRetrieval, heads: Iterable[str], seed: i
         if name.startswith(prefixes):
             param.set_value(fresh[name])
     model.config.trained_heads = sorted(model.config.heads_trained() - heads)
+
+
+def reshape_contrastive_heads(model: OscarForImageTextRetrieval, hidden_size: int, seed: int = 0) -> bool:
+    """Give the model fresh contrastive heads of ``contrastive_hidden_size = hidden_size`` (0:
+    linear, N: an MLP), recorded as untrained, when its heads have another shape; returns
+    whether they were replaced. The match head and the encoder are not touched."""
+    config = model.config
+    if config.contrastive_dim <= 0:
+        raise ValueError("the model has no contrastive heads (config.contrastive_dim is 0)")
+    if config.contrastive_hidden_size == hidden_size:
+        return False
+    config.contrastive_hidden_size = hidden_size
+    paddle.seed(seed)
+    fresh = type(model)(config)
+    model.text_proj, model.image_proj = fresh.text_proj, fresh.image_proj
+    model.contrastive_logit_scale.set_value(fresh.contrastive_logit_scale)
+    config.trained_heads = sorted(config.heads_trained() - {"contrastive"})
+    return True

@@ -1,12 +1,12 @@
 """Training objectives that combine model outputs; the match loss itself lives with its head in modeling."""
 from __future__ import annotations
 
-from typing import Dict, FrozenSet
+from typing import Dict, FrozenSet, Optional
 
 import paddle
 import paddle.nn.functional as F
 
-__all__ = ["contrastive_loss", "distillation_loss", "OBJECTIVES", "OBJECTIVE_HEADS", "objective_parts", "trained_heads"]
+__all__ = ["contrastive_loss", "distillation_loss", "list_distillation_loss", "OBJECTIVES", "OBJECTIVE_HEADS", "objective_parts", "trained_heads"]
 
 # What `--objective` may name: the official matching loss, the contrastive loss, their sum, and
 # the distillation of the match head into the contrastive heads (alone or with the contrastive loss).
@@ -75,3 +75,30 @@ def distillation_loss(
     caption_to_image = _soft_cross_entropy(logits, F.softmax(teacher, axis=1))
     image_to_caption = _soft_cross_entropy(logits.T, F.softmax(teacher.T, axis=1))
     return (caption_to_image + image_to_caption) / 2
+
+
+def list_distillation_loss(
+    query_embeds: paddle.Tensor,
+    candidate_embeds: paddle.Tensor,
+    logit_scale: paddle.Tensor,
+    teacher_logits: paddle.Tensor,
+    temperature: float = 1.0,
+    listed: Optional[paddle.Tensor] = None,
+) -> paddle.Tensor:
+    """The match head distilled into the contrastive heads over fixed candidate lists.
+
+    ``query_embeds [Q, E]`` (captions, or images), ``candidate_embeds [Q, L, E]`` (each query's
+    list of images, or captions) and ``teacher_logits [Q, L]`` (the match head's logit margins
+    of those pairs, see :mod:`vinvl.training.frozen_states`): the softmax over each list of
+    ``teacher_logits / temperature`` is the target of the contrastive softmax over the same list,
+    as :func:`distillation_loss` does over a batch's candidates. ``listed [Q, L]`` (bool, default
+    all) marks the real entries of lists padded to one length: the others are in neither softmax.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    logits = logit_scale * (query_embeds.unsqueeze(1) * candidate_embeds).sum(axis=-1)  # [Q, L]
+    teacher = teacher_logits.astype(logits.dtype) / temperature
+    if listed is not None:  # a large finite value: exp() gives 0, and 0 * log_softmax stays finite
+        absent = paddle.full_like(logits, -1e4)
+        logits, teacher = paddle.where(listed, logits, absent), paddle.where(listed, teacher, absent)
+    return _soft_cross_entropy(logits, F.softmax(teacher, axis=1))

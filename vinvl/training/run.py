@@ -14,7 +14,11 @@ from ..data import load_corpus
 from ..data.collate import MatchingCollator, MatchingPairDataset
 from ..errors import UsageError
 from ..model_dir import SINGLE_FILE_WEIGHTS, load_retrieval_model
+from ..retrieval.engine import RetrievalEngine
+from ..retrieval.gallery import Gallery
 from .arguments import DataArguments, ModelArguments, validate_arguments
+from .frozen_states import FrozenStateCollator, FrozenStateQueries, load_or_compute_targets, target_settings
+from .heads import reshape_contrastive_heads
 from .history import LogHistoryCallback
 from .losses import objective_parts
 from .trainer import RetrievalTrainer
@@ -115,12 +119,17 @@ def run_training(
         max_seq_len=data_args.max_seq_length,
         max_img_seq_len=data_args.max_img_seq_length,
     )
+    if model_args.contrastive_hidden_size is not None:
+        if reshape_contrastive_heads(model, model_args.contrastive_hidden_size, seed=training_args.seed):
+            logger.info(f"Fresh contrastive heads with contrastive_hidden_size {model_args.contrastive_hidden_size}")
     objectives = objective_parts(model_args.objective)
     if training_args.ddp_find_unused_parameters is None:
         # Only itm+itc reaches every head; otherwise some weights get no gradient, and data parallel must know.
         training_args.ddp_find_unused_parameters = objectives != {"itm", "itc"}
-    train_dataset = None
-    if train_corpus is not None:
+    train_dataset, collator = None, MatchingCollator(processor)
+    if train_corpus is not None and model_args.distill_candidates:
+        train_dataset, collator = _frozen_state_data(model, processor, train_corpus, model_args, data_args, training_args)
+    elif train_corpus is not None:
         # Distillation scores every in-batch (caption, image) pair, assembled from token pieces as
         # the pairs of mined negatives are.
         pairs = model_args.itm_negatives if "itm" in objectives else ("mined" if "distill" in objectives else None)
@@ -136,7 +145,7 @@ def run_training(
         args=training_args,
         train_dataset=train_dataset,
         eval_dataset=eval_corpus,
-        data_collator=MatchingCollator(processor),
+        data_collator=collator,
         tokenizer=processor.tokenizer,
         processor=processor,
         objective=model_args.objective,
@@ -147,6 +156,7 @@ def run_training(
         train_only=model_args.train_only,
         trainable_layers=model_args.trainable_layers,
         distill_temperature=model_args.distill_temperature,
+        distill_candidates=model_args.distill_candidates,
         callbacks=[LogHistoryCallback()],
     )
     metrics: Dict[str, float] = {}
@@ -161,6 +171,20 @@ def run_training(
         trainer.save_metrics("eval", eval_metrics)
         metrics.update(eval_metrics)
     return metrics
+
+
+def _frozen_state_data(model, processor, corpus, model_args, data_args, training_args) -> tuple:
+    """The dataset and collator of a fit over fixed candidate lists (targets computed or reused)."""
+    engine = RetrievalEngine(
+        model, processor, batch_size=training_args.per_device_eval_batch_size, progress=not training_args.disable_tqdm
+    )
+    gallery = Gallery.from_corpus(corpus)
+    settings = target_settings(
+        model_args.model_name_or_path, data_args.data_dir, data_args.train_split, gallery,
+        model_args.distill_candidates, training_args.seed, processor,
+    )
+    targets = load_or_compute_targets(engine, gallery, settings, training_args.output_dir)
+    return FrozenStateQueries(targets), FrozenStateCollator(targets)
 
 
 def main(argv: Optional[List[str]] = None) -> Dict[str, float]:

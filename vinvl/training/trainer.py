@@ -15,7 +15,8 @@ from paddlenlp.utils.log import logger
 from ..processor import OscarProcessor
 from ..data.collate import PAIR_SAMPLING
 from .heads import TRAIN_ONLY, freeze_all_but, trainable_parameter_names
-from .losses import contrastive_loss, distillation_loss, objective_parts, trained_heads
+from .frozen_states import split_projections
+from .losses import contrastive_loss, distillation_loss, list_distillation_loss, objective_parts, trained_heads
 from .negatives import mined_pair_inputs, sample_negatives
 from .optimizer_state import from_structured_names, to_structured_names
 from .sampler import EpochSeededBatchSampler
@@ -35,6 +36,10 @@ class RetrievalTrainer(Trainer):
       ``"distill"`` (the match head's in-batch scores, computed without gradient, as the targets
       of the contrastive heads, see :func:`vinvl.training.losses.distillation_loss`) or
       ``"itc+distill"``.
+    - ``distill_candidates``: 0 distils over in-batch candidates, running the encoder each step;
+      N > 0 (``distill`` with ``train_only="heads"`` only) trains on fixed lists of N + 1
+      candidates per query whose pooled states and teacher scores were computed once
+      (:mod:`vinvl.training.frozen_states`; the train dataset is then a ``FrozenStateQueries``).
     - ``train_only``: ``"all"`` or ``"heads"``: only the objective's heads (plus the last
       ``trainable_layers`` encoder layers) train; everything else is frozen (``stop_gradient``,
       left out of the optimizer) and saved bit-identical. ``"heads"`` with ``"distill"`` fits the
@@ -66,9 +71,18 @@ class RetrievalTrainer(Trainer):
         train_only: str = "all",
         trainable_layers: int = 0,
         distill_temperature: float = 1.0,
+        distill_candidates: int = 0,
         **kwargs,
     ):
         self._objectives = objective_parts(objective)
+        if distill_candidates < 0:
+            raise ValueError(f"distill_candidates must be >= 0, got {distill_candidates}")
+        if distill_candidates and (objective != "distill" or train_only != "heads" or trainable_layers):
+            raise ValueError(
+                "distill_candidates fits the contrastive heads on a frozen encoder's states: it needs "
+                f"objective='distill', train_only='heads' and no trainable_layers (got {objective!r}, "
+                f"{train_only!r}, {trainable_layers})"
+            )
         if itm_negatives not in PAIR_SAMPLING:
             raise ValueError(f"itm_negatives must be one of {PAIR_SAMPLING}, got {itm_negatives!r}")
         if itm_negatives == "mined" and objective != "itm+itc":
@@ -95,6 +109,7 @@ class RetrievalTrainer(Trainer):
         self.eval_with_caption_index = eval_with_caption_index
         self.train_only = train_only
         self.distill_temperature = distill_temperature
+        self.distill_candidates = distill_candidates
         if train_only == "heads":
             self._freeze(trainable_layers)
         self._save_ckpt_func = self._structured_optimizer_saver(self._save_ckpt_func)
@@ -179,6 +194,9 @@ class RetrievalTrainer(Trainer):
         super()._load_from_checkpoint(resume_from_checkpoint)
 
     def compute_loss(self, model, inputs: Dict[str, Any], return_outputs: bool = False):
+        if self.distill_candidates:
+            loss, outputs = self._frozen_state_loss(model, inputs)
+            return (loss, outputs) if return_outputs else loss
         image_index = inputs.pop("image_index")
         if self.itm_negatives == "mined":
             loss, outputs = self._mined_loss(model, inputs, image_index)
@@ -207,6 +225,26 @@ class RetrievalTrainer(Trainer):
             )
         loss = paddle.add_n(losses)
         return (loss, outputs) if return_outputs else loss
+
+    def _frozen_state_loss(self, model, inputs: Dict[str, Any]) -> tuple:
+        """Distillation over fixed candidate lists: the heads project precomputed encoder states
+        (one forward), each query's list is ranked against its teacher scores, both directions
+        weighted by their query counts."""
+        outputs = model(caption_states=inputs["caption_states"], image_states=inputs["image_states"])
+        directions = [
+            (teacher, listed)
+            for teacher, listed in ((inputs["caption_teacher"], None), (inputs["image_teacher"], inputs["image_listed"]))
+            if len(teacher)
+        ]
+        parts = split_projections(
+            outputs.caption_embeds, outputs.image_embeds, len(inputs["caption_teacher"]), len(inputs["image_teacher"])
+        )
+        losses = [
+            list_distillation_loss(query, candidates, outputs.logit_scale, teacher, self.distill_temperature, listed)
+            * len(teacher)
+            for (query, candidates), (teacher, listed) in zip(parts, directions)
+        ]
+        return paddle.add_n(losses) / sum(len(teacher) for teacher, _ in directions), outputs
 
     def _mined_loss(self, model, inputs: Dict[str, Any], image_index: paddle.Tensor) -> tuple:
         """Contrastive loss, plus the matching loss on negatives drawn from the batch's similarities.

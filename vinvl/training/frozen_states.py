@@ -1,0 +1,280 @@
+"""Distillation targets computed once: the frozen encoder's pooled states and the match head's
+scores of fixed candidate lists.
+
+Fitting the contrastive heads of a converted checkpoint (``--objective distill --train_only
+heads``) changes nothing the encoder or the match head compute, so the in-batch route
+recomputes, every step, numbers that never change: the caption-only and image-only encoder
+passes and the B x B teacher pairs. With ``--distill_candidates N`` the fit instead computes,
+once, the pooled states every caption and image gets from the frozen encoder and the match
+head's scores of fixed lists (each caption with its own image and N random others, each image
+with all its own captions and N random others), and then trains the heads over those arrays
+for as many epochs as wanted: a step is a few small matrix products. Scored pairs are what
+cost, so the lists reach a large collection (any image + caption data: the pairing is used only
+to put each query's own match in its list) at the price the in-batch route pays for a few
+hundred steps.
+
+The arrays are written to ``output_dir`` with the settings that produced them, and reused by a
+resumed or repeated run with the same settings.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import paddle
+from paddlenlp.utils.log import logger
+
+from ..processor import OscarProcessor
+from ..retrieval.engine import RetrievalEngine
+from ..retrieval.gallery import Gallery
+
+__all__ = [
+    "TARGETS_FILE",
+    "TargetSettings",
+    "DistillationTargets",
+    "FrozenStateQueries",
+    "FrozenStateCollator",
+    "distillation_targets",
+    "split_projections",
+    "target_settings",
+    "load_or_compute_targets",
+]
+
+TARGETS_FILE = "distill_targets.npz"
+TARGETS_LAYOUT = 2  # bump when what the arrays hold changes: older files are then computed again
+CAPTION_QUERY, IMAGE_QUERY = 0, 1
+
+
+@dataclass(frozen=True)
+class TargetSettings:
+    """What the targets depend on; a saved file is reused only when all of it matches."""
+
+    layout: int  # TARGETS_LAYOUT of the code that wrote them
+    model: str
+    model_files: str  # name:sha256 of each file in the model directory (changed weights, new targets)
+    data_dir: str
+    split: str
+    num_images: int
+    num_captions: int
+    candidates: int
+    seed: int
+    max_seq_len: int
+    max_img_seq_len: int
+
+
+@dataclass
+class DistillationTargets:
+    """Frozen pooled states and teacher scores of a collection's captions and images.
+
+    ``caption_lists [C, 1 + N]`` image indices (the caption's own image first) with their match
+    scores (logit margins) ``caption_scores``; ``image_lists [I, M + N]`` caption indices (the
+    image's own captions first, padded with -1 to the most any image has, M) with ``image_scores``
+    (0 where padded).
+    """
+
+    caption_states: np.ndarray  # [C, hidden]
+    image_states: np.ndarray  # [I, hidden]
+    caption_lists: np.ndarray  # [C, 1 + N] image indices
+    caption_scores: np.ndarray  # [C, 1 + N]
+    image_lists: np.ndarray  # [I, M + N] caption indices, -1 = padding
+    image_scores: np.ndarray  # [I, 1 + N]
+
+    @property
+    def num_queries(self) -> int:
+        return len(self.caption_lists) + len(self.image_lists)
+
+    def save(self, path: str, settings: TargetSettings) -> None:
+        """Write atomically (a killed run leaves no partial file that a later run would trust)."""
+        arrays = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        partial = f"{path}.partial.npz"
+        np.savez(partial, settings=np.asarray(json.dumps(asdict(settings), sort_keys=True)), **arrays)
+        os.replace(partial, path)
+
+    @classmethod
+    def load(cls, path: str, settings: TargetSettings) -> Optional["DistillationTargets"]:
+        """The targets saved at ``path`` if they were computed with ``settings``, else None."""
+        if not os.path.isfile(path):
+            return None
+        try:
+            with np.load(path) as saved:
+                if str(saved["settings"]) != json.dumps(asdict(settings), sort_keys=True):
+                    return None
+                return cls(**{name: saved[name] for name in cls.__dataclass_fields__})
+        except (OSError, ValueError, KeyError):  # unreadable or from another version: compute again
+            return None
+
+
+def _random_others(groups: np.ndarray, pool: int, count: int, group_of: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``[Q, count]`` items drawn from ``range(pool)`` (with replacement) whose group
+    ``group_of[item]`` differs from the query's ``groups[q]`` (its own image)."""
+    drawn = rng.integers(0, pool, size=(len(groups), count))
+    clash = group_of[drawn] == groups[:, None]
+    while clash.any():  # redraw the few that hit the query's own image
+        drawn[clash] = rng.integers(0, pool, size=int(clash.sum()))
+        clash = group_of[drawn] == groups[:, None]
+    return drawn
+
+
+def _own_captions(gallery: Gallery) -> np.ndarray:
+    """``[I, M]``: each image's caption indices, padded with -1 to the most any image has."""
+    counts = np.diff(gallery.caption_offsets)
+    slots = np.arange(counts.max())
+    own = gallery.caption_offsets[:-1, None] + slots[None, :]
+    return np.where(slots[None, :] < counts[:, None], own, -1)
+
+
+def distillation_targets(engine: RetrievalEngine, gallery: Gallery, candidates: int, seed: int) -> DistillationTargets:
+    """Pool every caption and image through the frozen encoder and score the candidate lists."""
+    if candidates < 1:
+        raise ValueError(f"candidates must be >= 1, got {candidates}")
+    if gallery.num_images < 2:
+        raise ValueError(f"distillation lists need at least 2 images, the collection has {gallery.num_images}")
+    caption_to_image = np.asarray(gallery.caption_to_image, dtype=np.int64)
+    rng = np.random.default_rng([seed, candidates])
+    image_ids = np.arange(gallery.num_images)
+    others = _random_others(caption_to_image, gallery.num_images, candidates, image_ids, rng)
+    caption_lists = np.concatenate([caption_to_image[:, None], others], axis=1)
+    others = _random_others(image_ids, gallery.num_captions, candidates, caption_to_image, rng)
+    image_lists = np.concatenate([_own_captions(gallery), others], axis=1)
+    listed = image_lists >= 0
+    logger.info(
+        f"Distillation targets: pooling {gallery.num_captions} captions and {gallery.num_images} images, "
+        f"scoring {caption_lists.size + int(listed.sum())} pairs"
+    )
+    images = np.concatenate([caption_lists.ravel(), np.broadcast_to(image_ids[:, None], image_lists.shape)[listed]])
+    captions = np.concatenate([np.repeat(np.arange(gallery.num_captions), caption_lists.shape[1]), image_lists[listed]])
+    scores = engine.score_pairs(gallery, images, captions)
+    split = caption_lists.size
+    image_scores = np.zeros(image_lists.shape, dtype=np.float32)
+    image_scores[listed] = scores[split:]
+    return DistillationTargets(
+        caption_states=engine.pool_captions(gallery),
+        image_states=engine.pool_images(gallery),
+        caption_lists=caption_lists,
+        caption_scores=scores[:split].reshape(caption_lists.shape),
+        image_lists=image_lists,
+        image_scores=image_scores,
+    )
+
+
+class FrozenStateQueries(paddle.io.Dataset):
+    """One item per query: every caption (ranking its image list), then every image."""
+
+    def __init__(self, targets: DistillationTargets):
+        self.targets = targets
+        self.num_captions = len(targets.caption_lists)
+
+    def __len__(self) -> int:
+        return self.targets.num_queries
+
+    def __getitem__(self, index: int) -> Dict[str, int]:
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        if index < self.num_captions:
+            return {"kind": CAPTION_QUERY, "index": index}
+        return {"kind": IMAGE_QUERY, "index": index - self.num_captions}
+
+
+class FrozenStateCollator:
+    """A batch of queries as the model's inputs: pooled states to project, and teacher scores.
+
+    ``caption_states`` holds the caption queries' states and then the image queries' candidate
+    captions; ``image_states`` the caption queries' candidate images and then the image queries'
+    states: one forward projects both (one forward per backward, as data parallel requires), and
+    ``split_projections`` cuts the result back into queries and lists. ``image_listed`` marks
+    the real entries of the image queries' lists (the rest is padding, to be left out).
+    """
+
+    def __init__(self, targets: DistillationTargets):
+        self.targets = targets
+
+    def __call__(self, items: Sequence[Dict[str, int]]) -> Dict[str, Any]:
+        t = self.targets
+        kinds = np.array([item["kind"] for item in items])
+        index = np.array([item["index"] for item in items], dtype=np.int64)
+        captions, images = index[kinds == CAPTION_QUERY], index[kinds == IMAGE_QUERY]
+        image_lists = t.image_lists[images]
+        caption_rows = np.concatenate([captions, np.maximum(image_lists, 0).ravel()])  # padding reads row 0
+        image_rows = np.concatenate([t.caption_lists[captions].ravel(), images])
+        return {
+            "caption_states": paddle.to_tensor(t.caption_states[caption_rows]),
+            "image_states": paddle.to_tensor(t.image_states[image_rows]),
+            "caption_teacher": paddle.to_tensor(t.caption_scores[captions]),
+            "image_teacher": paddle.to_tensor(t.image_scores[images]),
+            "image_listed": paddle.to_tensor(image_lists >= 0),
+        }
+
+
+def split_projections(
+    caption_embeds: paddle.Tensor, image_embeds: paddle.Tensor, num_caption_queries: int, num_image_queries: int
+) -> List[tuple]:
+    """``(query [Q, E], candidates [Q, L, E])`` of the caption queries and of the image queries
+    (each present only when the batch has such queries), from the collator's row layout."""
+    parts = []
+    embed_dim = caption_embeds.shape[-1]
+    if num_caption_queries:
+        lists = image_embeds[: len(image_embeds) - num_image_queries]
+        parts.append((caption_embeds[:num_caption_queries], lists.reshape([num_caption_queries, -1, embed_dim])))
+    if num_image_queries:
+        lists = caption_embeds[num_caption_queries:]
+        parts.append((image_embeds[len(image_embeds) - num_image_queries :], lists.reshape([num_image_queries, -1, embed_dim])))
+    return parts
+
+
+def target_settings(
+    model_dir: str, data_dir: str, split: str, gallery: Gallery, candidates: int, seed: int, processor: OscarProcessor
+) -> TargetSettings:
+    """The :class:`TargetSettings` of a run (paths made absolute so a moved cwd does not matter)."""
+    files = []
+    for name in sorted(os.listdir(model_dir)):
+        path = os.path.join(model_dir, name)
+        if os.path.isfile(path):
+            digest = hashlib.sha256()
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(chunk)
+            files.append(f"{name}:{digest.hexdigest()}")
+    return TargetSettings(
+        layout=TARGETS_LAYOUT,
+        model=os.path.abspath(model_dir),
+        model_files=",".join(files),
+        data_dir=os.path.abspath(data_dir),
+        split=split,
+        num_images=gallery.num_images,
+        num_captions=gallery.num_captions,
+        candidates=candidates,
+        seed=seed,
+        max_seq_len=processor.max_seq_len,
+        max_img_seq_len=processor.max_img_seq_len,
+    )
+
+
+def load_or_compute_targets(
+    engine: RetrievalEngine, gallery: Gallery, settings: TargetSettings, output_dir: str
+) -> DistillationTargets:
+    """The targets saved in ``output_dir`` for these settings, else computed and saved there.
+
+    Under data parallel every rank takes the same branch (they look after a barrier, and the
+    computation is shared out by the engine's scoring and gathered on every rank); rank 0 writes.
+    """
+    import paddle.distributed as dist
+
+    parallel = dist.get_world_size() > 1
+    if parallel:
+        dist.barrier()
+    path = os.path.join(output_dir, TARGETS_FILE)
+    targets = DistillationTargets.load(path, settings)
+    if targets is not None:
+        logger.info(f"Distillation targets: reusing {path}")
+        return targets
+    targets = distillation_targets(engine, gallery, settings.candidates, settings.seed)
+    if dist.get_rank() == 0:
+        os.makedirs(output_dir, exist_ok=True)
+        targets.save(path, settings)
+    if parallel:
+        dist.barrier()
+    return targets
