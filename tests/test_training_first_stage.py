@@ -1,7 +1,10 @@
 """Fitting a first stage to a checkpoint: the contrastive heads distilled from the match head with
 everything else frozen, and the heads a run trained recorded in the saved config."""
+import glob
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -12,6 +15,7 @@ from vinvl.model_dir import load_retrieval_model
 from vinvl.retrieval.engine import RetrievalEngine
 from vinvl.retrieval.gallery import Gallery
 from vinvl.retrieval.metrics import coverage, retrieval_metrics
+from vinvl.training.frozen_states import distillation_targets
 from vinvl.training.run import parse_arguments
 from vinvl.training.heads import HEAD_PARAMETER_PREFIXES, reset_heads
 from vinvl.training.run import main as train_main
@@ -189,6 +193,33 @@ def test_fitting_over_lists_scored_once_changes_nothing_else_and_learns_the_matc
     # Other settings: computed again.
     train_main(_flags(reset_dir, corpus_dir, fitted, **{**flags, "distill_candidates": 2, "max_steps": 2}))
     assert np.load(targets_path)["caption_lists"].shape == (gallery.num_captions, 3)
+
+
+def test_lists_fitted_under_the_launcher_score_as_one_process(trained, corpus_dir, tmp_path):
+    """Two data-parallel ranks share out the targets' scoring and gather it: the saved targets
+    equal one process's, and both ranks train to the end in one group."""
+    _, reset_dir = trained
+    output_dir, log_dir = str(tmp_path / "run"), str(tmp_path / "logs")
+    flags = _flags(
+        reset_dir, corpus_dir, output_dir, objective="distill", train_only="heads", distill_candidates=4,
+        contrastive_hidden_size=32, max_steps=10, per_device_train_batch_size=16, learning_rate="5e-3",
+    )
+    script = os.path.join(REPO, "scripts", "train_retrieval.py")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    command = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--log_dir", log_dir, script]
+    proc = subprocess.run(command + flags, cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=600)
+    logs = [open(p).read() for p in sorted(glob.glob(os.path.join(log_dir, "workerlog.*")))]
+    assert proc.returncode == 0, proc.stderr[-3000:] + "".join(text[-2000:] for text in logs)
+    assert len(logs) == 2
+    for text in logs:
+        assert "Total train batch size (w. parallel, distributed & accumulation) = 32" in text
+        assert "Training completed." in text
+    model, processor = load_retrieval_model(reset_dir)
+    gallery = Gallery.from_corpus(load_corpus(corpus_dir, "train"))
+    alone = distillation_targets(RetrievalEngine(model, processor, batch_size=256, progress=False), gallery, 4, seed=5)
+    with np.load(os.path.join(output_dir, "distill_targets.npz")) as saved:
+        for name in alone.__dataclass_fields__:
+            np.testing.assert_allclose(saved[name], getattr(alone, name), rtol=1e-6, atol=1e-6, err_msg=name)
 
 
 def test_trainable_layers_train_the_last_encoder_layers_too(trained, corpus_dir, tmp_path):
