@@ -246,14 +246,19 @@ def test_frozen_state_batches_pair_each_query_with_its_list():
     dataset = FrozenStateQueries(targets)
     assert len(dataset) == 9 and dataset[5] == {"kind": 0, "index": 5} and dataset[7] == {"kind": 1, "index": 1}
     batch = FrozenStateCollator(targets)([dataset[i] for i in (7, 3, 6, 0)])  # images 1, 0; captions 3, 0
-    parts = split_projections(batch["caption_states"], batch["image_states"], 2, 2)
-    (caption_queries, image_candidates), (image_queries, caption_candidates) = parts
+    parts = split_projections(batch["caption_states"], batch["image_states"], batch)
+    (caption_queries, image_candidates, caption_teacher, none), (image_queries, caption_candidates, _, listed) = parts
+    assert none is None and listed is batch["image_listed"] and caption_teacher is batch["caption_teacher"]
     np.testing.assert_array_equal(caption_queries.numpy()[:, 0], [3, 0])
     np.testing.assert_array_equal(image_candidates.numpy()[..., 1], [[12, 11], [10, 11]])
     np.testing.assert_array_equal(image_queries.numpy()[:, 1], [11, 10])
     np.testing.assert_array_equal(caption_candidates.numpy()[..., 0], [[2, 0, 0, 0], [0, 1, 0, 2]])
-    np.testing.assert_array_equal(batch["image_listed"].numpy(), [[True, False, False, True], [True, True, False, True]])
-    np.testing.assert_array_equal(batch["caption_teacher"].numpy(), [[6, 7], [0, 1]])
+    np.testing.assert_array_equal(listed.numpy(), [[True, False, False, True], [True, True, False, True]])
+    np.testing.assert_array_equal(caption_teacher.numpy(), [[6, 7], [0, 1]])
+    only_images = FrozenStateCollator(targets)([dataset[8]])
+    (query, candidates, _, _), = split_projections(only_images["caption_states"], only_images["image_states"], only_images)
+    np.testing.assert_array_equal(query.numpy()[:, 1], [12])
+    np.testing.assert_array_equal(candidates.numpy()[..., 0], [[3, 4, 5, 1]])
 
 
 def test_teacher_margins_equal_each_pair_scored_alone(processor):

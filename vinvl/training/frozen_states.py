@@ -209,19 +209,20 @@ class FrozenStateCollator:
         }
 
 
-def split_projections(
-    caption_embeds: paddle.Tensor, image_embeds: paddle.Tensor, num_caption_queries: int, num_image_queries: int
-) -> List[tuple]:
-    """``(query [Q, E], candidates [Q, L, E])`` of the caption queries and of the image queries
-    (each present only when the batch has such queries), from the collator's row layout."""
-    parts = []
+def split_projections(caption_embeds: paddle.Tensor, image_embeds: paddle.Tensor, batch: Dict[str, Any]) -> List[tuple]:
+    """The projected rows of a :class:`FrozenStateCollator` batch cut back into
+    ``(query [Q, E], candidates [Q, L, E], teacher [Q, L], listed [Q, L] or None)``: one tuple
+    for the caption queries, one for the image queries, each present only when the batch has such."""
+    num_captions, num_images = len(batch["caption_teacher"]), len(batch["image_teacher"])
     embed_dim = caption_embeds.shape[-1]
-    if num_caption_queries:
-        lists = image_embeds[: len(image_embeds) - num_image_queries]
-        parts.append((caption_embeds[:num_caption_queries], lists.reshape([num_caption_queries, -1, embed_dim])))
-    if num_image_queries:
-        lists = caption_embeds[num_caption_queries:]
-        parts.append((image_embeds[len(image_embeds) - num_image_queries :], lists.reshape([num_image_queries, -1, embed_dim])))
+    parts = []
+    if num_captions:
+        lists = image_embeds[: len(image_embeds) - num_images].reshape([num_captions, -1, embed_dim])
+        parts.append((caption_embeds[:num_captions], lists, batch["caption_teacher"], None))
+    if num_images:
+        lists = caption_embeds[num_captions:].reshape([num_images, -1, embed_dim])
+        queries = image_embeds[len(image_embeds) - num_images :]
+        parts.append((queries, lists, batch["image_teacher"], batch["image_listed"]))
     return parts
 
 

@@ -37,8 +37,8 @@ class RetrievalTrainer(Trainer):
       of the contrastive heads, see :func:`vinvl.training.losses.distillation_loss`) or
       ``"itc+distill"``.
     - ``distill_candidates``: 0 distils over in-batch candidates, running the encoder each step;
-      N > 0 (``distill`` with ``train_only="heads"`` only) trains on fixed lists of N + 1
-      candidates per query whose pooled states and teacher scores were computed once
+      N > 0 (``distill`` with ``train_only="heads"`` only) trains on fixed lists (each query's
+      own match(es) and N random candidates) whose pooled states and teacher scores were computed once
       (:mod:`vinvl.training.frozen_states`; the train dataset is then a ``FrozenStateQueries``).
     - ``train_only``: ``"all"`` or ``"heads"``: only the objective's heads (plus the last
       ``trainable_layers`` encoder layers) train; everything else is frozen (``stop_gradient``,
@@ -231,20 +231,13 @@ class RetrievalTrainer(Trainer):
         (one forward), each query's list is ranked against its teacher scores, both directions
         weighted by their query counts."""
         outputs = model(caption_states=inputs["caption_states"], image_states=inputs["image_states"])
-        directions = [
-            (teacher, listed)
-            for teacher, listed in ((inputs["caption_teacher"], None), (inputs["image_teacher"], inputs["image_listed"]))
-            if len(teacher)
-        ]
-        parts = split_projections(
-            outputs.caption_embeds, outputs.image_embeds, len(inputs["caption_teacher"]), len(inputs["image_teacher"])
-        )
+        parts = split_projections(outputs.caption_embeds, outputs.image_embeds, inputs)
         losses = [
             list_distillation_loss(query, candidates, outputs.logit_scale, teacher, self.distill_temperature, listed)
             * len(teacher)
-            for (query, candidates), (teacher, listed) in zip(parts, directions)
+            for query, candidates, teacher, listed in parts
         ]
-        return paddle.add_n(losses) / sum(len(teacher) for teacher, _ in directions), outputs
+        return paddle.add_n(losses) / sum(len(part[2]) for part in parts), outputs
 
     def _mined_loss(self, model, inputs: Dict[str, Any], image_index: paddle.Tensor) -> tuple:
         """Contrastive loss, plus the matching loss on negatives drawn from the batch's similarities.
