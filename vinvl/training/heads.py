@@ -11,7 +11,7 @@ from typing import Iterable, List
 
 import paddle
 
-from ..convert import CLASSIFIER_PREFIX, CONTRASTIVE_PREFIXES
+from ..convert import HEAD_PREFIXES
 from ..modeling import OscarForImageTextRetrieval
 
 __all__ = [
@@ -25,8 +25,8 @@ __all__ = [
 
 # What `--train_only` may name: every parameter, or the heads of the objective being trained.
 TRAIN_ONLY = ("all", "heads")
-# Parameter-name prefixes of each head (OscarConfig.HEAD_NAMES), as conversion knows them.
-HEAD_PARAMETER_PREFIXES = {"match": (CLASSIFIER_PREFIX,), "contrastive": CONTRASTIVE_PREFIXES}
+# Parameter-name prefixes of each head (OscarConfig.HEAD_NAMES): conversion's own table.
+HEAD_PARAMETER_PREFIXES = HEAD_PREFIXES
 
 
 def _head_prefixes(model: OscarForImageTextRetrieval, heads: Iterable[str]) -> tuple:
