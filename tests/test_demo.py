@@ -1,28 +1,47 @@
 """The README flow as a new user runs it, from a working directory of their own with relative paths:
-`vinvl demo` (CI size) twice in a row, then `vinvl eval` with each protocol and `vinvl retrieve`
-on its output. The demo runs twice once for the whole module; every other test reuses its output.
+`vinvl demo` twice in a row, then `vinvl eval` with each protocol and `vinvl retrieve` on its output.
+The demo runs twice once for the whole module; every other test reuses its output.
+
+Both runs are the `vinvl` entry point (vinvl.cli.main in a fresh interpreter, argv as a user types
+it: ``demo --size ci ...``) with the sizes behind ``ci`` set here (see demo_command). What these tests
+check is the flow, the files, the report's parts and the agreement between protocols, never how well
+the demo's model ranks, so the sizes have no role in it: the first run, which only has to leave a
+folder the demo wrote for the second to replace, is smaller still.
 """
 import json
 import os
 import re
+import sys
 
 import pytest
 
 from test_cli import assert_quiet, assert_user_error, run, vinvl_cmd
 
 NAMES = ("t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10", "rsum")
+# (train images, test images, steps) behind --size ci. The first run logs steps 6 ... 30, past the
+# second run's first logged step: records of the first run left in the model directory would show in
+# the second run's log history as steps out of order. The second run has 20 test images (folds of 4
+# for the 1K protocol) and 60 steps: a loss curve of 6 logged points and 5 evaluations for the report.
+FIRST_RUN, SECOND_RUN = (16, 10, 30), (160, 20, 60)
+TEST_IMAGES = SECOND_RUN[1]
+
+
+def demo_command(sizes, *arguments):
+    """``vinvl <arguments>`` in a new interpreter, with ``sizes`` behind ``vinvl demo --size ci``."""
+    code = f"import sys, vinvl.cli, vinvl.demo; vinvl.demo.SIZES['ci'] = {tuple(sizes)!r}; sys.exit(vinvl.cli.main())"
+    return [sys.executable, "-c", code, *arguments]
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     """Two runs of ``vinvl demo --size ci --work_dir demo`` in a row, a file of the user's put in between."""
     cwd = tmp_path_factory.mktemp("user")
-    command = vinvl_cmd("demo", "--size", "ci", "--work_dir", "demo", "--seed", "1")
-    first = run(command, cwd)
+    arguments = ["demo", "--size", "ci", "--work_dir", "demo", "--seed", "1"]
+    first = run(demo_command(FIRST_RUN, *arguments), cwd)
     assert first.returncode == 0, first.stderr[-3000:]
     first_report = (cwd / "demo" / "report.html").stat().st_mtime_ns
     (cwd / "demo" / "notes.txt").write_text("mine")
-    second = run(command, cwd)
+    second = run(demo_command(SECOND_RUN, *arguments), cwd)
     assert second.returncode == 0, second.stderr[-3000:]
     return {"cwd": cwd, "runs": (first, second), "first_report": first_report}
 
@@ -86,9 +105,9 @@ def test_eval_every_protocol_with_relative_paths(demo):
     default = _eval(demo, "eval/default")
     assert default["protocol"] == "coco1k" and set(default["results"]) == {"1k_5fold", "1k_subset"}
     whole = _eval(demo, "eval/5k", "--protocol", "coco5k")
-    assert set(whole["results"]) == {"5k", "1k_5fold", "1k_subset"} and whole["num_images"] == 40
+    assert set(whole["results"]) == {"5k", "1k_5fold", "1k_subset"} and whole["num_images"] == TEST_IMAGES
     everything = _eval(demo, "eval/all", "--protocol", "all")
-    assert everything["fold_size"] is None and everything["num_images"] == 40
+    assert everything["fold_size"] is None and everything["num_images"] == TEST_IMAGES
     named = _eval(demo, "eval/keys", "--protocol", "keys", "--eval_img_keys_file", "test_img_keys_1k.tsv")
     (cwd / "my_keys.tsv").write_text((cwd / "demo" / "corpus" / "test_img_keys_1k.tsv").read_text())
     own = _eval(demo, "eval/my_keys", "--protocol", "keys", "--eval_img_keys_file", "my_keys.tsv")

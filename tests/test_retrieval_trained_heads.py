@@ -19,7 +19,7 @@ from vinvl.retrieval import Gallery, RetrievalEngine, tag_candidates
 from vinvl.retrieval.evaluate import main as eval_main
 from vinvl.retrieve import main as retrieve_main
 
-from tinymodel import derive, train_tiny
+from tinymodel import derive
 
 TEST_IMAGES = 20
 CANDIDATES = 4
@@ -27,9 +27,9 @@ LOGGER = "vinvl.retrieval.first_stage"
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
+def models(tmp_path_factory, train_tiny):
     root = tmp_path_factory.mktemp("trained_heads")
-    trained, corpus_dir = train_tiny(root, TEST_IMAGES, seed=8)
+    trained, corpus_dir = train_tiny(root, TEST_IMAGES)
     converted = derive(trained, str(root / "converted"), ["match"], reset_contrastive=True)
     unrecorded = derive(converted, str(root / "unrecorded"), None)
     return {"converted": converted, "unrecorded": unrecorded, "corpus_dir": corpus_dir}

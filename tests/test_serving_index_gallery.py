@@ -17,14 +17,14 @@ from vinvl.retrieval import Gallery, RetrievalEngine
 from vinvl.serving import GalleryIndex, GallerySource, IndexWeightsError, add_to_index, build_index
 from vinvl.serving.versions import MANIFEST
 
-from tinymodel import derive, in_memory_gallery, train_tiny
+from tinymodel import derive, in_memory_gallery
 
 TEST_IMAGES = 12
 OPTIONS = dict(top_k=3, candidates=4, batch_size=5)
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, train_tiny):
     root = tmp_path_factory.mktemp("index_gallery")
     model_dir, corpus = train_tiny(root, TEST_IMAGES)
     index = str(root / "index")

@@ -23,7 +23,7 @@ from vinvl.serving import GallerySource, build_index
 from vinvl.serving.server import ROUTE
 from vinvl.serving.client import ServerProcess, free_port, get_json, post_json, tree_rss_mb, vinvl_serve_command
 
-from tinymodel import derive, in_memory_gallery, train_tiny
+from tinymodel import derive, in_memory_gallery
 
 TEST_IMAGES = 12  # + 8 minival images in the index: 20 images, 100 captions
 TOP_K, CANDIDATES, BATCH = 3, 4, 5
@@ -33,7 +33,7 @@ TIMEOUT = 60.0
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, train_tiny):
     root = tmp_path_factory.mktemp("serving_server")
     model_dir, corpus = train_tiny(root, TEST_IMAGES)
     return root, model_dir, corpus

@@ -16,7 +16,7 @@ from vinvl.model_dir import load_retrieval_model
 from vinvl.retrieval import Gallery, RetrievalEngine, match_probability, tag_candidates
 from vinvl.taskflow import ImageTextRetrievalTask
 
-from tinymodel import derive, train_tiny
+from tinymodel import derive
 
 TEST_IMAGES = 24  # 120 captions: well above the candidates below
 CANDIDATES = 4
@@ -24,7 +24,7 @@ TOP_K = 3
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, train_tiny):
     model_dir, corpus = train_tiny(tmp_path_factory.mktemp("taskflow"), TEST_IMAGES)
     return model_dir, corpus, load_corpus(corpus, "test")
 

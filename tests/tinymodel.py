@@ -1,4 +1,4 @@
-"""A tiny model trained in the test (40 steps, both objectives) on a synthetic corpus, and
+"""A tiny model trained in the test session (40 steps, both objectives) on a synthetic corpus, and
 stand-ins for the checkpoints users bring: a converted one (trained match head, contrastive heads
 fresh) and a saturating one (every logit scaled up)."""
 import os
@@ -14,12 +14,30 @@ from vinvl.training.run import main as train_main
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def train_tiny(root, test_images: int, seed: int = 5):
-    """(model_dir, corpus_dir): the tiny config trained for 40 steps on a synthetic corpus with
-    ``test_images`` test images; its config records both heads as trained."""
-    corpus = str(root / "corpus")
-    write_synthetic_corpus(corpus, {"train": 48, "minival": 8, "val": 8, "test": test_images}, seed=seed)
-    model_dir = str(root / "model")
+class TinyModels:
+    """``train_tiny`` with the training shared across a test session.
+
+    The synthetic writer draws each split from its own seeded stream, so the train split (all that
+    training reads) depends on the corpus seed alone, not on the test split's size: every module that
+    asks for the same seed gets the same weights. Each seed is trained once, into ``cache_dir``; each
+    call writes its own corpus and gets its own copy of the model, so a test may change its copy."""
+
+    def __init__(self, cache_dir):
+        self.cache_dir, self.trained = cache_dir, {}
+
+    def __call__(self, root, test_images: int, seed: int = 5):
+        """(model_dir, corpus_dir) under ``root``: the tiny config trained for 40 steps on a synthetic
+        corpus with ``test_images`` test images; its config records both heads as trained."""
+        corpus = str(root / "corpus")
+        write_synthetic_corpus(corpus, {"train": 48, "minival": 8, "val": 8, "test": test_images}, seed=seed)
+        if seed not in self.trained:
+            self.trained[seed] = _train(corpus, str(self.cache_dir / f"seed{seed}"))
+        model_dir = str(root / "model")
+        shutil.copytree(self.trained[seed], model_dir)
+        return model_dir, corpus
+
+
+def _train(corpus: str, model_dir: str) -> str:
     flags = {
         "model_name_or_path": os.path.join(REPO, "model_configs", "tiny"),
         "data_dir": corpus,
@@ -35,7 +53,7 @@ def train_tiny(root, test_images: int, seed: int = 5):
     }
     train_main([t for k, v in flags.items() for t in (f"--{k}", v)])
     derive(model_dir, model_dir, trained_heads=["match", "contrastive"])  # what it was trained on
-    return model_dir, corpus
+    return model_dir
 
 
 def derive(model_dir: str, out_dir: str, trained_heads=None, reset_contrastive: bool = False, logit_scale: float = 1.0):
