@@ -50,7 +50,7 @@ class ModelArguments:
         default=0,
         metadata={
             "help": "With --objective distill --train_only heads: N > 0 fits the heads on fixed lists (each "
-            "caption's image + N random images, each image's caption + N random captions) scored by the match "
+            "caption's image + N random images, each image's captions + N random captions) scored by the match "
             "head once, over the frozen encoder's states computed once (saved in output_dir, reused by a run "
             "with the same settings): many epochs over a large collection for the price of its pairs. "
             "0: in-batch candidates, the encoder run every step."
