@@ -11,8 +11,8 @@ and measures on the corpus' test split, against exhaustive scoring by the (uncha
   in-batch scores as targets; ``itc``: the in-batch contrastive loss), evaluated every
   ``--fit_eval_every`` steps of one run of ``--fit_steps`` (the learning curve);
 - ``fitted lists``: with ``--fit_lists N``, the reset heads (made MLPs of
-  ``--fit_lists_hidden_size``) fitted over fixed lists of N + 1 candidates whose frozen
-  encoder states and teacher scores are computed once (``--distill_candidates``, see
+  ``--fit_lists_hidden_size``) fitted over fixed lists (each query's own match(es) and N random
+  candidates) whose frozen encoder states and teacher scores are computed once (``--distill_candidates``, see
   :mod:`vinvl.training.frozen_states`), on ``--fit_lists_data_dir``'s train split: any image +
   caption collection, as large as its pairs can be scored;
 - ``tags``: BM25 of caption words against the detector tags (needs no training);
@@ -31,6 +31,7 @@ once per run against a real ``two_stage`` call (reported as the largest R@K diff
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -39,7 +40,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..data import write_synthetic_corpus
-from ..model_dir import load_retrieval_model
+from ..model_dir import load_retrieval_model, weights_checksum
 from ..retrieval.benchmark import RECALLS, _gallery, _train_tiny, positive_ints
 from ..retrieval.engine import RetrievalEngine
 from ..retrieval.evaluate import public_names
@@ -105,11 +106,14 @@ def _fit(
     eval_every: int, **extra: Any,
 ) -> List[Tuple[int, str]]:
     """Fit the reset heads with the encoder frozen; returns ``(step, model dir)`` of every checkpoint."""
-    name = "-".join(f"{key}{value}" for key, value in sorted(extra.items()))
+    name = "".join(f"-{key}{value}" for key, value in sorted(extra.items()))
+    # A fit of other weights or on another collection is another fit, not a cached one.
+    data = os.path.abspath(data_dir)
+    source = hashlib.sha256(f"{weights_checksum(reset_dir)} {data}".encode()).hexdigest()[:12]
     output_dir = os.path.join(
         args.work_dir,
-        f"fit-{objective}-T{args.fit_distill_temperature}-b{batch_size}-{steps}-lr{args.fit_learning_rate}"
-        + (f"-{name}" if name else ""),
+        f"fit-{objective}-T{args.fit_distill_temperature}-b{batch_size}-{steps}-lr{args.fit_learning_rate}{name}"
+        f"-{os.path.basename(data)}-{source}",
     )
     flags = {
         "model_name_or_path": reset_dir, "data_dir": data_dir, "output_dir": output_dir, "objective": objective,

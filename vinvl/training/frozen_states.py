@@ -18,7 +18,6 @@ resumed or repeated run with the same settings.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -28,6 +27,7 @@ import numpy as np
 import paddle
 from paddlenlp.utils.log import logger
 
+from ..model_dir import weights_checksum
 from ..processor import OscarProcessor
 from ..retrieval.engine import RetrievalEngine
 from ..retrieval.gallery import Gallery
@@ -55,7 +55,7 @@ class TargetSettings:
 
     layout: int  # TARGETS_LAYOUT of the code that wrote them
     model: str
-    model_files: str  # name:sha256 of each file in the model directory (changed weights, new targets)
+    model_weights: str  # weights_checksum of the model directory (changed weights, new targets)
     data_dir: str
     split: str
     num_images: int
@@ -230,19 +230,10 @@ def target_settings(
     model_dir: str, data_dir: str, split: str, gallery: Gallery, candidates: int, seed: int, processor: OscarProcessor
 ) -> TargetSettings:
     """The :class:`TargetSettings` of a run (paths made absolute so a moved cwd does not matter)."""
-    files = []
-    for name in sorted(os.listdir(model_dir)):
-        path = os.path.join(model_dir, name)
-        if os.path.isfile(path):
-            digest = hashlib.sha256()
-            with open(path, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(chunk)
-            files.append(f"{name}:{digest.hexdigest()}")
     return TargetSettings(
         layout=TARGETS_LAYOUT,
         model=os.path.abspath(model_dir),
-        model_files=",".join(files),
+        model_weights=weights_checksum(model_dir),
         data_dir=os.path.abspath(data_dir),
         split=split,
         num_images=gallery.num_images,
