@@ -60,7 +60,7 @@ class ModelArguments:
         default=None,
         metadata={
             "help": "Give the model fresh contrastive heads of this shape before training (0: linear, N: an MLP "
-            "hidden -> N -> contrastive_dim) when it differs from the model's; needs an objective that trains "
+            "hidden -> N -> GELU -> contrastive_dim) when it differs from the model's; needs an objective that trains "
             "the contrastive heads. Default: keep the model's heads."
         },
     )

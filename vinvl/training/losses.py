@@ -6,7 +6,15 @@ from typing import Dict, FrozenSet, Optional
 import paddle
 import paddle.nn.functional as F
 
-__all__ = ["contrastive_loss", "distillation_loss", "list_distillation_loss", "OBJECTIVES", "OBJECTIVE_HEADS", "objective_parts", "trained_heads"]
+__all__ = [
+    "contrastive_loss",
+    "distillation_loss",
+    "list_distillation_loss",
+    "OBJECTIVES",
+    "OBJECTIVE_HEADS",
+    "objective_parts",
+    "trained_heads",
+]
 
 # What `--objective` may name: the official matching loss, the contrastive loss, their sum, and
 # the distillation of the match head into the contrastive heads (alone or with the contrastive loss).
