@@ -196,13 +196,13 @@ def test_fitting_over_lists_scored_once_changes_nothing_else_and_learns_the_matc
 
 
 def test_lists_fitted_under_the_launcher_score_as_one_process(trained, corpus_dir, tmp_path):
-    """Two data-parallel ranks share out the targets' scoring and gather it: the saved targets
-    equal one process's, and both ranks train to the end in one group."""
-    _, reset_dir = trained
+    """Two data-parallel ranks share out the targets' mining and scoring and gather them: the saved
+    targets equal one process's, and both ranks train to the end in one group."""
+    trained_dir, _ = trained
     output_dir, log_dir = str(tmp_path / "run"), str(tmp_path / "logs")
     flags = _flags(
-        reset_dir, corpus_dir, output_dir, objective="distill", train_only="heads", distill_candidates=4,
-        contrastive_hidden_size=32, max_steps=10, per_device_train_batch_size=16, learning_rate="5e-3",
+        trained_dir, corpus_dir, output_dir, objective="distill", train_only="heads", distill_candidates=4,
+        distill_mined=2, max_steps=10, per_device_train_batch_size=16, learning_rate="5e-3",
     )
     script = os.path.join(REPO, "scripts", "train_retrieval.py")
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
@@ -214,12 +214,62 @@ def test_lists_fitted_under_the_launcher_score_as_one_process(trained, corpus_di
     for text in logs:
         assert "Total train batch size (w. parallel, distributed & accumulation) = 32" in text
         assert "Training completed." in text
-    model, processor = load_retrieval_model(reset_dir)
+    model, processor = load_retrieval_model(trained_dir)
     gallery = Gallery.from_corpus(load_corpus(corpus_dir, "train"))
-    alone = distillation_targets(RetrievalEngine(model, processor, batch_size=256, progress=False), gallery, 4, seed=5)
+    engine = RetrievalEngine(model, processor, batch_size=256, progress=False)
+    alone = distillation_targets(engine, gallery, 4, seed=5, mined=2)
     with np.load(os.path.join(output_dir, "distill_targets.npz")) as saved:
         for name in alone.__dataclass_fields__:
             np.testing.assert_allclose(saved[name], getattr(alone, name), rtol=1e-6, atol=1e-6, err_msg=name)
+
+
+def test_mined_lists_add_what_the_model_heads_rank_highest_scored_by_the_match_head(trained, corpus_dir, tmp_path):
+    """--distill_mined: each list gains the candidates the model's own trained heads rank highest
+    among those not listed, scored by the match head; the fit continues those heads and freezes
+    the rest."""
+    trained_dir, _ = trained
+    fitted = str(tmp_path / "mined")
+    train_main(_flags(trained_dir, corpus_dir, fitted, objective="distill", train_only="heads",
+                      distill_candidates=2, distill_mined=2, learning_rate="5e-3"))
+    model, processor = load_retrieval_model(trained_dir)
+    gallery = Gallery.from_corpus(load_corpus(corpus_dir, "train"))
+    engine = RetrievalEngine(model, processor, batch_size=256, progress=False)
+    caption_embeds, image_embeds = engine.embed_captions(gallery), engine.embed_images(gallery)
+    scores = engine.exhaustive(gallery).t2i  # [I, C]
+    targets = dict(np.load(os.path.join(fitted, "distill_targets.npz")))
+
+    def expected_mined(query_embeds, item_embeds, lists):
+        rows = []
+        for query, listed in zip(query_embeds, lists):
+            ranked = sorted(range(len(item_embeds)), key=lambda item: -float(item_embeds[item] @ query))
+            rows.append([item for item in ranked if item not in set(listed.tolist())][:2])
+        return np.array(rows)
+
+    caption_lists, image_lists = targets["caption_lists"], targets["image_lists"]
+    own = 5
+    assert caption_lists.shape == (gallery.num_captions, 1 + 2 + 2) and image_lists.shape == (gallery.num_images, own + 2 + 2)
+    np.testing.assert_array_equal(caption_lists[:, 3:], expected_mined(caption_embeds, image_embeds, caption_lists[:, :3]))
+    np.testing.assert_array_equal(image_lists[:, own + 2:], expected_mined(image_embeds, caption_embeds, image_lists[:, :own + 2]))
+    captions, images = np.arange(gallery.num_captions)[:, None], np.arange(gallery.num_images)[:, None]
+    np.testing.assert_allclose(targets["caption_scores"], scores[caption_lists, captions], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(targets["image_scores"], scores[images, image_lists], rtol=1e-5, atol=1e-5)
+
+    before, after = _weights(trained_dir), _weights(fitted)
+    heads = {key for key in before if key.startswith(CONTRASTIVE)}
+    assert heads and all(not np.array_equal(before[key], after[key]) for key in heads - {"contrastive_logit_scale"})
+    assert all(np.array_equal(before[key], after[key]) for key in before.keys() - heads)
+    assert _trained_heads(fitted) == ["contrastive", "match"]
+
+
+def test_mining_with_untrained_contrastive_heads_is_refused(trained, corpus_dir, tmp_path):
+    _, reset_dir = trained
+    flags = dict(objective="distill", train_only="heads", distill_candidates=2, distill_mined=2)
+    with pytest.raises(ValueError, match="--distill_mined ranks candidates with the model's contrastive heads"):
+        train_main(_flags(reset_dir, corpus_dir, str(tmp_path / "reset"), **flags))
+    trained_dir, _ = trained  # trained heads, replaced by fresh ones of another shape
+    with pytest.raises(ValueError, match="--contrastive_hidden_size"):
+        train_main(_flags(trained_dir, corpus_dir, str(tmp_path / "reshaped"), contrastive_hidden_size=16, **flags))
+    assert not os.path.exists(os.path.join(tmp_path, "reset", "distill_targets.npz"))
 
 
 def test_trainable_layers_train_the_last_encoder_layers_too(trained, corpus_dir, tmp_path):
@@ -281,6 +331,8 @@ def test_fitting_recipes_parse_and_freeze_all_but_the_contrastive_heads(recipe):
         ({"objective": "itc", "train_only": "heads", "distill_candidates": 4}, "distill_candidates"),
         ({"objective": "distill", "distill_candidates": 4}, "distill_candidates"),
         ({"objective": "distill", "train_only": "heads", "distill_candidates": -1}, "distill_candidates"),
+        ({"objective": "distill", "train_only": "heads", "distill_mined": 2}, "give --distill_candidates"),
+        ({"objective": "distill", "train_only": "heads", "distill_candidates": 2, "distill_mined": -1}, "distill_mined"),
         ({"objective": "itm", "contrastive_hidden_size": 16}, "contrastive_hidden_size"),
         ({"objective": "distill", "contrastive_hidden_size": -2}, "contrastive_hidden_size"),
     ],

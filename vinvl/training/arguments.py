@@ -56,6 +56,15 @@ class ModelArguments:
             "0: in-batch candidates, the encoder run every step."
         },
     )
+    distill_mined: int = field(
+        default=0,
+        metadata={
+            "help": "With --distill_candidates: M > 0 adds to each caption's and image's list the M candidates the "
+            "model's own contrastive heads rank highest (not listed yet), scored by the match head too. Needs "
+            "trained contrastive heads: run it on the output of a first --distill_candidates fit, which it "
+            "continues (M x (captions + images) more pairs to score)."
+        },
+    )
     contrastive_hidden_size: Optional[int] = field(
         default=None,
         metadata={
@@ -122,6 +131,10 @@ def validate_arguments(model_args: ModelArguments, data_args: DataArguments, tra
             "--distill_candidates fits the contrastive heads on the frozen encoder's states: it needs "
             f"--objective distill --train_only heads (got {model_args.objective!r}, {model_args.train_only!r})"
         )
+    if model_args.distill_mined < 0:
+        raise ValueError(f"--distill_mined must be >= 0, got {model_args.distill_mined}")
+    if model_args.distill_mined and not model_args.distill_candidates:
+        raise ValueError("--distill_mined adds to the lists of a --distill_candidates fit: give --distill_candidates N")
     if model_args.contrastive_hidden_size is not None:
         if model_args.contrastive_hidden_size < 0:
             raise ValueError(f"--contrastive_hidden_size must be >= 0, got {model_args.contrastive_hidden_size}")

@@ -15,6 +15,9 @@ and measures on the corpus' test split, against exhaustive scoring by the (uncha
   candidates) whose frozen encoder states and teacher scores are computed once (``--distill_candidates``, see
   :mod:`vinvl.training.frozen_states`), on ``--fit_lists_data_dir``'s train split: any image +
   caption collection, as large as its pairs can be scored;
+- ``fitted lists + mined``: with ``--fit_lists_mined M`` as well, that fit continued for
+  ``--fit_lists_mined_steps`` over the same lists plus each query's M candidates its heads rank
+  highest (``--distill_mined``), scored by the match head too;
 - ``tags``: BM25 of caption words against the detector tags (needs no training);
 - ``trained heads``: the heads as originally trained (what fitting is aiming at);
 - ``reset heads``: the random heads themselves (what two-stage would use unfitted);
@@ -104,8 +107,9 @@ def _embeddings(model_dir: str, gallery: Gallery, batch_size: int) -> Tuple[np.n
 def _fit(
     args: argparse.Namespace, reset_dir: str, data_dir: str, objective: str, steps: int, batch_size: int,
     eval_every: int, **extra: Any,
-) -> List[Tuple[int, str]]:
-    """Fit the reset heads with the encoder frozen; returns ``(step, model dir)`` of every checkpoint."""
+) -> Tuple[str, List[Tuple[int, str]]]:
+    """Fit the heads of ``reset_dir`` with the encoder frozen; returns the fitted model's directory
+    and ``(step, model dir)`` of every checkpoint."""
     name = "".join(f"-{key}{value}" for key, value in sorted(extra.items()))
     # A fit of other weights or on another collection is another fit, not a cached one.
     data = os.path.abspath(data_dir)
@@ -129,7 +133,7 @@ def _fit(
     steps = sorted(
         int(m.group(1)) for name in os.listdir(output_dir) if (m := re.fullmatch(r"checkpoint-(\d+)", name))
     )
-    return [(step, os.path.join(output_dir, f"checkpoint-{step}")) for step in steps]
+    return output_dir, [(step, os.path.join(output_dir, f"checkpoint-{step}")) for step in steps]
 
 
 def _prepare(args: argparse.Namespace) -> Tuple[str, str, str]:
@@ -168,17 +172,27 @@ def run_benchmark(args: argparse.Namespace) -> Dict[str, Any]:
     stages.append(("reset heads", None, _embeddings(reset_dir, gallery, args.batch_size)))
     stages.append(("tags", None, "tags"))
     for objective in args.fit_objectives:
-        fits = _fit(args, reset_dir, data_dir, objective, args.fit_steps, args.fit_batch_size, args.fit_eval_every)
+        _, fits = _fit(args, reset_dir, data_dir, objective, args.fit_steps, args.fit_batch_size, args.fit_eval_every)
         for step, checkpoint in fits:
             stages.append((f"fitted {objective}", step, _embeddings(checkpoint, gallery, args.batch_size)))
     if args.fit_lists:
-        fits = _fit(
-            args, reset_dir, args.fit_lists_data_dir or data_dir, "distill", args.fit_lists_steps,
+        lists_data = args.fit_lists_data_dir or data_dir
+        fitted, fits = _fit(
+            args, reset_dir, lists_data, "distill", args.fit_lists_steps,
             args.fit_lists_batch_size, args.fit_lists_eval_every, distill_candidates=args.fit_lists,
             contrastive_hidden_size=args.fit_lists_hidden_size,
         )
         for step, checkpoint in fits:
             stages.append(("fitted lists", step, _embeddings(checkpoint, gallery, args.batch_size)))
+        if args.fit_lists_mined:
+            _, fits = _fit(
+                args, fitted, lists_data, "distill", args.fit_lists_mined_steps, args.fit_lists_batch_size,
+                args.fit_lists_eval_every, distill_candidates=args.fit_lists, distill_mined=args.fit_lists_mined,
+            )
+            for step, checkpoint in fits:
+                stages.append(
+                    ("fitted lists + mined", args.fit_lists_steps + step, _embeddings(checkpoint, gallery, args.batch_size))
+                )
 
     rows = []
     for name, step, source in stages:
@@ -207,6 +221,7 @@ def run_benchmark(args: argparse.Namespace) -> Dict[str, Any]:
             "fit_lists": args.fit_lists, "fit_lists_hidden_size": args.fit_lists_hidden_size,
             "fit_lists_data_dir": os.path.abspath(args.fit_lists_data_dir or data_dir),
             "fit_lists_steps": args.fit_lists_steps, "fit_lists_batch_size": args.fit_lists_batch_size,
+            "fit_lists_mined": args.fit_lists_mined, "fit_lists_mined_steps": args.fit_lists_mined_steps,
             "train_steps": args.train_steps if args.model_dir is None else None,
         },
         "exhaustive": reference,
@@ -272,6 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fit_lists_steps", type=int, default=3000, help="steps of the fixed-list fit")
     parser.add_argument("--fit_lists_batch_size", type=int, default=256, help="queries per step of that fit")
     parser.add_argument("--fit_lists_eval_every", type=int, default=1000, help="steps between its curve's points")
+    parser.add_argument("--fit_lists_mined", type=int, default=0,
+                        help="then continue that fit with each list holding this many mined candidates more (0: no)")
+    parser.add_argument("--fit_lists_mined_steps", type=int, default=3000, help="steps of that continued fit")
     parser.add_argument("--batch_size", type=int, default=256, help="engine pairs per forward pass")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no_progress", action="store_true")
@@ -291,13 +309,15 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     parser = build_parser()
     args = parser.parse_args(argv)
     positive = ("num_images", "train_images", "train_steps", "fit_steps", "fit_eval_every", "batch_size",
-                "fit_lists_steps", "fit_lists_batch_size", "fit_lists_eval_every")
+                "fit_lists_steps", "fit_lists_batch_size", "fit_lists_eval_every", "fit_lists_mined_steps")
     for name in positive:
         if getattr(args, name) <= 0:
             parser.error(f"--{name} must be positive, got {getattr(args, name)}")
-    for name in ("fit_lists", "fit_lists_hidden_size"):
+    for name in ("fit_lists", "fit_lists_hidden_size", "fit_lists_mined"):
         if getattr(args, name) < 0:
             parser.error(f"--{name} must be >= 0, got {getattr(args, name)}")
+    if args.fit_lists_mined and not args.fit_lists:
+        parser.error("--fit_lists_mined continues the --fit_lists fit: give --fit_lists N too")
     if args.fit_lists_data_dir is not None and not os.path.isdir(args.fit_lists_data_dir):
         parser.error(f"--fit_lists_data_dir {args.fit_lists_data_dir!r} does not exist")
     if args.fit_batch_size < 2:

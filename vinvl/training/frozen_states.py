@@ -13,6 +13,13 @@ cost, so the lists reach a large collection (any image + caption data: the pairi
 to put each query's own match in its list) at the price the in-batch route pays for a few
 hundred steps.
 
+Random candidates teach the heads what the match head rejects; what a first stage gets wrong
+are the near misses, which random lists rarely hold. With ``--distill_mined M`` a second fit,
+starting from the first one's heads, adds to each list the M candidates those heads rank
+highest that are not listed yet (on the 10K-image synthetic collection the match head scores
+them above the queries' own matches on average), so the heads learn the match head's order
+where it matters.
+
 The arrays are written to ``output_dir`` with the settings that produced them, and reused by a
 resumed or repeated run with the same settings.
 """
@@ -29,6 +36,7 @@ from paddlenlp.utils.log import logger
 
 from ..model_dir import weights_checksum
 from ..processor import OscarProcessor
+from ..retrieval.distributed import all_reduce_sum, shard
 from ..retrieval.engine import RetrievalEngine
 from ..retrieval.gallery import Gallery
 
@@ -39,13 +47,14 @@ __all__ = [
     "FrozenStateQueries",
     "FrozenStateCollator",
     "distillation_targets",
+    "mine_candidates",
     "split_projections",
     "target_settings",
     "load_or_compute_targets",
 ]
 
 TARGETS_FILE = "distill_targets.npz"
-TARGETS_LAYOUT = 2  # bump when what the arrays hold changes: older files are then computed again
+TARGETS_LAYOUT = 3  # bump when what the arrays hold changes: older files are then computed again
 CAPTION_QUERY, IMAGE_QUERY = 0, 1
 
 
@@ -61,6 +70,7 @@ class TargetSettings:
     num_images: int
     num_captions: int
     candidates: int
+    mined: int
     seed: int
     max_seq_len: int
     max_img_seq_len: int
@@ -70,18 +80,19 @@ class TargetSettings:
 class DistillationTargets:
     """Frozen pooled states and teacher scores of a collection's captions and images.
 
-    ``caption_lists [C, 1 + N]`` image indices (the caption's own image first) with their match
-    scores (logit margins) ``caption_scores``; ``image_lists [I, M + N]`` caption indices (the
-    image's own captions first, padded with -1 to the most any image has, M) with ``image_scores``
-    (0 where padded).
+    ``caption_lists [C, 1 + N + H]`` image indices (the caption's own image first, then N random
+    and H mined ones) with their match scores (logit margins) ``caption_scores``;
+    ``image_lists [I, M + N + H]`` caption indices (the image's own captions first, padded with -1
+    to the most any image has, M, then the random and mined ones) with ``image_scores`` (0 where
+    padded).
     """
 
     caption_states: np.ndarray  # [C, hidden]
     image_states: np.ndarray  # [I, hidden]
-    caption_lists: np.ndarray  # [C, 1 + N] image indices
-    caption_scores: np.ndarray  # [C, 1 + N]
-    image_lists: np.ndarray  # [I, M + N] caption indices, -1 = padding
-    image_scores: np.ndarray  # [I, 1 + N]
+    caption_lists: np.ndarray  # [C, 1 + N + H] image indices
+    caption_scores: np.ndarray  # [C, 1 + N + H]
+    image_lists: np.ndarray  # [I, M + N + H] caption indices, -1 = padding
+    image_scores: np.ndarray  # [I, M + N + H]
 
     @property
     def num_queries(self) -> int:
@@ -127,10 +138,53 @@ def _own_captions(gallery: Gallery) -> np.ndarray:
     return np.where(slots[None, :] < counts[:, None], own, -1)
 
 
-def distillation_targets(engine: RetrievalEngine, gallery: Gallery, candidates: int, seed: int) -> DistillationTargets:
-    """Pool every caption and image through the frozen encoder and score the candidate lists."""
+def mine_candidates(query_embeds: np.ndarray, item_embeds: np.ndarray, listed: np.ndarray, count: int) -> np.ndarray:
+    """``[Q, count]`` item indices each query's embedding ranks highest, best first, leaving out
+    the query's ``listed [Q, L]`` items (-1 entries list nothing).
+
+    Under data parallel each rank ranks its share of the queries and the shares are summed, so
+    every rank holds the same lists (the scoring that follows is shared out by pair position).
+    """
+    num_items = len(item_embeds)
+    if count > num_items - listed.shape[1]:
+        raise ValueError(
+            f"cannot mine {count} candidates per query among {num_items} items when up to "
+            f"{listed.shape[1]} are listed already"
+        )
+    mined = np.zeros((len(query_embeds), count), dtype=np.int64)
+    chunk = max(1, _MINING_BUDGET // (num_items + 1))
+    for start in shard(range(0, len(query_embeds), chunk)):
+        stop = min(start + chunk, len(query_embeds))
+        # A last column of -inf takes the -1 entries, so they leave out nothing real.
+        similarity = np.full((stop - start, num_items + 1), -np.inf, dtype=np.float32)
+        similarity[:, :num_items] = query_embeds[start:stop] @ item_embeds.T
+        similarity[np.arange(stop - start)[:, None], listed[start:stop]] = -np.inf
+        best = np.argpartition(similarity[:, :num_items], num_items - count, axis=1)[:, num_items - count :]
+        order = np.argsort(-np.take_along_axis(similarity, best, axis=1), axis=1, kind="stable")
+        mined[start:stop] = np.take_along_axis(best, order, axis=1)
+    return all_reduce_sum(mined)
+
+
+_MINING_BUDGET = 1 << 25  # similarities ranked at a time (128 MB of float32, twice that of indices)
+
+
+def _project(project, states: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    """Pooled states through a contrastive head (``model.project_text`` / ``project_image``), in chunks."""
+    with paddle.no_grad():
+        parts = [project(paddle.to_tensor(states[s : s + chunk])).numpy() for s in range(0, len(states), chunk)]
+    return np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)
+
+
+def distillation_targets(
+    engine: RetrievalEngine, gallery: Gallery, candidates: int, seed: int, mined: int = 0
+) -> DistillationTargets:
+    """Pool every caption and image through the frozen encoder and score the candidate lists:
+    ``candidates`` random others per query, then ``mined`` more ranked highest by the model's own
+    contrastive heads (which must be trained: the caller checks)."""
     if candidates < 1:
         raise ValueError(f"candidates must be >= 1, got {candidates}")
+    if mined < 0:
+        raise ValueError(f"mined must be >= 0, got {mined}")
     if gallery.num_images < 2:
         raise ValueError(f"distillation lists need at least 2 images, the collection has {gallery.num_images}")
     caption_to_image = np.asarray(gallery.caption_to_image, dtype=np.int64)
@@ -140,9 +194,18 @@ def distillation_targets(engine: RetrievalEngine, gallery: Gallery, candidates: 
     caption_lists = np.concatenate([caption_to_image[:, None], others], axis=1)
     others = _random_others(image_ids, gallery.num_captions, candidates, caption_to_image, rng)
     image_lists = np.concatenate([_own_captions(gallery), others], axis=1)
+    caption_states, image_states = engine.pool_captions(gallery), engine.pool_images(gallery)
+    if mined:
+        engine.model.eval()
+        caption_embeds = _project(engine.model.project_text, caption_states)
+        image_embeds = _project(engine.model.project_image, image_states)
+        caption_lists = np.concatenate(
+            [caption_lists, mine_candidates(caption_embeds, image_embeds, caption_lists, mined)], axis=1
+        )
+        image_lists = np.concatenate([image_lists, mine_candidates(image_embeds, caption_embeds, image_lists, mined)], axis=1)
     listed = image_lists >= 0
     logger.info(
-        f"Distillation targets: pooling {gallery.num_captions} captions and {gallery.num_images} images, "
+        f"Distillation targets: pooled {gallery.num_captions} captions and {gallery.num_images} images, "
         f"scoring {caption_lists.size + int(listed.sum())} pairs"
     )
     images = np.concatenate([caption_lists.ravel(), np.broadcast_to(image_ids[:, None], image_lists.shape)[listed]])
@@ -152,8 +215,8 @@ def distillation_targets(engine: RetrievalEngine, gallery: Gallery, candidates: 
     image_scores = np.zeros(image_lists.shape, dtype=np.float32)
     image_scores[listed] = scores[split:]
     return DistillationTargets(
-        caption_states=engine.pool_captions(gallery),
-        image_states=engine.pool_images(gallery),
+        caption_states=caption_states,
+        image_states=image_states,
         caption_lists=caption_lists,
         caption_scores=scores[:split].reshape(caption_lists.shape),
         image_lists=image_lists,
@@ -227,7 +290,8 @@ def split_projections(caption_embeds: paddle.Tensor, image_embeds: paddle.Tensor
 
 
 def target_settings(
-    model_dir: str, data_dir: str, split: str, gallery: Gallery, candidates: int, seed: int, processor: OscarProcessor
+    model_dir: str, data_dir: str, split: str, gallery: Gallery, candidates: int, mined: int, seed: int,
+    processor: OscarProcessor,
 ) -> TargetSettings:
     """The :class:`TargetSettings` of a run (paths made absolute so a moved cwd does not matter)."""
     return TargetSettings(
@@ -239,6 +303,7 @@ def target_settings(
         num_images=gallery.num_images,
         num_captions=gallery.num_captions,
         candidates=candidates,
+        mined=mined,
         seed=seed,
         max_seq_len=processor.max_seq_len,
         max_img_seq_len=processor.max_img_seq_len,
@@ -263,7 +328,7 @@ def load_or_compute_targets(
     if targets is not None:
         logger.info(f"Distillation targets: reusing {path}")
         return targets
-    targets = distillation_targets(engine, gallery, settings.candidates, settings.seed)
+    targets = distillation_targets(engine, gallery, settings.candidates, settings.seed, settings.mined)
     if dist.get_rank() == 0:
         os.makedirs(output_dir, exist_ok=True)
         targets.save(path, settings)

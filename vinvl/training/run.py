@@ -178,10 +178,16 @@ def _frozen_state_data(model, processor, corpus, model_args, data_args, training
     engine = RetrievalEngine(
         model, processor, batch_size=training_args.per_device_eval_batch_size, progress=not training_args.disable_tqdm
     )
+    if model_args.distill_mined and "contrastive" not in model.config.heads_trained():
+        raise UsageError(
+            f"--distill_mined ranks candidates with the model's contrastive heads, and those of "
+            f"{model_args.model_name_or_path} are not trained (or were replaced by --contrastive_hidden_size): "
+            "fit them first with --distill_candidates alone, then mine with that run's output"
+        )
     gallery = Gallery.from_corpus(corpus)
     settings = target_settings(
         model_args.model_name_or_path, data_args.data_dir, data_args.train_split, gallery,
-        model_args.distill_candidates, training_args.seed, processor,
+        model_args.distill_candidates, model_args.distill_mined, training_args.seed, processor,
     )
     targets = load_or_compute_targets(engine, gallery, settings, training_args.output_dir)
     return FrozenStateQueries(targets), FrozenStateCollator(targets)
