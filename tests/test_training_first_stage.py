@@ -309,12 +309,20 @@ def test_saved_models_and_checkpoints_record_the_heads_trained(
     assert reloaded.config.heads_trained() == set(expected)
 
 
-@pytest.mark.parametrize("recipe", ["tiny/fit_first_stage.json", "vinvl-base/fit_first_stage.json"])
-def test_fitting_recipes_parse_and_freeze_all_but_the_contrastive_heads(recipe):
-    model_args, data_args, training_args = parse_arguments([os.path.join(REPO, "model_configs", recipe)])
-    assert model_args.objective == "distill" and model_args.train_only == "heads"
-    assert model_args.distill_candidates > 0 and model_args.contrastive_hidden_size > 0  # the measured best route
-    assert training_args.do_train and training_args.per_device_train_batch_size >= 2
+@pytest.mark.parametrize("size", ["tiny", "vinvl-base"])
+def test_fitting_recipes_parse_and_freeze_all_but_the_contrastive_heads(size):
+    """Two recipes per size: the lists fit with fresh MLP heads (the measured best route), then its
+    continuation with mined candidates, which starts from the first one's output."""
+    first = parse_arguments([os.path.join(REPO, "model_configs", size, "fit_first_stage.json")])
+    mined = parse_arguments([os.path.join(REPO, "model_configs", size, "fit_first_stage_mined.json")])
+    for model_args, _, training_args in (first, mined):
+        assert model_args.objective == "distill" and model_args.train_only == "heads"
+        assert model_args.distill_candidates > 0
+        assert training_args.do_train and training_args.per_device_train_batch_size >= 2
+    assert first[0].contrastive_hidden_size > 0 and first[0].distill_mined == 0
+    assert mined[0].distill_mined > 0 and mined[0].contrastive_hidden_size is None  # keeps the fitted heads
+    assert mined[0].model_name_or_path == first[2].output_dir != mined[2].output_dir
+    assert mined[1].data_dir == first[1].data_dir
 
 
 @pytest.mark.parametrize(
