@@ -365,3 +365,23 @@ def test_trainer_refuses_to_train_the_layers_a_distill_teacher_reads(processor, 
             model=OscarForImageTextRetrieval(config), args=args, processor=processor, objective=objective,
             train_only="heads", trainable_layers=1,
         )
+
+
+def test_mined_candidates_are_the_best_unlisted_items_in_order_whatever_the_chunking(monkeypatch):
+    from vinvl.training import frozen_states
+
+    rng = np.random.default_rng(3)
+    queries, items = rng.normal(size=(23, 8)).astype(np.float32), rng.normal(size=(40, 8)).astype(np.float32)
+    listed = rng.integers(0, 40, size=(23, 5))
+    listed[::3, 3:] = -1  # padding lists nothing: query 0's best item is the last one, never listed
+    items[39] = 5 * queries[0]
+    listed[listed == 39] = 38
+    expected = []
+    for query, row in zip(queries, listed):
+        ranked = sorted(range(40), key=lambda item: -float(items[item] @ query))
+        expected.append([item for item in ranked if item not in set(row.tolist())][:4])
+    for budget in (1 << 25, 100):  # one chunk, then 2 queries per chunk
+        monkeypatch.setattr(frozen_states, "_MINING_BUDGET", budget)
+        np.testing.assert_array_equal(frozen_states.mine_candidates(queries, items, listed, 4), expected)
+    with pytest.raises(ValueError, match="cannot mine 36 candidates per query among 40 items"):
+        frozen_states.mine_candidates(queries, items, listed, 36)

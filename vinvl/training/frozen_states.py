@@ -33,10 +33,11 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import paddle
 from paddlenlp.utils.log import logger
+from tqdm.auto import tqdm
 
 from ..model_dir import weights_checksum
 from ..processor import OscarProcessor
-from ..retrieval.distributed import all_reduce_sum, shard
+from ..retrieval.distributed import all_reduce_sum, rank, shard
 from ..retrieval.engine import RetrievalEngine
 from ..retrieval.gallery import Gallery
 
@@ -138,7 +139,12 @@ def _own_captions(gallery: Gallery) -> np.ndarray:
     return np.where(slots[None, :] < counts[:, None], own, -1)
 
 
-def mine_candidates(query_embeds: np.ndarray, item_embeds: np.ndarray, listed: np.ndarray, count: int) -> np.ndarray:
+_MINING_BUDGET = 1 << 25  # similarities ranked at a time (128 MB of float32, twice that of indices)
+
+
+def mine_candidates(
+    query_embeds: np.ndarray, item_embeds: np.ndarray, listed: np.ndarray, count: int, progress: bool = False
+) -> np.ndarray:
     """``[Q, count]`` item indices each query's embedding ranks highest, best first, leaving out
     the query's ``listed [Q, L]`` items (-1 entries list nothing).
 
@@ -153,7 +159,8 @@ def mine_candidates(query_embeds: np.ndarray, item_embeds: np.ndarray, listed: n
         )
     mined = np.zeros((len(query_embeds), count), dtype=np.int64)
     chunk = max(1, _MINING_BUDGET // (num_items + 1))
-    for start in shard(range(0, len(query_embeds), chunk)):
+    starts = shard(range(0, len(query_embeds), chunk))
+    for start in tqdm(starts, desc="mine", unit="chunk", disable=not progress or rank() != 0):
         stop = min(start + chunk, len(query_embeds))
         # A last column of -inf takes the -1 entries, so they leave out nothing real.
         similarity = np.full((stop - start, num_items + 1), -np.inf, dtype=np.float32)
@@ -165,14 +172,10 @@ def mine_candidates(query_embeds: np.ndarray, item_embeds: np.ndarray, listed: n
     return all_reduce_sum(mined)
 
 
-_MINING_BUDGET = 1 << 25  # similarities ranked at a time (128 MB of float32, twice that of indices)
-
-
 def _project(project, states: np.ndarray, chunk: int = 65536) -> np.ndarray:
     """Pooled states through a contrastive head (``model.project_text`` / ``project_image``), in chunks."""
     with paddle.no_grad():
-        parts = [project(paddle.to_tensor(states[s : s + chunk])).numpy() for s in range(0, len(states), chunk)]
-    return np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)
+        return np.concatenate([project(paddle.to_tensor(states[s : s + chunk])).numpy() for s in range(0, len(states), chunk)])
 
 
 def distillation_targets(
@@ -200,9 +203,11 @@ def distillation_targets(
         caption_embeds = _project(engine.model.project_text, caption_states)
         image_embeds = _project(engine.model.project_image, image_states)
         caption_lists = np.concatenate(
-            [caption_lists, mine_candidates(caption_embeds, image_embeds, caption_lists, mined)], axis=1
+            [caption_lists, mine_candidates(caption_embeds, image_embeds, caption_lists, mined, engine.progress)], axis=1
         )
-        image_lists = np.concatenate([image_lists, mine_candidates(image_embeds, caption_embeds, image_lists, mined)], axis=1)
+        image_lists = np.concatenate(
+            [image_lists, mine_candidates(image_embeds, caption_embeds, image_lists, mined, engine.progress)], axis=1
+        )
     listed = image_lists >= 0
     logger.info(
         f"Distillation targets: pooled {gallery.num_captions} captions and {gallery.num_images} images, "
