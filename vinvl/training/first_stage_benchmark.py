@@ -17,7 +17,8 @@ and measures on the corpus' test split, against exhaustive scoring by the (uncha
   caption collection, as large as its pairs can be scored;
 - ``fitted lists + mined``: with ``--fit_lists_mined M`` as well, that fit continued for
   ``--fit_lists_mined_steps`` over the same lists plus each query's M candidates its heads rank
-  highest (``--distill_mined``), scored by the match head too;
+  highest (``--distill_mined``), scored by the match head too, as the
+  ``fit_first_stage_mined.json`` recipes continue it (lr decayed linearly to 0, T=0.5);
 - ``tags``: BM25 of caption words against the detector tags (needs no training);
 - ``trained heads``: the heads as originally trained (what fitting is aiming at);
 - ``reset heads``: the random heads themselves (what two-stage would use unfitted);
@@ -188,6 +189,7 @@ def run_benchmark(args: argparse.Namespace) -> Dict[str, Any]:
             _, fits = _fit(
                 args, fitted, lists_data, "distill", args.fit_lists_mined_steps, args.fit_lists_batch_size,
                 args.fit_lists_eval_every, distill_candidates=args.fit_lists, distill_mined=args.fit_lists_mined,
+                lr_scheduler_type="linear", distill_temperature=0.5,
             )
             for step, checkpoint in fits:
                 stages.append(
