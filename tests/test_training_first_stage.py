@@ -223,20 +223,41 @@ def test_lists_fitted_under_the_launcher_score_as_one_process(trained, corpus_di
             np.testing.assert_allclose(saved[name], getattr(alone, name), rtol=1e-6, atol=1e-6, err_msg=name)
 
 
-def test_mined_lists_add_what_the_model_heads_rank_highest_scored_by_the_match_head(trained, corpus_dir, tmp_path):
-    """--distill_mined: each list gains the candidates the model's own trained heads rank highest
-    among those not listed, scored by the match head; the fit continues those heads and freezes
-    the rest."""
-    trained_dir, _ = trained
-    fitted = str(tmp_path / "mined")
-    train_main(_flags(trained_dir, corpus_dir, fitted, objective="distill", train_only="heads",
-                      distill_candidates=2, distill_mined=2, learning_rate="5e-3"))
-    model, processor = load_retrieval_model(trained_dir)
+def test_mined_lists_add_what_the_model_heads_rank_highest_scored_by_the_match_head(
+    trained, corpus_dir, tmp_path, monkeypatch
+):
+    """--distill_mined on the output of a lists fit: each list gains the candidates that fit's heads
+    rank highest among those not listed, scored by the match head; only those pairs are scored
+    (the fit's random lists are reused); the fit continues those heads and freezes the rest. A
+    continuation without mining scores nothing."""
+    _, reset_dir = trained
+    first, mined, again = (str(tmp_path / name) for name in ("first", "mined", "again"))
+    lists = dict(objective="distill", train_only="heads", distill_candidates=2, learning_rate="5e-3")
+    train_main(_flags(reset_dir, corpus_dir, first, contrastive_hidden_size=32, max_steps=20, **lists))
+
+    scored = []
+    original = RetrievalEngine.score_pairs
+
+    def counting(self, gallery, images, captions):
+        scored.append(len(images))
+        return original(self, gallery, images, captions)
+
+    monkeypatch.setattr(RetrievalEngine, "score_pairs", counting)
+    train_main(_flags(first, corpus_dir, mined, distill_mined=2, **lists))
     gallery = Gallery.from_corpus(load_corpus(corpus_dir, "train"))
+    assert scored == [(gallery.num_captions + gallery.num_images) * 2]  # the mined pairs only
+    train_main(_flags(first, corpus_dir, again, distill_temperature=0.5, **lists))
+    assert len(scored) == 1  # the same lists: nothing scored again
+    monkeypatch.undo()
+
+    model, processor = load_retrieval_model(first)
     engine = RetrievalEngine(model, processor, batch_size=256, progress=False)
     caption_embeds, image_embeds = engine.embed_captions(gallery), engine.embed_images(gallery)
     scores = engine.exhaustive(gallery).t2i  # [I, C]
-    targets = dict(np.load(os.path.join(fitted, "distill_targets.npz")))
+    earlier = dict(np.load(os.path.join(first, "distill_targets.npz")))
+    targets = dict(np.load(os.path.join(mined, "distill_targets.npz")))
+    for name, value in dict(np.load(os.path.join(again, "distill_targets.npz"))).items():
+        np.testing.assert_array_equal(value, earlier[name], err_msg=name)
 
     def expected_mined(query_embeds, item_embeds, lists):
         rows = []
@@ -248,17 +269,19 @@ def test_mined_lists_add_what_the_model_heads_rank_highest_scored_by_the_match_h
     caption_lists, image_lists = targets["caption_lists"], targets["image_lists"]
     own = 5
     assert caption_lists.shape == (gallery.num_captions, 1 + 2 + 2) and image_lists.shape == (gallery.num_images, own + 2 + 2)
+    np.testing.assert_array_equal(caption_lists[:, :3], earlier["caption_lists"])
+    np.testing.assert_array_equal(image_lists[:, : own + 2], earlier["image_lists"])
     np.testing.assert_array_equal(caption_lists[:, 3:], expected_mined(caption_embeds, image_embeds, caption_lists[:, :3]))
     np.testing.assert_array_equal(image_lists[:, own + 2:], expected_mined(image_embeds, caption_embeds, image_lists[:, :own + 2]))
     captions, images = np.arange(gallery.num_captions)[:, None], np.arange(gallery.num_images)[:, None]
     np.testing.assert_allclose(targets["caption_scores"], scores[caption_lists, captions], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(targets["image_scores"], scores[images, image_lists], rtol=1e-5, atol=1e-5)
 
-    before, after = _weights(trained_dir), _weights(fitted)
+    before, after = _weights(first), _weights(mined)
     heads = {key for key in before if key.startswith(CONTRASTIVE)}
     assert heads and all(not np.array_equal(before[key], after[key]) for key in heads - {"contrastive_logit_scale"})
     assert all(np.array_equal(before[key], after[key]) for key in before.keys() - heads)
-    assert _trained_heads(fitted) == ["contrastive", "match"]
+    assert _trained_heads(mined) == ["contrastive", "match"]
 
 
 def test_mining_with_untrained_contrastive_heads_is_refused(trained, corpus_dir, tmp_path):

@@ -21,21 +21,27 @@ them above the queries' own matches on average), so the heads learn the match he
 where it matters.
 
 The arrays are written to ``output_dir`` with the settings that produced them, and reused by a
-resumed or repeated run with the same settings.
+resumed or repeated run with the same settings. They depend on the encoder and the match head
+(and, for mined candidates, the contrastive heads that mined them), not on where the model was
+loaded from: a run that continues a fit finds the fit's arrays beside the model it starts from
+and reuses them, or their random part when it adds mined candidates.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass
-from typing import Any, Dict, List, Optional, Sequence
+import shutil
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import paddle
 from paddlenlp.utils.log import logger
 from tqdm.auto import tqdm
 
-from ..model_dir import weights_checksum
+from ..convert import HEAD_PREFIXES
+from ..modeling import OscarForImageTextRetrieval
 from ..processor import OscarProcessor
 from ..retrieval.distributed import all_reduce_sum, rank, shard
 from ..retrieval.engine import RetrievalEngine
@@ -51,11 +57,12 @@ __all__ = [
     "mine_candidates",
     "split_projections",
     "target_settings",
+    "weight_checksums",
     "load_or_compute_targets",
 ]
 
 TARGETS_FILE = "distill_targets.npz"
-TARGETS_LAYOUT = 3  # bump when what the arrays hold changes: older files are then computed again
+TARGETS_LAYOUT = 4  # bump when what the arrays hold changes: older files are then computed again
 CAPTION_QUERY, IMAGE_QUERY = 0, 1
 
 
@@ -64,8 +71,8 @@ class TargetSettings:
     """What the targets depend on; a saved file is reused only when all of it matches."""
 
     layout: int  # TARGETS_LAYOUT of the code that wrote them
-    model: str
-    model_weights: str  # weights_checksum of the model directory (changed weights, new targets)
+    teacher_weights: str  # sha256 of every weight but the contrastive heads: what pools and scores
+    miner_weights: str  # sha256 of the contrastive heads that mined candidates ("" when none were)
     data_dir: str
     split: str
     num_images: int
@@ -179,17 +186,31 @@ def _project(project, states: np.ndarray, chunk: int = 65536) -> np.ndarray:
 
 
 def distillation_targets(
-    engine: RetrievalEngine, gallery: Gallery, candidates: int, seed: int, mined: int = 0
+    engine: RetrievalEngine,
+    gallery: Gallery,
+    candidates: int,
+    seed: int,
+    mined: int = 0,
+    base: Optional[DistillationTargets] = None,
 ) -> DistillationTargets:
     """Pool every caption and image through the frozen encoder and score the candidate lists:
     ``candidates`` random others per query, then ``mined`` more ranked highest by the model's own
-    contrastive heads (which must be trained: the caller checks)."""
+    contrastive heads (which must be trained: the caller checks). ``base``: the targets of the
+    random lists alone, already computed for this encoder, match head, data, N and seed; only
+    the mined pairs are then scored."""
     if candidates < 1:
         raise ValueError(f"candidates must be >= 1, got {candidates}")
     if mined < 0:
         raise ValueError(f"mined must be >= 0, got {mined}")
     if gallery.num_images < 2:
         raise ValueError(f"distillation lists need at least 2 images, the collection has {gallery.num_images}")
+    if base is None:
+        base = _random_list_targets(engine, gallery, candidates, seed)
+    return _with_mined(engine, gallery, base, mined) if mined else base
+
+
+def _random_list_targets(engine: RetrievalEngine, gallery: Gallery, candidates: int, seed: int) -> DistillationTargets:
+    """States, and each query's own match(es) + ``candidates`` random others scored."""
     caption_to_image = np.asarray(gallery.caption_to_image, dtype=np.int64)
     rng = np.random.default_rng([seed, candidates])
     image_ids = np.arange(gallery.num_images)
@@ -197,36 +218,51 @@ def distillation_targets(
     caption_lists = np.concatenate([caption_to_image[:, None], others], axis=1)
     others = _random_others(image_ids, gallery.num_captions, candidates, caption_to_image, rng)
     image_lists = np.concatenate([_own_captions(gallery), others], axis=1)
-    caption_states, image_states = engine.pool_captions(gallery), engine.pool_images(gallery)
-    if mined:
-        engine.model.eval()
-        caption_embeds = _project(engine.model.project_text, caption_states)
-        image_embeds = _project(engine.model.project_image, image_states)
-        caption_lists = np.concatenate(
-            [caption_lists, mine_candidates(caption_embeds, image_embeds, caption_lists, mined, engine.progress)], axis=1
-        )
-        image_lists = np.concatenate(
-            [image_lists, mine_candidates(image_embeds, caption_embeds, image_lists, mined, engine.progress)], axis=1
-        )
-    listed = image_lists >= 0
-    logger.info(
-        f"Distillation targets: pooled {gallery.num_captions} captions and {gallery.num_images} images, "
-        f"scoring {caption_lists.size + int(listed.sum())} pairs"
+    caption_scores, image_scores = _score_lists(engine, gallery, caption_lists, image_lists)
+    return DistillationTargets(
+        caption_states=engine.pool_captions(gallery),
+        image_states=engine.pool_images(gallery),
+        caption_lists=caption_lists,
+        caption_scores=caption_scores,
+        image_lists=image_lists,
+        image_scores=image_scores,
     )
+
+
+def _with_mined(engine: RetrievalEngine, gallery: Gallery, base: DistillationTargets, mined: int) -> DistillationTargets:
+    """``base`` with each list extended by the ``mined`` unlisted candidates the model's
+    contrastive heads rank highest, those pairs scored."""
+    engine.model.eval()
+    caption_embeds = _project(engine.model.project_text, base.caption_states)
+    image_embeds = _project(engine.model.project_image, base.image_states)
+    caption_mined = mine_candidates(caption_embeds, image_embeds, base.caption_lists, mined, engine.progress)
+    image_mined = mine_candidates(image_embeds, caption_embeds, base.image_lists, mined, engine.progress)
+    caption_scores, image_scores = _score_lists(engine, gallery, caption_mined, image_mined)
+    return DistillationTargets(
+        caption_states=base.caption_states,
+        image_states=base.image_states,
+        caption_lists=np.concatenate([base.caption_lists, caption_mined], axis=1),
+        caption_scores=np.concatenate([base.caption_scores, caption_scores], axis=1),
+        image_lists=np.concatenate([base.image_lists, image_mined], axis=1),
+        image_scores=np.concatenate([base.image_scores, image_scores], axis=1),
+    )
+
+
+def _score_lists(
+    engine: RetrievalEngine, gallery: Gallery, caption_lists: np.ndarray, image_lists: np.ndarray
+) -> Tuple[np.ndarray, np.ndarray]:
+    """Match scores of every caption with its listed images ``[C, L]`` and every image with its
+    listed captions ``[I, L']`` (-1 = padding, scored 0), in one pass over the pairs."""
+    listed = image_lists >= 0
+    logger.info(f"Distillation targets: scoring {caption_lists.size + int(listed.sum())} pairs")
+    image_ids = np.arange(gallery.num_images)
     images = np.concatenate([caption_lists.ravel(), np.broadcast_to(image_ids[:, None], image_lists.shape)[listed]])
     captions = np.concatenate([np.repeat(np.arange(gallery.num_captions), caption_lists.shape[1]), image_lists[listed]])
     scores = engine.score_pairs(gallery, images, captions)
     split = caption_lists.size
     image_scores = np.zeros(image_lists.shape, dtype=np.float32)
     image_scores[listed] = scores[split:]
-    return DistillationTargets(
-        caption_states=caption_states,
-        image_states=image_states,
-        caption_lists=caption_lists,
-        caption_scores=scores[:split].reshape(caption_lists.shape),
-        image_lists=image_lists,
-        image_scores=image_scores,
-    )
+    return scores[:split].reshape(caption_lists.shape), image_scores
 
 
 class FrozenStateQueries(paddle.io.Dataset):
@@ -294,15 +330,29 @@ def split_projections(caption_embeds: paddle.Tensor, image_embeds: paddle.Tensor
     return parts
 
 
+def weight_checksums(model: OscarForImageTextRetrieval) -> Tuple[str, str]:
+    """sha256 of the model's weights except the contrastive heads (the encoder and the match head,
+    all that pooling and scoring read), and of the contrastive heads alone."""
+    teacher, heads = hashlib.sha256(), hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest = heads if name.startswith(HEAD_PREFIXES["contrastive"]) else teacher
+        array = tensor.numpy()
+        digest.update(f"{name} {array.dtype} {array.shape}".encode("utf-8") + b"\0")
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return teacher.hexdigest(), heads.hexdigest()
+
+
 def target_settings(
-    model_dir: str, data_dir: str, split: str, gallery: Gallery, candidates: int, mined: int, seed: int,
-    processor: OscarProcessor,
+    model: OscarForImageTextRetrieval, data_dir: str, split: str, gallery: Gallery, candidates: int, mined: int,
+    seed: int, processor: OscarProcessor,
 ) -> TargetSettings:
-    """The :class:`TargetSettings` of a run (paths made absolute so a moved cwd does not matter)."""
+    """The :class:`TargetSettings` of a run on ``model`` as it will score (paths made absolute so a
+    moved cwd does not matter)."""
+    teacher, heads = weight_checksums(model)
     return TargetSettings(
         layout=TARGETS_LAYOUT,
-        model=os.path.abspath(model_dir),
-        model_weights=weights_checksum(model_dir),
+        teacher_weights=teacher,
+        miner_weights=heads if mined else "",
         data_dir=os.path.abspath(data_dir),
         split=split,
         num_images=gallery.num_images,
@@ -316,9 +366,11 @@ def target_settings(
 
 
 def load_or_compute_targets(
-    engine: RetrievalEngine, gallery: Gallery, settings: TargetSettings, output_dir: str
+    engine: RetrievalEngine, gallery: Gallery, settings: TargetSettings, output_dir: str, start_dir: Optional[str] = None
 ) -> DistillationTargets:
-    """The targets saved in ``output_dir`` for these settings, else computed and saved there.
+    """The targets saved in ``output_dir`` (or beside the start model, ``start_dir``) for these
+    settings; else computed (reusing saved targets of the random lists when only mined candidates
+    are missing) and saved in ``output_dir``.
 
     Under data parallel every rank takes the same branch (they look after a barrier, and the
     computation is shared out by the engine's scoring and gathered on every rank); rank 0 writes.
@@ -329,14 +381,40 @@ def load_or_compute_targets(
     if parallel:
         dist.barrier()
     path = os.path.join(output_dir, TARGETS_FILE)
-    targets = DistillationTargets.load(path, settings)
+    places = [path] + ([os.path.join(start_dir, TARGETS_FILE)] if start_dir else [])
+    found, targets = _load_first(places, settings)
     if targets is not None:
-        logger.info(f"Distillation targets: reusing {path}")
-        return targets
-    targets = distillation_targets(engine, gallery, settings.candidates, settings.seed, settings.mined)
-    if dist.get_rank() == 0:
-        os.makedirs(output_dir, exist_ok=True)
-        targets.save(path, settings)
+        if found != path and dist.get_rank() == 0:  # the run's own copy, for its resumes and continuations
+            _link_or_copy(found, path)
+    else:
+        base = _load_first(places, replace(settings, mined=0, miner_weights=""))[1] if settings.mined else None
+        targets = distillation_targets(engine, gallery, settings.candidates, settings.seed, settings.mined, base)
+        if dist.get_rank() == 0:
+            os.makedirs(output_dir, exist_ok=True)
+            targets.save(path, settings)
     if parallel:
         dist.barrier()
     return targets
+
+
+def _load_first(paths: Sequence[str], settings: TargetSettings) -> Tuple[Optional[str], Optional[DistillationTargets]]:
+    """The first of ``paths`` holding targets of these settings, and those targets."""
+    for path in paths:
+        targets = DistillationTargets.load(path, settings)
+        if targets is not None:
+            logger.info(f"Distillation targets: reusing {path}")
+            return path, targets
+    return None, None
+
+
+def _link_or_copy(source: str, path: str) -> None:
+    """``path`` becomes the file ``source`` (a hard link where the file system allows), atomically."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    partial = f"{path}.partial.npz"
+    if os.path.exists(partial):
+        os.remove(partial)
+    try:
+        os.link(source, partial)
+    except OSError:
+        shutil.copyfile(source, partial)
+    os.replace(partial, path)

@@ -186,10 +186,12 @@ def _frozen_state_data(model, processor, corpus, model_args, data_args, training
         )
     gallery = Gallery.from_corpus(corpus)
     settings = target_settings(
-        model_args.model_name_or_path, data_args.data_dir, data_args.train_split, gallery,
+        model, data_args.data_dir, data_args.train_split, gallery,
         model_args.distill_candidates, model_args.distill_mined, training_args.seed, processor,
     )
-    targets = load_or_compute_targets(engine, gallery, settings, training_args.output_dir)
+    targets = load_or_compute_targets(
+        engine, gallery, settings, training_args.output_dir, start_dir=model_args.model_name_or_path
+    )
     return FrozenStateQueries(targets), FrozenStateCollator(targets)
 
 
