@@ -284,7 +284,13 @@ def test_mined_lists_add_what_the_model_heads_rank_highest_scored_by_the_match_h
     assert _trained_heads(mined) == ["contrastive", "match"]
 
 
-def test_mining_with_untrained_contrastive_heads_is_refused(trained, corpus_dir, tmp_path):
+def test_mining_with_untrained_heads_or_too_few_items_is_refused_before_scoring(
+    trained, corpus_dir, tmp_path, monkeypatch
+):
+    def no_scoring(*args, **kwargs):
+        raise AssertionError("pairs were scored before the refusal")
+
+    monkeypatch.setattr(RetrievalEngine, "score_pairs", no_scoring)
     _, reset_dir = trained
     flags = dict(objective="distill", train_only="heads", distill_candidates=2, distill_mined=2)
     with pytest.raises(ValueError, match="--distill_mined ranks candidates with the model's contrastive heads"):
@@ -293,6 +299,9 @@ def test_mining_with_untrained_contrastive_heads_is_refused(trained, corpus_dir,
     with pytest.raises(ValueError, match="--contrastive_hidden_size"):
         train_main(_flags(trained_dir, corpus_dir, str(tmp_path / "reshaped"), contrastive_hidden_size=16, **flags))
     assert not os.path.exists(os.path.join(tmp_path, "reset", "distill_targets.npz"))
+    # 8 images: a caption lists its own + 4 random, so at most 3 more can be mined.
+    with pytest.raises(ValueError, match="cannot mine 4 candidates per query among 8 items when up to 5 are listed"):
+        train_main(_flags(trained_dir, corpus_dir, str(tmp_path / "crowded"), **{**flags, "distill_candidates": 4, "distill_mined": 4}))
 
 
 def test_trainable_layers_train_the_last_encoder_layers_too(trained, corpus_dir, tmp_path):

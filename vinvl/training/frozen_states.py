@@ -159,11 +159,7 @@ def mine_candidates(
     every rank holds the same lists (the scoring that follows is shared out by pair position).
     """
     num_items = len(item_embeds)
-    if count > num_items - listed.shape[1]:
-        raise ValueError(
-            f"cannot mine {count} candidates per query among {num_items} items when up to "
-            f"{listed.shape[1]} are listed already"
-        )
+    _check_room_to_mine(count, num_items, listed.shape[1])
     mined = np.zeros((len(query_embeds), count), dtype=np.int64)
     chunk = max(1, _MINING_BUDGET // (num_items + 1))
     starts = shard(range(0, len(query_embeds), chunk))
@@ -177,6 +173,14 @@ def mine_candidates(
         order = np.argsort(-np.take_along_axis(similarity, best, axis=1), axis=1, kind="stable")
         mined[start:stop] = np.take_along_axis(best, order, axis=1)
     return all_reduce_sum(mined)
+
+
+def _check_room_to_mine(count: int, num_items: int, listed: int) -> None:
+    """Refuse to mine ``count`` more items per query when ``listed`` may leave fewer unlisted."""
+    if count > num_items - listed:
+        raise ValueError(
+            f"cannot mine {count} candidates per query among {num_items} items when up to {listed} are listed already"
+        )
 
 
 def _project(project, states: np.ndarray, chunk: int = 65536) -> np.ndarray:
@@ -204,6 +208,9 @@ def distillation_targets(
         raise ValueError(f"mined must be >= 0, got {mined}")
     if gallery.num_images < 2:
         raise ValueError(f"distillation lists need at least 2 images, the collection has {gallery.num_images}")
+    if mined:  # before any pair is scored
+        _check_room_to_mine(mined, gallery.num_images, 1 + candidates)
+        _check_room_to_mine(mined, gallery.num_captions, int(np.diff(gallery.caption_offsets).max()) + candidates)
     if base is None:
         base = _random_list_targets(engine, gallery, candidates, seed)
     return _with_mined(engine, gallery, base, mined) if mined else base
