@@ -13,8 +13,10 @@ import vinvl
 import paddle
 from vinvl import OscarConfig, OscarForImageTextRetrieval, OscarProcessor, OscarTokenizer
 from vinvl.retrieval import Gallery, RetrievalEngine
-from vinvl.retrieval.first_stage import BM25Index, fold_plural, resolve_first_stage, tag_candidates, words_of
-from vinvl.retrieval.metrics import coverage, first_stage_coverage, i2t_ranks, retrieval_metrics, t2i_ranks
+from vinvl.retrieval.first_stage import BM25Index, Candidates, fold_plural, resolve_first_stage, tag_candidates, words_of
+from vinvl.retrieval.metrics import (
+    coverage, first_stage_coverage, i2t_ranks, retrieval_metrics, scored_coverage, t2i_ranks, two_stage_coverage,
+)
 
 FEATURE_DIM = 6
 
@@ -175,6 +177,40 @@ def test_coverage_equals_a_per_query_loop_with_ties():
         coverage(tied, np.array([[3]]))
 
 
+def test_scored_coverage_equals_a_per_query_loop_over_the_pairs_each_query_ranks():
+    rng = np.random.default_rng(5)
+    scores = rng.integers(0, 4, size=(9, 23)).astype(np.float32)  # many ties
+    for k in (1, 3, 8):
+        candidates = Candidates(np.stack([rng.choice(23, k, replace=False) for _ in range(9)]),
+                                np.stack([rng.choice(9, min(k, 9), replace=False) for _ in range(23)]))
+        scored = candidates.scored(23)
+        rows = [np.flatnonzero(row) for row in scored]
+        columns = [np.flatnonzero(column) for column in scored.T]
+        got = two_stage_coverage(scores, scored)
+        for top in (1, 10):
+            assert got[f"i2t_top{top}"] == pytest.approx(reference_coverage(scores, rows, top))
+            assert got[f"t2i_top{top}"] == pytest.approx(reference_coverage(scores.T, columns, top))
+        # Ranking every scored pair both ways covers at least what each query's own candidates do.
+        own = first_stage_coverage(scores, candidates.i2t, candidates.t2i)
+        assert all(got[name] >= own[name] for name in own)
+    # An image's best caption that only the caption's own candidates hold still counts for the image.
+    best_only_by_caption = Candidates(np.array([[1], [1]]), np.array([[0], [1], [1]]))
+    pair_scores = np.array([[9.0, 1.0, 0.0], [0.0, 5.0, 1.0]], np.float32)
+    assert coverage(pair_scores, best_only_by_caption.i2t) == 0.5
+    assert scored_coverage(pair_scores, best_only_by_caption.scored(3)) == 1.0
+    with pytest.raises(ValueError, match=r"scored must be a \[2, 3\] mask"):
+        scored_coverage(pair_scores, np.ones((3, 2), bool))
+
+
+def test_candidate_pairs_are_the_union_of_both_directions():
+    rng = np.random.default_rng(6)
+    candidates = Candidates(rng.integers(0, 7, size=(4, 3)), rng.integers(0, 4, size=(7, 2)))
+    expected = {(i, c) for i in range(4) for c in candidates.i2t[i]} | {
+        (i, c) for c in range(7) for i in candidates.t2i[c]}
+    assert sorted(expected) == [(code // 7, code % 7) for code in candidates.pairs(7)]
+    assert {tuple(p) for p in np.argwhere(candidates.scored(7))} == expected
+
+
 def _two_stage_matrix(scores, candidates, axis):
     """What the engine's two-stage returns for one direction: exhaustive scores on the candidates, -inf elsewhere."""
     out = np.full_like(scores, -np.inf)
@@ -256,14 +292,14 @@ def test_engine_tags_two_stage_scores_the_bm25_candidates(engine_and_gallery, to
     np.testing.assert_array_equal(candidates.i2t, expected.i2t)
     np.testing.assert_array_equal(candidates.t2i, expected.t2i)
     result = engine.two_stage(gallery, k=k, first_stage="tags")
-    i2t_kept = np.zeros(exhaustive.i2t.shape, bool)
-    np.put_along_axis(i2t_kept, expected.i2t, True, axis=1)
-    t2i_kept = np.zeros(exhaustive.i2t.shape, bool)
-    np.put_along_axis(t2i_kept, expected.t2i.T, True, axis=0)
-    np.testing.assert_array_equal(np.isfinite(result.i2t), i2t_kept)
-    np.testing.assert_array_equal(np.isfinite(result.t2i), t2i_kept)
-    np.testing.assert_allclose(result.i2t[i2t_kept], exhaustive.i2t[i2t_kept], atol=1e-5, rtol=0)
-    assert result.pairs_scored == (i2t_kept | t2i_kept).sum()
+    kept = np.zeros(exhaustive.i2t.shape, bool)
+    np.put_along_axis(kept, expected.i2t, True, axis=1)
+    np.put_along_axis(kept, expected.t2i.T, True, axis=0)
+    np.testing.assert_array_equal(candidates.scored(gallery.num_captions), kept)
+    for matrix in (result.i2t, result.t2i):
+        np.testing.assert_array_equal(np.isfinite(matrix), kept)
+        np.testing.assert_allclose(matrix[kept], exhaustive.i2t[kept], atol=1e-5, rtol=0)
+    assert result.pairs_scored == kept.sum()
 
 
 def test_engine_identity_at_full_top1_coverage(engine_and_gallery):
@@ -274,9 +310,9 @@ def test_engine_identity_at_full_top1_coverage(engine_and_gallery):
     checked = 0
     for first_stage in ("tags", "contrastive"):
         for direction, items in (("i2t", gallery.num_captions), ("t2i", gallery.num_images)):
-            # the smallest k whose candidates cover every query's exhaustive top-1 in this direction
+            # the smallest k whose scored pairs cover every query's exhaustive top-1 in this direction
             k = next(k for k in range(1, items + 1)
-                     if first_stage_coverage(exhaustive.i2t, *_both(engine, gallery, first_stage, k), tops=(1,))[f"{direction}_top1"] == 1.0)
+                     if two_stage_coverage(exhaustive.i2t, _scored(engine, gallery, first_stage, k), tops=(1,))[f"{direction}_top1"] == 1.0)
             if k < items:  # otherwise two-stage is exhaustive in this direction and proves nothing
                 got = engine.two_stage(gallery, k=k, first_stage=first_stage).metrics(c2i)
                 assert got[f"{direction}_R@1"] == expected[f"{direction}_R@1"], (first_stage, direction, k)
@@ -284,9 +320,8 @@ def test_engine_identity_at_full_top1_coverage(engine_and_gallery):
     assert checked >= 1
 
 
-def _both(engine, gallery, first_stage, k):
-    candidates = engine.first_stage_candidates(gallery, first_stage, k)
-    return candidates.i2t, candidates.t2i
+def _scored(engine, gallery, first_stage, k):
+    return engine.first_stage_candidates(gallery, first_stage, k).scored(gallery.num_captions)
 
 
 # ----- choosing a first stage from what the model records -------------------------------

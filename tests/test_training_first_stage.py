@@ -380,3 +380,29 @@ def test_fitting_recipes_parse_and_freeze_all_but_the_contrastive_heads(size):
 def test_bad_fitting_arguments_fail_at_start(corpus_dir, tmp_path, override, message):
     with pytest.raises(ValueError, match=message):
         train_main(_flags(TINY, corpus_dir, str(tmp_path / "run"), **override))
+
+
+def test_first_stage_benchmark_runs_every_stage_and_its_shortcut_matches_the_engine(tmp_path, capsys):
+    """The benchmark end to end on a toy corpus: every first stage at every k, and its shortcut
+    (exhaustive scores restricted to the candidate pairs) equal to a real engine.two_stage call."""
+    from vinvl.training.first_stage_benchmark import main as benchmark_main
+
+    report = benchmark_main([
+        "--work_dir", str(tmp_path), "--num_images", "6", "--train_images", "12", "--train_steps", "3",
+        "--ks", "2,4", "--fit_objectives", "distill", "--fit_steps", "2", "--fit_eval_every", "1",
+        "--fit_batch_size", "4", "--fit_lists", "2", "--fit_lists_steps", "2", "--fit_lists_batch_size", "4",
+        "--fit_lists_eval_every", "1", "--fit_lists_mined", "1", "--fit_lists_mined_steps", "2",
+        "--batch_size", "64", "--no_progress",
+    ])
+    stages = {(row["first_stage"], row["fit_steps"], row["k"]) for row in report["rows"]}
+    expected_stages = {"trained heads", "reset heads", "tags", "fitted distill", "fitted lists", "fitted lists + mined"}
+    assert {name for name, _, _ in stages} == expected_stages and len(stages) == len(report["rows"])
+    check = report["shortcut_check"]
+    assert check["pairs_scored"][0] == check["pairs_scored"][1] < 6 * 30
+    assert check["max_abs_recall_difference"] == 0.0
+    for row in report["rows"]:
+        # two-stage ranks every scored pair both ways: at least the first stage's own candidates
+        assert row["ranked_i2t_top1"] >= row["i2t_top1"] and row["ranked_t2i_top1"] >= row["t2i_top1"]
+    assert "ranked i2t top-1" in capsys.readouterr().out
+    with open(tmp_path / "first_stage_benchmark.json") as f:
+        assert json.load(f)["rows"] == report["rows"]

@@ -12,9 +12,11 @@ from .metrics import (
     recall_at_k,
     rerank_metrics,
     retrieval_metrics,
+    scored_coverage,
     subset_metrics,
     t2i_ranks,
     top_k_indices,
+    two_stage_coverage,
 )
 
 __all__ = [
@@ -30,6 +32,8 @@ __all__ = [
     "tag_candidates",
     "coverage",
     "first_stage_coverage",
+    "scored_coverage",
+    "two_stage_coverage",
     "evaluate_corpus",
     "public_names",
     "run_protocol",

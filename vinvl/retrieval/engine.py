@@ -142,27 +142,23 @@ class RetrievalEngine:
         """A first stage's top-k candidates per query in both directions, re-ranked by the match head.
 
         ``first_stage``: ``contrastive`` (embedding similarity) or ``tags`` (BM25 of caption
-        words against detector tags), see :meth:`first_stage_candidates`. Each image's k
-        candidate captions fill its ``i2t`` row and each caption's k candidate images fill its
-        ``t2i`` column; the union of those pairs is scored once. Everything else is ``-inf``.
-        When k covers every caption (or every image) all pairs are scored and that direction's
-        matrix equals :meth:`exhaustive` exactly; when it covers both, so do both.
+        words against detector tags), see :meth:`first_stage_candidates`. The union of each
+        image's k candidate captions and each caption's k candidate images is scored once, and
+        every scored pair ranks in both directions: an image also ranks the captions whose
+        candidate lists hold it (``k * C / I`` of them on average, ``5k`` with COCO's five
+        captions per image), at no extra pair. ``i2t`` and ``t2i`` are that one matrix;
+        unscored pairs hold ``-inf``. When k covers every caption or every image, all pairs are
+        scored and the result equals :meth:`exhaustive` exactly.
         """
         check_first_stage(first_stage, ("contrastive", "tags"))
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
             raise ValueError(f"k must be a positive integer, got {k!r}")
         start = time.perf_counter()
         tokens = self._prepare(gallery)
-        candidates = self._candidates(gallery, tokens, first_stage, k)
-        i2t_captions, t2i_images = candidates.i2t, candidates.t2i  # [I, k_i2t], [C, k_t2i]
-        num_captions = gallery.num_captions
-        i2t_codes = (np.arange(gallery.num_images)[:, None] * num_captions + i2t_captions).ravel()
-        t2i_codes = (t2i_images * num_captions + np.arange(num_captions)[:, None]).ravel()
-        union = np.union1d(i2t_codes, t2i_codes)
-        values = self._score_codes(gallery, tokens, union)
-        i2t = _scatter(gallery, union, values, i2t_codes)
-        t2i = _scatter(gallery, union, values, t2i_codes)
-        return RetrievalScores(i2t, t2i, int(len(union)), time.perf_counter() - start)
+        union = self._candidates(gallery, tokens, first_stage, k).pairs(gallery.num_captions)
+        scores = np.full((gallery.num_images, gallery.num_captions), -np.inf, dtype=np.float32)
+        scores.ravel()[union] = self._score_codes(gallery, tokens, union)
+        return RetrievalScores(scores, scores, int(len(union)), time.perf_counter() - start)
 
     def score_pairs(self, gallery: Gallery, images: np.ndarray, captions: np.ndarray) -> np.ndarray:
         """Match scores (logit margins) ``[P]`` of the given (image index, caption index) pairs, in the given order."""
@@ -413,10 +409,3 @@ def _batch_regions(
     region_lens = block_region_lens[local_images]
     embeds = paddle.gather(block_embeds, paddle.to_tensor(local_images))[:, : int(region_lens.max())]
     return embeds, region_lens
-
-
-def _scatter(gallery: Gallery, union: np.ndarray, values: np.ndarray, codes: np.ndarray) -> np.ndarray:
-    """An ``[I, C]`` matrix of -inf holding the scores of the pairs ``codes`` (all members of ``union``)."""
-    matrix = np.full((gallery.num_images, gallery.num_captions), -np.inf, dtype=np.float32)
-    matrix.ravel()[codes] = values[np.searchsorted(union, codes)]
-    return matrix

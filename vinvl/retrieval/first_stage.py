@@ -2,8 +2,9 @@
 
 A first stage proposes, for every image, ``k`` candidate captions (``i2t``) and, for every
 caption, ``k`` candidate images (``t2i``); :meth:`RetrievalEngine.two_stage` scores the union
-with the match head. The choices (``first_stage=`` of the engine, ``vinvl eval``,
-``vinvl retrieve`` and ``Taskflow("image_text_retrieval")``):
+(:meth:`Candidates.pairs`) with the match head and ranks every scored pair in both directions.
+The choices (``first_stage=`` of the engine, ``vinvl eval``, ``vinvl retrieve`` and
+``Taskflow("image_text_retrieval")``):
 
 - ``contrastive``: nearest neighbours of the model's caption-only / image-only embeddings
   (:func:`contrastive_candidates`). Only as good as the contrastive heads' training.
@@ -68,6 +69,19 @@ class Candidates:
 
     i2t: np.ndarray
     t2i: np.ndarray
+
+    def pairs(self, num_captions: int) -> np.ndarray:
+        """The pairs two-stage scores: the union of both directions' candidates, as sorted unique
+        codes ``image * num_captions + caption``."""
+        i2t_codes = (np.arange(len(self.i2t))[:, None] * num_captions + self.i2t).ravel()
+        t2i_codes = (self.t2i * num_captions + np.arange(len(self.t2i))[:, None]).ravel()
+        return np.union1d(i2t_codes, t2i_codes)
+
+    def scored(self, num_captions: int) -> np.ndarray:
+        """A boolean ``[I, C]`` mask of :meth:`pairs`."""
+        mask = np.zeros((len(self.i2t), num_captions), dtype=bool)
+        mask.ravel()[self.pairs(num_captions)] = True
+        return mask
 
 
 # ----- words -------------------------------------------------------------------------------

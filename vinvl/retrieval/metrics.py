@@ -33,6 +33,8 @@ __all__ = [
     "top_k_indices",
     "coverage",
     "first_stage_coverage",
+    "scored_coverage",
+    "two_stage_coverage",
     "DEFAULT_KS",
     "COVERAGE_TOPS",
 ]
@@ -260,31 +262,62 @@ def coverage(scores: np.ndarray, candidates: np.ndarray, top: int = 1, axis: int
     K <= 10 does. (Exactly, on equal scores; the engine's scores of a pair differ between
     batches by float noise, ~1e-6, which matters only for pairs that close.)
     """
-    if axis not in (0, 1):
-        raise ValueError(f"axis must be 0 (caption queries) or 1 (image queries), got {axis}")
-    matrix = np.asarray(scores)
-    if matrix.ndim != 2:
-        raise ValueError(f"scores must be a 2-D [images, captions] matrix, got shape {list(matrix.shape)}")
-    matrix = matrix if axis == 1 else matrix.T
+    matrix = _query_rows(scores, axis)
     candidates = np.asarray(candidates, dtype=np.int64)
     num_queries, num_items = matrix.shape
     if candidates.ndim != 2 or len(candidates) != num_queries:
         raise ValueError(f"candidates must be [{num_queries}, k] item indices, got shape {list(candidates.shape)}")
     if candidates.size and (candidates.min() < 0 or candidates.max() >= num_items):
         raise ValueError(f"candidates must index the {num_items} items of a query")
-    if isinstance(top, bool) or not isinstance(top, (int, np.integer)) or top <= 0:
-        raise ValueError(f"top must be a positive integer, got {top!r}")
+
+    def proposed(rows: slice) -> np.ndarray:
+        mask = np.zeros((len(candidates[rows]), num_items), dtype=bool)
+        np.put_along_axis(mask, candidates[rows], True, axis=1)
+        return mask
+
+    return _covered_fraction(matrix, top, proposed)
+
+
+def scored_coverage(scores: np.ndarray, scored: np.ndarray, top: int = 1, axis: int = 1) -> float:
+    """:func:`coverage` of the pairs a query ranks: ``scored [I, C]`` is True where a pair was scored.
+
+    Two-stage ranks every scored pair in both directions, so an image query ranks its own
+    candidates and the captions whose candidates hold it
+    (:meth:`vinvl.retrieval.first_stage.Candidates.scored`); this is the coverage that decides
+    its two-stage ranks.
+    """
+    matrix = _query_rows(scores, axis)
+    mask = np.asarray(scored, dtype=bool)
+    if mask.shape != np.shape(scores):
+        raise ValueError(f"scored must be a {list(np.shape(scores))} mask, got shape {list(mask.shape)}")
+    mask = mask if axis == 1 else mask.T
+    return _covered_fraction(matrix, top, lambda rows: mask[rows])
+
+
+def _query_rows(scores: np.ndarray, axis: int) -> np.ndarray:
+    """Exhaustive ``scores [I, C]`` with one query per row (``axis=0``: captions), checked."""
+    if axis not in (0, 1):
+        raise ValueError(f"axis must be 0 (caption queries) or 1 (image queries), got {axis}")
+    matrix = np.asarray(scores)
+    if matrix.ndim != 2:
+        raise ValueError(f"scores must be a 2-D [images, captions] matrix, got shape {list(matrix.shape)}")
     if not np.isfinite(matrix).all():
         raise ValueError("coverage needs exhaustive scores: every pair finite")
+    return matrix if axis == 1 else matrix.T
+
+
+def _covered_fraction(matrix: np.ndarray, top: int, proposed) -> float:
+    """Fraction of rows whose top-``top`` items (ties included) all lie in ``proposed(rows)``."""
+    if isinstance(top, bool) or not isinstance(top, (int, np.integer)) or top <= 0:
+        raise ValueError(f"top must be a positive integer, got {top!r}")
+    num_queries, num_items = matrix.shape
     nth = min(top, num_items)
     covered = np.empty(num_queries, dtype=bool)
     for rows in _row_chunks(num_queries, num_items):
         block = matrix[rows]
         threshold = -np.partition(-block, nth - 1, axis=1)[:, nth - 1]
         answers = block >= threshold[:, None]
-        proposed = np.zeros_like(answers)
-        np.put_along_axis(proposed, candidates[rows], True, axis=1)
-        covered[rows] = ~(answers & ~proposed).any(axis=1)
+        covered[rows] = ~(answers & ~proposed(rows)).any(axis=1)
     return float(covered.mean())
 
 
@@ -301,4 +334,15 @@ def first_stage_coverage(
     for top in tops:
         out[f"i2t_top{top}"] = coverage(scores, i2t_candidates, top, axis=1)
         out[f"t2i_top{top}"] = coverage(scores, t2i_candidates, top, axis=0)
+    return out
+
+
+def two_stage_coverage(
+    scores: np.ndarray, scored: np.ndarray, tops: Sequence[int] = COVERAGE_TOPS
+) -> Dict[str, float]:
+    """:func:`scored_coverage` both ways, keyed as :func:`first_stage_coverage` is."""
+    out = {}
+    for top in tops:
+        out[f"i2t_top{top}"] = scored_coverage(scores, scored, top, axis=1)
+        out[f"t2i_top{top}"] = scored_coverage(scores, scored, top, axis=0)
     return out

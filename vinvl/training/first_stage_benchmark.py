@@ -24,8 +24,11 @@ and measures on the corpus' test split, against exhaustive scoring by the (uncha
 - ``reset heads``: the random heads themselves (what two-stage would use unfitted);
 
 each at every k of ``--ks``: two-stage R@1/5/10 both ways and their change from exhaustive,
-the pairs scored, and coverage (the fraction of queries whose exhaustive top-1 / top-10
-answers are all among the k candidates; :func:`vinvl.retrieval.metrics.coverage`).
+the pairs scored, and coverage: the fraction of queries whose exhaustive top-1 / top-10
+answers are all among the query's k candidates (:func:`vinvl.retrieval.metrics.coverage`: the
+first stage alone) and among the pairs the query ranks (``ranked``,
+:func:`vinvl.retrieval.metrics.scored_coverage`: two-stage ranks every scored pair both ways, so
+an image also ranks the captions whose candidates hold it).
 
 The match head's scores do not depend on the first stage, so the gallery is scored
 exhaustively once and each first stage's two-stage result is that matrix restricted to its
@@ -50,35 +53,26 @@ from ..retrieval.engine import RetrievalEngine
 from ..retrieval.evaluate import public_names
 from ..retrieval.first_stage import Candidates, contrastive_candidates, tag_candidates
 from ..retrieval.gallery import Gallery
-from ..retrieval.metrics import first_stage_coverage, retrieval_metrics
+from ..retrieval.metrics import first_stage_coverage, retrieval_metrics, two_stage_coverage
 from .heads import reset_heads
 from .losses import OBJECTIVES
 from .run import main as train_main
 
-__all__ = ["restrict_to_candidates", "run_benchmark", "main"]
+__all__ = ["run_benchmark", "main"]
 
-COVERAGES = ("t2i_top1", "i2t_top1", "t2i_top10", "i2t_top10")
-
-
-def restrict_to_candidates(scores: np.ndarray, candidates: Candidates) -> Tuple[np.ndarray, np.ndarray, int]:
-    """Two-stage ``(i2t, t2i, pairs scored)`` from exhaustive ``scores [I, C]``: each image keeps
-    its candidate captions, each caption its candidate images, everything else ``-inf``; the
-    pairs scored are the union of both directions' candidates."""
-    num_images, num_captions = scores.shape
-    i2t_codes = (np.arange(num_images)[:, None] * num_captions + candidates.i2t).ravel()
-    t2i_codes = (candidates.t2i * num_captions + np.arange(num_captions)[:, None]).ravel()
-    i2t = np.full(scores.shape, -np.inf, dtype=np.float32)
-    t2i = np.full(scores.shape, -np.inf, dtype=np.float32)
-    i2t.ravel()[i2t_codes] = scores.ravel()[i2t_codes]
-    t2i.ravel()[t2i_codes] = scores.ravel()[t2i_codes]
-    return i2t, t2i, int(len(np.union1d(i2t_codes, t2i_codes)))
+COVERAGES = ("t2i_top1", "i2t_top1", "t2i_top10", "i2t_top10", "ranked_t2i_top1", "ranked_i2t_top1")
 
 
 def _evaluate(scores: np.ndarray, gallery: Gallery, candidates: Candidates) -> Dict[str, float]:
-    i2t, t2i, pairs = restrict_to_candidates(scores, candidates)
-    row = public_names(retrieval_metrics(i2t, gallery.caption_to_image, t2i))
+    """One row: two-stage R@K (``scores`` kept on the pairs of both directions' candidates,
+    ``-inf`` elsewhere: what :meth:`RetrievalEngine.two_stage` returns), the first stage's own
+    coverage and the coverage of the pairs each query ranks (``ranked_*``)."""
+    scored = candidates.scored(gallery.num_captions)
+    two_stage = np.where(scored, scores, np.float32(-np.inf))
+    row = public_names(retrieval_metrics(two_stage, gallery.caption_to_image))
     row.update(first_stage_coverage(scores, candidates.i2t, candidates.t2i))
-    row["pairs_scored"] = pairs
+    row.update({f"ranked_{name}": value for name, value in two_stage_coverage(scores, scored).items()})
+    row["pairs_scored"] = int(scored.sum())
     return row
 
 
@@ -244,8 +238,8 @@ def _table(report: Dict[str, Any]) -> List[str]:
         f"in {ex['seconds']:.0f} s; R@K " + ", ".join(f"{n} {ex[n]:.1f}" for n in RECALLS),
         "",
         "| first stage | fit steps | k | pairs scored | cov. t2i top-1 | cov. i2t top-1 | cov. t2i top-10 | "
-        "cov. i2t top-10 | " + " | ".join(RECALLS) + " | max R@K drop |",
-        "|---" * (9 + len(RECALLS)) + "|",
+        "cov. i2t top-10 | ranked t2i top-1 | ranked i2t top-1 | " + " | ".join(RECALLS) + " | max R@K drop |",
+        "|---" * (len(COVERAGES) + 5 + len(RECALLS)) + "|",
     ]
     for row in report["rows"]:
         drop = max(ex[n] - row[n] for n in RECALLS)
