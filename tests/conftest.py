@@ -1,6 +1,12 @@
 """Fixtures shared by several test modules."""
 import pytest
 
+# First, before anything imports paddle: the tests run with the CPU settings users get (thread
+# count, MKL code path), which subprocesses (servers, launchers) inherit. A process that imported
+# paddle first would run another MKL code path than its vinvl subprocesses on AMD, and their scores
+# would differ in the last bits.
+import vinvl  # noqa: F401,E402
+
 from tinymodel import TinyModels
 
 

@@ -5,6 +5,7 @@ import os
 import shutil
 
 import numpy as np
+import vinvl  # noqa: F401  (CPU runtime defaults before paddle)
 import paddle
 
 from vinvl.data import load_corpus, write_synthetic_corpus
