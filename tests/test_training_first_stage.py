@@ -220,7 +220,9 @@ def test_lists_fitted_under_the_launcher_score_as_one_process(trained, corpus_di
     alone = distillation_targets(engine, gallery, 4, seed=5, mined=2)
     with np.load(os.path.join(output_dir, "distill_targets.npz")) as saved:
         for name in alone.__dataclass_fields__:
-            np.testing.assert_allclose(saved[name], getattr(alone, name), rtol=1e-6, atol=1e-6, err_msg=name)
+            # Each rank runs 1 thread and this process 2: MKL may round the last bits (a few float32
+            # ulps of scores ~5) differently; candidate indices must be equal all the same.
+            np.testing.assert_allclose(saved[name], getattr(alone, name), rtol=1e-5, atol=1e-5, err_msg=name)
 
 
 def test_mined_lists_add_what_the_model_heads_rank_highest_scored_by_the_match_head(
