@@ -16,7 +16,7 @@ evaluates one given set of images (the official script's ``test_img_keys_1k.tsv`
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 import numpy as np
 
@@ -306,7 +306,7 @@ def _query_rows(scores: np.ndarray, axis: int) -> np.ndarray:
     return matrix if axis == 1 else matrix.T
 
 
-def _covered_fraction(matrix: np.ndarray, top: int, proposed) -> float:
+def _covered_fraction(matrix: np.ndarray, top: int, proposed: Callable[[slice], np.ndarray]) -> float:
     """Fraction of rows whose top-``top`` items (ties included) all lie in ``proposed(rows)``."""
     if isinstance(top, bool) or not isinstance(top, (int, np.integer)) or top <= 0:
         raise ValueError(f"top must be a positive integer, got {top!r}")
