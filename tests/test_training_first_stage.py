@@ -393,12 +393,16 @@ def test_first_stage_benchmark_runs_every_stage_and_its_shortcut_matches_the_eng
         "--work_dir", str(tmp_path), "--num_images", "6", "--train_images", "12", "--train_steps", "3",
         "--ks", "2,4", "--fit_objectives", "distill", "--fit_steps", "2", "--fit_eval_every", "1",
         "--fit_batch_size", "4", "--fit_lists", "2", "--fit_lists_steps", "2", "--fit_lists_batch_size", "4",
-        "--fit_lists_eval_every", "1", "--fit_lists_mined", "1", "--fit_lists_mined_steps", "2",
+        "--fit_lists_eval_every", "2", "--fit_lists_mined", "1", "--fit_lists_mined_steps", "3",
         "--batch_size", "64", "--no_progress",
     ])
     stages = {(row["first_stage"], row["fit_steps"], row["k"]) for row in report["rows"]}
     expected_stages = {"trained heads", "reset heads", "tags", "fitted distill", "fitted lists", "fitted lists + mined"}
     assert {name for name, _, _ in stages} == expected_stages and len(stages) == len(report["rows"])
+    # Every checkpoint, and the final model even when the last step is not a checkpoint's (3 of 2).
+    fit_steps = {name: sorted({step for n, step, _ in stages if n == name}) for name in expected_stages}
+    assert fit_steps["fitted distill"] == [1, 2] and fit_steps["fitted lists"] == [2]
+    assert fit_steps["fitted lists + mined"] == [2 + 2, 2 + 3]
     check = report["shortcut_check"]
     assert check["pairs_scored"][0] == check["pairs_scored"][1] < 6 * 30
     assert check["max_abs_recall_difference"] == 0.0

@@ -104,7 +104,7 @@ def _fit(
     eval_every: int, **extra: Any,
 ) -> Tuple[str, List[Tuple[int, str]]]:
     """Fit the heads of ``reset_dir`` with the encoder frozen; returns the fitted model's directory
-    and ``(step, model dir)`` of every checkpoint."""
+    and ``(step, model dir)`` of every checkpoint before the last step, then of the final model."""
     name = "".join(f"-{key}{value}" for key, value in sorted(extra.items()))
     # A fit of other weights or on another collection is another fit, not a cached one.
     data = os.path.abspath(data_dir)
@@ -125,10 +125,11 @@ def _fit(
     }
     if not os.path.isfile(os.path.join(output_dir, "model.safetensors")):
         train_main([token for key, value in flags.items() for token in (f"--{key}", value)])
-    steps = sorted(
+    saved = sorted(
         int(m.group(1)) for name in os.listdir(output_dir) if (m := re.fullmatch(r"checkpoint-(\d+)", name))
     )
-    return output_dir, [(step, os.path.join(output_dir, f"checkpoint-{step}")) for step in steps]
+    fits = [(step, os.path.join(output_dir, f"checkpoint-{step}")) for step in saved if step < steps]
+    return output_dir, fits + [(steps, output_dir)]  # the final model, whatever the checkpoint interval
 
 
 def _prepare(args: argparse.Namespace) -> Tuple[str, str, str]:
