@@ -212,7 +212,8 @@ def test_candidate_pairs_are_the_union_of_both_directions():
 
 
 def _two_stage_matrix(scores, candidates, axis):
-    """What the engine's two-stage returns for one direction: exhaustive scores on the candidates, -inf elsewhere."""
+    """One direction ranked over each query's own candidates only (exhaustive scores there, -inf
+    elsewhere): the least two-stage ranks; the engine ranks a superset, which keeps the property."""
     out = np.full_like(scores, -np.inf)
     if axis == 1:
         rows = np.arange(len(scores))[:, None]
