@@ -200,7 +200,7 @@ class RecordingGenerator(SceneGenerator):
         self.names = []
 
     def _caption(self, rng, names):
-        self.names.append(list(names))
+        self.names.append([f"{attr} {cls}" if attr else cls for cls, attr in names])
         return super()._caption(rng, names)
 
 
@@ -248,6 +248,30 @@ def test_captions_mention_only_the_images_objects(scenes):
     assert in_tags / mentioned > 0.8  # the detector finds most mentioned objects...
     assert in_tags < mentioned  # ...but not all of them
     assert templates_used == set(TEMPLATES)  # varied wording
+
+
+def test_right_answers_are_the_captions_naming_only_objects_an_image_holds(scenes):
+    generator, images, objects = scenes
+    for image, names in zip(images, objects):
+        # The scene as recorded: one (class, attribute) per object, named with that attribute or none.
+        assert len(image.objects) == len(names)
+        for (cls, attr), name in zip(image.objects, names):
+            assert name in (cls, f"{attr} {cls}")
+    named = []  # (class, attribute or None) of every phrase of every caption, parsed from its text
+    for image, names in zip(images, objects):
+        for caption, recorded in zip(image.captions, image.caption_objects):
+            _, phrases = next(f for f in caption_slots(caption) if all(x in names for x in f[1]))
+            parsed = [(p.split()[-1], p.split()[0] if " " in p else None) for p in phrases]
+            assert parsed == [tuple(n) for n in recorded]
+            named.append(parsed)
+    expected = np.array([
+        [all(any(c == cls and a in (None, attr) for cls, attr in image.objects) for c, a in caption) for caption in named]
+        for image in images
+    ])
+    right = synthetic.right_answers(images)
+    assert right.shape == (len(images), 5 * len(images)) and (right == expected).all()
+    assert right[np.repeat(np.arange(len(images)), 5), np.arange(5 * len(images))].all()  # own captions
+    assert 1 < right.sum(0).mean() < len(images) / 4  # a caption fits several images, not most
 
 
 def test_tags_are_a_noisy_detection_of_the_objects(scenes):

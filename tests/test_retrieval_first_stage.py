@@ -15,7 +15,8 @@ from vinvl import OscarConfig, OscarForImageTextRetrieval, OscarProcessor, Oscar
 from vinvl.retrieval import Gallery, RetrievalEngine
 from vinvl.retrieval.first_stage import BM25Index, Candidates, fold_plural, resolve_first_stage, tag_candidates, words_of
 from vinvl.retrieval.metrics import (
-    coverage, first_stage_coverage, i2t_ranks, retrieval_metrics, scored_coverage, t2i_ranks, two_stage_coverage,
+    coverage, first_stage_coverage, i2t_ranks, retrieval_metrics, right_answer_coverage, scored_coverage, t2i_ranks,
+    two_stage_coverage,
 )
 
 FEATURE_DIM = 6
@@ -200,6 +201,25 @@ def test_scored_coverage_equals_a_per_query_loop_over_the_pairs_each_query_ranks
     assert scored_coverage(pair_scores, best_only_by_caption.scored(3)) == 1.0
     with pytest.raises(ValueError, match=r"scored must be a \[2, 3\] mask"):
         scored_coverage(pair_scores, np.ones((3, 2), bool))
+
+
+def test_right_answer_coverage_counts_only_queries_whose_top1_is_right():
+    rng = np.random.default_rng(8)
+    scores = rng.integers(0, 5, size=(9, 23)).astype(np.float32)  # many ties
+    right = rng.random((9, 23)) < 0.5
+    scored = rng.random((9, 23)) < 0.4
+    for axis, (matrix, mask, truth) in enumerate(((scores.T, scored.T, right.T), (scores, scored, right))):
+        counted = covered = 0
+        for row, proposed, good in zip(matrix, mask, truth):
+            answers = np.flatnonzero(row == row.max())  # the top-1, ties included
+            if good[answers].all():
+                counted += 1
+                covered += bool(proposed[answers].all())
+        assert 0 < counted < len(matrix)
+        assert right_answer_coverage(scores, scored, right, axis) == pytest.approx(covered / counted)
+    assert math.isnan(right_answer_coverage(scores, scored, np.zeros_like(right), 1))  # no top-1 is right
+    with pytest.raises(ValueError, match=r"right must be a \[9, 23\] mask"):
+        right_answer_coverage(scores, scored, right.T)
 
 
 def test_candidate_pairs_are_the_union_of_both_directions():

@@ -387,7 +387,8 @@ def test_bad_fitting_arguments_fail_at_start(corpus_dir, tmp_path, override, mes
 def test_first_stage_benchmark_runs_every_stage_and_its_shortcut_matches_the_engine(tmp_path, capsys):
     """The benchmark end to end on a toy corpus: every first stage at every k, and its shortcut
     (exhaustive scores restricted to the candidate pairs) equal to a real engine.two_stage call."""
-    from vinvl.training.first_stage_benchmark import main as benchmark_main
+    from vinvl.data.synthetic import SceneGenerator, generate_split, right_answers
+    from vinvl.training.first_stage_benchmark import _right_answers, main as benchmark_main
 
     report = benchmark_main([
         "--work_dir", str(tmp_path), "--num_images", "6", "--train_images", "12", "--train_steps", "3",
@@ -409,6 +410,18 @@ def test_first_stage_benchmark_runs_every_stage_and_its_shortcut_matches_the_eng
     for row in report["rows"]:
         # two-stage ranks every scored pair both ways: at least the first stage's own candidates
         assert row["ranked_i2t_top1"] >= row["i2t_top1"] and row["ranked_t2i_top1"] >= row["t2i_top1"]
-    assert "ranked i2t top-1" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "ranked i2t top-1" in printed and "right t2i top-1" in printed
     with open(tmp_path / "first_stage_benchmark.json") as f:
         assert json.load(f)["rows"] == report["rows"]
+    # The gallery is the synthetic corpus of --seed, so its right answers are known: the share
+    # of queries whose exhaustive top-1 is right, counted here query by query.
+    gallery = Gallery.from_corpus(load_corpus(report["settings"]["data_dir"], "test"))
+    right = right_answers(list(generate_split(SceneGenerator(seed=0), "test", 6, 0)))
+    scores = np.load(tmp_path / "exhaustive-6.npz")["scores"]
+    t2i_share = np.mean([right[np.flatnonzero(c == c.max()), j].all() for j, c in enumerate(scores.T)])
+    i2t_share = np.mean([right[i, np.flatnonzero(r == r.max())].all() for i, r in enumerate(scores)])
+    assert report["exhaustive"]["right_t2i_top1"] == pytest.approx(t2i_share)
+    assert report["exhaustive"]["right_i2t_top1"] == pytest.approx(i2t_share)
+    assert all(row["right_t2i_top1"] is None or 0 <= row["right_t2i_top1"] <= 1 for row in report["rows"])
+    assert _right_answers(0, gallery) is not None and _right_answers(1, gallery) is None  # another seed's corpus

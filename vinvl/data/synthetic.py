@@ -26,7 +26,7 @@ from ..errors import UsageError
 from .formats import APPEARANCE_DIM, box_geometry, encode_features
 from .layout import CAPTION_INDEX_FILE, SPLITS
 
-__all__ = ["SyntheticImage", "SceneGenerator", "generate_split", "write_synthetic_corpus", "main"]
+__all__ = ["SyntheticImage", "SceneGenerator", "generate_split", "right_answers", "write_synthetic_corpus", "main"]
 
 LABELMAP = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "vinvl_labelmap.json")
 IMAGE_SIZES = ((480, 640), (640, 480), (427, 640), (500, 500), (480, 480))  # (height, width)
@@ -47,6 +47,7 @@ VISUAL_ATTRIBUTES = (
     "white", "black", "blue", "green", "red", "brown", "yellow", "orange", "gray", "pink", "purple",
     "silver", "small", "large", "tall", "wooden", "metal", "plastic", "glass", "striped", "round", "dark", "bright", "old",
 )
+Named = Tuple[str, Optional[str]]  # (class, attribute or None)
 SPLIT_OFFSETS = {"train": 100000, "minival": 400000, "val": 300000, "test": 500000}
 CAPTIONS_PER_IMAGE = 5
 
@@ -62,6 +63,8 @@ class SyntheticImage:
     rects: np.ndarray  # [num_detections, 4] x1, y1, x2, y2 in pixels
     confidences: np.ndarray  # [num_detections]
     size: Tuple[int, int]  # (height, width)
+    objects: List[Named]  # the scene: every object (detected or not) as (class, attribute or None)
+    caption_objects: List[List[Named]]  # per caption, the objects it names (attribute None: not named)
 
 
 class SceneGenerator:
@@ -94,12 +97,15 @@ class SceneGenerator:
         appearance = np.maximum(appearance + rng.normal(0, self.noise, APPEARANCE_DIM), 0)
         return np.concatenate([appearance, box_geometry(rect, *size)[0]]).astype(np.float32)
 
-    def _caption(self, rng: np.random.Generator, names: List[str]) -> str:
+    def _caption(self, rng: np.random.Generator, names: List[Named]) -> Tuple[str, List[Named]]:
+        """A caption naming some of ``names`` (the scene's objects as a writer names them), and those."""
         template = TEMPLATES[int(rng.integers(len(TEMPLATES)))]
         slots = template.count("{")
         picks = [names[int(i)] for i in rng.choice(len(names), size=slots, replace=len(names) < slots)]
-        text = template.format(*picks)
-        return " ".join("an" if w == "a" and n[:1] in "aeiou" else w for w, n in zip(text.split(), text.split()[1:] + [""]))
+        text = template.format(*(f"{attr} {cls}" if attr else cls for cls, attr in picks))
+        words = text.split()
+        text = " ".join("an" if w == "a" and n[:1] in "aeiou" else w for w, n in zip(words, words[1:] + [""]))
+        return text, picks
 
     def image(self, image_id: str, rng: np.random.Generator) -> SyntheticImage:
         size = IMAGE_SIZES[int(rng.integers(len(IMAGE_SIZES)))]
@@ -115,18 +121,20 @@ class SceneGenerator:
         order = rng.permutation(len(regions))
         regions = [regions[i] for i in order]
         features = np.stack([self._region(rng, c, a, r, size) for c, a, r in regions])
-        names = [
-            f"{self.attributes[a]} {self.classes[c]}" if a >= 0 and rng.random() < 0.7 else self.classes[c]
-            for c, a in zip(classes, attrs)
-        ]
+        objects = [(self.classes[c], self.attributes[a] if a >= 0 else None) for c, a in zip(classes, attrs)]
+        # A caption writer names an object's attribute 70% of the time.
+        names = [(cls, attr if attr is not None and rng.random() < 0.7 else None) for cls, attr in objects]
+        captions = [self._caption(rng, names) for _ in range(CAPTIONS_PER_IMAGE)]
         return SyntheticImage(
             image_id=image_id,
-            captions=[self._caption(rng, names) for _ in range(CAPTIONS_PER_IMAGE)],
+            captions=[text for text, _ in captions],
             tags=[self.classes[c] for c, _, _ in regions],
             features=features,
             rects=np.stack([r for _, _, r in regions]),
             confidences=rng.uniform(0.3, 0.99, len(regions)).astype(np.float32),
             size=size,
+            objects=objects,
+            caption_objects=[named for _, named in captions],
         )
 
 
@@ -136,6 +144,23 @@ def generate_split(generator: SceneGenerator, split: str, num_images: int, seed:
     for i in range(num_images):
         number = SPLIT_OFFSETS[split] + i
         yield generator.image(f"{number:012d}" if string_ids else str(number), rng)
+
+
+def right_answers(images: Sequence[SyntheticImage]) -> np.ndarray:
+    """``[I, C]`` bool: True where caption ``c`` (the images' captions in order) is a right answer
+    for image ``i``: every object it names is in the scene, with the attribute where it names one.
+
+    A caption usually names objects of several images, so a query has a set of right answers
+    (its own caption or image among them), known by construction; retrieval metrics on real data
+    only know the own one.
+    """
+    scenes = [set(image.objects) for image in images]
+    classes = [{cls for cls, _ in image.objects} for image in images]
+    named = [caption for image in images for caption in image.caption_objects]
+    right = np.zeros((len(images), len(named)), dtype=bool)
+    for i, (scene, present) in enumerate(zip(scenes, classes)):
+        right[i] = [all((n in scene) if n[1] else (n[0] in present) for n in caption) for caption in named]
+    return right
 
 
 def _objects(image: SyntheticImage, with_features: bool) -> List[dict]:

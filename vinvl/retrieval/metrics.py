@@ -35,6 +35,7 @@ __all__ = [
     "first_stage_coverage",
     "scored_coverage",
     "two_stage_coverage",
+    "right_answer_coverage",
     "DEFAULT_KS",
     "COVERAGE_TOPS",
 ]
@@ -292,6 +293,26 @@ def scored_coverage(scores: np.ndarray, scored: np.ndarray, top: int = 1, axis: 
         raise ValueError(f"scored must be a {list(np.shape(scores))} mask, got shape {list(mask.shape)}")
     mask = mask if axis == 1 else mask.T
     return _covered_fraction(matrix, top, lambda rows: mask[rows])
+
+
+def right_answer_coverage(scores: np.ndarray, scored: np.ndarray, right: np.ndarray, axis: int = 1) -> float:
+    """:func:`scored_coverage` of top-1 over only the queries whose exhaustive top-1 is a right answer.
+
+    ``right [I, C]`` is True where a pair is a right answer (known by construction in a
+    synthetic corpus, :func:`vinvl.data.synthetic.right_answers`; real data knows only each
+    caption's own image). A weak re-ranker's top-1 is often wrong, and plain coverage then asks
+    the first stage to propose the re-ranker's mistakes too; this asks only that it keeps the
+    answers the re-ranker gets right. A query counts when all its top answers (ties included)
+    are right, and is covered when they are all scored too, so this is
+    ``scored_coverage(scored & right) / scored_coverage(right)``; NaN when no top-1 is right.
+    """
+    right = np.asarray(right, dtype=bool)
+    if right.shape != np.shape(scores):
+        raise ValueError(f"right must be a {list(np.shape(scores))} mask, got shape {list(right.shape)}")
+    counted = scored_coverage(scores, right, 1, axis)
+    if counted == 0.0:
+        return float("nan")
+    return scored_coverage(scores, np.asarray(scored, dtype=bool) & right, 1, axis) / counted
 
 
 def _query_rows(scores: np.ndarray, axis: int) -> np.ndarray:

@@ -28,7 +28,12 @@ the pairs scored, and coverage: the fraction of queries whose exhaustive top-1 /
 answers are all among the query's k candidates (:func:`vinvl.retrieval.metrics.coverage`: the
 first stage alone) and among the pairs the query ranks (``ranked``,
 :func:`vinvl.retrieval.metrics.scored_coverage`: two-stage ranks every scored pair both ways, so
-an image also ranks the captions whose candidates hold it).
+an image also ranks the captions whose candidates hold it). When the gallery is the synthetic
+corpus of ``--seed`` (checked caption by caption), whose right answers are known by
+construction (:func:`vinvl.data.synthetic.right_answers`), also ``right``: that ranked coverage
+over only the queries whose exhaustive top-1 is a right answer
+(:func:`vinvl.retrieval.metrics.right_answer_coverage`), since a weak stand-in's top-1 is
+mostly wrong and plain coverage asks the first stage to propose those mistakes as well.
 
 The match head's scores do not depend on the first stage, so the gallery is scored
 exhaustively once and each first stage's two-stage result is that matrix restricted to its
@@ -47,13 +52,16 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..data import write_synthetic_corpus
+from ..data.synthetic import SceneGenerator, generate_split, right_answers
 from ..model_dir import load_retrieval_model, weights_checksum
 from ..retrieval.benchmark import RECALLS, _gallery, _train_tiny, positive_ints
 from ..retrieval.engine import RetrievalEngine
 from ..retrieval.evaluate import public_names
 from ..retrieval.first_stage import Candidates, contrastive_candidates, tag_candidates
 from ..retrieval.gallery import Gallery
-from ..retrieval.metrics import first_stage_coverage, retrieval_metrics, two_stage_coverage
+from ..retrieval.metrics import (
+    first_stage_coverage, retrieval_metrics, right_answer_coverage, scored_coverage, two_stage_coverage,
+)
 from .heads import reset_heads
 from .losses import OBJECTIVES
 from .run import main as train_main
@@ -64,20 +72,38 @@ __all__ = ["run_benchmark", "main"]
 COVERAGES = {
     "t2i_top1": "cov. t2i top-1", "i2t_top1": "cov. i2t top-1", "t2i_top10": "cov. t2i top-10",
     "i2t_top10": "cov. i2t top-10", "ranked_t2i_top1": "ranked t2i top-1", "ranked_i2t_top1": "ranked i2t top-1",
+    "right_t2i_top1": "right t2i top-1", "right_i2t_top1": "right i2t top-1",
 }
+AXES = {"t2i": 0, "i2t": 1}  # query direction -> axis of the coverage functions
 
 
-def _evaluate(scores: np.ndarray, gallery: Gallery, candidates: Candidates) -> Dict[str, float]:
+def _evaluate(scores: np.ndarray, gallery: Gallery, candidates: Candidates, right: Optional[np.ndarray]) -> Dict[str, float]:
     """One row: two-stage R@K (``scores`` kept on the pairs of both directions' candidates,
     ``-inf`` elsewhere: what :meth:`RetrievalEngine.two_stage` returns), the first stage's own
-    coverage and the coverage of the pairs each query ranks (``ranked_*``)."""
+    coverage, the coverage of the pairs each query ranks (``ranked_*``) and, where the right
+    answers are known, that coverage over the queries whose top-1 is right (``right_*``)."""
     scored = candidates.scored(gallery.num_captions)
     two_stage = np.where(scored, scores, np.float32(-np.inf))
     row = public_names(retrieval_metrics(two_stage, gallery.caption_to_image))
     row.update(first_stage_coverage(scores, candidates.i2t, candidates.t2i))
     row.update({f"ranked_{name}": value for name, value in two_stage_coverage(scores, scored).items()})
+    if right is not None:  # None (JSON null) where no query's top-1 is right
+        for direction, axis in AXES.items():
+            value = right_answer_coverage(scores, scored, right, axis)
+            row[f"right_{direction}_top1"] = None if np.isnan(value) else value
     row["pairs_scored"] = int(scored.sum())
     return row
+
+
+def _right_answers(seed: int, gallery: Gallery) -> Optional[np.ndarray]:
+    """The gallery's right answers ``[I, C]`` when it is the test split of the synthetic corpus
+    of ``seed`` (the same images and captions, checked); None for any other gallery."""
+    images = list(generate_split(SceneGenerator(seed=seed), "test", gallery.num_images, seed))
+    if [image.image_id for image in images] != list(gallery.image_ids):
+        return None
+    if [caption for image in images for caption in image.captions] != list(gallery.captions):
+        return None
+    return right_answers(images)
 
 
 def _exhaustive_scores(
@@ -167,6 +193,9 @@ def run_benchmark(args: argparse.Namespace) -> Dict[str, Any]:
     scores, seconds = _exhaustive_scores(args, engine, gallery, model_dir)
     reference = public_names(retrieval_metrics(scores, gallery.caption_to_image))
     reference.update(pairs_scored=int(scores.size), seconds=seconds)
+    right = _right_answers(args.seed, gallery)
+    if right is not None:  # the share of queries whose exhaustive top-1 is a right answer
+        reference.update({f"right_{d}_top1": scored_coverage(scores, right, 1, axis) for d, axis in AXES.items()})
 
     stages: List[Tuple[str, Optional[int], Any]] = [("trained heads", None, _embeddings(model_dir, gallery, args.batch_size))]
     stages.append(("reset heads", None, _embeddings(reset_dir, gallery, args.batch_size)))
@@ -202,7 +231,7 @@ def run_benchmark(args: argparse.Namespace) -> Dict[str, Any]:
                 candidates = tag_candidates(gallery, processor.tokenizer, k)
             else:
                 candidates = contrastive_candidates(source[0], source[1], k)
-            rows.append(dict(first_stage=name, fit_steps=step, k=k, **_evaluate(scores, gallery, candidates)))
+            rows.append(dict(first_stage=name, fit_steps=step, k=k, **_evaluate(scores, gallery, candidates, right)))
 
     check_k = args.ks[len(args.ks) // 2]
     real = engine.two_stage(gallery, k=check_k, first_stage="tags")
@@ -238,10 +267,15 @@ def run_benchmark(args: argparse.Namespace) -> Dict[str, Any]:
 
 def _table(report: Dict[str, Any]) -> List[str]:
     s, ex = report["settings"], report["exhaustive"]
-    columns = ["first stage", "fit steps", "k", "pairs scored", *COVERAGES.values(), *RECALLS, "max R@K drop"]
+    coverages = [key for key in COVERAGES if key in report["rows"][0]]  # right_*: only where known
+    columns = ["first stage", "fit steps", "k", "pairs scored", *(COVERAGES[c] for c in coverages), *RECALLS, "max R@K drop"]
+    right = (
+        f"its top-1 is a right answer for {ex['right_t2i_top1']:.3f} of caption and {ex['right_i2t_top1']:.3f} of image queries"
+        if "right_t2i_top1" in ex else "right answers unknown (not the synthetic corpus of --seed)"
+    )
     lines = [
         f"gallery: {s['num_images']} images x {s['num_captions']} captions; exhaustive: {ex['pairs_scored']} pairs "
-        f"in {ex['seconds']:.0f} s; R@K " + ", ".join(f"{n} {ex[n]:.1f}" for n in RECALLS),
+        f"in {ex['seconds']:.0f} s; R@K " + ", ".join(f"{n} {ex[n]:.1f}" for n in RECALLS) + f"; {right}",
         "",
         "| " + " | ".join(columns) + " |",
         "|---" * len(columns) + "|",
@@ -250,7 +284,7 @@ def _table(report: Dict[str, Any]) -> List[str]:
         drop = max(ex[n] - row[n] for n in RECALLS)
         lines.append(
             f"| {row['first_stage']} | {row['fit_steps'] if row['fit_steps'] is not None else '-'} | {row['k']} | "
-            f"{row['pairs_scored']} | " + " | ".join(f"{row[c]:.3f}" for c in COVERAGES) + " | "
+            f"{row['pairs_scored']} | " + " | ".join("-" if row[c] is None else f"{row[c]:.3f}" for c in coverages) + " | "
             + " | ".join(f"{row[n]:.1f} ({row[n] - ex[n]:+.1f})" for n in RECALLS) + f" | {drop:.1f} |"
         )
     c = report["shortcut_check"]
