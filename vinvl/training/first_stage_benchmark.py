@@ -77,7 +77,9 @@ COVERAGES = {
 AXES = {"t2i": 0, "i2t": 1}  # query direction -> axis of the coverage functions
 
 
-def _evaluate(scores: np.ndarray, gallery: Gallery, candidates: Candidates, right: Optional[np.ndarray]) -> Dict[str, float]:
+def _evaluate(
+    scores: np.ndarray, gallery: Gallery, candidates: Candidates, right: Optional[np.ndarray]
+) -> Dict[str, Optional[float]]:
     """One row: two-stage R@K (``scores`` kept on the pairs of both directions' candidates,
     ``-inf`` elsewhere: what :meth:`RetrievalEngine.two_stage` returns), the first stage's own
     coverage, the coverage of the pairs each query ranks (``ranked_*``) and, where the right
