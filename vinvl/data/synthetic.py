@@ -154,12 +154,19 @@ def right_answers(images: Sequence[SyntheticImage]) -> np.ndarray:
     (its own caption or image among them), known by construction; retrieval metrics on real data
     only know the own one.
     """
-    scenes = [set(image.objects) for image in images]
-    classes = [{cls for cls, _ in image.objects} for image in images]
+    # Which images hold each class (key (class, None)) and each (class, attribute) object.
+    keys = sorted({key for image in images for cls, attr in image.objects for key in ((cls, None), (cls, attr))},
+                  key=lambda key: (key[0], key[1] or ""))
+    column = {key: j for j, key in enumerate(keys)}
+    holds = np.zeros((len(images), len(keys)), dtype=bool)
+    for i, image in enumerate(images):
+        for cls, attr in image.objects:
+            holds[i, column[(cls, None)]] = holds[i, column[(cls, attr)]] = True
     named = [caption for image in images for caption in image.caption_objects]
-    right = np.zeros((len(images), len(named)), dtype=bool)
-    for i, (scene, present) in enumerate(zip(scenes, classes)):
-        right[i] = [all((n in scene) if n[1] else (n[0] in present) for n in caption) for caption in named]
+    right = np.ones((len(images), len(named)), dtype=bool)
+    for c, caption in enumerate(named):  # a caption names objects of its own image, so every key exists
+        for key in caption:
+            right[:, c] &= holds[:, column[key]]
     return right
 
 
