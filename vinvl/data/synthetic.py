@@ -154,9 +154,9 @@ def right_answers(images: Sequence[SyntheticImage]) -> np.ndarray:
     (its own caption or image among them), known by construction; retrieval metrics on real data
     only know the own one.
     """
-    # Which images hold each class (key (class, None)) and each (class, attribute) object.
-    keys = sorted({key for image in images for cls, attr in image.objects for key in ((cls, None), (cls, attr))},
-                  key=lambda key: (key[0], key[1] or ""))
+    # Which images hold each class (key (class, None)) and each (class, attribute) object; the
+    # column order is immaterial.
+    keys = {key for image in images for cls, attr in image.objects for key in ((cls, None), (cls, attr))}
     column = {key: j for j, key in enumerate(keys)}
     holds = np.zeros((len(images), len(keys)), dtype=bool)
     for i, image in enumerate(images):
