@@ -17,7 +17,7 @@ INSTALL_REQUIRES = [
     "orjson>=3.8.3,<4",  # the service's JSON (vinvl.serving.endpoint): 5-10x the standard library's
 ]
 
-# Optional: the approximate first stage of the gallery index (vinvl.serving.ann). 1.15.1 was checked
+# Optional: the approximate first stage of the gallery index (vinvl.index.ivf). 1.15.1 was checked
 # to install beside numpy 1.26.4 on CPython 3.11 without changing it.
 FAISS_REQUIRES = ["faiss-cpu==1.15.1"]
 
@@ -40,6 +40,6 @@ setup(
     include_package_data=True,
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": TEST_REQUIRES, "faiss": FAISS_REQUIRES},
-    entry_points={"console_scripts": ["vinvl=vinvl.cli:main"]},
+    entry_points={"console_scripts": ["vinvl=vinvl.commands.cli:main"]},
     license="Apache-2.0",
 )

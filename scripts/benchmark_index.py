@@ -4,13 +4,13 @@
     python scripts/benchmark_index.py --sizes 10000 --queries 20       # smoke
 
 Needs faiss-cpu (pip install -e ".[faiss]"). Writes under --root (default /tmp) and deletes it.
-See vinvl.serving.benchmark for what is measured.
+See vinvl.benchmarks.index for what is measured.
 """
 
 import os
 
-from vinvl.cli import run_main  # importing vinvl first tunes the CPU runtime and quiets start-up noise
-from vinvl.serving.benchmark import main
+from vinvl.commands.cli import run_main  # importing vinvl first tunes the CPU runtime and quiets start-up noise
+from vinvl.benchmarks.index import main
 
 if __name__ == "__main__":
     raise SystemExit(run_main(main, prog=os.path.basename(__file__)))

@@ -9,7 +9,7 @@ Same flags as `vinvl eval` (vinvl.retrieval.evaluate).
 
 import os
 
-from vinvl.cli import run_main  # importing vinvl first tunes the CPU runtime and quiets start-up noise
+from vinvl.commands.cli import run_main  # importing vinvl first tunes the CPU runtime and quiets start-up noise
 from vinvl.retrieval.evaluate import main
 
 if __name__ == "__main__":

@@ -3,12 +3,12 @@
     python scripts/load_test_server.py --index OUT --model_dir M [--workers 1 2] [--clients 16] [--seconds 60]
 
 Prints a Markdown table (throughput, latency percentiles, replies by status, mismatches against the
-in-process Taskflow, RSS) and, with --json, writes every figure. See vinvl.serving.load_test.
+in-process Taskflow, RSS) and, with --json, writes every figure. See vinvl.benchmarks.load_test.
 """
 import os
 
-from vinvl.cli import run_main  # importing vinvl first tunes the CPU runtime and quiets start-up noise
-from vinvl.serving.load_test import main
+from vinvl.commands.cli import run_main  # importing vinvl first tunes the CPU runtime and quiets start-up noise
+from vinvl.benchmarks.load_test import main
 
 if __name__ == "__main__":
     raise SystemExit(run_main(main, prog=os.path.basename(__file__)))

@@ -2,7 +2,7 @@
 
 import os
 
-from vinvl.cli import run_main  # importing vinvl first tunes the CPU runtime and quiets start-up noise
+from vinvl.commands.cli import run_main  # importing vinvl first tunes the CPU runtime and quiets start-up noise
 from vinvl.data.synthetic import main
 
 if __name__ == "__main__":

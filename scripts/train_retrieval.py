@@ -8,7 +8,7 @@ Flags are vinvl.training.arguments (model, data) plus paddlenlp TrainingArgument
 
 import os
 
-from vinvl.cli import run_main  # importing vinvl first tunes the CPU runtime and quiets start-up noise
+from vinvl.commands.cli import run_main  # importing vinvl first tunes the CPU runtime and quiets start-up noise
 from vinvl.training.run import main
 
 if __name__ == "__main__":

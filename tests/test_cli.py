@@ -1,6 +1,6 @@
 """The `vinvl` command and scripts/*.py: exit statuses, one-line user errors, quiet start-up.
 
-In-process tests pin the mechanism of vinvl.cli.run_main on small mains written here; the
+In-process tests pin the mechanism of vinvl.commands.cli.run_main on small mains written here; the
 subprocess tests run the real entry points as a user does, from another working directory with
 relative paths, on tiny synthetic data. (The demo, and eval / retrieve on its output, are in
 test_demo.py.)
@@ -14,7 +14,7 @@ import pytest
 
 import vinvl
 from paddlenlp.utils.log import logger as paddlenlp_logger
-from vinvl.cli import COMMANDS, main, run_main
+from vinvl.commands.cli import COMMANDS, main, run_main
 from vinvl.data import write_synthetic_corpus
 from vinvl.errors import USER_ERROR_STATUS, UsageError, UserError
 
@@ -29,18 +29,18 @@ NOISE = ("No ccache found", "OMP_NUM_THREADS WISELY", "OMP_NUM_THREADS set to", 
 
 
 def run(args, cwd, env=None):
-    """Run a command as a user would (``vinvl ...`` is ``python -m vinvl.cli ...``); returns the CompletedProcess."""
+    """Run a command as a user would (``vinvl ...`` is ``python -m vinvl.commands.cli ...``); returns the CompletedProcess."""
     environment = dict(os.environ, PYTHONPATH=REPO, PYTHONUNBUFFERED="1", **(env or {}))
     environment.pop("VINVL_DEBUG", None)
     return subprocess.run(args, cwd=str(cwd), env=environment, capture_output=True, text=True, timeout=600)
 
 
 def vinvl_cmd(*args):
-    return [sys.executable, "-m", "vinvl.cli", *args]
+    return [sys.executable, "-m", "vinvl.commands.cli", *args]
 
 
 def run_here(capfd, cwd, *args):
-    """``vinvl <args>`` through vinvl.cli.main in this process, from ``cwd``; a CompletedProcess like run()'s.
+    """``vinvl <args>`` through vinvl.commands.cli.main in this process, from ``cwd``; a CompletedProcess like run()'s.
 
     For a further user error of a command whose entry point a subprocess test already runs in a new
     interpreter (its --no_such_flag call below checks the exit wiring and that its import prints
@@ -296,7 +296,7 @@ def test_a_script_succeeds_with_status_0(cwd):
 
 
 def test_an_internal_error_exits_1_with_its_traceback(cwd):
-    code = ("from vinvl.cli import run_main\n"
+    code = ("from vinvl.commands.cli import run_main\n"
             "def broken(argv):\n    raise RuntimeError('a bug')\n"
             "raise SystemExit(run_main(broken, [], prog='vinvl thing'))\n")
     done = run([sys.executable, "-c", code], cwd)

@@ -23,7 +23,7 @@ import vinvl  # noqa: E402,F401  (CPU defaults before paddle)
 from realdata import read_captions  # noqa: E402
 import paddle  # noqa: E402
 from vinvl import OscarConfig, OscarForImageTextRetrieval, OscarModel, OscarTokenizer  # noqa: E402
-from vinvl.convert import (  # noqa: E402
+from vinvl.oscar.convert import (  # noqa: E402
     ConversionError,
     convert_checkpoint,
     load_torch_state_dict,
@@ -247,7 +247,7 @@ def test_official_oscar_checkpoint_parity(
         is_zip = handle.read(2) == b"PK"
     assert is_zip is not legacy
 
-    with caplog.at_level(logging.WARNING, logger="vinvl.convert"), monkeypatch.context() as patch:
+    with caplog.at_level(logging.WARNING, logger="vinvl.oscar.convert"), monkeypatch.context() as patch:
         if reader == "builtin":
             patch.setitem(sys.modules, "torch", None)
         dst = convert_checkpoint(src, str(tmp_path / "converted"))
@@ -387,7 +387,7 @@ def test_hf_bert_with_prefix_and_heads_drops_heads(tmp_path, caplog):
     reference = transformers.BertForPreTraining(config).eval()
     src = str(tmp_path / "hf_bert")
     reference.save_pretrained(src, safe_serialization=False)
-    with caplog.at_level(logging.WARNING, logger="vinvl.convert"):
+    with caplog.at_level(logging.WARNING, logger="vinvl.oscar.convert"):
         dst = convert_checkpoint(src, str(tmp_path / "converted"))
     assert any("cls.predictions" in r.getMessage() for r in caplog.records)
     assert OscarConfig.from_pretrained(dst).trained_heads == []  # BERT's own heads are dropped, none is Oscar's
@@ -448,9 +448,9 @@ def test_not_a_checkpoint_dir_names_it_and_what_was_looked_for(official_src, tmp
 
 
 def test_vinvl_convert_fails_with_nonzero_status_and_the_cause_on_stderr(tmp_path, capfd):
-    # In process: vinvl.cli.main returns the status `vinvl` exits with (test_cli runs `vinvl convert` in a new
+    # In process: vinvl.commands.cli.main returns the status `vinvl` exits with (test_cli runs `vinvl convert` in a new
     # interpreter, successful and failing).
-    from vinvl.cli import main as vinvl_main
+    from vinvl.commands.cli import main as vinvl_main
 
     bad, dst = tmp_path / "empty", tmp_path / "out"
     bad.mkdir()
@@ -535,7 +535,7 @@ def test_existing_destination_is_kept(official_src, tmp_path):
 
 
 def test_failure_while_writing_leaves_nothing(official_src, tmp_path, monkeypatch):
-    import vinvl.convert as convert_module
+    import vinvl.oscar.convert as convert_module
 
     def broken(*_args, **_kwargs):
         raise OSError("disk full")

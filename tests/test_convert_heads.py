@@ -15,7 +15,7 @@ from safetensors.numpy import load_file
 
 from test_convert import official_config, reference_errors, write_official_checkpoint
 from vinvl import OscarConfig, OscarForImageTextRetrieval  # noqa: E402
-from vinvl.convert import ConversionError, convert_checkpoint  # noqa: E402
+from vinvl.oscar.convert import ConversionError, convert_checkpoint  # noqa: E402
 
 torch = pytest.importorskip("torch")
 
@@ -31,7 +31,7 @@ def test_official_pretraining_checkpoint_records_no_trained_head(tmp_path, caplo
     state = torch.load(weights, weights_only=True)
     torch.save({k: v for k, v in state.items() if not k.startswith("classifier.")}, weights)
 
-    with caplog.at_level(logging.WARNING, logger="vinvl.convert"):
+    with caplog.at_level(logging.WARNING, logger="vinvl.oscar.convert"):
         dst = convert_checkpoint(src, str(tmp_path / "converted"))
     assert OscarConfig.from_pretrained(dst).trained_heads == []
     fresh = [r.getMessage() for r in caplog.records if "freshly initialised" in r.getMessage()]

@@ -2,7 +2,7 @@
 against the PyTorch reference of the official layout in tests/test_convert.py.
 
 The seed's files are rebuilt here from the reference's known weights with a mapping written in
-this test from the seed's own code, not from vinvl.convert:
+this test from the seed's own code, not from vinvl.oscar.convert:
 
 - fine-tuned ``checkpoint-N/``: ``paddle.save({'epoch', 'model': state_dict})`` of a Paddle model,
   so every Linear weight is stored ``[in, out]``; ``config.json`` from the seed's BertConfig
@@ -35,7 +35,7 @@ from test_convert import (
 )
 import paddle  # noqa: E402  (after vinvl, imported by test_convert)
 from vinvl import OscarConfig, OscarForImageTextRetrieval, OscarTokenizer  # noqa: E402
-from vinvl.convert import ConversionError, convert_checkpoint  # noqa: E402
+from vinvl.oscar.convert import ConversionError, convert_checkpoint  # noqa: E402
 
 torch = pytest.importorskip("torch")
 

@@ -15,7 +15,8 @@ import pytest
 
 from vinvl.data import write_synthetic_corpus
 from vinvl.data.formats import APPEARANCE_DIM
-from vinvl.data.synthetic import LABELMAP, SceneGenerator, generate_split
+from vinvl.assets import LABELMAP_PATH as LABELMAP
+from vinvl.data.synthetic import SceneGenerator, generate_split
 
 SHARED_LABELMAP = "/work/shared/data/vinvl_labelmap.json"
 

@@ -2,7 +2,7 @@
 `vinvl demo` twice in a row, then `vinvl eval` with each protocol and `vinvl retrieve` on its output.
 The demo runs twice once for the whole module; every other test reuses its output.
 
-Both runs are the `vinvl` entry point (vinvl.cli.main in a fresh interpreter, argv as a user types
+Both runs are the `vinvl` entry point (vinvl.commands.cli.main in a fresh interpreter, argv as a user types
 it: ``demo --size ci ...``) with the sizes behind ``ci`` set here (see demo_command). What these tests
 check is the flow, the files, the report's parts and the agreement between protocols, never how well
 the demo's model ranks, so the sizes have no role in it: the first run, which only has to leave a
@@ -28,7 +28,7 @@ TEST_IMAGES = SECOND_RUN[1]
 
 def demo_command(sizes, *arguments):
     """``vinvl <arguments>`` in a new interpreter, with ``sizes`` behind ``vinvl demo --size ci``."""
-    code = f"import sys, vinvl.cli, vinvl.demo; vinvl.demo.SIZES['ci'] = {tuple(sizes)!r}; sys.exit(vinvl.cli.main())"
+    code = f"import sys, vinvl.commands.cli, vinvl.apps.demo; vinvl.apps.demo.SIZES['ci'] = {tuple(sizes)!r}; sys.exit(vinvl.commands.cli.main())"
     return [sys.executable, "-c", code, *arguments]
 
 

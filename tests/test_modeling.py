@@ -16,7 +16,7 @@ import pytest
 import vinvl  # noqa: F401  (CPU defaults before paddle)
 import paddle
 from vinvl import OscarConfig, OscarForImageTextRetrieval, OscarModel, OscarProcessor, OscarTokenizer
-from vinvl.modeling import match_loss
+from vinvl.oscar.modeling import match_loss
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOCAB = os.path.join(REPO, "vinvl", "assets", "vocab.txt")

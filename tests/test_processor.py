@@ -1,9 +1,9 @@
 """OscarProcessor: bulk pair assembly and masks equal what pad() builds."""
 import numpy as np
 
-from vinvl.model_dir import packaged_vocab_path
-from vinvl.processor import OscarProcessor
-from vinvl.tokenizer import OscarTokenizer
+from vinvl.oscar.model_dir import packaged_vocab_path
+from vinvl.oscar.processor import OscarProcessor
+from vinvl.oscar.tokenizer import OscarTokenizer
 
 
 def test_mask_from_lengths_equals_pad():

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vinvl.report import extraction_figures, write_report
+from vinvl.apps.report import extraction_figures, write_report
 from vinvl.vision.detector import VinVLDetector
 from vinvl.vision.extract import extract
 from vinvl.vision.image import load_image

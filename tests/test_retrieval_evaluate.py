@@ -10,11 +10,11 @@ import pytest
 import vinvl
 import paddle
 from vinvl import OscarConfig, OscarForImageTextRetrieval
-from vinvl.cli import main as vinvl_main
+from vinvl.commands.cli import main as vinvl_main
 from vinvl.data import DataError, load_corpus, write_synthetic_corpus
-from vinvl.model_dir import load_retrieval_model
+from vinvl.oscar.model_dir import load_retrieval_model
 from vinvl.retrieval import Gallery, RetrievalEngine, evaluate_corpus, fold_metrics, public_names
-from vinvl.retrieval import baseline
+from vinvl.benchmarks import baseline
 from vinvl.retrieval.engine import match_probability
 from vinvl.retrieval.evaluate import main as eval_main
 
@@ -248,7 +248,7 @@ def test_eval_key_file_naming_unknown_images_and_missing_dirs(model_dir, corpus_
 
 
 def test_benchmark_smoke_mode_prints_its_ratio_lines(tmp_path, capsys, caplog):
-    from vinvl.retrieval.benchmark import main as benchmark_main
+    from vinvl.benchmarks.retrieval import main as benchmark_main
 
     with caplog.at_level("WARNING", logger="vinvl.retrieval.first_stage"):
         report = benchmark_main(["--work_dir", str(tmp_path), "--num_images", "8", "--train_steps", "0",
@@ -279,8 +279,8 @@ def test_benchmark_smoke_mode_prints_its_ratio_lines(tmp_path, capsys, caplog):
 @pytest.mark.parametrize("bad", ["8,,16", "", "8,x", "0,4", "-2"])
 def test_benchmarks_refuse_malformed_k_lists(bad, capsys):
     """Both benchmarks parse their k lists with one rule: positive integers, no empty piece."""
-    from vinvl.retrieval.benchmark import build_parser as retrieval_parser
-    from vinvl.training.first_stage_benchmark import build_parser as first_stage_parser
+    from vinvl.benchmarks.retrieval import build_parser as retrieval_parser
+    from vinvl.benchmarks.first_stage import build_parser as first_stage_parser
 
     assert retrieval_parser().parse_args(["--coverage_ks", "8,16"]).coverage_ks == (8, 16)
     assert first_stage_parser().parse_args(["--ks", "4,64"]).ks == (4, 64)

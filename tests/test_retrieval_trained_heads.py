@@ -14,10 +14,10 @@ import vinvl  # noqa: F401  (registers the task)
 from paddlenlp import Taskflow
 
 from vinvl.data import load_corpus
-from vinvl.model_dir import load_retrieval_model
+from vinvl.oscar.model_dir import load_retrieval_model
 from vinvl.retrieval import Gallery, RetrievalEngine, tag_candidates
 from vinvl.retrieval.evaluate import main as eval_main
-from vinvl.retrieve import main as retrieve_main
+from vinvl.commands.retrieve import main as retrieve_main
 
 from tinymodel import derive
 

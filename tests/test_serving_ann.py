@@ -8,8 +8,8 @@ import pytest
 
 faiss = pytest.importorskip("faiss")
 
-from vinvl.serving import ann  # noqa: E402
-from vinvl.serving.topk import exact_top_k  # noqa: E402
+from vinvl.index import ivf as ann  # noqa: E402
+from vinvl.retrieval.topk import exact_top_k  # noqa: E402
 
 RECALL_FLOOR = 0.9  # recall@10 of IVF-Flat (nprobe 8 of 64 lists) against exact, clustered data
 
@@ -73,7 +73,7 @@ def test_default_nlist_keeps_enough_training_points():
 def test_gallery_index_with_faiss_matches_exact_when_probing_all_lists_and_grows_with_add(tmp_path):
     from test_serving_index import _caption_embeddings, _save_model  # the same tiny fixtures
     from vinvl.data import write_synthetic_corpus
-    from vinvl.serving import GalleryIndex, GallerySource, add_to_index, build_index
+    from vinvl.index import GalleryIndex, GallerySource, add_to_index, build_index
 
     corpus = str(tmp_path / "corpus")
     write_synthetic_corpus(corpus, {"test": 120, "val": 10}, seed=4)

@@ -14,11 +14,11 @@ import pytest
 import vinvl  # noqa: F401  (CPU runtime defaults)
 from vinvl import OscarConfig, OscarForImageTextRetrieval
 from vinvl.data import load_corpus, write_synthetic_corpus
-from vinvl.model_dir import load_retrieval_model
+from vinvl.oscar.model_dir import load_retrieval_model
 from vinvl.retrieval import Gallery, RetrievalEngine
-from vinvl.serving import GalleryIndex, GallerySource, IndexBusyError, IndexWeightsError, add_to_index, build_index
-from vinvl.model_dir import weights_checksum
-from vinvl.serving.versions import PAUSE_ENV, VersionedDir
+from vinvl.index import GalleryIndex, GallerySource, IndexBusyError, IndexWeightsError, add_to_index, build_index
+from vinvl.oscar.model_dir import weights_checksum
+from vinvl.index.versions import PAUSE_ENV, VersionedDir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 K = 4
@@ -182,7 +182,7 @@ def _run_and_kill(args, stage, tmp_path):
     marker = str(tmp_path / f"paused-{stage}")
     env = dict(os.environ, **{PAUSE_ENV: f"{stage}:{marker}"})
     process = subprocess.Popen(
-        [sys.executable, "-m", "vinvl.cli", "index", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        [sys.executable, "-m", "vinvl.commands.cli", "index", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     deadline = time.time() + 180
     while not os.path.exists(marker):
@@ -258,7 +258,7 @@ def test_a_feature_file_changed_after_the_build_is_reported(setup, tmp_path):
 
 
 def test_the_vinvl_index_command(setup, tmp_path, capsys):
-    from vinvl.cli import main as vinvl_main
+    from vinvl.commands.cli import main as vinvl_main
 
     out = str(tmp_path / "index")
     common = ["--model_dir", setup["model"], "--gallery_dir", setup["corpus"]]

@@ -12,10 +12,10 @@ import vinvl  # noqa: F401  (registers the task, CPU runtime defaults)
 from paddlenlp import Taskflow
 
 from vinvl.data import load_corpus
-from vinvl.model_dir import load_retrieval_model
+from vinvl.oscar.model_dir import load_retrieval_model
 from vinvl.retrieval import Gallery, RetrievalEngine
-from vinvl.serving import GalleryIndex, GallerySource, IndexWeightsError, add_to_index, build_index
-from vinvl.serving.versions import MANIFEST
+from vinvl.index import GalleryIndex, GallerySource, IndexWeightsError, add_to_index, build_index
+from vinvl.index.versions import MANIFEST
 
 from tinymodel import derive, in_memory_gallery
 

@@ -20,11 +20,11 @@ from PIL import Image
 import vinvl  # noqa: F401  (registers the task)
 from paddlenlp import Taskflow
 
-from vinvl.cli import main as cli_main
+from vinvl.commands.cli import main as cli_main
 from vinvl.data import load_corpus, write_synthetic_corpus
-from vinvl.serving import GallerySource, build_index
+from vinvl.index import GallerySource, build_index
 from vinvl.serving.client import ServerProcess, free_port, get_json, post_json, vinvl_serve_command
-from vinvl.serving.serve import main as serve_main
+from vinvl.commands.serve import main as serve_main
 
 from realdata import TINY_DETECTOR as DETECTOR
 from realdata import GALLERY_PHOTOS, OTHER_PHOTO, PHOTO_DIR, QUERY_PHOTO

@@ -19,7 +19,7 @@ import vinvl  # noqa: F401  (registers the task, CPU runtime defaults)
 from paddlenlp import Taskflow
 
 from vinvl.data import load_corpus
-from vinvl.serving import GallerySource, build_index
+from vinvl.index import GallerySource, build_index
 from vinvl.serving.server import ROUTE
 from vinvl.serving.client import ServerProcess, free_port, get_json, post_json, tree_rss_mb, vinvl_serve_command
 
@@ -167,7 +167,7 @@ def test_vinvl_serve_refuses_a_missing_index_and_other_weights_before_starting(t
     other = derive(model_dir, str(tmp_path / "other"), trained_heads=["match", "contrastive"], logit_scale=2.0)
     port = str(free_port())
     for index, model, words in ((str(tmp_path / "none"), model_dir, "not a gallery index"), (str(root / "index"), other, "rebuild the index")):
-        command = [sys.executable, "-m", "vinvl.cli", "serve", "--index", index, "--model_dir", model, "--port", port]
+        command = [sys.executable, "-m", "vinvl.commands.cli", "serve", "--index", index, "--model_dir", model, "--port", port]
         done = subprocess.run(command, capture_output=True, text=True, timeout=300)
         assert done.returncode == 2 and words in done.stderr, done.stderr[-2000:]
 

@@ -3,7 +3,7 @@ merge of per-shard top-k lists against one computation over the whole gallery (t
 import numpy as np
 import pytest
 
-from vinvl.serving.topk import PAD_INDEX, exact_top_k, merge_top_k, shard_ranges, top_k_of_block
+from vinvl.retrieval.topk import PAD_INDEX, exact_top_k, merge_top_k, shard_ranges, top_k_of_block
 
 
 def _reference(embeddings, queries, k):

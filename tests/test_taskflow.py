@@ -12,9 +12,9 @@ import vinvl  # noqa: F401  (registers the task, CPU runtime defaults)
 from paddlenlp import Taskflow
 
 from vinvl.data import load_corpus
-from vinvl.model_dir import load_retrieval_model
+from vinvl.oscar.model_dir import load_retrieval_model
 from vinvl.retrieval import Gallery, RetrievalEngine, match_probability, tag_candidates
-from vinvl.taskflow import ImageTextRetrievalTask
+from vinvl.apps.taskflow import ImageTextRetrievalTask
 
 from tinymodel import derive
 

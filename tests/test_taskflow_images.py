@@ -20,11 +20,11 @@ import vinvl  # noqa: F401  (registers the task)
 from paddlenlp import Taskflow
 
 from vinvl.data import write_synthetic_corpus
-from vinvl.cli import main as cli_main
-from vinvl.retrieve import main as retrieve_main
+from vinvl.commands.cli import main as cli_main
+from vinvl.commands.retrieve import main as retrieve_main
 from vinvl.vision.detector import VinVLDetector
 from vinvl.vision.image import load_image
-from vinvl.vision.queries import is_image_source
+from vinvl.query.photos import is_image_source
 
 from realdata import TINY_DETECTOR as DETECTOR
 from realdata import GALLERY_PHOTOS, OTHER_PHOTO, PHOTO_DIR, QUERY_PHOTO, read_captions
@@ -188,7 +188,7 @@ def test_a_bad_photo_is_named_before_any_photo_is_detected(with_detector, tmp_pa
 
 def run_cli(*args):
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "vinvl.cli", "retrieve", *args], capture_output=True, text=True, env=env)
+    return subprocess.run([sys.executable, "-m", "vinvl.commands.cli", "retrieve", *args], capture_output=True, text=True, env=env)
 
 
 def test_vinvl_retrieve_image(model_dir, detector, tmp_path):

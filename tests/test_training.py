@@ -12,7 +12,7 @@ import pytest
 
 import vinvl  # noqa: F401  (CPU runtime defaults before paddle)
 from vinvl.data import load_corpus, write_synthetic_corpus
-from vinvl.model_dir import load_retrieval_model
+from vinvl.oscar.model_dir import load_retrieval_model
 from vinvl.retrieval import evaluate_corpus
 from vinvl.training.history import read_log_history
 from vinvl.training.run import is_complete_checkpoint, last_complete_checkpoint

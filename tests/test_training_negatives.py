@@ -5,9 +5,9 @@ import pytest
 import vinvl  # noqa: F401  (CPU runtime defaults before paddle)
 
 from vinvl.data.collate import MatchingCollator, MatchingPairDataset
-from vinvl.model_dir import packaged_vocab_path
-from vinvl.processor import OscarProcessor
-from vinvl.tokenizer import OscarTokenizer
+from vinvl.oscar.model_dir import packaged_vocab_path
+from vinvl.oscar.processor import OscarProcessor
+from vinvl.oscar.tokenizer import OscarTokenizer
 from vinvl.training.negatives import mined_pair_inputs, sample_negatives
 
 from test_training_units import FEATURE_DIM, ListCorpus

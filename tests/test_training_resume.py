@@ -7,7 +7,7 @@ import pytest
 
 import vinvl  # noqa: F401  (CPU runtime defaults before paddle)
 from vinvl.data import write_synthetic_corpus
-from vinvl.model_dir import load_retrieval_model
+from vinvl.oscar.model_dir import load_retrieval_model
 from vinvl.training.optimizer_state import from_structured_names, to_structured_names
 from vinvl.training.run import main as train_main
 

@@ -6,9 +6,9 @@ import vinvl  # noqa: F401  (CPU runtime defaults before paddle)
 import paddle
 
 from vinvl.data.collate import MatchingCollator, MatchingPairDataset
-from vinvl.model_dir import packaged_vocab_path
-from vinvl.processor import OscarProcessor
-from vinvl.tokenizer import OscarTokenizer
+from vinvl.oscar.model_dir import packaged_vocab_path
+from vinvl.oscar.processor import OscarProcessor
+from vinvl.oscar.tokenizer import OscarTokenizer
 from vinvl.training.losses import contrastive_loss
 from vinvl.training.sampler import EpochSeededBatchSampler
 
@@ -295,7 +295,7 @@ def test_trainer_loss_is_the_objectives_sum(processor, tmp_path, objective, itm_
     from paddlenlp.trainer import TrainingArguments
 
     from vinvl import OscarConfig, OscarForImageTextRetrieval
-    from vinvl.modeling import match_loss
+    from vinvl.oscar.modeling import match_loss
     from vinvl.training.losses import distillation_loss
     from vinvl.training.negatives import mined_pair_inputs, sample_negatives
     from vinvl.training.trainer import RetrievalTrainer

@@ -9,8 +9,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from vinvl.cli import main as vinvl_main
-from vinvl.convert import ConversionError
+from vinvl.commands.cli import main as vinvl_main
+from vinvl.oscar.convert import ConversionError
 from vinvl.vision.config import DetectorConfig, nest
 from vinvl.vision.convert import convert_detector
 from vinvl.vision.detector import VinVLDetector

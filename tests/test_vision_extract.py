@@ -52,7 +52,7 @@ def _env():
 
 
 def _cli(*args, **kwargs):
-    command = [sys.executable, "-m", "vinvl.cli", "extract", *args, "--detector", DETECTOR_DIR, "--no_progress"]
+    command = [sys.executable, "-m", "vinvl.commands.cli", "extract", *args, "--detector", DETECTOR_DIR, "--no_progress"]
     return subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=300, **kwargs)
 
 
@@ -135,7 +135,7 @@ def test_the_loading_script_reads_what_the_detector_returned(reference, photo_fo
 
 def test_sigkill_then_resume_gives_the_uninterrupted_files(reference, photo_folder, tmp_path):
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "vinvl.cli", "extract", photo_folder, str(out), "--detector", DETECTOR_DIR, "--no_progress"]
+    command = [sys.executable, "-m", "vinvl.commands.cli", "extract", photo_folder, str(out), "--detector", DETECTOR_DIR, "--no_progress"]
     proc = subprocess.Popen(command, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     journal = out / WORK_DIR / "shard-0.journal"
     deadline = time.time() + 120
@@ -162,7 +162,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_files(reference, photo_fold
 
 def test_two_ranks_under_the_launcher_equal_one_process(reference, photo_folder, tmp_path):
     launcher = tmp_path / "vinvl_cli.py"
-    launcher.write_text("import sys\nfrom vinvl.cli import main\nsys.exit(main())\n")
+    launcher.write_text("import sys\nfrom vinvl.commands.cli import main\nsys.exit(main())\n")
     out, logs = tmp_path / "out", tmp_path / "logs"
     command = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--log_dir", str(logs),
                str(launcher), "extract", photo_folder, str(out), "--detector", DETECTOR_DIR]

@@ -9,7 +9,7 @@ import vinvl  # noqa: F401  (CPU runtime defaults before paddle)
 import paddle
 
 from vinvl.data import load_corpus, write_synthetic_corpus
-from vinvl.model_dir import load_retrieval_model
+from vinvl.oscar.model_dir import load_retrieval_model
 from vinvl.training.run import main as train_main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

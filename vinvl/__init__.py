@@ -5,11 +5,11 @@ tune_cpu_defaults()  # must run before paddle is imported anywhere below
 import_paddle_quietly()
 
 # isort: split
-from .configuration import OscarConfig
-from .modeling import OscarForImageTextRetrieval, OscarModel, OscarPretrainedModel
-from .processor import OscarProcessor
-from .taskflow import register_task
-from .tokenizer import OscarTokenizer
+from .oscar.configuration import OscarConfig
+from .oscar.modeling import OscarForImageTextRetrieval, OscarModel, OscarPretrainedModel
+from .oscar.processor import OscarProcessor
+from .apps.taskflow import register_task
+from .oscar.tokenizer import OscarTokenizer
 
 register_task()  # Taskflow("image_text_retrieval") works once vinvl is imported
 

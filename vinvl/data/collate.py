@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from ..processor import OscarProcessor
+from ..oscar.processor import OscarProcessor
 
 __all__ = ["MatchingPairDataset", "MatchingCollator", "PAIR_SAMPLING"]
 

@@ -22,13 +22,13 @@ from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Uni
 
 import numpy as np
 
+from ..assets import LABELMAP_PATH
 from ..errors import UsageError
 from .formats import APPEARANCE_DIM, box_geometry, encode_features
 from .layout import CAPTION_INDEX_FILE, SPLITS
 
 __all__ = ["SyntheticImage", "SceneGenerator", "generate_split", "right_answers", "write_synthetic_corpus", "main"]
 
-LABELMAP = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "vinvl_labelmap.json")
 IMAGE_SIZES = ((480, 640), (640, 480), (427, 640), (500, 500), (480, 480))  # (height, width)
 TEMPLATES = (
     "a {0} next to a {1}",
@@ -71,7 +71,7 @@ class SceneGenerator:
     """Class/attribute prototypes over a subset of the VinVL vocabulary, and scenes built from them."""
 
     def __init__(self, seed: int = 0, num_classes: int = 60, num_attributes: int = 16, noise: float = 0.35):
-        with open(LABELMAP, encoding="utf-8") as f:
+        with open(LABELMAP_PATH, encoding="utf-8") as f:
             labelmap = json.load(f)
         rng = np.random.default_rng([seed, 0])
         common = sorted(labelmap["object_count"], key=lambda c: -labelmap["object_count"][c])[:400]

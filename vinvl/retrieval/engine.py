@@ -40,8 +40,8 @@ import numpy as np
 import paddle
 from tqdm.auto import tqdm
 
-from ..modeling import OscarForImageTextRetrieval
-from ..processor import OscarProcessor
+from ..oscar.modeling import OscarForImageTextRetrieval
+from ..oscar.processor import OscarProcessor
 from .distributed import all_reduce_sum, rank, shard
 from .first_stage import Candidates, check_first_stage, contrastive_candidates, tag_candidates
 from .gallery import Gallery

@@ -326,7 +326,7 @@ def _validate(args: argparse.Namespace) -> None:
         raise DataError(f"{keys_file}: no such file (--eval_img_keys_file)")
     if not os.path.isfile(os.path.join(args.model_dir, "config.json")):
         raise FileNotFoundError(f"--model_dir {args.model_dir!r} is not a model directory (no config.json)")
-    from ..model_dir import has_weights
+    from ..oscar.model_dir import has_weights
 
     if not has_weights(args.model_dir):
         raise FileNotFoundError(f"--model_dir {args.model_dir!r} holds a config but no weights to evaluate")
@@ -381,7 +381,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
 
     if int(os.environ.get("PADDLE_TRAINERS_NUM", "1")) > 1 and not dist.is_initialized():
         dist.init_parallel_env()
-    from ..model_dir import load_retrieval_model
+    from ..oscar.model_dir import load_retrieval_model
 
     model, processor = load_retrieval_model(args.model_dir)
     first_stage = resolve_first_stage(args.first_stage, model.config)

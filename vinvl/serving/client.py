@@ -166,7 +166,7 @@ def tree_rss_mb(pid: int) -> float:
 def vinvl_serve_command(index: str, port: int, workers: int = 1, extra: Sequence[str] = ()) -> List[str]:
     """The ``vinvl serve`` command line on 127.0.0.1 (run with this interpreter)."""
     return [
-        sys.executable, "-m", "vinvl.cli", "serve", "--index", index, "--host", LOCALHOST,
+        sys.executable, "-m", "vinvl.commands.cli", "serve", "--index", index, "--host", LOCALHOST,
         "--port", str(port), "--workers", str(workers), *extra,
     ]
 

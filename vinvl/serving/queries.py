@@ -1,7 +1,7 @@
 """Queries as a client sends them over HTTP, parsed into the Taskflow's queries without ever opening a server file.
 
 In-process, a string ending in ``.jpg`` is a photo path and ``{"image": path}`` a photo file
-(:mod:`vinvl.vision.queries`). Over HTTP that would let a client make the server read its own
+(:mod:`vinvl.query.photos`). Over HTTP that would let a client make the server read its own
 files, so here:
 
 - a string is always a caption;
@@ -23,7 +23,7 @@ import binascii
 from typing import Any, Dict, List, Sequence
 
 from ..vision.image import BadImageError, check_header, load_image
-from ..vision.queries import detections_query
+from ..query.photos import detections_query
 
 __all__ = ["PHOTO_KEY", "parse_http_queries", "decode_photo"]
 

@@ -7,7 +7,7 @@ The recipe, PaddleNLP style (``server.py``, started with ``paddlenlp server serv
     from paddlenlp.server import SimpleServer
 
     import vinvl  # registers the task
-    from vinvl.serving.server import ROUTE, RetrievalHandler, add_service_routes
+    from .server import ROUTE, RetrievalHandler, add_service_routes
 
     retrieval = Taskflow("image_text_retrieval", task_path="outputs/model", index_path="gallery_index")
     app = SimpleServer()
@@ -46,11 +46,11 @@ from paddlenlp.server.handlers.base_handler import BaseTaskflowHandler
 
 from ..data import DataError
 from ..retrieval.first_stage import FIRST_STAGE_CHOICES, resolve_first_stage
-from .index import GalleryIndex, GallerySource, add_to_index
+from ..index.store import GalleryIndex, GallerySource, add_to_index
 from .endpoint import RetrievalEndpoint
-from .index_gallery import IndexGallery
+from ..index.gallery import IndexGallery
 from .queries import parse_http_queries
-from .versions import IndexBusyError
+from ..index.versions import IndexBusyError
 
 __all__ = [
     "ROUTE",
@@ -311,7 +311,7 @@ def create_app(
     from paddlenlp import Taskflow
     from paddlenlp.server import SimpleServer
 
-    from ..taskflow import TASK_NAME
+    from ..apps.taskflow import TASK_NAME
 
     model_dir = model_dir or recorded_model_dir(index_path)
     retrieval = Taskflow(

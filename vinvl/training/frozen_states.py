@@ -40,9 +40,9 @@ import paddle
 from paddlenlp.utils.log import logger
 from tqdm.auto import tqdm
 
-from ..convert import HEAD_PREFIXES
-from ..modeling import OscarForImageTextRetrieval
-from ..processor import OscarProcessor
+from ..oscar.convert import HEAD_PREFIXES
+from ..oscar.modeling import OscarForImageTextRetrieval
+from ..oscar.processor import OscarProcessor
 from ..retrieval.distributed import all_reduce_sum, rank, shard
 from ..retrieval.engine import RetrievalEngine
 from ..retrieval.gallery import Gallery

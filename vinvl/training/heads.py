@@ -11,8 +11,8 @@ from typing import Iterable, List
 
 import paddle
 
-from ..convert import HEAD_PREFIXES
-from ..modeling import OscarForImageTextRetrieval
+from ..oscar.convert import HEAD_PREFIXES
+from ..oscar.modeling import OscarForImageTextRetrieval
 
 __all__ = [
     "TRAIN_ONLY",

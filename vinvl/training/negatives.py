@@ -15,7 +15,7 @@ from typing import Dict, Tuple
 import numpy as np
 import paddle
 
-from ..processor import OscarProcessor
+from ..oscar.processor import OscarProcessor
 from .pairs import pair_text_inputs
 
 __all__ = ["sample_negatives", "mined_pair_inputs"]

@@ -13,7 +13,7 @@ from typing import Dict
 import numpy as np
 import paddle
 
-from ..processor import OscarProcessor
+from ..oscar.processor import OscarProcessor
 
 __all__ = ["pair_text_inputs"]
 

@@ -13,7 +13,7 @@ from paddlenlp.utils.log import logger
 from ..data import load_corpus
 from ..data.collate import MatchingCollator, MatchingPairDataset
 from ..errors import UsageError
-from ..model_dir import SINGLE_FILE_WEIGHTS, load_retrieval_model
+from ..oscar.model_dir import SINGLE_FILE_WEIGHTS, load_retrieval_model
 from ..retrieval.engine import RetrievalEngine
 from ..retrieval.gallery import Gallery
 from .arguments import DataArguments, ModelArguments, validate_arguments

@@ -6,8 +6,8 @@ from typing import Dict
 import numpy as np
 import paddle
 
-from ..modeling import OscarForImageTextRetrieval
-from ..processor import OscarProcessor
+from ..oscar.modeling import OscarForImageTextRetrieval
+from ..oscar.processor import OscarProcessor
 from .pairs import pair_text_inputs
 
 __all__ = ["match_margins"]

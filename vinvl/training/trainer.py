@@ -12,7 +12,7 @@ from paddlenlp.trainer.trainer import OPTIMIZER_NAME
 from paddlenlp.utils.env import PADDLE_WEIGHTS_NAME, SAFE_WEIGHTS_NAME
 from paddlenlp.utils.log import logger
 
-from ..processor import OscarProcessor
+from ..oscar.processor import OscarProcessor
 from ..data.collate import PAIR_SAMPLING
 from .heads import TRAIN_ONLY, freeze_all_but, trainable_parameter_names
 from .frozen_states import split_projections

@@ -22,7 +22,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 from paddle import nn
 
-from ..convert import ConversionError, _publish
+from ..oscar.convert import ConversionError, _publish
 from ..torch_io import TorchFileError, read_torch_file
 from .config import DetectorConfig, DetectorConfigError
 from .detector import DetectorWeightsError, VinVLDetector
@@ -150,6 +150,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    from ..cli import run_main
+    from ..commands.cli import run_main
 
     raise SystemExit(run_main(main, prog="vinvl convert-detector"))

@@ -19,9 +19,9 @@ import numpy as np
 import paddle
 from paddle import nn
 
-from ..data.synthetic import LABELMAP
+from ..assets import LABELMAP_PATH
 from ..errors import UserError
-from ..model_dir import SAFE_WEIGHTS_NAME
+from ..oscar.model_dir import SAFE_WEIGHTS_NAME
 from . import boxes as box_ops
 from .backbone import Backbone
 from .config import DetectorConfig, DetectorConfigError
@@ -39,7 +39,7 @@ class DetectorWeightsError(UserError, ValueError):
     """Weights that do not fit the detector's config; the message names every tensor at fault."""
 
 
-def load_label_names(path: str = LABELMAP) -> Dict[str, List[str]]:
+def load_label_names(path: str = LABELMAP_PATH) -> Dict[str, List[str]]:
     """VinVL label-map names indexed as the detector's outputs: ``classes[0]`` / ``attributes[0]`` are background."""
     with open(path, "r", encoding="utf-8") as handle:
         labelmap = json.load(handle)

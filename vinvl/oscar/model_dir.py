@@ -8,6 +8,7 @@ from typing import List, Tuple
 
 from paddlenlp.utils.env import PADDLE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
+from ..assets import VOCAB_PATH
 from .configuration import OscarConfig
 from .modeling import OscarForImageTextRetrieval
 from .processor import OscarProcessor
@@ -30,7 +31,7 @@ WEIGHT_FILES = SINGLE_FILE_WEIGHTS + (SAFE_WEIGHTS_INDEX_NAME,)
 
 def packaged_vocab_path() -> str:
     """The bert-base-uncased vocabulary shipped with the package (VinVL's text vocabulary)."""
-    return os.path.join(os.path.dirname(__file__), "assets", "vocab.txt")
+    return VOCAB_PATH
 
 
 def has_weights(model_dir: str) -> bool:

@@ -20,14 +20,14 @@ import shutil
 import time
 from typing import Dict, List, Optional, Sequence
 
-from .data import load_corpus, write_synthetic_corpus
-from .errors import UsageError
-from .model_dir import load_retrieval_model
+from ..data import load_corpus, write_synthetic_corpus
+from ..errors import UsageError
+from ..oscar.model_dir import load_retrieval_model
 from .report import extraction_figures, scene_svg, write_report
-from .retrieval import evaluate_corpus
-from .training.history import read_log_history
-from .training.run import main as train_main
-from .vision.extract import extract
+from ..retrieval import evaluate_corpus
+from ..training.history import read_log_history
+from ..training.run import main as train_main
+from ..vision.extract import extract
 
 __all__ = ["SIZES", "prepare_work_dir", "run_demo", "main"]
 

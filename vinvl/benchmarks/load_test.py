@@ -31,8 +31,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..retrieval.first_stage import FIRST_STAGE_CHOICES
-from .client import Connection, ServerProcess, decode_reply, free_port, tree_rss_mb, vinvl_serve_command
-from .index import GalleryIndex
+from ..serving.client import Connection, ServerProcess, decode_reply, free_port, tree_rss_mb, vinvl_serve_command
+from ..index.store import GalleryIndex
 
 __all__ = ["Query", "query_mix", "in_process_answers", "run_load", "load_test", "format_table", "main"]
 
@@ -215,7 +215,7 @@ def load_test(
     """
     from paddlenlp import Taskflow
 
-    from ..taskflow import TASK_NAME
+    from ..apps.taskflow import TASK_NAME
 
     queries = query_mix(index_path)
     options = dict(options or {})

@@ -11,7 +11,7 @@ import json
 import sys
 from typing import List, Optional, Sequence
 
-from .index import GalleryIndex, GallerySource, add_to_index, build_index
+from ..index.store import GalleryIndex, GallerySource, add_to_index, build_index
 
 __all__ = ["main"]
 

@@ -23,7 +23,7 @@ captions queries say so); ``add`` to such an index gives its old images no capti
 
 Every array is opened with ``np.load(mmap_mode="r")``: opening costs the same for 1K or 1M
 images, and a query reads only the rows it touches. Versions are switched atomically
-(:mod:`vinvl.serving.versions`). An index records the checksum of the weights that embedded it
+(:mod:`vinvl.index.versions`). An index records the checksum of the weights that embedded it
 and refuses to serve another model's queries.
 """
 from __future__ import annotations
@@ -38,16 +38,16 @@ from typing import IO, Dict, List, Optional, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..configuration import OscarConfig
+from ..oscar.configuration import OscarConfig
 from ..data import DataError, RetrievalCorpus, load_coco_ir
 from ..data.examples import ExampleOptions, detect_layout, open_feature_source
 from ..errors import UserError
-from ..model_dir import load_retrieval_model
+from ..oscar.model_dir import load_retrieval_model
 from ..retrieval import Gallery, RetrievalEngine
-from . import ann
-from ..model_dir import weights_checksum
+from . import ivf as ann
+from ..oscar.model_dir import weights_checksum
 from .tables import IdColumn, ListColumn, load_array
-from .topk import DEFAULT_CHUNK_ROWS, TopK, exact_top_k
+from ..retrieval.topk import DEFAULT_CHUNK_ROWS, TopK, exact_top_k
 from .versions import MANIFEST, VersionedDir, pause_for_test
 
 __all__ = [

@@ -26,8 +26,8 @@ import paddle
 
 from ..data import load_corpus, write_synthetic_corpus
 from ..data.collate import MatchingPairDataset
-from ..model_dir import load_retrieval_model
-from .run import main as train_main
+from ..oscar.model_dir import load_retrieval_model
+from ..training.run import main as train_main
 
 __all__ = ["plain_loop", "trainer_path", "main"]
 

@@ -133,9 +133,9 @@ def extraction_figures(out_dir: str, images: str, max_boxes: int = 10) -> List[D
     """One figure per photo that ``vinvl extract`` put in ``out_dir`` from ``images`` (its folder or
     list file): the photo with its first ``max_boxes`` regions and their class names, as the
     ``coco_ir`` loading script reads them back (boxes from the features' geometry columns)."""
-    from .data import load_corpus
-    from .vision.extract import list_images
-    from .vision.image import load_image
+    from ..data import load_corpus
+    from ..vision.extract import list_images
+    from ..vision.image import load_image
 
     paths = {entry.image_id: entry.path for entry in list_images(images)}
     corpus = load_corpus(out_dir, "test")

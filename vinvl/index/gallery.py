@@ -20,7 +20,7 @@ import numpy as np
 
 from ..retrieval import BM25Index, Gallery
 from ..retrieval.first_stage import tag_words, words_of
-from .index import GalleryIndex
+from .store import GalleryIndex
 from .versions import VersionedDir
 
 __all__ = ["IndexGallery"]

@@ -15,11 +15,11 @@ import socket
 from typing import Optional, Sequence
 
 from ..retrieval.first_stage import FIRST_STAGE_CHOICES
-from ..model_dir import weights_checksum
-from ..vision.queries import check_detector_dir
-from .index import GalleryIndex
-from .server import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_QUERIES, ENVIRONMENT
-from .transport import CoalescingHTTPProtocol
+from ..oscar.model_dir import weights_checksum
+from ..query.photos import check_detector_dir
+from ..index.store import GalleryIndex
+from ..serving.server import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_QUERIES, ENVIRONMENT
+from ..serving.transport import CoalescingHTTPProtocol
 
 __all__ = ["main"]
 

@@ -30,7 +30,7 @@ from typing import Any, Dict, Optional, Sequence
 import numpy as np
 import psutil
 
-from .client import LOCALHOST, Connection, ServerProcess, free_port
+from ..serving.client import LOCALHOST, Connection, ServerProcess, free_port
 
 __all__ = ["CANNED_ANSWER", "request_bodies", "measure", "main"]
 
@@ -47,8 +47,8 @@ def _build_app():
     from paddlenlp import Taskflow
     from paddlenlp.server import SimpleServer
 
-    from ..taskflow import TASK_NAME
-    from .server import HEALTH_ROUTE, ROUTE, RetrievalHandler, add_service_routes
+    from ..apps.taskflow import TASK_NAME
+    from ..serving.server import HEALTH_ROUTE, ROUTE, RetrievalHandler, add_service_routes
 
     class CannedHandler(RetrievalHandler):
         @classmethod

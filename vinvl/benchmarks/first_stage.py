@@ -2,7 +2,7 @@
 
 An official VinVL checkpoint converts with a trained match head and freshly initialised
 contrastive heads. This benchmark stands in for one with the tiny config trained on the
-synthetic corpus (matching + contrastive, as :mod:`vinvl.retrieval.benchmark` trains it),
+synthetic corpus (matching + contrastive, as :mod:`vinvl.benchmarks.retrieval` trains it),
 its contrastive heads then reset to a fresh initialisation (:func:`vinvl.training.heads.reset_heads`),
 and measures on the corpus' test split, against exhaustive scoring by the (unchanged) match head:
 
@@ -53,8 +53,8 @@ import numpy as np
 
 from ..data import write_synthetic_corpus
 from ..data.synthetic import SceneGenerator, generate_split, right_answers
-from ..model_dir import load_retrieval_model, weights_checksum
-from ..retrieval.benchmark import RECALLS, _gallery, _train_tiny, positive_ints
+from ..oscar.model_dir import load_retrieval_model, weights_checksum
+from .retrieval import RECALLS, _gallery, _train_tiny, positive_ints
 from ..retrieval.engine import RetrievalEngine
 from ..retrieval.evaluate import public_names
 from ..retrieval.first_stage import Candidates, contrastive_candidates, tag_candidates
@@ -62,9 +62,9 @@ from ..retrieval.gallery import Gallery
 from ..retrieval.metrics import (
     first_stage_coverage, retrieval_metrics, right_answer_coverage, scored_coverage, two_stage_coverage,
 )
-from .heads import reset_heads
-from .losses import OBJECTIVES
-from .run import main as train_main
+from ..training.heads import reset_heads
+from ..training.losses import OBJECTIVES
+from ..training.run import main as train_main
 
 __all__ = ["run_benchmark", "main"]
 

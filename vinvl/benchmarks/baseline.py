@@ -9,7 +9,7 @@ ranks found by sorting each query's scores in a Python loop. Data loading runs i
 process (the official script adds DataLoader workers, which on a 2-core machine would compete
 with the forward pass for the same cores).
 
-It is deliberately not optimised: it exists for :mod:`vinvl.retrieval.benchmark` and as an
+It is deliberately not optimised: it exists for :mod:`vinvl.benchmarks.retrieval` and as an
 independent path for tests. Use :class:`vinvl.retrieval.RetrievalEngine` for real work.
 """
 from __future__ import annotations
@@ -20,8 +20,8 @@ import numpy as np
 import paddle
 import paddle.nn.functional as F
 
-from ..processor import OscarProcessor
-from .gallery import Gallery
+from ..oscar.processor import OscarProcessor
+from ..retrieval.gallery import Gallery
 
 __all__ = ["PairDataset", "score_pairs", "compute_ranks", "baseline_metrics"]
 

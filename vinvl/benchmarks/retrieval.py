@@ -3,7 +3,7 @@
 Prints, as ratios:
 
 1. exhaustive scoring throughput (pairs/s) of :class:`RetrievalEngine` over the reference
-   pipeline of :mod:`vinvl.retrieval.baseline` (measured on the first ``--baseline_pairs``
+   pipeline of :mod:`vinvl.benchmarks.baseline` (measured on the first ``--baseline_pairs``
    pairs, image-major as the reference dataset orders them; it is slow), plus the time of the
    reference's Python ranking on the full score dict;
 2. two-stage against exhaustive, for each first stage the model can use (``tags`` always,
@@ -49,13 +49,13 @@ import paddle
 import paddle.nn as nn
 
 from ..data import load_corpus, write_synthetic_corpus
-from ..model_dir import load_retrieval_model
+from ..oscar.model_dir import load_retrieval_model
 from . import baseline
-from .engine import RetrievalEngine, RetrievalScores
-from .evaluate import public_names, score_gallery
-from .first_stage import contrastive_heads_trained, resolve_first_stage
-from .gallery import Gallery
-from .metrics import first_stage_coverage
+from ..retrieval.engine import RetrievalEngine, RetrievalScores
+from ..retrieval.evaluate import public_names, score_gallery
+from ..retrieval.first_stage import contrastive_heads_trained, resolve_first_stage
+from ..retrieval.gallery import Gallery
+from ..retrieval.metrics import first_stage_coverage
 
 __all__ = ["FlopCounter", "measure_memory", "matmul_flops_per_second", "cpu_probe", "run_benchmark", "main"]
 
@@ -73,7 +73,7 @@ class FlopCounter:
     """
 
     def __init__(self, model: nn.Layer):
-        from ..modeling import OscarSelfAttention
+        from ..oscar.modeling import OscarSelfAttention
 
         self.flops = 0
         self._hooks = []
@@ -254,7 +254,7 @@ def cpu_probe(
 def _cpu_settings_gain(args: argparse.Namespace, model_dir: str, data_dir: str) -> Dict[str, Dict[str, Any]]:
     """:func:`cpu_probe` in a fresh process with and without the vinvl CPU settings."""
     call = (
-        "import json, vinvl\nfrom vinvl.retrieval.benchmark import cpu_probe\n"
+        "import json, vinvl\nfrom vinvl.benchmarks.retrieval import cpu_probe\n"
         f"print('PROBE ' + json.dumps(cpu_probe({model_dir!r}, {data_dir!r}, {args.cpu_probe_images}, "
         f"{args.max_seq_len}, {args.max_img_seq_len}, {args.matmul_size})))"
     )

@@ -11,9 +11,9 @@ import json
 import pathlib
 from typing import List, Optional, Sequence
 
-from .data.layout import SPLITS
-from .errors import UsageError
-from .retrieval.first_stage import add_first_stage_argument, reject_removed_mode
+from ..data.layout import SPLITS
+from ..errors import UsageError
+from ..retrieval.first_stage import add_first_stage_argument, reject_removed_mode
 
 
 def main(argv: Optional[Sequence[str]] = None) -> List[dict]:

@@ -25,23 +25,23 @@ import sys
 import traceback
 from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 
-from .errors import USER_ERROR_STATUS, UsageError, UserError
+from ..errors import USER_ERROR_STATUS, UsageError, UserError
 
 __all__ = ["COMMANDS", "GLOBAL_FLAGS", "main", "run_main"]
 
 # name -> (module holding main(argv), one-line summary)
 COMMANDS = {
-    "demo": ("vinvl.demo", "synthetic corpus -> train -> evaluate -> Taskflow queries -> HTML report"),
-    "convert": ("vinvl.convert", "official Oscar/VinVL or BERT checkpoint -> PaddleNLP model directory"),
+    "demo": ("vinvl.apps.demo", "synthetic corpus -> train -> evaluate -> Taskflow queries -> HTML report"),
+    "convert": ("vinvl.oscar.convert", "official Oscar/VinVL or BERT checkpoint -> PaddleNLP model directory"),
     "convert-detector": ("vinvl.vision.convert", "official VinVL detector checkpoint (.pth) -> Paddle detector directory"),
     "make-synthetic": ("vinvl.data.synthetic", "write a synthetic corpus in the official coco_ir file format"),
     "train": ("vinvl.training.run", "fine-tune with paddlenlp.Trainer (accepts a JSON config)"),
     "eval": ("vinvl.retrieval.evaluate", "COCO 1K/5K retrieval evaluation: R@1/5/10 both ways, rsum"),
     "extract": ("vinvl.vision.extract", "photos -> region features and tags the loading script reads (resumable, sharded)"),
-    "retrieve": ("vinvl.retrieve", "answer text or image queries against a gallery through Taskflow"),
-    "benchmark": ("vinvl.retrieval.benchmark", "measure scoring throughput, two-stage savings, FLOP/s, memory"),
-    "index": ("vinvl.serving.command", "build / extend a gallery index on disk (memory-mapped, atomically versioned)"),
-    "serve": ("vinvl.serving.serve", "serve retrieval over a gallery index through HTTP (PaddleNLP SimpleServer, uvicorn)"),
+    "retrieve": ("vinvl.commands.retrieve", "answer text or image queries against a gallery through Taskflow"),
+    "benchmark": ("vinvl.benchmarks.retrieval", "measure scoring throughput, two-stage savings, FLOP/s, memory"),
+    "index": ("vinvl.commands.index", "build / extend a gallery index on disk (memory-mapped, atomically versioned)"),
+    "serve": ("vinvl.commands.serve", "serve retrieval over a gallery index through HTTP (PaddleNLP SimpleServer, uvicorn)"),
 }
 
 GLOBAL_FLAGS = {

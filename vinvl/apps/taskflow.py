@@ -26,7 +26,7 @@ words against detector tags; needs no trained heads), ``exhaustive`` (every item
 statistics) is computed once when the gallery is set. The option is not called ``mode``:
 paddlenlp's ``Taskflow.__init__`` keeps ``mode`` for itself and never passes it to a task, so
 ``mode=`` is rejected with an error naming ``first_stage``.
-Photos (``detector_path=``, ``gallery_images=``) are handled by :mod:`vinvl.vision.queries`.
+Photos (``detector_path=``, ``gallery_images=``) are handled by :mod:`vinvl.query.photos`.
 Nothing is downloaded: ``task_path`` must be a saved model directory.
 """
 from __future__ import annotations
@@ -42,10 +42,10 @@ from paddlenlp.taskflow import taskflow as paddlenlp_taskflow
 from paddlenlp.taskflow import utils as taskflow_utils
 from paddlenlp.taskflow.task import Task
 
-from .model_dir import load_retrieval_model, weights_checksum
-from .retrieval import Gallery, RetrievalEngine, match_probability
-from .retrieval.first_stage import FIRST_STAGE_CHOICES, BM25Index, check_first_stage, resolve_first_stage, tag_words, words_of
-from .vision.queries import ImageQueries, photo_gallery
+from ..oscar.model_dir import load_retrieval_model, weights_checksum
+from ..retrieval import Gallery, RetrievalEngine, match_probability
+from ..retrieval.first_stage import FIRST_STAGE_CHOICES, BM25Index, check_first_stage, resolve_first_stage, tag_words, words_of
+from ..query.photos import ImageQueries, photo_gallery
 
 __all__ = ["TASK_NAME", "ImageTextRetrievalTask", "register_task"]
 
@@ -121,7 +121,7 @@ class ImageTextRetrievalTask(Task):
         gallery: an in-memory gallery, ``{"image_ids", "features", "tags", "captions"?}``
             (captions: per image, optional).
         index_path: a gallery index directory (``vinvl index build``) built with these weights;
-            its live version is the gallery (see :mod:`vinvl.serving.index_gallery`).
+            its live version is the gallery (see :mod:`vinvl.index.gallery`).
         _static_mode: score pairs with Paddle Inference from ``task_path/static`` (exported on
             first use and again whenever the weights change).
         detector_path: a detector directory (``config.json`` [+ ``model.safetensors``]); lets
@@ -129,7 +129,7 @@ class ImageTextRetrievalTask(Task):
             ``{"image": photo, "caption"?: ...}``, each detected and then answered as the
             ``{"features", "tags"}`` query of its regions and class names.
         gallery_images / gallery_cache_dir: a folder of photos to use as the gallery (no captions),
-            extracted with the detector once and cached (see :mod:`vinvl.vision.queries`).
+            extracted with the detector once and cached (see :mod:`vinvl.query.photos`).
     """
 
     def __init__(
@@ -248,14 +248,14 @@ class ImageTextRetrievalTask(Task):
 
     def set_gallery_from_dir(self, data_dir: str, split: str = "test", keys_file: Optional[str] = None) -> None:
         """Use a split of a data directory (read by the ``coco_ir`` loading script) as the gallery."""
-        from .data import load_corpus
+        from ..data import load_corpus
 
         corpus = load_corpus(data_dir, split, eval_img_keys_file=keys_file)
         self.set_gallery(corpus.image_ids, corpus.features, corpus.tags, corpus.captions)
 
     def set_gallery_from_index(self, index_path: str) -> None:
         """Use the live version of a gallery index (built with this model's weights) as the gallery."""
-        from .serving.index_gallery import IndexGallery
+        from ..index.gallery import IndexGallery
 
         gallery = IndexGallery.open(index_path, self._task_path, self._first_stage, self._processor.tokenizer)
         self._check_width(gallery.images)

@@ -17,7 +17,7 @@ from typing import Optional
 import numpy as np
 from tqdm.auto import tqdm
 
-from .topk import TopK, merge_top_k
+from ..retrieval.topk import TopK, merge_top_k
 
 __all__ = ["FAISS_FILE", "DEFAULT_NPROBE", "require_faiss", "default_nlist", "build_ivf_flat", "extend", "load", "save", "search"]
 
@@ -79,7 +79,7 @@ def load(path: str, writable: bool = False):
 
 
 def search(index, queries: np.ndarray, k: int, nprobe: int = DEFAULT_NPROBE) -> TopK:
-    """Top-``k`` (scores, rows) per query, ordered as :func:`vinvl.serving.topk.merge_top_k` orders them.
+    """Top-``k`` (scores, rows) per query, ordered as :func:`vinvl.retrieval.topk.merge_top_k` orders them.
 
     Fewer than k found (few vectors in the probed lists) leaves padding: row -1, score -inf.
     """

@@ -24,9 +24,9 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from . import ann
-from .index import GalleryIndex, write_columns, write_manifest
-from .versions import VersionedDir
+from ..index import ivf as ann
+from ..index.store import GalleryIndex, write_columns, write_manifest
+from ..index.versions import VersionedDir
 
 __all__ = ["write_synthetic_index", "measure_open", "run_benchmark", "main"]
 

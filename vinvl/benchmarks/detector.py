@@ -30,11 +30,11 @@ import numpy as np
 from paddle import nn
 from PIL import Image
 
-from ..retrieval.benchmark import matmul_flops_per_second, measure_memory
-from .config import DetectorConfig
-from .detector import VinVLDetector
-from .extract import WORK_DIR
-from .transforms import resize_image
+from .retrieval import matmul_flops_per_second, measure_memory
+from ..vision.config import DetectorConfig
+from ..vision.detector import VinVLDetector
+from ..vision.extract import WORK_DIR
+from ..vision.transforms import resize_image
 
 # Photo counts after which the resident set of ``vinvl extract`` is reported (those up to N).
 RSS_CHECKPOINTS = (1, 10, 25, 50, 100, 250, 500, 1000, 2000, 5000, 10000)
@@ -183,7 +183,7 @@ def sample_extraction_rss(
     """
     import psutil
 
-    command = [sys.executable, "-m", "vinvl.cli", "extract", images, out_dir, "--detector", detector_dir, "--no_progress"]
+    command = [sys.executable, "-m", "vinvl.commands.cli", "extract", images, out_dir, "--detector", detector_dir, "--no_progress"]
     child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     process = psutil.Process(child.pid)
     samples: List[Tuple[float, int, int]] = []

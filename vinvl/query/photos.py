@@ -30,8 +30,8 @@ from PIL import Image
 
 from ..data import load_corpus
 from ..errors import UserError
-from .extract import SUMMARY_FILE, ExtractError, InputNotFoundError, detector_fingerprint, extract, list_images
-from .image import IMAGE_EXTENSIONS, BadImageError, check_header, load_image
+from ..vision.extract import SUMMARY_FILE, ExtractError, InputNotFoundError, detector_fingerprint, extract, list_images
+from ..vision.image import IMAGE_EXTENSIONS, BadImageError, check_header, load_image
 
 __all__ = [
     "PhotoError",
@@ -98,7 +98,7 @@ class ImageQueries:
         if self.detector_path is None:
             raise _missing_detector("a photo")
         if self._detector is None:
-            from .detector import VinVLDetector
+            from ..vision.detector import VinVLDetector
 
             self._detector = VinVLDetector.from_pretrained(self.detector_path)
         return self._detector

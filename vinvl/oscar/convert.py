@@ -48,8 +48,8 @@ from typing import TYPE_CHECKING, Dict, List, Mapping, NamedTuple, Optional, Seq
 
 import numpy as np
 
-from .errors import UserError
-from .torch_io import TorchFileError, load_torch_file, read_torch_file
+from ..errors import UserError
+from ..torch_io import TorchFileError, load_torch_file, read_torch_file
 
 if TYPE_CHECKING:
     from .configuration import OscarConfig
@@ -735,13 +735,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m vinvl.convert SRC DST``: the same as ``vinvl convert``."""
+    """``python -m vinvl.oscar.convert SRC DST``: the same as ``vinvl convert``."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     parser = add_arguments(argparse.ArgumentParser(prog="vinvl convert", description=__doc__.splitlines()[0]))
     return run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":
-    from .cli import run_main
+    from ..commands.cli import run_main
 
     raise SystemExit(run_main(main, prog="vinvl convert"))
