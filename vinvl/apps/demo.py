@@ -33,7 +33,7 @@ __all__ = ["SIZES", "prepare_work_dir", "run_demo", "main"]
 
 # name -> (train images, test images, training steps); "ci" is the smallest honest run.
 SIZES = {"default": (400, 100, 1200), "ci": (160, 40, 300)}
-SOURCE_TREE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout `pip install -e .` points at
+SOURCE_TREE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout `pip install -e .` points at
 TINY_CONFIG = os.path.join(SOURCE_TREE, "model_configs", "tiny")
 PHOTOS_DIR = os.path.join(SOURCE_TREE, "tests", "data", "coco_minitest")  # ten COCO val2014 photos (see its README)
 TINY_DETECTOR = os.path.join(SOURCE_TREE, "model_configs", "vinvl-detector-tiny")
