@@ -64,7 +64,7 @@ def bad_files() -> dict:
     return {
         "truncated.jpg": (photo[: len(photo) // 2], "truncated"),
         "not_an_image.jpg": (b"these are not the pixels you are looking for\n", "not an image"),
-        "empty.png": (b"", "not an image"),
+        "empty.png": (b"", "the file is empty"),
         "one_pixel.png": (png_of(Image.new("RGB", (1, 1), (10, 20, 30))), "too small"),
         "huge.png": (bomb_png_bytes(), "decompression-bomb"),
     }

@@ -76,6 +76,8 @@ def load_tokenizer(model_dir: str) -> OscarTokenizer:
 
 def load_retrieval_model(model_dir: str, **processor_overrides) -> Tuple[OscarForImageTextRetrieval, OscarProcessor]:
     """Model and processor from a directory: saved weights, or random init from a config-only directory."""
+    if not os.path.isdir(model_dir):
+        raise FileNotFoundError(f"{model_dir!r}: no such model directory (it does not exist)")
     if not os.path.isfile(os.path.join(model_dir, "config.json")):
         raise FileNotFoundError(f"{model_dir!r} is not a model directory: it has no config.json")
     if has_weights(model_dir):

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
-import warnings
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -44,6 +44,8 @@ __all__ = [
     "check_detector_dir",
     "detections_query",
 ]
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_CACHE_ROOT = os.path.join(os.path.expanduser("~"), ".cache", "vinvl", "photo_galleries")
 LOADER_CACHE = ".loader_cache"  # the coco_ir loader's own caches, kept inside the gallery's cache
@@ -204,7 +206,7 @@ def photo_gallery(
         raise PhotoError(f"gallery_images={folder!r}: {exc}") from exc
     _drop_older_states(cache_dir)
     if summary.bad:
-        warnings.warn(
+        logger.warning(  # one line on the command line (no warnings' source line)
             f"gallery_images={folder!r}: {summary.num_bad} photos skipped (listed in "
             f"{os.path.join(cache_dir, 'bad_images.jsonl')}), e.g. {summary.bad[0]['path']}: {summary.bad[0]['reason']}"
         )

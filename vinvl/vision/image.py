@@ -78,6 +78,16 @@ def _check_size(width: int, height: int, name: str) -> None:
         raise BadImageError(name, f"{width}x{height}: the sides are more than {MAX_ASPECT:g} times apart")
 
 
+def _is_empty(source: Union[str, "os.PathLike[str]", bytes]) -> bool:
+    """Whether ``source`` (a path or bytes) holds no byte at all."""
+    if isinstance(source, bytes):
+        return not source
+    try:
+        return os.path.getsize(source) == 0
+    except OSError:
+        return False
+
+
 def _open(source: Union[str, "os.PathLike[str]", bytes], name: str) -> Image.Image:
     """The image opened lazily (header read, no pixels), its format and size checked."""
     try:
@@ -89,6 +99,8 @@ def _open(source: Union[str, "os.PathLike[str]", bytes], name: str) -> Image.Ima
     except PermissionError as exc:
         raise BadImageError(name, "cannot be read (permission denied)") from exc
     except UnidentifiedImageError as exc:
+        if _is_empty(source):
+            raise BadImageError(name, "the file is empty (0 bytes)") from exc
         raise BadImageError(name, "not an image (PIL cannot identify the format)") from exc
     except Image.DecompressionBombError as exc:
         raise BadImageError(name, f"above the decompression-bomb limit ({exc})") from exc
