@@ -285,31 +285,6 @@ def test_bad_engine_input_errors(model, processor, engine, gallery):
         RetrievalEngine(model, other)
 
 
-def test_faiss_is_used_when_importable(monkeypatch):
-    calls = []
-
-    class IndexFlatIP:
-        def __init__(self, dim):
-            self.dim = dim
-
-        def add(self, keys):
-            self.keys = keys
-
-        def search(self, queries, k):
-            calls.append(k)
-            order = np.argsort(-(queries @ self.keys.T), axis=1)[:, :k]
-            return None, order
-
-    monkeypatch.setitem(sys.modules, "faiss", types.SimpleNamespace(IndexFlatIP=IndexFlatIP))
-    rng = np.random.default_rng(0)
-    queries, keys = rng.standard_normal((5, 4)), rng.standard_normal((9, 4))
-    top = first_stage_module.nearest(queries, keys, 3)
-    monkeypatch.setitem(sys.modules, "faiss", None)  # import faiss -> ImportError: numpy path
-    fallback = first_stage_module.nearest(queries, keys, 3)
-    assert calls == [3]
-    np.testing.assert_array_equal(np.sort(top, axis=1), np.sort(fallback, axis=1))
-
-
 WORKER = """
 import pickle, sys
 import numpy as np
