@@ -70,8 +70,8 @@ def test_opening_the_index_embeds_nothing_and_reads_one_image(trained, monkeypat
     monkeypatch.setattr(GalleryIndex, "features", lambda self, i: reads.append(i) or features(self, i))
     flow = Taskflow("image_text_retrieval", task_path=model_dir, index_path=index, first_stage="contrastive", **OPTIONS)
     assert reads == [0]  # the width check; every other image is read when a query scores it
-    gallery = flow.task_instance._gallery
-    assert isinstance(gallery.image_embeds, np.memmap) and isinstance(gallery.caption_embeds, np.memmap)
+    index = flow.task_instance.retriever.gallery.index
+    assert isinstance(index.embeddings, np.memmap) and isinstance(index.caption_embeddings, np.memmap)
 
 
 def test_an_index_of_other_weights_is_refused(trained, tmp_path):
@@ -79,7 +79,7 @@ def test_an_index_of_other_weights_is_refused(trained, tmp_path):
     other = derive(model_dir, str(tmp_path / "other"), trained_heads=["match", "contrastive"], logit_scale=2.0)
     with pytest.raises(IndexWeightsError, match="rebuild the index"):
         Taskflow("image_text_retrieval", task_path=other, index_path=index)
-    with pytest.raises(ValueError, match="one of gallery_dir=, gallery= and index_path="):
+    with pytest.raises(ValueError, match="one of gallery_dir=, gallery=, index_path= and gallery_images="):
         Taskflow("image_text_retrieval", task_path=model_dir, index_path=index, gallery_dir=corpus)
 
 

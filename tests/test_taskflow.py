@@ -16,7 +16,7 @@ from vinvl.oscar.model_dir import load_retrieval_model
 from vinvl.retrieval import Gallery, RetrievalEngine, match_probability, tag_candidates
 from vinvl.apps.taskflow import ImageTextRetrievalTask
 
-from tinymodel import derive
+from tinymodel import assert_same_answers, derive
 
 TEST_IMAGES = 24  # 120 captions: well above the candidates below
 CANDIDATES = 4
@@ -75,13 +75,25 @@ QUERY_CAPTIONS = [(i, j) for i in range(0, TEST_IMAGES, 2) for j in (0, 3)]  # 2
 # ----- the options ------------------------------------------------------------------------
 
 
-def test_mode_is_rejected_and_names_first_stage(trained):
-    model_dir, corpus_dir, _ = trained
-    # paddlenlp's Taskflow.__init__(task, model=None, mode=None, ...) keeps mode; the task sees it only on its frame.
+def test_mode_is_rejected_where_the_task_can_see_it(trained):
+    model_dir, _, _ = trained
+    # paddlenlp's Taskflow.__init__(task, model=None, mode=None, ...) keeps mode= and never passes it to
+    # this task (documented in vinvl.apps.taskflow); a direct construction does pass it, and is refused.
     with pytest.raises(ValueError, match="first_stage='exhaustive'"):
-        Taskflow("image_text_retrieval", task_path=model_dir, gallery_dir=corpus_dir, mode="exhaustive")
-    with pytest.raises(ValueError, match="first_stage"):
         ImageTextRetrievalTask(task="image_text_retrieval", model="vinvl", task_path=model_dir, mode="two_stage")
+
+
+def test_building_the_task_changes_no_process_wide_paddlenlp_setting(trained):
+    from paddlenlp.taskflow import taskflow as paddlenlp_taskflow
+    from paddlenlp.taskflow import utils as taskflow_utils
+
+    model_dir, corpus_dir, _ = trained
+    before = taskflow_utils.DOWNLOAD_CHECK
+    other_models = {name: entry for name, entry in paddlenlp_taskflow.TASKS.items() if name != "image_text_retrieval"}
+    Taskflow("image_text_retrieval", task_path=model_dir, gallery_dir=corpus_dir)
+    assert taskflow_utils.DOWNLOAD_CHECK == before
+    assert {name: entry for name, entry in paddlenlp_taskflow.TASKS.items() if name != "image_text_retrieval"} == other_models
+    assert "vinvl" in paddlenlp_taskflow.TASKS["image_text_retrieval"]["models"]
 
 
 def test_first_stage_exhaustive_ranks_every_image_and_caption_by_margin(trained, reference):
@@ -120,7 +132,7 @@ def test_first_stage_contrastive_reranks_the_embedding_top_candidates(trained, r
         (result,) = task({"image_id": gallery.image_ids[i]})
         assert captions_of(result) == [gallery.captions[c] for c in ranked(margins[i], proposed)]
     # the default first stage on a model recording trained contrastive heads is this one
-    assert retrieval.task_instance._first_stage == "contrastive"
+    assert retrieval.task_instance.retriever.first_stage == "contrastive"
     assert retrieval(gallery.captions[7]) == [dict(r, images=r["images"][:TOP_K]) for r in task(gallery.captions[7])]
 
 
@@ -236,7 +248,7 @@ def test_pair_score_and_batches_of_queries(trained, retrieval, reference):
     captions = [corpus.captions[i][0] for i in range(4)]
     batch = retrieval(captions)
     assert [r["caption"] for r in batch] == captions
-    assert batch == [retrieval(c)[0] for c in captions]  # a batch answers as single queries do
+    assert_same_answers(batch, [retrieval(c)[0] for c in captions])  # a batch answers as single queries do
 
 
 def test_static_graph_gives_the_dynamic_scores(trained, retrieval):

@@ -87,3 +87,21 @@ def in_memory_gallery(corpus_dir: str, splits):
         "tags": [t for c in corpora for t in c.tags],
         "captions": [p for c in corpora for p in c.captions],
     }
+
+
+def assert_same_answers(actual, expected, tolerance=1e-5):
+    """Assert two Taskflow / retriever answers agree: the same items in the same order, and scores
+    and margins equal to ``tolerance`` (a batch of queries runs the same forwards as single
+    queries, but a different batch shape may change the float rounding)."""
+    if isinstance(expected, dict):
+        assert isinstance(actual, dict) and actual.keys() == expected.keys(), (actual, expected)
+        for key in expected:
+            assert_same_answers(actual[key], expected[key], tolerance)
+    elif isinstance(expected, list):
+        assert isinstance(actual, list) and len(actual) == len(expected), (actual, expected)
+        for a, e in zip(actual, expected):
+            assert_same_answers(a, e, tolerance)
+    elif isinstance(expected, float):
+        assert abs(actual - expected) <= tolerance, (actual, expected)
+    else:
+        assert actual == expected
