@@ -27,9 +27,9 @@ from vinvl.oscar.convert import (  # noqa: E402
     ConversionError,
     convert_checkpoint,
     load_torch_state_dict,
-    main,
     read_torch_pickle,
 )
+from vinvl.commands.convert import main  # noqa: E402
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

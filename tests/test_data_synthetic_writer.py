@@ -14,7 +14,8 @@ import torch
 
 from vinvl.data import synthetic, write_synthetic_corpus
 from vinvl.data.formats import APPEARANCE_DIM
-from vinvl.data.synthetic import TEMPLATES, SceneGenerator, generate_split, main
+from vinvl.commands.make_synthetic import main
+from vinvl.data.synthetic import TEMPLATES, SceneGenerator, generate_split
 
 COUNTS = {"train": 4, "minival": 3, "val": 2, "test": 5}
 

@@ -16,7 +16,7 @@ from vinvl.oscar.model_dir import load_retrieval_model
 from vinvl.retrieval import Gallery, RetrievalEngine, evaluate_corpus, fold_metrics, public_names
 from vinvl.benchmarks import baseline
 from vinvl.retrieval.engine import match_probability
-from vinvl.retrieval.evaluate import main as eval_main
+from vinvl.commands.evaluate import main as eval_main
 
 NAMES = ("t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10", "rsum")
 TEST_IMAGES = 10  # test_img_keys_1k.tsv of the synthetic corpus then lists 2 images: 5 folds of 2
@@ -209,7 +209,7 @@ def test_eval_custom_key_file_in_two_stage_mode(model_dir, corpus_dir, test_corp
     keys.write_text("".join(f"{i}\n" for i in test_corpus.image_ids[3:7]))
     out = workdir / "keys"
     report = _eval(model_dir, corpus_dir, out, "--protocol", "keys", "--eval_img_keys_file", str(keys),
-                   "--first_stage", "contrastive", "--top_k", "2")
+                   "--first_stage", "contrastive", "--candidates", "2")
     assert report["num_images"] == 4 and report["num_captions"] == 20
     assert set(report["results"]) == {"keys"}
     assert report["pairs_scored"] < 4 * 20
@@ -226,7 +226,8 @@ def test_eval_custom_key_file_in_two_stage_mode(model_dir, corpus_dir, test_corp
         (["--eval_img_keys_file", "test_img_keys.tsv"], ValueError, "eval_img_keys_file"),
         (["--protocol", "keys", "--eval_img_keys_file", "no_such_keys.tsv"], DataError, "no such file"),
         (["--fold_size", "3"], ValueError, "equal folds"),
-        (["--top_k", "0"], ValueError, "top_k"),
+        (["--candidates", "0"], ValueError, "candidates"),
+        (["--top_k", "2"], ValueError, "--top_k is gone: use --candidates"),
         (["--batch_size", "-1"], ValueError, "batch_size"),
         (["--mode", "two_stage"], ValueError, "--mode is gone: use --first_stage"),
     ],
@@ -248,12 +249,12 @@ def test_eval_key_file_naming_unknown_images_and_missing_dirs(model_dir, corpus_
 
 
 def test_benchmark_smoke_mode_prints_its_ratio_lines(tmp_path, capsys, caplog):
-    from vinvl.benchmarks.retrieval import main as benchmark_main
+    from vinvl.commands.benchmark import main as benchmark_main
 
     with caplog.at_level("WARNING", logger="vinvl.retrieval.first_stage"):
         report = benchmark_main(["--work_dir", str(tmp_path), "--num_images", "8", "--train_steps", "0",
                                  "--baseline_pairs", "40", "--cpu_probe_images", "0", "--matmul_size", "256",
-                                 "--coverage_ks", "2,64", "--top_k", "3", "--no_progress"])
+                                 "--coverage_ks", "2,64", "--candidates", "3", "--no_progress"])
     out = capsys.readouterr().out
     for prefix in ("(1) exhaustive vs baseline throughput", "(2) two-stage, first stage tags (k=3)", "R@K change",
                    "coverage at k=2", "coverage at k=64", "(3) scoring FLOP/s", "(4) peak memory"):
@@ -279,8 +280,8 @@ def test_benchmark_smoke_mode_prints_its_ratio_lines(tmp_path, capsys, caplog):
 @pytest.mark.parametrize("bad", ["8,,16", "", "8,x", "0,4", "-2"])
 def test_benchmarks_refuse_malformed_k_lists(bad, capsys):
     """Both benchmarks parse their k lists with one rule: positive integers, no empty piece."""
-    from vinvl.benchmarks.retrieval import build_parser as retrieval_parser
-    from vinvl.benchmarks.first_stage import build_parser as first_stage_parser
+    from vinvl.commands.benchmark import build_parser as retrieval_parser
+    from vinvl.commands.benchmark_first_stage import build_parser as first_stage_parser
 
     assert retrieval_parser().parse_args(["--coverage_ks", "8,16"]).coverage_ks == (8, 16)
     assert first_stage_parser().parse_args(["--ks", "4,64"]).ks == (4, 64)

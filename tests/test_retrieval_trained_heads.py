@@ -16,7 +16,7 @@ from paddlenlp import Taskflow
 from vinvl.data import load_corpus
 from vinvl.oscar.model_dir import load_retrieval_model
 from vinvl.retrieval import Gallery, RetrievalEngine, tag_candidates
-from vinvl.retrieval.evaluate import main as eval_main
+from vinvl.commands.evaluate import main as eval_main
 from vinvl.commands.retrieve import main as retrieve_main
 
 from tinymodel import derive
@@ -124,13 +124,13 @@ def test_vinvl_eval_ranks_exhaustively_or_as_told(models, reference, tmp_path, c
 
     expected = {name.replace("_R@", "_r"): value for name, value in scores.metrics(gallery.caption_to_image).items()}
     with caplog.at_level(logging.WARNING, logger=LOGGER):
-        auto = run("--first_stage", "auto", "--top_k", str(CANDIDATES))
+        auto = run("--first_stage", "auto", "--candidates", str(CANDIDATES))
     assert len([r for r in caplog.records if r.name == LOGGER]) == 1
     for report in (auto, run()):  # auto, and the default (exhaustive)
-        assert report["first_stage"] == "exhaustive" and report["top_k"] is None
+        assert report["first_stage"] == "exhaustive" and report["candidates"] is None
         assert report["pairs_scored"] == gallery.num_images * gallery.num_captions
         assert report["results"]["keys"] == pytest.approx(expected)
-    tags = run("--first_stage", "tags", "--top_k", str(CANDIDATES))
+    tags = run("--first_stage", "tags", "--candidates", str(CANDIDATES))
     two_stage = engine.two_stage(gallery, k=CANDIDATES, first_stage="tags")
     assert tags["first_stage"] == "tags" and tags["pairs_scored"] == two_stage.pairs_scored < auto["pairs_scored"]
     expected_tags = {name.replace("_R@", "_r"): v for name, v in two_stage.metrics(gallery.caption_to_image).items()}

@@ -388,7 +388,8 @@ def test_first_stage_benchmark_runs_every_stage_and_its_shortcut_matches_the_eng
     """The benchmark end to end on a toy corpus: every first stage at every k, and its shortcut
     (exhaustive scores restricted to the candidate pairs) equal to a real engine.two_stage call."""
     from vinvl.data.synthetic import SceneGenerator, generate_split, right_answers
-    from vinvl.benchmarks.first_stage import _right_answers, main as benchmark_main
+    from vinvl.benchmarks.first_stage import _right_answers
+    from vinvl.commands.benchmark_first_stage import main as benchmark_main
 
     report = benchmark_main([
         "--work_dir", str(tmp_path), "--num_images", "6", "--train_images", "12", "--train_steps", "3",

@@ -18,7 +18,7 @@ from PIL import Image
 from test_vision_image import bad_files, jpeg_bytes, odd_good_files
 from vinvl.data import load_coco_ir, load_corpus
 from vinvl.data.tsv import build_lineidx
-from vinvl.retrieval.evaluate import main as eval_main
+from vinvl.commands.evaluate import main as eval_main
 from vinvl.training.run import main as train_main
 from vinvl.vision.detector import VinVLDetector
 from vinvl.vision.extract import (
@@ -31,8 +31,8 @@ from vinvl.vision.extract import (
     InputNotFoundError,
     extract,
     list_images,
-    main,
 )
+from vinvl.commands.extract import main
 from vinvl.vision.image import BadImageError, load_image
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -533,14 +533,16 @@ def build_index(
 ) -> str:
     """Build an index of ``sources`` (in order) at ``out``; replaces a previous index atomically.
 
-    Returns the new version's path.
+    Returns the new version's path. A non-empty ``out`` that is not an index is refused before
+    anything is read.
     """
+    versions = VersionedDir(out)
+    versions.refuse_foreign()
     checksum, config, loaded = _prepare(model_dir, sources, use_faiss)
     _check_new_ids(loaded, None)
     total = sum(len(s.corpus) for s in loaded)
     if faiss_nlist is not None and not 1 <= faiss_nlist <= total:
         raise ValueError(f"nlist must be in 1..{total} (the number of images), got {faiss_nlist}")
-    versions = VersionedDir(out)
     with versions.writer(), versions.staging() as folder:
         _write_version(folder, model_dir, checksum, config, loaded, None, faiss_nlist, use_faiss, batch_size, progress)
         return versions.commit(folder)

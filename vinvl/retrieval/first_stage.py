@@ -21,7 +21,6 @@ the first ``k`` images): the one rule of :mod:`vinvl.retrieval.topk`, for both s
 """
 from __future__ import annotations
 
-import argparse
 import logging
 from dataclasses import dataclass
 from typing import Any, Dict, List, Sequence
@@ -48,8 +47,6 @@ __all__ = [
     "check_first_stage",
     "contrastive_heads_trained",
     "resolve_first_stage",
-    "add_first_stage_argument",
-    "reject_removed_mode",
 ]
 
 logger = logging.getLogger(__name__)
@@ -268,27 +265,3 @@ def resolve_first_stage(requested: str, config: Any) -> str:
         )
         return "exhaustive"
     return "contrastive" if requested == "auto" else requested
-
-
-# ----- command-line flags -------------------------------------------------------------------
-
-
-def add_first_stage_argument(parser: argparse.ArgumentParser, default: str) -> None:
-    """``--first_stage`` for a command, and the removed ``--mode`` (hidden, kept only so that
-    :func:`reject_removed_mode` can name its replacement)."""
-    parser.add_argument(
-        "--first_stage", choices=FIRST_STAGE_CHOICES, default=default,
-        help="which pairs the match head scores: exhaustive (every pair); contrastive (each query's top "
-             "candidates by embedding similarity); tags (top candidates by BM25 of caption words against "
-             "detector tags, needs no trained heads); auto (contrastive if the model records trained "
-             f"contrastive heads, else exhaustive). Default: {default}",
-    )
-    parser.add_argument("--mode", default=None, help=argparse.SUPPRESS)
-
-
-def reject_removed_mode(args: argparse.Namespace) -> None:
-    """A ValueError naming ``--first_stage`` when the removed ``--mode`` was given."""
-    if args.mode is not None:
-        raise UsageError(
-            f"--mode is gone: use --first_stage exhaustive (every pair), contrastive, tags or auto (got --mode {args.mode})"
-        )
