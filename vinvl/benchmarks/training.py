@@ -27,7 +27,8 @@ import paddle
 from ..data import load_corpus, write_synthetic_corpus
 from ..data.collate import MatchingPairDataset
 from ..oscar.model_dir import load_retrieval_model
-from ..training.run import main as train_main
+from ..training.recipe import arguments_from_options
+from ..training.run import run_training
 
 __all__ = ["plain_loop", "trainer_path", "main"]
 
@@ -68,14 +69,14 @@ def trainer_path(args: argparse.Namespace, data_dir: str) -> float:
     """Samples/s of ``vinvl.training.run`` (RetrievalTrainer) on the same data and settings."""
     flags = {
         "model_name_or_path": args.model, "data_dir": data_dir, "output_dir": os.path.join(args.work_dir, "trainer-run"),
-        "objective": "itm", "do_train": "true", "max_steps": args.steps, "per_device_train_batch_size": args.batch_size,
+        "objective": "itm", "do_train": True, "max_steps": args.steps, "per_device_train_batch_size": args.batch_size,
         "learning_rate": args.learning_rate, "weight_decay": args.weight_decay, "lr_scheduler_type": "linear",
         "warmup_steps": 0, "max_grad_norm": 1.0, "max_seq_length": args.max_seq_len,
         "max_img_seq_length": args.max_img_seq_len, "logging_steps": args.steps, "save_strategy": "no",
-        "evaluation_strategy": "no", "report_to": "none", "disable_tqdm": "true", "seed": args.seed,
-        "overwrite_output_dir": "true",
+        "evaluation_strategy": "no", "report_to": "none", "disable_tqdm": True, "seed": args.seed,
+        "overwrite_output_dir": True,
     }
-    metrics = train_main([token for key, value in flags.items() for token in (f"--{key}", str(value))])
+    metrics = run_training(*arguments_from_options(flags))
     return args.steps * args.batch_size / metrics["train_runtime"]
 
 
