@@ -16,7 +16,7 @@ from vinvl.oscar.model_dir import load_retrieval_model
 from vinvl.retrieval import evaluate_corpus
 from vinvl.training.history import read_log_history
 from vinvl.training.run import is_complete_checkpoint, last_complete_checkpoint
-from vinvl.training.run import main as train_main
+from vinvl.commands.train import main as train_main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "scripts", "train_retrieval.py")

@@ -16,9 +16,9 @@ from vinvl.retrieval.engine import RetrievalEngine
 from vinvl.retrieval.gallery import Gallery
 from vinvl.retrieval.metrics import coverage, retrieval_metrics
 from vinvl.training.frozen_states import distillation_targets
-from vinvl.training.run import parse_arguments
+from vinvl.training.recipe import load_recipe
 from vinvl.training.heads import HEAD_PARAMETER_PREFIXES, reset_heads
-from vinvl.training.run import main as train_main
+from vinvl.commands.train import main as train_main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, "model_configs", "tiny")
@@ -347,8 +347,8 @@ def test_saved_models_and_checkpoints_record_the_heads_trained(
 def test_fitting_recipes_parse_and_freeze_all_but_the_contrastive_heads(size):
     """Two recipes per size: the lists fit with fresh MLP heads (the measured best route), then its
     continuation with mined candidates, which starts from the first one's output."""
-    first = parse_arguments([os.path.join(REPO, "model_configs", size, "fit_first_stage.json")])
-    mined = parse_arguments([os.path.join(REPO, "model_configs", size, "fit_first_stage_mined.json")])
+    first = load_recipe(os.path.join(REPO, "model_configs", size, "fit_first_stage.json"))
+    mined = load_recipe(os.path.join(REPO, "model_configs", size, "fit_first_stage_mined.json"))
     for model_args, _, training_args in (first, mined):
         assert model_args.objective == "distill" and model_args.train_only == "heads"
         assert model_args.distill_candidates > 0

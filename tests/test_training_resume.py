@@ -9,7 +9,7 @@ import vinvl  # noqa: F401  (CPU runtime defaults before paddle)
 from vinvl.data import write_synthetic_corpus
 from vinvl.oscar.model_dir import load_retrieval_model
 from vinvl.training.optimizer_state import from_structured_names, to_structured_names
-from vinvl.training.run import main as train_main
+from vinvl.commands.train import main as train_main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, "model_configs", "tiny")

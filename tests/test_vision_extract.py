@@ -19,7 +19,7 @@ from test_vision_image import bad_files, jpeg_bytes, odd_good_files
 from vinvl.data import load_coco_ir, load_corpus
 from vinvl.data.tsv import build_lineidx
 from vinvl.commands.evaluate import main as eval_main
-from vinvl.training.run import main as train_main
+from vinvl.commands.train import main as train_main
 from vinvl.vision.detector import VinVLDetector
 from vinvl.vision.extract import (
     BAD_FILE,

@@ -10,7 +10,7 @@ import paddle
 
 from vinvl.data import load_corpus, write_synthetic_corpus
 from vinvl.oscar.model_dir import load_retrieval_model
-from vinvl.training.run import main as train_main
+from vinvl.commands.train import main as train_main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
