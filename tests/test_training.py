@@ -165,7 +165,7 @@ def test_learning_lifts_recall_far_above_chance_and_two_stage_loses_none(tmp_pat
     two_stage = evaluate_corpus(model, processor, test, first_stage="contrastive", top_k=8, progress=False)
     # 40 test images x 200 captions. Chance: R@1 2.5% both ways, text->image R@5 12.5%, rsum ~77.
     # From random init the contrastive heads learn within a few hundred steps, the match head
-    # (all that exhaustive scoring uses) only after about a thousand (README, Benchmarks).
+    # (all that exhaustive scoring uses) only after about a thousand (docs/benchmarks.md, Retrieval engine).
     assert two_stage["i2t_r1"] >= 10.0, two_stage
     assert two_stage["t2i_r1"] >= 5.0, two_stage
     assert two_stage["t2i_r5"] >= 20.0, two_stage
