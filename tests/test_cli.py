@@ -12,31 +12,18 @@ import sys
 
 import pytest
 
-import vinvl
+import vinvl  # noqa: F401  (CPU defaults and quiet start-up before paddlenlp)
 from paddlenlp.utils.log import logger as paddlenlp_logger
 from vinvl.commands.cli import COMMANDS, main, run_main
 from vinvl.data import write_synthetic_corpus
 from vinvl.errors import USER_ERROR_STATUS, UsageError, UserError
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(vinvl.__file__)))
-SCRIPTS = sorted(name for name in os.listdir(os.path.join(REPO, "scripts")) if name.endswith(".py"))
-# What paddle, setuptools and datasets print at import unless vinvl quiets it.
-NOISE = ("No ccache found", "OMP_NUM_THREADS WISELY", "OMP_NUM_THREADS set to", "Setuptools is replacing distutils",
-         "PyTorch version", "Loading faiss", "fontManager")
+from support.commands import SOURCE_TREE, assert_quiet, assert_user_error, run, vinvl_cmd
+
+SCRIPTS = sorted(name for name in os.listdir(os.path.join(SOURCE_TREE, "scripts")) if name.endswith(".py"))
 
 
 # ----- helpers ---------------------------------------------------------------------------------
-
-
-def run(args, cwd, env=None):
-    """Run a command as a user would (``vinvl ...`` is ``python -m vinvl.commands.cli ...``); returns the CompletedProcess."""
-    environment = dict(os.environ, PYTHONPATH=REPO, PYTHONUNBUFFERED="1", **(env or {}))
-    environment.pop("VINVL_DEBUG", None)
-    return subprocess.run(args, cwd=str(cwd), env=environment, capture_output=True, text=True, timeout=600)
-
-
-def vinvl_cmd(*args):
-    return [sys.executable, "-m", "vinvl.commands.cli", *args]
 
 
 def run_here(capfd, cwd, *args):
@@ -54,20 +41,6 @@ def run_here(capfd, cwd, *args):
         os.chdir(before)
     out, err = capfd.readouterr()
     return subprocess.CompletedProcess(["vinvl", *args], status, out, err)
-
-
-def assert_user_error(done, prog, *fragments):
-    """Status 2 and exactly one stderr line, ``<prog>: error: ...`` naming each fragment; no traceback."""
-    lines = done.stderr.strip().splitlines()
-    assert done.returncode == USER_ERROR_STATUS, done.stderr
-    assert len(lines) == 1 and lines[0].startswith(f"{prog}: error: "), done.stderr
-    assert "Traceback" not in done.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-
-
-def assert_quiet(text):
-    assert not [noise for noise in NOISE if noise in text], text
 
 
 # ----- the mechanism, in process ---------------------------------------------------------------
@@ -197,7 +170,7 @@ def cwd(tmp_path_factory):
 def test_import_prints_nothing_and_a_users_own_thread_count_is_still_questioned(cwd):
     environment = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     for env, expected in ((environment, ""), (dict(environment, OMP_NUM_THREADS=str((os.cpu_count() or 1) + 1)), "WISELY")):
-        done = subprocess.run([sys.executable, "-c", "import vinvl"], cwd=str(cwd), env=dict(env, PYTHONPATH=REPO),
+        done = subprocess.run([sys.executable, "-c", "import vinvl"], cwd=str(cwd), env=dict(env, PYTHONPATH=SOURCE_TREE),
                               capture_output=True, text=True, timeout=300)
         assert done.returncode == 0
         if expected:
@@ -244,7 +217,7 @@ def test_convert_relative_paths_and_its_failures(cwd, capfd):
 
 def test_train_relative_paths_and_its_failures(cwd, capfd):
     write_synthetic_corpus(str(cwd / "data" / "train"), {"train": 8, "minival": 0, "val": 0, "test": 4}, seed=1)
-    tiny = os.path.relpath(os.path.join(REPO, "model_configs", "tiny"), str(cwd))
+    tiny = os.path.relpath(os.path.join(SOURCE_TREE, "model_configs", "tiny"), str(cwd))
     flags = ["--model_name_or_path", tiny, "--data_dir", "data/train", "--output_dir", "runs/tiny", "--do_train",
              "--max_steps", "2", "--per_device_train_batch_size", "4", "--save_strategy", "no", "--report_to", "none",
              "--eval_split", "test", "--evaluation_strategy", "no"]
@@ -283,12 +256,12 @@ def test_failing_calls_of_the_other_commands_exit_2_with_the_cause(args, fragmen
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_each_script_fails_with_status_2_and_one_line_on_a_bad_flag(script, cwd):
-    done = run([sys.executable, os.path.join(REPO, "scripts", script), "--no_such_flag=1"], cwd)
+    done = run([sys.executable, os.path.join(SOURCE_TREE, "scripts", script), "--no_such_flag=1"], cwd)
     assert_user_error(done, script)
 
 
 def test_a_script_succeeds_with_status_0(cwd):
-    done = run([sys.executable, os.path.join(REPO, "scripts", "make_synthetic_coco.py"), "data/by_script",
+    done = run([sys.executable, os.path.join(SOURCE_TREE, "scripts", "make_synthetic_coco.py"), "data/by_script",
                 "--train", "2", "--minival", "0", "--val", "0", "--test", "2"], cwd)
     assert done.returncode == 0, done.stderr
     assert (cwd / "data" / "by_script" / "test_captions.pt").is_file()

@@ -1,7 +1,7 @@
 """What a conversion records in ``trained_heads``: the heads whose weights came from the source.
 
 Official fine-tuned checkpoints, seed-port checkpoints and BERTs are covered beside their parity
-tests (tests/test_convert.py, tests/test_convert_seed.py); here: official pre-training
+tests (test_convert.py, test_convert_seed.py); here: official pre-training
 checkpoints and vinvl-paddle model directories converted again.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from test_convert import official_config, reference_errors, write_official_checkpoint
+from support.official_oscar import official_config, reference_errors, write_official_checkpoint
 from vinvl import OscarConfig, OscarForImageTextRetrieval  # noqa: E402
 from vinvl.oscar.convert import ConversionError, convert_checkpoint  # noqa: E402
 

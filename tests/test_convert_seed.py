@@ -1,5 +1,5 @@
 """Checkpoints of the community Paddle port cattidea/VinVL-Paddle ("the seed"), converted and checked
-against the PyTorch reference of the official layout in tests/test_convert.py.
+against the PyTorch reference of the official layout in tests/support/official_oscar.py.
 
 The seed's files are rebuilt here from the reference's known weights with a mapping written in
 this test from the seed's own code, not from vinvl.oscar.convert:
@@ -23,7 +23,7 @@ import os
 
 import pytest
 
-from test_convert import (
+from support.official_oscar import (
     IMG_DIM,
     REL_TOL,
     TINY_BERT,
@@ -33,7 +33,7 @@ from test_convert import (
     reference_errors,
     write_official_checkpoint,
 )
-import paddle  # noqa: E402  (after vinvl, imported by test_convert)
+import paddle  # noqa: E402  (after vinvl, imported by support.official_oscar)
 from vinvl import OscarConfig, OscarForImageTextRetrieval, OscarTokenizer  # noqa: E402
 from vinvl.oscar.convert import ConversionError, convert_checkpoint  # noqa: E402
 

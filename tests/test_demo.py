@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from test_cli import assert_quiet, assert_user_error, run, vinvl_cmd
+from support.commands import assert_quiet, assert_user_error, run, vinvl_cmd
 
 NAMES = ("t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10", "rsum")
 # (train images, test images, steps) behind --size ci. The first run logs steps 6 ... 30, past the

@@ -10,16 +10,16 @@ import os
 import random
 
 import numpy as np
-from realdata import labelmap_names, read_captions
 import pytest
 
 import vinvl  # noqa: F401  (CPU defaults before paddle)
 import paddle
 from vinvl import OscarConfig, OscarForImageTextRetrieval, OscarModel, OscarProcessor, OscarTokenizer
+from vinvl.assets import VOCAB_PATH as VOCAB
 from vinvl.oscar.modeling import match_loss
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-VOCAB = os.path.join(REPO, "vinvl", "assets", "vocab.txt")
+from support.realdata import labelmap_names, read_captions
+
 IMG_DIM = 10
 
 TINY = dict(

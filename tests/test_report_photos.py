@@ -15,10 +15,8 @@ from vinvl.vision.detector import VinVLDetector
 from vinvl.vision.extract import extract
 from vinvl.vision.image import load_image
 
-from tinymodel import REPO
+from support.paths import PHOTO_DIR, TINY_DETECTOR as DETECTOR
 
-DETECTOR = os.path.join(REPO, "model_configs", "vinvl-detector-tiny")
-PHOTO_DIR = os.path.join(REPO, "tests", "data", "coco_minitest")
 PHOTOS = ["COCO_val2014_000000045057.jpg", "COCO_val2014_000000507921.jpg"]  # square and portrait
 MAX_BOXES = 4
 

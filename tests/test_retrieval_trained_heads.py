@@ -19,7 +19,7 @@ from vinvl.retrieval import Gallery, RetrievalEngine, tag_candidates
 from vinvl.retrieval.evaluate import main as eval_main
 from vinvl.commands.retrieve import main as retrieve_main
 
-from tinymodel import derive
+from support.tinymodel import derive
 
 TEST_IMAGES = 20
 CANDIDATES = 4

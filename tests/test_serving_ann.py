@@ -71,19 +71,19 @@ def test_default_nlist_keeps_enough_training_points():
 
 
 def test_gallery_index_with_faiss_matches_exact_when_probing_all_lists_and_grows_with_add(tmp_path):
-    from test_serving_index import _caption_embeddings, _save_model  # the same tiny fixtures
+    from support.tinymodel import caption_embeddings, save_random_model
     from vinvl.data import write_synthetic_corpus
     from vinvl.index import GalleryIndex, GallerySource, add_to_index, build_index
 
     corpus = str(tmp_path / "corpus")
     write_synthetic_corpus(corpus, {"test": 120, "val": 10}, seed=4)
-    model = _save_model(tmp_path / "model", ["contrastive", "match"], seed=0)
+    model = save_random_model(tmp_path / "model", ["contrastive", "match"], seed=0)
     out = str(tmp_path / "index")
     with pytest.raises(ValueError, match=r"nlist must be in 1\.\.120"):
         build_index(out, model, [GallerySource(corpus, "test")], use_faiss=True, faiss_nlist=121, progress=False)
     assert not os.path.exists(os.path.join(out, "CURRENT"))
     build_index(out, model, [GallerySource(corpus, "test")], use_faiss=True, faiss_nlist=3, progress=False)
-    queries = _caption_embeddings(model, ["a dog next to a car", "a red chair", "a photo of a tree"])
+    queries = caption_embeddings(model, ["a dog next to a car", "a red chair", "a photo of a tree"])
     with GalleryIndex.open(out) as index:
         assert index.manifest["faiss"]["nlist"] == 3
         assert os.path.isfile(os.path.join(index.path, "faiss.index"))

@@ -8,11 +8,9 @@ import sys
 import time
 
 import numpy as np
-import paddle
 import pytest
 
 import vinvl  # noqa: F401  (CPU runtime defaults)
-from vinvl import OscarConfig, OscarForImageTextRetrieval
 from vinvl.data import load_corpus, write_synthetic_corpus
 from vinvl.oscar.model_dir import load_retrieval_model
 from vinvl.retrieval import Gallery, RetrievalEngine
@@ -20,17 +18,10 @@ from vinvl.index import GalleryIndex, GallerySource, IndexBusyError, IndexWeight
 from vinvl.oscar.model_dir import weights_checksum
 from vinvl.index.versions import PAUSE_ENV, VersionedDir
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from support.paths import TINY_MODEL
+from support.tinymodel import caption_embeddings, save_random_model
+
 K = 4
-
-
-def _save_model(path, trained_heads, seed):
-    """The tiny config with random weights, saved once, recording which heads count as trained."""
-    paddle.seed(seed)
-    config = OscarConfig.from_pretrained(os.path.join(REPO, "model_configs", "tiny"))
-    config.trained_heads = trained_heads
-    OscarForImageTextRetrieval(config).save_pretrained(str(path))
-    return str(path)
 
 
 @pytest.fixture(scope="module")
@@ -41,21 +32,15 @@ def setup(tmp_path_factory):
     return {
         "root": root,
         "corpus": corpus,
-        "model": _save_model(root / "model", ["contrastive", "match"], seed=0),
-        "other_model": _save_model(root / "other", ["contrastive", "match"], seed=1),
-        "untrained": _save_model(root / "untrained", ["match"], seed=0),
+        "model": save_random_model(root / "model", ["contrastive", "match"], seed=0),
+        "other_model": save_random_model(root / "other", ["contrastive", "match"], seed=1),
+        "untrained": save_random_model(root / "untrained", ["match"], seed=0),
     }
 
 
 def _engine(model_dir):
     model, processor = load_retrieval_model(model_dir)
     return RetrievalEngine(model, processor, progress=False)
-
-
-def _caption_embeddings(model_dir, captions):
-    """Caption-only embeddings through the engine (the query side of the first stage)."""
-    placeholder = [np.zeros((1, 2054), np.float32)]
-    return _engine(model_dir).embed_captions(Gallery.for_queries(["q"], [[]], placeholder, captions))
 
 
 def _answers(index_dir, queries, k=K):
@@ -91,7 +76,7 @@ def test_build_holds_ids_tags_feature_pointers_and_the_engines_embeddings(setup,
         np.testing.assert_array_equal(np.asarray(index.embeddings), expected)
         assert index.first_stages == ["contrastive", "tags"]
         assert index.weights_sha256 == weights_checksum(setup["model"])
-        queries = _caption_embeddings(setup["model"], corpus.captions[2][:2])
+        queries = caption_embeddings(setup["model"], corpus.captions[2][:2])
         scores, rows = index.search(queries, K)
         similarity = queries @ expected.T
         np.testing.assert_array_equal(rows, np.argsort(-similarity, axis=1, kind="stable")[:, :K])
@@ -105,7 +90,7 @@ def test_build_then_add_equals_one_build_of_the_union(setup, tmp_path):
     add_to_index(grown, setup["model"], [_val_source(setup)], progress=False)
     assert VersionedDir(grown).versions() == ["v000002"]  # the first version was garbage-collected
     captions = load_corpus(setup["corpus"], "val").captions
-    queries = _caption_embeddings(setup["model"], [captions[0][0], captions[3][1], "a dog on a red couch"])
+    queries = caption_embeddings(setup["model"], [captions[0][0], captions[3][1], "a dog on a red couch"])
     with GalleryIndex.open(union) as a, GalleryIndex.open(grown) as b:
         assert a.num_images == b.num_images == 16
         assert [a.image_id(i) for i in range(16)] == [b.image_id(i) for i in range(16)]
@@ -148,14 +133,14 @@ def test_a_model_with_untrained_contrastive_heads_gets_a_tags_only_index(setup, 
 
 def test_a_model_directory_without_weights_is_refused(setup, tmp_path):
     with pytest.raises(FileNotFoundError, match="no saved weights"):
-        build_index(str(tmp_path / "index"), os.path.join(REPO, "model_configs", "tiny"), [_test_source(setup)])
+        build_index(str(tmp_path / "index"), TINY_MODEL, [_test_source(setup)])
     assert not os.path.exists(tmp_path / "index")
 
 
 def test_an_open_reader_keeps_its_version_until_it_closes(setup, tmp_path):
     out = str(tmp_path / "index")
     build_index(out, setup["model"], [_test_source(setup)], progress=False)
-    queries = _caption_embeddings(setup["model"], ["a cat next to a table"])
+    queries = caption_embeddings(setup["model"], ["a cat next to a table"])
     reader = GalleryIndex.open(out)
     before = reader.search(queries, K)
     add_to_index(out, setup["model"], [_val_source(setup)], progress=False)
@@ -201,7 +186,7 @@ def _run_and_kill(args, stage, tmp_path):
 def test_sigkill_during_add_or_rebuild_leaves_the_previous_index_intact(setup, tmp_path, command, stage):
     out = str(tmp_path / "index")
     build_index(out, setup["model"], [_test_source(setup)], progress=False)
-    queries = _caption_embeddings(setup["model"], ["a dog near a tree", load_corpus(setup["corpus"], "val").captions[1][0]])
+    queries = caption_embeddings(setup["model"], ["a dog near a tree", load_corpus(setup["corpus"], "val").captions[1][0]])
     before = _answers(out, queries)
     args = [command, "--model_dir", setup["model"], "--gallery_dir", setup["corpus"], "--split", "val", out]
     _run_and_kill(args, stage, tmp_path)
@@ -233,7 +218,7 @@ def test_sigkill_during_a_first_build_leaves_no_index_and_a_rebuild_works(setup,
 def test_detector_layout_gallery_reads_features_through_the_index(tmp_path):
     corpus_dir = str(tmp_path / "detector")
     write_synthetic_corpus(corpus_dir, {"test": 5}, seed=6, layout="detector")
-    model = _save_model(tmp_path / "model", ["contrastive", "match"], seed=0)
+    model = save_random_model(tmp_path / "model", ["contrastive", "match"], seed=0)
     out = str(tmp_path / "index")
     build_index(out, model, [GallerySource(corpus_dir, "test")], progress=False)
     corpus = load_corpus(corpus_dir, "test")

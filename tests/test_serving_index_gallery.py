@@ -17,7 +17,7 @@ from vinvl.retrieval import Gallery, RetrievalEngine
 from vinvl.index import GalleryIndex, GallerySource, IndexWeightsError, add_to_index, build_index
 from vinvl.index.versions import MANIFEST
 
-from tinymodel import derive, in_memory_gallery
+from support.tinymodel import derive, in_memory_gallery
 
 TEST_IMAGES = 12
 OPTIONS = dict(top_k=3, candidates=4, batch_size=5)

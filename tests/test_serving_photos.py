@@ -26,9 +26,9 @@ from vinvl.index import GallerySource, build_index
 from vinvl.serving.client import ServerProcess, free_port, get_json, post_json, vinvl_serve_command
 from vinvl.commands.serve import main as serve_main
 
-from realdata import TINY_DETECTOR as DETECTOR
-from realdata import GALLERY_PHOTOS, OTHER_PHOTO, PHOTO_DIR, QUERY_PHOTO
-from tinymodel import REPO, derive
+from support.paths import PHOTO_DIR, TINY_DETECTOR as DETECTOR, TINY_MODEL
+from support.realdata import GALLERY_PHOTOS, OTHER_PHOTO, QUERY_PHOTO
+from support.tinymodel import derive
 
 TOP_K = 3
 OPTIONS = dict(top_k=TOP_K, first_stage="exhaustive")
@@ -44,7 +44,7 @@ def root(tmp_path_factory):
 @pytest.fixture(scope="module")
 def model_dir(root):
     """The tiny config with random weights, saved once so every process loads the same weights."""
-    return derive(os.path.join(REPO, "model_configs", "tiny"), str(root / "model"), trained_heads=[])
+    return derive(TINY_MODEL, str(root / "model"), trained_heads=[])
 
 
 @pytest.fixture(scope="module")

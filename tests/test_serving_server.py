@@ -23,7 +23,7 @@ from vinvl.index import GallerySource, build_index
 from vinvl.serving.server import ROUTE
 from vinvl.serving.client import ServerProcess, free_port, get_json, post_json, tree_rss_mb, vinvl_serve_command
 
-from tinymodel import derive, in_memory_gallery
+from support.tinymodel import derive, in_memory_gallery
 
 TEST_IMAGES = 12  # + 8 minival images in the index: 20 images, 100 captions
 TOP_K, CANDIDATES, BATCH = 3, 4, 5

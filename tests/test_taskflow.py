@@ -16,7 +16,7 @@ from vinvl.oscar.model_dir import load_retrieval_model
 from vinvl.retrieval import Gallery, RetrievalEngine, match_probability, tag_candidates
 from vinvl.apps.taskflow import ImageTextRetrievalTask
 
-from tinymodel import derive
+from support.tinymodel import derive
 
 TEST_IMAGES = 24  # 120 captions: well above the candidates below
 CANDIDATES = 4

@@ -26,9 +26,9 @@ from vinvl.vision.detector import VinVLDetector
 from vinvl.vision.image import load_image
 from vinvl.query.photos import is_image_source
 
-from realdata import TINY_DETECTOR as DETECTOR
-from realdata import GALLERY_PHOTOS, OTHER_PHOTO, PHOTO_DIR, QUERY_PHOTO, read_captions
-from tinymodel import REPO, derive
+from support.paths import PHOTO_DIR, REPO, TINY_DETECTOR as DETECTOR, TINY_MODEL
+from support.realdata import GALLERY_PHOTOS, OTHER_PHOTO, QUERY_PHOTO, read_captions
+from support.tinymodel import derive
 
 TOP_K = 3
 
@@ -36,7 +36,7 @@ TOP_K = 3
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     """The tiny config with random weights, saved once so every Taskflow loads the same weights."""
-    return derive(os.path.join(REPO, "model_configs", "tiny"), str(tmp_path_factory.mktemp("images") / "model"), trained_heads=[])
+    return derive(TINY_MODEL, str(tmp_path_factory.mktemp("images") / "model"), trained_heads=[])
 
 
 @pytest.fixture(scope="module")

@@ -16,13 +16,13 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import pytest  # noqa: E402
 
 import vinvl  # noqa: E402,F401
-from realdata import labelmap_names, read_captions  # noqa: E402
 from vinvl import OscarTokenizer  # noqa: E402
+from vinvl.assets import VOCAB_PATH as VOCAB  # noqa: E402
+
+from support.realdata import labelmap_names, read_captions  # noqa: E402
 
 transformers = pytest.importorskip("transformers")
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-VOCAB = os.path.join(REPO, "vinvl", "assets", "vocab.txt")
 
 
 def tag_strings(count: int = 60, seed: int = 0) -> list:

@@ -18,9 +18,9 @@ from vinvl.training.history import read_log_history
 from vinvl.training.run import is_complete_checkpoint, last_complete_checkpoint
 from vinvl.training.run import main as train_main
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from support.paths import REPO, TINY_MODEL as TINY
+
 SCRIPT = os.path.join(REPO, "scripts", "train_retrieval.py")
-TINY = os.path.join(REPO, "model_configs", "tiny")
 
 
 @pytest.fixture(scope="module")

@@ -20,8 +20,8 @@ from vinvl.training.run import parse_arguments
 from vinvl.training.heads import HEAD_PARAMETER_PREFIXES, reset_heads
 from vinvl.training.run import main as train_main
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(REPO, "model_configs", "tiny")
+from support.paths import REPO, TINY_MODEL as TINY
+
 CONTRASTIVE = HEAD_PARAMETER_PREFIXES["contrastive"]
 
 

@@ -10,7 +10,7 @@ from vinvl.oscar.processor import OscarProcessor
 from vinvl.oscar.tokenizer import OscarTokenizer
 from vinvl.training.negatives import mined_pair_inputs, sample_negatives
 
-from test_training_units import FEATURE_DIM, ListCorpus
+from support.corpora import FEATURE_DIM, ListCorpus
 
 
 @pytest.fixture(scope="module")

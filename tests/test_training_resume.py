@@ -11,8 +11,7 @@ from vinvl.oscar.model_dir import load_retrieval_model
 from vinvl.training.optimizer_state import from_structured_names, to_structured_names
 from vinvl.training.run import main as train_main
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(REPO, "model_configs", "tiny")
+from support.paths import TINY_MODEL as TINY
 
 
 def _flags(corpus_dir, output_dir, **overrides):

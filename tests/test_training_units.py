@@ -12,24 +12,7 @@ from vinvl.oscar.tokenizer import OscarTokenizer
 from vinvl.training.losses import contrastive_loss
 from vinvl.training.sampler import EpochSeededBatchSampler
 
-FEATURE_DIM = 12
-
-
-class ListCorpus:
-    """A small in-memory corpus with the RetrievalCorpus interface."""
-
-    def __init__(self, num_images: int, captions_per_image: int = 3, seed: int = 0):
-        rng = np.random.default_rng(seed)
-        self.image_ids = [f"img{i}" for i in range(num_images)]
-        self.captions = [[f"image {i} caption {j}" for j in range(captions_per_image)] for i in range(num_images)]
-        self.tags = [[f"tag{i}", "thing"] for i in range(num_images)]
-        self._features = [rng.normal(size=(2 + i % 3, FEATURE_DIM)).astype(np.float32) for i in range(num_images)]
-
-    def __len__(self) -> int:
-        return len(self.image_ids)
-
-    def features(self, i: int) -> np.ndarray:
-        return self._features[i]
+from support.corpora import FEATURE_DIM, ListCorpus
 
 
 @pytest.fixture(scope="module")

@@ -21,9 +21,9 @@ from vinvl.vision import backbone
 from vinvl.vision.backbone import Bottleneck, FrozenBatchNorm2d, PointwiseConv, Stem
 from vinvl.vision.detector import VinVLDetector
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(ROOT, "model_configs", "vinvl-detector-tiny")
-PHOTO = sorted(glob.glob(os.path.join(ROOT, "tests", "data", "coco_minitest", "*.jpg")))[0]
+from support.paths import PHOTO_DIR, TINY_DETECTOR as TINY
+
+PHOTO = sorted(glob.glob(os.path.join(PHOTO_DIR, "*.jpg")))[0]
 
 
 def _randomize_frozen_bn(model: paddle.nn.Layer, seed: int = 3) -> None:

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from realdata import PHOTO_DIR, TINY_DETECTOR as TINY
+from support.paths import PHOTO_DIR, TINY_DETECTOR as TINY
 from vinvl.benchmarks.detector import _committed_rows, main, photo_folder, rss_report, sample_extraction_rss
 from vinvl.vision.detector import VinVLDetector
 from vinvl.vision.extract import PREDICTIONS_FILE, extract

@@ -15,11 +15,11 @@ from vinvl.vision.config import DetectorConfig, nest
 from vinvl.vision.convert import convert_detector
 from vinvl.vision.detector import VinVLDetector
 
+from support.paths import PHOTO_DIR, TINY_DETECTOR as TINY
+
 torch = pytest.importorskip("torch")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(ROOT, "model_configs", "vinvl-detector-tiny")
-PHOTO = os.path.join(ROOT, "tests", "data", "coco_minitest", "COCO_val2014_000000317441.jpg")
+PHOTO = os.path.join(PHOTO_DIR, "COCO_val2014_000000317441.jpg")
 
 # Official nn.Linear weights are [out, in]; the tiny config's sizes: 2048-d features, 1595 classes,
 # 525 attributes, 16-d class embedding, 32-d attribute hidden layer.

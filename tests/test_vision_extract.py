@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from test_vision_image import bad_files, jpeg_bytes, odd_good_files
 from vinvl.data import load_coco_ir, load_corpus
 from vinvl.data.tsv import build_lineidx
 from vinvl.retrieval.evaluate import main as eval_main
@@ -35,14 +34,12 @@ from vinvl.vision.extract import (
 )
 from vinvl.vision.image import BadImageError, load_image
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DETECTOR_DIR = os.path.join(REPO, "model_configs", "vinvl-detector-tiny")
-PHOTO_DIR = os.path.join(REPO, "tests", "data", "coco_minitest")
+from support.images import bad_files, jpeg_bytes, odd_good_files
+from support.paths import CAPTIONS_FILE as CAPTIONS, PHOTO_DIR, TINY_DETECTOR as DETECTOR_DIR, TINY_MODEL
+
 # Three of the shipped photos keep these tests small (the folder holds ten, for the demo).
 PHOTOS = ["COCO_val2014_000000045057.jpg", "COCO_val2014_000000317441.jpg", "COCO_val2014_000000415746.jpg"]
 TRUNCATED = "COCO_val2014_000000100000.jpg"  # sorts second: a bad file between good ones
-CAPTIONS = os.path.join(REPO, "tests", "data", "coco_minitest_captions.txt")
-TINY_MODEL = os.path.join(REPO, "model_configs", "tiny")
 
 
 def _env():

@@ -1,18 +1,19 @@
-"""A tiny model trained in the test session (40 steps, both objectives) on a synthetic corpus, and
+"""A tiny model trained in the test session (40 steps, both objectives) on a synthetic corpus,
 stand-ins for the checkpoints users bring: a converted one (trained match head, contrastive heads
-fresh) and a saturating one (every logit scaled up)."""
-import os
+fresh) and a saturating one (every logit scaled up), and the tiny config with seeded random weights."""
 import shutil
 
 import numpy as np
 import vinvl  # noqa: F401  (CPU runtime defaults before paddle)
 import paddle
 
+from vinvl import OscarConfig, OscarForImageTextRetrieval
 from vinvl.data import load_corpus, write_synthetic_corpus
 from vinvl.oscar.model_dir import load_retrieval_model
+from vinvl.retrieval import Gallery, RetrievalEngine
 from vinvl.training.run import main as train_main
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from support.paths import TINY_MODEL
 
 
 class TinyModels:
@@ -40,7 +41,7 @@ class TinyModels:
 
 def _train(corpus: str, model_dir: str) -> str:
     flags = {
-        "model_name_or_path": os.path.join(REPO, "model_configs", "tiny"),
+        "model_name_or_path": TINY_MODEL,
         "data_dir": corpus,
         "output_dir": model_dir,
         "do_train": "true",
@@ -87,3 +88,21 @@ def in_memory_gallery(corpus_dir: str, splits):
         "tags": [t for c in corpora for t in c.tags],
         "captions": [p for c in corpora for p in c.captions],
     }
+
+
+def save_random_model(path, trained_heads, seed: int) -> str:
+    """The tiny config with random weights drawn after ``paddle.seed(seed)``, saved to ``path``,
+    recording which heads count as trained; returns the directory."""
+    paddle.seed(seed)
+    config = OscarConfig.from_pretrained(TINY_MODEL)
+    config.trained_heads = trained_heads
+    OscarForImageTextRetrieval(config).save_pretrained(str(path))
+    return str(path)
+
+
+def caption_embeddings(model_dir: str, captions) -> np.ndarray:
+    """Caption-only embeddings through the engine (the query side of the first stage)."""
+    model, processor = load_retrieval_model(model_dir)
+    placeholder = [np.zeros((1, 2054), np.float32)]
+    gallery = Gallery.for_queries(["q"], [[]], placeholder, captions)
+    return RetrievalEngine(model, processor, progress=False).embed_captions(gallery)
