@@ -3,7 +3,7 @@
 Region class centroids estimated from the train split and a bag-of-words match between captions
 and tags retrieve well above chance, attributes named in captions are visible in the region
 features, and the vocabulary is the real VinVL one. If these simple models find the signal, a
-tiny transformer has it too. (File layout, noise and determinism: test_data_synthetic_writer.py.)
+tiny transformer has it too. (File layout, noise and determinism: test_synthetic.py.)
 """
 import json
 import os

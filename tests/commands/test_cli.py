@@ -3,7 +3,7 @@
 In-process tests pin the mechanism of vinvl.commands.cli.run_main on small mains written here; the
 subprocess tests run the real entry points as a user does, from another working directory with
 relative paths, on tiny synthetic data. (The demo, and eval / retrieve on its output, are in
-test_demo.py.)
+tests/apps/test_demo.py.)
 """
 import argparse
 import os
