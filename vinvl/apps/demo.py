@@ -25,7 +25,8 @@ from ..oscar.model_dir import load_retrieval_model
 from .report import extraction_figures, scene_svg, write_report
 from ..retrieval import evaluate_corpus
 from ..training.history import read_log_history
-from ..training.run import main as train_main
+from ..training.recipe import arguments_from_options
+from ..training.run import run_training
 from ..vision.extract import extract
 
 __all__ = ["SIZES", "prepare_work_dir", "run_demo"]
@@ -72,8 +73,8 @@ def _train(corpus_dir: str, model_dir: str, steps: int, seed: int) -> None:
         "model_name_or_path": TINY_CONFIG,
         "data_dir": corpus_dir,
         "output_dir": model_dir,
-        "overwrite_output_dir": "true",
-        "do_train": "true",
+        "overwrite_output_dir": True,
+        "do_train": True,
         "objective": "itm+itc",
         "max_steps": steps,
         "per_device_train_batch_size": 16,
@@ -89,7 +90,7 @@ def _train(corpus_dir: str, model_dir: str, steps: int, seed: int) -> None:
         "report_to": "visualdl",
         "seed": seed,
     }
-    train_main([token for key, value in flags.items() for token in (f"--{key}", str(value))])
+    run_training(*arguments_from_options(flags))
 
 
 def _evaluate(model_dir: str, corpus) -> Dict[str, Dict[str, float]]:

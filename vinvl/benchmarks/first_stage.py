@@ -63,7 +63,8 @@ from ..retrieval.metrics import (
     first_stage_coverage, retrieval_metrics, right_answer_coverage, scored_coverage, two_stage_coverage,
 )
 from ..training.heads import reset_heads
-from ..training.run import main as train_main
+from ..training.recipe import arguments_from_options
+from ..training.run import run_training
 
 __all__ = ["FirstStageBenchmark", "run_benchmark"]
 
@@ -178,15 +179,15 @@ def _fit(
     )
     flags = {
         "model_name_or_path": reset_dir, "data_dir": data_dir, "output_dir": output_dir, "objective": objective,
-        "train_only": "heads", "distill_temperature": str(settings.fit_distill_temperature), "do_train": "true",
-        "max_steps": str(steps), "per_device_train_batch_size": str(batch_size), "per_device_eval_batch_size": "256",
-        "learning_rate": str(settings.fit_learning_rate), "lr_scheduler_type": "constant", "weight_decay": "0.0",
-        "save_strategy": "steps", "save_steps": str(eval_every), "evaluation_strategy": "no",
-        "logging_steps": "50", "report_to": "none", "disable_tqdm": "true", "seed": str(settings.seed),
-        "overwrite_output_dir": "true", **{key: str(value) for key, value in extra.items()},
+        "train_only": "heads", "distill_temperature": settings.fit_distill_temperature, "do_train": True,
+        "max_steps": steps, "per_device_train_batch_size": batch_size, "per_device_eval_batch_size": 256,
+        "learning_rate": settings.fit_learning_rate, "lr_scheduler_type": "constant", "weight_decay": 0.0,
+        "save_strategy": "steps", "save_steps": eval_every, "evaluation_strategy": "no",
+        "logging_steps": 50, "report_to": "none", "disable_tqdm": True, "seed": settings.seed,
+        "overwrite_output_dir": True, **extra,
     }
     if not os.path.isfile(os.path.join(output_dir, "model.safetensors")):
-        train_main([token for key, value in flags.items() for token in (f"--{key}", value)])
+        run_training(*arguments_from_options(flags))
     saved = sorted(
         int(m.group(1)) for name in os.listdir(output_dir) if (m := re.fullmatch(r"checkpoint-(\d+)", name))
     )

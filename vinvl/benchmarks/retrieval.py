@@ -306,17 +306,18 @@ def _gallery(data_dir: str, num_images: int) -> Gallery:
 
 def _train_tiny(work_dir: str, data_dir: str, steps: int, seed: int) -> str:
     """Train model_configs/tiny (matching + contrastive) on the corpus' train split; returns the model dir."""
-    from ..training.run import main as train_main
+    from ..training.recipe import arguments_from_options
+    from ..training.run import run_training
 
     output_dir = os.path.join(work_dir, f"tiny-trained-{steps}")
     flags = {
         "model_name_or_path": TINY_CONFIG, "data_dir": data_dir, "output_dir": output_dir, "objective": "itm+itc",
-        "do_train": "true", "max_steps": str(steps), "per_device_train_batch_size": "32", "learning_rate": "2e-3",
-        "weight_decay": "0.01", "warmup_steps": str(min(100, max(steps // 20, 1))), "lr_scheduler_type": "linear",
-        "logging_steps": "50", "save_strategy": "no", "evaluation_strategy": "no", "report_to": "none",
-        "disable_tqdm": "true", "seed": str(seed), "overwrite_output_dir": "true",
+        "do_train": True, "max_steps": steps, "per_device_train_batch_size": 32, "learning_rate": 2e-3,
+        "weight_decay": 0.01, "warmup_steps": min(100, max(steps // 20, 1)), "lr_scheduler_type": "linear",
+        "logging_steps": 50, "save_strategy": "no", "evaluation_strategy": "no", "report_to": "none",
+        "disable_tqdm": True, "seed": seed, "overwrite_output_dir": True,
     }
-    train_main([token for key, value in flags.items() for token in (f"--{key}", value)])
+    run_training(*arguments_from_options(flags))
     return output_dir
 
 

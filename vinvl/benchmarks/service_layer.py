@@ -41,6 +41,16 @@ _MODE_VARIABLE = "VINVL_LAYER_BENCHMARK_MODE"
 _MODEL_VARIABLE = "VINVL_LAYER_BENCHMARK_MODEL_DIR"
 
 
+class _CannedService:
+    """Answers every request with :data:`CANNED_ANSWER`: the benchmark times the layers around the query core."""
+
+    def answer(self, data, parameters):
+        return CANNED_ANSWER
+
+    def health(self):
+        return {"status": "ok"}
+
+
 def _build_app():
     """The app a benchmark server runs (uvicorn imports ``app`` from this module in its process)."""
     from paddlenlp import Taskflow
@@ -49,17 +59,14 @@ def _build_app():
     from ..apps.taskflow import TASK_NAME
     from ..serving.server import HEALTH_ROUTE, ROUTE, RetrievalHandler, add_service_routes
 
-    class CannedHandler(RetrievalHandler):
-        @classmethod
-        def process(cls, predictor, data, parameters):
-            return CANNED_ANSWER
-
+    service = _CannedService()
     app = SimpleServer()
-    app.register_taskflow(ROUTE, Taskflow(TASK_NAME, task_path=os.environ[_MODEL_VARIABLE]), taskflow_handler=CannedHandler)
+    retrieval = Taskflow(TASK_NAME, task_path=os.environ[_MODEL_VARIABLE])
+    app.register_taskflow(ROUTE, retrieval, taskflow_handler=RetrievalHandler.configured(service))
     if os.environ[_MODE_VARIABLE] == "vinvl":
-        add_service_routes(app)
+        add_service_routes(app, service)
     else:  # only for ServerProcess to see it is up; requests to the route are untouched
-        app.add_api_route(HEALTH_ROUTE, lambda: {"status": "ok"}, methods=["GET"])
+        app.add_api_route(HEALTH_ROUTE, service.health, methods=["GET"])
     return app
 
 

@@ -27,7 +27,8 @@ import paddle
 from ..data import load_corpus, write_synthetic_corpus
 from ..data.collate import MatchingPairDataset
 from ..oscar.model_dir import load_retrieval_model
-from ..training.run import main as train_main
+from ..training.recipe import arguments_from_options
+from ..training.run import run_training
 
 __all__ = ["TrainingBenchmark", "plain_loop", "trainer_path", "run_benchmark"]
 
@@ -84,14 +85,14 @@ def trainer_path(settings: TrainingBenchmark, data_dir: str) -> float:
     """Samples/s of ``vinvl.training.run`` (RetrievalTrainer) on the same data and settings."""
     flags = {
         "model_name_or_path": settings.model, "data_dir": data_dir, "output_dir": os.path.join(settings.work_dir, "trainer-run"),
-        "objective": "itm", "do_train": "true", "max_steps": settings.steps, "per_device_train_batch_size": settings.batch_size,
+        "objective": "itm", "do_train": True, "max_steps": settings.steps, "per_device_train_batch_size": settings.batch_size,
         "learning_rate": settings.learning_rate, "weight_decay": settings.weight_decay, "lr_scheduler_type": "linear",
         "warmup_steps": 0, "max_grad_norm": 1.0, "max_seq_length": settings.max_seq_len,
         "max_img_seq_length": settings.max_img_seq_len, "logging_steps": settings.steps, "save_strategy": "no",
-        "evaluation_strategy": "no", "report_to": "none", "disable_tqdm": "true", "seed": settings.seed,
-        "overwrite_output_dir": "true",
+        "evaluation_strategy": "no", "report_to": "none", "disable_tqdm": True, "seed": settings.seed,
+        "overwrite_output_dir": True,
     }
-    metrics = train_main([token for key, value in flags.items() for token in (f"--{key}", str(value))])
+    metrics = run_training(*arguments_from_options(flags))
     return settings.steps * settings.batch_size / metrics["train_runtime"]
 
 

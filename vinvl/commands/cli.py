@@ -41,7 +41,7 @@ COMMANDS = {
     "convert": ("vinvl.commands.convert", "official Oscar/VinVL or BERT checkpoint -> PaddleNLP model directory"),
     "convert-detector": ("vinvl.commands.convert_detector", "official VinVL detector checkpoint (.pth) -> Paddle detector directory"),
     "make-synthetic": ("vinvl.commands.make_synthetic", "write a synthetic corpus in the official coco_ir file format"),
-    "train": ("vinvl.training.run", "fine-tune with paddlenlp.Trainer (accepts a JSON config)"),
+    "train": ("vinvl.commands.train", "fine-tune with paddlenlp.Trainer from a JSON recipe, flags overriding it"),
     "eval": ("vinvl.commands.evaluate", "COCO 1K/5K retrieval evaluation: R@1/5/10 both ways, rsum"),
     "extract": ("vinvl.commands.extract", "photos -> region features and tags the loading script reads (resumable, sharded)"),
     "retrieve": ("vinvl.commands.retrieve", "answer text or image queries against a gallery through Taskflow"),
