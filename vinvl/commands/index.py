@@ -13,7 +13,7 @@ import sys
 from typing import TYPE_CHECKING, List, Optional, Sequence
 
 from ..errors import UsageError
-from .options import HelpFormatter, new_parser, require_positive
+from .options import HelpFormatter, new_parser, require_directory, require_positive
 
 if TYPE_CHECKING:
     from ..index.store import GallerySource
@@ -80,6 +80,10 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
         require_positive(args, ("batch_size",))
     if args.command == "build" and args.nlist is not None and not args.faiss:
         raise UsageError("--nlist sets the faiss index's lists; it needs --faiss")
+    if args.command != "info":
+        require_directory(args.model_dir, "--model_dir", "model directory")
+        for gallery_dir in args.gallery_dir:
+            require_directory(gallery_dir, "--gallery_dir", "data directory")
     from ..index.store import GalleryIndex, add_to_index, build_index
 
     if args.command == "info":

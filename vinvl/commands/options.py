@@ -33,12 +33,13 @@ FIRST_STAGE_CHOICES = ("auto", "exhaustive", "contrastive", "tags")
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Descriptions as written (paragraphs kept); each option's default appended to its help,
-    unless it has none (None, False) or the help already says it."""
+    unless it has none (None, False, empty) or the help already says it."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         default = action.default
-        if default is None or default is False or default == argparse.SUPPRESS or "(default" in text:
+        empty = default is None or default is False or (isinstance(default, (str, list, tuple)) and not default)
+        if empty or default == argparse.SUPPRESS or "(default" in text:
             return text
         if not action.option_strings:
             return text

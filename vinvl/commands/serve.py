@@ -88,6 +88,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = build_parser().parse_args(argv)
     require_positive(args, ("port", "workers", "top_k", "candidates", "batch_size", "max_body_bytes", "max_queries",
                             "worker_healthcheck_timeout"))
+    if args.model_dir is not None:
+        require_directory(args.model_dir, "--model_dir", "model directory")
     if args.detector is not None:
         require_directory(args.detector, "--detector", "detector directory")
     sock = _tcp_socket(args.host, args.port)

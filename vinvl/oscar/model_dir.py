@@ -39,8 +39,15 @@ def has_weights(model_dir: str) -> bool:
     return any(os.path.isfile(os.path.join(model_dir, name)) for name in WEIGHT_FILES)
 
 
+def _require_existing(model_dir: str) -> None:
+    """A FileNotFoundError saying so when ``model_dir`` does not exist (rather than "it has no config.json")."""
+    if not os.path.isdir(model_dir):
+        raise FileNotFoundError(f"{model_dir!r}: no such model directory (it does not exist)")
+
+
 def weight_files(model_dir: str) -> List[str]:
     """The files holding ``model_dir``'s weights (a sharded checkpoint's shards included), in a fixed order."""
+    _require_existing(model_dir)
     if not has_weights(model_dir):
         raise FileNotFoundError(
             f"{model_dir} has no saved weights (none of {', '.join(WEIGHT_FILES)}); save the model "
@@ -82,8 +89,7 @@ def load_retrieval_model(
     ``config_overrides`` are set in the directory's config before the model is built (what a
     fine-tuning recipe decides over the checkpoint, such as its dropout).
     """
-    if not os.path.isdir(model_dir):
-        raise FileNotFoundError(f"{model_dir!r}: no such model directory (it does not exist)")
+    _require_existing(model_dir)
     if not os.path.isfile(os.path.join(model_dir, "config.json")):
         raise FileNotFoundError(f"{model_dir!r} is not a model directory: it has no config.json")
     config = OscarConfig.from_pretrained(model_dir)

@@ -40,6 +40,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -600,7 +601,7 @@ def _extract_share(todo, work_dir, rank, world, share_size, detector, fail_on_ba
             if isinstance(decoded, BadImageError):
                 if fail_on_bad:
                     raise decoded
-                bar.write(f"skipped {decoded}")
+                bar.write(f"skipped {decoded}", file=sys.stderr)  # stdout stays the command's answer
                 writer.commit(index, _bad_row(index, entry, decoded.reason))
             else:
                 detections = detector.detect([decoded])[0]

@@ -17,15 +17,14 @@ import textwrap
 
 import pytest
 
-import vinvl
 from vinvl.commands.cli import COMMANDS, main
 from vinvl.errors import USER_ERROR_STATUS
 
-from realdata import GALLERY_PHOTOS, PHOTO_DIR, TINY_DETECTOR
-from tinymodel import derive
+from support.paths import PHOTO_DIR, REPO, TINY_DETECTOR
+from support.paths import TINY_MODEL as TINY_CONFIG
+from support.realdata import GALLERY_PHOTOS
+from support.tinymodel import derive
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(vinvl.__file__)))
-TINY_CONFIG = os.path.join(REPO, "model_configs", "tiny")
 # Command modules with a parser that scripts/ run but `vinvl` does not list.
 SCRIPT_COMMANDS = ("benchmark_detector", "benchmark_first_stage", "benchmark_index", "benchmark_service_layer",
                    "benchmark_training", "load_test_server")
@@ -147,15 +146,20 @@ def test_help_names_the_command_documents_every_option_and_shows_defaults(name, 
     if name.split()[0] not in SCRIPT_COMMANDS:
         assert text.startswith(f"usage: vinvl {name} ")
     assert "``" not in text and ":func:" not in text and ":mod:" not in text, text  # plain text, no reST
+    options = text[text.index("\noptions:\n"):]  # the option entries, after the usage line and the description
+    formatter = parser._get_formatter()
     for action in parser._actions:
         if not action.option_strings or action.help == argparse.SUPPRESS or isinstance(action, argparse._HelpAction):
             continue
         flag = action.option_strings[-1]
         assert action.help, f"{name} {flag} has no help"
-        if action.default is not None and action.default is not False:
-            entry = text[text.index(flag + " "):] if flag + " " in text else text[text.index(flag):]
-            entry = " ".join(entry.split("\n  -")[0].split())  # this option's help, joined on one line
-            assert "default" in entry, f"{name} {flag}: its default {action.default!r} is not shown: {entry}"
+        if action.default is not None and action.default is not False and action.default not in ("", [], ()):
+            # this option's entry: from its invocation ("  --split SPLIT") to the next option's, on one line
+            entry = options[options.index("\n  " + formatter._format_action_invocation(action)):]
+            entry = " ".join(entry[1:].split("\n  -")[0].split())
+            assert "(default: " in entry, f"{name} {flag}: its default {action.default!r} is not shown: {entry}"
+        else:
+            assert "(default: )" not in options, f"{name}: an empty default is shown"
 
 
 def test_eval_shows_its_candidates_default():
@@ -191,7 +195,8 @@ def test_a_failed_extract_does_not_block_its_retry(photos, tmp_path, capfd):
     command = ["extract", str(photos), "out", "--detector", TINY_DETECTOR, "--fail_on_bad", "--no_progress"]
     status, _, err = run_here(capfd, tmp_path, *command)
     assert status == USER_ERROR_STATUS
-    line = one_error_line(err, "vinvl extract")
+    note, line = err.strip().splitlines()  # the tiny detector's random-weights notice, then the error
+    assert "random weights" in note and line.startswith("vinvl extract: error: "), err
     assert str(photos / "empty.jpg") in line and "the file is empty" in line
     assert not (tmp_path / "out").exists()  # the run committed nothing: nothing is left to resume
     os.remove(photos / "empty.jpg")
@@ -245,15 +250,26 @@ def test_serve_on_a_port_in_use_is_one_line_before_anything_loads(tmp_path):
 # ----- B9: messages --------------------------------------------------------------------------------
 
 
-def test_a_model_directory_that_does_not_exist_is_called_so(tmp_path, capfd):
-    from vinvl.oscar.model_dir import load_retrieval_model
-
-    status, _, err = run_here(capfd, tmp_path, "retrieve", "--model_dir", "nowhere", "--data_dir", ".", "--text", "a dog")
+@pytest.mark.parametrize("command", [
+    ["retrieve", "--model_dir", "nowhere", "--data_dir", ".", "--text", "a dog"],
+    ["index", "build", "--model_dir", "nowhere", "--gallery_dir", ".", "out"],
+    ["serve", "--index", ".", "--model_dir", "nowhere"],
+], ids=lambda command: " ".join(command[:2]))
+def test_a_model_directory_that_does_not_exist_is_called_so(command, tmp_path, capfd):
+    status, _, err = run_here(capfd, tmp_path, *command)
     assert status == USER_ERROR_STATUS
-    line = one_error_line(err, "vinvl retrieve")
-    assert "nowhere" in line and "does not exist" in line and "config.json" not in line
+    prog = "vinvl index build" if command[0] == "index" else f"vinvl {command[0]}"
+    line = one_error_line(err, prog)
+    assert "nowhere" in line and "does not exist" in line and "config.json" not in line and "weights" not in line
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("load", ["load_retrieval_model", "weights_checksum"])
+def test_the_library_says_a_model_directory_does_not_exist(load, tmp_path):
+    from vinvl.oscar import model_dir
+
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        load_retrieval_model(str(tmp_path / "nowhere"))
+        getattr(model_dir, load)(str(tmp_path / "nowhere"))
 
 
 def test_retrieving_captions_from_a_gallery_without_captions_names_the_option(tmp_path, capfd):
@@ -300,8 +316,9 @@ def test_skipped_gallery_photos_are_one_clean_line(saved_model, photos, tmp_path
     done = subprocess.run(command, cwd=str(tmp_path), capture_output=True, text=True, timeout=600,
                           env=dict(os.environ, PYTHONPATH=REPO))
     assert done.returncode == 0, done.stderr
-    lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert "UserWarning" not in done.stderr and "warnings.warn" not in done.stderr, done.stderr
-    skipped = [line for line in lines if "skipped" in line]
-    assert len(skipped) == 1 and "empty.jpg" in skipped[0] and "the file is empty" in skipped[0], done.stderr
-    assert len(json.loads(done.stdout)[0]["images"]) == 2
+    # extraction names the file as it skips it; the gallery's notice says where all of them are listed
+    notices = [line for line in done.stderr.splitlines() if "photos skipped" in line]
+    assert len(notices) == 1 and notices[0].startswith("gallery_images=") and "bad_images.jsonl" in notices[0], done.stderr
+    assert "empty.jpg: the file is empty" in notices[0], notices
+    assert len(json.loads(done.stdout)[0]["images"]) == 2  # stdout is the answer alone
