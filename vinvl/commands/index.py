@@ -25,7 +25,7 @@ SUBCOMMANDS = ("build", "add", "info")  # `vinvl index <sub-command>`: its error
 DESCRIPTION = """\
 Build a gallery index on disk (ids, tags, captions, feature pointers and first-stage embeddings of
 one or more galleries, memory-mapped, atomically versioned), add the images of more galleries to
-it, or print what it holds. `vinvl serve` and Taskflow(index_path=...) answer over it."""
+it, or print what it holds. vinvl serve and Taskflow(index_path=...) answer over it."""
 
 
 def _sources(args: argparse.Namespace) -> List["GallerySource"]:
