@@ -11,7 +11,7 @@ from vinvl.errors import USER_ERROR_STATUS
 SOURCE_TREE = os.path.dirname(os.path.dirname(os.path.abspath(vinvl.__file__)))
 # What paddle, setuptools and datasets print at import unless vinvl quiets it.
 NOISE = ("No ccache found", "OMP_NUM_THREADS WISELY", "OMP_NUM_THREADS set to", "Setuptools is replacing distutils",
-         "PyTorch version", "Loading faiss", "fontManager")
+         "PyTorch version", "Loading faiss", "fontManager", "pkg_resources is deprecated")
 
 
 def run(args, cwd, env=None) -> subprocess.CompletedProcess:
