@@ -9,6 +9,7 @@ import argparse
 import importlib
 import json
 import os
+import pkgutil
 import shutil
 import socket
 import subprocess
@@ -17,6 +18,7 @@ import textwrap
 
 import pytest
 
+import vinvl.commands
 from vinvl.commands.cli import COMMANDS, main
 from vinvl.errors import USER_ERROR_STATUS
 
@@ -25,9 +27,13 @@ from support.paths import TINY_MODEL as TINY_CONFIG
 from support.realdata import GALLERY_PHOTOS
 from support.tinymodel import derive
 
-# Command modules with a parser that scripts/ run but `vinvl` does not list.
-SCRIPT_COMMANDS = ("benchmark_detector", "benchmark_first_stage", "benchmark_index", "benchmark_service_layer",
-                   "benchmark_training", "load_test_server")
+# Command modules with a parser that scripts/ run but `vinvl` does not list (every other module of
+# vinvl.commands but the dispatcher and the shared options).
+SCRIPT_COMMANDS = tuple(sorted(
+    module.name for module in pkgutil.iter_modules(vinvl.commands.__path__)
+    if f"vinvl.commands.{module.name}" not in {entry for entry, _ in COMMANDS.values()}
+    and module.name not in ("cli", "options")
+))
 HEAVY = ("paddle", "paddlenlp", "numpy")
 
 # Runs each argv through vinvl's entry point (a script module's main when it names one) and prints

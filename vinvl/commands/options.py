@@ -3,7 +3,7 @@
 Nothing here imports the library: a command builds and runs its parser (``--help`` included)
 before it imports anything heavy. The choices below are the command line's spelling of names
 the library defines (``vinvl.data.layout.SPLITS``, ``vinvl.retrieval.first_stage.FIRST_STAGE_CHOICES``);
-tests/test_commands_layer.py checks that they agree.
+tests/commands/test_commands_layer.py checks that they agree.
 """
 from __future__ import annotations
 
