@@ -82,6 +82,7 @@ def test_the_first_lines_the_demo_prints_are_its_own(demo):
         assert steps == ["[1/4]", "[2/4]", "[3/4]", "[4/4]"]
 
 
+@pytest.mark.slow
 def test_demo_refuses_a_folder_it_did_not_write(demo):
     cwd = demo["cwd"]
     (cwd / "mine").mkdir()
@@ -100,6 +101,7 @@ def _eval(demo, out, *flags):
         return json.load(f)
 
 
+@pytest.mark.slow
 def test_eval_every_protocol_with_relative_paths(demo):
     cwd = demo["cwd"]
     default = _eval(demo, "eval/default")
@@ -117,6 +119,7 @@ def test_eval_every_protocol_with_relative_paths(demo):
         assert own["results"]["keys"][name] == pytest.approx(named["results"]["keys"][name]), name
 
 
+@pytest.mark.slow
 def test_eval_defaults_fit_the_split_and_a_protocol_that_cannot_apply_says_which_option(demo):
     minival = _eval(demo, "eval/minival", "--split", "minival")
     assert minival["protocol"] == "all" and minival["num_images"] == 40
@@ -128,6 +131,7 @@ def test_eval_defaults_fit_the_split_and_a_protocol_that_cannot_apply_says_which
     assert_user_error(missing, "vinvl eval", "no_such_keys.tsv", "no such file")
 
 
+@pytest.mark.slow
 def test_retrieve_answers_and_its_user_errors(demo):
     base = ["retrieve", "--model_dir", "demo/model", "--data_dir", "demo/corpus", "--top_k", "3"]
     done = run(vinvl_cmd(*base, "--text", "a dog on the grass", "--image_id", "500000"), demo["cwd"])

@@ -104,6 +104,7 @@ def assert_same_up_to_rounding(got, want):
             np.testing.assert_allclose([a["score"], a["margin"]], [b["score"], b["margin"]], rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_an_uploaded_photo_is_answered_as_the_taskflow_answers_the_file(captioned, model_dir):
     server, index, corpus = captioned
     flow = Taskflow("image_text_retrieval", task_path=model_dir, index_path=index, detector_path=DETECTOR, **OPTIONS)
