@@ -18,7 +18,7 @@ from ..data import load_corpus, write_synthetic_corpus
 
 __all__ = ["QueryBatchBenchmark", "run_benchmark", "format_table"]
 
-TINY_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "model_configs", "tiny")
+from .measure import TINY_CONFIG
 
 
 @dataclass(frozen=True)

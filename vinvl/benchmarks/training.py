@@ -32,8 +32,6 @@ from ..training.run import run_training
 
 __all__ = ["TrainingBenchmark", "plain_loop", "trainer_path", "run_benchmark"]
 
-TINY_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "model_configs", "tiny")
-
 
 @dataclass(frozen=True)
 class TrainingBenchmark:
