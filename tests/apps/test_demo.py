@@ -17,6 +17,8 @@ import pytest
 
 from support.commands import assert_quiet, assert_user_error, run, vinvl_cmd
 
+pytestmark = pytest.mark.slow  # every test here runs the demo (a subprocess training a model)
+
 NAMES = ("t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10", "rsum")
 # (train images, test images, steps) behind --size ci. The first run logs steps 6 ... 30, past the
 # second run's first logged step: records of the first run left in the model directory would show in
@@ -82,7 +84,6 @@ def test_the_first_lines_the_demo_prints_are_its_own(demo):
         assert steps == ["[1/4]", "[2/4]", "[3/4]", "[4/4]"]
 
 
-@pytest.mark.slow
 def test_demo_refuses_a_folder_it_did_not_write(demo):
     cwd = demo["cwd"]
     (cwd / "mine").mkdir()
@@ -101,7 +102,6 @@ def _eval(demo, out, *flags):
         return json.load(f)
 
 
-@pytest.mark.slow
 def test_eval_every_protocol_with_relative_paths(demo):
     cwd = demo["cwd"]
     default = _eval(demo, "eval/default")
@@ -119,7 +119,6 @@ def test_eval_every_protocol_with_relative_paths(demo):
         assert own["results"]["keys"][name] == pytest.approx(named["results"]["keys"][name]), name
 
 
-@pytest.mark.slow
 def test_eval_defaults_fit_the_split_and_a_protocol_that_cannot_apply_says_which_option(demo):
     minival = _eval(demo, "eval/minival", "--split", "minival")
     assert minival["protocol"] == "all" and minival["num_images"] == 40
@@ -131,7 +130,6 @@ def test_eval_defaults_fit_the_split_and_a_protocol_that_cannot_apply_says_which
     assert_user_error(missing, "vinvl eval", "no_such_keys.tsv", "no such file")
 
 
-@pytest.mark.slow
 def test_retrieve_answers_and_its_user_errors(demo):
     base = ["retrieve", "--model_dir", "demo/model", "--data_dir", "demo/corpus", "--top_k", "3"]
     done = run(vinvl_cmd(*base, "--text", "a dog on the grass", "--image_id", "500000"), demo["cwd"])
