@@ -140,4 +140,7 @@ def quiet_paddle_import() -> None:
     for the OMP and logging lines when paddle is already imported)."""
     warnings.filterwarnings("ignore", message="No ccache found", category=UserWarning)
     warnings.filterwarnings("ignore", message="Setuptools is replacing distutils", category=UserWarning)
+    # jieba (imported by paddlenlp) imports pkg_resources, which setuptools < 81 (pinned for
+    # milvus-lite) deprecates at import: a warning about a third-party import, not about vinvl.
+    warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
     around_import("paddle", _quietly)
