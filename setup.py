@@ -1,7 +1,7 @@
 """Packaging for vinvl-paddle: VinVL (Oscar+) image-text retrieval on PaddlePaddle."""
 from setuptools import find_packages, setup
 
-# Pins found to work together on CPython 3.11 (see README "Install").
+# Pins found to work together on CPython 3.11 (see docs/installation.md).
 INSTALL_REQUIRES = [
     "paddlepaddle==3.3.1",
     "paddlenlp==3.0.0b4",

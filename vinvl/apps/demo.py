@@ -1,4 +1,4 @@
-"""``vinvl demo``: the whole flow on an embedded default, in a few minutes on a CPU.
+"""The whole flow on an embedded default, in a few minutes on a CPU (``vinvl demo``).
 
 Writes a synthetic corpus in the official file format, fine-tunes the tiny Oscar config with
 the PaddleNLP Trainer, evaluates exhaustive and two-stage retrieval, loads the saved model
@@ -14,11 +14,10 @@ leaves anything else alone; a non-empty directory the demo did not write is refu
 """
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List
 
 from ..data import load_corpus, write_synthetic_corpus
 from ..errors import UsageError
@@ -30,7 +29,7 @@ from ..training.recipe import arguments_from_options
 from ..training.run import run_training
 from ..vision.extract import extract
 
-__all__ = ["SIZES", "prepare_work_dir", "run_demo", "main"]
+__all__ = ["SIZES", "prepare_work_dir", "run_demo"]
 
 # name -> (train images, test images, training steps); "ci" is the smallest honest run.
 SIZES = {"default": (400, 100, 1200), "ci": (160, 40, 300)}
@@ -212,13 +211,3 @@ def _print_table(metrics: Dict[str, Dict[str, float]]) -> None:
     print("setting".ljust(18) + "".join(c.rjust(13) for c in columns))
     for name, values in metrics.items():
         print(name.ljust(18) + "".join(f"{values.get(c, float('nan')):13.1f}" for c in columns))
-
-
-def main(argv: Optional[Sequence[str]] = None) -> str:
-    parser = argparse.ArgumentParser(prog="vinvl demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--work_dir", default="vinvl_demo",
-                        help="directory for the corpus, model and report: new, empty, or an earlier demo's (replaced)")
-    parser.add_argument("--size", choices=sorted(SIZES), default="default", help="'ci' is a smaller, faster run")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    return run_demo(args.work_dir, args.size, args.seed)
