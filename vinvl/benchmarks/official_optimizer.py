@@ -11,8 +11,8 @@ microsoft/Oscar's ``oscar/run_retrieval.py`` takes one optimiser step as:
    and 0 for those: ``p -= lr * sqrt(1 - b2^k) / (1 - b1^k) * m / (sqrt(v) + eps)``, then
    ``p -= lr * weight_decay * p`` (on the updated ``p``).
 
-Two conventions of paddlenlp's Trainer and Paddle's AdamW differ; each is a switch here, so the
-rules can be compared with the Trainer exactly and each difference measured alone
+Four conventions of paddlenlp's Trainer and Paddle differ; each is a switch here, so the rules
+can be compared with the Trainer exactly and each difference measured alone
 (:mod:`vinvl.benchmarks.optimizer_conventions`):
 
 - ``scheduler_after_update``: paddlenlp steps the scheduler after the optimizer, so step k uses
@@ -22,7 +22,9 @@ rules can be compared with the Trainer exactly and each difference measured alon
   which is ``eps / sqrt(1 - b2^k)`` on ``sqrt(v_hat)``;
 - ``decay_before_update``: Paddle decays the weights as they were before the step
   (``p *= 1 - lr * weight_decay``, then the Adam update), pytorch_transformers the updated ones: the
-  two differ by ``lr * weight_decay`` (1e-6 in the recipes) of one update.
+  two differ by ``lr * weight_decay`` (1e-6 in the recipes) of one update;
+- ``clip_epsilon``: torch scales clipped gradients by ``max_norm / (total_norm + 1e-6)``, Paddle's
+  ``ClipGradByGlobalNorm`` by ``max_norm / total_norm`` (0 here): a relative 1e-6 / total_norm.
 
 Parameters without a gradient are left alone (their moments too), as both optimizers do.
 """
@@ -50,10 +52,11 @@ def official_lr_factor(step: int, total_steps: int, warmup_steps: int = 0) -> fl
     return max(0.0, float(total_steps - step) / float(max(1.0, total_steps - warmup_steps)))
 
 
-def clip_grad_norm(grads: Mapping[str, np.ndarray], max_norm: float) -> Dict[str, np.ndarray]:
-    """``torch.nn.utils.clip_grad_norm_`` (2-norm): the gradients, scaled when their norm exceeds ``max_norm``."""
+def clip_grad_norm(grads: Mapping[str, np.ndarray], max_norm: float, epsilon: float = 1e-6) -> Dict[str, np.ndarray]:
+    """``torch.nn.utils.clip_grad_norm_`` (2-norm): the gradients, scaled by ``max_norm / (norm + epsilon)``
+    when that is below 1."""
     total = math.sqrt(sum(float(np.sum(np.square(g, dtype=np.float64))) for g in grads.values()))
-    coefficient = max_norm / (total + 1e-6)
+    coefficient = max_norm / (total + epsilon)
     if coefficient >= 1:
         return {name: np.asarray(g, dtype=np.float64) for name, g in grads.items()}
     return {name: np.asarray(g, dtype=np.float64) * coefficient for name, g in grads.items()}
@@ -76,6 +79,7 @@ class OfficialOptimizer:
         scheduler_after_update: bool = False,
         eps_on_corrected: bool = False,
         decay_before_update: bool = False,
+        clip_epsilon: float = 1e-6,
     ):
         """``decayed``: the names weight decay applies to (default: the official rule on the names)."""
         self.params = {name: np.array(value, dtype=np.float64) for name, value in params.items()}
@@ -84,7 +88,7 @@ class OfficialOptimizer:
         self.total_steps, self.warmup_steps = total_steps, warmup_steps
         self.betas, self.eps, self.max_grad_norm = betas, eps, max_grad_norm
         self.scheduler_after_update, self.eps_on_corrected = scheduler_after_update, eps_on_corrected
-        self.decay_before_update = decay_before_update
+        self.decay_before_update, self.clip_epsilon = decay_before_update, clip_epsilon
         self.moments: Dict[str, list] = {}  # name -> [step, m, v]
         self.steps = 0
         self.last_lr = 0.0
@@ -98,7 +102,7 @@ class OfficialOptimizer:
         """One update with the gradients of (some of) the parameters, before clipping."""
         self.steps += 1
         if self.max_grad_norm > 0:
-            grads = clip_grad_norm(grads, self.max_grad_norm)
+            grads = clip_grad_norm(grads, self.max_grad_norm, self.clip_epsilon)
         lr = self.last_lr = self.lr_of_step(self.steps)
         beta1, beta2 = self.betas
         for name, grad in grads.items():

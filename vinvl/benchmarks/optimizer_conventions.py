@@ -6,10 +6,10 @@ in float64. At every optimiser step the gradients the Trainer is about to apply 
 the official rules of :mod:`vinvl.benchmarks.official_optimizer`, in several variants that start
 from the same weights:
 
-- ``paddle``: the rules with Paddle's three conventions: must track the Trainer (the check that
+- ``paddle``: the rules with Paddle's four conventions: must track the Trainer (the check that
   the measurement measures the Trainer);
 - ``official``: run_retrieval.py's rules (scheduler stepped before the update, eps on sqrt(v),
-  decay of the updated weights);
+  decay of the updated weights, clipping by max_norm / (norm + 1e-6));
 - one variant per convention, official in that one only.
 
 Each variant is compared with ``paddle`` at the end: ``|w_variant - w_paddle| / |w_paddle - w_start|``
@@ -42,12 +42,14 @@ TINY_CONFIG = os.path.join(SOURCE_TREE, "model_configs", "tiny")
 OFFICIAL_BASE_STEPS = 132_780  # 30 epochs x ceil(566,435 / 128)
 
 # name -> the conventions that differ from the official rules (switches of OfficialOptimizer)
+PADDLE = dict(scheduler_after_update=True, eps_on_corrected=True, decay_before_update=True, clip_epsilon=0.0)
 VARIANTS = {
-    "paddle": dict(scheduler_after_update=True, eps_on_corrected=True, decay_before_update=True),
-    "official": dict(scheduler_after_update=False, eps_on_corrected=False, decay_before_update=False),
-    "official schedule only": dict(scheduler_after_update=False, eps_on_corrected=True, decay_before_update=True),
-    "official eps only": dict(scheduler_after_update=True, eps_on_corrected=False, decay_before_update=True),
-    "official decay order only": dict(scheduler_after_update=True, eps_on_corrected=True, decay_before_update=False),
+    "paddle": PADDLE,
+    "official": dict(scheduler_after_update=False, eps_on_corrected=False, decay_before_update=False, clip_epsilon=1e-6),
+    "official schedule only": {**PADDLE, "scheduler_after_update": False},
+    "official eps only": {**PADDLE, "eps_on_corrected": False},
+    "official decay order only": {**PADDLE, "decay_before_update": False},
+    "official clipping only": {**PADDLE, "clip_epsilon": 1e-6},
 }
 
 
@@ -58,18 +60,21 @@ def _named(model, of_grad: bool = False) -> Dict[str, np.ndarray]:
 
 
 class ReferenceTracker(TrainerCallback):
-    """Feeds the gradients of every optimiser step of a Trainer to reference optimizers."""
+    """Feeds the gradients of every optimiser step of a Trainer to reference optimizers, and
+    records their global norm before clipping (``grad_norms``)."""
 
     def __init__(self, make_references):
         self.make_references = make_references  # start weights -> {name: OfficialOptimizer}
         self.start: Optional[Dict[str, np.ndarray]] = None
         self.references: Dict[str, OfficialOptimizer] = {}
+        self.grad_norms: List[float] = []
 
     def on_optimizer_begin(self, args, state, control, model=None, **kwargs):
         if self.start is None:
             self.start = _named(model)
             self.references = self.make_references(self.start)
         grads = _named(model, of_grad=True)
+        self.grad_norms.append(float(np.sqrt(sum(np.sum(np.square(g)) for g in grads.values()))))
         for reference in self.references.values():
             reference.step(grads)
 
