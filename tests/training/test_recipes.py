@@ -25,11 +25,27 @@ from vinvl.training.recipe import load_recipe
 from vinvl.training.run import build_trainer
 from vinvl.training.sampler import EpochSeededBatchSampler
 
+from vinvl.commands.cli import main as vinvl_main
+
 from support.commands import SOURCE_TREE, assert_user_error, run, vinvl_cmd
 from support.paths import REPO, TINY_MODEL
 
 RECIPES = {size: os.path.join(REPO, "model_configs", size, "train_coco_ir.json") for size in ("vinvl-base", "vinvl-large")}
 TINY_RECIPE = os.path.join(REPO, "model_configs", "tiny", "train_synthetic.json")
+
+
+def vinvl_here(capfd, cwd, *args) -> subprocess.CompletedProcess:
+    """``vinvl <args>`` in this process from ``cwd`` (stderr read at the file descriptor), as a
+    CompletedProcess; tests/commands runs the entry point itself in a new interpreter."""
+    capfd.readouterr()
+    before = os.getcwd()
+    os.chdir(cwd)
+    try:
+        status = vinvl_main(list(args))
+    finally:
+        os.chdir(before)
+    out, err = capfd.readouterr()
+    return subprocess.CompletedProcess(["vinvl", *args], status, out, err)
 
 
 @pytest.fixture(scope="module")
@@ -173,9 +189,9 @@ def test_the_recipes_keep_the_last_step_and_best_by_rsum_is_an_option():
 
 @pytest.mark.skipif(not paddle.device.get_device().startswith("cpu"), reason="the refusal is the CPU's")
 @pytest.mark.parametrize("flag", ["--fp16", "--bf16"])
-def test_mixed_precision_is_refused_on_the_cpu_before_anything_loads(tmp_path, flag):
+def test_mixed_precision_is_refused_on_the_cpu_before_anything_loads(capfd, tmp_path, flag):
     output = tmp_path / "out"
-    done = run(vinvl_cmd("train", TINY_RECIPE, flag, "--data_dir", "no/such/corpus", "--output_dir", str(output)), tmp_path)
+    done = vinvl_here(capfd, tmp_path, "train", TINY_RECIPE, flag, "--data_dir", "no/such/corpus", "--output_dir", str(output))
     assert_user_error(done, "vinvl train", flag, "GPU")  # before the missing corpus is even looked at
     assert not output.exists()
 
@@ -196,7 +212,7 @@ def test_mixed_precision_trains_on_a_gpu(corpus_dir, tmp_path, flag):
 # --- `vinvl train`: recipe + flags, renamed keys, help ------------------------------------------
 
 
-def test_a_recipe_is_the_base_and_flags_override_it(corpus_dir, tmp_path):
+def test_a_recipe_is_the_base_and_flags_override_it(capfd, corpus_dir, tmp_path):
     output = tmp_path / "run"
     recipe = tmp_path / "recipe.json"
     with open(TINY_RECIPE, encoding="utf-8") as handle:
@@ -210,20 +226,20 @@ def test_a_recipe_is_the_base_and_flags_override_it(corpus_dir, tmp_path):
     assert (output / "model.safetensors").is_file() and not (tmp_path / "recipe_out").exists()
     # The shipped recipe plus one flag (issue 25 item 6): no "required" error for what the recipe holds.
     os.symlink(os.path.join(REPO, "model_configs"), tmp_path / "model_configs")
-    done = run(vinvl_cmd("train", "model_configs/tiny/train_synthetic.json", "--max_steps", "20"), tmp_path)
+    done = vinvl_here(capfd, tmp_path, "train", "model_configs/tiny/train_synthetic.json", "--max_steps", "20")
     assert "are required" not in done.stderr
     assert_user_error(done, "vinvl train", "outputs/synthetic_coco")  # the recipe's corpus, not written here
 
 
 @pytest.mark.parametrize("where", ["recipe", "flag"])
-def test_the_old_first_stage_key_is_refused_naming_the_new_one(tmp_path, where):
+def test_the_old_first_stage_key_is_refused_naming_the_new_one(capfd, tmp_path, where):
     if where == "recipe":
         recipe = tmp_path / "old.json"
         recipe.write_text(json.dumps({"model_name_or_path": TINY_MODEL, "data_dir": ".", "output_dir": "o", "eval_top_k": 8}))
-        done = run(vinvl_cmd("train", str(recipe)), tmp_path)
+        done = vinvl_here(capfd, tmp_path, "train", str(recipe))
         assert_user_error(done, "vinvl train", "old.json", "eval_top_k", "eval_candidates")
     else:
-        done = run(vinvl_cmd("train", TINY_RECIPE, "--eval_top_k", "8"), tmp_path)
+        done = vinvl_here(capfd, tmp_path, "train", TINY_RECIPE, "--eval_top_k", "8")
         assert_user_error(done, "vinvl train", "--eval_top_k", "--eval_candidates")
 
 
