@@ -26,7 +26,7 @@ EXAMPLES = (
 )
 
 # (group, [(option, metavar, one line)]): what `vinvl train --help` shows, every one an option of
-# the full parser (tests/test_training_recipes.py checks).
+# the full parser (tests/training/test_recipes.py checks).
 COMMON_OPTIONS = (
     ("model", [
         ("model_name_or_path", "DIR", "converted checkpoint, or a config directory of model_configs/ (random init)"),

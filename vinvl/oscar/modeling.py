@@ -236,6 +236,8 @@ class OscarModel(OscarPretrainedModel):
                 f"img_feats has width {img_feats.shape[-1]} but the model expects "
                 f"img_feature_dim={self.config.img_feature_dim}"
             )
+        if img_feats.dtype != self.img_embedding.weight.dtype:  # float32 features into a float64 (or half) model
+            img_feats = img_feats.astype(self.img_embedding.weight.dtype)
         projected = self.img_embedding(img_feats)
         if self.config.use_img_layernorm:
             projected = self.LayerNorm(projected)
