@@ -55,12 +55,12 @@ def test_demo_runs_twice_and_replaces_only_its_own_output(demo):
     for done in demo["runs"]:
         assert f"report: {work / 'report.html'}" in done.stdout
     html = (work / "report.html").read_text(encoding="utf-8")
-    assert "Retrieval recall" in html and "t2i_r1" in html and "two-stage" in html
+    assert "Retrieval recall" in html and "text \u2192 image" in html and "two-stage" in html
     assert "data:image/png;base64," in html  # training curves
     assert html.count('<section class="query">') == 5
     # the ten shipped COCO photos, each with the tiny detector's boxes, under the plain warning
     assert html.count("<figure>") == 10 and html.count("data:image/jpeg;base64,") == 10
-    assert '<p class="warning">The tiny detector (model_configs/vinvl-detector-tiny) is untrained' in html
+    assert '<p class="warning">The tiny detector (the shipped vinvl-detector-tiny config) is untrained' in html
     with open(work / "photos" / "predictions.tsv") as f:
         assert len(f.readlines()) == 10
     model_dir = work / "model"

@@ -17,13 +17,14 @@ import paddle.nn.functional as F
 import pytest
 from PIL import Image
 
+from vinvl.assets import DEMO_PHOTOS_DIR
 from vinvl.vision import backbone
 from vinvl.vision.backbone import Bottleneck, FrozenBatchNorm2d, PointwiseConv, Stem
 from vinvl.vision.detector import VinVLDetector
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "model_configs", "vinvl-detector-tiny")
-PHOTO = sorted(glob.glob(os.path.join(ROOT, "tests", "data", "coco_minitest", "*.jpg")))[0]
+PHOTO = sorted(glob.glob(os.path.join(DEMO_PHOTOS_DIR, "*.jpg")))[0]
 
 
 def _randomize_frozen_bn(model: paddle.nn.Layer, seed: int = 3) -> None:

@@ -9,6 +9,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from vinvl.assets import DEMO_PHOTOS_DIR
 from vinvl.commands.cli import main as vinvl_main
 from vinvl.oscar.convert import ConversionError
 from vinvl.vision.config import DetectorConfig, nest
@@ -19,7 +20,7 @@ torch = pytest.importorskip("torch")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "model_configs", "vinvl-detector-tiny")
-PHOTO = os.path.join(ROOT, "tests", "data", "coco_minitest", "COCO_val2014_000000317441.jpg")
+PHOTO = os.path.join(DEMO_PHOTOS_DIR, "COCO_val2014_000000317441.jpg")
 
 # Official nn.Linear weights are [out, in]; the tiny config's sizes: 2048-d features, 1595 classes,
 # 525 attributes, 16-d class embedding, 32-d attribute hidden layer.

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from vinvl.assets import DEMO_PHOTOS_DIR
 from vinvl.vision.config import DetectorConfig, DetectorConfigError
 from vinvl.vision.detector import VinVLDetector
 from vinvl.vision.structures import Detections
@@ -15,7 +16,7 @@ from vinvl.vision.structures import Detections
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "model_configs", "vinvl-detector-tiny")
 X152 = os.path.join(ROOT, "model_configs", "vinvl-detector-x152c4")
-PHOTOS = [os.path.join(ROOT, "tests", "data", "coco_minitest", f"COCO_val2014_000000{n}.jpg") for n in ("045057", "317441")]
+PHOTOS = [os.path.join(DEMO_PHOTOS_DIR, f"COCO_val2014_000000{n}.jpg") for n in ("045057", "317441")]
 LABELMAP = os.path.join(ROOT, "vinvl", "assets", "vinvl_labelmap.json")
 
 
@@ -123,7 +124,7 @@ def test_shared_extractor_reuse_equals_repooling(tiny):
     from vinvl.vision.transforms import normalize, resize_image
 
     config = tiny.config
-    photo = np.asarray(Image.open(os.path.join(ROOT, "tests", "data", "coco_minitest", "COCO_val2014_000000028675.jpg")).convert("RGB"))
+    photo = np.asarray(Image.open(os.path.join(DEMO_PHOTOS_DIR, "COCO_val2014_000000028675.jpg")).convert("RGB"))
     resized = resize_image(photo, config["INPUT.MIN_SIZE_TEST"], config["INPUT.MAX_SIZE_TEST"])
     pixels = normalize(resized, config["INPUT.PIXEL_MEAN"], config["INPUT.PIXEL_STD"])
     result = tiny.detect([photo])[0]

@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from test_vision_image import bad_files, jpeg_bytes, odd_good_files
+from vinvl.assets import DEMO_CAPTIONS_PATH, DEMO_PHOTOS_DIR
 from vinvl.data import load_coco_ir, load_corpus
 from vinvl.data.tsv import build_lineidx
 from vinvl.retrieval.evaluate import main as eval_main
@@ -37,11 +38,11 @@ from vinvl.vision.image import BadImageError, load_image
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DETECTOR_DIR = os.path.join(REPO, "model_configs", "vinvl-detector-tiny")
-PHOTO_DIR = os.path.join(REPO, "tests", "data", "coco_minitest")
+PHOTO_DIR = DEMO_PHOTOS_DIR
 # Three of the shipped photos keep these tests small (the folder holds ten, for the demo).
 PHOTOS = ["COCO_val2014_000000045057.jpg", "COCO_val2014_000000317441.jpg", "COCO_val2014_000000415746.jpg"]
 TRUNCATED = "COCO_val2014_000000100000.jpg"  # sorts second: a bad file between good ones
-CAPTIONS = os.path.join(REPO, "tests", "data", "coco_minitest_captions.txt")
+CAPTIONS = DEMO_CAPTIONS_PATH
 TINY_MODEL = os.path.join(REPO, "model_configs", "tiny")
 
 

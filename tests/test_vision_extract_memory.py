@@ -11,13 +11,14 @@ import tracemalloc
 
 import pytest
 
+from vinvl.assets import DEMO_PHOTOS_DIR
 from vinvl.vision.config import DetectorConfig
 from vinvl.vision.detector import VinVLDetector
 from vinvl.vision.extract import PREDICTIONS_FILE, extract
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, "model_configs", "vinvl-detector-tiny")
-PHOTO = os.path.join(REPO, "tests", "data", "coco_minitest", "COCO_val2014_000000317441.jpg")  # 640x480
+PHOTO = os.path.join(DEMO_PHOTOS_DIR, "COCO_val2014_000000317441.jpg")  # 640x480
 FEW, MANY = 4, 12
 BOUND = 3 * 2**20
 

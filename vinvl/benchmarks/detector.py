@@ -1,10 +1,11 @@
 """Benchmark the detector: seconds and peak memory per image, and the conv FLOP/s it achieves;
 and the memory of ``vinvl extract`` over many photos.
 
-    python scripts/benchmark_detector.py tests/data/coco_minitest/*.jpg          # X152-C4, random weights
+    python scripts/benchmark_detector.py                       # X152-C4, random weights, the shipped photos
     python scripts/benchmark_detector.py --detector models/vinvl-detector photo.jpg
-    python scripts/benchmark_detector.py --detector model_configs/vinvl-detector-tiny \
-        --extract_memory 1000 tests/data/coco_minitest/*.jpg                   # RSS over 1,000 photos
+    python scripts/benchmark_detector.py --detector vinvl-detector-tiny --extract_memory 1000  # RSS over 1,000 photos
+
+Without image files it runs on the ten COCO photos shipped with the package (``vinvl.assets``).
 
 For each image, one ``detect``: its wall and CPU time (they differ when other processes compete
 for the cores), the growth of the resident set while it runs
@@ -31,11 +32,13 @@ from paddle import nn
 from PIL import Image
 
 from .retrieval import matmul_flops_per_second, measure_memory
+from ..assets import DEMO_PHOTOS_DIR
 from ..vision.config import DetectorConfig
 from ..vision.detector import VinVLDetector
 from ..vision.extract import WORK_DIR
 from ..vision.transforms import resize_image
 
+SHIPPED_PHOTOS = sorted(os.path.join(DEMO_PHOTOS_DIR, name) for name in os.listdir(DEMO_PHOTOS_DIR) if name.endswith(".jpg"))
 # Photo counts after which the resident set of ``vinvl extract`` is reported (those up to N).
 RSS_CHECKPOINTS = (1, 10, 25, 50, 100, 250, 500, 1000, 2000, 5000, 10000)
 
@@ -245,7 +248,8 @@ def run_extraction_memory(photos: Sequence[str], count: int, detector_dir: str) 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("images", nargs="+", help="image files to run")
+    parser.add_argument("images", nargs="*", default=SHIPPED_PHOTOS,
+                        help="image files to run (default: the ten COCO photos shipped with the package)")
     parser.add_argument("--detector", help="detector directory (default: VinVL X152-C4 with random weights)")
     parser.add_argument("--matmul_size", type=int, default=2048)
     parser.add_argument(
@@ -257,7 +261,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.extract_memory < 1:
             parser.error("--extract_memory must be at least 1")
         if not args.detector:
-            parser.error("--extract_memory needs --detector (a detector directory, e.g. model_configs/vinvl-detector-tiny)")
+            parser.error("--extract_memory needs --detector (a detector directory or shipped config, e.g. vinvl-detector-tiny)")
         missing = [path for path in args.images if not os.path.isfile(path)]
         if missing:
             parser.error(f"no such image file: {', '.join(missing)}")

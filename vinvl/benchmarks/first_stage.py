@@ -301,7 +301,7 @@ def _table(report: Dict[str, Any]) -> List[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="benchmark_first_stage", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model_dir", default=None, help="a trained model (default: train model_configs/tiny first)")
+    parser.add_argument("--model_dir", default=None, help="a trained model (default: train the shipped tiny config first)")
     parser.add_argument("--data_dir", default=None, help="a coco_ir corpus: train split to fit on, test split as gallery")
     parser.add_argument("--work_dir", default="outputs/first_stage_benchmark", help="corpus, models and the JSON go here")
     parser.add_argument("--num_images", type=int, default=250, help="gallery images (5 captions each, synthetic)")

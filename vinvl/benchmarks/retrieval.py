@@ -24,7 +24,7 @@ Prints, as ratios:
 and the gain of the CPU settings of :mod:`vinvl.runtime`: the matmul and a short scoring pass
 run in two fresh processes, one with ``VINVL_NO_CPU_TUNING=1``.
 
-Without ``--model_dir`` it trains the tiny config (``model_configs/tiny``) on the synthetic
+Without ``--model_dir`` it trains the shipped ``tiny`` config on the synthetic
 corpus' train split through ``vinvl.training.run`` first, so two-stage retrieval has trained
 contrastive heads to work with; without ``--data_dir`` it writes that corpus. Scoring uses the
 official 70-token / 70-region limits for both paths. ``--num_images 20 --train_steps 0`` is a
@@ -60,7 +60,7 @@ from ..retrieval.metrics import first_stage_coverage
 __all__ = ["FlopCounter", "measure_memory", "matmul_flops_per_second", "cpu_probe", "run_benchmark", "main"]
 
 RECALLS = ("t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10")
-TINY_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "model_configs", "tiny")
+TINY_CONFIG = "tiny"  # the shipped config, by name (vinvl.assets.resolve_config)
 
 
 # ----- measuring instruments ---------------------------------------------------------------
@@ -284,7 +284,7 @@ def _gallery(data_dir: str, num_images: int) -> Gallery:
 
 
 def _train_tiny(work_dir: str, data_dir: str, steps: int, seed: int) -> str:
-    """Train model_configs/tiny (matching + contrastive) on the corpus' train split; returns the model dir."""
+    """Train the shipped tiny config (matching + contrastive) on the corpus' train split; returns the model dir."""
     from ..training.run import main as train_main
 
     output_dir = os.path.join(work_dir, f"tiny-trained-{steps}")
@@ -453,7 +453,7 @@ def positive_ints(text: str) -> Tuple[int, ...]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vinvl benchmark", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model_dir", default=None, help="a trained model (default: train model_configs/tiny first)")
+    parser.add_argument("--model_dir", default=None, help="a trained model (default: train the shipped tiny config first)")
     parser.add_argument("--data_dir", default=None, help="a coco_ir corpus whose test split is the gallery (default: synthetic)")
     parser.add_argument("--work_dir", default="outputs/benchmark", help="corpus, trained model and benchmark.json go here")
     parser.add_argument("--num_images", type=int, default=1000, help="gallery images (5 captions each in the synthetic corpus)")

@@ -1,6 +1,6 @@
 """Training throughput: the Trainer path against a plain loop in the style of the seed, one run.
 
-Both train the same model (``model_configs/tiny`` unless ``--model``; same seed, so the same
+Both train the same model (the shipped ``tiny`` config unless ``--model``; same seed, so the same
 initial weights) on the same synthetic corpus for the same number of steps, with the official
 matching objective (each item = a positive pair + its sampled negative, from the same
 :class:`MatchingPairDataset`), AdamW, a linear schedule, gradient clipping at 1.0 and the same
@@ -31,7 +31,7 @@ from ..training.run import main as train_main
 
 __all__ = ["plain_loop", "trainer_path", "main"]
 
-TINY_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "model_configs", "tiny")
+TINY_CONFIG = "tiny"  # the shipped config, by name (vinvl.assets.resolve_config)
 
 
 def plain_loop(args: argparse.Namespace, data_dir: str) -> float:
@@ -81,7 +81,7 @@ def trainer_path(args: argparse.Namespace, data_dir: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="benchmark_training", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default=TINY_CONFIG, help="model directory or config directory (random init)")
+    parser.add_argument("--model", default=TINY_CONFIG, help="model directory, or a config directory or shipped config name (random init)")
     parser.add_argument("--work_dir", default="outputs/benchmark_training")
     parser.add_argument("--train_images", type=int, default=200, help="synthetic train images (5 captions each)")
     parser.add_argument("--steps", type=int, default=60)

@@ -8,7 +8,7 @@ from typing import List, Tuple
 
 from paddlenlp.utils.env import PADDLE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
-from ..assets import VOCAB_PATH
+from ..assets import VOCAB_PATH, resolve_config
 from .configuration import OscarConfig
 from .modeling import OscarForImageTextRetrieval
 from .processor import OscarProcessor
@@ -75,7 +75,9 @@ def load_tokenizer(model_dir: str) -> OscarTokenizer:
 
 
 def load_retrieval_model(model_dir: str, **processor_overrides) -> Tuple[OscarForImageTextRetrieval, OscarProcessor]:
-    """Model and processor from a directory: saved weights, or random init from a config-only directory."""
+    """Model and processor from a directory: saved weights, or random init from a config-only directory
+    (a shipped config's name, ``tiny`` or ``vinvl-base``, stands for its packaged directory)."""
+    model_dir = resolve_config(model_dir)
     if not os.path.isfile(os.path.join(model_dir, "config.json")):
         raise FileNotFoundError(f"{model_dir!r} is not a model directory: it has no config.json")
     if has_weights(model_dir):

@@ -10,6 +10,7 @@ import paddle
 from paddlenlp.trainer import PdArgumentParser, TrainingArguments, set_seed
 from paddlenlp.utils.log import logger
 
+from ..assets import resolve_config
 from ..data import load_corpus
 from ..data.collate import MatchingCollator, MatchingPairDataset
 from ..errors import UsageError
@@ -29,10 +30,13 @@ LIBRARY_LOG_LEVEL = "INFO"  # `vinvl train` reports through the Trainer's INFO l
 
 
 def parse_arguments(argv: Optional[List[str]] = None) -> Tuple[ModelArguments, DataArguments, TrainingArguments]:
-    """Parse flags, or a single JSON config file as PaddleNLP scripts accept."""
+    """Parse flags, or a single JSON config file as PaddleNLP scripts accept: a path, or a shipped
+    recipe's name (``vinvl-base/train_coco_ir``, see :func:`vinvl.assets.resolve_config`)."""
     argv = sys.argv[1:] if argv is None else argv
     parser = PdArgumentParser((ModelArguments, DataArguments, TrainingArguments))
-    config_file = argv[0] if len(argv) == 1 and argv[0].endswith(".json") else None
+    config_file = resolve_config(argv[0]) if len(argv) == 1 and not argv[0].startswith("-") else None
+    if config_file is not None and not config_file.endswith(".json"):
+        raise UsageError(f"{argv[0]} is not a JSON recipe: give a .json file, a shipped recipe's name, or flags")
     try:
         if config_file:
             return parser.parse_json_file(json_file=os.path.abspath(config_file))
@@ -99,6 +103,7 @@ def run_training(
     model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments
 ) -> Dict[str, float]:
     """Fine-tune on ``train_split``, evaluate on ``eval_split``, save the model; returns final metrics."""
+    model_args.model_name_or_path = resolve_config(model_args.model_name_or_path, "--model_name_or_path")
     try:
         validate_arguments(model_args, data_args, training_args)
     except ValueError as exc:  # each check names the flag at fault

@@ -3,7 +3,8 @@
 The checkpoint is what scene_graph_benchmark saves (``torch.save({"model": state_dict, ...})``,
 keys possibly prefixed ``module.``), read without torch through :mod:`vinvl.torch_io`. The
 architecture is VinVL's X152-C4 with its extraction settings unless ``--config`` names an
-official yaml; ``KEY VALUE`` pairs override either, as on test_sg_net.py's command line.
+official yaml, a detector directory or a shipped detector config (``vinvl-detector-tiny``);
+``KEY VALUE`` pairs override any of them, as on test_sg_net.py's command line.
 
 Every tensor must find its place: the RPN's stored cell anchors must equal the ones the config
 generates, a shared attribute feature extractor's copy must equal the box head's, and anything
@@ -22,6 +23,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 from paddle import nn
 
+from ..assets import resolve_config
 from ..oscar.convert import ConversionError, _publish
 from ..torch_io import TorchFileError, read_torch_file
 from .config import DetectorConfig, DetectorConfigError
@@ -89,7 +91,8 @@ def convert_detector(
 ) -> str:
     """Convert ``checkpoint`` into detector directory ``dst`` (``config.json`` + ``model.safetensors``).
 
-    ``config_file``: an official yaml (default: VinVL X152-C4); ``overrides``: ``KEY VALUE`` pairs.
+    ``config_file``: an official yaml, a detector directory or a shipped detector config's name (default:
+    VinVL X152-C4); ``overrides``: ``KEY VALUE`` pairs.
     Raises :class:`ConversionError` naming what is wrong; ``dst`` is written only when every
     tensor converted. Returns ``dst``.
     """
@@ -99,9 +102,7 @@ def convert_detector(
     if os.path.exists(dst) and not overwrite and (not os.path.isdir(dst) or os.listdir(dst)):
         raise ConversionError(f"destination {dst} already exists and is not empty (pass --overwrite to replace it)")
     try:
-        config = (
-            DetectorConfig.from_yaml(config_file, overrides) if config_file else DetectorConfig.vinvl_x152c4(overrides)
-        )
+        config = _architecture(config_file, overrides)
         state = read_checkpoint(checkpoint)
         model = VinVLDetector(config)
     except DetectorConfigError as exc:
@@ -127,12 +128,27 @@ def convert_detector(
     return dst
 
 
+def _architecture(config_file: Optional[str], overrides: Sequence[str]) -> DetectorConfig:
+    """The detector config of ``--config``: VinVL X152-C4 when None, else an official yaml, a detector
+    directory or a shipped detector config's name; then the ``KEY VALUE`` overrides."""
+    if config_file is None:
+        return DetectorConfig.vinvl_x152c4(overrides)
+    path = resolve_config(config_file, "--config")
+    if os.path.isdir(path):
+        return DetectorConfig.from_dir(path).apply_overrides(overrides, source=path)
+    return DetectorConfig.from_yaml(path, overrides)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The ``convert-detector`` arguments: CKPT DST [--config YAML] [--overwrite] [KEY VALUE ...]."""
+    """The ``convert-detector`` arguments: CKPT DST [--config CONFIG] [--overwrite] [KEY VALUE ...]."""
     parser.add_argument("checkpoint", metavar="CKPT", help="official scene_graph_benchmark checkpoint (.pth)")
     parser.add_argument("dst", metavar="DST", help="output detector directory (config.json, model.safetensors)")
     parser.add_argument("overrides", metavar="KEY VALUE", nargs="*", help="official config keys to override, in pairs")
-    parser.add_argument("--config", dest="config_file", metavar="OFFICIAL.yaml", help="official yaml (default: VinVL X152-C4)")
+    parser.add_argument(
+        "--config", dest="config_file", metavar="CONFIG",
+        help="official yaml, detector directory, or shipped detector config name (vinvl-detector-tiny, "
+        "vinvl-detector-x152c4); default: VinVL X152-C4",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     return parser
 

@@ -51,6 +51,7 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 import paddle
 from tqdm.auto import tqdm
 
+from ..assets import resolve_config
 from ..data.formats import encode_features
 from ..errors import UserError
 from .image import IMAGE_EXTENSIONS, BadImageError, check_header, load_image
@@ -504,8 +505,9 @@ def extract(
     there is work left).
     """
     start_time = time.perf_counter()
+    detector_dir = resolve_config(detector_dir, "--detector")
     if not os.path.isdir(detector_dir):
-        raise InputNotFoundError(f"{detector_dir}: no such detector directory")
+        raise InputNotFoundError(f"{detector_dir}: not a detector directory")
     entries = list_images(images, recursive)
     description = _run_description(entries, images, detector_dir, fail_on_bad)
     parallel = paddle.distributed.ParallelEnv()  # the ranks paddle.distributed.launch started (0 of 1 without it)
@@ -577,7 +579,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("images", help="a folder of .jpg/.jpeg/.png photos, or a list file (one path per line, optionally <TAB>image_id)")
     parser.add_argument("out_dir", help="folder for predictions.tsv, images.hw.tsv and the bad-file report (resumed if unfinished)")
-    parser.add_argument("--detector", required=True, help="detector directory (config.json [+ model.safetensors], e.g. from vinvl convert-detector)")
+    parser.add_argument("--detector", required=True, help="detector directory (config.json [+ model.safetensors], e.g. from vinvl convert-detector), or a "
+                        "shipped detector config's name: vinvl-detector-tiny, vinvl-detector-x152c4 (random weights)")
     parser.add_argument("--recursive", action="store_true", help="also take the photos in the folder's subfolders")
     parser.add_argument("--fail_on_bad", action="store_true", help="stop at the first bad file (exit non-zero naming it) instead of skipping it")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
