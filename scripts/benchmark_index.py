@@ -10,7 +10,7 @@ See vinvl.benchmarks.index for what is measured.
 import os
 
 from vinvl.commands.cli import run_main  # importing vinvl first tunes the CPU runtime and quiets start-up noise
-from vinvl.benchmarks.index import main
+from vinvl.commands.benchmark_index import main
 
 if __name__ == "__main__":
     raise SystemExit(run_main(main, prog=os.path.basename(__file__)))

@@ -8,7 +8,7 @@ Localhost only. See vinvl.benchmarks.service_layer.
 import os
 
 from vinvl.commands.cli import run_main  # importing vinvl first tunes the CPU runtime and quiets start-up noise
-from vinvl.benchmarks.service_layer import main
+from vinvl.commands.benchmark_service_layer import main
 
 if __name__ == "__main__":
     raise SystemExit(run_main(main, prog=os.path.basename(__file__)))

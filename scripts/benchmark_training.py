@@ -2,13 +2,13 @@
 
     python scripts/benchmark_training.py --steps 60 --batch_size 32
 
-Flags: vinvl.benchmarks.training.
+Flags: vinvl.commands.benchmark_training (`python scripts/benchmark_training.py --help`).
 """
 
 import os
 
 from vinvl.commands.cli import run_main  # importing vinvl first tunes the CPU runtime and quiets start-up noise
-from vinvl.benchmarks.training import main
+from vinvl.commands.benchmark_training import main
 
 if __name__ == "__main__":
     raise SystemExit(run_main(main, prog=os.path.basename(__file__)))

@@ -8,7 +8,7 @@ in-process Taskflow, RSS) and, with --json, writes every figure. See vinvl.bench
 import os
 
 from vinvl.commands.cli import run_main  # importing vinvl first tunes the CPU runtime and quiets start-up noise
-from vinvl.benchmarks.load_test import main
+from vinvl.commands.load_test_server import main
 
 if __name__ == "__main__":
     raise SystemExit(run_main(main, prog=os.path.basename(__file__)))

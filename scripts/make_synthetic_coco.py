@@ -3,7 +3,7 @@
 import os
 
 from vinvl.commands.cli import run_main  # importing vinvl first tunes the CPU runtime and quiets start-up noise
-from vinvl.data.synthetic import main
+from vinvl.commands.make_synthetic import main
 
 if __name__ == "__main__":
     raise SystemExit(run_main(main, prog=os.path.basename(__file__)))

@@ -7,7 +7,7 @@ import pytest
 # would differ in the last bits.
 import vinvl  # noqa: F401,E402
 
-from tinymodel import TinyModels
+from support.tinymodel import TinyModels
 
 
 @pytest.fixture(scope="session")

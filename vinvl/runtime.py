@@ -10,7 +10,9 @@ its AVX2 kernels, which on an AVX-512 Xeon made a 2048^3 fp32 matmul 1.5x slower
 GFLOP/s per CPU-second, 1 thread) than MKL's own choice.
 
 Importing paddle, paddlenlp and what they pull in prints lines that say nothing to a user of
-this package; :func:`import_paddle_quietly` removes exactly those, each where it comes from:
+this package. ``import vinvl`` does not import paddle (a command's ``--help`` must not wait for
+it); :func:`quiet_paddle_import` makes paddle's first import, whenever it happens, remove exactly
+those lines, each where it comes from:
 
 - ``UserWarning: No ccache found`` (paddle's C++-extension helper, a ``warnings.warn``) and
   ``Setuptools is replacing distutils`` (setuptools' ``_distutils_hack``): warning filters on
@@ -32,7 +34,9 @@ import sys
 import warnings
 from typing import Callable, Iterator, Optional
 
-__all__ = ["tune_cpu_defaults", "default_num_threads", "cpu_vendor", "import_paddle_quietly"]
+from .import_hooks import around_import
+
+__all__ = ["tune_cpu_defaults", "default_num_threads", "cpu_vendor", "quiet_paddle_import"]
 
 _OMP_WARNING = "WARNING: OMP_NUM_THREADS set to {}, not 1."
 _OMP_WARNING_END = "PLEASE USE OMP_NUM_THREADS WISELY."
@@ -115,17 +119,25 @@ def _omp_warning_filter() -> Optional[Callable[[str], bool]]:
     return lambda line: line.startswith(first) or line == _OMP_WARNING_END
 
 
-def import_paddle_quietly() -> None:
-    """Import paddle (and what it imports) without the start-up lines listed in this module's docstring."""
-    warnings.filterwarnings("ignore", message="No ccache found", category=UserWarning)
-    warnings.filterwarnings("ignore", message="Setuptools is replacing distutils", category=UserWarning)
-    if "paddle" in sys.modules:
-        return
+@contextlib.contextmanager
+def _quietly() -> Iterator[None]:
+    """Around paddle's import: its OMP warning dropped, the root logger put back as it was."""
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
-    with _stderr_without(_omp_warning_filter()):
-        import paddle  # noqa: F401
-    for handler in root.handlers:
-        if handler not in handlers:
-            root.removeHandler(handler)
-    root.setLevel(level)
+    try:
+        with _stderr_without(_omp_warning_filter()):
+            yield
+    finally:
+        for handler in root.handlers[:]:
+            if handler not in handlers:
+                root.removeHandler(handler)
+        root.setLevel(level)
+
+
+def quiet_paddle_import() -> None:
+    """Make paddle's first import, by anyone and whenever it happens, leave out the start-up lines
+    listed in this module's docstring (an import hook, :mod:`vinvl.import_hooks`; nothing to do
+    for the OMP and logging lines when paddle is already imported)."""
+    warnings.filterwarnings("ignore", message="No ccache found", category=UserWarning)
+    warnings.filterwarnings("ignore", message="Setuptools is replacing distutils", category=UserWarning)
+    around_import("paddle", _quietly)

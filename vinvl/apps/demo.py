@@ -1,4 +1,4 @@
-"""``vinvl demo``: the whole flow on an embedded default, in a few minutes on a CPU.
+"""The whole flow on an embedded default, in a few minutes on a CPU (``vinvl demo``).
 
 Writes a synthetic corpus in the official file format, fine-tunes the tiny Oscar config with
 the PaddleNLP Trainer, evaluates exhaustive and two-stage retrieval, loads the saved model
@@ -15,11 +15,10 @@ leaves anything else alone; a non-empty directory the demo did not write is refu
 """
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Tuple
 
 from ..assets import DEMO_PHOTOS_DIR
 from ..data import load_corpus, write_synthetic_corpus
@@ -28,10 +27,11 @@ from ..oscar.model_dir import load_retrieval_model
 from .report import extraction_figures, scene_svg, write_report
 from ..retrieval import evaluate_corpus
 from ..training.history import read_log_history
-from ..training.run import main as train_main
+from ..training.recipe import arguments_from_options
+from ..training.run import run_training
 from ..vision.extract import extract
 
-__all__ = ["SIZES", "prepare_work_dir", "run_demo", "main"]
+__all__ = ["SIZES", "prepare_work_dir", "run_demo"]
 
 # name -> (train images, test images, training steps); "ci" is the smallest honest run.
 SIZES = {"default": (400, 100, 1200), "ci": (160, 40, 300)}
@@ -72,8 +72,8 @@ def _train(corpus_dir: str, model_dir: str, steps: int, seed: int) -> None:
         "model_name_or_path": TINY_CONFIG,
         "data_dir": corpus_dir,
         "output_dir": model_dir,
-        "overwrite_output_dir": "true",
-        "do_train": "true",
+        "overwrite_output_dir": True,
+        "do_train": True,
         "objective": "itm+itc",
         "max_steps": steps,
         "per_device_train_batch_size": 16,
@@ -91,7 +91,7 @@ def _train(corpus_dir: str, model_dir: str, steps: int, seed: int) -> None:
         "report_to": "visualdl",
         "seed": seed,
     }
-    train_main([token for key, value in flags.items() for token in (f"--{key}", str(value))])
+    run_training(*arguments_from_options(flags))
 
 
 def _evaluate(model_dir: str, corpus) -> Dict[str, Dict[str, float]]:
@@ -241,12 +241,3 @@ def _print_table(metrics: Dict[str, Dict[str, float]]) -> None:
         t2i, i2t = ("".join(f"{values[f'{d}_r{k}']:7.1f}" for k in (1, 5, 10)) for d in ("t2i", "i2t"))
         print(f"{name:<18}{t2i}  {i2t}{values['rsum']:8.1f}{int(values['pairs_scored']):>14,}")
 
-
-def main(argv: Optional[Sequence[str]] = None) -> str:
-    parser = argparse.ArgumentParser(prog="vinvl demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--work_dir", default="vinvl_demo",
-                        help="directory for the corpus, model and report: new, empty, or an earlier demo's (replaced)")
-    parser.add_argument("--size", choices=sorted(SIZES), default="default", help="'ci' is a smaller, faster run")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    return run_demo(args.work_dir, args.size, args.seed)

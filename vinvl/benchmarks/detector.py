@@ -17,7 +17,6 @@ matmul alike, so the ratio holds on a machine where other processes take turns o
 """
 from __future__ import annotations
 
-import argparse
 import os
 import resource
 import shutil
@@ -246,35 +245,14 @@ def run_extraction_memory(photos: Sequence[str], count: int, detector_dir: str) 
         shutil.rmtree(root, ignore_errors=True)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("images", nargs="*", default=SHIPPED_PHOTOS,
-                        help="image files to run (default: the ten COCO photos shipped with the package)")
-    parser.add_argument("--detector", help="detector directory (default: VinVL X152-C4 with random weights)")
-    parser.add_argument("--matmul_size", type=int, default=2048)
-    parser.add_argument(
-        "--extract_memory", type=int, metavar="N",
-        help="instead: run `vinvl extract` on N photos (links cycling through the images) and report its RSS over the run",
-    )
-    args = parser.parse_args(argv)
-    if args.extract_memory is not None:
-        if args.extract_memory < 1:
-            parser.error("--extract_memory must be at least 1")
-        if not args.detector:
-            parser.error("--extract_memory needs --detector (a detector directory or shipped config, e.g. vinvl-detector-tiny)")
-        missing = [path for path in args.images if not os.path.isfile(path)]
-        if missing:
-            parser.error(f"no such image file: {', '.join(missing)}")
-        for line in run_extraction_memory(args.images, args.extract_memory, args.detector):
-            print(line)
-        return 0
-    if args.detector:
-        detector = VinVLDetector.from_pretrained(args.detector)
+def benchmark_photos(paths: Sequence[str], detector_dir: Optional[str], matmul_size: int) -> List[str]:
+    """:func:`run_benchmark`'s lines for the photo files ``paths``, after a line naming the detector:
+    the one in ``detector_dir``, or VinVL X152-C4 with random weights when None."""
+    if detector_dir:
+        detector = VinVLDetector.from_pretrained(detector_dir)
     else:
         detector = VinVLDetector(DetectorConfig.vinvl_x152c4()).init_weights()
     params = sum(int(np.prod(p.shape)) for p in detector.parameters())
-    print(f"detector: {args.detector or 'VinVL X152-C4 (random weights)'}, {params / 1e6:.1f} M parameters")
-    images = [np.asarray(Image.open(path).convert("RGB")) for path in args.images]
-    for line in run_benchmark(detector, images, args.matmul_size):
-        print(line)
-    return 0
+    images = [np.asarray(Image.open(path).convert("RGB")) for path in paths]
+    header = f"detector: {detector_dir or 'VinVL X152-C4 (random weights)'}, {params / 1e6:.1f} M parameters"
+    return [header] + run_benchmark(detector, images, matmul_size)

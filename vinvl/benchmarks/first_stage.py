@@ -1,4 +1,4 @@
-"""``scripts/benchmark_first_stage.py``: a first stage for a checkpoint whose contrastive heads are untrained.
+"""A first stage for a checkpoint whose contrastive heads are untrained (``scripts/benchmark_first_stage.py``).
 
 An official VinVL checkpoint converts with a trained match head and freshly initialised
 contrastive heads. This benchmark stands in for one with the tiny config trained on the
@@ -42,19 +42,19 @@ once per run against a real ``two_stage`` call (reported as the largest R@K diff
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
 import re
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from ..data import write_synthetic_corpus
 from ..data.synthetic import SceneGenerator, generate_split, right_answers
 from ..oscar.model_dir import load_retrieval_model, weights_checksum
-from .retrieval import RECALLS, _gallery, _train_tiny, positive_ints
+from .retrieval import RECALLS, _gallery, _train_tiny
 from ..retrieval.engine import RetrievalEngine
 from ..retrieval.evaluate import public_names
 from ..retrieval.first_stage import Candidates, contrastive_candidates, tag_candidates
@@ -63,10 +63,10 @@ from ..retrieval.metrics import (
     first_stage_coverage, retrieval_metrics, right_answer_coverage, scored_coverage, two_stage_coverage,
 )
 from ..training.heads import reset_heads
-from ..training.losses import OBJECTIVES
-from ..training.run import main as train_main
+from ..training.recipe import arguments_from_options
+from ..training.run import run_training
 
-__all__ = ["run_benchmark", "main"]
+__all__ = ["FirstStageBenchmark", "run_benchmark"]
 
 # row key -> table heading of the coverage columns
 COVERAGES = {
@@ -75,6 +75,37 @@ COVERAGES = {
     "right_t2i_top1": "right t2i top-1", "right_i2t_top1": "right i2t top-1",
 }
 AXES = {"t2i": 0, "i2t": 1}  # query direction -> axis of the coverage functions
+
+
+@dataclass(frozen=True)
+class FirstStageBenchmark:
+    """What one run measures on (``scripts/benchmark_first_stage.py``'s options, which hold the defaults
+    and say what each means; the module docstring describes the fits)."""
+
+    model_dir: Optional[str]  # None: train model_configs/tiny first (train_steps)
+    data_dir: Optional[str]  # None: a synthetic corpus of seed, train_images and num_images
+    work_dir: str
+    num_images: int
+    train_images: int
+    train_steps: int
+    ks: Tuple[int, ...]
+    fit_objectives: Tuple[str, ...]
+    fit_steps: int
+    fit_eval_every: int
+    fit_batch_size: int
+    fit_learning_rate: float
+    fit_distill_temperature: float
+    fit_lists: int  # 0: no fixed-list fit
+    fit_lists_hidden_size: int
+    fit_lists_data_dir: Optional[str]
+    fit_lists_steps: int
+    fit_lists_batch_size: int
+    fit_lists_eval_every: int
+    fit_lists_mined: int  # 0: no mined continuation
+    fit_lists_mined_steps: int
+    batch_size: int
+    seed: int
+    progress: bool
 
 
 def _evaluate(
@@ -109,11 +140,11 @@ def _right_answers(seed: int, gallery: Gallery) -> Optional[np.ndarray]:
 
 
 def _exhaustive_scores(
-    args: argparse.Namespace, engine: RetrievalEngine, gallery: Gallery, model_dir: str
+    settings: FirstStageBenchmark, engine: RetrievalEngine, gallery: Gallery, model_dir: str
 ) -> Tuple[np.ndarray, float]:
     """The gallery's exhaustive match scores and the seconds they took, kept in work_dir: they
     depend only on the match head, which no first stage changes, and cost most of a run."""
-    path = os.path.join(args.work_dir, f"exhaustive-{gallery.num_images}.npz")
+    path = os.path.join(settings.work_dir, f"exhaustive-{gallery.num_images}.npz")
     if os.path.isfile(path):
         cached = np.load(path)
         if str(cached["model_dir"]) == os.path.abspath(model_dir) and cached["scores"].shape == (
@@ -132,7 +163,7 @@ def _embeddings(model_dir: str, gallery: Gallery, batch_size: int) -> Tuple[np.n
 
 
 def _fit(
-    args: argparse.Namespace, reset_dir: str, data_dir: str, objective: str, steps: int, batch_size: int,
+    settings: FirstStageBenchmark, reset_dir: str, data_dir: str, objective: str, steps: int, batch_size: int,
     eval_every: int, **extra: Any,
 ) -> Tuple[str, List[Tuple[int, str]]]:
     """Fit the heads of ``reset_dir`` with the encoder frozen; returns the fitted model's directory
@@ -142,21 +173,21 @@ def _fit(
     data = os.path.abspath(data_dir)
     source = hashlib.sha256(f"{weights_checksum(reset_dir)} {data}".encode()).hexdigest()[:12]
     output_dir = os.path.join(
-        args.work_dir,
-        f"fit-{objective}-T{args.fit_distill_temperature}-b{batch_size}-{steps}-lr{args.fit_learning_rate}{name}"
+        settings.work_dir,
+        f"fit-{objective}-T{settings.fit_distill_temperature}-b{batch_size}-{steps}-lr{settings.fit_learning_rate}{name}"
         f"-{os.path.basename(data)}-{source}",
     )
     flags = {
         "model_name_or_path": reset_dir, "data_dir": data_dir, "output_dir": output_dir, "objective": objective,
-        "train_only": "heads", "distill_temperature": str(args.fit_distill_temperature), "do_train": "true",
-        "max_steps": str(steps), "per_device_train_batch_size": str(batch_size), "per_device_eval_batch_size": "256",
-        "learning_rate": str(args.fit_learning_rate), "lr_scheduler_type": "constant", "weight_decay": "0.0",
-        "save_strategy": "steps", "save_steps": str(eval_every), "evaluation_strategy": "no",
-        "logging_steps": "50", "report_to": "none", "disable_tqdm": "true", "seed": str(args.seed),
-        "overwrite_output_dir": "true", **{key: str(value) for key, value in extra.items()},
+        "train_only": "heads", "distill_temperature": settings.fit_distill_temperature, "do_train": True,
+        "max_steps": steps, "per_device_train_batch_size": batch_size, "per_device_eval_batch_size": 256,
+        "learning_rate": settings.fit_learning_rate, "lr_scheduler_type": "constant", "weight_decay": 0.0,
+        "save_strategy": "steps", "save_steps": eval_every, "evaluation_strategy": "no",
+        "logging_steps": 50, "report_to": "none", "disable_tqdm": True, "seed": settings.seed,
+        "overwrite_output_dir": True, **extra,
     }
     if not os.path.isfile(os.path.join(output_dir, "model.safetensors")):
-        train_main([token for key, value in flags.items() for token in (f"--{key}", value)])
+        run_training(*arguments_from_options(flags))
     saved = sorted(
         int(m.group(1)) for name in os.listdir(output_dir) if (m := re.fullmatch(r"checkpoint-(\d+)", name))
     )
@@ -164,78 +195,78 @@ def _fit(
     return output_dir, fits + [(steps, output_dir)]  # the final model, whatever the checkpoint interval
 
 
-def _prepare(args: argparse.Namespace) -> Tuple[str, str, str]:
+def _prepare(settings: FirstStageBenchmark) -> Tuple[str, str, str]:
     """Corpus, trained model and its reset copy (each made only when not already in work_dir)."""
-    os.makedirs(args.work_dir, exist_ok=True)
-    data_dir = args.data_dir or os.path.join(
-        args.work_dir, f"synthetic-seed{args.seed}-train{args.train_images}-test{args.num_images}"
+    os.makedirs(settings.work_dir, exist_ok=True)
+    data_dir = settings.data_dir or os.path.join(
+        settings.work_dir, f"synthetic-seed{settings.seed}-train{settings.train_images}-test{settings.num_images}"
     )
     if not os.path.isdir(data_dir):
-        counts = {"train": args.train_images, "minival": 20, "val": 0, "test": args.num_images}
-        write_synthetic_corpus(data_dir, counts, seed=args.seed)
-    model_dir = args.model_dir
+        counts = {"train": settings.train_images, "minival": 20, "val": 0, "test": settings.num_images}
+        write_synthetic_corpus(data_dir, counts, seed=settings.seed)
+    model_dir = settings.model_dir
     if model_dir is None:
-        model_dir = os.path.join(args.work_dir, f"tiny-trained-{args.train_steps}")
+        model_dir = os.path.join(settings.work_dir, f"tiny-trained-{settings.train_steps}")
         if not os.path.isfile(os.path.join(model_dir, "model.safetensors")):
-            _train_tiny(args.work_dir, data_dir, args.train_steps, args.seed)
-    reset_dir = os.path.join(args.work_dir, "reset-heads")
+            _train_tiny(settings.work_dir, data_dir, settings.train_steps, settings.seed)
+    reset_dir = os.path.join(settings.work_dir, "reset-heads")
     model, processor = load_retrieval_model(model_dir)
-    reset_heads(model, ["contrastive"], seed=args.seed + 1)
+    reset_heads(model, ["contrastive"], seed=settings.seed + 1)
     model.save_pretrained(reset_dir)
     processor.tokenizer.save_pretrained(reset_dir)
     return data_dir, model_dir, reset_dir
 
 
-def run_benchmark(args: argparse.Namespace) -> Dict[str, Any]:
+def run_benchmark(settings: FirstStageBenchmark) -> Dict[str, Any]:
     """Every measurement of the module docstring; prints the table, returns and writes it as JSON."""
-    data_dir, model_dir, reset_dir = _prepare(args)
-    gallery = _gallery(data_dir, args.num_images)
+    data_dir, model_dir, reset_dir = _prepare(settings)
+    gallery = _gallery(data_dir, settings.num_images)
     model, processor = load_retrieval_model(model_dir)
-    engine = RetrievalEngine(model, processor, batch_size=args.batch_size, progress=not args.no_progress)
-    scores, seconds = _exhaustive_scores(args, engine, gallery, model_dir)
+    engine = RetrievalEngine(model, processor, batch_size=settings.batch_size, progress=settings.progress)
+    scores, seconds = _exhaustive_scores(settings, engine, gallery, model_dir)
     reference = public_names(retrieval_metrics(scores, gallery.caption_to_image))
     reference.update(pairs_scored=int(scores.size), seconds=seconds)
-    right = _right_answers(args.seed, gallery)
+    right = _right_answers(settings.seed, gallery)
     if right is not None:  # the share of queries whose exhaustive top-1 is a right answer
         reference.update({f"right_{d}_top1": scored_coverage(scores, right, 1, axis) for d, axis in AXES.items()})
 
-    stages: List[Tuple[str, Optional[int], Any]] = [("trained heads", None, _embeddings(model_dir, gallery, args.batch_size))]
-    stages.append(("reset heads", None, _embeddings(reset_dir, gallery, args.batch_size)))
+    stages: List[Tuple[str, Optional[int], Any]] = [("trained heads", None, _embeddings(model_dir, gallery, settings.batch_size))]
+    stages.append(("reset heads", None, _embeddings(reset_dir, gallery, settings.batch_size)))
     stages.append(("tags", None, "tags"))
-    for objective in args.fit_objectives:
-        _, fits = _fit(args, reset_dir, data_dir, objective, args.fit_steps, args.fit_batch_size, args.fit_eval_every)
+    for objective in settings.fit_objectives:
+        _, fits = _fit(settings, reset_dir, data_dir, objective, settings.fit_steps, settings.fit_batch_size, settings.fit_eval_every)
         for step, checkpoint in fits:
-            stages.append((f"fitted {objective}", step, _embeddings(checkpoint, gallery, args.batch_size)))
-    if args.fit_lists:
-        lists_data = args.fit_lists_data_dir or data_dir
+            stages.append((f"fitted {objective}", step, _embeddings(checkpoint, gallery, settings.batch_size)))
+    if settings.fit_lists:
+        lists_data = settings.fit_lists_data_dir or data_dir
         fitted, fits = _fit(
-            args, reset_dir, lists_data, "distill", args.fit_lists_steps,
-            args.fit_lists_batch_size, args.fit_lists_eval_every, distill_candidates=args.fit_lists,
-            contrastive_hidden_size=args.fit_lists_hidden_size,
+            settings, reset_dir, lists_data, "distill", settings.fit_lists_steps,
+            settings.fit_lists_batch_size, settings.fit_lists_eval_every, distill_candidates=settings.fit_lists,
+            contrastive_hidden_size=settings.fit_lists_hidden_size,
         )
         for step, checkpoint in fits:
-            stages.append(("fitted lists", step, _embeddings(checkpoint, gallery, args.batch_size)))
-        if args.fit_lists_mined:
+            stages.append(("fitted lists", step, _embeddings(checkpoint, gallery, settings.batch_size)))
+        if settings.fit_lists_mined:
             _, fits = _fit(
-                args, fitted, lists_data, "distill", args.fit_lists_mined_steps, args.fit_lists_batch_size,
-                args.fit_lists_eval_every, distill_candidates=args.fit_lists, distill_mined=args.fit_lists_mined,
+                settings, fitted, lists_data, "distill", settings.fit_lists_mined_steps, settings.fit_lists_batch_size,
+                settings.fit_lists_eval_every, distill_candidates=settings.fit_lists, distill_mined=settings.fit_lists_mined,
                 lr_scheduler_type="linear", distill_temperature=0.5,
             )
             for step, checkpoint in fits:
                 stages.append(
-                    ("fitted lists + mined", args.fit_lists_steps + step, _embeddings(checkpoint, gallery, args.batch_size))
+                    ("fitted lists + mined", settings.fit_lists_steps + step, _embeddings(checkpoint, gallery, settings.batch_size))
                 )
 
     rows = []
     for name, step, source in stages:
-        for k in args.ks:
+        for k in settings.ks:
             if source == "tags":
                 candidates = tag_candidates(gallery, processor.tokenizer, k)
             else:
                 candidates = contrastive_candidates(source[0], source[1], k)
             rows.append(dict(first_stage=name, fit_steps=step, k=k, **_evaluate(scores, gallery, candidates, right)))
 
-    check_k = args.ks[len(args.ks) // 2]
+    check_k = settings.ks[len(settings.ks) // 2]
     real = engine.two_stage(gallery, k=check_k, first_stage="tags")
     real_metrics = public_names(real.metrics(gallery.caption_to_image))
     shortcut = next(r for r in rows if r["first_stage"] == "tags" and r["k"] == check_k)
@@ -246,15 +277,15 @@ def run_benchmark(args: argparse.Namespace) -> Dict[str, Any]:
     report = {
         "settings": {
             "model_dir": os.path.abspath(model_dir), "data_dir": os.path.abspath(data_dir),
-            "num_images": gallery.num_images, "num_captions": gallery.num_captions, "ks": list(args.ks),
-            "fit_objectives": list(args.fit_objectives), "fit_steps": args.fit_steps,
-            "fit_batch_size": args.fit_batch_size, "fit_learning_rate": args.fit_learning_rate,
-            "fit_distill_temperature": args.fit_distill_temperature,
-            "fit_lists": args.fit_lists, "fit_lists_hidden_size": args.fit_lists_hidden_size,
-            "fit_lists_data_dir": os.path.abspath(args.fit_lists_data_dir or data_dir),
-            "fit_lists_steps": args.fit_lists_steps, "fit_lists_batch_size": args.fit_lists_batch_size,
-            "fit_lists_mined": args.fit_lists_mined, "fit_lists_mined_steps": args.fit_lists_mined_steps,
-            "train_steps": args.train_steps if args.model_dir is None else None,
+            "num_images": gallery.num_images, "num_captions": gallery.num_captions, "ks": list(settings.ks),
+            "fit_objectives": list(settings.fit_objectives), "fit_steps": settings.fit_steps,
+            "fit_batch_size": settings.fit_batch_size, "fit_learning_rate": settings.fit_learning_rate,
+            "fit_distill_temperature": settings.fit_distill_temperature,
+            "fit_lists": settings.fit_lists, "fit_lists_hidden_size": settings.fit_lists_hidden_size,
+            "fit_lists_data_dir": os.path.abspath(settings.fit_lists_data_dir or data_dir),
+            "fit_lists_steps": settings.fit_lists_steps, "fit_lists_batch_size": settings.fit_lists_batch_size,
+            "fit_lists_mined": settings.fit_lists_mined, "fit_lists_mined_steps": settings.fit_lists_mined_steps,
+            "train_steps": settings.train_steps if settings.model_dir is None else None,
         },
         "exhaustive": reference,
         "rows": rows,
@@ -262,7 +293,7 @@ def run_benchmark(args: argparse.Namespace) -> Dict[str, Any]:
     }
     report["lines"] = _table(report)
     print("\n".join(report["lines"]))
-    with open(os.path.join(args.work_dir, "first_stage_benchmark.json"), "w") as f:
+    with open(os.path.join(settings.work_dir, "first_stage_benchmark.json"), "w") as f:
         json.dump(report, f, indent=2)
     return report
 
@@ -297,66 +328,3 @@ def _table(report: Dict[str, Any]) -> List[str]:
         f"{c['max_abs_recall_difference']:.2f} points",
     ]
     return lines
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="benchmark_first_stage", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model_dir", default=None, help="a trained model (default: train the shipped tiny config first)")
-    parser.add_argument("--data_dir", default=None, help="a coco_ir corpus: train split to fit on, test split as gallery")
-    parser.add_argument("--work_dir", default="outputs/first_stage_benchmark", help="corpus, models and the JSON go here")
-    parser.add_argument("--num_images", type=int, default=250, help="gallery images (5 captions each, synthetic)")
-    parser.add_argument("--train_images", type=int, default=1000, help="synthetic train images")
-    parser.add_argument("--train_steps", type=int, default=2000, help="steps training the tiny model (without --model_dir)")
-    parser.add_argument("--ks", type=positive_ints, default=(8, 16, 64), help="first-stage candidates per query, comma-separated")
-    parser.add_argument("--fit_objectives", type=_objectives, default=("distill", "itc"),
-                        help="objectives the reset heads are fitted with, comma-separated")
-    parser.add_argument("--fit_steps", type=int, default=600, help="steps of each fitting run")
-    parser.add_argument("--fit_eval_every", type=int, default=150, help="steps between the curve's points")
-    parser.add_argument("--fit_batch_size", type=int, default=32, help="fitting batch (distill scores batch^2 pairs)")
-    parser.add_argument("--fit_learning_rate", type=float, default=5e-3, help="constant learning rate of the heads")
-    parser.add_argument("--fit_distill_temperature", type=float, default=1.0,
-                        help="divides the match head's margins before their softmax (distill targets)")
-    parser.add_argument("--fit_lists", type=int, default=8,
-                        help="candidates per query of the fixed-list fit (0: no such fit)")
-    parser.add_argument("--fit_lists_hidden_size", type=int, default=256, help="its heads' MLP width (0: linear)")
-    parser.add_argument("--fit_lists_data_dir", default=None,
-                        help="the coco_ir collection whose train split it distils on (default: --data_dir)")
-    parser.add_argument("--fit_lists_steps", type=int, default=3000, help="steps of the fixed-list fit")
-    parser.add_argument("--fit_lists_batch_size", type=int, default=256, help="queries per step of that fit")
-    parser.add_argument("--fit_lists_eval_every", type=int, default=1000, help="steps between its curve's points")
-    parser.add_argument("--fit_lists_mined", type=int, default=0,
-                        help="then continue that fit with each list holding this many mined candidates more (0: no)")
-    parser.add_argument("--fit_lists_mined_steps", type=int, default=3000, help="steps of that continued fit")
-    parser.add_argument("--batch_size", type=int, default=256, help="engine pairs per forward pass")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no_progress", action="store_true")
-    return parser
-
-
-def _objectives(text: str) -> Tuple[str, ...]:
-    values = tuple(text.split(","))
-    fitting = tuple(o for o in OBJECTIVES if "itm" not in o)
-    bad = [v for v in values if v not in fitting]
-    if bad:
-        raise argparse.ArgumentTypeError(f"fit objectives must be among {fitting}, got {bad}")
-    return values
-
-
-def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    positive = ("num_images", "train_images", "train_steps", "fit_steps", "fit_eval_every", "batch_size",
-                "fit_lists_steps", "fit_lists_batch_size", "fit_lists_eval_every", "fit_lists_mined_steps")
-    for name in positive:
-        if getattr(args, name) <= 0:
-            parser.error(f"--{name} must be positive, got {getattr(args, name)}")
-    for name in ("fit_lists", "fit_lists_hidden_size", "fit_lists_mined"):
-        if getattr(args, name) < 0:
-            parser.error(f"--{name} must be >= 0, got {getattr(args, name)}")
-    if args.fit_lists_mined and not args.fit_lists:
-        parser.error("--fit_lists_mined continues the --fit_lists fit: give --fit_lists N too")
-    if args.fit_lists_data_dir is not None and not os.path.isdir(args.fit_lists_data_dir):
-        parser.error(f"--fit_lists_data_dir {args.fit_lists_data_dir!r} does not exist")
-    if args.fit_batch_size < 2:
-        parser.error(f"--fit_batch_size must be >= 2 (candidates come from the batch), got {args.fit_batch_size}")
-    return run_benchmark(args)

@@ -10,11 +10,11 @@ around ``--clusters`` random centres, the structure real embeddings have), then 
   query (median) and per batch of queries,
 - faiss recall@k against exact top-k on the same queries (from the same distribution).
 
-Run with ``python scripts/benchmark_index.py``; it prints a table and deletes what it wrote.
+Run with ``python scripts/benchmark_index.py`` (:mod:`vinvl.commands.benchmark_index`); it prints a
+table and deletes what it wrote.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import multiprocessing
 import os
@@ -28,7 +28,7 @@ from ..index import ivf as ann
 from ..index.store import GalleryIndex, write_columns, write_manifest
 from ..index.versions import VersionedDir
 
-__all__ = ["write_synthetic_index", "measure_open", "run_benchmark", "main"]
+__all__ = ["write_synthetic_index", "measure_open", "run_benchmark", "format_table"]
 
 _WRITE_CHUNK = 65536
 
@@ -131,7 +131,20 @@ def run_benchmark(
     sizes: Sequence[int], dim: int, k: int, num_queries: int, nprobes: Sequence[int], root: str, clusters: int,
     spread: float, max_nlist: int, seed: int = 0,
 ) -> List[dict]:
-    """One row per gallery size (and nprobe); every index written under ``root`` is deleted after its row."""
+    """One row per gallery size (and nprobe), each printed as JSON as it is measured. ``root`` is a
+    scratch folder: every index written there is deleted after its row, and ``root`` at the end."""
+    ann.require_faiss()
+    os.makedirs(root, exist_ok=True)
+    try:
+        return _rows(sizes, dim, k, num_queries, nprobes, root, clusters, spread, max_nlist, seed)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _rows(
+    sizes: Sequence[int], dim: int, k: int, num_queries: int, nprobes: Sequence[int], root: str, clusters: int,
+    spread: float, max_nlist: int, seed: int,
+) -> List[dict]:
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((clusters, dim))
     queries = _clustered(rng, centres, num_queries, spread)
@@ -183,27 +196,3 @@ def format_table(rows: Sequence[dict], k: int, batch: int) -> str:
             f"| {r['faiss']['single_ms']:.2f} | {r['faiss']['batch_ms']:.1f} | {r[f'recall@{k}']:.3f} |"
         )
     return "\n".join(lines)
-
-
-def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
-    parser = argparse.ArgumentParser(prog="benchmark_index", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
-    parser.add_argument("--dim", type=int, default=256)
-    parser.add_argument("--k", type=int, default=10)
-    parser.add_argument("--queries", type=int, default=100, help="queries for recall and the batch latency")
-    parser.add_argument("--nprobe", type=int, nargs="+", default=[8, 32])
-    parser.add_argument("--max_nlist", type=int, default=1024, help="cap on the IVF lists (about 4 sqrt(N) below it)")
-    parser.add_argument("--clusters", type=int, default=2000, help="centres of the synthetic embeddings")
-    parser.add_argument("--spread", type=float, default=0.5, help="noise around each centre (per dimension)")
-    parser.add_argument("--root", default="/tmp/vinvl_index_benchmark", help="scratch folder (deleted afterwards)")
-    args = parser.parse_args(argv)
-    ann.require_faiss()
-    os.makedirs(args.root, exist_ok=True)
-    try:
-        rows = run_benchmark(
-            args.sizes, args.dim, args.k, args.queries, args.nprobe, args.root, args.clusters, args.spread, args.max_nlist
-        )
-    finally:
-        shutil.rmtree(args.root, ignore_errors=True)
-    print(format_table(rows, args.k, args.queries))
-    return rows

@@ -17,7 +17,6 @@ For each worker count: start ``vinvl serve`` over an index, then
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
@@ -30,11 +29,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..retrieval.first_stage import FIRST_STAGE_CHOICES
 from ..serving.client import Connection, ServerProcess, decode_reply, free_port, tree_rss_mb, vinvl_serve_command
 from ..index.store import GalleryIndex
 
-__all__ = ["Query", "query_mix", "in_process_answers", "run_load", "load_test", "format_table", "main"]
+__all__ = ["Query", "query_mix", "in_process_answers", "run_load", "load_test", "format_table"]
 
 MAX_REQUESTS_PER_CLIENT = 100_000  # a bound on every client loop besides the time limit
 REQUEST_TIMEOUT = 60.0
@@ -302,33 +300,3 @@ def format_table(report: Dict[str, Any]) -> str:
             f"{run['rss_after_mb']:.0f} ({run['rss_growth_mb']:+.1f}) | {run['machine_load']['after_load']:.1f} |"
         )
     return "\n".join(lines)
-
-
-def main(argv: Optional[Sequence[str]] = None) -> None:
-    """``scripts/load_test_server.py``: run :func:`load_test`, print its table, optionally write the JSON report."""
-    parser = argparse.ArgumentParser(description="Load-test the retrieval service on 127.0.0.1.")
-    parser.add_argument("--index", required=True, help="gallery index directory")
-    parser.add_argument("--model_dir", required=True, help="the model the index was built with")
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="uvicorn worker counts to run")
-    parser.add_argument("--clients", type=int, default=16, help="concurrent clients")
-    parser.add_argument("--seconds", type=float, default=60.0, help="length of each concurrent run")
-    parser.add_argument("--bad_fraction", type=float, default=0.1, help="share of bad requests under load")
-    parser.add_argument("--repeats", type=int, default=3, help="sequential calls per query (latency, overhead)")
-    parser.add_argument("--warmup_seconds", type=float, default=10.0, help="concurrent load before the measured run")
-    parser.add_argument("--top_k", type=int, default=5)
-    parser.add_argument("--first_stage", choices=FIRST_STAGE_CHOICES, default="auto")
-    parser.add_argument("--candidates", type=int, default=16)
-    parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--json", help="write the full report here")
-    args = parser.parse_args(argv)
-    if args.clients <= 0 or args.seconds <= 0 or args.repeats <= 0 or args.warmup_seconds < 0 or not 0 <= args.bad_fraction <= 1:
-        parser.error("--clients, --seconds and --repeats must be positive, --warmup_seconds >= 0, --bad_fraction in [0, 1]")
-    options = {"top_k": args.top_k, "first_stage": args.first_stage, "candidates": args.candidates, "batch_size": args.batch_size}
-    report = load_test(
-        args.index, args.model_dir, workers=args.workers, clients=args.clients, seconds=args.seconds,
-        bad_fraction=args.bad_fraction, repeats=args.repeats, options=options, warmup_seconds=args.warmup_seconds,
-    )
-    print(format_table(report))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)

@@ -10,7 +10,7 @@ Prints, as ratios:
    ``contrastive`` when the model records trained contrastive heads): wall time, pairs scored,
    the change of every R@K, and the first stage's coverage (the fraction of queries whose
    exhaustive top-1 / top-10 answers are among its k candidates, :func:`first_stage_coverage`)
-   at ``--top_k`` and each of ``--coverage_ks``;
+   at ``--candidates`` and each of ``--coverage_ks``;
 3. hardware use: the FLOPs of each scoring pass counted from the shapes actually run, divided by
    its time, over the FLOP/s of a large fp32 ``paddle.matmul`` measured in the same process.
    Counted: every Linear layer (2 x rows x in x out: Q/K/V, attention output, FFN, pooler,
@@ -32,7 +32,6 @@ smoke test (an untrained model; the numbers then mean nothing).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -57,10 +56,32 @@ from ..retrieval.first_stage import contrastive_heads_trained, resolve_first_sta
 from ..retrieval.gallery import Gallery
 from ..retrieval.metrics import first_stage_coverage
 
-__all__ = ["FlopCounter", "measure_memory", "matmul_flops_per_second", "cpu_probe", "run_benchmark", "main"]
+__all__ = ["FlopCounter", "measure_memory", "matmul_flops_per_second", "cpu_probe", "RetrievalBenchmark", "run_benchmark"]
 
 RECALLS = ("t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10")
 TINY_CONFIG = "tiny"  # the shipped config, by name (vinvl.assets.resolve_config)
+
+
+@dataclass(frozen=True)
+class RetrievalBenchmark:
+    """What one run measures on (``vinvl benchmark``'s options; the command holds their defaults)."""
+
+    model_dir: Optional[str]  # a trained model; None: train model_configs/tiny first (train_steps, train_images)
+    data_dir: Optional[str]  # a coco_ir corpus whose test split is the gallery; None: a synthetic one
+    work_dir: str  # corpus, trained model and benchmark.json go here
+    num_images: int  # gallery images
+    train_images: int
+    train_steps: int  # 0: the untrained config (a smoke test)
+    baseline_pairs: int  # pairs the reference pipeline is timed on
+    candidates: int  # two-stage candidates per query
+    coverage_ks: Tuple[int, ...]  # k at which each first stage's coverage is reported (besides candidates)
+    batch_size: int  # engine pairs per forward pass
+    max_seq_len: int
+    max_img_seq_len: int
+    matmul_size: int  # side of the reference fp32 matmul
+    cpu_probe_images: int  # gallery images of the CPU-settings probe (0: no probe)
+    seed: int
+    progress: bool
 
 
 # ----- measuring instruments ---------------------------------------------------------------
@@ -183,10 +204,10 @@ def _measure(model: nn.Layer, run: Callable[[], Any], trace_python: bool = True)
 # ----- the paths ---------------------------------------------------------------------------
 
 
-def _engine_path(engine: RetrievalEngine, gallery: Gallery, first_stage: str, top_k: int) -> tuple:
+def _engine_path(engine: RetrievalEngine, gallery: Gallery, first_stage: str, candidates: int) -> tuple:
     """``(PathResult, RetrievalScores)`` of one engine pass over the gallery (``first_stage`` as in
     :func:`vinvl.retrieval.evaluate.score_gallery`)."""
-    scores, seconds, flops, memory = _measure(engine.model, lambda: score_gallery(engine, gallery, first_stage, top_k))
+    scores, seconds, flops, memory = _measure(engine.model, lambda: score_gallery(engine, gallery, first_stage, candidates))
     metrics = public_names(scores.metrics(gallery.caption_to_image))
     return PathResult(seconds, scores.pairs_scored, flops, memory, metrics), scores
 
@@ -251,12 +272,12 @@ def cpu_probe(
     }
 
 
-def _cpu_settings_gain(args: argparse.Namespace, model_dir: str, data_dir: str) -> Dict[str, Dict[str, Any]]:
+def _cpu_settings_gain(settings: RetrievalBenchmark, model_dir: str, data_dir: str) -> Dict[str, Dict[str, Any]]:
     """:func:`cpu_probe` in a fresh process with and without the vinvl CPU settings."""
     call = (
         "import json, vinvl\nfrom vinvl.benchmarks.retrieval import cpu_probe\n"
-        f"print('PROBE ' + json.dumps(cpu_probe({model_dir!r}, {data_dir!r}, {args.cpu_probe_images}, "
-        f"{args.max_seq_len}, {args.max_img_seq_len}, {args.matmul_size})))"
+        f"print('PROBE ' + json.dumps(cpu_probe({model_dir!r}, {data_dir!r}, {settings.cpu_probe_images}, "
+        f"{settings.max_seq_len}, {settings.max_img_seq_len}, {settings.matmul_size})))"
     )
     tuning = ("OMP_NUM_THREADS", "MKL_DEBUG_CPU_TYPE", "VINVL_NO_CPU_TUNING")
     base_env = {k: v for k, v in os.environ.items() if k not in tuning}
@@ -284,18 +305,19 @@ def _gallery(data_dir: str, num_images: int) -> Gallery:
 
 
 def _train_tiny(work_dir: str, data_dir: str, steps: int, seed: int) -> str:
-    """Train the shipped tiny config (matching + contrastive) on the corpus' train split; returns the model dir."""
-    from ..training.run import main as train_main
+    """Train model_configs/tiny (matching + contrastive) on the corpus' train split; returns the model dir."""
+    from ..training.recipe import arguments_from_options
+    from ..training.run import run_training
 
     output_dir = os.path.join(work_dir, f"tiny-trained-{steps}")
     flags = {
         "model_name_or_path": TINY_CONFIG, "data_dir": data_dir, "output_dir": output_dir, "objective": "itm+itc",
-        "do_train": "true", "max_steps": str(steps), "per_device_train_batch_size": "32", "learning_rate": "2e-3",
-        "weight_decay": "0.01", "warmup_steps": str(min(100, max(steps // 20, 1))), "lr_scheduler_type": "linear",
-        "logging_steps": "50", "save_strategy": "no", "evaluation_strategy": "no", "report_to": "none",
-        "disable_tqdm": "true", "seed": str(seed), "overwrite_output_dir": "true",
+        "do_train": True, "max_steps": steps, "per_device_train_batch_size": 32, "learning_rate": 2e-3,
+        "weight_decay": 0.01, "warmup_steps": min(100, max(steps // 20, 1)), "lr_scheduler_type": "linear",
+        "logging_steps": 50, "save_strategy": "no", "evaluation_strategy": "no", "report_to": "none",
+        "disable_tqdm": True, "seed": seed, "overwrite_output_dir": True,
     }
-    train_main([token for key, value in flags.items() for token in (f"--{key}", value)])
+    run_training(*arguments_from_options(flags))
     return output_dir
 
 
@@ -309,50 +331,50 @@ def _input_sizes(processor: Any, gallery: Gallery) -> Dict[str, float]:
 # ----- the run -----------------------------------------------------------------------------
 
 
-def _prepare(args: argparse.Namespace) -> tuple:
+def _prepare(settings: RetrievalBenchmark) -> tuple:
     """The corpus directory and model directory to use, writing / training them when not given."""
-    os.makedirs(args.work_dir, exist_ok=True)
-    data_dir = args.data_dir
+    os.makedirs(settings.work_dir, exist_ok=True)
+    data_dir = settings.data_dir
     if data_dir is None:
-        train_images = args.train_images if args.train_steps else 0
-        data_dir = os.path.join(args.work_dir, f"synthetic-seed{args.seed}-train{train_images}-test{args.num_images}")
+        train_images = settings.train_images if settings.train_steps else 0
+        data_dir = os.path.join(settings.work_dir, f"synthetic-seed{settings.seed}-train{train_images}-test{settings.num_images}")
         if not os.path.isdir(data_dir):
             # (training loads minival for evaluation even when it never evaluates)
-            counts = {"train": train_images, "minival": 20 if train_images else 0, "val": 0, "test": args.num_images}
-            write_synthetic_corpus(data_dir, counts, seed=args.seed)
-    model_dir = args.model_dir
+            counts = {"train": train_images, "minival": 20 if train_images else 0, "val": 0, "test": settings.num_images}
+            write_synthetic_corpus(data_dir, counts, seed=settings.seed)
+    model_dir = settings.model_dir
     if model_dir is None:
-        model_dir = _train_tiny(args.work_dir, data_dir, args.train_steps, args.seed) if args.train_steps else TINY_CONFIG
+        model_dir = _train_tiny(settings.work_dir, data_dir, settings.train_steps, settings.seed) if settings.train_steps else TINY_CONFIG
     return data_dir, model_dir
 
 
-def run_benchmark(args: argparse.Namespace) -> Dict[str, Any]:
+def run_benchmark(settings: RetrievalBenchmark) -> Dict[str, Any]:
     """Every measurement of the module docstring; prints the ratios, returns and writes them as JSON."""
-    data_dir, model_dir = _prepare(args)
-    model, processor = load_retrieval_model(model_dir, max_seq_len=args.max_seq_len, max_img_seq_len=args.max_img_seq_len)
-    gallery = _gallery(data_dir, args.num_images)
-    engine = RetrievalEngine(model, processor, batch_size=args.batch_size, progress=not args.no_progress)
+    data_dir, model_dir = _prepare(settings)
+    model, processor = load_retrieval_model(model_dir, max_seq_len=settings.max_seq_len, max_img_seq_len=settings.max_img_seq_len)
+    gallery = _gallery(data_dir, settings.num_images)
+    engine = RetrievalEngine(model, processor, batch_size=settings.batch_size, progress=settings.progress)
     engine.exhaustive(gallery.subset([0]))  # warm-up: first-call allocations stay out of the timings
     load_before = os.getloadavg()[0]
-    matmul = matmul_flops_per_second(args.matmul_size)
-    exhaustive, exhaustive_scores = _engine_path(engine, gallery, "exhaustive", args.top_k)
+    matmul = matmul_flops_per_second(settings.matmul_size)
+    exhaustive, exhaustive_scores = _engine_path(engine, gallery, "exhaustive", settings.candidates)
     paths = {"exhaustive": exhaustive}
     coverage = {}
     for first_stage in _first_stages(model.config):
-        paths[f"two_stage_{first_stage}"], _ = _engine_path(engine, gallery, first_stage, args.top_k)
-        ks = sorted({args.top_k, *args.coverage_ks})
+        paths[f"two_stage_{first_stage}"], _ = _engine_path(engine, gallery, first_stage, settings.candidates)
+        ks = sorted({settings.candidates, *settings.coverage_ks})
         coverage[first_stage] = _coverage(engine, gallery, exhaustive_scores, first_stage, ks)
-    reference = _baseline_path(model, processor, gallery, args.baseline_pairs)
+    reference = _baseline_path(model, processor, gallery, settings.baseline_pairs)
     ranking = _baseline_ranking(gallery, exhaustive_scores.i2t)
     del exhaustive_scores
-    cpu = _cpu_settings_gain(args, model_dir, data_dir) if args.cpu_probe_images else None
+    cpu = _cpu_settings_gain(settings, model_dir, data_dir) if settings.cpu_probe_images else None
     paths.update(baseline=reference, baseline_ranking=ranking)
     report = {
         "settings": {
             "model_dir": os.path.abspath(model_dir), "data_dir": os.path.abspath(data_dir),
-            "num_images": gallery.num_images, "num_captions": gallery.num_captions, "batch_size": args.batch_size,
-            "top_k": args.top_k, "max_seq_len": args.max_seq_len, "max_img_seq_len": args.max_img_seq_len,
-            "baseline_pairs": reference.pairs, "matmul_size": args.matmul_size,
+            "num_images": gallery.num_images, "num_captions": gallery.num_captions, "batch_size": settings.batch_size,
+            "candidates": settings.candidates, "max_seq_len": settings.max_seq_len, "max_img_seq_len": settings.max_img_seq_len,
+            "baseline_pairs": reference.pairs, "matmul_size": settings.matmul_size,
             "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "cpu_count": os.cpu_count(),
             "load_average_start_end": [round(load_before, 2), round(os.getloadavg()[0], 2)],
             **_input_sizes(processor, gallery),
@@ -368,7 +390,7 @@ def run_benchmark(args: argparse.Namespace) -> Dict[str, Any]:
     }
     report["lines"] = _report_lines(report, paths, matmul, cpu)
     print("\n".join(report["lines"]))
-    with open(os.path.join(args.work_dir, "benchmark.json"), "w") as f:
+    with open(os.path.join(settings.work_dir, "benchmark.json"), "w") as f:
         json.dump(report, f, indent=2)
     return report
 
@@ -399,7 +421,7 @@ def _report_lines(report: Dict[str, Any], paths: Dict[str, PathResult], matmul: 
     ]
     for first_stage, ts in two_stages.items():
         lines += [
-            f"(2) two-stage, first stage {first_stage} (k={s['top_k']}) vs exhaustive: {ex.seconds / ts.seconds:.1f}x "
+            f"(2) two-stage, first stage {first_stage} (k={s['candidates']}) vs exhaustive: {ex.seconds / ts.seconds:.1f}x "
             f"less wall time ({ts.seconds:.1f} s vs {ex.seconds:.1f} s), {ex.pairs / max(ts.pairs, 1):.1f}x fewer pairs "
             f"({ts.pairs} vs {ex.pairs})",
             "    R@K change (two-stage minus exhaustive, points): "
@@ -437,48 +459,3 @@ def _report_lines(report: Dict[str, Any], paths: Dict[str, PathResult], matmul: 
             f"{tuned['omp_num_threads']} vs {untuned['omp_num_threads']})"
         )
     return lines
-
-
-def positive_ints(text: str) -> Tuple[int, ...]:
-    """argparse type of options like ``--ks 8,16,64``: positive integers, comma-separated (an empty
-    piece, as in ``8,,16``, is a typo and refused rather than skipped)."""
-    try:
-        values = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        values = ()
-    if not values or min(values) <= 0:
-        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, got {text!r}")
-    return values
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vinvl benchmark", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model_dir", default=None, help="a trained model (default: train the shipped tiny config first)")
-    parser.add_argument("--data_dir", default=None, help="a coco_ir corpus whose test split is the gallery (default: synthetic)")
-    parser.add_argument("--work_dir", default="outputs/benchmark", help="corpus, trained model and benchmark.json go here")
-    parser.add_argument("--num_images", type=int, default=1000, help="gallery images (5 captions each in the synthetic corpus)")
-    parser.add_argument("--train_images", type=int, default=2000, help="synthetic train images when training")
-    parser.add_argument("--train_steps", type=int, default=5000,
-                        help="steps of training without --model_dir (0: untrained); the match head needs thousands")
-    parser.add_argument("--baseline_pairs", type=int, default=3000, help="pairs the reference pipeline is timed on")
-    parser.add_argument("--top_k", type=int, default=16, help="two-stage candidates per query")
-    parser.add_argument("--coverage_ks", type=positive_ints, default=(8, 16, 64),
-                        help="comma-separated k at which each first stage's coverage is reported (besides --top_k)")
-    parser.add_argument("--batch_size", type=int, default=128, help="engine pairs per forward pass")
-    parser.add_argument("--max_seq_len", type=int, default=70, help="text tokens per pair (official 70)")
-    parser.add_argument("--max_img_seq_len", type=int, default=70, help="regions per pair (official 70)")
-    parser.add_argument("--matmul_size", type=int, default=2048, help="side of the reference fp32 matmul")
-    parser.add_argument("--cpu_probe_images", type=int, default=40,
-                        help="gallery images of the CPU-settings probe (0: skip the probe)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no_progress", action="store_true")
-    return parser
-
-
-def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    for name in ("num_images", "baseline_pairs", "top_k", "batch_size", "matmul_size"):
-        if getattr(args, name) <= 0:
-            parser.error(f"--{name} must be positive, got {getattr(args, name)}")
-    return run_benchmark(args)

@@ -18,21 +18,20 @@ request (user + system over all requests). Localhost only; ``--requests`` per ki
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
 import sys
 import tempfile
 import time
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict
 
 import numpy as np
 import psutil
 
 from ..serving.client import LOCALHOST, Connection, ServerProcess, free_port
 
-__all__ = ["CANNED_ANSWER", "request_bodies", "measure", "main"]
+__all__ = ["CANNED_ANSWER", "request_bodies", "measure", "run_benchmark", "format_table"]
 
 MODES = ("paddlenlp", "vinvl")
 CANNED_ANSWER = [
@@ -40,6 +39,16 @@ CANNED_ANSWER = [
 ]
 _MODE_VARIABLE = "VINVL_LAYER_BENCHMARK_MODE"
 _MODEL_VARIABLE = "VINVL_LAYER_BENCHMARK_MODEL_DIR"
+
+
+class _CannedService:
+    """Answers every request with :data:`CANNED_ANSWER`: the benchmark times the layers around the query core."""
+
+    def answer(self, data, parameters):
+        return CANNED_ANSWER
+
+    def health(self):
+        return {"status": "ok"}
 
 
 def _build_app():
@@ -50,17 +59,14 @@ def _build_app():
     from ..apps.taskflow import TASK_NAME
     from ..serving.server import HEALTH_ROUTE, ROUTE, RetrievalHandler, add_service_routes
 
-    class CannedHandler(RetrievalHandler):
-        @classmethod
-        def process(cls, predictor, data, parameters):
-            return CANNED_ANSWER
-
+    service = _CannedService()
     app = SimpleServer()
-    app.register_taskflow(ROUTE, Taskflow(TASK_NAME, task_path=os.environ[_MODEL_VARIABLE]), taskflow_handler=CannedHandler)
+    retrieval = Taskflow(TASK_NAME, task_path=os.environ[_MODEL_VARIABLE])
+    app.register_taskflow(ROUTE, retrieval, taskflow_handler=RetrievalHandler.configured(service))
     if os.environ[_MODE_VARIABLE] == "vinvl":
-        add_service_routes(app)
+        add_service_routes(app, service)
     else:  # only for ServerProcess to see it is up; requests to the route are untouched
-        app.add_api_route(HEALTH_ROUTE, lambda: {"status": "ok"}, methods=["GET"])
+        app.add_api_route(HEALTH_ROUTE, service.health, methods=["GET"])
     return app
 
 
@@ -125,23 +131,13 @@ def format_table(report: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
-    """``scripts/benchmark_service_layer.py``: both servers, one table."""
-    parser = argparse.ArgumentParser(description="Measure the retrieval service's HTTP layer alone, on 127.0.0.1.")
-    parser.add_argument("--model_dir", required=True, help="a saved model (loaded by the Taskflow the route needs; never run)")
-    parser.add_argument("--requests", type=int, default=1000, help="sequential requests per kind and server")
-    parser.add_argument("--regions", type=int, default=6, help="regions of the features request")
-    parser.add_argument("--json", help="write the report here")
-    args = parser.parse_args(argv)
-    if args.requests <= 0 or args.regions <= 0:
-        parser.error("--requests and --regions must be positive")
-    bodies = request_bodies(args.regions)
-    report: Dict[str, Any] = {"requests": args.requests, "regions": args.regions, "load_before": os.getloadavg()[0]}
+def run_benchmark(model_dir: str, requests: int, regions: int) -> Dict[str, Any]:
+    """Both servers (see the module docstring), ``requests`` of each kind on each; returns the report
+    (:func:`format_table` lays it out)."""
+    bodies = request_bodies(regions)
+    report: Dict[str, Any] = {"requests": requests, "regions": regions, "load_before": os.getloadavg()[0]}
     report["body_bytes"] = {kind: len(body) for kind, body in bodies.items()}
     with tempfile.TemporaryDirectory(prefix="vinvl-layer-") as log_dir:
-        report["runs"] = {mode: measure(mode, args.model_dir, bodies, args.requests, log_dir) for mode in MODES}
+        report["runs"] = {mode: measure(mode, model_dir, bodies, requests, log_dir) for mode in MODES}
     report["load_after"] = os.getloadavg()[0]
-    print(format_table(report))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
+    return report

@@ -1,7 +1,9 @@
 """The ``vinvl`` command: one sub-command per step of the flow, each a thin call into the library.
 
-Every sub-command is a module with ``main(argv)``; ``vinvl <command> --help`` shows its flags.
-:func:`run_main` runs a ``main`` the same way for ``vinvl`` and for every script in scripts/:
+Every sub-command is a module of this package with ``main(argv)`` that parses its arguments
+before it imports the library, so ``vinvl --help``, ``vinvl <command> --help`` and a mistyped
+command answer without importing paddle. :func:`run_main` runs a ``main`` the same way for
+``vinvl`` and for every script in scripts/:
 
 - Exit status: 0 on success (or what ``main`` returns, when that is an int); 2 for a mistake of
   the user's; 1, with the traceback, for a failure of the program.
@@ -13,7 +15,10 @@ Every sub-command is a module with ``main(argv)``; ``vinvl <command> --help`` sh
   the traceback.
 - Library logs: paddlenlp's logger shows warnings and errors only, unless the command's module
   sets ``LIBRARY_LOG_LEVEL`` (training reports through the Trainer's INFO lines); ``--verbose``
-  among the options shows all of it.
+  among the options shows all of it. The level is set when paddlenlp's logger is imported (at
+  once if it is), so a command that never needs paddlenlp never imports it.
+- A command with sub-commands of its own (``SUBCOMMANDS`` in its module, as ``vinvl index``)
+  names the one given in its error lines: ``vinvl index build: error: ...``.
 """
 from __future__ import annotations
 
@@ -26,20 +31,21 @@ import traceback
 from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 
 from ..errors import USER_ERROR_STATUS, UsageError, UserError
+from ..import_hooks import after_import
 
 __all__ = ["COMMANDS", "GLOBAL_FLAGS", "main", "run_main"]
 
 # name -> (module holding main(argv), one-line summary)
 COMMANDS = {
-    "demo": ("vinvl.apps.demo", "synthetic corpus -> train -> evaluate -> Taskflow queries -> HTML report"),
-    "convert": ("vinvl.oscar.convert", "official Oscar/VinVL or BERT checkpoint -> PaddleNLP model directory"),
-    "convert-detector": ("vinvl.vision.convert", "official VinVL detector checkpoint (.pth) -> Paddle detector directory"),
-    "make-synthetic": ("vinvl.data.synthetic", "write a synthetic corpus in the official coco_ir file format"),
-    "train": ("vinvl.training.run", "fine-tune with paddlenlp.Trainer (accepts a JSON config)"),
-    "eval": ("vinvl.retrieval.evaluate", "COCO 1K/5K retrieval evaluation: R@1/5/10 both ways, rsum"),
-    "extract": ("vinvl.vision.extract", "photos -> region features and tags the loading script reads (resumable, sharded)"),
+    "demo": ("vinvl.commands.demo", "synthetic corpus -> train -> evaluate -> Taskflow queries -> HTML report"),
+    "convert": ("vinvl.commands.convert", "official Oscar/VinVL or BERT checkpoint -> PaddleNLP model directory"),
+    "convert-detector": ("vinvl.commands.convert_detector", "official VinVL detector checkpoint (.pth) -> Paddle detector directory"),
+    "make-synthetic": ("vinvl.commands.make_synthetic", "write a synthetic corpus in the official coco_ir file format"),
+    "train": ("vinvl.commands.train", "fine-tune with paddlenlp.Trainer from a JSON recipe, flags overriding it"),
+    "eval": ("vinvl.commands.evaluate", "COCO 1K/5K retrieval evaluation: R@1/5/10 both ways, rsum"),
+    "extract": ("vinvl.commands.extract", "photos -> region features and tags the loading script reads (resumable, sharded)"),
     "retrieve": ("vinvl.commands.retrieve", "answer text or image queries against a gallery through Taskflow"),
-    "benchmark": ("vinvl.benchmarks.retrieval", "measure scoring throughput, two-stage savings, FLOP/s, memory"),
+    "benchmark": ("vinvl.commands.benchmark", "measure scoring throughput, two-stage savings, FLOP/s, memory"),
     "index": ("vinvl.commands.index", "build / extend a gallery index on disk (memory-mapped, atomically versioned)"),
     "serve": ("vinvl.commands.serve", "serve retrieval over a gallery index through HTTP (PaddleNLP SimpleServer, uvicorn)"),
 }
@@ -103,14 +109,21 @@ def _parser_errors_raise(prog: str) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _library_log_level(level: str) -> Iterator[None]:
-    from paddlenlp.utils.log import logger
+    """paddlenlp's logger at ``level`` while a command runs (set when it is imported), then as it was."""
+    previous = []
 
-    previous = logger.logger.level
-    logger.logger.setLevel(level)
+    def set_level(log_module) -> None:
+        previous.append(log_module.logger.logger.level)
+        log_module.logger.logger.setLevel(level)
+
+    hook = after_import("paddlenlp.utils.log", set_level)
     try:
         yield
     finally:
-        logger.logger.setLevel(previous)
+        if hook is not None:
+            hook.cancel()
+        if previous:
+            sys.modules["paddlenlp.utils.log"].logger.logger.setLevel(previous[0])
 
 
 def _exit_status(code: Any) -> int:
@@ -160,7 +173,12 @@ def main(argv: Optional[List[str]] = None) -> int:
               file=sys.stderr)
         return USER_ERROR_STATUS
     module = importlib.import_module(COMMANDS[command][0])
-    return run_main(module.main, argv[:command_at] + argv[command_at + 1:], prog=f"vinvl {command}")
+    rest = argv[:command_at] + argv[command_at + 1:]
+    prog = f"vinvl {command}"
+    sub_command = next((token for token in rest if token not in GLOBAL_FLAGS), None)
+    if sub_command in getattr(module, "SUBCOMMANDS", ()):
+        prog += f" {sub_command}"
+    return run_main(module.main, rest, prog=prog)
 
 
 if __name__ == "__main__":

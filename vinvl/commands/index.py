@@ -1,4 +1,5 @@
-"""``vinvl index``: build a gallery index, add images to it, or show what it holds.
+"""``vinvl index``: build a gallery index, add images to it, or show what it holds
+(:mod:`vinvl.index.store`).
 
     vinvl index build --model_dir M --gallery_dir D [--gallery_dir D2] [--split S] [--faiss] OUT
     vinvl index add   --model_dir M --gallery_dir D2 [--split S] OUT
@@ -9,19 +10,34 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import List, Optional, Sequence
+from typing import TYPE_CHECKING, List, Optional, Sequence
 
-from ..index.store import GalleryIndex, GallerySource, add_to_index, build_index
+from ..errors import UsageError
+from .options import HelpFormatter, new_parser, require_positive
 
-__all__ = ["main"]
+if TYPE_CHECKING:
+    from ..index.store import GallerySource
+
+__all__ = ["SUBCOMMANDS", "build_parser", "main"]
+
+SUBCOMMANDS = ("build", "add", "info")  # `vinvl index <sub-command>`: its errors start with that name
+
+DESCRIPTION = """\
+Build a gallery index on disk (ids, tags, captions, feature pointers and first-stage embeddings of
+one or more galleries, memory-mapped, atomically versioned), add the images of more galleries to
+it, or print what it holds. `vinvl serve` and Taskflow(index_path=...) answer over it."""
 
 
-def _sources(parser: argparse.ArgumentParser, args: argparse.Namespace) -> List[GallerySource]:
+def _sources(args: argparse.Namespace) -> List["GallerySource"]:
+    from ..index.store import GallerySource
+
     splits = args.split or ["test"]
     if len(splits) == 1:
         splits = splits * len(args.gallery_dir)
     if len(splits) != len(args.gallery_dir):
-        parser.error(f"give --split once (for every gallery) or once per --gallery_dir; got {len(splits)} for {len(args.gallery_dir)}")
+        raise UsageError(
+            f"give --split once (for every gallery) or once per --gallery_dir; got {len(splits)} for {len(args.gallery_dir)}"
+        )
     return [GallerySource(d, s) for d, s in zip(args.gallery_dir, splits)]
 
 
@@ -36,29 +52,44 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch_size", type=int, default=64, help="images per forward pass while embedding")
 
 
-def main(argv: Optional[Sequence[str]] = None) -> str:
-    parser = argparse.ArgumentParser(prog="vinvl index", description=__doc__.split("\n\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    build = commands.add_parser("build", help="index galleries (replaces an index already at OUT, atomically)")
+def build_parser() -> argparse.ArgumentParser:
+    parser = new_parser("vinvl index", DESCRIPTION)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{build,add,info}")
+    build = commands.add_parser(
+        "build", formatter_class=HelpFormatter, help="index galleries (replaces an index already at OUT, atomically)",
+        description="Index galleries into OUT: a new or empty folder, or an index (replaced atomically).",
+    )
     _add_common(build)
     build.add_argument("--faiss", action="store_true", help="also build a faiss IVF-Flat index (needs the [faiss] extra)")
     build.add_argument("--nlist", type=int, help="IVF lists of the faiss index (default about 4 sqrt(N))")
-    add = commands.add_parser("add", help="append the images of more galleries (same model weights)")
+    add = commands.add_parser(
+        "add", formatter_class=HelpFormatter, help="append the images of more galleries (same model weights)",
+        description="Append the images of more galleries to the index OUT (embedded with the weights that built it).",
+    )
     _add_common(add)
-    info = commands.add_parser("info", help="print the live version's manifest")
+    info = commands.add_parser("info", formatter_class=HelpFormatter, help="print the live version's manifest",
+                               description="Print the live version's manifest of the index OUT.")
     info.add_argument("out", help="the index directory")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> str:
+    """Run the sub-command; returns the path of the live version."""
+    args = build_parser().parse_args(argv)
+    if args.command != "info":
+        require_positive(args, ("batch_size",))
+    if args.command == "build" and args.nlist is not None and not args.faiss:
+        raise UsageError("--nlist sets the faiss index's lists; it needs --faiss")
+    from ..index.store import GalleryIndex, add_to_index, build_index
+
     if args.command == "info":
         with GalleryIndex.open(args.out) as index:
             print(json.dumps({"version": index.version, **index.manifest}, indent=2))
             return index.path
-    if args.batch_size <= 0:
-        parser.error(f"--batch_size must be positive, got {args.batch_size}")
-    if args.command == "build" and args.nlist is not None and not args.faiss:
-        parser.error("--nlist sets the faiss index's lists; it needs --faiss")
-    sources = _sources(parser, args)
+    sources = _sources(args)
     if args.command == "build":
-        path = build_index(args.out, args.model_dir, sources, use_faiss=args.faiss, faiss_nlist=args.nlist, batch_size=args.batch_size)
+        path = build_index(args.out, args.model_dir, sources, use_faiss=args.faiss, faiss_nlist=args.nlist,
+                           batch_size=args.batch_size)
     else:
         path = add_to_index(args.out, args.model_dir, sources, batch_size=args.batch_size)
     print(f"index {args.out}: live version {path}", file=sys.stderr)

@@ -1,9 +1,5 @@
-"""``vinvl retrieve``: ask a saved model for images of a caption or captions of an image, via Taskflow.
-
-The gallery is a data directory (``--data_dir``) or a folder of photos (``--gallery_images``,
-extracted with ``--detector`` once and cached); ``--image`` queries are photos, detected with
-``--detector``.
-"""
+"""``vinvl retrieve``: ask a saved model for images of a caption or captions of an image, through
+``Taskflow("image_text_retrieval")`` (:mod:`vinvl.apps.taskflow`)."""
 from __future__ import annotations
 
 import argparse
@@ -11,16 +7,27 @@ import json
 import pathlib
 from typing import List, Optional, Sequence
 
-from ..data.layout import SPLITS
 from ..errors import UsageError
-from ..retrieval.first_stage import add_first_stage_argument, reject_removed_mode
+from .options import (
+    SPLITS, add_first_stage_argument, new_parser, random_detector_notice, reject_removed_option, require_directory,
+    require_positive,
+)
+
+__all__ = ["build_parser", "main"]
+
+DESCRIPTION = """\
+Ask a saved model for the images of a caption (--text) or the captions of an image (--image_id, a
+gallery image; --image, a photo) through Taskflow("image_text_retrieval"), and print the answers as
+JSON. The gallery is a data directory (--data_dir) or a folder of photos (--gallery_images,
+extracted with --detector once and cached); --image photos are detected with --detector."""
 
 
-def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
-    parser = argparse.ArgumentParser(prog="vinvl retrieve", description=__doc__)
+def build_parser() -> argparse.ArgumentParser:
+    parser = new_parser("vinvl retrieve", DESCRIPTION)
     parser.add_argument("--model_dir", required=True, help="a saved model directory")
     gallery = parser.add_mutually_exclusive_group(required=True)
-    gallery.add_argument("--data_dir", help="the gallery: a data directory the coco_ir script reads")
+    gallery.add_argument("--data_dir", help="the gallery: a data directory the coco_ir script reads (with captions for "
+                                            "--image and --image_id queries)")
     gallery.add_argument("--gallery_images", help="the gallery: a folder of photos (no captions; needs --detector)")
     parser.add_argument("--split", choices=SPLITS, default="test", help="gallery split")
     parser.add_argument("--text", action="append", default=[], help="a caption query (repeatable)")
@@ -30,25 +37,52 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
     parser.add_argument(
         "--gallery_cache_dir", help="where --gallery_images extractions are cached (default ~/.cache/vinvl/photo_galleries)"
     )
-    parser.add_argument("--top_k", type=int, default=5)
+    parser.add_argument("--top_k", type=int, default=5, help="results per query")
     add_first_stage_argument(parser, default="auto")
     parser.add_argument("--candidates", type=int, default=16, help="gallery items a first stage proposes per query")
-    args = parser.parse_args(argv)
-    reject_removed_mode(args)
-    if not args.text and not args.image_id and not args.image:
-        parser.error("give at least one --text, --image_id or --image")
-    if args.gallery_images and (args.image or args.image_id):
-        parser.error("--image and --image_id retrieve captions, and a --gallery_images gallery has none: use --data_dir")
-    if (args.image or args.gallery_images) and not args.detector:
-        parser.error(f"{'--image' if args.image else '--gallery_images'} needs --detector DIR (a detector directory)")
-    if any(not text.strip() for text in args.text):
-        parser.error("--text: a caption query cannot be empty")
-    for name in ("top_k", "candidates"):
-        if getattr(args, name) <= 0:
-            parser.error(f"--{name} must be positive, got {getattr(args, name)}")
+    return parser
 
-    import vinvl  # noqa: F401  (registers the task)
-    from paddlenlp import Taskflow
+
+def _check(args: argparse.Namespace) -> None:
+    """Errors that need no model, before anything is loaded."""
+    reject_removed_option(args.mode, "--mode", "--first_stage exhaustive (every pair), contrastive, tags or auto")
+    if not args.text and not args.image_id and not args.image:
+        raise UsageError("give at least one --text, --image_id or --image")
+    if args.gallery_images and (args.image or args.image_id):
+        raise UsageError("--image and --image_id retrieve captions, and a --gallery_images gallery has none: use --data_dir")
+    if (args.image or args.gallery_images) and not args.detector:
+        raise UsageError(f"{'--image' if args.image else '--gallery_images'} needs --detector DIR (a detector directory)")
+    if any(not text.strip() for text in args.text):
+        raise UsageError("--text: a caption query cannot be empty")
+    require_positive(args, ("top_k", "candidates"))
+    require_directory(args.model_dir, "--model_dir", "model directory")
+    if args.data_dir is not None:
+        require_directory(args.data_dir, "--data_dir", "data directory")
+    if args.detector is not None:
+        require_directory(args.detector, "--detector", "detector directory")
+
+
+def _check_captions(args: argparse.Namespace) -> None:
+    """--image and --image_id retrieve captions: refuse a --data_dir that has none for the split."""
+    from ..data.formats import DataError, find_captions_file
+
+    if args.data_dir is None or not (args.image or args.image_id):
+        return
+    try:
+        find_captions_file(args.data_dir, args.split)
+    except DataError as exc:
+        raise UsageError(f"--image and --image_id retrieve captions, but --data_dir has none: {exc}; give --data_dir "
+                         "a data directory with captions") from None
+
+
+def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
+    """Answer the queries, print them as JSON; returns them."""
+    args = build_parser().parse_args(argv)
+    _check(args)
+    _check_captions(args)
+    if args.detector is not None:
+        random_detector_notice(args.detector)
+    from paddlenlp import Taskflow  # importing it registers the task (see vinvl/__init__.py)
 
     retrieval = Taskflow(
         "image_text_retrieval",

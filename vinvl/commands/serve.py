@@ -1,11 +1,13 @@
-"""``vinvl serve``: the retrieval service over a gallery index in one command.
+"""``vinvl serve``: the retrieval service over a gallery index in one command
+(:mod:`vinvl.serving.server` under uvicorn).
 
     vinvl serve --index OUT [--model_dir M] [--host 127.0.0.1] [--port 8189] [--workers N] [--detector DIR]
 
 Does what ``paddlenlp server vinvl.serving.server:app`` does (uvicorn, one model per worker),
-with the app's settings given as flags instead of ``VINVL_SERVE_*`` variables. The index and
-the model are checked before any worker starts: a missing index or one built with other weights
-is an error here, not in every worker.
+with the app's settings given as flags instead of ``VINVL_SERVE_*`` variables. The port is taken
+first, then the index and the model are checked, all before any worker starts: a port in use, a
+missing index or one built with other weights is one line here (status 2), not an error in every
+worker.
 """
 from __future__ import annotations
 
@@ -14,38 +16,43 @@ import os
 import socket
 from typing import Optional, Sequence
 
-from ..retrieval.first_stage import FIRST_STAGE_CHOICES
-from ..oscar.model_dir import weights_checksum
-from ..query.photos import check_detector_dir
-from ..index.store import GalleryIndex
-from ..serving.server import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_QUERIES, ENVIRONMENT
-from ..serving.transport import CoalescingHTTPProtocol
+from ..errors import UsageError
+from .options import FIRST_STAGE_CHOICES, new_parser, random_detector_notice, require_directory, require_positive
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]
 
 APP = "vinvl.serving.server:app"
+MAX_BODY_BYTES = 16 << 20  # vinvl.serving.server.DEFAULT_MAX_BODY_BYTES
+MAX_QUERIES = 64  # vinvl.serving.server.DEFAULT_MAX_QUERIES
+
+DESCRIPTION = """\
+Serve retrieval over a gallery index through HTTP: PaddleNLP's SimpleServer route
+(POST /taskflow/image_text_retrieval) plus vinvl's, under uvicorn with one model per worker. The port
+is taken and the index and model are checked before any worker starts."""
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vinvl serve", description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = new_parser("vinvl serve", DESCRIPTION)
     parser.add_argument("--index", required=True, help="the gallery index directory (vinvl index build)")
     parser.add_argument("--model_dir", help="the saved model (default: the one the index records)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    parser.add_argument("--port", type=int, default=8189, help="port to bind (default 8189)")
-    parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes, each with its own model (default 1)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=8189, help="port to bind")
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes, each with its own model")
     parser.add_argument("--top_k", type=int, default=5, help="results per query unless a request sets top_k")
-    parser.add_argument("--first_stage", choices=FIRST_STAGE_CHOICES, default="auto", help="default first stage (see vinvl retrieve)")
+    parser.add_argument("--first_stage", choices=FIRST_STAGE_CHOICES, default="auto",
+                        help="default first stage (see vinvl retrieve --help)")
     parser.add_argument("--candidates", type=int, default=16, help="first-stage candidates per query unless a request sets them")
     parser.add_argument("--batch_size", type=int, default=32, help="pairs per forward pass")
-    parser.add_argument("--max_body_bytes", type=int, default=DEFAULT_MAX_BODY_BYTES, help="larger request bodies get 413")
-    parser.add_argument("--max_queries", type=int, default=DEFAULT_MAX_QUERIES, help="queries per request (more get 413)")
+    parser.add_argument("--max_body_bytes", type=int, default=MAX_BODY_BYTES, help="larger request bodies get 413")
+    parser.add_argument("--max_queries", type=int, default=MAX_QUERIES, help="queries per request (more get 413)")
     parser.add_argument("--detector", help="a detector directory: lets requests upload photos ({\"photo\": base64})")
     parser.add_argument(
         "--allow_add", action="store_true",
         help="answer {\"add\": {\"gallery_dir\": ...}} requests, which make the server read a directory a client names "
              "(default: refused with 403)",
     )
-    parser.add_argument("--log_level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    parser.add_argument("--log_level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+                        help="uvicorn's log level")
     parser.add_argument(
         "--worker_healthcheck_timeout", type=float, default=60.0,
         help="seconds a worker may take to answer uvicorn's supervisor (with --workers > 1) before it is restarted; "
@@ -54,12 +61,50 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _tcp_socket(host: str, port: int) -> socket.socket:
+    """The service's listening socket, bound now (a port in use is a user error before anything loads).
+
+    Created as TCP explicitly: a socket made as ``socket.socket(family)`` (uvicorn's own) records
+    protocol 0, so asyncio does not set TCP_NODELAY on the connections the workers accept, and a
+    response written as headers then body waits for the client's delayed ACK: about 40 ms more per
+    request on a kept-alive connection.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        reason = exc.strerror or str(exc)
+        raise UsageError(f"--host {host} --port {port}: cannot listen there: {reason[:1].lower() + reason[1:]} "
+                         "(another server on that port? choose another --port)") from None
+    sock.set_inheritable(True)
+    return sock
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    for name in ("port", "workers", "top_k", "candidates", "batch_size", "max_body_bytes", "max_queries", "worker_healthcheck_timeout"):
-        if getattr(args, name) <= 0:
-            parser.error(f"--{name} must be positive, got {getattr(args, name)}")
+    """Take the port, check the index and model, then serve until stopped."""
+    args = build_parser().parse_args(argv)
+    require_positive(args, ("port", "workers", "top_k", "candidates", "batch_size", "max_body_bytes", "max_queries",
+                            "worker_healthcheck_timeout"))
+    if args.detector is not None:
+        require_directory(args.detector, "--detector", "detector directory")
+    sock = _tcp_socket(args.host, args.port)
+    try:
+        os.environ.update(_settings(args))
+        _run(args, sock)
+    finally:
+        sock.close()
+
+
+def _settings(args: argparse.Namespace) -> dict:
+    """The app's ``VINVL_SERVE_*`` variables, after checking the index, its weights and the detector."""
+    from ..index.store import GalleryIndex
+    from ..oscar.model_dir import weights_checksum
+    from ..query.photos import check_detector_dir
+    from ..serving.server import ENVIRONMENT
+
     try:
         with GalleryIndex.open(args.index) as index:
             model_dir = args.model_dir or index.manifest["model"]["model_dir"]
@@ -67,7 +112,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         if args.detector is not None:
             check_detector_dir(args.detector)
     except (FileNotFoundError, ValueError) as exc:
-        parser.error(str(exc))
+        raise UsageError(str(exc)) from exc
+    if args.detector is not None:
+        random_detector_notice(args.detector)
     settings = {
         "index_path": os.path.abspath(args.index),
         "model_dir": os.path.abspath(model_dir),
@@ -81,45 +128,27 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     }
     if args.detector is not None:
         settings["detector_path"] = os.path.abspath(args.detector)
-    os.environ.update({ENVIRONMENT[name]: str(value) for name, value in settings.items()})
-    _run(args)
+    return {ENVIRONMENT[name]: str(value) for name, value in settings.items()}
 
 
-def _tcp_socket(host: str, port: int) -> socket.socket:
-    """The listening socket of several workers, created as TCP explicitly.
-
-    uvicorn's own (``socket.socket(family)``) records protocol 0, so asyncio does not set
-    TCP_NODELAY on the connections the workers accept, and a response written as headers then
-    body waits for the client's delayed ACK: about 40 ms more per request on a kept-alive connection.
-    """
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise SystemExit(f"vinvl serve: cannot bind {host}:{port}: {exc}") from None
-    sock.set_inheritable(True)
-    return sock
-
-
-def _run(args: argparse.Namespace) -> None:
-    """uvicorn.run, with the workers' socket from :func:`_tcp_socket` and each answer sent in one
-    write (:class:`~vinvl.serving.transport.CoalescingHTTPProtocol`)."""
+def _run(args: argparse.Namespace, sock: socket.socket) -> None:
+    """uvicorn on ``sock``, each answer sent in one write
+    (:class:`~vinvl.serving.transport.CoalescingHTTPProtocol`)."""
     import uvicorn
     from uvicorn.supervisors import Multiprocess
+
+    from ..serving.transport import CoalescingHTTPProtocol
 
     config = uvicorn.Config(
         APP, host=args.host, port=args.port, workers=args.workers, log_level=args.log_level,
         timeout_worker_healthcheck=args.worker_healthcheck_timeout, http=CoalescingHTTPProtocol,
     )
     if config.workers > 1:
-        Multiprocess(config, sockets=[_tcp_socket(args.host, args.port)]).run()
+        Multiprocess(config, sockets=[sock]).run()
         return
     server = uvicorn.Server(config)
     try:
-        server.run()
+        server.run(sockets=[sock])
     except KeyboardInterrupt:
         return
     if not server.started:

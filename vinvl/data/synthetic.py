@@ -7,12 +7,11 @@ noisy detector would report (objects missed, false positives added); five captio
 mention some of its objects, with attributes and varied templates, so a caption usually
 matches several images by any single word and only its image by all of them.
 
-The result is deterministic from the seed. ``vinvl make-synthetic`` and
-``scripts/make_synthetic_coco.py`` call :func:`write_synthetic_corpus`.
+The result is deterministic from the seed. ``vinvl make-synthetic`` (:mod:`vinvl.commands.make_synthetic`)
+and ``scripts/make_synthetic_coco.py`` call :func:`write_synthetic_corpus`.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -27,7 +26,7 @@ from ..errors import UsageError
 from .formats import APPEARANCE_DIM, box_geometry, encode_features
 from .layout import CAPTION_INDEX_FILE, SPLITS
 
-__all__ = ["SyntheticImage", "SceneGenerator", "generate_split", "right_answers", "write_synthetic_corpus", "main"]
+__all__ = ["SyntheticImage", "SceneGenerator", "generate_split", "right_answers", "write_synthetic_corpus"]
 
 IMAGE_SIZES = ((480, 640), (640, 480), (427, 640), (500, 500), (480, 480))  # (height, width)
 TEMPLATES = (
@@ -328,31 +327,3 @@ def write_synthetic_corpus(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("out_dir", help="new directory to write the corpus to")
-    for split, default in (("train", 500), ("minival", 50), ("val", 50), ("test", 100)):
-        parser.add_argument(f"--{split}", type=int, default=default, help=f"images in the {split} split")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--captions_format", choices=("pt", "pd", "json"), default="pt")
-    parser.add_argument("--predictions_format", choices=("dict", "list"), default="dict")
-    parser.add_argument("--layout", choices=("official", "detector"), default="official")
-    parser.add_argument("--num_classes", type=int, default=60, help="size of the VinVL class subset used")
-    return parser
-
-
-def main(argv: Optional[Sequence[str]] = None) -> str:
-    parser = add_arguments(argparse.ArgumentParser(prog="vinvl make-synthetic", description=__doc__.split("\n\n")[0]))
-    args = parser.parse_args(argv)
-    path = write_synthetic_corpus(
-        args.out_dir,
-        {s: getattr(args, s) for s in SPLITS},
-        seed=args.seed,
-        captions_format=args.captions_format,
-        predictions_format=args.predictions_format,
-        layout=args.layout,
-        num_classes=args.num_classes,
-    )
-    print(f"wrote {path}")
-    return path

@@ -19,7 +19,18 @@ from tqdm.auto import tqdm
 
 from ..retrieval.topk import TopK, merge_top_k
 
-__all__ = ["FAISS_FILE", "DEFAULT_NPROBE", "require_faiss", "default_nlist", "build_ivf_flat", "extend", "load", "save", "search"]
+__all__ = [
+    "FAISS_FILE",
+    "DEFAULT_NPROBE",
+    "IVFSearch",
+    "require_faiss",
+    "default_nlist",
+    "build_ivf_flat",
+    "extend",
+    "load",
+    "save",
+    "search",
+]
 
 FAISS_FILE = "faiss.index"
 DEFAULT_NPROBE = 32
@@ -88,8 +99,28 @@ def search(index, queries: np.ndarray, k: int, nprobe: int = DEFAULT_NPROBE) -> 
     queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
     if queries.shape[1] != index.d:
         raise ValueError(f"queries are {queries.shape[1]}-d but the faiss index is {index.d}-d")
-    index.nprobe = min(int(nprobe), index.nlist)
-    scores, rows = index.search(queries, int(k))
+    params = require_faiss().SearchParametersIVF(nprobe=min(int(nprobe), index.nlist))
+    scores, rows = index.search(queries, int(k), params=params)
     rows = rows.astype(np.int64)
     scores = np.where(rows < 0, -np.inf, scores).astype(np.float32)
     return merge_top_k([(scores, rows)], k)
+
+
+class IVFSearch:
+    """A faiss IVF index as a :class:`vinvl.retrieval.search.Searcher`, probing ``nprobe`` lists per query.
+
+    faiss releases the GIL and reads the (memory-mapped) index only; ``nprobe`` is passed per call,
+    so concurrent searches with different ``nprobe`` do not see each other's.
+    """
+
+    def __init__(self, index, nprobe: int = DEFAULT_NPROBE):
+        if isinstance(nprobe, bool) or not isinstance(nprobe, int) or nprobe <= 0:
+            raise ValueError(f"nprobe must be a positive integer, got {nprobe!r}")
+        self.index = index
+        self.nprobe = nprobe
+
+    def __len__(self) -> int:
+        return int(self.index.ntotal)
+
+    def search(self, queries: np.ndarray, k: int) -> TopK:
+        return search(self.index, queries, k, nprobe=self.nprobe)

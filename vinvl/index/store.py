@@ -44,10 +44,11 @@ from ..data.examples import ExampleOptions, detect_layout, open_feature_source
 from ..errors import UserError
 from ..oscar.model_dir import load_retrieval_model
 from ..retrieval import Gallery, RetrievalEngine
-from . import ivf as ann
 from ..oscar.model_dir import weights_checksum
 from .tables import IdColumn, ListColumn, load_array
-from ..retrieval.topk import DEFAULT_CHUNK_ROWS, TopK, exact_top_k
+from ..retrieval.search import ExactSearch, Searcher
+from ..retrieval.topk import TopK
+from . import ivf
 from .versions import MANIFEST, VersionedDir, pause_for_test
 
 __all__ = [
@@ -269,24 +270,33 @@ class GalleryIndex:
             )
         return self.embeddings
 
-    def search(
-        self,
-        queries: np.ndarray,
-        k: int,
-        method: str = "exact",
-        nprobe: int = ann.DEFAULT_NPROBE,
-        chunk_rows: int = DEFAULT_CHUNK_ROWS,
-    ) -> TopK:
+    def image_searcher(self, nprobe: Optional[int] = None) -> Searcher:
+        """The contrastive search over the images: the faiss IVF index (``nprobe`` lists probed, default
+        :data:`vinvl.index.ivf.DEFAULT_NPROBE`) when the version has one, else exact chunked top-k over
+        the memory-mapped embeddings. Ties rank the lower position first either way."""
+        embeddings = self.require_embeddings()
+        if self.manifest.get("faiss") is not None:
+            return ivf.IVFSearch(self.faiss_index(), ivf.DEFAULT_NPROBE if nprobe is None else nprobe)
+        return ExactSearch(embeddings)
+
+    def caption_searcher(self) -> Optional[Searcher]:
+        """Exact search over the captions' embeddings (None when the index holds no captions)."""
+        if self.num_captions == 0:
+            return None
+        if self.caption_embeddings is None:
+            self.require_embeddings()
+        return ExactSearch(self.caption_embeddings)
+
+    def search(self, queries: np.ndarray, k: int, method: str = "exact", nprobe: int = ivf.DEFAULT_NPROBE) -> TopK:
         """Contrastive top-``k`` images per caption embedding ``[Q, E]``: (scores, image positions).
 
         ``exact`` scans the memory-mapped embeddings in chunks; ``faiss`` searches the IVF index
         (built with ``--faiss``). Ties rank the lower position first.
         """
-        embeddings = self.require_embeddings()
         if method == "exact":
-            return exact_top_k(embeddings, queries, k, chunk_rows=chunk_rows)
+            return ExactSearch(self.require_embeddings()).search(queries, k)
         if method == "faiss":
-            return ann.search(self.faiss_index(), queries, k, nprobe=nprobe)
+            return ivf.IVFSearch(self.faiss_index(), nprobe).search(queries, k)
         raise ValueError(f"method must be 'exact' or 'faiss', got {method!r}")
 
     def faiss_index(self):
@@ -295,7 +305,7 @@ class GalleryIndex:
             raise ValueError(f"the index {self.root} has no faiss index; build it with `vinvl index build --faiss ...`")
         with self._lock:
             if self._faiss is None:
-                self._faiss = ann.load(os.path.join(self.path, self.manifest["faiss"]["file"]))
+                self._faiss = ivf.load(os.path.join(self.path, self.manifest["faiss"]["file"]))
         return self._faiss
 
 
@@ -462,13 +472,13 @@ def _write_embeddings(
     faiss_entry = None
     if use_faiss:
         if base is not None and base.manifest.get("faiss"):
-            trained = ann.load(os.path.join(base.path, base.manifest["faiss"]["file"]), writable=True)
-            index = ann.extend(trained, embeddings, old_count, progress)
+            trained = ivf.load(os.path.join(base.path, base.manifest["faiss"]["file"]), writable=True)
+            index = ivf.extend(trained, embeddings, old_count, progress)
             faiss_entry = dict(base.manifest["faiss"])
         else:
-            index = ann.build_ivf_flat(embeddings, nlist=faiss_nlist, progress=progress)
-            faiss_entry = {"kind": "ivf_flat", "file": ann.FAISS_FILE, "nlist": int(index.nlist), "trained_on": total}
-        ann.save(index, os.path.join(folder, ann.FAISS_FILE))
+            index = ivf.build_ivf_flat(embeddings, nlist=faiss_nlist, progress=progress)
+            faiss_entry = {"kind": "ivf_flat", "file": ivf.FAISS_FILE, "nlist": int(index.nlist), "trained_on": total}
+        ivf.save(index, os.path.join(folder, ivf.FAISS_FILE))
     return {"file": EMBEDDINGS_FILE, "dim": config.contrastive_dim}, faiss_entry
 
 
@@ -507,7 +517,7 @@ def _prepare(model_dir: str, sources: Sequence[GallerySource], use_faiss: bool):
                 f"--faiss needs contrastive embeddings, but {model_dir} records trained_heads="
                 f"{sorted(config.heads_trained())} (contrastive_dim {config.contrastive_dim})"
             )
-        ann.require_faiss()
+        ivf.require_faiss()
     loaded = [_load_source(s, config.img_feature_dim) for s in sources]
     return checksum, config, loaded
 
@@ -523,14 +533,16 @@ def build_index(
 ) -> str:
     """Build an index of ``sources`` (in order) at ``out``; replaces a previous index atomically.
 
-    Returns the new version's path.
+    Returns the new version's path. A non-empty ``out`` that is not an index is refused before
+    anything is read.
     """
+    versions = VersionedDir(out)
+    versions.refuse_foreign()
     checksum, config, loaded = _prepare(model_dir, sources, use_faiss)
     _check_new_ids(loaded, None)
     total = sum(len(s.corpus) for s in loaded)
     if faiss_nlist is not None and not 1 <= faiss_nlist <= total:
         raise ValueError(f"nlist must be in 1..{total} (the number of images), got {faiss_nlist}")
-    versions = VersionedDir(out)
     with versions.writer(), versions.staging() as folder:
         _write_version(folder, model_dir, checksum, config, loaded, None, faiss_nlist, use_faiss, batch_size, progress)
         return versions.commit(folder)

@@ -121,6 +121,18 @@ class VersionedDir:
 
     # ----- writing ------------------------------------------------------------------------
 
+    def refuse_foreign(self) -> None:
+        """Refuse a root that holds files but none a writer of versions writes: a folder of the
+        user's, which a build would fill beside what is there (as ``vinvl demo`` refuses one)."""
+        if os.path.exists(self.root) and not os.path.isdir(self.root):
+            raise NotADirectoryError(f"{self.root} is a file, not an index directory")
+        names = os.listdir(self.root) if os.path.isdir(self.root) else []
+        ours = [n for n in names if n in (CURRENT, LOCK) or _VERSION.match(n) or n.startswith(STAGING_PREFIX)]
+        if names and not ours:
+            raise FileExistsError(
+                f"{self.root} exists, is not empty and is not a gallery index; choose a new or empty folder"
+            )
+
     @contextmanager
     def writer(self) -> Iterator["VersionedDir"]:
         """Hold the writer lock (error if another writer holds it) and clear what dead writers left."""

@@ -36,7 +36,6 @@ only when everything succeeded, so a failed conversion never leaves a half-writt
 """
 from __future__ import annotations
 
-import argparse
 import inspect
 import json
 import logging
@@ -63,9 +62,6 @@ __all__ = [
     "load_torch_state_dict",
     "read_torch_pickle",
     "oscar_config_from_source",
-    "add_arguments",
-    "run",
-    "main",
 ]
 
 logger = logging.getLogger(__name__)
@@ -687,61 +683,3 @@ def convert_checkpoint(
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
     return dst
-
-
-# --------------------------------------------------------------------------- command line
-
-
-def _parse_override(text: str) -> Tuple[str, object]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the ``convert`` arguments (SRC, DST, --set, --overwrite) to ``parser``."""
-    parser.add_argument(
-        "src",
-        help="checkpoint dir: official Oscar/VinVL, cattidea/VinVL-Paddle (fine-tuned checkpoint-N or "
-        "pre-trained), HuggingFace/PaddleNLP BERT, or a vinvl-paddle model dir",
-    )
-    parser.add_argument("dst", help="output model directory (config.json, model.safetensors, vocab.txt)")
-    parser.add_argument(
-        "--set",
-        dest="config_overrides",
-        metavar="KEY=VALUE",
-        action="append",
-        type=_parse_override,
-        default=[],
-        help="override an OscarConfig field (VALUE parsed as JSON when possible); repeatable",
-    )
-    parser.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
-    return parser
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run a conversion from parsed :func:`add_arguments` arguments and print the output directory.
-
-    Returns 0; a failed conversion raises (:class:`ConversionError` for a bad source, destination
-    or override), so that the command exits non-zero.
-    """
-    out = convert_checkpoint(args.src, args.dst, config_overrides=dict(args.config_overrides), overwrite=args.overwrite)
-    print(out)
-    return 0
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m vinvl.oscar.convert SRC DST``: the same as ``vinvl convert``."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    parser = add_arguments(argparse.ArgumentParser(prog="vinvl convert", description=__doc__.splitlines()[0]))
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    from ..commands.cli import run_main
-
-    raise SystemExit(run_main(main, prog="vinvl convert"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from paddlenlp.utils.env import PADDLE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
@@ -74,16 +74,24 @@ def load_tokenizer(model_dir: str) -> OscarTokenizer:
     return OscarTokenizer(packaged_vocab_path())
 
 
-def load_retrieval_model(model_dir: str, **processor_overrides) -> Tuple[OscarForImageTextRetrieval, OscarProcessor]:
+def load_retrieval_model(
+    model_dir: str, config_overrides: Optional[Dict[str, Any]] = None, **processor_overrides
+) -> Tuple[OscarForImageTextRetrieval, OscarProcessor]:
     """Model and processor from a directory: saved weights, or random init from a config-only directory
-    (a shipped config's name, ``tiny`` or ``vinvl-base``, stands for its packaged directory)."""
+    (a shipped config's name, ``tiny`` or ``vinvl-base``, stands for its packaged directory).
+
+    ``config_overrides`` are set in the directory's config before the model is built (what a
+    fine-tuning recipe decides over the checkpoint, such as its dropout).
+    """
     model_dir = resolve_config(model_dir)
     if not os.path.isfile(os.path.join(model_dir, "config.json")):
         raise FileNotFoundError(f"{model_dir!r} is not a model directory: it has no config.json")
+    config = OscarConfig.from_pretrained(model_dir)
+    for key, value in (config_overrides or {}).items():
+        setattr(config, key, value)
     if has_weights(model_dir):
-        model = OscarForImageTextRetrieval.from_pretrained(model_dir)
+        model = OscarForImageTextRetrieval.from_pretrained(model_dir, config=config)
     else:
-        config = OscarConfig.from_pretrained(model_dir)
         config.trained_heads = []  # random initialisation: no head carries trained weights
         model = OscarForImageTextRetrieval(config)
     config = model.config

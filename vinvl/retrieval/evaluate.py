@@ -5,7 +5,7 @@ re-rank setting when the corpus carries its caption index (as the official code 
 during training), otherwise the whole split ranked exhaustively or in two stages (a first stage
 of :mod:`vinvl.retrieval.first_stage` proposes, the match head re-ranks).
 
-:func:`main` (``vinvl eval`` / ``scripts/eval_retrieval.py``) runs the COCO protocols:
+:func:`evaluate_saved_model` (``vinvl eval`` / ``scripts/eval_retrieval.py``) runs the COCO protocols:
 
 - ``coco1k``: COCO 1K reported both ways: the average over consecutive folds of the base image
   set (5 folds of 1000 on the 5K test, the literature's convention) and the single subset of
@@ -26,7 +26,6 @@ the one place that maps :mod:`vinvl.retrieval.metrics`' ``i2t_R@1`` style to the
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
@@ -36,11 +35,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..data.formats import DataError, load_image_keys
-from ..data.layout import SPLITS
 from ..errors import UsageError
-from .distributed import rank
 from .engine import RetrievalEngine, RetrievalScores, match_probability
-from .first_stage import FIRST_STAGES, add_first_stage_argument, check_first_stage, reject_removed_mode, resolve_first_stage
+from .first_stage import FIRST_STAGES, check_first_stage, resolve_first_stage
 from .gallery import Gallery
 from .metrics import fold_metrics, i2t_ranks, rerank_metrics, subset_metrics, t2i_ranks, top_k_indices
 
@@ -52,7 +49,10 @@ __all__ = [
     "ProtocolResult",
     "run_protocol",
     "ranked_results",
-    "main",
+    "write_outputs",
+    "key_file_path",
+    "default_protocol",
+    "evaluate_saved_model",
 ]
 
 PROTOCOLS = ("coco1k", "coco5k", "keys", "all")
@@ -273,86 +273,41 @@ def write_outputs(output_dir: str, report: Dict[str, Any], result: ProtocolResul
     return paths
 
 
-# ----- the command -----------------------------------------------------------------------
+# ----- a saved model on a data directory (``vinvl eval``) ----------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="vinvl eval", description="COCO 1K/5K image-text retrieval: R@1/5/10 both ways, rsum, ranked results."
-    )
-    parser.add_argument("--model_dir", required=True, help="a saved model directory (config.json + weights)")
-    parser.add_argument("--data_dir", required=True, help="the coco_ir directory")
-    parser.add_argument("--features_dir", default=None, help="per-split feature folders (default: data_dir/features)")
-    parser.add_argument("--split", default="test", help="split to evaluate (default: test)")
-    parser.add_argument("--protocol", choices=PROTOCOLS, default=None,
-                        help="coco1k: 5-fold average + official 1K subset; coco5k: the whole set; keys: "
-                             "--eval_img_keys_file; all: every image of the split (default: coco1k for the test split, "
-                             "all for any other)")
-    parser.add_argument("--eval_img_keys_file", default=None,
-                        help="key file for --protocol keys: a path, or a file name in data_dir")
-    parser.add_argument("--fold_size", type=int, default=None,
-                        help="images per 1K fold (default: the size of {split}_img_keys_1k.tsv, else 1000)")
-    add_first_stage_argument(parser, default="exhaustive")  # exhaustive: the paper protocol
-    parser.add_argument("--top_k", type=int, default=128, help="candidates per query a first stage proposes for re-ranking")
-    parser.add_argument("--batch_size", type=int, default=128, help="pairs per forward pass")
-    parser.add_argument("--no_od_labels", action="store_true", help="leave out the object tags")
-    parser.add_argument("--output_dir", default=None, help="write metrics.json and ranked results here")
-    parser.add_argument("--no_progress", action="store_true", help="no progress bar")
-    return parser
-
-
-def _key_path(data_dir: str, name: str) -> str:
+def key_file_path(data_dir: str, name: str) -> str:
     """The absolute path of a key file given as a path (relative to the current directory) or a name in data_dir."""
     return os.path.abspath(name if os.path.isfile(name) else os.path.join(data_dir, name))
 
 
-def _validate(args: argparse.Namespace) -> None:
-    """Errors that need no data read, before the model or corpus is loaded."""
-    reject_removed_mode(args)
-    if args.split not in SPLITS:
-        raise UsageError(f"unknown split {args.split!r}; the splits are {SPLITS}")
-    if args.protocol is None:
-        args.protocol = "coco1k" if args.split == "test" else "all"
-    if args.batch_size <= 0:
-        raise UsageError(f"--batch_size must be positive, got {args.batch_size}")
-    if args.top_k <= 0:
-        raise UsageError(f"--top_k must be positive, got {args.top_k}")
-    if args.fold_size is not None and args.fold_size <= 0:
-        raise UsageError(f"--fold_size must be positive, got {args.fold_size}")
-    if (args.protocol == "keys") != (args.eval_img_keys_file is not None):
-        raise UsageError("--eval_img_keys_file goes with --protocol keys (and that protocol needs it)")
-    keys_file = _key_path(args.data_dir, args.eval_img_keys_file) if args.protocol == "keys" else None
-    if keys_file and not os.path.isfile(keys_file):
-        raise DataError(f"{keys_file}: no such file (--eval_img_keys_file)")
-    if not os.path.isfile(os.path.join(args.model_dir, "config.json")):
-        raise FileNotFoundError(f"--model_dir {args.model_dir!r} is not a model directory (no config.json)")
-    from ..oscar.model_dir import has_weights
-
-    if not has_weights(args.model_dir):
-        raise FileNotFoundError(f"--model_dir {args.model_dir!r} holds a config but no weights to evaluate")
-    if not os.path.isdir(args.data_dir):
-        raise FileNotFoundError(f"--data_dir {args.data_dir!r} does not exist")
+def default_protocol(split: str) -> str:
+    """The protocol that fits a split: ``coco1k`` for ``test``, ``all`` for any other."""
+    return "coco1k" if split == "test" else "all"
 
 
-def _load_gallery(args: argparse.Namespace) -> Tuple[Gallery, Optional[np.ndarray], int]:
+def _load_gallery(
+    data_dir: str, split: str, protocol: str, features_dir: Optional[str], keys_file: Optional[str],
+    fold_size: Optional[int], add_od_labels: bool,
+) -> Tuple[Gallery, Optional[np.ndarray], int]:
     """The base gallery, the official 1K subset's indices in it (or None) and the fold size."""
     from ..data import load_corpus
 
-    if args.protocol == "keys":
-        keys_file = _key_path(args.data_dir, args.eval_img_keys_file)
-    elif args.protocol == "all":
+    if protocol == "keys":
+        keys_file = key_file_path(data_dir, keys_file)
+    elif protocol == "all":
         keys_file = None
     else:
-        default_keys = os.path.abspath(os.path.join(args.data_dir, f"{args.split}_img_keys.tsv"))
+        default_keys = os.path.abspath(os.path.join(data_dir, f"{split}_img_keys.tsv"))
         keys_file = default_keys if os.path.isfile(default_keys) else None
     corpus = load_corpus(
-        args.data_dir, args.split, features_dir=args.features_dir, add_od_labels=not args.no_od_labels,
+        data_dir, split, features_dir=features_dir, add_od_labels=add_od_labels,
         eval_img_keys_file=keys_file, use_caption_index=False,
     )
     gallery = Gallery.from_corpus(corpus)
-    if args.protocol in ("keys", "all"):
+    if protocol in ("keys", "all"):
         return gallery, None, 0
-    subset_file = os.path.join(args.data_dir, f"{args.split}_img_keys_1k.tsv")
+    subset_file = os.path.join(data_dir, f"{split}_img_keys_1k.tsv")
     subset = None
     if os.path.isfile(subset_file):
         keys = load_image_keys(subset_file)
@@ -360,55 +315,61 @@ def _load_gallery(args: argparse.Namespace) -> Tuple[Gallery, Optional[np.ndarra
         if unknown:
             raise DataError(f"{subset_file}: image {unknown[0]} is not in the evaluated set ({len(unknown)} unknown ids)")
         subset = gallery.index_of(keys)
-    fold_size = args.fold_size or (len(subset) if subset is not None else 1000)
-    return gallery, subset, fold_size
+    return gallery, subset, fold_size or (len(subset) if subset is not None else 1000)
 
 
-def _print_table(result: ProtocolResult) -> None:
-    names = ("t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10", "rsum")
-    print(f"{'':<10}" + "".join(f"{n:>9}" for n in names))
-    for evaluation, metrics in result.results.items():
-        print(f"{evaluation:<10}" + "".join(f"{metrics[n]:>9.2f}" for n in names))
-    rate = result.pairs_scored / max(result.seconds, 1e-9)
-    print(f"{result.pairs_scored} pairs scored in {result.seconds:.1f} s ({rate:.0f} pairs/s)")
+def evaluate_saved_model(
+    model_dir: str,
+    data_dir: str,
+    *,
+    split: str = "test",
+    protocol: Optional[str] = None,
+    features_dir: Optional[str] = None,
+    keys_file: Optional[str] = None,
+    fold_size: Optional[int] = None,
+    first_stage: str = "exhaustive",
+    candidates: int = 128,
+    batch_size: int = 128,
+    add_od_labels: bool = True,
+    progress: bool = True,
+) -> Tuple[Dict[str, Any], ProtocolResult]:
+    """Score the saved model of ``model_dir`` on ``split`` of ``data_dir`` as ``protocol`` asks
+    (default: :func:`default_protocol`); returns the report (``metrics.json``) and the result.
 
-
-def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
-    """``vinvl eval``: score, print the R@K table, write metrics.json and ranked results (rank 0 only)."""
-    args = build_parser().parse_args(argv)
-    _validate(args)
+    ``keys_file``: the key file of the ``keys`` protocol (a path, or a file name in ``data_dir``).
+    ``fold_size``: images per 1K fold (default: the size of ``{split}_img_keys_1k.tsv``, else 1000).
+    ``first_stage``: as :func:`resolve_first_stage` (``auto`` resolved against the model's config),
+    with ``candidates`` per query. Under ``paddle.distributed.launch`` the pair work is shared and
+    every rank returns the same.
+    """
     import paddle.distributed as dist
 
-    if int(os.environ.get("PADDLE_TRAINERS_NUM", "1")) > 1 and not dist.is_initialized():
-        dist.init_parallel_env()
     from ..oscar.model_dir import load_retrieval_model
 
-    model, processor = load_retrieval_model(args.model_dir)
-    first_stage = resolve_first_stage(args.first_stage, model.config)
-    gallery, subset, fold_size = _load_gallery(args)
-    engine = RetrievalEngine(model, processor, batch_size=args.batch_size, progress=not args.no_progress)
+    protocol = protocol or default_protocol(split)
+    if int(os.environ.get("PADDLE_TRAINERS_NUM", "1")) > 1 and not dist.is_initialized():
+        dist.init_parallel_env()
+    model, processor = load_retrieval_model(model_dir)
+    first_stage = resolve_first_stage(first_stage, model.config)
+    gallery, subset, fold_size = _load_gallery(data_dir, split, protocol, features_dir, keys_file, fold_size, add_od_labels)
+    engine = RetrievalEngine(model, processor, batch_size=batch_size, progress=progress)
     start = time.perf_counter()
     result = run_protocol(
-        engine, gallery, args.protocol, first_stage=first_stage, top_k=args.top_k, fold_size=fold_size, subset=subset
+        engine, gallery, protocol, first_stage=first_stage, top_k=candidates, fold_size=fold_size, subset=subset
     )
     report = {
-        "protocol": args.protocol,
-        "split": args.split,
+        "protocol": protocol,
+        "split": split,
         "first_stage": first_stage,
-        "top_k": args.top_k if first_stage != "exhaustive" else None,
-        "model_dir": os.path.abspath(args.model_dir),
+        "candidates": candidates if first_stage != "exhaustive" else None,
+        "model_dir": os.path.abspath(model_dir),
         "num_images": gallery.num_images,
         "num_captions": gallery.num_captions,
-        "fold_size": fold_size if args.protocol in ("coco1k", "coco5k") else None,
+        "fold_size": fold_size if protocol in ("coco1k", "coco5k") else None,
         "results": result.results,
         "pairs_scored": result.pairs_scored,
         "scoring_seconds": round(result.seconds, 3),
         "pairs_per_second": round(result.pairs_scored / max(result.seconds, 1e-9), 1),
         "wall_seconds": round(time.perf_counter() - start, 3),
     }
-    if rank() == 0:
-        _print_table(result)
-        if args.output_dir:
-            for path in write_outputs(args.output_dir, report, result):
-                print(f"wrote {path}")
-    return report
+    return report, result

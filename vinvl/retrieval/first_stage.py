@@ -17,12 +17,10 @@ The choices (``first_stage=`` of the engine, ``vinvl eval``, ``vinvl retrieve`` 
 
 Candidate order and ties: each query's candidates are listed best first; equal first-stage
 scores go to the lower gallery index (so a caption sharing no word with any image's tags gets
-the first ``k`` images). The contrastive stage's order within its ``k`` is unspecified (the
-re-ranker orders them).
+the first ``k`` images): the one rule of :mod:`vinvl.retrieval.topk`, for both stages.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 from dataclasses import dataclass
 from typing import Any, Dict, List, Sequence
@@ -31,6 +29,8 @@ import numpy as np
 from scipy import sparse
 
 from ..errors import UsageError
+from .search import ExactSearch
+from .topk import TopK, top_k_of_block
 
 __all__ = [
     "FIRST_STAGES",
@@ -44,13 +44,9 @@ __all__ = [
     "tag_words",
     "tag_candidates",
     "contrastive_candidates",
-    "nearest",
-    "top_k_stable",
     "check_first_stage",
     "contrastive_heads_trained",
     "resolve_first_stage",
-    "add_first_stage_argument",
-    "reject_removed_mode",
 ]
 
 logger = logging.getLogger(__name__)
@@ -182,16 +178,22 @@ class BM25Index:
         """BM25 of every query against every document, float64 ``[Q, N]``."""
         return np.asarray((self._query_matrix(queries) @ self._weights_t).todense())
 
-    def top_k(self, queries: Sequence[Sequence[str]], k: int) -> np.ndarray:
-        """Each query's ``min(k, N)`` best documents ``[Q, k]``, best first, ties to the lower index."""
+    def search(self, queries: Sequence[Sequence[str]], k: int) -> TopK:
+        """Each query's ``min(k, N)`` best documents: (BM25 scores, documents) ``[Q, k]``, best first,
+        ties to the lower index (:func:`vinvl.retrieval.topk.top_k`)."""
         k = _check_k(k, self.num_documents)
         query_matrix = self._query_matrix(queries)
+        scores = np.empty((len(queries), k), dtype=np.float64)
         out = np.empty((len(queries), k), dtype=np.int64)
         step = max(1, _CHUNK_CELLS // self.num_documents)
         for start in range(0, len(queries), step):
             block = np.asarray((query_matrix[start : start + step] @ self._weights_t).todense())
-            out[start : start + step] = top_k_stable(block, k)
-        return out
+            scores[start : start + step], out[start : start + step] = top_k_of_block(block, k)
+        return scores, out
+
+    def top_k(self, queries: Sequence[Sequence[str]], k: int) -> np.ndarray:
+        """The documents of :meth:`search` alone ``[Q, min(k, N)]``."""
+        return self.search(queries, k)[1]
 
 
 def tag_candidates(gallery: Any, tokenizer: Any, k: int, k1: float = BM25_K1, b: float = BM25_B) -> Candidates:
@@ -212,33 +214,9 @@ def tag_candidates(gallery: Any, tokenizer: Any, k: int, k1: float = BM25_K1, b:
 # ----- contrastive embeddings --------------------------------------------------------------
 
 
-def nearest(queries: np.ndarray, keys: np.ndarray, k: int) -> np.ndarray:
-    """Indices ``[Q, min(k, K)]`` of each query's k highest inner products with the keys (any order).
-
-    Uses faiss (exact inner-product index) when it is installed, else chunked numpy matmuls.
-    """
-    k = _check_k(k, len(keys))
-    if k == len(keys):
-        return np.broadcast_to(np.arange(k), (len(queries), k))
-    try:
-        import faiss
-    except ImportError:
-        faiss = None
-    if faiss is not None:
-        index = faiss.IndexFlatIP(keys.shape[1])
-        index.add(np.ascontiguousarray(keys, dtype=np.float32))
-        return index.search(np.ascontiguousarray(queries, dtype=np.float32), k)[1].astype(np.int64)
-    out = np.empty((len(queries), k), dtype=np.int64)
-    step = max(1, _CHUNK_CELLS // len(keys))
-    for s in range(0, len(queries), step):
-        sim = queries[s : s + step] @ keys.T
-        out[s : s + step] = np.argpartition(-sim, k - 1, axis=1)[:, :k]
-    return out
-
-
 def contrastive_candidates(image_embeds: np.ndarray, caption_embeds: np.ndarray, k: int) -> Candidates:
     """The ``contrastive`` first stage from L2-normalised embeddings ``[I, E]`` and ``[C, E]``."""
-    return Candidates(nearest(image_embeds, caption_embeds, k), nearest(caption_embeds, image_embeds, k))
+    return Candidates(ExactSearch(caption_embeds).search(image_embeds, k)[1], ExactSearch(image_embeds).search(caption_embeds, k)[1])
 
 
 # ----- shared helpers ----------------------------------------------------------------------
@@ -248,11 +226,6 @@ def _check_k(k: int, available: int) -> int:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
         raise ValueError(f"k must be a positive integer, got {k!r}")
     return int(min(k, available))
-
-
-def top_k_stable(scores: np.ndarray, k: int) -> np.ndarray:
-    """Column indices ``[Q, k]`` of each row's k highest scores, best first, ties to the lower index."""
-    return np.argsort(-np.asarray(scores), axis=1, kind="stable")[:, :k]
 
 
 def check_first_stage(first_stage: str, allowed: Sequence[str] = FIRST_STAGES) -> str:
@@ -292,27 +265,3 @@ def resolve_first_stage(requested: str, config: Any) -> str:
         )
         return "exhaustive"
     return "contrastive" if requested == "auto" else requested
-
-
-# ----- command-line flags -------------------------------------------------------------------
-
-
-def add_first_stage_argument(parser: argparse.ArgumentParser, default: str) -> None:
-    """``--first_stage`` for a command, and the removed ``--mode`` (hidden, kept only so that
-    :func:`reject_removed_mode` can name its replacement)."""
-    parser.add_argument(
-        "--first_stage", choices=FIRST_STAGE_CHOICES, default=default,
-        help="which pairs the match head scores: exhaustive (every pair); contrastive (each query's top "
-             "candidates by embedding similarity); tags (top candidates by BM25 of caption words against "
-             "detector tags, needs no trained heads); auto (contrastive if the model records trained "
-             f"contrastive heads, else exhaustive). Default: {default}",
-    )
-    parser.add_argument("--mode", default=None, help=argparse.SUPPRESS)
-
-
-def reject_removed_mode(args: argparse.Namespace) -> None:
-    """A ValueError naming ``--first_stage`` when the removed ``--mode`` was given."""
-    if args.mode is not None:
-        raise UsageError(
-            f"--mode is gone: use --first_stage exhaustive (every pair), contrastive, tags or auto (got --mode {args.mode})"
-        )

@@ -20,6 +20,8 @@ from typing import Callable, Dict, Optional, Sequence
 
 import numpy as np
 
+from .topk import top_k_of_block
+
 __all__ = [
     "i2t_ranks",
     "t2i_ranks",
@@ -135,8 +137,8 @@ def top_k_indices(scores: np.ndarray, k: int, axis: int = 1) -> np.ndarray:
     """The k best candidates of each query, best first, for writing ranked results.
 
     ``axis=1``: each image's top captions ``[I, k]``; ``axis=0``: each caption's top images
-    ``[C, k]``. Equal scores are listed in candidate-index order (a stable sort), so the
-    listing is deterministic; ``-inf`` non-candidates come last.
+    ``[C, k]``. Equal scores are listed in candidate-index order (the one rule of
+    :mod:`vinvl.retrieval.topk`), so the listing is deterministic; ``-inf`` non-candidates come last.
     """
     if k <= 0:
         raise ValueError(f"k must be positive, got {k}")
@@ -147,7 +149,7 @@ def top_k_indices(scores: np.ndarray, k: int, axis: int = 1) -> np.ndarray:
     k = min(k, matrix.shape[1])
     out = np.empty((matrix.shape[0], k), dtype=np.int64)
     for rows in _row_chunks(*matrix.shape):
-        out[rows] = np.argsort(-matrix[rows], axis=1, kind="stable")[:, :k]
+        out[rows] = top_k_of_block(matrix[rows], k)[1]
     return out
 
 

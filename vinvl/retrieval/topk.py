@@ -16,12 +16,13 @@ from typing import Iterable, Optional, Sequence, Tuple
 import numpy as np
 from tqdm.auto import tqdm
 
-__all__ = ["DEFAULT_CHUNK_ROWS", "PAD_INDEX", "TopK", "exact_top_k", "merge_top_k", "shard_ranges", "top_k_of_block"]
+__all__ = ["DEFAULT_CHUNK_ROWS", "PAD_INDEX", "TopK", "exact_top_k", "merge_top_k", "shard_ranges", "top_k", "top_k_of_block"]
 
 DEFAULT_CHUNK_ROWS = 65536  # embedding rows scored at once: 64 MB of a 256-d float32 matrix
+MAX_BLOCK_CELLS = 1 << 24  # query x row scores held at once (64 MB of float32)
 PAD_INDEX = -1
 
-TopK = Tuple[np.ndarray, np.ndarray]  # (scores [Q, k] float32, global indices [Q, k] int64)
+TopK = Tuple[np.ndarray, np.ndarray]  # (scores [Q, k] float32 or float64, global indices [Q, k] int64)
 
 
 def merge_top_k(parts: Iterable[TopK], k: int) -> TopK:
@@ -32,7 +33,7 @@ def merge_top_k(parts: Iterable[TopK], k: int) -> TopK:
     """
     if not isinstance(k, (int, np.integer)) or k <= 0:
         raise ValueError(f"k must be a positive integer, got {k!r}")
-    parts = [(np.asarray(s, dtype=np.float32), np.asarray(i, dtype=np.int64)) for s, i in parts]
+    parts = [(np.asarray(s), np.asarray(i, dtype=np.int64)) for s, i in parts]
     if not parts:
         raise ValueError("merge_top_k needs at least one partial result")
     num_queries = parts[0][0].shape[0]
@@ -44,7 +45,8 @@ def merge_top_k(parts: Iterable[TopK], k: int) -> TopK:
             )
         if np.isnan(scores).any():
             raise ValueError(f"part {n}: scores contain NaN")
-    scores = np.concatenate([s for s, _ in parts], axis=1)
+    dtype = np.result_type(np.float32, *[s.dtype for s, _ in parts])  # float64 scores stay exact
+    scores = np.concatenate([s.astype(dtype, copy=False) for s, _ in parts], axis=1)
     indices = np.concatenate([i for _, i in parts], axis=1)
     padding = indices < 0
     order = np.lexsort((np.where(padding, np.iinfo(np.int64).max, indices), -scores, padding), axis=1)
@@ -62,7 +64,9 @@ def top_k_of_block(scores: np.ndarray, k: int, offset: int = 0) -> TopK:
     ``argpartition`` keeps the work linear in N; every column tied with the k-th best score is
     kept as a candidate so the tie rule (lower index first) decides, not the partition's order.
     """
-    scores = np.asarray(scores, dtype=np.float32)
+    scores = np.asarray(scores)
+    if scores.dtype not in (np.float32, np.float64):
+        scores = scores.astype(np.float32)
     num_queries, width = scores.shape
     columns = np.arange(offset, offset + width, dtype=np.int64)
     if width <= k:
@@ -71,12 +75,23 @@ def top_k_of_block(scores: np.ndarray, k: int, offset: int = 0) -> TopK:
     rows, cols = np.nonzero(scores >= kth)
     counts = np.bincount(rows, minlength=num_queries)
     width_kept = int(counts.max())
-    kept_scores = np.full((num_queries, width_kept), -np.inf, dtype=np.float32)
+    kept_scores = np.full((num_queries, width_kept), -np.inf, dtype=scores.dtype)
     kept_indices = np.full((num_queries, width_kept), PAD_INDEX, dtype=np.int64)
     slot = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
     kept_scores[rows, slot] = scores[rows, cols]
     kept_indices[rows, slot] = columns[cols]
     return merge_top_k([(kept_scores, kept_indices)], k)
+
+
+def top_k(scores: np.ndarray, k: int) -> TopK:
+    """Each row's ``min(k, N)`` best columns of ``scores [Q, N]``: (scores, columns), best first, ties to the lower column.
+
+    The one top-k of the project: first stages, evaluation listings, the query core and the index
+    all order results with it (or with :func:`merge_top_k`, which applies the same rule).
+    """
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    return top_k_of_block(np.atleast_2d(scores), int(k))
 
 
 def exact_top_k(
@@ -102,11 +117,16 @@ def exact_top_k(
     if not 0 <= start <= stop <= len(embeddings):
         raise ValueError(f"rows {rows} are outside 0..{len(embeddings)}")
     best = (np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64))
+    if len(queries) == 0:
+        return best
     chunks = range(start, stop, chunk_rows)
+    query_step = max(1, MAX_BLOCK_CELLS // max(1, min(chunk_rows, stop - start)))
     for lo in tqdm(chunks, desc="exact top-k", unit="chunk", disable=not progress):
         hi = min(lo + chunk_rows, stop)
-        block = queries @ np.asarray(embeddings[lo:hi], dtype=np.float32).T
-        best = merge_top_k([best, top_k_of_block(block, k, offset=lo)], k)
+        rows = np.asarray(embeddings[lo:hi], dtype=np.float32)
+        parts = [top_k_of_block(queries[q : q + query_step] @ rows.T, k, offset=lo) for q in range(0, len(queries), query_step)]
+        block_best = (np.concatenate([s for s, _ in parts]), np.concatenate([i for _, i in parts]))
+        best = merge_top_k([best, block_best], k)
     return best
 
 

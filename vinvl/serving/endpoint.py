@@ -7,8 +7,8 @@ validates it with pydantic, runs the endpoint in one worker thread and the answe
 answer with ``json.dumps``. :class:`RetrievalEndpoint` answers the same path itself, in front of
 that route: the body is read once (with the size limit), parsed and the answer written with
 ``orjson``, the request's shape checked by hand with the same rules (``data`` required,
-``parameters`` an object, nothing else), and the Taskflow handler run under the Taskflow's lock in
-one thread of a pool of its own, one thread per registered Taskflow.
+``parameters`` an object, nothing else), and the request answered by the service
+(:class:`vinvl.serving.server.RetrievalService`) in a worker thread of its own.
 
 Why a thread and not the event loop: while a query runs on the loop, nothing else on that worker
 moves: a health check, the bodies of the next requests still arriving, the answers already
@@ -22,7 +22,6 @@ Everything else (``GET /health``, other routes) goes to the app behind it.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Awaitable, Callable, Dict, Optional, Tuple
@@ -34,7 +33,7 @@ __all__ = ["REQUEST_FORM", "RetrievalEndpoint", "read_body", "json_response", "p
 
 logger = logging.getLogger(__name__)
 
-REQUEST_FORM = '{"data": <query or list of queries>, "parameters": {"top_k", "first_stage", "candidates"}}'
+REQUEST_FORM = '{"data": <query or list of queries>, "parameters": {"top_k", "first_stage", "candidates", "nprobe"}}'
 JSON_HEADERS = [(b"content-type", b"application/json")]
 
 Receive = Callable[[], Awaitable[Dict[str, Any]]]
@@ -108,24 +107,17 @@ def _malformed(message: str) -> HTTPException:
 
 
 class RetrievalEndpoint:
-    """ASGI middleware answering ``POST path`` with a SimpleServer's registered Taskflow handler.
+    """ASGI middleware answering ``POST path`` with ``answer(data, parameters)``.
 
-    ``server`` is the SimpleServer after ``register_taskflow``; its Taskflows, handler and their
-    locks are what paddlenlp's own route uses. Answers: ``{"result": ...}``; an ``HTTPException``
-    of the handler is its status with ``{"detail"}``; anything else is logged with its traceback
-    and answered 500.
+    Answers: ``{"result": ...}``; an ``HTTPException`` of ``answer`` is its status with
+    ``{"detail"}``; anything else is logged with its traceback and answered 500.
     """
 
-    def __init__(self, app, server, path: str, max_bytes: int):
+    def __init__(self, app, answer: Callable[[Any, Optional[Dict[str, Any]]], Any], path: str, max_bytes: int):
         self.app = app
+        self.answer = answer
         self.path = path
         self.max_bytes = max_bytes
-        manager = server._taskflow_manager
-        if manager is None:
-            raise RuntimeError(f"call register_taskflow before add_service_routes: nothing answers {path}")
-        self._flows = list(manager._task)
-        self._handler = manager._handler_func
-        self._turn = itertools.count()
         self._executor: Optional[ThreadPoolExecutor] = None
 
     async def __call__(self, scope, receive: Receive, send: Send) -> None:
@@ -141,7 +133,7 @@ class RetrievalEndpoint:
             return
         try:
             data, parameters = parse_request(body)
-            result = await asyncio.get_running_loop().run_in_executor(self._pool(), self._predict, data, parameters)
+            result = await asyncio.get_running_loop().run_in_executor(self._pool(), self.answer, data, parameters)
         except HTTPException as exc:
             await json_response(send, exc.status_code, {"detail": exc.detail})
             return
@@ -152,14 +144,7 @@ class RetrievalEndpoint:
         await json_response(send, 200, {"result": result})
 
     def _pool(self) -> ThreadPoolExecutor:
-        """One thread per Taskflow, made in the worker process on its first request."""
+        """The thread requests are answered in, made in the worker process on its first request."""
         if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=len(self._flows), thread_name_prefix="vinvl-retrieval")
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vinvl-retrieval")
         return self._executor
-
-    def _predict(self, data: Any, parameters: Optional[Dict[str, Any]]) -> Any:
-        """The handler on the next Taskflow, under its lock (as paddlenlp's TaskflowManager.predict,
-        without its log line per request)."""
-        flow = self._flows[next(self._turn) % len(self._flows)]
-        with flow._lock:
-            return self._handler(flow, data, parameters)

@@ -22,8 +22,9 @@ import base64
 import binascii
 from typing import Any, Dict, List, Sequence
 
-from ..vision.image import BadImageError, check_header, load_image
+from ..query import Query
 from ..query.photos import detections_query
+from ..vision.image import BadImageError, check_header, load_image
 
 __all__ = ["PHOTO_KEY", "parse_http_queries", "decode_photo"]
 
@@ -46,8 +47,8 @@ def decode_photo(value: Any, where: str) -> bytes:
     return data
 
 
-def _check_photo_query(task, query: Dict[str, Any], where: str) -> None:
-    if task._images.detector_path is None:
+def _check_photo_query(retriever, query: Dict[str, Any], where: str) -> None:
+    if retriever.photos.detector_path is None:
         raise ValueError(
             f"{where}: a photo query needs a detector, and this server has none; start it with "
             "`vinvl serve --detector DIR` (or VINVL_SERVE_DETECTOR=DIR, or detector_path= in the Taskflow)"
@@ -58,15 +59,15 @@ def _check_photo_query(task, query: Dict[str, Any], where: str) -> None:
     unknown = sorted(set(query) - {PHOTO_KEY, "caption"})
     if unknown:
         raise ValueError(f"{where}: unknown keys {unknown} in a photo query; a photo query is {PHOTO_FORM}")
-    if "caption" not in query and (task._gallery is None or not task._gallery.images.captions):
+    if "caption" not in query and (retriever.gallery is None or not retriever.gallery.images.captions):
         raise ValueError(f"{where}: photo -> captions needs captions, but the gallery holds none (add 'caption' for a pair score)")
 
 
-def parse_http_queries(task, queries: Sequence[Any]) -> List[Dict[str, Any]]:
-    """The Taskflow's parsed queries of ``queries`` as HTTP carried them (see the module docstring).
+def parse_http_queries(retriever, queries: Sequence[Any]) -> List[Query]:
+    """The query core's parsed queries of ``queries`` as HTTP carried them (see the module docstring).
 
-    ``task`` is the ``ImageTextRetrievalTask``. Raises ValueError (the client's fault) naming the
-    query; every photo is checked before any is detected.
+    ``retriever`` is the :class:`~vinvl.query.Retriever` that answers them. Raises ValueError (the
+    client's fault) naming the query; every photo is checked before any is detected.
     """
     uploads: Dict[int, bytes] = {}
     for position, query in enumerate(queries):
@@ -77,23 +78,23 @@ def parse_http_queries(task, queries: Sequence[Any]) -> List[Dict[str, Any]]:
                 f"send the photo itself as {PHOTO_FORM}"
             )
         if isinstance(query, dict) and PHOTO_KEY in query:
-            _check_photo_query(task, query, where)
+            _check_photo_query(retriever, query, where)
             uploads[position] = decode_photo(query[PHOTO_KEY], where)
     parsed = []
     for position, query in enumerate(queries):
         if position in uploads:
-            query = _detected(task, uploads.pop(position), query, f"query {position}")
-        parsed.append(task._parse_query(query, position))  # a string stays a caption: no path lookup
+            query = _detected(retriever, uploads.pop(position), query, f"query {position}")
+        parsed.append(retriever.parse_one(query, position))  # a string stays a caption: no path lookup
     return parsed
 
 
-def _detected(task, data: bytes, query: Dict[str, Any], where: str) -> Dict[str, Any]:
+def _detected(retriever, data: bytes, query: Dict[str, Any], where: str) -> Dict[str, Any]:
     """The ``{"features", "tags"(, "caption")}`` query of an uploaded photo."""
     try:
         image = load_image(data)
     except BadImageError as exc:
         raise ValueError(f"{where}: 'photo' {exc}") from None
-    detections = task._images.detector.detect([image])[0]
+    detections = retriever.detect(image)
     if len(detections) == 0:
         raise ValueError(f"{where}: the detector found no region in the photo")
     extra = {"caption": query["caption"]} if "caption" in query else {}

@@ -7,12 +7,13 @@ The recipe, PaddleNLP style (``server.py``, started with ``paddlenlp server serv
     from paddlenlp.server import SimpleServer
 
     import vinvl  # registers the task
-    from .server import ROUTE, RetrievalHandler, add_service_routes
+    from vinvl.serving.server import ROUTE, RetrievalHandler, RetrievalService, add_service_routes
 
     retrieval = Taskflow("image_text_retrieval", task_path="outputs/model", index_path="gallery_index")
+    service = RetrievalService.from_taskflow(retrieval)  # answers through the Taskflow's query core
     app = SimpleServer()
-    app.register_taskflow(ROUTE, retrieval, taskflow_handler=RetrievalHandler)
-    add_service_routes(app)  # the route answered with orjson, GET /health, body-size limit, JSON 4xx / 5xx
+    app.register_taskflow(ROUTE, retrieval, taskflow_handler=RetrievalHandler.configured(service))
+    add_service_routes(app, service)  # GET /health, body-size limit, JSON 4xx / 5xx
 
 This module is such a ``server.py`` too: its ``app`` is built, on first access, from the
 ``VINVL_SERVE_*`` environment variables (:data:`ENVIRONMENT`), which is what ``vinvl serve``
@@ -24,39 +25,42 @@ the Taskflow's forms (a caption; ``{"image_id"}``; ``{"features", "tags"}``; eit
 with ``"caption"`` for a pair score) plus ``{"photo": "<base64 JPEG/PNG>"}`` (with a detector), or
 ``{"add": {"gallery_dir", "split"}}`` to add a data directory's images to the index (only when
 started with ``allow_add``: ``vinvl serve --allow_add``; otherwise 403). A string is
-always a caption: a client never makes the server open a file (:mod:`vinvl.serving.queries`). ``parameters`` may set ``top_k``, ``first_stage`` and
-``candidates`` for this request.
+always a caption: a client never makes the server open a file (:mod:`vinvl.serving.queries`). ``parameters`` may set ``top_k``, ``first_stage``,
+``candidates`` and ``nprobe`` for this request.
 
 Errors: a request the service cannot answer as asked gets a 4xx whose JSON ``detail`` names what
 is wrong (400 bad query or parameter, 409 index busy, 413 body too large, 422 malformed
 request); anything else is an internal failure, logged with its traceback and answered 500.
-Each worker loads the model once and answers one request at a time (the Taskflow's lock).
+Each worker loads the model once and answers one request at a time (the service's lock); a
+request's parameters are arguments of :meth:`vinvl.query.Retriever.answer`, never shared state.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
-from contextlib import contextmanager
-from typing import Any, Dict, Iterator, Optional
+import threading
+import weakref
+from typing import Any, Dict, Optional
 
 from fastapi import HTTPException, Request
 from fastapi.responses import JSONResponse
 from paddlenlp.server.handlers.base_handler import BaseTaskflowHandler
 
 from ..data import DataError
-from ..retrieval.first_stage import FIRST_STAGE_CHOICES, resolve_first_stage
 from ..index.store import GalleryIndex, GallerySource, add_to_index
-from .endpoint import RetrievalEndpoint
-from ..index.gallery import IndexGallery
-from .queries import parse_http_queries
 from ..index.versions import IndexBusyError
+from ..query import Retriever
+from ..retrieval.first_stage import FIRST_STAGE_CHOICES, resolve_first_stage
+from .endpoint import RetrievalEndpoint
+from .queries import parse_http_queries
 
 __all__ = [
     "ROUTE",
     "HEALTH_ROUTE",
     "ENVIRONMENT",
     "RetrievalHandler",
+    "RetrievalService",
     "add_service_routes",
     "create_app",
     "settings_from_env",
@@ -71,7 +75,8 @@ DEFAULT_MAX_BODY_BYTES = 16 << 20  # a 50-region 2054-d image as JSON text is ab
 DEFAULT_MAX_QUERIES = 64
 MAX_TOP_K = 1000
 MAX_CANDIDATES = 100_000
-PARAMETERS = ("top_k", "first_stage", "candidates")
+MAX_NPROBE = 65536
+PARAMETERS = ("top_k", "first_stage", "candidates", "nprobe")
 
 # create_app argument -> the environment variable ``app`` reads it from (what `vinvl serve` sets)
 ENVIRONMENT = {
@@ -95,61 +100,165 @@ def _bad(message: str, status: int = 400) -> HTTPException:
     return HTTPException(status_code=status, detail=message)
 
 
-# ----- the handler ------------------------------------------------------------------------------
+# ----- the service ------------------------------------------------------------------------------
 
 
-class RetrievalHandler(BaseTaskflowHandler):
-    """``taskflow_handler`` of ``SimpleServer.register_taskflow`` for image-text retrieval requests.
+class RetrievalService:
+    """What one worker answers: HTTP requests (parsed, checked, answered by the query core) and health.
 
-    Runs under the Taskflow's lock, so a request's parameters apply to it alone. Queries are parsed
-    as HTTP carries them (:mod:`vinvl.serving.queries`: a string is always a caption, a photo is
-    uploaded, never a server path); what parsing rejects is the client's error (400), what fails
-    after is the server's (500).
+    Args:
+        retriever: the query core, with its gallery (an index, for add requests and version pick-up).
+        top_k / first_stage / candidates / nprobe: the defaults a request's ``parameters`` override.
+        batch_size: pairs per forward pass when an add request embeds new images.
+        max_queries: queries per request (more: 413).
+        allow_add: answer ``{"add": ...}`` requests (they make the server read a directory a client
+            names: an administrator's choice); otherwise 403.
+
+    One request at a time (its own lock): a worker has one model, and a request that adds images
+    or reopens the index must not interleave with queries.
     """
 
-    max_queries = DEFAULT_MAX_QUERIES
-    allow_add = False
+    def __init__(
+        self,
+        retriever: Retriever,
+        *,
+        top_k: int = 5,
+        first_stage: Optional[str] = None,
+        candidates: int = 16,
+        nprobe: Optional[int] = None,
+        batch_size: int = 32,
+        max_queries: int = DEFAULT_MAX_QUERIES,
+        allow_add: bool = False,
+    ):
+        self.retriever = retriever
+        self.defaults = {"top_k": top_k, "first_stage": first_stage, "candidates": candidates, "nprobe": nprobe}
+        self.batch_size = batch_size
+        self.max_queries = max_queries
+        self.allow_add = allow_add
+        self.lock = threading.Lock()
 
     @classmethod
-    def process(cls, predictor, data: Any, parameters: Optional[Dict[str, Any]]) -> Any:
-        task = predictor.task_instance
-        _pick_up_new_version(task)
-        if isinstance(data, dict) and "add" in data:
-            if not cls.allow_add:
+    def from_taskflow(cls, taskflow, **settings) -> "RetrievalService":
+        """The service of a ``Taskflow("image_text_retrieval")``: its query core and its options as defaults."""
+        task = taskflow.task_instance
+        return cls(task.retriever, **{**task.options, **settings})
+
+    def answer(self, data: Any, parameters: Optional[Dict[str, Any]]) -> Any:
+        """The result of one request (``data``, ``parameters``); HTTPException for the client's faults."""
+        with self.lock:
+            self._pick_up_new_version()
+            if isinstance(data, dict) and "add" in data:
+                if not self.allow_add:
+                    raise _bad(
+                        "this server does not take add requests (they read directories on the server); "
+                        "start it with `vinvl serve --allow_add` (or VINVL_SERVE_ALLOW_ADD=1) to allow them",
+                        403,
+                    )
+                return self._add_images(data, parameters)
+            options = self._options(parameters)
+            queries = data if isinstance(data, list) else [data]
+            if not queries:
+                raise _bad("'data' is an empty list; give a caption, an image query, or a list of them")
+            if len(queries) > self.max_queries:
+                raise _bad(f"'data' holds {len(queries)} queries; at most {self.max_queries} per request", 413)
+            try:
+                parsed = parse_http_queries(self.retriever, queries)
+            except (ValueError, TypeError, KeyError) as exc:
+                raise _bad(str(exc).strip("'\"")) from None
+            gallery = self.retriever.gallery
+            if any(q.kind == "image" for q in parsed) and (gallery is None or not gallery.images.captions):
+                raise _bad("image -> captions queries need captions, but the gallery holds none (rebuild the index from data with captions)")
+            return self.retriever.answer(parsed, **options)
+
+    def health(self) -> Dict[str, Any]:
+        """The worker's state as the next query will see it: a newer live index version is picked up
+        first, unless a request holds the service for longer than ``HEALTH_WAIT`` (then ``busy``)."""
+        busy = not self.lock.acquire(timeout=HEALTH_WAIT)
+        if not busy:
+            try:
+                self._pick_up_new_version()
+            finally:
+                self.lock.release()
+        retriever = self.retriever
+        gallery = retriever.gallery
+        answer = {"status": "ok", "busy": busy, "pid": os.getpid(), "model_dir": retriever.model_dir, "first_stage": retriever.first_stage}
+        if gallery is not None and gallery.index is not None:
+            index = gallery.index
+            answer["index"] = {"path": index.root, "version": index.version, "num_images": index.num_images, "num_captions": index.num_captions}
+        elif gallery is not None:
+            answer["gallery"] = {"num_images": gallery.images.num_images, "num_captions": gallery.images.num_captions}
+        return answer
+
+    def _pick_up_new_version(self) -> None:
+        """Reopen the index when another version went live (an add by any worker or `vinvl index add`)."""
+        gallery = self.retriever.gallery
+        if gallery is not None and gallery.is_stale():
+            logger.info("index %s: version %s is no longer live; reopening", gallery.index.root, gallery.index.version)
+            self.retriever.refresh()
+
+    def _options(self, parameters: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+        """The request's answer options: the defaults with its ``parameters`` (checked) over them."""
+        parameters = parameters or {}
+        unknown = sorted(set(parameters) - set(PARAMETERS))
+        if unknown:
+            raise _bad(f"unknown parameters {unknown}; use {', '.join(PARAMETERS)}")
+        options = dict(self.defaults)
+        if "top_k" in parameters:
+            options["top_k"] = _positive("top_k", parameters["top_k"], MAX_TOP_K)
+        if "candidates" in parameters:
+            options["candidates"] = _positive("candidates", parameters["candidates"], MAX_CANDIDATES)
+        if "nprobe" in parameters:
+            options["nprobe"] = _positive("nprobe", parameters["nprobe"], MAX_NPROBE)
+        if "first_stage" in parameters:
+            requested = parameters["first_stage"]
+            if requested not in FIRST_STAGE_CHOICES:
+                raise _bad(f"parameter 'first_stage' must be one of {list(FIRST_STAGE_CHOICES)}, got {json.dumps(requested)}")
+            try:
+                stage = resolve_first_stage(requested, self.retriever.config)
+            except ValueError as exc:
+                raise _bad(str(exc)) from None
+            gallery = self.retriever.gallery
+            if gallery is not None and not gallery.supports(stage):
                 raise _bad(
-                    "this server does not take add requests (they read directories on the server); "
-                    "start it with `vinvl serve --allow_add` (or VINVL_SERVE_ALLOW_ADD=1) to allow them",
-                    403,
+                    f"first_stage {stage!r} is not available on this gallery; it was prepared for "
+                    f"{self.retriever.first_stage!r} (and 'exhaustive' always works)"
                 )
-            return _add_images(task, data, parameters)
-        options = _parse_parameters(task, parameters)
-        queries = data if isinstance(data, list) else [data]
-        if not queries:
-            raise _bad("'data' is an empty list; give a caption, an image query, or a list of them")
-        if len(queries) > cls.max_queries:
-            raise _bad(f"'data' holds {len(queries)} queries; at most {cls.max_queries} per request", 413)
+            options["first_stage"] = stage
+        return options
+
+    def _add_images(self, data: Dict[str, Any], parameters: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+        """``{"add": {"gallery_dir", "split"?}}``: append a data directory's images to the index, atomically.
+
+        The new version is live for every worker once this returns (each checks before a request).
+        """
+        gallery = self.retriever.gallery
+        if gallery is None or gallery.index is None:
+            raise _bad("this server's gallery is not an index; images can be added only to an index (index_path=)")
+        if set(data) != {"add"}:
+            raise _bad(f"an add request's 'data' holds only 'add'; unknown fields {sorted(set(data) - {'add'})}")
+        if parameters:
+            raise _bad(f"an add request takes no parameters; got {sorted(parameters)}")
+        spec = data["add"]
+        if not isinstance(spec, dict) or not isinstance(spec.get("gallery_dir"), str):
+            raise _bad('\'add\' must be {"gallery_dir": "<data directory on the server>", "split": "test"}')
+        unknown = sorted(set(spec) - {"gallery_dir", "split"})
+        if unknown:
+            raise _bad(f"unknown fields {unknown} in 'add'; use gallery_dir, split")
+        split = spec.get("split", "test")
+        if not isinstance(split, str) or not split:
+            raise _bad(f"'add' field 'split' must be a split name, got {json.dumps(split)}")
+        if not os.path.isdir(spec["gallery_dir"]):
+            raise _bad(f"'add' gallery_dir {spec['gallery_dir']!r} is not a directory on the server")
+        root, before = gallery.index.root, gallery.index.num_images
         try:
-            parsed = parse_http_queries(task, queries)
-        except (ValueError, TypeError, KeyError) as exc:
-            raise _bad(str(exc).strip("'\"")) from None
-        if any(q["kind"] == "image" for q in parsed) and (task._gallery is None or not task._gallery.images.captions):
-            raise _bad("image -> captions queries need captions, but the gallery holds none (rebuild the index from data with captions)")
-        with _options(task, options):
-            return task._postprocess(task._run_model(parsed))
-
-    @classmethod
-    def configured(cls, max_queries: int = DEFAULT_MAX_QUERIES, allow_add: bool = False) -> type:
-        """This handler with another per-request query limit, and add requests allowed or not
-        (they make the server read a directory a client names: an administrator's choice)."""
-        return type(cls.__name__, (cls,), {"max_queries": max_queries, "allow_add": allow_add})
-
-
-def _pick_up_new_version(task) -> None:
-    """Reopen the index when another version went live (an add by any worker or `vinvl index add`)."""
-    gallery = task._gallery
-    if isinstance(gallery, IndexGallery) and gallery.is_stale():
-        logger.info("index %s: version %s is no longer live; reopening", gallery.root, gallery.version)
-        task.set_gallery_from_index(gallery.root)
+            add_to_index(root, self.retriever.model_dir, [GallerySource(spec["gallery_dir"], split)], batch_size=self.batch_size, progress=False)
+        except IndexBusyError as exc:
+            raise _bad(str(exc), 409) from None
+        except (DataError, ValueError, FileNotFoundError) as exc:
+            raise _bad(f"cannot add {spec['gallery_dir']} (split {split}): {exc}") from None
+        self.retriever.use_index(root)
+        index = self.retriever.gallery.index
+        return {"added": index.num_images - before, "num_images": index.num_images, "version": index.version}
 
 
 def _positive(name: str, value: Any, limit: int) -> int:
@@ -158,122 +267,45 @@ def _positive(name: str, value: Any, limit: int) -> int:
     return value
 
 
-def _parse_parameters(task, parameters: Optional[Dict[str, Any]]) -> Dict[str, Any]:
-    """The request's task options (``_top_k``, ``_candidates``, ``_first_stage``), checked."""
-    parameters = parameters or {}
-    unknown = sorted(set(parameters) - set(PARAMETERS))
-    if unknown:
-        raise _bad(f"unknown parameters {unknown}; use {', '.join(PARAMETERS)}")
-    options = {}
-    if "top_k" in parameters:
-        options["_top_k"] = _positive("top_k", parameters["top_k"], MAX_TOP_K)
-    if "candidates" in parameters:
-        options["_candidates"] = _positive("candidates", parameters["candidates"], MAX_CANDIDATES)
-    if "first_stage" in parameters:
-        requested = parameters["first_stage"]
-        if requested not in FIRST_STAGE_CHOICES:
-            raise _bad(f"parameter 'first_stage' must be one of {list(FIRST_STAGE_CHOICES)}, got {json.dumps(requested)}")
-        try:
-            stage = resolve_first_stage(requested, task._model.config)
-        except ValueError as exc:
-            raise _bad(str(exc)) from None
-        if not _gallery_supports(task, stage):
-            raise _bad(
-                f"first_stage {stage!r} is not available on this gallery; it was prepared for "
-                f"{task._first_stage!r} (and 'exhaustive' always works)"
-            )
-        options["_first_stage"] = stage
-    return options
+# ----- paddlenlp's taskflow handler -------------------------------------------------------------
 
 
-def _gallery_supports(task, stage: str) -> bool:
-    """An index gallery serves every first stage it has data for; an in-memory one only its own."""
-    if isinstance(task._gallery, IndexGallery):
-        return task._gallery.supports(stage)
-    return stage in ("exhaustive", task._first_stage)
+class RetrievalHandler(BaseTaskflowHandler):
+    """``taskflow_handler`` of ``SimpleServer.register_taskflow``: a request answered by a
+    :class:`RetrievalService` (use :meth:`configured`; the plain class serves the Taskflow it is
+    given with the default limits)."""
+
+    service: Optional[RetrievalService] = None
+
+    @classmethod
+    def process(cls, predictor, data: Any, parameters: Optional[Dict[str, Any]]) -> Any:
+        service = cls.service or _service_of(predictor)
+        return service.answer(data, parameters)
+
+    @classmethod
+    def configured(cls, service: RetrievalService) -> type:
+        """This handler answering through ``service``."""
+        return type(cls.__name__, (cls,), {"service": service})
 
 
-@contextmanager
-def _options(task, options: Dict[str, Any]) -> Iterator[None]:
-    """The task with ``options`` set for one request (the caller holds the Taskflow's lock)."""
-    saved = {name: getattr(task, name) for name in options}
-    for name, value in options.items():
-        setattr(task, name, value)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            setattr(task, name, value)
+_services: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def _add_images(task, data: Dict[str, Any], parameters: Optional[Dict[str, Any]]) -> Dict[str, Any]:
-    """``{"add": {"gallery_dir", "split"?}}``: append a data directory's images to the index, atomically.
-
-    The new version is live for every worker once this returns (each checks before a request).
-    """
-    gallery = task._gallery
-    if not isinstance(gallery, IndexGallery):
-        raise _bad("this server's gallery is not an index; images can be added only to an index (index_path=)")
-    if set(data) != {"add"}:
-        raise _bad(f"an add request's 'data' holds only 'add'; unknown fields {sorted(set(data) - {'add'})}")
-    if parameters:
-        raise _bad(f"an add request takes no parameters; got {sorted(parameters)}")
-    spec = data["add"]
-    if not isinstance(spec, dict) or not isinstance(spec.get("gallery_dir"), str):
-        raise _bad('\'add\' must be {"gallery_dir": "<data directory on the server>", "split": "test"}')
-    unknown = sorted(set(spec) - {"gallery_dir", "split"})
-    if unknown:
-        raise _bad(f"unknown fields {unknown} in 'add'; use gallery_dir, split")
-    split = spec.get("split", "test")
-    if not isinstance(split, str) or not split:
-        raise _bad(f"'add' field 'split' must be a split name, got {json.dumps(split)}")
-    if not os.path.isdir(spec["gallery_dir"]):
-        raise _bad(f"'add' gallery_dir {spec['gallery_dir']!r} is not a directory on the server")
-    before = gallery.index.num_images
-    try:
-        add_to_index(gallery.root, task._task_path, [GallerySource(spec["gallery_dir"], split)], batch_size=task._batch_size, progress=False)
-    except IndexBusyError as exc:
-        raise _bad(str(exc), 409) from None
-    except (DataError, ValueError, FileNotFoundError) as exc:
-        raise _bad(f"cannot add {spec['gallery_dir']} (split {split}): {exc}") from None
-    task.set_gallery_from_index(gallery.root)
-    index = task._gallery.index
-    return {"added": index.num_images - before, "num_images": index.num_images, "version": index.version}
+def _service_of(taskflow) -> RetrievalService:
+    """One service per Taskflow object served with the plain handler."""
+    if taskflow not in _services:
+        _services[taskflow] = RetrievalService.from_taskflow(taskflow)
+    return _services[taskflow]
 
 
 # ----- the app around it ------------------------------------------------------------------------
 
 
-def _health(app) -> Dict[str, Any]:
-    """The worker's state as the next query will see it: a newer live index version is picked up
-    first, unless a request holds the Taskflow for longer than ``HEALTH_WAIT`` (then ``busy``)."""
-    flow = app._taskflow_manager._task[0]
-    task = flow.task_instance
-    busy = not flow._lock.acquire(timeout=HEALTH_WAIT)
-    if not busy:
-        try:
-            _pick_up_new_version(task)
-        finally:
-            flow._lock.release()
-    gallery = task._gallery
-    answer = {"status": "ok", "busy": busy, "pid": os.getpid(), "model_dir": task._task_path, "first_stage": task._first_stage}
-    if isinstance(gallery, IndexGallery):
-        answer["index"] = {
-            "path": gallery.root,
-            "version": gallery.version,
-            "num_images": gallery.index.num_images,
-            "num_captions": gallery.index.num_captions,
-        }
-    elif gallery is not None:
-        answer["gallery"] = {"num_images": gallery.images.num_images, "num_captions": gallery.images.num_captions}
-    return answer
-
-
-def add_service_routes(app, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
+def add_service_routes(app, service: RetrievalService, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
     """What a service needs beyond ``register_taskflow``: the retrieval route answered by
-    :class:`~vinvl.serving.endpoint.RetrievalEndpoint` (body-size limit 413, malformed requests 422
-    with the field named, internal failures logged and 500) and ``GET /health``."""
-    app.add_middleware(RetrievalEndpoint, server=app, path="/" + ROUTE, max_bytes=max_body_bytes)
+    :class:`~vinvl.serving.endpoint.RetrievalEndpoint` through ``service`` (body-size limit 413,
+    malformed requests 422 with the field named, internal failures logged and 500) and ``GET /health``."""
+    app.add_middleware(RetrievalEndpoint, answer=service.answer, path="/" + ROUTE, max_bytes=max_body_bytes)
 
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:
         logger.error("internal error answering %s %s", request.method, request.url.path, exc_info=exc)
@@ -281,7 +313,7 @@ def add_service_routes(app, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> Non
         return JSONResponse({"detail": detail}, status_code=500)
 
     app.add_exception_handler(Exception, internal_error)
-    app.add_api_route(HEALTH_ROUTE, lambda: _health(app), methods=["GET"], summary="Health")
+    app.add_api_route(HEALTH_ROUTE, service.health, methods=["GET"], summary="Health")
 
 
 def recorded_model_dir(index_path: str) -> str:
@@ -318,11 +350,12 @@ def create_app(
         TASK_NAME, task_path=model_dir, index_path=index_path, top_k=top_k, first_stage=first_stage,
         candidates=candidates, batch_size=batch_size, detector_path=detector_path,
     )
+    service = RetrievalService.from_taskflow(retrieval, batch_size=batch_size, max_queries=max_queries, allow_add=allow_add)
     if detector_path is not None:
-        _ = retrieval.task_instance._images.detector  # loaded once per worker, before the first request
+        _ = service.retriever.photos.detector  # loaded once per worker, before the first request
     app = SimpleServer(title="vinvl image-text retrieval")
-    app.register_taskflow(ROUTE, retrieval, taskflow_handler=RetrievalHandler.configured(max_queries, allow_add))
-    add_service_routes(app, max_body_bytes)
+    app.register_taskflow(ROUTE, retrieval, taskflow_handler=RetrievalHandler.configured(service))
+    add_service_routes(app, service, max_body_bytes)
     return app
 
 

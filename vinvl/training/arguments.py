@@ -1,15 +1,30 @@
-"""Command-line / JSON arguments of fine-tuning, beside paddlenlp's TrainingArguments."""
+"""The arguments of fine-tuning (a recipe's keys): the model's, the data's, and paddlenlp's
+TrainingArguments with the total batch the recipe states."""
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
 from typing import Optional
 
+import paddle
+from paddlenlp.trainer import TrainingArguments
+
 from ..data.collate import PAIR_SAMPLING
+from ..errors import UsageError
+from .batch import BatchPlan, plan_total_batch
 from .heads import TRAIN_ONLY
 from .losses import OBJECTIVES, trained_heads
 
-__all__ = ["ModelArguments", "DataArguments", "validate_arguments"]
+__all__ = [
+    "ModelArguments",
+    "DataArguments",
+    "RetrievalTrainingArguments",
+    "RENAMED_OPTIONS",
+    "validate_arguments",
+]
+
+# Options renamed since a recipe could hold them: old key -> new key (the old one is refused, naming the new).
+RENAMED_OPTIONS = {"eval_top_k": "eval_candidates"}
 
 
 @dataclass
@@ -74,6 +89,14 @@ class ModelArguments:
             "the contrastive heads. Default: keep the model's heads."
         },
     )
+    hidden_dropout_prob: Optional[float] = field(
+        default=None,
+        metadata={
+            "help": "Dropout of the hidden states, set in the model's config before it is built. The official "
+            "fine-tuning sets it (--drop_out 0.1) whatever the pre-trained checkpoint's config says; default: "
+            "keep the checkpoint's."
+        },
+    )
     itm_negatives: str = field(
         default="random",
         metadata={
@@ -100,13 +123,57 @@ class DataArguments:
         metadata={"help": "On minival, rank only each image's top-20 hard-negative captions when the index exists."},
     )
     eval_mode: str = field(default="exhaustive", metadata={"help": "exhaustive or two_stage evaluation."})
-    eval_top_k: int = field(default=16, metadata={"help": "Candidates per query re-ranked in two_stage mode."})
+    eval_candidates: int = field(
+        default=16, metadata={"help": "First-stage candidates per query re-ranked in two_stage mode."}
+    )
     max_seq_length: Optional[int] = field(default=None, metadata={"help": "Text tokens per pair (default: config)."})
     max_img_seq_length: Optional[int] = field(default=None, metadata={"help": "Regions per pair (default: config)."})
 
 
+@dataclass
+class RetrievalTrainingArguments(TrainingArguments):
+    """paddlenlp's TrainingArguments, plus the total batch a recipe states.
+
+    With ``total_train_batch_size`` set, ``per_device_train_batch_size`` is the most pairs a device
+    takes per forward, and both it and ``gradient_accumulation_steps`` are derived from the number of
+    data-parallel devices (:func:`vinvl.training.batch.plan_total_batch`); ``batch_plan`` records the split.
+    """
+
+    total_train_batch_size: Optional[int] = field(
+        default=None,
+        metadata={
+            "help": "Pairs per optimiser step over all devices (official VinVL: 128). Derives the per-device "
+            "batch (at most --per_device_train_batch_size) and the gradient accumulation from the number of "
+            "devices; refused when the devices cannot reach it exactly. Default: per-device batch x devices."
+        },
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.batch_plan: Optional[BatchPlan] = None
+        if self.total_train_batch_size is None:
+            return
+        if self.gradient_accumulation_steps != 1:
+            raise UsageError(
+                "--gradient_accumulation_steps is derived from --total_train_batch_size: give one of them, not both"
+            )
+        self.batch_plan = plan_total_batch(
+            self.total_train_batch_size, self.dataset_world_size, self.per_device_train_batch_size
+        )
+        self.per_device_train_batch_size = self.batch_plan.per_device
+        self.gradient_accumulation_steps = self.batch_plan.accumulation_steps
+
+
+def runs_on_cpu() -> bool:
+    """Whether paddle computes on the CPU (no GPU or other accelerator in use)."""
+    return paddle.device.get_device().startswith("cpu")
+
+
 def validate_arguments(model_args: ModelArguments, data_args: DataArguments, training_args) -> None:
     """Fail at start, with the argument named, on what would otherwise fail deep into a run."""
+    for flag in ("fp16", "bf16"):
+        if getattr(training_args, flag) and runs_on_cpu():
+            raise ValueError(f"--{flag} needs a GPU: mixed precision does not run on the CPU (train in float32 there)")
     if model_args.objective not in OBJECTIVES:
         raise ValueError(f"--objective must be one of {OBJECTIVES}, got {model_args.objective!r}")
     if model_args.train_only not in TRAIN_ONLY:
@@ -144,6 +211,8 @@ def validate_arguments(model_args: ModelArguments, data_args: DataArguments, tra
                 f"--contrastive_hidden_size gives the model new contrastive heads, which --objective "
                 f"{model_args.objective} does not train"
             )
+    if model_args.hidden_dropout_prob is not None and not 0 <= model_args.hidden_dropout_prob < 1:
+        raise ValueError(f"--hidden_dropout_prob must be in [0, 1), got {model_args.hidden_dropout_prob}")
     if model_args.itm_negatives not in PAIR_SAMPLING:
         raise ValueError(f"--itm_negatives must be one of {PAIR_SAMPLING}, got {model_args.itm_negatives!r}")
     if model_args.itm_negatives == "mined" and model_args.objective != "itm+itc":
@@ -161,8 +230,8 @@ def validate_arguments(model_args: ModelArguments, data_args: DataArguments, tra
     for name in ("per_device_train_batch_size", "per_device_eval_batch_size"):
         if getattr(training_args, name) <= 0:
             raise ValueError(f"--{name} must be positive, got {getattr(training_args, name)}")
-    if data_args.eval_top_k <= 0:
-        raise ValueError(f"--eval_top_k must be positive, got {data_args.eval_top_k}")
+    if data_args.eval_candidates <= 0:
+        raise ValueError(f"--eval_candidates must be positive, got {data_args.eval_candidates}")
     for name in ("max_seq_length", "max_img_seq_length"):
         value = getattr(data_args, name)
         if value is not None and value < (3 if name == "max_seq_length" else 0):

@@ -1,13 +1,17 @@
-"""The fine-tuning entry point behind ``scripts/train_retrieval.py`` and ``vinvl train``."""
+"""A fine-tuning run from its typed arguments: what ``vinvl train`` and ``scripts/train_retrieval.py`` call.
+
+:func:`build_trainer` checks the arguments, loads the data and the model and returns the
+RetrievalTrainer; :func:`run_training` trains, saves and evaluates with it. Recipes and options
+become arguments in :mod:`vinvl.training.recipe`; the command line is :mod:`vinvl.commands.train`'s.
+"""
 from __future__ import annotations
 
 import os
 import re
-import sys
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional
 
 import paddle
-from paddlenlp.trainer import PdArgumentParser, TrainingArguments, set_seed
+from paddlenlp.trainer import TrainingArguments, set_seed
 from paddlenlp.utils.log import logger
 
 from ..assets import resolve_config
@@ -24,25 +28,7 @@ from .history import LogHistoryCallback
 from .losses import objective_parts
 from .trainer import RetrievalTrainer
 
-__all__ = ["parse_arguments", "run_training", "main"]
-
-LIBRARY_LOG_LEVEL = "INFO"  # `vinvl train` reports through the Trainer's INFO lines (losses, metrics, saves)
-
-
-def parse_arguments(argv: Optional[List[str]] = None) -> Tuple[ModelArguments, DataArguments, TrainingArguments]:
-    """Parse flags, or a single JSON config file as PaddleNLP scripts accept: a path, or a shipped
-    recipe's name (``vinvl-base/train_coco_ir``, see :func:`vinvl.assets.resolve_config`)."""
-    argv = sys.argv[1:] if argv is None else argv
-    parser = PdArgumentParser((ModelArguments, DataArguments, TrainingArguments))
-    config_file = resolve_config(argv[0]) if len(argv) == 1 and not argv[0].startswith("-") else None
-    if config_file is not None and not config_file.endswith(".json"):
-        raise UsageError(f"{argv[0]} is not a JSON recipe: give a .json file, a shipped recipe's name, or flags")
-    try:
-        if config_file:
-            return parser.parse_json_file(json_file=os.path.abspath(config_file))
-        return parser.parse_args_into_dataclasses(args=argv)
-    except ValueError as exc:  # malformed JSON, flags or keys no argument takes, TrainingArguments' own checks
-        raise UsageError(f"{config_file}: {exc}" if config_file else str(exc)) from exc
+__all__ = ["build_trainer", "run_training", "is_complete_checkpoint", "last_complete_checkpoint"]
 
 
 # What a checkpoint holds once the Trainer has finished writing it (the scheduler comes last).
@@ -99,10 +85,12 @@ def _checkpoint_to_resume(training_args: TrainingArguments) -> Optional[str]:
     return last
 
 
-def run_training(
+def build_trainer(
     model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments
-) -> Dict[str, float]:
-    """Fine-tune on ``train_split``, evaluate on ``eval_split``, save the model; returns final metrics."""
+) -> RetrievalTrainer:
+    """Check the arguments (before anything loads), load the corpora and the model, and return
+    the RetrievalTrainer of the run. A shipped config's name (``tiny``, ``vinvl-base``) as
+    ``model_name_or_path`` stands for its packaged directory."""
     model_args.model_name_or_path = resolve_config(model_args.model_name_or_path, "--model_name_or_path")
     try:
         validate_arguments(model_args, data_args, training_args)
@@ -119,8 +107,10 @@ def run_training(
             **corpus_options,
         )
     set_seed(training_args.seed)  # before the model exists: a config-only directory is randomly initialised
+    overrides = {} if model_args.hidden_dropout_prob is None else {"hidden_dropout_prob": model_args.hidden_dropout_prob}
     model, processor = load_retrieval_model(
         model_args.model_name_or_path,
+        config_overrides=overrides,
         max_seq_len=data_args.max_seq_length,
         max_img_seq_len=data_args.max_img_seq_length,
     )
@@ -145,7 +135,7 @@ def run_training(
             single_modality=bool(objectives - {"itm"}),
             pairs=pairs,
         )
-    trainer = RetrievalTrainer(
+    return RetrievalTrainer(
         model=model,
         args=training_args,
         train_dataset=train_dataset,
@@ -156,7 +146,7 @@ def run_training(
         objective=model_args.objective,
         itm_negatives=model_args.itm_negatives,
         eval_mode=data_args.eval_mode,
-        eval_top_k=data_args.eval_top_k,
+        eval_candidates=data_args.eval_candidates,
         eval_with_caption_index=data_args.eval_with_caption_index,
         train_only=model_args.train_only,
         trainable_layers=model_args.trainable_layers,
@@ -164,6 +154,20 @@ def run_training(
         distill_candidates=model_args.distill_candidates,
         callbacks=[LogHistoryCallback()],
     )
+
+
+def run_training(
+    model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments
+) -> Dict[str, float]:
+    """Fine-tune on ``train_split``, evaluate on ``eval_split``, save the model; returns final metrics.
+
+    The model saved in ``output_dir`` is the last step's unless ``load_best_model_at_end`` asks for
+    the best checkpoint by ``metric_for_best_model`` (the official fine-tuning keeps the last step).
+    """
+    plan = getattr(training_args, "batch_plan", None)
+    if plan is not None:
+        logger.info(plan.describe())
+    trainer = build_trainer(model_args, data_args, training_args)
     metrics: Dict[str, float] = {}
     if training_args.do_train:
         result = trainer.train(resume_from_checkpoint=_checkpoint_to_resume(training_args))
@@ -171,7 +175,7 @@ def run_training(
         trainer.save_state()
         metrics.update(result.metrics)
         trainer.save_metrics("train", result.metrics)
-    if eval_corpus is not None and training_args.do_eval:
+    if trainer.eval_dataset is not None and training_args.do_eval:
         eval_metrics = trainer.evaluate()
         trainer.save_metrics("eval", eval_metrics)
         metrics.update(eval_metrics)
@@ -198,7 +202,3 @@ def _frozen_state_data(model, processor, corpus, model_args, data_args, training
         engine, gallery, settings, training_args.output_dir, start_dir=model_args.model_name_or_path
     )
     return FrozenStateQueries(targets), FrozenStateCollator(targets)
-
-
-def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
-    return run_training(*parse_arguments(argv))

@@ -14,6 +14,7 @@ from paddlenlp.utils.log import logger
 
 from ..oscar.processor import OscarProcessor
 from ..data.collate import PAIR_SAMPLING
+from .decay import apply_decay_to
 from .heads import TRAIN_ONLY, freeze_all_but, trainable_parameter_names
 from .frozen_states import split_projections
 from .losses import contrastive_loss, distillation_loss, list_distillation_loss, objective_parts, trained_heads
@@ -50,6 +51,10 @@ class RetrievalTrainer(Trainer):
     - ``evaluate`` ranks ``eval_dataset`` (a corpus with the RetrievalCorpus interface) with the
       retrieval engine and reports R@1/5/10 both ways and ``rsum`` (use ``metric_for_best_model
       rsum``), instead of paddlenlp's loss-only evaluation loop.
+    - Weight decay follows the official groups on every path: biases and normalisation weights
+      are exempt, found by role (:mod:`vinvl.training.decay`).
+    - Each optimiser step takes ``per_device_train_batch_size x gradient_accumulation_steps x
+      devices`` items, the last step of an epoch filled up (:class:`EpochSeededBatchSampler`).
     - The training order and the negatives depend only on (seed, epoch), and the optimizer state
       is saved under structured parameter names (:mod:`vinvl.training.optimizer_state`), so
       resuming from a checkpoint, in a new process or in one that built other models before,
@@ -66,7 +71,7 @@ class RetrievalTrainer(Trainer):
         objective: str = "itm+itc",
         itm_negatives: str = "random",
         eval_mode: str = "exhaustive",
-        eval_top_k: int = 16,
+        eval_candidates: int = 16,
         eval_with_caption_index: bool = True,
         train_only: str = "all",
         trainable_layers: int = 0,
@@ -105,7 +110,7 @@ class RetrievalTrainer(Trainer):
         self.objective = objective
         self.itm_negatives = itm_negatives
         self.eval_mode = eval_mode
-        self.eval_top_k = eval_top_k
+        self.eval_candidates = eval_candidates
         self.eval_with_caption_index = eval_with_caption_index
         self.train_only = train_only
         self.distill_temperature = distill_temperature
@@ -126,16 +131,19 @@ class RetrievalTrainer(Trainer):
             )
 
     def create_optimizer(self, lr_scheduler=None):
-        """paddlenlp's optimizer over the trainable parameters only (same weight-decay rule)."""
-        if self.optimizer is not None or self.train_only == "all":
-            return super().create_optimizer(lr_scheduler)
-        named = [(name, p) for name, p in self.model.named_parameters() if not p.stop_gradient]
-        decay = {p.name for name, p in named if not any(nd in name for nd in ("bias", "norm"))}
+        """paddlenlp's optimizer (class, constants, global-norm clipping) over the trainable parameters,
+        with the official weight-decay groups: biases and normalisation weights exempt
+        (:mod:`vinvl.training.decay`), where paddlenlp's own rule would decay every ``LayerNorm.weight``."""
+        if self.optimizer is not None:
+            return self.optimizer
+        parameters = [p for p in self.model.parameters() if not p.stop_gradient]
         optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(self.args)
+        if hasattr(optimizer_cls, "_create_master_weight") and self.args.fp16_opt_level == "O2":
+            optimizer_kwargs["multi_precision"] = True  # as paddlenlp: float32 master weights under O2
         self.optimizer = optimizer_cls(
             learning_rate=self.lr_scheduler if lr_scheduler is None else lr_scheduler,
-            apply_decay_param_fun=lambda name: name in decay,
-            parameters=[p for _, p in named],
+            apply_decay_param_fun=apply_decay_to(self.model, parameters),
+            parameters=parameters,
             weight_decay=self.args.weight_decay,
             grad_clip=paddle.nn.ClipGradByGlobalNorm(self.args.max_grad_norm) if self.args.max_grad_norm > 0 else None,
             **optimizer_kwargs,
@@ -179,6 +187,7 @@ class RetrievalTrainer(Trainer):
             num_replicas=self.args.dataset_world_size,
             rank=self.args.dataset_rank,
             drop_last=self.args.dataloader_drop_last,
+            accumulation_steps=self.args.gradient_accumulation_steps,
         )
 
     def _load_from_checkpoint(self, resume_from_checkpoint=None):
@@ -278,7 +287,7 @@ class RetrievalTrainer(Trainer):
             self.processor,
             corpus,
             first_stage="contrastive" if self.eval_mode == "two_stage" else "exhaustive",
-            top_k=self.eval_top_k,
+            top_k=self.eval_candidates,
             batch_size=self.args.per_device_eval_batch_size,
             use_caption_index=self.eval_with_caption_index,
             progress=not self.args.disable_tqdm and self.is_local_process_zero(),

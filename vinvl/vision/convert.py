@@ -1,4 +1,4 @@
-"""``vinvl convert-detector CKPT DST``: an official VinVL detector checkpoint -> a detector directory.
+"""An official VinVL detector checkpoint -> a detector directory (``vinvl convert-detector CKPT DST``).
 
 The checkpoint is what scene_graph_benchmark saves (``torch.save({"model": state_dict, ...})``,
 keys possibly prefixed ``module.``), read without torch through :mod:`vinvl.torch_io`. The
@@ -13,7 +13,6 @@ Linear weights are transposed to Paddle's ``[in, out]``; everything else keeps i
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import shutil
@@ -138,34 +137,3 @@ def _architecture(config_file: Optional[str], overrides: Sequence[str]) -> Detec
         return DetectorConfig.from_dir(path).apply_overrides(overrides, source=path)
     return DetectorConfig.from_yaml(path, overrides)
 
-
-def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The ``convert-detector`` arguments: CKPT DST [--config CONFIG] [--overwrite] [KEY VALUE ...]."""
-    parser.add_argument("checkpoint", metavar="CKPT", help="official scene_graph_benchmark checkpoint (.pth)")
-    parser.add_argument("dst", metavar="DST", help="output detector directory (config.json, model.safetensors)")
-    parser.add_argument("overrides", metavar="KEY VALUE", nargs="*", help="official config keys to override, in pairs")
-    parser.add_argument(
-        "--config", dest="config_file", metavar="CONFIG",
-        help="official yaml, detector directory, or shipped detector config name (vinvl-detector-tiny, "
-        "vinvl-detector-x152c4); default: VinVL X152-C4",
-    )
-    parser.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
-    return parser
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``vinvl convert-detector``; a refused conversion raises ConversionError (one line on stderr, status 2)."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    parser = add_arguments(argparse.ArgumentParser(prog="vinvl convert-detector", description=__doc__.splitlines()[0]))
-    args = parser.parse_intermixed_args(argv)
-    out = convert_detector(
-        args.checkpoint, args.dst, config_file=args.config_file, overrides=args.overrides, overwrite=args.overwrite
-    )
-    print(out)
-    return 0
-
-
-if __name__ == "__main__":
-    from ..commands.cli import run_main
-
-    raise SystemExit(run_main(main, prog="vinvl convert-detector"))

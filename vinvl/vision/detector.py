@@ -35,6 +35,11 @@ from .transforms import check_image, normalize, resize_image
 INIT_SEED = 0
 
 
+def has_weights(path: str) -> bool:
+    """Whether the detector directory ``path`` holds weights (without them it runs randomly initialised)."""
+    return os.path.isfile(os.path.join(path, SAFE_WEIGHTS_NAME))
+
+
 class DetectorWeightsError(UserError, ValueError):
     """Weights that do not fit the detector's config; the message names every tensor at fault."""
 
@@ -137,10 +142,10 @@ class VinVLDetector(nn.Layer):
         if not os.path.isdir(path):
             raise FileNotFoundError(f"{path} is not a detector directory")
         model = cls(DetectorConfig.from_dir(path)).init_weights()
-        weights_file = os.path.join(path, SAFE_WEIGHTS_NAME)
-        if os.path.isfile(weights_file):
+        if has_weights(path):
             from safetensors.numpy import load_file
 
+            weights_file = os.path.join(path, SAFE_WEIGHTS_NAME)
             model.load_weights(load_file(weights_file), weights_file)
         return model
 

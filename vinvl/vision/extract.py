@@ -35,13 +35,11 @@ every file's header before the detector is loaded and stops at the first bad fil
 """
 from __future__ import annotations
 
-import argparse
 import fcntl
 import hashlib
 import json
 import os
 import shutil
-import sys
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -54,6 +52,7 @@ from tqdm.auto import tqdm
 from ..assets import resolve_config
 from ..data.formats import encode_features
 from ..errors import UserError
+from .config import DetectorConfig
 from .image import IMAGE_EXTENSIONS, BadImageError, check_header, load_image
 
 __all__ = [
@@ -65,7 +64,6 @@ __all__ = [
     "detector_fingerprint",
     "prediction_json",
     "extract",
-    "main",
 ]
 
 PREDICTIONS_FILE = "predictions.tsv"
@@ -73,6 +71,7 @@ HW_FILE = "images.hw.tsv"
 BAD_FILE = "bad_images.jsonl"
 SUMMARY_FILE = "extract.json"
 WORK_DIR = ".extract"
+RUN_FILE = "run.json"  # in WORK_DIR: what the unfinished run extracts (see _run_description)
 LOCK_FILE = ".extract.lock"
 PREFETCH = 2  # images decoded ahead of the detector (each may be up to PIL's 89.5-megapixel limit)
 
@@ -438,21 +437,55 @@ def _finished(out_dir: str, description: dict) -> Optional[ExtractSummary]:
     return ExtractSummary(out_dir, recorded["num_listed"], recorded["num_extracted"], bad, already_done=True)
 
 
-def _prepare_work_dir(out_dir: str, description: dict) -> str:
+def _prepare_work_dir(out_dir: str, description: dict, restart: bool) -> str:
     """OUT/.extract for this run: created, or an unfinished run of the same extraction to resume."""
     work_dir = os.path.join(out_dir, WORK_DIR)
     os.makedirs(work_dir, exist_ok=True)
-    manifest = os.path.join(work_dir, "run.json")
+    manifest = os.path.join(work_dir, RUN_FILE)
     recorded = _load_json(manifest)
     if recorded is None:
         _write_json_atomically(manifest, description)
     elif not _same_run(recorded, description):
+        how = ("another process is extracting into it (--restart discards it only when none is)" if restart else
+               "resume it with the same IMAGES, --detector and --fail_on_bad, start over with --restart (which "
+               "discards it), or choose a new OUT")
         raise ExtractError(
             f"{work_dir} holds an unfinished extraction of other images or with another detector "
-            f"({recorded.get('images')}, {recorded.get('detector')}, fail_on_bad={recorded.get('fail_on_bad')}); "
-            "resume it with the same IMAGES, --detector and --fail_on_bad, or choose a new OUT"
+            f"({recorded.get('images')}, {recorded.get('detector')}, fail_on_bad={recorded.get('fail_on_bad')}); {how}"
         )
     return work_dir
+
+
+def _discard_other_run(lock, out_dir: str, description: dict) -> None:
+    """``restart``: remove an unfinished extraction of other images or with another detector from
+    OUT/.extract, unless a process holds OUT's lock (a rank of this run that restarted it already,
+    or a run of that other extraction still working: :func:`_prepare_work_dir` then refuses)."""
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return
+    try:
+        work_dir = os.path.join(out_dir, WORK_DIR)
+        recorded = _load_json(os.path.join(work_dir, RUN_FILE))
+        if recorded is not None and not _same_run(recorded, description):
+            shutil.rmtree(work_dir)
+    finally:
+        fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _drop_empty_run(lock, out_dir: str, work_dir: str, created_out: bool) -> None:
+    """After a failure: remove the work folder when no row was committed (nothing to resume, and a
+    rerun with other images or another detector must not be refused), and OUT too when this run
+    created it; unless another process holds OUT's lock (it may be about to commit)."""
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return
+    if os.path.isdir(work_dir) and not _committed(work_dir):
+        shutil.rmtree(work_dir)
+        if created_out and os.listdir(out_dir) == [LOCK_FILE]:
+            os.remove(os.path.join(out_dir, LOCK_FILE))
+            os.rmdir(out_dir)
 
 
 def _decoded(entries: Sequence[Tuple[int, ImageEntry]]) -> Iterator[Tuple[int, ImageEntry, object]]:
@@ -494,6 +527,7 @@ def extract(
     *,
     recursive: bool = False,
     fail_on_bad: bool = False,
+    restart: bool = False,
     progress: bool = True,
     detector=None,
 ) -> Optional[ExtractSummary]:
@@ -501,34 +535,48 @@ def extract(
 
     Returns the summary of the finished extraction, or None on a rank that finished its share
     while another rank is still working (that rank merges).
+    ``restart``: discard an unfinished extraction of other images or with another detector that
+    ``out_dir`` holds, instead of refusing it (an unfinished run of this extraction is resumed).
     ``detector``: the detector already loaded from ``detector_dir`` (loaded here when None and
     there is work left).
+    A run that fails before any row is committed leaves nothing to resume (nor ``out_dir``, if it
+    created it).
     """
     start_time = time.perf_counter()
     detector_dir = resolve_config(detector_dir, "--detector")
     if not os.path.isdir(detector_dir):
-        raise InputNotFoundError(f"{detector_dir}: not a detector directory")
+        raise InputNotFoundError(f"{detector_dir}: no such detector directory")
+    if detector is None:
+        DetectorConfig.from_dir(detector_dir)  # a missing or bad config is refused before OUT is touched
     entries = list_images(images, recursive)
     description = _run_description(entries, images, detector_dir, fail_on_bad)
     parallel = paddle.distributed.ParallelEnv()  # the ranks paddle.distributed.launch started (0 of 1 without it)
     rank, world = parallel.rank, max(parallel.world_size, 1)
+    created_out = not os.path.exists(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, LOCK_FILE), "a+") as lock:
+        if restart:
+            _discard_other_run(lock, out_dir, description)
         # Shared while working (the work dir must stay), exclusive to merge.
         fcntl.flock(lock, fcntl.LOCK_SH)
         finished = _finished(out_dir, description)
         if finished is not None:
             return finished
-        work_dir = _prepare_work_dir(out_dir, description)
-        done = _committed(work_dir)
-        mine = [(i, e) for i, e in enumerate(entries) if i % world == rank]
-        todo = [(i, e) for i, e in mine if i not in done]
-        if len(todo) < len(mine):
-            print(f"resuming: {len(mine) - len(todo)} of {len(mine)} images already done")
-        if fail_on_bad:
-            _check_headers(e for _, e in todo)
-        if todo:
-            _extract_share(todo, work_dir, rank, world, len(mine), detector or _load_detector(detector_dir), fail_on_bad, progress)
+        work_dir = _prepare_work_dir(out_dir, description, restart)
+        try:
+            done = _committed(work_dir)
+            mine = [(i, e) for i, e in enumerate(entries) if i % world == rank]
+            todo = [(i, e) for i, e in mine if i not in done]
+            if len(todo) < len(mine):
+                print(f"resuming: {len(mine) - len(todo)} of {len(mine)} images already done")
+            if fail_on_bad:
+                _check_headers(e for _, e in todo)
+            if todo:
+                _extract_share(todo, work_dir, rank, world, len(mine), detector or _load_detector(detector_dir),
+                               fail_on_bad, progress)
+        except BaseException:
+            _drop_empty_run(lock, out_dir, work_dir, created_out)
+            raise
         fcntl.flock(lock, fcntl.LOCK_UN)
         fcntl.flock(lock, fcntl.LOCK_EX)
         if os.path.exists(os.path.join(out_dir, SUMMARY_FILE)) or len(_committed(work_dir)) < len(entries):
@@ -569,44 +617,3 @@ def _extract_share(todo, work_dir, rank, world, share_size, detector, fail_on_ba
     finally:
         bar.close()
         writer.close()
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="vinvl extract",
-        description="Photos -> VinVL region features and object tags in the files the coco_ir loading script "
-        "reads (predictions.tsv + images.hw.tsv); resumable, sharded over paddle.distributed.launch ranks.",
-    )
-    parser.add_argument("images", help="a folder of .jpg/.jpeg/.png photos, or a list file (one path per line, optionally <TAB>image_id)")
-    parser.add_argument("out_dir", help="folder for predictions.tsv, images.hw.tsv and the bad-file report (resumed if unfinished)")
-    parser.add_argument("--detector", required=True, help="detector directory (config.json [+ model.safetensors], e.g. from vinvl convert-detector), or a "
-                        "shipped detector config's name: vinvl-detector-tiny, vinvl-detector-x152c4 (random weights)")
-    parser.add_argument("--recursive", action="store_true", help="also take the photos in the folder's subfolders")
-    parser.add_argument("--fail_on_bad", action="store_true", help="stop at the first bad file (exit non-zero naming it) instead of skipping it")
-    parser.add_argument("--no_progress", action="store_true", help="no progress bar")
-    return parser
-
-
-def main(argv: Optional[List[str]] = None) -> Optional[ExtractSummary]:
-    """``vinvl extract``: print where the files are and what was skipped."""
-    args = build_parser().parse_args(argv)
-    summary = extract(
-        args.images, args.out_dir, args.detector,
-        recursive=args.recursive, fail_on_bad=args.fail_on_bad, progress=not args.no_progress,
-    )
-    if summary is None:
-        print("this rank's share is done; the last rank to finish writes the files")
-        return None
-    if summary.already_done:
-        print(f"{summary.out_dir} already holds this extraction: {summary.num_extracted} of {summary.num_listed} images")
-    else:
-        print(f"extracted {summary.num_extracted} of {summary.num_listed} images into {summary.out_dir} "
-              f"in {summary.seconds:.1f} s")
-    if summary.bad:
-        print(f"skipped {summary.num_bad} bad files (listed in {os.path.join(summary.out_dir, BAD_FILE)}):")
-        for record in summary.bad[:10]:
-            print(f"  {record['path']}: {record['reason']}")
-    if summary.num_extracted == 0:
-        print("no image could be extracted", file=sys.stderr)
-        raise SystemExit(1)
-    return summary

@@ -1,4 +1,4 @@
-"""What the detector returns for one image (the contract with extraction, see DESIGN.md)."""
+"""What the detector returns for one image (the contract with extraction, see docs/architecture.md)."""
 from __future__ import annotations
 
 from dataclasses import dataclass

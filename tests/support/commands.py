@@ -1,0 +1,41 @@
+"""Running the `vinvl` command and the scripts as a user does, in a new interpreter, and what their
+output must look like: a user error is one stderr line with status 2, start-up prints no noise."""
+import os
+import subprocess
+import sys
+
+import vinvl
+from vinvl.errors import USER_ERROR_STATUS
+
+# The source tree of the vinvl under test: the subprocesses import the same copy.
+SOURCE_TREE = os.path.dirname(os.path.dirname(os.path.abspath(vinvl.__file__)))
+# What paddle, setuptools and datasets print at import unless vinvl quiets it.
+NOISE = ("No ccache found", "OMP_NUM_THREADS WISELY", "OMP_NUM_THREADS set to", "Setuptools is replacing distutils",
+         "PyTorch version", "Loading faiss", "fontManager")
+
+
+def run(args, cwd, env=None) -> subprocess.CompletedProcess:
+    """Run a command as a user would (``vinvl ...`` is ``python -m vinvl.commands.cli ...``); returns the CompletedProcess."""
+    environment = dict(os.environ, PYTHONPATH=SOURCE_TREE, PYTHONUNBUFFERED="1", **(env or {}))
+    environment.pop("VINVL_DEBUG", None)
+    return subprocess.run(args, cwd=str(cwd), env=environment, capture_output=True, text=True, timeout=600)
+
+
+def vinvl_cmd(*args) -> list:
+    """The argv of ``vinvl <args>`` in a new interpreter."""
+    return [sys.executable, "-m", "vinvl.commands.cli", *args]
+
+
+def assert_user_error(done, prog, *fragments):
+    """Status 2 and exactly one stderr line, ``<prog>: error: ...`` naming each fragment; no traceback."""
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == USER_ERROR_STATUS, done.stderr
+    assert len(lines) == 1 and lines[0].startswith(f"{prog}: error: "), done.stderr
+    assert "Traceback" not in done.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+def assert_quiet(text):
+    """None of the start-up noise vinvl quiets is in ``text``."""
+    assert not [noise for noise in NOISE if noise in text], text

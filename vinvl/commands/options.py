@@ -1,0 +1,108 @@
+"""What several commands' parsers share: the help layout, option vocabularies, checks, notices.
+
+Nothing here imports the library: a command builds and runs its parser (``--help`` included)
+before it imports anything heavy. The choices below are the command line's spelling of names
+the library defines (``vinvl.data.layout.SPLITS``, ``vinvl.retrieval.first_stage.FIRST_STAGE_CHOICES``);
+tests/test_commands_layer.py checks that they agree.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Iterable, Optional, Tuple
+
+from ..errors import UsageError
+
+__all__ = [
+    "SPLITS",
+    "FIRST_STAGE_CHOICES",
+    "HelpFormatter",
+    "new_parser",
+    "add_first_stage_argument",
+    "reject_removed_option",
+    "positive_ints",
+    "require_positive",
+    "require_directory",
+    "random_detector_notice",
+]
+
+SPLITS = ("train", "minival", "val", "test")
+FIRST_STAGE_CHOICES = ("auto", "exhaustive", "contrastive", "tags")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions as written (paragraphs kept); each option's default appended to its help,
+    unless it has none (None, False) or the help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if default is None or default is False or default == argparse.SUPPRESS or "(default" in text:
+            return text
+        if not action.option_strings:
+            return text
+        if isinstance(default, (list, tuple)):
+            default = ",".join(str(v) for v in default) if action.nargs is None else " ".join(str(v) for v in default)
+        return f"{text} (default: {default})" if text else f"(default: {default})"
+
+
+def new_parser(prog: Optional[str], description: str) -> argparse.ArgumentParser:
+    """A command's parser: ``prog`` is how the usage line names the command (None: the script's file name)."""
+    return argparse.ArgumentParser(prog=prog, description=description, formatter_class=HelpFormatter)
+
+
+def add_first_stage_argument(parser: argparse.ArgumentParser, default: str) -> None:
+    """``--first_stage``, and the removed ``--mode`` (hidden: :func:`reject_removed_option` names its replacement)."""
+    parser.add_argument(
+        "--first_stage", choices=FIRST_STAGE_CHOICES, default=default,
+        help="which pairs the match head scores: exhaustive (every pair); contrastive (each query's top "
+             "candidates by embedding similarity); tags (top candidates by BM25 of caption words against "
+             "detector tags, needs no trained heads); auto (contrastive if the model records trained "
+             "contrastive heads, else exhaustive)",
+    )
+    parser.add_argument("--mode", default=None, help=argparse.SUPPRESS)
+
+
+def reject_removed_option(value: Optional[object], old: str, new: str) -> None:
+    """A UsageError naming ``new`` when the removed option ``old`` was given (``value`` is not None)."""
+    if value is not None:
+        raise UsageError(f"{old} is gone: use {new} (got {old} {value})")
+
+
+def positive_ints(text: str) -> Tuple[int, ...]:
+    """argparse type of options like ``--ks 8,16,64``: positive integers, comma-separated (an empty
+    piece, as in ``8,,16``, is a typo and refused rather than skipped)."""
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, got {text!r}")
+    return values
+
+
+def require_positive(args: argparse.Namespace, names: Iterable[str]) -> None:
+    """A UsageError naming the first of the ``names`` options whose value is not positive."""
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            raise UsageError(f"--{name} must be positive, got {value}")
+
+
+def require_directory(path: str, option: str, what: str) -> None:
+    """A FileNotFoundError naming ``option`` when ``path`` does not exist (NotADirectoryError for a file)."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{option} {path}: no such {what} (the directory does not exist)")
+    if not os.path.isdir(path):
+        raise NotADirectoryError(f"{option} {path}: a file, not a {what}")
+
+
+def random_detector_notice(detector_dir: str) -> None:
+    """Print one line when ``detector_dir`` holds a detector config but no weights: it then runs with
+    random weights (as model_configs/vinvl-detector-tiny does), which a user should not miss."""
+    from ..vision.detector import has_weights  # after parsing: imports paddle
+
+    if os.path.isfile(os.path.join(detector_dir, "config.json")) and not has_weights(detector_dir):
+        print(f"note: {detector_dir} has a config but no weights: the detector runs with random weights, "
+              "so its regions and tags mean nothing (convert real ones with `vinvl convert-detector`)", file=sys.stderr)

@@ -1,0 +1,159 @@
+"""The gallery a :class:`~vinvl.query.Retriever` answers against, with what its first stages need.
+
+One class for every gallery source: an in-memory gallery (arrays or a data directory read by the
+``coco_ir`` loading script, embedded once when it is set) and the live version of a gallery index
+(``vinvl index build``: ids, tags and captions read from its columns, embeddings memory-mapped,
+region features read from their files only for the images a query scores). Either way the query
+core sees the same things: the images and their flattened captions (:class:`Gallery`), the image
+each caption came with, and per first stage a search: contrastive embeddings through a
+:class:`~vinvl.retrieval.search.Searcher` (the index's faiss IVF index when it has one) and BM25
+over tag words / caption words, built on first use.
+
+A gallery is immutable once made; a new index version is a new gallery (the core swaps it in).
+"""
+from __future__ import annotations
+
+import threading
+from typing import Any, List, Optional, Sequence
+
+import numpy as np
+
+from ..index.store import GalleryIndex
+from ..index.versions import VersionedDir
+from ..retrieval import BM25Index, Gallery
+from ..retrieval.first_stage import tag_words, words_of
+from ..retrieval.search import ExactSearch, Searcher
+
+__all__ = ["QueryGallery"]
+
+
+class QueryGallery:
+    """Images (with tags and region features) and captions, and the first-stage data built from them.
+
+    Use :meth:`from_arrays` or :meth:`from_index`. Thread-safe for reading; BM25 statistics are
+    built once, under a lock, on first use.
+    """
+
+    def __init__(
+        self,
+        images: Gallery,
+        caption_image_ids: Sequence[Optional[str]],
+        tokenizer: Any,
+        image_embeds: Optional[np.ndarray] = None,
+        caption_embeds: Optional[np.ndarray] = None,
+        index: Optional[GalleryIndex] = None,
+    ):
+        self.images = images
+        self.caption_image_ids: List[Optional[str]] = list(caption_image_ids)
+        self.index = index
+        self._tokenizer = tokenizer
+        self._image_embeds = image_embeds
+        self._caption_embeds = caption_embeds
+        self._bm25: dict = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_arrays(
+        cls,
+        engine: Any,
+        image_ids: Sequence[str],
+        features: Any,
+        tags: Sequence[Sequence[str]],
+        captions: Optional[Sequence[Sequence[str]]] = None,
+        embed: bool = False,
+    ) -> "QueryGallery":
+        """An in-memory gallery; ``embed``: compute the contrastive embeddings now (with ``engine``).
+
+        ``features`` is a list of ``[R, img_feature_dim]`` arrays or a callable ``features(i)``;
+        ``captions`` per image, optional.
+        """
+        captions = [list(c) for c in captions] if captions is not None else [[] for _ in image_ids]
+        if len(captions) != len(image_ids):
+            raise ValueError(f"got {len(image_ids)} image ids but {len(captions)} caption lists")
+        flat = [c for per_image in captions for c in per_image]
+        owners = [str(image_ids[i]) for i, per_image in enumerate(captions) for _ in per_image]
+        images = Gallery.for_queries(image_ids, tags, features, flat)
+        image_embeds = caption_embeds = None
+        if embed:
+            image_embeds = engine.embed_images(images)
+            caption_embeds = engine.embed_captions(images) if flat else None
+        return cls(images, owners, engine.processor.tokenizer, image_embeds, caption_embeds)
+
+    @classmethod
+    def from_index(cls, index_path: str, model_dir: str, tokenizer: Any) -> "QueryGallery":
+        """The live version of the index at ``index_path``, checked to be built with ``model_dir``'s weights."""
+        index = GalleryIndex.open(index_path, model_dir=model_dir)
+        try:
+            ids = [index.image_id(i) for i in range(index.num_images)]
+            captions = [index.captions(i) for i in range(index.num_images)]
+            flat = [c for per_image in captions for c in per_image]
+            owners = [ids[i] for i, per_image in enumerate(captions) for _ in per_image]
+            tags = [index.tags(i) for i in range(index.num_images)]
+            images = Gallery.for_queries(ids, tags, index.features, flat)
+            return cls(images, owners, tokenizer, index.embeddings, index.caption_embeddings, index=index)
+        except BaseException:
+            index.close()
+            raise
+
+    def close(self) -> None:
+        """Let go of the index version (a no-op for an in-memory gallery)."""
+        if self.index is not None:
+            self.index.close()
+
+    # ----- first stages -----------------------------------------------------------------
+
+    def supports(self, first_stage: str) -> bool:
+        """Whether queries can run ``first_stage`` here (``contrastive`` needs embeddings)."""
+        return first_stage != "contrastive" or self._image_embeds is not None
+
+    def require(self, first_stage: str) -> None:
+        """ValueError naming what the gallery holds when it cannot serve ``first_stage``."""
+        if self.supports(first_stage):
+            return
+        if self.index is not None:
+            self.index.require_embeddings()  # raises, naming what the index holds
+        raise ValueError(
+            "first_stage 'contrastive' is not available on this gallery: it was set without embeddings "
+            "(its first stage was not contrastive when it was set); 'exhaustive' and 'tags' always work"
+        )
+
+    def image_searcher(self, nprobe: Optional[int] = None) -> Searcher:
+        """Contrastive search over the images (the index's faiss IVF index when it has one)."""
+        self.require("contrastive")
+        if self.index is not None:
+            return self.index.image_searcher(nprobe)
+        return ExactSearch(self._image_embeds)
+
+    def caption_searcher(self) -> Searcher:
+        """Contrastive search over the captions."""
+        self.require("contrastive")
+        if self._caption_embeds is None:
+            raise ValueError("the gallery holds no captions")
+        if self.index is not None:
+            return self.index.caption_searcher()
+        return ExactSearch(self._caption_embeds)
+
+    def image_embeddings(self, rows: np.ndarray) -> np.ndarray:
+        """``[len(rows), E]`` stored image embeddings."""
+        self.require("contrastive")
+        return np.asarray(self._image_embeds[np.asarray(rows)], dtype=np.float32)
+
+    def image_bm25(self) -> BM25Index:
+        """The images as BM25 documents of their tag words (``tags``, caption -> images)."""
+        return self._bm25_of("images", lambda: [tag_words(self._tokenizer, t) for t in self.images.tags])
+
+    def caption_bm25(self) -> BM25Index:
+        """The captions as BM25 documents of their words (``tags``, image -> captions)."""
+        return self._bm25_of("captions", lambda: [words_of(self._tokenizer, c) for c in self.images.captions])
+
+    def _bm25_of(self, name: str, documents) -> BM25Index:
+        with self._lock:
+            if name not in self._bm25:
+                self._bm25[name] = BM25Index(documents())
+            return self._bm25[name]
+
+    # ----- index versions ---------------------------------------------------------------
+
+    def is_stale(self) -> bool:
+        """Whether another version of the index went live since this one was opened (False in memory)."""
+        return self.index is not None and VersionedDir(self.index.root).current() != self.index.version
