@@ -79,25 +79,34 @@ def shipped_recipes() -> List[str]:
     ]
 
 
-def resolve_config(name_or_path: str, argument: Optional[str] = None) -> str:
+def resolve_config(name_or_path: str, argument: Optional[str] = None, kind: Optional[str] = None) -> str:
     """The path of a config directory or recipe file given by path or by name.
 
     A path that exists is returned as given: a local folder wins over a shipped config of the
     same name, so a converted ``vinvl-detector-x152c4/`` is read rather than the weightless
     shipped one. Otherwise a shipped config's name (``vinvl-base``, ``vinvl-detector-tiny``)
     gives its packaged directory and a recipe's name (``vinvl-base/train_coco_ir``) its packaged
-    JSON file. Anything else raises :class:`NotShippedError` naming it (after ``argument``, the
-    option it came from, when given) and the shipped names: nothing is ever downloaded.
+    JSON file; ``kind`` (``"config"`` or ``"recipe"``) takes only names of that kind. Anything
+    else raises :class:`NotShippedError` naming it (after ``argument``, the option it came from,
+    when given) and the shipped names: nothing is ever downloaded.
     """
+    if kind not in (None, "config", "recipe"):
+        raise ValueError(f"kind must be None, 'config' or 'recipe', got {kind!r}")
     name_or_path = os.fspath(name_or_path)
     if os.path.exists(name_or_path):
         return name_or_path
-    if name_or_path in shipped_configs():
+    configs, recipes = shipped_configs(), shipped_recipes()
+    if name_or_path in configs and kind != "recipe":
         return os.path.join(CONFIGS_DIR, name_or_path)
-    if name_or_path in shipped_recipes():
+    if name_or_path in recipes and kind != "config":
         return os.path.join(CONFIGS_DIR, name_or_path + ".json")
     given = f"{argument} {name_or_path}" if argument else name_or_path
-    kind, names = ("recipe", shipped_recipes()) if "/" in name_or_path else ("config", shipped_configs())
+    if kind == "recipe" and name_or_path in configs:
+        own = [recipe for recipe in recipes if recipe.startswith(name_or_path + "/")]
+        raise NotShippedError(f"{given}: a shipped config, not a recipe; its recipes: {', '.join(own) or 'none'}")
+    if kind is None:
+        kind = "recipe" if "/" in name_or_path else "config"
+    names = recipes if kind == "recipe" else configs
     raise NotShippedError(
         f"{given}: no such file or directory, nor the name of a shipped {kind} ({', '.join(names)}); "
         "vinvl-paddle downloads nothing"

@@ -66,7 +66,7 @@ TINY_CONFIG = "tiny"  # the shipped config, by name (vinvl.assets.resolve_config
 class RetrievalBenchmark:
     """What one run measures on (``vinvl benchmark``'s options; the command holds their defaults)."""
 
-    model_dir: Optional[str]  # a trained model; None: train model_configs/tiny first (train_steps, train_images)
+    model_dir: Optional[str]  # a trained model; None: train the shipped tiny config first (train_steps, train_images)
     data_dir: Optional[str]  # a coco_ir corpus whose test split is the gallery; None: a synthetic one
     work_dir: str  # corpus, trained model and benchmark.json go here
     num_images: int  # gallery images
@@ -305,7 +305,7 @@ def _gallery(data_dir: str, num_images: int) -> Gallery:
 
 
 def _train_tiny(work_dir: str, data_dir: str, steps: int, seed: int) -> str:
-    """Train model_configs/tiny (matching + contrastive) on the corpus' train split; returns the model dir."""
+    """Train the shipped tiny config (matching + contrastive) on the corpus' train split; returns the model dir."""
     from ..training.recipe import arguments_from_options
     from ..training.run import run_training
 

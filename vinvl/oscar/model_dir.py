@@ -83,7 +83,7 @@ def load_retrieval_model(
     ``config_overrides`` are set in the directory's config before the model is built (what a
     fine-tuning recipe decides over the checkpoint, such as its dropout).
     """
-    model_dir = resolve_config(model_dir)
+    model_dir = resolve_config(model_dir, kind="config")
     if not os.path.isfile(os.path.join(model_dir, "config.json")):
         raise FileNotFoundError(f"{model_dir!r} is not a model directory: it has no config.json")
     config = OscarConfig.from_pretrained(model_dir)

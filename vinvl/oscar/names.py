@@ -24,7 +24,7 @@ MODEL_TYPE = "oscar"
 def _read_shipped_configs() -> Dict[str, dict]:
     configs = {}
     for name in shipped_configs(MODEL_TYPE):
-        with open(os.path.join(resolve_config(name), CONFIG_FILE), encoding="utf-8") as f:
+        with open(os.path.join(resolve_config(name, kind="config"), CONFIG_FILE), encoding="utf-8") as f:
             configs[name] = json.load(f)
     return configs
 
@@ -44,7 +44,7 @@ def pretrained_source(name_or_path) -> str:
     name_or_path = os.fspath(name_or_path)
     if name_or_path in SHIPPED_CONFIGS and not os.path.exists(name_or_path):
         return name_or_path
-    return os.path.abspath(resolve_config(name_or_path))
+    return os.path.abspath(resolve_config(name_or_path, kind="config"))
 
 
 def refuse_weightless_name(name_or_path) -> None:

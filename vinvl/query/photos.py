@@ -67,8 +67,8 @@ def is_image_source(query: Any) -> bool:
 def _missing_detector(what: str) -> PhotoError:
     return PhotoError(
         f"{what} needs a detector to turn photos into region features and tags: pass "
-        "detector_path=<detector directory> to Taskflow (vinvl retrieve: --detector DIR), e.g. "
-        "model_configs/vinvl-detector-x152c4 with weights from vinvl convert-detector"
+        "detector_path=<detector directory> to Taskflow (vinvl retrieve: --detector DIR), e.g. a "
+        "vinvl-detector-x152c4 directory with weights from vinvl convert-detector"
     )
 
 

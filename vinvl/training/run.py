@@ -91,7 +91,7 @@ def build_trainer(
     """Check the arguments (before anything loads), load the corpora and the model, and return
     the RetrievalTrainer of the run. A shipped config's name (``tiny``, ``vinvl-base``) as
     ``model_name_or_path`` stands for its packaged directory."""
-    model_args.model_name_or_path = resolve_config(model_args.model_name_or_path, "--model_name_or_path")
+    model_args.model_name_or_path = resolve_config(model_args.model_name_or_path, "--model_name_or_path", kind="config")
     try:
         validate_arguments(model_args, data_args, training_args)
     except ValueError as exc:  # each check names the flag at fault

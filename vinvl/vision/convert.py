@@ -132,7 +132,7 @@ def _architecture(config_file: Optional[str], overrides: Sequence[str]) -> Detec
     directory or a shipped detector config's name; then the ``KEY VALUE`` overrides."""
     if config_file is None:
         return DetectorConfig.vinvl_x152c4(overrides)
-    path = resolve_config(config_file, "--config")
+    path = resolve_config(config_file, "--config", kind="config")
     if os.path.isdir(path):
         return DetectorConfig.from_dir(path).apply_overrides(overrides, source=path)
     return DetectorConfig.from_yaml(path, overrides)

@@ -138,7 +138,7 @@ class VinVLDetector(nn.Layer):
     def from_pretrained(cls, path: str) -> "VinVLDetector":
         """A detector from a directory: ``config.json`` plus ``model.safetensors``, or the config only (random,
         seeded); a shipped detector config's name (``vinvl-detector-x152c4``) stands for its packaged directory."""
-        path = resolve_config(path)
+        path = resolve_config(path, kind="config")
         if not os.path.isdir(path):
             raise FileNotFoundError(f"{path} is not a detector directory")
         model = cls(DetectorConfig.from_dir(path)).init_weights()

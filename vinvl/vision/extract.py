@@ -543,7 +543,7 @@ def extract(
     created it).
     """
     start_time = time.perf_counter()
-    detector_dir = resolve_config(detector_dir, "--detector")
+    detector_dir = resolve_config(detector_dir, "--detector", kind="config")
     if not os.path.isdir(detector_dir):
         raise InputNotFoundError(f"{detector_dir}: no such detector directory")
     if detector is None:
