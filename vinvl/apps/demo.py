@@ -86,7 +86,7 @@ def _train(corpus_dir: str, model_dir: str, steps: int, seed: int) -> None:
         "evaluation_strategy": "steps",
         "eval_steps": max(steps // 5, 1),
         "eval_split": "minival",
-        "eval_with_caption_index": "true",  # the official setting: see _eval_setting
+        "eval_with_caption_index": True,  # the official setting (the default), which _eval_setting describes
         "save_strategy": "no",
         "report_to": "visualdl",
         "seed": seed,

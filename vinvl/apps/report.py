@@ -170,7 +170,8 @@ def _metrics_table(rows: Mapping[str, Mapping[str, float]]) -> str:
     for name, metrics in rows.items():
         cells = "".join(f"<td>{metrics[c]:.1f}</td>" if c in metrics else "<td>-</td>" for c in RECALL_COLUMNS)
         pairs = metrics.get("pairs_scored")
-        body.append(f"<tr><td>{html.escape(name)}</td>{cells}<td>{'-' if pairs is None else int(pairs):,}</td></tr>")
+        count = "-" if pairs is None else f"{int(pairs):,}"
+        body.append(f"<tr><td>{html.escape(name)}</td>{cells}<td>{count}</td></tr>")
     return f'<table class="metrics">{head}{"".join(body)}</table>'
 
 
