@@ -117,7 +117,7 @@ def _queries(model_dir: str, corpus_dir: str, corpus) -> List[dict]:
         (answer,) = retrieval(caption)
         sections.append(
             {
-                "title": f"caption -> images: \u201c{caption}\u201d (its image: {corpus.image_ids[i]})",
+                "title": f"caption \u2192 images: \u201c{caption}\u201d (its image: {corpus.image_ids[i]})",
                 "results": [
                     {
                         "label": f"image {r['image_id']}: {' '.join(corpus.tags[corpus.index_of(r['image_id'])][:6])}",
@@ -134,7 +134,7 @@ def _queries(model_dir: str, corpus_dir: str, corpus) -> List[dict]:
         (answer,) = retrieval({"image_id": corpus.image_ids[i]})
         sections.append(
             {
-                "title": f"image -> captions: image {corpus.image_ids[i]} (tags: {', '.join(corpus.tags[i])})",
+                "title": f"image \u2192 captions: image {corpus.image_ids[i]} (tags: {', '.join(corpus.tags[i])})",
                 "visual": _scene(corpus, corpus.image_ids[i]),
                 "results": [
                     {"label": r["caption"], "score": r["score"], "correct": r["image_id"] == corpus.image_ids[i]}
