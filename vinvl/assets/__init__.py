@@ -88,7 +88,8 @@ def resolve_config(name_or_path: str, argument: Optional[str] = None, kind: Opti
     gives its packaged directory and a recipe's name (``vinvl-base/train_coco_ir``) its packaged
     JSON file; ``kind`` (``"config"`` or ``"recipe"``) takes only names of that kind. Anything
     else raises :class:`NotShippedError` naming it (after ``argument``, the option it came from,
-    when given) and the shipped names: nothing is ever downloaded.
+    such as ``--detector``, or a keyword ending in ``=``, such as ``detector_path=``) and the
+    shipped names: nothing is ever downloaded.
     """
     if kind not in (None, "config", "recipe"):
         raise ValueError(f"kind must be None, 'config' or 'recipe', got {kind!r}")
@@ -100,7 +101,9 @@ def resolve_config(name_or_path: str, argument: Optional[str] = None, kind: Opti
         return os.path.join(CONFIGS_DIR, name_or_path)
     if name_or_path in recipes and kind != "config":
         return os.path.join(CONFIGS_DIR, name_or_path + ".json")
-    given = f"{argument} {name_or_path}" if argument else name_or_path
+    given = name_or_path
+    if argument:  # an option (``--detector NAME``) or a keyword argument (``detector_path='NAME'``)
+        given = f"{argument}{name_or_path!r}" if argument.endswith("=") else f"{argument} {name_or_path}"
     if kind == "recipe" and name_or_path in configs:
         own = [recipe for recipe in recipes if recipe.startswith(name_or_path + "/")]
         raise NotShippedError(f"{given}: a shipped config, not a recipe; its recipes: {', '.join(own) or 'none'}")

@@ -89,7 +89,7 @@ class ImageQueries:
 
     def __init__(self, detector_path: Optional[str] = None):
         if detector_path is not None:  # a detector directory, or a shipped detector config's name
-            detector_path = resolve_config(detector_path, "detector_path", kind="config")
+            detector_path = resolve_config(detector_path, "detector_path=", kind="config")
             check_detector_dir(detector_path)
         self.detector_path = detector_path
         self._detector = None
