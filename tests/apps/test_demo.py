@@ -17,6 +17,8 @@ import pytest
 
 from support.commands import assert_quiet, assert_user_error, run, vinvl_cmd
 
+pytestmark = pytest.mark.slow  # every test here runs the demo (a subprocess training a model)
+
 NAMES = ("t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10", "rsum")
 # (train images, test images, steps) behind --size ci. The first run logs steps 6 ... 30, past the
 # second run's first logged step: records of the first run left in the model directory would show in

@@ -30,8 +30,8 @@ import numpy as np
 from paddle import nn
 from PIL import Image
 
-from .retrieval import matmul_flops_per_second, measure_memory
 from ..assets import DEMO_PHOTOS_DIR
+from .measure import matmul_flops_per_second, measure_memory
 from ..vision.config import DetectorConfig
 from ..vision.detector import VinVLDetector
 from ..vision.extract import WORK_DIR

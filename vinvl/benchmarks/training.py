@@ -32,8 +32,6 @@ from ..training.run import run_training
 
 __all__ = ["TrainingBenchmark", "plain_loop", "trainer_path", "run_benchmark"]
 
-TINY_CONFIG = "tiny"  # the shipped config, by name (vinvl.assets.resolve_config)
-
 
 @dataclass(frozen=True)
 class TrainingBenchmark:

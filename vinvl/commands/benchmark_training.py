@@ -34,7 +34,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, float]:
     """Run both paths; returns samples/s of each and their ratio."""
     args = build_parser().parse_args(argv)
     require_positive(args, ("train_images", "steps", "batch_size"))
-    from ..benchmarks.training import TINY_CONFIG, TrainingBenchmark, run_benchmark
+    from ..benchmarks.measure import TINY_CONFIG
+    from ..benchmarks.training import TrainingBenchmark, run_benchmark
 
     settings = dict(vars(args), model=args.model or TINY_CONFIG)
     return run_benchmark(TrainingBenchmark(**settings))
