@@ -135,11 +135,12 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
         print(short_help())
         return {}
     from ..assets import resolve_config
+
+    recipe, flags = split_recipe(argv)
+    recipe = resolve_config(recipe, "RECIPE", kind="recipe") if recipe else None  # before paddle is imported
     from ..training.recipe import arguments_from_options, read_recipe
     from ..training.run import run_training
 
-    recipe, flags = split_recipe(argv)
-    recipe = resolve_config(recipe, "RECIPE", kind="recipe") if recipe else None
     options = read_recipe(recipe) if recipe else {}
     options.update(parse_flags(flags))
     return run_training(*arguments_from_options(options, source=recipe))
