@@ -234,7 +234,7 @@ def test_vinvl_retrieve_names_what_a_photo_query_is_missing(model_dir, capsys, t
     missing = str(tmp_path / "nowhere.jpg")
     assert f"query 0: {missing}: no such file" in user_error(
         capsys, *model, "--data_dir", corpus, "--image", missing, "--detector", DETECTOR)
-    assert "--detector nowhere: no such detector directory" in user_error(
+    assert "--detector nowhere: no such file or directory, nor the name of a shipped config" in user_error(
         capsys, *model, "--data_dir", corpus, "--image", QUERY_PHOTO, "--detector", "nowhere")
     empty = tmp_path / "empty"
     empty.mkdir()

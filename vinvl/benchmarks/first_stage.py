@@ -82,7 +82,7 @@ class FirstStageBenchmark:
     """What one run measures on (``scripts/benchmark_first_stage.py``'s options, which hold the defaults
     and say what each means; the module docstring describes the fits)."""
 
-    model_dir: Optional[str]  # None: train model_configs/tiny first (train_steps)
+    model_dir: Optional[str]  # None: train the shipped tiny config first (train_steps)
     data_dir: Optional[str]  # None: a synthetic corpus of seed, train_images and num_images
     work_dir: str
     num_images: int

@@ -27,7 +27,7 @@ __all__ = [
 ]
 
 RECALLS = ("t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10")
-TINY_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "model_configs", "tiny")
+TINY_CONFIG = "tiny"  # the shipped config, by name (vinvl.assets.resolve_config)
 
 
 # ----- measuring instruments ---------------------------------------------------------------
@@ -128,7 +128,7 @@ def synthetic_gallery(data_dir: str, num_images: int) -> Gallery:
 
 
 def train_tiny(work_dir: str, data_dir: str, steps: int, seed: int) -> str:
-    """Train model_configs/tiny (matching + contrastive) on the corpus' train split; returns the model dir."""
+    """Train the shipped tiny config (matching + contrastive) on the corpus' train split; returns the model dir."""
     from ..training.recipe import arguments_from_options
     from ..training.run import run_training
 

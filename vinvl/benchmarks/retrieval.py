@@ -24,7 +24,7 @@ Prints, as ratios:
 and the gain of the CPU settings of :mod:`vinvl.runtime`: the matmul and a short scoring pass
 run in two fresh processes, one with ``VINVL_NO_CPU_TUNING=1``.
 
-Without ``--model_dir`` it trains the tiny config (``model_configs/tiny``) on the synthetic
+Without ``--model_dir`` it trains the shipped ``tiny`` config on the synthetic
 corpus' train split through ``vinvl.training.run`` first, so two-stage retrieval has trained
 contrastive heads to work with; without ``--data_dir`` it writes that corpus. Scoring uses the
 official 70-token / 70-region limits for both paths. ``--num_images 20 --train_steps 0`` is a
@@ -61,7 +61,7 @@ __all__ = ["cpu_probe", "RetrievalBenchmark", "run_benchmark"]
 class RetrievalBenchmark:
     """What one run measures on (``vinvl benchmark``'s options; the command holds their defaults)."""
 
-    model_dir: Optional[str]  # a trained model; None: train model_configs/tiny first (train_steps, train_images)
+    model_dir: Optional[str]  # a trained model; None: train the shipped tiny config first (train_steps, train_images)
     data_dir: Optional[str]  # a coco_ir corpus whose test split is the gallery; None: a synthetic one
     work_dir: str  # corpus, trained model and benchmark.json go here
     num_images: int  # gallery images

@@ -49,6 +49,7 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 import paddle
 from tqdm.auto import tqdm
 
+from ..assets import resolve_config
 from ..data.formats import encode_features, hw_row, prediction_object
 from ..errors import UserError
 from .config import DetectorConfig
@@ -538,6 +539,7 @@ def extract(
     created it).
     """
     start_time = time.perf_counter()
+    detector_dir = resolve_config(detector_dir, "--detector", kind="config")
     if not os.path.isdir(detector_dir):
         raise InputNotFoundError(f"{detector_dir}: no such detector directory")
     if detector is None:
