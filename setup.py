@@ -36,8 +36,18 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
     packages=find_packages(include=["vinvl", "vinvl.*"]),
-    package_data={"vinvl": ["assets/*", "assets/**/*"]},
-    include_package_data=True,
+    # What the package reads at run time (vinvl.assets): the label map and vocabulary, the shipped
+    # configs and recipes (the checkout's top-level model_configs/ links to them) and the demo's photos.
+    package_data={
+        "vinvl": [
+            "assets/*.json",
+            "assets/*.txt",
+            "assets/model_configs/*/*.json",
+            "assets/coco_minitest/*.jpg",
+            "assets/coco_minitest/*.txt",
+            "assets/coco_minitest/*.md",
+        ]
+    },
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": TEST_REQUIRES, "faiss": FAISS_REQUIRES},
     entry_points={"console_scripts": ["vinvl=vinvl.commands.cli:main"]},

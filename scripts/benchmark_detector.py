@@ -1,9 +1,9 @@
 """Benchmark the VinVL detector: seconds and peak memory per image, backbone FLOP/s over a matmul's;
 or (--extract_memory N) the resident set of `vinvl extract` over N photos.
 
-    python scripts/benchmark_detector.py tests/data/coco_minitest/*.jpg                 # X152-C4, random weights
-    python scripts/benchmark_detector.py --detector model_configs/vinvl-detector-tiny tests/data/coco_minitest/*.jpg
-    python scripts/benchmark_detector.py --detector model_configs/vinvl-detector-tiny --extract_memory 1000 tests/data/coco_minitest/*.jpg
+    python scripts/benchmark_detector.py                                      # X152-C4, random weights, shipped photos
+    python scripts/benchmark_detector.py --detector vinvl-detector-tiny photo.jpg ...
+    python scripts/benchmark_detector.py --detector vinvl-detector-tiny --extract_memory 1000
 
 Flags: vinvl.commands.benchmark_detector (`python scripts/benchmark_detector.py --help`).
 """

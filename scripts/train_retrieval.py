@@ -1,6 +1,6 @@
 """Fine-tune Oscar/VinVL for image-text retrieval with paddlenlp.Trainer.
 
-    python scripts/train_retrieval.py model_configs/tiny/train_synthetic.json
+    python scripts/train_retrieval.py tiny/train_synthetic    # a shipped recipe by name, or a JSON file
     python -m paddle.distributed.launch --nproc_per_node 2 scripts/train_retrieval.py --model_name_or_path ... 
 
 A JSON recipe first, flags overriding it: as `vinvl train` (vinvl/commands/train.py).

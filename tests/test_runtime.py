@@ -23,6 +23,7 @@ def test_cpu_vendor_reads_the_vendor_id_line(tmp_path):
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/cpuinfo"), reason="reads the processor vendor from /proc/cpuinfo")
+@pytest.mark.slow
 def test_import_sets_the_mkl_override_only_on_amd():
     with open("/proc/cpuinfo", encoding="utf-8") as handle:  # read independently of vinvl.runtime
         amd = "AuthenticAMD" in handle.read()

@@ -17,6 +17,8 @@ import pytest
 
 from support.commands import assert_quiet, assert_user_error, run, vinvl_cmd
 
+pytestmark = pytest.mark.slow  # every test here runs the demo (a subprocess training a model)
+
 NAMES = ("t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10", "rsum")
 # (train images, test images, steps) behind --size ci. The first run logs steps 6 ... 30, past the
 # second run's first logged step: records of the first run left in the model directory would show in
@@ -55,12 +57,20 @@ def test_demo_runs_twice_and_replaces_only_its_own_output(demo):
     for done in demo["runs"]:
         assert f"report: {work / 'report.html'}" in done.stdout
     html = (work / "report.html").read_text(encoding="utf-8")
-    assert "Retrieval recall" in html and "t2i_r1" in html and "two-stage" in html
+    assert "Retrieval recall" in html and "text \u2192 image" in html and "two-stage" in html
     assert "data:image/png;base64," in html  # training curves
     assert html.count('<section class="query">') == 5
     # the ten shipped COCO photos, each with the tiny detector's boxes, under the plain warning
     assert html.count("<figure>") == 10 and html.count("data:image/jpeg;base64,") == 10
-    assert '<p class="warning">The tiny detector (model_configs/vinvl-detector-tiny) is untrained' in html
+    assert '<p class="warning">The tiny detector (the shipped vinvl-detector-tiny config) is untrained' in html
+    assert "`" not in html and "<code>vinvl extract</code>" in html
+    # the curves name their split and setting (not the table's), and the table says what it measured
+    assert re.search(r"<figcaption>Recall measured while training, on the minival split \(\d+ images\)", html)
+    assert f"On the test split: {TEST_IMAGES} images" in html
+    # stdout's table: named directions, the pairs scored as a whole count
+    printed = demo["runs"][1].stdout
+    assert "text -> image" in printed and "pairs_scored" not in printed
+    assert re.search(r"^exhaustive .* \d{1,3}(,\d{3})*$", printed, re.MULTILINE), printed
     with open(work / "photos" / "predictions.tsv") as f:
         assert len(f.readlines()) == 10
     model_dir = work / "model"
@@ -139,3 +149,14 @@ def test_retrieve_answers_and_its_user_errors(demo):
     unknown = run(vinvl_cmd(*base, "--first_stage", "exhaustive", "--image_id", "999999"), demo["cwd"])
     assert_user_error(unknown, "vinvl retrieve", "999999")
     assert_user_error(run(vinvl_cmd(*base, "--text", ""), demo["cwd"]), "vinvl retrieve", "--text", "empty")
+
+
+def test_the_printed_recall_table_names_its_columns_and_counts_pairs_whole(capsys):
+    from vinvl.apps.demo import _print_table
+
+    recalls = {"t2i_r1": 6.0, "t2i_r5": 21.0, "t2i_r10": 35.0, "i2t_r1": 10.0, "i2t_r5": 30.0, "i2t_r10": 45.0, "rsum": 147.0}
+    _print_table({"exhaustive": {**recalls, "pairs_scored": 320000.0, "seconds": 3.2}})
+    lines = capsys.readouterr().out.splitlines()
+    assert "text -> image" in lines[0] and "image -> text" in lines[0]
+    assert lines[1].split() == ["setting", "R@1", "R@5", "R@10", "R@1", "R@5", "R@10", "rsum", "pairs", "scored"]
+    assert lines[2].split() == ["exhaustive", "6.0", "21.0", "35.0", "10.0", "30.0", "45.0", "147.0", "320,000"]

@@ -151,6 +151,7 @@ def test_first_stage_tags_reranks_the_bm25_candidates(trained, reference):
         assert captions_of(by_features) == captions_of(by_id)
 
 
+@pytest.mark.slow
 def test_candidates_and_top_k(trained, reference):
     _, gallery, margins = reference
     few = make(trained, first_stage="tags", candidates=2, top_k=10_000)
@@ -204,6 +205,7 @@ def test_gallery_split_keys_file_and_in_memory_gallery(trained, tmp_path):
     assert sorted(captions_of(result)) == sorted(c for i in picked for c in corpus.captions[i])
 
 
+@pytest.mark.slow
 def test_order_comes_from_the_margin_where_probabilities_saturate(trained, reference, tmp_path):
     model_dir, corpus_dir, corpus = trained
     scale = 40.0 / float(np.abs(reference[2]).min())  # every |margin| above 40: float32 probabilities are 0 or 1

@@ -131,6 +131,7 @@ def test_a_photo_folder_gallery_answers_as_its_features_passed_directly(model_di
     assert [len(a["images"]) for a in answers] == [TOP_K] * len(answers)
 
 
+@pytest.mark.slow
 def test_the_folder_is_extracted_once_and_again_when_a_photo_changes(model_dir, detector, tmp_path):
     folder = photo_folder(tmp_path)
     cache = tmp_path / "cache"
@@ -192,6 +193,7 @@ def run_cli(*args):
     return subprocess.run([sys.executable, "-m", "vinvl.commands.cli", "retrieve", *args], capture_output=True, text=True, env=env)
 
 
+@pytest.mark.slow
 def test_vinvl_retrieve_image(model_dir, detector, tmp_path):
     corpus = str(tmp_path / "corpus")
     write_synthetic_corpus(corpus, {"test": 4}, seed=3)
@@ -232,7 +234,7 @@ def test_vinvl_retrieve_names_what_a_photo_query_is_missing(model_dir, capsys, t
     missing = str(tmp_path / "nowhere.jpg")
     assert f"query 0: {missing}: no such file" in user_error(
         capsys, *model, "--data_dir", corpus, "--image", missing, "--detector", DETECTOR)
-    assert "detector_path='nowhere' is not a detector directory" in user_error(
+    assert "--detector nowhere: no such file or directory, nor the name of a shipped config" in user_error(
         capsys, *model, "--data_dir", corpus, "--image", QUERY_PHOTO, "--detector", "nowhere")
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -241,6 +243,7 @@ def test_vinvl_retrieve_names_what_a_photo_query_is_missing(model_dir, capsys, t
         "--gallery_cache_dir", str(tmp_path / "cache"))
 
 
+@pytest.mark.slow
 def test_vinvl_retrieve_text_over_a_photo_folder(model_dir, detector, tmp_path, capsys):
     folder = photo_folder(tmp_path)
     caption = text_queries()[0]

@@ -57,6 +57,7 @@ def test_committed_rows_counts_the_rows_an_unfinished_extraction_journalled(tmp_
     assert _committed_rows(out) == 2
 
 
+@pytest.mark.slow
 def test_sample_extraction_rss_follows_a_real_extraction(tmp_path):
     folder = photo_folder(PHOTOS, 3, str(tmp_path / "photos"))
     out = tmp_path / "out"

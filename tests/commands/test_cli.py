@@ -167,6 +167,7 @@ def cwd(tmp_path_factory):
     return tmp_path_factory.mktemp("elsewhere")
 
 
+@pytest.mark.slow
 def test_import_prints_nothing_and_a_users_own_thread_count_is_still_questioned(cwd):
     environment = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     for env, expected in ((environment, ""), (dict(environment, OMP_NUM_THREADS=str((os.cpu_count() or 1) + 1)), "WISELY")):
@@ -181,6 +182,7 @@ def test_import_prints_nothing_and_a_users_own_thread_count_is_still_questioned(
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
+@pytest.mark.slow
 def test_each_command_help_exits_0_quietly_and_a_bad_flag_exits_2(command, cwd, capfd):
     # Help in process: the status main() returns is the one `vinvl` exits with. The bad flag runs in a
     # new interpreter: its single stderr line also shows that importing the command prints nothing.
@@ -191,6 +193,7 @@ def test_each_command_help_exits_0_quietly_and_a_bad_flag_exits_2(command, cwd, 
     assert_user_error(bad, f"vinvl {command}")  # the line names the flag, or a required argument argparse checks first
 
 
+@pytest.mark.slow
 def test_make_synthetic_writes_relative_to_the_working_directory_and_refuses_an_existing_folder(cwd, capfd):
     done = run(vinvl_cmd("make-synthetic", "data/tiny", "--train", "6", "--minival", "0", "--val", "0", "--test", "4"), cwd)
     assert done.returncode == 0, done.stderr
@@ -202,6 +205,7 @@ def test_make_synthetic_writes_relative_to_the_working_directory_and_refuses_an_
     assert_user_error(again, "vinvl make-synthetic", "data/tiny", "not empty")
 
 
+@pytest.mark.slow
 def test_convert_relative_paths_and_its_failures(cwd, capfd):
     from paddlenlp.transformers import BertConfig, BertModel
 
@@ -216,6 +220,7 @@ def test_convert_relative_paths_and_its_failures(cwd, capfd):
     assert_user_error(run_here(capfd, cwd, "convert", "no_such_dir", "models/other"), "vinvl convert", "no_such_dir")
 
 
+@pytest.mark.slow
 def test_train_relative_paths_and_its_failures(cwd, capfd):
     write_synthetic_corpus(str(cwd / "data" / "train"), {"train": 8, "minival": 0, "val": 0, "test": 4}, seed=1)
     tiny = os.path.relpath(os.path.join(SOURCE_TREE, "model_configs", "tiny"), str(cwd))
@@ -234,6 +239,7 @@ def test_train_relative_paths_and_its_failures(cwd, capfd):
     assert_user_error(run_here(capfd, cwd, "train", "broken.json"), "vinvl train", "broken.json")
 
 
+@pytest.mark.slow
 def test_benchmark_smoke_run_and_a_bad_value(cwd, capfd):
     done = run(vinvl_cmd("benchmark", "--work_dir", "bench", "--num_images", "4", "--train_steps", "0",
                          "--baseline_pairs", "8", "--cpu_probe_images", "0", "--matmul_size", "64", "--no_progress"), cwd)
@@ -257,11 +263,13 @@ def test_failing_calls_of_the_other_commands_exit_2_with_the_cause(args, fragmen
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.slow
 def test_each_script_fails_with_status_2_and_one_line_on_a_bad_flag(script, cwd):
     done = run([sys.executable, os.path.join(SOURCE_TREE, "scripts", script), "--no_such_flag=1"], cwd)
     assert_user_error(done, script)
 
 
+@pytest.mark.slow
 def test_a_script_succeeds_with_status_0(cwd):
     done = run([sys.executable, os.path.join(SOURCE_TREE, "scripts", "make_synthetic_coco.py"), "data/by_script",
                 "--train", "2", "--minival", "0", "--val", "0", "--test", "2"], cwd)
@@ -270,6 +278,7 @@ def test_a_script_succeeds_with_status_0(cwd):
     assert_quiet(done.stderr)
 
 
+@pytest.mark.slow
 def test_an_internal_error_exits_1_with_its_traceback(cwd):
     code = ("from vinvl.commands.cli import run_main\n"
             "def broken(argv):\n    raise RuntimeError('a bug')\n"

@@ -389,6 +389,7 @@ def plain_call(tmp_path_factory):
         process.communicate()
 
 
+@pytest.mark.slow
 def test_plain_datasets_call_before_paddlenlp_is_imported(plain_call):
     stdout, stderr = plain_call.communicate(timeout=180)
     assert plain_call.returncode == 0, stderr[-2000:]

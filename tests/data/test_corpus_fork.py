@@ -6,6 +6,8 @@ open its own handle; then every worker reads exactly what was written, and so do
 """
 import multiprocessing
 
+import pytest
+
 from vinvl.data import load_corpus, write_synthetic_corpus
 from vinvl.data.synthetic import SceneGenerator, generate_split
 
@@ -20,6 +22,7 @@ def _read(rows):
     return [(i, corpus.features(i).tobytes()) for i in rows for _ in range(3)]
 
 
+@pytest.mark.slow
 def test_forked_workers_read_exactly_what_was_written(tmp_path):
     out = write_synthetic_corpus(str(tmp_path / "corpus"), {"train": NUM_IMAGES}, seed=2)
     truth = {i: im.features.tobytes() for i, im in enumerate(generate_split(SceneGenerator(seed=2), "train", NUM_IMAGES, 2))}

@@ -52,6 +52,7 @@ def warm_up(tmp_path):
     load_coco_ir(tiny, "test", inline_features=True, cache_dir=str(tmp_path / "cache"))
 
 
+@pytest.mark.slow
 def test_streaming_a_large_feature_file_keeps_rss_bounded(big_corpus, tmp_path):
     out, base = big_corpus
     size = os.path.getsize(os.path.join(out, "features", "test", "features.tsv"))
@@ -76,6 +77,7 @@ def test_streaming_a_large_feature_file_keeps_rss_bounded(big_corpus, tmp_path):
     assert growth < RSS_BOUND, f"RSS grew by {growth / 2**20:.0f} MB while streaming {size / 2**20:.0f} MB"
 
 
+@pytest.mark.slow
 def test_building_with_inline_features_keeps_rss_bounded(big_corpus, tmp_path):
     """Inline features go through the Arrow writer a few rows at a time (a batch of 256 such
     rows peaked at ~400 MB here)."""

@@ -183,6 +183,7 @@ def _run_and_kill(args, stage, tmp_path):
 
 
 @pytest.mark.parametrize("command, stage", [("add", "staging"), ("add", "commit"), ("build", "commit")])
+@pytest.mark.slow
 def test_sigkill_during_add_or_rebuild_leaves_the_previous_index_intact(setup, tmp_path, command, stage):
     out = str(tmp_path / "index")
     build_index(out, setup["model"], [_test_source(setup)], progress=False)
@@ -203,6 +204,7 @@ def test_sigkill_during_add_or_rebuild_leaves_the_previous_index_intact(setup, t
         assert index.num_images == 16
 
 
+@pytest.mark.slow
 def test_sigkill_during_a_first_build_leaves_no_index_and_a_rebuild_works(setup, tmp_path):
     out = str(tmp_path / "index")
     args = ["build", "--model_dir", setup["model"], "--gallery_dir", setup["corpus"], out]

@@ -58,6 +58,7 @@ def no_temp_leftovers(parent: str) -> bool:
 # --------------------------------------------------------------------------- (a) real MiniLM
 
 
+@pytest.mark.slow
 def test_minilm_text_path_matches_transformers(tmp_path):
     src = minilm_dir()
     dst = convert_checkpoint(src, str(tmp_path / "minilm"))
@@ -100,6 +101,7 @@ def test_minilm_text_path_matches_transformers(tmp_path):
 @pytest.mark.parametrize("legacy", [True, False], ids=["legacy-pickle", "zip"])
 @pytest.mark.parametrize("use_img_layernorm", [True, False], ids=["img-ln", "no-img-ln"])
 @pytest.mark.parametrize("classifier", ["linear", "mlp"])
+@pytest.mark.slow
 def test_official_oscar_checkpoint_parity(
     tmp_path, caplog, monkeypatch, classifier, use_img_layernorm, legacy, reader
 ):

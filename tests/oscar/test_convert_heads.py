@@ -38,6 +38,7 @@ def test_official_pretraining_checkpoint_records_no_trained_head(tmp_path, caplo
     assert fresh and "classifier" in fresh[0]
 
 
+@pytest.mark.slow
 def test_official_finetuned_then_converted_again_keeps_record_and_weights(tmp_path):
     src = str(tmp_path / "official")
     reference = write_official_checkpoint(src, official_config("mlp", True), legacy=False, extra_keys=False)

@@ -154,6 +154,7 @@ def drop_official_config_keys(config: dict, variant: str) -> dict:
         ("linear", False, "defaults"),  # no classifier / use_img_layernorm: linear head, no image LayerNorm
     ],
 )
+@pytest.mark.slow
 def test_seed_finetuned_checkpoint_parity(tmp_path, classifier, use_img_layernorm, variant):
     official = drop_official_config_keys(official_config(classifier, use_img_layernorm), variant)
     reference = write_official_checkpoint(str(tmp_path / "official"), official, legacy=False, extra_keys=False)
@@ -186,6 +187,7 @@ def test_seed_finetuned_tokenizer_files_carried_over(tmp_path):
         assert ours.encode_oscar(text, None, max_seq_len=32)["input_ids"] == seed_tokenizer(text)["input_ids"]
 
 
+@pytest.mark.slow
 def test_seed_feat_dim_name_wins_over_a_stale_official_one(tmp_path):
     """A seed config keeps the pre-trained ``img_feature_dim`` beside its own ``img_feat_dim``; the seed's model
     reads ``img_feat_dim``, so a conversion using the other name would not fit the weights."""
@@ -196,6 +198,7 @@ def test_seed_feat_dim_name_wins_over_a_stale_official_one(tmp_path):
     assert reference_errors(dst, reference)[0] < REL_TOL
 
 
+@pytest.mark.slow
 def test_seed_padding_id_embeds_to_zero_as_in_paddle(tmp_path):
     """With id 0 at attended positions the seed's model differs from the official one: Paddle's
     ``nn.Embedding(padding_idx=0)`` looks id 0 up as zeros. The converted model computes what the seed does."""
@@ -227,6 +230,7 @@ def test_seed_padding_id_embeds_to_zero_as_in_paddle(tmp_path):
 
 @pytest.mark.parametrize("use_img_layernorm", [True, False], ids=["img-ln", "no-img-ln"])
 @pytest.mark.parametrize("classifier", ["linear", "mlp"])
+@pytest.mark.slow
 def test_seed_tool_output_with_classifier_parity(tmp_path, classifier, use_img_layernorm):
     """The seed's tool run on an official fine-tuned checkpoint. It transposes ``classifier.weight`` but not an
     mlp's ``classifier.0/2.weight``, which stay in PyTorch layout and are converted as such."""

@@ -311,6 +311,7 @@ np.savez(f"{out_prefix}{dist.get_rank()}.npz", exhaustive=exhaustive.i2t, i2t=tw
 """
 
 
+@pytest.mark.slow
 def test_two_cpu_ranks_equal_one_process(model, processor, engine, gallery, exhaustive, tmp_path):
     import pickle
     import subprocess

@@ -164,6 +164,7 @@ def test_an_oversized_chunked_body_is_cut_off_with_413(service):
     assert_same_answers(ask(server.port, good), reference(good))
 
 
+@pytest.mark.slow
 def test_vinvl_serve_refuses_a_missing_index_and_other_weights_before_starting(trained, service, tmp_path):
     root, model_dir, _ = trained
     other = derive(model_dir, str(tmp_path / "other"), trained_heads=["match", "contrastive"], logit_scale=2.0)
@@ -199,6 +200,7 @@ add_service_routes(app, service)  # GET /health, body-size limit, JSON 4xx / 5xx
 """
 
 
+@pytest.mark.slow
 def test_paddlenlp_recipe_serves_and_an_internal_failure_is_a_logged_500(trained, tmp_path):
     """`paddlenlp server server:app` on the recipe: a missing feature file is the server's fault (500,
     logged with its traceback), and once the file is back the same request is answered."""
@@ -237,6 +239,7 @@ def test_paddlenlp_recipe_serves_and_an_internal_failure_is_a_logged_500(trained
         assert_same_answers(ask(port, caption), reference(caption))
 
 
+@pytest.mark.slow
 def test_images_added_through_the_service_are_answered_by_every_worker(trained, tmp_path):
     """`vinvl serve --workers 2`: an add goes through the index's atomic add; every worker then answers
     over the new version, as a Taskflow over all the images in memory does."""

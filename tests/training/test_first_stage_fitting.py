@@ -89,6 +89,7 @@ def _first_stage_quality(model_dir, corpus_dir, k):
     return coverage(scores, candidates.t2i, top=1, axis=0), coverage(scores, candidates.i2t, top=1, axis=1), scores
 
 
+@pytest.mark.slow
 def test_fitting_heads_with_the_encoder_frozen_changes_nothing_else_and_learns_the_match_head(
     trained, corpus_dir, tmp_path
 ):
@@ -127,6 +128,7 @@ def test_fitting_heads_with_the_encoder_frozen_changes_nothing_else_and_learns_t
     assert fitted_t2i >= 0.9 and fitted_i2t >= 0.6, (fitted_t2i, fitted_i2t)
 
 
+@pytest.mark.slow
 def test_fitting_over_lists_scored_once_changes_nothing_else_and_learns_the_match_head(trained, corpus_dir, tmp_path):
     """--distill_candidates: MLP heads fitted on the frozen encoder's states and the match head's
     scores of fixed lists, both computed once, saved in output_dir and reused by a same-settings run."""
@@ -195,6 +197,7 @@ def test_fitting_over_lists_scored_once_changes_nothing_else_and_learns_the_matc
     assert np.load(targets_path)["caption_lists"].shape == (gallery.num_captions, 3)
 
 
+@pytest.mark.slow
 def test_lists_fitted_under_the_launcher_score_as_one_process(trained, corpus_dir, tmp_path):
     """Two data-parallel ranks share out the targets' mining and scoring and gather them: the saved
     targets equal one process's, and both ranks train to the end in one group."""
@@ -384,6 +387,7 @@ def test_bad_fitting_arguments_fail_at_start(corpus_dir, tmp_path, override, mes
         train_main(_flags(TINY, corpus_dir, str(tmp_path / "run"), **override))
 
 
+@pytest.mark.slow
 def test_first_stage_benchmark_runs_every_stage_and_its_shortcut_matches_the_engine(tmp_path, capsys):
     """The benchmark end to end on a toy corpus: every first stage at every k, and its shortcut
     (exhaustive scores restricted to the candidate pairs) equal to a real engine.two_stage call."""

@@ -62,6 +62,7 @@ def _logged_losses(output_dir):
 
 
 @pytest.mark.parametrize("itm_negatives", ["random", "mined"])
+@pytest.mark.slow
 def test_data_parallel_training_with_the_launcher(corpus_dir, tmp_path, itm_negatives):
     output_dir = str(tmp_path / "run")
     log_dir = str(tmp_path / "launch_logs")
@@ -82,6 +83,7 @@ def test_data_parallel_training_with_the_launcher(corpus_dir, tmp_path, itm_nega
 
 
 @pytest.mark.parametrize("itm_negatives", ["random", "mined"])
+@pytest.mark.slow
 def test_resume_after_sigkill_matches_an_uninterrupted_run(corpus_dir, tmp_path, itm_negatives):
     from safetensors.numpy import load_file
 
@@ -140,6 +142,7 @@ def test_resume_refuses_an_incomplete_checkpoint(corpus_dir, tmp_path):
         train_main(_flags(corpus_dir, str(tmp_path / "run"), resume_from_checkpoint=str(partial)))
 
 
+@pytest.mark.slow
 def test_learning_lifts_recall_far_above_chance_and_two_stage_loses_none(tmp_path):
     corpus = str(tmp_path / "corpus")
     write_synthetic_corpus(corpus, {"train": 240, "minival": 40, "val": 40, "test": 40}, seed=11)

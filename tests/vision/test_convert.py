@@ -86,6 +86,7 @@ def _write_yaml(tmp_path, config: DetectorConfig) -> str:
     return path
 
 
+@pytest.mark.slow
 def test_converted_checkpoint_detects_like_the_model_it_came_from(source, photo, tmp_path):
     checkpoint = _write_checkpoint(tmp_path, _official_state(source))
     dst = str(tmp_path / "converted")
@@ -113,6 +114,7 @@ def test_key_value_overrides_apply_on_top_of_the_yaml(source, tmp_path):
     assert DetectorConfig.from_dir(dst)["MODEL.ROI_HEADS.SCORE_THRESH"] == 0.3
 
 
+@pytest.mark.slow
 def test_a_missing_tensor_is_named_and_nothing_is_written(source, tmp_path, capsys):
     state = _official_state(source)
     del state["module.rpn.head.cls_logits.bias"]
@@ -132,6 +134,7 @@ def test_a_missing_tensor_is_named_and_nothing_is_written(source, tmp_path, caps
     assert capsys.readouterr().err.startswith("vinvl convert-detector: error: ") and "rpn.head.cls_logits.bias" in message
 
 
+@pytest.mark.slow
 def test_a_checkpoint_of_another_architecture_is_refused(source, tmp_path):
     checkpoint = _write_checkpoint(tmp_path, _official_state(source))
     # the default architecture is VinVL's X152-C4: every tiny tensor has the wrong shape or is missing

@@ -136,6 +136,7 @@ def test_shared_extractor_reuse_equals_repooling(tiny):
     np.testing.assert_allclose(repooled, result.features, rtol=1e-3, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_config_only_directory_is_seeded_and_save_round_trips(tiny, photos, tiny_results, tmp_path):
     first, again = tiny.weights(), VinVLDetector.from_pretrained(TINY).weights()
     assert first.keys() == again.keys()
@@ -173,6 +174,7 @@ def test_config_errors_name_the_key(tmp_path):
         DetectorConfig.from_dir(TINY).apply_overrides(["MODEL.RESNETS.NUM_GROUPS", "two"])
 
 
+@pytest.mark.slow
 def test_shipped_x152c4_config_is_vinvls_detector():
     config = DetectorConfig.from_dir(X152)
     assert config == DetectorConfig.vinvl_x152c4()

@@ -130,6 +130,7 @@ def test_the_loading_script_reads_what_the_detector_returned(reference, photo_fo
     assert bad["image_id"] == os.path.splitext(TRUNCATED)[0] and "truncated" in bad["reason"]
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_gives_the_uninterrupted_files(reference, photo_folder, tmp_path):
     out = tmp_path / "out"
     command = [sys.executable, "-m", "vinvl.commands.cli", "extract", photo_folder, str(out), "--detector", DETECTOR_DIR, "--no_progress"]
@@ -157,6 +158,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_files(reference, photo_fold
     assert _files(str(out)) == _files(reference)
 
 
+@pytest.mark.slow
 def test_two_ranks_under_the_launcher_equal_one_process(reference, photo_folder, tmp_path):
     launcher = tmp_path / "vinvl_cli.py"
     launcher.write_text("import sys\nfrom vinvl.commands.cli import main\nsys.exit(main())\n")
@@ -209,6 +211,7 @@ def test_bad_files_are_skipped_and_reported_and_odd_ones_converted(detector, tmp
     assert corpus.image_ids == good and all(corpus.features(i).shape[1] == 2054 for i in range(len(good)))
 
 
+@pytest.mark.slow
 def test_fail_on_bad_exits_non_zero_naming_the_file_before_detecting(photo_folder, tmp_path):
     folder = tmp_path / "photos"
     shutil.copytree(photo_folder, folder)

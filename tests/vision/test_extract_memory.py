@@ -48,6 +48,7 @@ def _traced_peak(detector, detector_dir, tmp_path, count):
     return peak, os.path.getsize(out / PREDICTIONS_FILE)
 
 
+@pytest.mark.slow
 def test_extraction_memory_does_not_grow_with_the_number_of_images(detector_dir, tmp_path):
     detector = VinVLDetector.from_pretrained(detector_dir)
     _traced_peak(detector, detector_dir, tmp_path, 2)  # warm-up: one-time allocations

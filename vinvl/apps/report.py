@@ -10,7 +10,8 @@ import base64
 import html
 import io
 import os
-from typing import Dict, List, Mapping, Optional, Sequence
+import re
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -19,16 +20,31 @@ __all__ = [
     "extraction_figures",
     "image_tag",
     "photo_svg",
+    "place_labels",
     "plot_training_curves",
     "scene_svg",
     "write_report",
 ]
 
 RECALL_COLUMNS = ("t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10", "rsum")
+# The table's two header rows: the direction over its three recalls, then each column's own name.
+DIRECTIONS = (("text \u2192 image", 3), ("image \u2192 text", 3))
+COLUMN_NAMES = ("R@1", "R@5", "R@10", "R@1", "R@5", "R@10", "rsum")
+GLOSSARY = (
+    "R@K: the share (%) of queries whose right answer is among the first K results (text \u2192 image: a "
+    "caption finds its image; image \u2192 text: an image finds one of its captions). rsum: the sum of the six "
+    "recalls (at most 600). Pairs scored: the (caption, image) pairs the match head scored."
+)
+LABEL_FONT_PX = 12  # box labels: large enough to read on a 320-pixel photo
+LABEL_CHAR_PX = 0.62 * LABEL_FONT_PX  # a generous average glyph width of the sans-serif font
+LABEL_PAD_PX = 2
 
 
-def plot_training_curves(log_history: Sequence[Mapping]) -> Optional[str]:
-    """Training loss and eval R@K against the step, as a base64 PNG (None without any logged point)."""
+def plot_training_curves(log_history: Sequence[Mapping], eval_title: str = "evaluation recall (%)") -> Optional[str]:
+    """Training loss and eval R@K against the step, as a base64 PNG (None without any logged point).
+
+    ``eval_title`` heads the recall plot: the split and setting the Trainer evaluated, which may
+    differ from those of the report's table."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -43,12 +59,14 @@ def plot_training_curves(log_history: Sequence[Mapping]) -> Optional[str]:
         steps, values = zip(*losses)
         ax_loss.plot(steps, values, color="#3465a4")
     ax_loss.set(title="training loss", xlabel="step", ylabel="loss")
-    for key, label in (("eval_t2i_r1", "text->image R@1"), ("eval_i2t_r1", "image->text R@1"), ("eval_t2i_r5", "text->image R@5")):
+    for key, label in (("eval_t2i_r1", "text \u2192 image R@1"), ("eval_i2t_r1", "image \u2192 text R@1"),
+                       ("eval_t2i_r5", "text \u2192 image R@5")):
         points = [(h["step"], h[key]) for h in evals if key in h]
         if points:
             steps, values = zip(*points)
             ax_eval.plot(steps, values, marker="o", label=label)
-    ax_eval.set(title="evaluation recall (%)", xlabel="step", ylabel="R@K", ylim=(0, 100))
+    ax_eval.set(xlabel="step", ylabel="recall (%)", ylim=(0, 100))
+    ax_eval.set_title(eval_title, fontsize=10)
     if evals:
         ax_eval.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
@@ -58,20 +76,58 @@ def plot_training_curves(log_history: Sequence[Mapping]) -> Optional[str]:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-_PALETTE = ("#e41a1c", "#377eb8", "#4daf4a", "#984ea3", "#ff7f00", "#a65628", "#f781bf", "#999999")
+_PALETTE = ("#e41a1c", "#377eb8", "#4daf4a", "#984ea3", "#ff7f00", "#a65628", "#f781bf", "#666666")
+
+
+def _overlap(a: Sequence[float], b: Sequence[float]) -> float:
+    """The area shared by two ``(x, y, w, h)`` rectangles."""
+    dx = min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])
+    dy = min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1])
+    return max(dx, 0.0) * max(dy, 0.0)
+
+
+def place_labels(boxes: np.ndarray, labels: Sequence[str], width: int, height: int) -> List[Tuple[float, float, float, float]]:
+    """Where each box's label goes, as the ``(x, y, w, h)`` of its background, inside the image.
+
+    In order, each label takes the first place that no label placed before covers: just above its
+    box, inside it from the top down, just below it (left- or right-aligned with the box), else the
+    free place nearest to the box's top-left corner; with none free, the place it overlaps least.
+    ``boxes`` are ``[N, 4]`` pixel corners (x1, y1, x2, y2).
+    """
+    placed: List[Tuple[float, float, float, float]] = []
+    h = LABEL_FONT_PX + 2 * LABEL_PAD_PX
+    for (x1, y1, x2, y2), label in zip(np.asarray(boxes, dtype=np.float64).reshape(-1, 4), labels):
+        w = min(len(label) * LABEL_CHAR_PX + 2 * LABEL_PAD_PX, width)
+        near = [y1 - h] + list(np.arange(y1, max(y2 - h, y1) + 1e-6, h)) + [y2]
+        spots = [(x, y) for y in near for x in (x1, x2 - w)]
+        grid = [(x, y) for y in np.arange(0, height - h + 1e-6, h / 2) for x in np.arange(0, width - w + 1e-6, h / 2)]
+        spots += sorted(grid, key=lambda p: (p[0] - x1) ** 2 + (p[1] - y1) ** 2)
+        candidates = [
+            (float(min(max(x, 0), width - w)), float(min(max(y, 0), max(height - h, 0))), w, h) for x, y in spots
+        ]
+        free = next((c for c in candidates if not any(_overlap(c, p) for p in placed)), None)
+        placed.append(free or min(candidates, key=lambda c: sum(_overlap(c, p) for p in placed)))
+    return placed
 
 
 def _boxes_svg(relative_boxes: np.ndarray, labels: Sequence[str], width: int, height: int) -> List[str]:
-    """SVG rectangles and labels of boxes given as fractions of the image (x1/w, y1/h, x2/w, y2/h)."""
-    parts = []
-    for i, (x1, y1, x2, y2) in enumerate(np.asarray(relative_boxes, dtype=np.float64).reshape(-1, 4)):
-        color = _PALETTE[i % len(_PALETTE)]
-        label = html.escape(labels[i]) if i < len(labels) else ""
-        parts.append(
-            f'<rect x="{x1 * width:.1f}" y="{y1 * height:.1f}" width="{max(x2 - x1, 0) * width:.1f}" '
-            f'height="{max(y2 - y1, 0) * height:.1f}" fill="none" stroke="{color}" stroke-width="1.5"/>'
-            f'<text x="{x1 * width + 2:.1f}" y="{y1 * height + 10:.1f}" font-size="9" fill="{color}">{label}</text>'
-        )
+    """SVG rectangles of boxes given as fractions of the image (x1/w, y1/h, x2/w, y2/h), then their labels
+    (white on the box's colour, placed by :func:`place_labels` so that none hides another)."""
+    boxes = np.asarray(relative_boxes, dtype=np.float64).reshape(-1, 4) * [width, height, width, height]
+    labels = [labels[i] if i < len(labels) else "" for i in range(len(boxes))]
+    colors = [_PALETTE[i % len(_PALETTE)] for i in range(len(boxes))]
+    parts = [
+        f'<rect x="{x1:.1f}" y="{y1:.1f}" width="{max(x2 - x1, 0):.1f}" height="{max(y2 - y1, 0):.1f}" '
+        f'fill="none" stroke="{color}" stroke-width="1.5"/>'
+        for (x1, y1, x2, y2), color in zip(boxes, colors)
+    ]
+    for (x, y, w, h), label, color in zip(place_labels(boxes, labels, width, height), labels, colors):
+        if label:
+            parts.append(
+                f'<g class="label"><rect x="{x:.1f}" y="{y:.1f}" width="{w:.1f}" height="{h:.1f}" fill="{color}" '
+                f'fill-opacity="0.85"/><text x="{x + LABEL_PAD_PX:.1f}" y="{y + h - LABEL_PAD_PX - 2:.1f}" '
+                f'font-size="{LABEL_FONT_PX}" fill="#fff">{html.escape(label)}</text></g>'
+            )
     return parts
 
 
@@ -105,13 +161,18 @@ def photo_svg(image: np.ndarray, relative_boxes: np.ndarray, labels: Sequence[st
 
 
 def _metrics_table(rows: Mapping[str, Mapping[str, float]]) -> str:
-    head = "".join(f"<th>{c}</th>" for c in ("setting",) + RECALL_COLUMNS + ("pairs scored",))
+    directions = "".join(f'<th colspan="{span}">{name}</th>' for name, span in DIRECTIONS)
+    head = (
+        f'<tr><th rowspan="2">setting</th>{directions}<th rowspan="2">rsum</th><th rowspan="2">pairs scored</th></tr>'
+        f'<tr>{"".join(f"<th>{name}</th>" for name in COLUMN_NAMES[:-1])}</tr>'
+    )
     body = []
     for name, metrics in rows.items():
         cells = "".join(f"<td>{metrics[c]:.1f}</td>" if c in metrics else "<td>-</td>" for c in RECALL_COLUMNS)
         pairs = metrics.get("pairs_scored")
-        body.append(f"<tr><td>{html.escape(name)}</td>{cells}<td>{'-' if pairs is None else int(pairs):,}</td></tr>")
-    return f'<table class="metrics"><tr>{head}</tr>{"".join(body)}</table>'
+        count = "-" if pairs is None else f"{int(pairs):,}"
+        body.append(f"<tr><td>{html.escape(name)}</td>{cells}<td>{count}</td></tr>")
+    return f'<table class="metrics">{head}{"".join(body)}</table>'
 
 
 def _query_section(query: Mapping) -> str:
@@ -150,13 +211,18 @@ def extraction_figures(out_dir: str, images: str, max_boxes: int = 10) -> List[D
     return figures
 
 
+def _text(text: str) -> str:
+    """Plain text as HTML, with `backquoted` spans (commands, file names) set as code."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
+
+
 def _photos_section(photos: Mapping) -> str:
     """A heading, a note (shown as a warning) and figures of ``{"visual", "label"}``."""
     figures = "".join(
         f'<figure>{item["visual"]}<figcaption>{html.escape(item["label"])}</figcaption></figure>' for item in photos["items"]
     )
     return (
-        f'<h2>{html.escape(photos["title"])}</h2><p class="warning">{html.escape(photos.get("note", ""))}</p>'
+        f'<h2>{html.escape(photos["title"])}</h2><p class="warning">{_text(photos.get("note", ""))}</p>'
         f'<div class="photos">{figures}</div>'
     )
 
@@ -169,6 +235,8 @@ ol.results li{border:2px solid #ddd;border-radius:6px;padding:6px;width:230px}ol
 section.query{margin-bottom:1.5em}img.photo{max-width:220px;max-height:165px}pre{background:#f6f6f6;padding:8px}
 p.warning{background:#fff4e0;border-left:4px solid #ff7f00;padding:6px 10px}div.photos{display:flex;flex-wrap:wrap;gap:12px}
 div.photos figure{margin:0;width:320px}div.photos figcaption{font-size:12px}
+figure.curves{margin:0}figure.curves figcaption{font-size:13px;color:#444;max-width:1000px}
+code{background:#f0f0f0;padding:0 3px;border-radius:3px}
 """
 
 
@@ -177,23 +245,38 @@ def write_report(
     *,
     title: str,
     metrics: Mapping[str, Mapping[str, float]],
+    metrics_setting: str = "",
     log_history: Sequence[Mapping] = (),
+    eval_title: str = "evaluation recall (%)",
+    eval_caption: str = "",
     queries: Sequence[Mapping] = (),
+    queries_note: str = "",
     notes: Sequence[str] = (),
     photos: Optional[Mapping] = None,
 ) -> str:
     """Write the HTML report to ``path`` (atomically) and return the path.
 
+    ``metrics_setting``: what the recall table measured (split, gallery, ranking), shown above it.
+    ``eval_title`` / ``eval_caption``: of the recall curves logged during training, a short title drawn
+    in the plot and a sentence under it, naming the split and setting they were measured on.
+    ``queries_note``: what the queries' scores are, shown above them.
     ``photos``: an optional section after the queries, ``{"title", "note", "items": [{"visual", "label"}]}``.
+    Notes may set commands in `backquotes`.
     """
-    plot = plot_training_curves(log_history)
+    plot = plot_training_curves(log_history, eval_title)
     sections = [f"<h1>{html.escape(title)}</h1>"]
-    sections += [f"<p>{html.escape(n)}</p>" for n in notes]
-    sections.append("<h2>Retrieval recall (%)</h2>" + _metrics_table(metrics))
+    sections += [f"<p>{_text(n)}</p>" for n in notes]
+    setting = f"<p>{_text(metrics_setting)}</p>" if metrics_setting else ""
+    sections.append(f"<h2>Retrieval recall (%)</h2>{setting}{_metrics_table(metrics)}<p><small>{_text(GLOSSARY)}</small></p>")
     if plot:
-        sections.append(f'<h2>Training</h2><img alt="training curves" src="data:image/png;base64,{plot}">')
+        caption = f"<figcaption>{_text(eval_caption)}</figcaption>" if eval_caption else ""
+        sections.append(
+            f'<h2>Training</h2><figure class="curves"><img alt="training curves" src="data:image/png;base64,{plot}">'
+            f"{caption}</figure>"
+        )
     if queries:
-        sections.append("<h2>Queries</h2>" + "".join(_query_section(q) for q in queries))
+        note = f"<p>{_text(queries_note)}</p>" if queries_note else ""
+        sections.append(f"<h2>Queries</h2>{note}" + "".join(_query_section(q) for q in queries))
     if photos:
         sections.append(_photos_section(photos))
     page = f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>{''.join(sections)}</body></html>"

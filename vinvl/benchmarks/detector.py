@@ -1,10 +1,11 @@
 """Benchmark the detector: seconds and peak memory per image, and the conv FLOP/s it achieves;
 and the memory of ``vinvl extract`` over many photos.
 
-    python scripts/benchmark_detector.py tests/data/coco_minitest/*.jpg          # X152-C4, random weights
+    python scripts/benchmark_detector.py                       # X152-C4, random weights, the shipped photos
     python scripts/benchmark_detector.py --detector models/vinvl-detector photo.jpg
-    python scripts/benchmark_detector.py --detector model_configs/vinvl-detector-tiny \
-        --extract_memory 1000 tests/data/coco_minitest/*.jpg                   # RSS over 1,000 photos
+    python scripts/benchmark_detector.py --detector vinvl-detector-tiny --extract_memory 1000  # RSS over 1,000 photos
+
+Without image files it runs on the ten COCO photos shipped with the package (``vinvl.assets``).
 
 For each image, one ``detect``: its wall and CPU time (they differ when other processes compete
 for the cores), the growth of the resident set while it runs
@@ -29,12 +30,14 @@ import numpy as np
 from paddle import nn
 from PIL import Image
 
-from .retrieval import matmul_flops_per_second, measure_memory
+from ..assets import DEMO_PHOTOS_DIR
+from .measure import matmul_flops_per_second, measure_memory
 from ..vision.config import DetectorConfig
 from ..vision.detector import VinVLDetector
 from ..vision.extract import WORK_DIR
 from ..vision.transforms import resize_image
 
+SHIPPED_PHOTOS = sorted(os.path.join(DEMO_PHOTOS_DIR, name) for name in os.listdir(DEMO_PHOTOS_DIR) if name.endswith(".jpg"))
 # Photo counts after which the resident set of ``vinvl extract`` is reported (those up to N).
 RSS_CHECKPOINTS = (1, 10, 25, 50, 100, 250, 500, 1000, 2000, 5000, 10000)
 

@@ -54,7 +54,7 @@ import numpy as np
 from ..data import write_synthetic_corpus
 from ..data.synthetic import SceneGenerator, generate_split, right_answers
 from ..oscar.model_dir import load_retrieval_model, weights_checksum
-from .retrieval import RECALLS, _gallery, _train_tiny
+from .measure import RECALLS, synthetic_gallery, train_tiny
 from ..retrieval.engine import RetrievalEngine
 from ..retrieval.evaluate import public_names
 from ..retrieval.first_stage import Candidates, contrastive_candidates, tag_candidates
@@ -82,7 +82,7 @@ class FirstStageBenchmark:
     """What one run measures on (``scripts/benchmark_first_stage.py``'s options, which hold the defaults
     and say what each means; the module docstring describes the fits)."""
 
-    model_dir: Optional[str]  # None: train model_configs/tiny first (train_steps)
+    model_dir: Optional[str]  # None: train the shipped tiny config first (train_steps)
     data_dir: Optional[str]  # None: a synthetic corpus of seed, train_images and num_images
     work_dir: str
     num_images: int
@@ -208,7 +208,7 @@ def _prepare(settings: FirstStageBenchmark) -> Tuple[str, str, str]:
     if model_dir is None:
         model_dir = os.path.join(settings.work_dir, f"tiny-trained-{settings.train_steps}")
         if not os.path.isfile(os.path.join(model_dir, "model.safetensors")):
-            _train_tiny(settings.work_dir, data_dir, settings.train_steps, settings.seed)
+            train_tiny(settings.work_dir, data_dir, settings.train_steps, settings.seed)
     reset_dir = os.path.join(settings.work_dir, "reset-heads")
     model, processor = load_retrieval_model(model_dir)
     reset_heads(model, ["contrastive"], seed=settings.seed + 1)
@@ -220,7 +220,7 @@ def _prepare(settings: FirstStageBenchmark) -> Tuple[str, str, str]:
 def run_benchmark(settings: FirstStageBenchmark) -> Dict[str, Any]:
     """Every measurement of the module docstring; prints the table, returns and writes it as JSON."""
     data_dir, model_dir, reset_dir = _prepare(settings)
-    gallery = _gallery(data_dir, settings.num_images)
+    gallery = synthetic_gallery(data_dir, settings.num_images)
     model, processor = load_retrieval_model(model_dir)
     engine = RetrievalEngine(model, processor, batch_size=settings.batch_size, progress=settings.progress)
     scores, seconds = _exhaustive_scores(settings, engine, gallery, model_dir)

@@ -24,7 +24,7 @@ Prints, as ratios:
 and the gain of the CPU settings of :mod:`vinvl.runtime`: the matmul and a short scoring pass
 run in two fresh processes, one with ``VINVL_NO_CPU_TUNING=1``.
 
-Without ``--model_dir`` it trains the tiny config (``model_configs/tiny``) on the synthetic
+Without ``--model_dir`` it trains the shipped ``tiny`` config on the synthetic
 corpus' train split through ``vinvl.training.run`` first, so two-stage retrieval has trained
 contrastive heads to work with; without ``--data_dir`` it writes that corpus. Scoring uses the
 official 70-token / 70-region limits for both paths. ``--num_images 20 --train_steps 0`` is a
@@ -36,37 +36,32 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
-import tracemalloc
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
-import paddle
 import paddle.nn as nn
 
-from ..data import load_corpus, write_synthetic_corpus
+from ..data import write_synthetic_corpus
 from ..oscar.model_dir import load_retrieval_model
 from . import baseline
+from .measure import RECALLS, TINY_CONFIG, FlopCounter, Memory, matmul_flops_per_second, measure_memory, synthetic_gallery, train_tiny
 from ..retrieval.engine import RetrievalEngine, RetrievalScores
 from ..retrieval.evaluate import public_names, score_gallery
 from ..retrieval.first_stage import contrastive_heads_trained, resolve_first_stage
 from ..retrieval.gallery import Gallery
 from ..retrieval.metrics import first_stage_coverage
 
-__all__ = ["FlopCounter", "measure_memory", "matmul_flops_per_second", "cpu_probe", "RetrievalBenchmark", "run_benchmark"]
+__all__ = ["cpu_probe", "RetrievalBenchmark", "run_benchmark"]
 
-RECALLS = ("t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10")
-TINY_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "model_configs", "tiny")
 
 
 @dataclass(frozen=True)
 class RetrievalBenchmark:
     """What one run measures on (``vinvl benchmark``'s options; the command holds their defaults)."""
 
-    model_dir: Optional[str]  # a trained model; None: train model_configs/tiny first (train_steps, train_images)
+    model_dir: Optional[str]  # a trained model; None: train the shipped tiny config first (train_steps, train_images)
     data_dir: Optional[str]  # a coco_ir corpus whose test split is the gallery; None: a synthetic one
     work_dir: str  # corpus, trained model and benchmark.json go here
     num_images: int  # gallery images
@@ -82,92 +77,6 @@ class RetrievalBenchmark:
     cpu_probe_images: int  # gallery images of the CPU-settings probe (0: no probe)
     seed: int
     progress: bool
-
-
-# ----- measuring instruments ---------------------------------------------------------------
-
-
-class FlopCounter:
-    """Counts the matmul FLOPs a model runs, from the input shapes of its layers (forward hooks).
-
-    Linear: 2 x rows x in x out. Self-attention: 2 x B x L^2 x H for Q.K^T plus the same for P.V.
-    """
-
-    def __init__(self, model: nn.Layer):
-        from ..oscar.modeling import OscarSelfAttention
-
-        self.flops = 0
-        self._hooks = []
-        for layer in model.sublayers(include_self=True):
-            if isinstance(layer, nn.Linear):
-                self._hooks.append(layer.register_forward_pre_hook(self._linear))
-            elif isinstance(layer, OscarSelfAttention):
-                self._hooks.append(layer.register_forward_pre_hook(self._attention))
-
-    def _linear(self, layer: nn.Linear, inputs: tuple) -> None:
-        shape = inputs[0].shape
-        rows = int(np.prod(shape[:-1]))
-        self.flops += 2 * rows * int(layer.weight.shape[0]) * int(layer.weight.shape[1])
-
-    def _attention(self, layer: nn.Layer, inputs: tuple) -> None:
-        batch, length, hidden = inputs[0].shape
-        self.flops += 4 * int(batch) * int(length) ** 2 * int(hidden)
-
-    def remove(self) -> None:
-        for hook in self._hooks:
-            hook.remove()
-
-
-@dataclass
-class Memory:
-    """Peak Python allocations (tracemalloc) and peak resident-set growth of one measured path, in MB."""
-
-    python_mb: float = 0.0
-    rss_growth_mb: float = 0.0
-
-
-@contextmanager
-def measure_memory(trace_python: bool = True) -> Iterator[Memory]:
-    """Measure the enclosed block's peak memory (fills the yielded :class:`Memory` on exit)."""
-    import psutil
-
-    process = psutil.Process()
-    start = process.memory_info().rss
-    peak = [start]
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.wait(0.02):
-            peak[0] = max(peak[0], process.memory_info().rss)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    if trace_python:
-        tracemalloc.start()
-    memory = Memory()
-    try:
-        yield memory
-    finally:
-        if trace_python:
-            memory.python_mb = tracemalloc.get_traced_memory()[1] / 2**20
-            tracemalloc.stop()
-        done.set()
-        sampler.join()
-        peak[0] = max(peak[0], process.memory_info().rss)
-        memory.rss_growth_mb = (peak[0] - start) / 2**20
-
-
-def matmul_flops_per_second(size: int = 2048, repeats: int = 5) -> float:
-    """Best FLOP/s of an fp32 ``[size, size] @ [size, size]`` paddle.matmul (2 x size^3 FLOPs)."""
-    a = paddle.randn([size, size], dtype="float32")
-    b = paddle.randn([size, size], dtype="float32")
-    paddle.matmul(a, b).numpy()  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        paddle.matmul(a, b).numpy()
-        best = min(best, time.perf_counter() - start)
-    return 2.0 * size**3 / best
 
 
 @dataclass
@@ -261,7 +170,7 @@ def cpu_probe(
 ) -> Dict[str, Any]:
     """Matmul FLOP/s and exhaustive pairs/s on a small gallery, in this process as configured."""
     model, processor = load_retrieval_model(model_dir, max_seq_len=max_seq_len, max_img_seq_len=max_img_seq_len)
-    gallery = _gallery(data_dir, num_images)
+    gallery = synthetic_gallery(data_dir, num_images)
     engine = RetrievalEngine(model, processor, batch_size=128, progress=False)
     engine.exhaustive(gallery.subset([0]))  # warm-up
     scores = engine.exhaustive(gallery)
@@ -273,10 +182,11 @@ def cpu_probe(
 
 
 def _cpu_settings_gain(settings: RetrievalBenchmark, model_dir: str, data_dir: str) -> Dict[str, Dict[str, Any]]:
-    """:func:`cpu_probe` in a fresh process with and without the vinvl CPU settings."""
+    """:func:`cpu_probe` in a fresh process with and without the vinvl CPU settings (on at most the gallery's images)."""
+    images = min(settings.cpu_probe_images, settings.num_images)
     call = (
         "import json, vinvl\nfrom vinvl.benchmarks.retrieval import cpu_probe\n"
-        f"print('PROBE ' + json.dumps(cpu_probe({model_dir!r}, {data_dir!r}, {settings.cpu_probe_images}, "
+        f"print('PROBE ' + json.dumps(cpu_probe({model_dir!r}, {data_dir!r}, {images}, "
         f"{settings.max_seq_len}, {settings.max_img_seq_len}, {settings.matmul_size})))"
     )
     tuning = ("OMP_NUM_THREADS", "MKL_DEBUG_CPU_TYPE", "VINVL_NO_CPU_TUNING")
@@ -294,31 +204,6 @@ def _cpu_settings_gain(settings: RetrievalBenchmark, model_dir: str, data_dir: s
 
 
 # ----- set-up: corpus and model ------------------------------------------------------------
-
-
-def _gallery(data_dir: str, num_images: int) -> Gallery:
-    """The first ``num_images`` images of the corpus' test split."""
-    gallery = Gallery.from_corpus(load_corpus(data_dir, "test"))
-    if gallery.num_images < num_images:
-        raise ValueError(f"{data_dir} has {gallery.num_images} test images, fewer than --num_images {num_images}")
-    return gallery if gallery.num_images == num_images else gallery.subset(list(range(num_images)))
-
-
-def _train_tiny(work_dir: str, data_dir: str, steps: int, seed: int) -> str:
-    """Train model_configs/tiny (matching + contrastive) on the corpus' train split; returns the model dir."""
-    from ..training.recipe import arguments_from_options
-    from ..training.run import run_training
-
-    output_dir = os.path.join(work_dir, f"tiny-trained-{steps}")
-    flags = {
-        "model_name_or_path": TINY_CONFIG, "data_dir": data_dir, "output_dir": output_dir, "objective": "itm+itc",
-        "do_train": True, "max_steps": steps, "per_device_train_batch_size": 32, "learning_rate": 2e-3,
-        "weight_decay": 0.01, "warmup_steps": min(100, max(steps // 20, 1)), "lr_scheduler_type": "linear",
-        "logging_steps": 50, "save_strategy": "no", "evaluation_strategy": "no", "report_to": "none",
-        "disable_tqdm": True, "seed": seed, "overwrite_output_dir": True,
-    }
-    run_training(*arguments_from_options(flags))
-    return output_dir
 
 
 def _input_sizes(processor: Any, gallery: Gallery) -> Dict[str, float]:
@@ -344,7 +229,7 @@ def _prepare(settings: RetrievalBenchmark) -> tuple:
             write_synthetic_corpus(data_dir, counts, seed=settings.seed)
     model_dir = settings.model_dir
     if model_dir is None:
-        model_dir = _train_tiny(settings.work_dir, data_dir, settings.train_steps, settings.seed) if settings.train_steps else TINY_CONFIG
+        model_dir = train_tiny(settings.work_dir, data_dir, settings.train_steps, settings.seed) if settings.train_steps else TINY_CONFIG
     return data_dir, model_dir
 
 
@@ -352,7 +237,7 @@ def run_benchmark(settings: RetrievalBenchmark) -> Dict[str, Any]:
     """Every measurement of the module docstring; prints the ratios, returns and writes them as JSON."""
     data_dir, model_dir = _prepare(settings)
     model, processor = load_retrieval_model(model_dir, max_seq_len=settings.max_seq_len, max_img_seq_len=settings.max_img_seq_len)
-    gallery = _gallery(data_dir, settings.num_images)
+    gallery = synthetic_gallery(data_dir, settings.num_images)
     engine = RetrievalEngine(model, processor, batch_size=settings.batch_size, progress=settings.progress)
     engine.exhaustive(gallery.subset([0]))  # warm-up: first-call allocations stay out of the timings
     load_before = os.getloadavg()[0]

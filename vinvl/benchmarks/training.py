@@ -1,6 +1,6 @@
 """Training throughput: the Trainer path against a plain loop in the style of the seed, one run.
 
-Both train the same model (``model_configs/tiny`` unless ``--model``; same seed, so the same
+Both train the same model (the shipped ``tiny`` config unless ``--model``; same seed, so the same
 initial weights) on the same synthetic corpus for the same number of steps, with the official
 matching objective (each item = a positive pair + its sampled negative, from the same
 :class:`MatchingPairDataset`), AdamW, a linear schedule, gradient clipping at 1.0 and the same
@@ -31,8 +31,6 @@ from ..training.recipe import arguments_from_options
 from ..training.run import run_training
 
 __all__ = ["TrainingBenchmark", "plain_loop", "trainer_path", "run_benchmark"]
-
-TINY_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "model_configs", "tiny")
 
 
 @dataclass(frozen=True)

@@ -13,13 +13,13 @@ DESCRIPTION = """\
 Measure the retrieval engine on one model and gallery and print the ratios: exhaustive scoring
 throughput over the reference pipeline, two-stage against exhaustive (time, pairs, R@K change,
 first-stage coverage), scoring FLOP/s over a matmul's, peak memory, and the gain of vinvl's CPU
-settings. Without --model_dir it trains model_configs/tiny first; without --data_dir it writes a
+settings. Without --model_dir it trains the shipped tiny config first; without --data_dir it writes a
 synthetic corpus. Writes WORK_DIR/benchmark.json. --num_images 20 --train_steps 0 is a smoke test."""
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = new_parser("vinvl benchmark", DESCRIPTION)
-    parser.add_argument("--model_dir", help="a trained model (default: train model_configs/tiny first)")
+    parser.add_argument("--model_dir", help="a trained model (default: train the shipped tiny config first)")
     parser.add_argument("--data_dir", help="a coco_ir corpus whose test split is the gallery (default: synthetic)")
     parser.add_argument("--work_dir", default="outputs/benchmark", help="corpus, trained model and benchmark.json go here")
     parser.add_argument("--num_images", type=int, default=1000, help="gallery images (5 captions each in the synthetic corpus)")

@@ -6,7 +6,7 @@ import argparse
 import os
 from typing import Optional, Sequence
 
-from .options import new_parser, random_detector_notice
+from .options import detector_directory, new_parser, random_detector_notice
 
 __all__ = ["build_parser", "main"]
 
@@ -19,8 +19,8 @@ given ones)."""
 
 def build_parser() -> argparse.ArgumentParser:
     parser = new_parser(None, DESCRIPTION)
-    parser.add_argument("images", nargs="+", help="image files to run")
-    parser.add_argument("--detector", help="detector directory (default: VinVL X152-C4 with random weights)")
+    parser.add_argument("images", nargs="*", help="image files to run (default: the ten COCO photos shipped with the package)")
+    parser.add_argument("--detector", help="detector directory or shipped detector config (default: VinVL X152-C4 with random weights)")
     parser.add_argument("--matmul_size", type=int, default=2048, help="side of the reference fp32 matmul")
     parser.add_argument(
         "--extract_memory", type=int, metavar="N",
@@ -37,17 +37,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.extract_memory < 1:
             parser.error("--extract_memory must be at least 1")
         if not args.detector:
-            parser.error("--extract_memory needs --detector (a detector directory, e.g. model_configs/vinvl-detector-tiny)")
+            parser.error("--extract_memory needs --detector (a detector directory or shipped config, e.g. vinvl-detector-tiny)")
         missing = [path for path in args.images if not os.path.isfile(path)]
         if missing:
             parser.error(f"no such image file: {', '.join(missing)}")
-    from ..benchmarks.detector import benchmark_photos, run_extraction_memory
-
-    if args.detector and os.path.isdir(args.detector):
+    if args.detector:
+        args.detector = detector_directory(args.detector)
         random_detector_notice(args.detector)
+    from ..benchmarks.detector import SHIPPED_PHOTOS, benchmark_photos, run_extraction_memory
+
+    images = args.images or SHIPPED_PHOTOS
     if args.extract_memory is not None:
-        lines = run_extraction_memory(args.images, args.extract_memory, args.detector)
+        lines = run_extraction_memory(images, args.extract_memory, args.detector)
     else:
-        lines = benchmark_photos(args.images, args.detector, args.matmul_size)
+        lines = benchmark_photos(images, args.detector, args.matmul_size)
     print("\n".join(lines))
     return 0

@@ -25,7 +25,7 @@ def _names(text: str) -> Tuple[str, ...]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = new_parser(None, DESCRIPTION)
-    parser.add_argument("--model_dir", help="a trained model (default: train model_configs/tiny first)")
+    parser.add_argument("--model_dir", help="a trained model (default: train the shipped tiny config first)")
     parser.add_argument("--data_dir", help="a coco_ir corpus: train split to fit on, test split as gallery (default: synthetic)")
     parser.add_argument("--work_dir", default="outputs/first_stage_benchmark", help="corpus, models and the JSON go here")
     parser.add_argument("--num_images", type=int, default=250, help="gallery images (5 captions each, synthetic)")

@@ -17,7 +17,7 @@ optimiser; prints samples/s of both and their ratio."""
 
 def build_parser() -> argparse.ArgumentParser:
     parser = new_parser(None, DESCRIPTION)
-    parser.add_argument("--model", help="model directory or config directory (random init) (default: model_configs/tiny)")
+    parser.add_argument("--model", help="model directory, or config directory or shipped config name (random init) (default: tiny)")
     parser.add_argument("--work_dir", default="outputs/benchmark_training", help="the corpus and the Trainer's output go here")
     parser.add_argument("--train_images", type=int, default=200, help="synthetic train images (5 captions each)")
     parser.add_argument("--steps", type=int, default=60, help="training steps of each path")
@@ -34,7 +34,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, float]:
     """Run both paths; returns samples/s of each and their ratio."""
     args = build_parser().parse_args(argv)
     require_positive(args, ("train_images", "steps", "batch_size"))
-    from ..benchmarks.training import TINY_CONFIG, TrainingBenchmark, run_benchmark
+    from ..benchmarks.measure import TINY_CONFIG
+    from ..benchmarks.training import TrainingBenchmark, run_benchmark
 
     settings = dict(vars(args), model=args.model or TINY_CONFIG)
     return run_benchmark(TrainingBenchmark(**settings))

@@ -14,7 +14,7 @@ DESCRIPTION = """\
 The whole flow on an embedded default, in a few minutes on a CPU: write a synthetic corpus in the
 official file format, fine-tune the tiny Oscar config with the PaddleNLP Trainer, evaluate exhaustive
 and two-stage retrieval, answer a few queries through Taskflow("image_text_retrieval"), run the
-untrained tiny detector on the COCO photos shipped in tests/data/coco_minitest, and write an HTML
+untrained tiny detector on the ten COCO photos shipped with the package, and write an HTML
 report. A work directory the demo wrote is reused (its outputs replaced); any other non-empty one is
 refused."""
 

@@ -6,7 +6,7 @@ import argparse
 import os
 from typing import TYPE_CHECKING, Optional, Sequence
 
-from .options import new_parser, random_detector_notice
+from .options import detector_directory, new_parser, random_detector_notice
 
 if TYPE_CHECKING:
     from ..vision.extract import ExtractSummary
@@ -27,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("out_dir", metavar="OUT",
                         help="folder for predictions.tsv, images.hw.tsv and the bad-file report (resumed if unfinished)")
     parser.add_argument("--detector", required=True,
-                        help="detector directory (config.json [+ model.safetensors], e.g. from vinvl convert-detector)")
+                        help="detector directory (config.json [+ model.safetensors], e.g. from vinvl convert-detector), "
+                             "or a shipped detector config: vinvl-detector-tiny, vinvl-detector-x152c4 (random weights)")
     parser.add_argument("--recursive", action="store_true", help="also take the photos in the folder's subfolders")
     parser.add_argument("--fail_on_bad", action="store_true",
                         help="stop at the first bad file (exit non-zero naming it) instead of skipping it")
@@ -44,8 +45,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Optional["ExtractSummary"]:
     args = build_parser().parse_args(argv)
     from ..vision.extract import BAD_FILE, extract
 
-    if os.path.isdir(args.detector):
-        random_detector_notice(args.detector)
+    args.detector = detector_directory(args.detector)
+    random_detector_notice(args.detector)
     summary = extract(
         args.images, args.out_dir, args.detector,
         recursive=args.recursive, fail_on_bad=args.fail_on_bad, restart=args.restart, progress=not args.no_progress,

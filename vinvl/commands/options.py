@@ -24,6 +24,7 @@ __all__ = [
     "positive_ints",
     "require_positive",
     "require_directory",
+    "detector_directory",
     "random_detector_notice",
 ]
 
@@ -99,9 +100,20 @@ def require_directory(path: str, option: str, what: str) -> None:
         raise NotADirectoryError(f"{option} {path}: a file, not a {what}")
 
 
+def detector_directory(path: str, option: str = "--detector") -> str:
+    """The detector directory ``path`` names: itself, or the packaged directory of a shipped detector
+    config (``vinvl-detector-tiny``, see :func:`vinvl.assets.resolve_config`); refused in one line
+    naming ``option`` when it is neither."""
+    from ..assets import resolve_config
+
+    path = resolve_config(path, option, kind="config")
+    require_directory(path, option, "detector directory")
+    return path
+
+
 def random_detector_notice(detector_dir: str) -> None:
     """Print one line when ``detector_dir`` holds a detector config but no weights: it then runs with
-    random weights (as model_configs/vinvl-detector-tiny does), which a user should not miss."""
+    random weights (as the shipped vinvl-detector-tiny config does), which a user should not miss."""
     from ..vision.detector import has_weights  # after parsing: imports paddle
 
     if os.path.isfile(os.path.join(detector_dir, "config.json")) and not has_weights(detector_dir):

@@ -9,7 +9,7 @@ from typing import List, Optional, Sequence
 
 from ..errors import UsageError
 from .options import (
-    SPLITS, add_first_stage_argument, new_parser, random_detector_notice, reject_removed_option, require_directory,
+    SPLITS, add_first_stage_argument, detector_directory, new_parser, random_detector_notice, reject_removed_option, require_directory,
     require_positive,
 )
 
@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--text", action="append", default=[], help="a caption query (repeatable)")
     parser.add_argument("--image_id", action="append", default=[], help="a gallery image to find captions for (repeatable)")
     parser.add_argument("--image", action="append", default=[], help="a photo file to find captions for (repeatable; needs --detector)")
-    parser.add_argument("--detector", help="detector directory for --image and --gallery_images")
+    parser.add_argument("--detector", help="detector directory for --image and --gallery_images, or a shipped detector config (vinvl-detector-tiny: random weights)")
     parser.add_argument(
         "--gallery_cache_dir", help="where --gallery_images extractions are cached (default ~/.cache/vinvl/photo_galleries)"
     )
@@ -59,7 +59,7 @@ def _check(args: argparse.Namespace) -> None:
     if args.data_dir is not None:
         require_directory(args.data_dir, "--data_dir", "data directory")
     if args.detector is not None:
-        require_directory(args.detector, "--detector", "detector directory")
+        args.detector = detector_directory(args.detector)
 
 
 def _check_captions(args: argparse.Namespace) -> None:

@@ -17,7 +17,9 @@ import socket
 from typing import Optional, Sequence
 
 from ..errors import UsageError
-from .options import FIRST_STAGE_CHOICES, new_parser, random_detector_notice, require_directory, require_positive
+from .options import (
+    FIRST_STAGE_CHOICES, detector_directory, new_parser, random_detector_notice, require_directory, require_positive,
+)
 
 __all__ = ["build_parser", "main"]
 
@@ -45,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch_size", type=int, default=32, help="pairs per forward pass")
     parser.add_argument("--max_body_bytes", type=int, default=MAX_BODY_BYTES, help="larger request bodies get 413")
     parser.add_argument("--max_queries", type=int, default=MAX_QUERIES, help="queries per request (more get 413)")
-    parser.add_argument("--detector", help="a detector directory: lets requests upload photos ({\"photo\": base64})")
+    parser.add_argument("--detector", help="a detector directory, or a shipped detector config's name: lets requests upload photos ({\"photo\": base64})")
     parser.add_argument(
         "--allow_add", action="store_true",
         help="answer {\"add\": {\"gallery_dir\": ...}} requests, which make the server read a directory a client names "
@@ -91,7 +93,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if args.model_dir is not None:
         require_directory(args.model_dir, "--model_dir", "model directory")
     if args.detector is not None:
-        require_directory(args.detector, "--detector", "detector directory")
+        args.detector = detector_directory(args.detector)
     sock = _tcp_socket(args.host, args.port)
     try:
         os.environ.update(_settings(args))

@@ -1,10 +1,12 @@
 """``vinvl train``: fine-tune from a JSON recipe, flags, or a recipe with flags overriding it.
 
-    vinvl train model_configs/vinvl-base/train_coco_ir.json --output_dir outputs/run1
-    vinvl train model_configs/tiny/train_synthetic.json --max_steps 20
-    vinvl train --model_name_or_path model_configs/tiny --data_dir outputs/synthetic_coco --output_dir outputs/t
+    vinvl train vinvl-base/train_coco_ir --output_dir outputs/run1
+    vinvl train tiny/train_synthetic --max_steps 20
+    vinvl train my_recipe.json --output_dir outputs/run2
+    vinvl train --model_name_or_path tiny --data_dir outputs/synthetic_coco --output_dir outputs/t
 
-The recipe (the first argument, a ``.json`` file) is the base and every flag after it replaces
+The recipe (the first argument: a ``.json`` file, or a shipped recipe's name ``<config>/<recipe>``
+resolved by :func:`vinvl.assets.resolve_config`) is the base and every flag after it replaces
 the recipe's value. ``--help`` lists the options a user sets first and is answered without
 importing paddle; ``--help_all`` lists every option (the project's and paddlenlp's
 TrainingArguments). The run itself is :func:`vinvl.training.run.run_training`.
@@ -18,18 +20,18 @@ __all__ = ["PROG", "COMMON_OPTIONS", "short_help", "split_recipe", "main"]
 
 PROG = "vinvl train"
 LIBRARY_LOG_LEVEL = "INFO"  # training reports through the Trainer's INFO lines (losses, metrics, saves)
-USAGE = f"{PROG} [RECIPE.json] [--option VALUE ...]"
+USAGE = f"{PROG} [RECIPE] [--option VALUE ...]"
 DESCRIPTION = "Fine-tune Oscar/VinVL for image-text retrieval with paddlenlp.Trainer."
 EXAMPLES = (
-    "vinvl train model_configs/vinvl-base/train_coco_ir.json --output_dir outputs/run1",
-    "vinvl train model_configs/tiny/train_synthetic.json --max_steps 20",
+    "vinvl train vinvl-base/train_coco_ir --output_dir outputs/run1",
+    "vinvl train tiny/train_synthetic --max_steps 20",
 )
 
 # (group, [(option, metavar, one line)]): what `vinvl train --help` shows, every one an option of
-# the full parser (tests/test_training_recipes.py checks).
+# the full parser (tests/training/test_recipes.py checks).
 COMMON_OPTIONS = (
     ("model", [
-        ("model_name_or_path", "DIR", "converted checkpoint, or a config directory of model_configs/ (random init)"),
+        ("model_name_or_path", "DIR", "converted checkpoint, or a config directory or shipped config (tiny, vinvl-base, vinvl-large: random init)"),
         ("objective", "OBJ", "itm (official), itc, itm+itc, distill or itc+distill"),
         ("hidden_dropout_prob", "P", "dropout of hidden states (recipes: 0.1, as the official run; default: the checkpoint's)"),
     ]),
@@ -75,7 +77,7 @@ COMMON_OPTIONS = (
 
 def short_help() -> str:
     """The options a user sets first, grouped; built from :data:`COMMON_OPTIONS` alone (no paddle)."""
-    lines = [f"usage: {USAGE}", "", DESCRIPTION, "A recipe (a .json file, first) is the base; flags after it override its values.", ""]
+    lines = [f"usage: {USAGE}", "", DESCRIPTION, "A recipe (first: a .json file, or a shipped recipe such as tiny/train_synthetic) is the base; flags after it override its values.", ""]
     lines += [f"  {example}" for example in EXAMPLES]
     width = max(len(f"--{name} {metavar}") for _, options in COMMON_OPTIONS for name, metavar, _ in options)
     for group, options in COMMON_OPTIONS:
@@ -92,8 +94,9 @@ def short_help() -> str:
 
 
 def split_recipe(argv: List[str]) -> Tuple[Optional[str], List[str]]:
-    """(the recipe path or None, the flags): a recipe is the first argument when it ends in .json."""
-    if argv and argv[0].endswith(".json") and not argv[0].startswith("-"):
+    """(the recipe or None, the flags): a recipe is a first argument that is not a flag (a .json file
+    or a shipped recipe's name)."""
+    if argv and not argv[0].startswith("-"):
         return argv[0], argv[1:]
     return None, argv
 
@@ -131,10 +134,13 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
     if "-h" in argv or "--help" in argv:
         print(short_help())
         return {}
+    from ..assets import resolve_config
+
+    recipe, flags = split_recipe(argv)
+    recipe = resolve_config(recipe, "RECIPE", kind="recipe") if recipe else None  # before paddle is imported
     from ..training.recipe import arguments_from_options, read_recipe
     from ..training.run import run_training
 
-    recipe, flags = split_recipe(argv)
     options = read_recipe(recipe) if recipe else {}
     options.update(parse_flags(flags))
     return run_training(*arguments_from_options(options, source=recipe))

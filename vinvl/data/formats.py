@@ -27,6 +27,10 @@ __all__ = [
     "load_caption_index",
     "decode_feature_row",
     "encode_features",
+    "feature_row",
+    "prediction_object",
+    "prediction_row",
+    "hw_row",
     "parse_prediction",
     "parse_hw",
     "box_geometry",
@@ -138,6 +142,37 @@ def load_caption_index(path: str) -> Dict[str, List[Tuple[str, int]]]:
 def encode_features(features: np.ndarray) -> str:
     """The base64 text of a ``[N, D]`` float32 array, as features.tsv stores it."""
     return base64.b64encode(np.ascontiguousarray(features, dtype="<f4").tobytes()).decode("ascii")
+
+
+def feature_row(image_id: str, features: np.ndarray) -> str:
+    """One features.tsv row (with its newline): ``image_id <TAB> num_boxes <TAB> base64 float32``."""
+    return f"{image_id}\t{len(features)}\t{encode_features(features)}\n"
+
+
+def prediction_object(rect: Sequence[float], class_name: str, conf: float, **fields: Any) -> Dict[str, Any]:
+    """One detected object as predictions.tsv holds it: ``rect`` (x1, y1, x2, y2 in pixels, written
+    at full float32 precision so the geometry a reader computes from it equals the geometry columns
+    of the region features bit for bit), ``class``, ``conf``, then ``fields`` in the order given
+    (``bbox_id``, ``attributes``, ``attr_scores``, ``feature``: base64 of the 2048 appearance floats)."""
+    return {"rect": [float(v) for v in rect], "class": class_name, "conf": float(conf), **fields}
+
+
+def prediction_row(image_id: str, objects: List[Dict[str, Any]], size: Any = None, bare: bool = False) -> str:
+    """One predictions.tsv row (with its newline): ``image_id <TAB> JSON``. The JSON is
+    ``{"objects": [...]}``, with ``image_h`` / ``image_w`` when ``size`` (height, width) is given,
+    or the bare list of objects when ``bare`` (a layout the official loader also reads)."""
+    if bare:
+        payload: Any = objects
+    else:
+        payload = {"objects": objects}
+        if size is not None:
+            payload.update(image_h=int(size[0]), image_w=int(size[1]))
+    return f"{image_id}\t{json.dumps(payload)}\n"
+
+
+def hw_row(image_id: str, size: Sequence[int]) -> str:
+    """One images.hw.tsv row (with its newline): ``image_id <TAB> [{"height": h, "width": w}]``."""
+    return f"{image_id}\t{json.dumps([{'height': int(size[0]), 'width': int(size[1])}])}\n"
 
 
 def decode_feature_row(fields: Sequence[str], path: str, row: int, width: int = FEATURE_DIM) -> Tuple[str, np.ndarray]:

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..assets import LABELMAP_PATH
 from ..errors import UsageError
-from .formats import APPEARANCE_DIM, box_geometry, encode_features
+from .formats import APPEARANCE_DIM, box_geometry, encode_features, feature_row, hw_row, prediction_object, prediction_row
 from .layout import CAPTION_INDEX_FILE, SPLITS
 
 __all__ = ["SyntheticImage", "SceneGenerator", "generate_split", "right_answers", "write_synthetic_corpus"]
@@ -172,12 +172,8 @@ def right_answers(images: Sequence[SyntheticImage]) -> np.ndarray:
 def _objects(image: SyntheticImage, with_features: bool) -> List[dict]:
     objects = []
     for j, (cls, rect, conf) in enumerate(zip(image.tags, image.rects, image.confidences)):
-        # Rects at full float32 precision (as the detector writes them), so the geometry a reader
-        # computes from rect + image size equals the geometry columns in features.tsv bit for bit.
-        obj = {"class": cls, "conf": round(float(conf), 4), "rect": [float(v) for v in rect]}
-        if with_features:
-            obj["feature"] = encode_features(image.features[j, :APPEARANCE_DIM])
-        objects.append(obj)
+        feature = {"feature": encode_features(image.features[j, :APPEARANCE_DIM])} if with_features else {}
+        objects.append(prediction_object(rect, cls, round(float(conf), 4), **feature))
     return objects
 
 
@@ -207,12 +203,9 @@ def _write_official_split(images: Iterator[SyntheticImage], folder: str, predict
         offsets = []
         for row, image in enumerate(images):
             offsets.append(feats.tell())
-            feats.write(f"{image.image_id}\t{len(image.features)}\t{encode_features(image.features)}\n".encode())
+            feats.write(feature_row(image.image_id, image.features).encode())
             objects = _objects(image, with_features=False)
-            payload = objects if predictions_format == "list" else {
-                "objects": objects, "image_h": image.size[0], "image_w": image.size[1]
-            }
-            preds.write(f"{image.image_id}\t{json.dumps(payload)}\n")
+            preds.write(prediction_row(image.image_id, objects, image.size, bare=predictions_format == "list"))
             captions[image.image_id], tags[image.image_id], row_of[image.image_id] = image.captions, image.tags, row
     if write_lineidx:
         with open(os.path.join(folder, "features.lineidx"), "w") as f:
@@ -229,8 +222,8 @@ def _write_detector_split(images: Iterator[SyntheticImage], folder: str) -> Dict
         os.path.join(folder, "images.hw.tsv"), "w", encoding="utf-8"
     ) as hw:
         for image in images:
-            preds.write(f"{image.image_id}\t{json.dumps({'objects': _objects(image, with_features=True)})}\n")
-            hw.write(f"{image.image_id}\t{json.dumps([{'height': image.size[0], 'width': image.size[1]}])}\n")
+            preds.write(prediction_row(image.image_id, _objects(image, with_features=True)))
+            hw.write(hw_row(image.image_id, image.size))
             captions[image.image_id] = image.captions
     return captions
 

@@ -144,13 +144,14 @@ class GalleryIndex:
             self.manifest = json.load(f)
         if self.manifest.get("format") != INDEX_FORMAT:
             raise ValueError(f"{path}: index format {self.manifest.get('format')!r}, this code reads format {INDEX_FORMAT}")
-        self._ids = IdColumn(path, "image_ids")
-        self._tags = ListColumn(path, "tags")
-        self._feature_file = load_array(path, "feature_file")
-        self._feature_row = load_array(path, "feature_row")
+        # The stored columns, read by readers and by the next version's writer (which extends them).
+        self.id_column = IdColumn(path, "image_ids")
+        self.tag_column = ListColumn(path, "tags")
+        self.feature_file = load_array(path, "feature_file")  # per image: its feature file's number (-1: none)
+        self.feature_row = load_array(path, "feature_row")  # per image: its row in that file
         self.embeddings: Optional[np.ndarray] = load_array(path, "embeddings") if self.manifest["embeddings"] else None
         captions = self.manifest.get("captions")  # absent in indexes written before captions were stored
-        self._captions = ListColumn(path, "captions") if captions else None
+        self.caption_column = ListColumn(path, "captions") if captions else None
         self.caption_embeddings: Optional[np.ndarray] = (
             load_array(path, "caption_embeddings") if captions and captions.get("embeddings") else None
         )
@@ -212,11 +213,11 @@ class GalleryIndex:
             )
 
     def image_id(self, index: int) -> str:
-        return self._ids[index]
+        return self.id_column[index]
 
     def find(self, image_id: str) -> int:
         """Position of ``image_id`` in the gallery, or -1."""
-        return self._ids.find(image_id)
+        return self.id_column.find(image_id)
 
     def index_of(self, image_id: str) -> int:
         """Position of ``image_id``; KeyError naming it when it is not in the index."""
@@ -226,26 +227,26 @@ class GalleryIndex:
         return position
 
     def tags(self, index: int) -> List[str]:
-        return self._tags[index]
+        return self.tag_column[index]
 
     @property
     def num_captions(self) -> int:
         """Captions of every image together (0 for an index written before captions were stored)."""
-        return int(self.manifest["captions"]["count"]) if self._captions is not None else 0
+        return int(self.manifest["captions"]["count"]) if self.caption_column is not None else 0
 
     def captions(self, index: int) -> List[str]:
         """Image ``index``'s captions ([] when it has none, or the index stores none)."""
-        return self._captions[index] if self._captions is not None else []
+        return self.caption_column[index] if self.caption_column is not None else []
 
     def features(self, index: int) -> np.ndarray:
         """Image ``index``'s ``[num_regions, 2054]`` region features, read from the original file."""
-        number = int(self._feature_file[index])
+        number = int(self.feature_file[index])
         if number < 0:
             raise ValueError(f"image {self.image_id(index)!r} has no region features in the index {self.root}")
         with self._lock:
             if number not in self._sources:
                 self._sources[number] = self._open_feature_file(number)
-            return self._sources[number].read(int(self._feature_row[index]), self.image_id(index))
+            return self._sources[number].read(int(self.feature_row[index]), self.image_id(index))
 
     def _open_feature_file(self, number: int):
         """The reader of feature file ``number``, once it is checked to be the file the index was built on."""
@@ -409,10 +410,10 @@ def write_columns(
 
     ``feature_file[i]`` numbers a file of the manifest's ``feature_files`` (-1: no features).
     """
-    IdColumn.write(folder, "image_ids", image_ids, base=base._ids if base else None)
-    ListColumn.write(folder, "tags", tags, base=base._tags if base else None)
+    IdColumn.write(folder, "image_ids", image_ids, base=base.id_column if base else None)
+    ListColumn.write(folder, "tags", tags, base=base.tag_column if base else None)
     for name, column, dtype in (("feature_file", feature_file, np.int32), ("feature_row", feature_row, np.int64)):
-        previous = getattr(base, f"_{name}") if base else np.zeros(0, dtype)
+        previous = getattr(base, name) if base else np.zeros(0, dtype)
         np.save(os.path.join(folder, f"{name}.npy"), np.concatenate([previous, column]).astype(dtype))
 
 
@@ -422,10 +423,10 @@ def _write_captions(folder: str, sources: Sequence[_LoadedSource], base: Optiona
     Returns the number of captions of the whole version.
     """
     rows = [c for s in sources for c in s.corpus.captions]
-    if base is not None and base._captions is None:
+    if base is not None and base.caption_column is None:
         rows = [[] for _ in range(base.num_images)] + rows
         base = None
-    ListColumn.write(folder, "captions", rows, base=base._captions if base else None)
+    ListColumn.write(folder, "captions", rows, base=base.caption_column if base else None)
     return (base.num_captions if base else 0) + sum(len(c) for c in rows)
 
 

@@ -5,6 +5,8 @@ from typing import List, Optional, Set
 
 from paddlenlp.transformers.configuration_utils import PretrainedConfig
 
+from .names import SHIPPED_CONFIGS, pretrained_source
+
 __all__ = ["HEAD_NAMES", "OscarConfig"]
 
 CLASSIFIER_TYPES = ("linear", "mlp")
@@ -37,6 +39,13 @@ class OscarConfig(PretrainedConfig):
     """
 
     model_type = "oscar"
+    pretrained_init_configuration = SHIPPED_CONFIGS
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "OscarConfig":
+        """A config from a local directory or ``config.json``, or by the name of a shipped config
+        (``tiny``, ``vinvl-base``, ``vinvl-large``); never from the network (see :mod:`vinvl.oscar.names`)."""
+        return super().from_pretrained(pretrained_source(pretrained_model_name_or_path), **kwargs)
 
     def __init__(
         self,

@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from paddlenlp.utils.env import PADDLE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
-from ..assets import VOCAB_PATH
+from ..assets import VOCAB_PATH, resolve_config
 from .configuration import OscarConfig
 from .modeling import OscarForImageTextRetrieval
 from .processor import OscarProcessor
@@ -84,12 +84,13 @@ def load_tokenizer(model_dir: str) -> OscarTokenizer:
 def load_retrieval_model(
     model_dir: str, config_overrides: Optional[Dict[str, Any]] = None, **processor_overrides
 ) -> Tuple[OscarForImageTextRetrieval, OscarProcessor]:
-    """Model and processor from a directory: saved weights, or random init from a config-only directory.
+    """Model and processor from a directory: saved weights, or random init from a config-only directory
+    (a shipped config's name, ``tiny`` or ``vinvl-base``, stands for its packaged directory).
 
     ``config_overrides`` are set in the directory's config before the model is built (what a
     fine-tuning recipe decides over the checkpoint, such as its dropout).
     """
-    _require_existing(model_dir)
+    model_dir = resolve_config(model_dir, kind="config")  # a path that does not exist is refused here
     if not os.path.isfile(os.path.join(model_dir, "config.json")):
         raise FileNotFoundError(f"{model_dir!r} is not a model directory: it has no config.json")
     config = OscarConfig.from_pretrained(model_dir)

@@ -20,6 +20,7 @@ from paddlenlp.transformers.model_outputs import ModelOutput
 from paddlenlp.transformers.model_utils import PretrainedModel
 
 from .configuration import OscarConfig
+from .names import SHIPPED_CONFIGS, pretrained_source, refuse_weightless_name
 
 __all__ = [
     "OscarPretrainedModel",
@@ -185,8 +186,15 @@ class OscarPretrainedModel(PretrainedModel):
     config_class = OscarConfig
     base_model_prefix = "bert"
     model_config_file = "config.json"
-    pretrained_init_configuration = {}
+    pretrained_init_configuration = SHIPPED_CONFIGS  # names only: no weights ship (see from_pretrained)
     pretrained_resource_files_map = {}
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """A model from a local directory with saved weights. The name of a shipped config raises
+        :class:`~vinvl.oscar.names.WeightsNotShippedError` (no weights ship, and none are downloaded)."""
+        refuse_weightless_name(pretrained_model_name_or_path)
+        return super().from_pretrained(pretrained_source(pretrained_model_name_or_path), *args, **kwargs)
 
     def _init_weights(self, layer: nn.Layer) -> None:
         std = self.config.initializer_range
@@ -236,6 +244,8 @@ class OscarModel(OscarPretrainedModel):
                 f"img_feats has width {img_feats.shape[-1]} but the model expects "
                 f"img_feature_dim={self.config.img_feature_dim}"
             )
+        if img_feats.dtype != self.img_embedding.weight.dtype:  # float32 features into a float64 (or half) model
+            img_feats = img_feats.astype(self.img_embedding.weight.dtype)
         projected = self.img_embedding(img_feats)
         if self.config.use_img_layernorm:
             projected = self.LayerNorm(projected)

@@ -12,6 +12,9 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 from paddlenlp.transformers import BertTokenizer
 
+from ..assets import VOCAB_PATH
+from .names import SHIPPED_CONFIGS, pretrained_source
+
 __all__ = ["OscarTokenizer"]
 
 Tags = Union[str, Sequence[str], None]
@@ -21,9 +24,22 @@ class OscarTokenizer(BertTokenizer):
     """Lower-casing BERT WordPiece tokenizer that builds Oscar's caption + tags input."""
 
     resource_files_names = {"vocab_file": "vocab.txt"}
-    pretrained_resource_files_map = {"vocab_file": {}}
-    pretrained_init_configuration = {}
+    # The shipped configs by name (PaddleNLP's built-in convention): all read the shipped vocabulary.
+    pretrained_resource_files_map = {"vocab_file": {name: VOCAB_PATH for name in SHIPPED_CONFIGS}}
+    pretrained_init_configuration = {name: {"do_lower_case": True} for name in SHIPPED_CONFIGS}
     max_model_input_sizes = {}
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs) -> "OscarTokenizer":
+        """A tokenizer from a local directory, or by the name of a shipped config (its vocabulary
+        ships with the package); never from the network (see :mod:`vinvl.oscar.names`)."""
+        source = pretrained_source(pretrained_model_name_or_path)
+        if source in cls.pretrained_init_configuration:
+            # Built here: PaddleNLP's route for built-in names saves the tokenizer's files beside its
+            # vocabulary, which is inside the installed package.
+            settings = {**cls.pretrained_init_configuration[source], **kwargs}
+            return cls(cls.pretrained_resource_files_map["vocab_file"][source], *args, **settings)
+        return super().from_pretrained(source, *args, **kwargs)
 
     def __init__(self, vocab_file: str, do_lower_case: bool = True, **kwargs):
         super().__init__(vocab_file, do_lower_case=do_lower_case, **kwargs)

@@ -67,7 +67,7 @@ class Retriever:
         first_stage: the default first stage (``auto``: ``contrastive`` when the model records
             trained contrastive heads, else ``exhaustive``); what an in-memory gallery is
             prepared for.
-        detector_path: a detector directory; lets queries and galleries be photos.
+        detector_path: a detector directory or a shipped detector config's name; lets queries and galleries be photos.
         model / processor: an already loaded model (or a scorer standing in for its pair
             forward, such as an exported inference graph) and processor; default: loaded from
             ``model_dir``.

@@ -28,6 +28,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 from PIL import Image
 
+from ..assets import resolve_config
 from ..data import load_corpus
 from ..errors import UserError
 from ..vision.extract import SUMMARY_FILE, ExtractError, InputNotFoundError, detector_fingerprint, extract, list_images
@@ -69,8 +70,8 @@ def is_image_source(query: Any) -> bool:
 def _missing_detector(what: str) -> PhotoError:
     return PhotoError(
         f"{what} needs a detector to turn photos into region features and tags: pass "
-        "detector_path=<detector directory> to Taskflow (vinvl retrieve: --detector DIR), e.g. "
-        "model_configs/vinvl-detector-x152c4 with weights from vinvl convert-detector"
+        "detector_path=<detector directory> to Taskflow (vinvl retrieve: --detector DIR), e.g. a "
+        "vinvl-detector-x152c4 directory with weights from vinvl convert-detector"
     )
 
 
@@ -89,7 +90,8 @@ class ImageQueries:
     """Turns photo queries into ``{"features", "tags"}`` queries with a detector loaded on first use."""
 
     def __init__(self, detector_path: Optional[str] = None):
-        if detector_path is not None:
+        if detector_path is not None:  # a detector directory, or a shipped detector config's name
+            detector_path = resolve_config(detector_path, "detector_path=", kind="config")
             check_detector_dir(detector_path)
         self.detector_path = detector_path
         self._detector = None

@@ -32,7 +32,8 @@ class ModelArguments:
     model_name_or_path: str = field(
         metadata={
             "help": "A model directory: a converted checkpoint, a converted BERT, or a config directory "
-            "from model_configs/ (config.json without weights: random initialisation)."
+            "(config.json without weights: random initialisation), such as a shipped config by name: "
+            "tiny, vinvl-base, vinvl-large."
         }
     )
     objective: str = field(

@@ -1,4 +1,4 @@
-"""Training recipes: a JSON object of options (model_configs/*/train_*.json) into the typed arguments of a run.
+"""Training recipes: a JSON object of options (the shipped ones: vinvl/assets/model_configs/*/*.json) into the typed arguments of a run.
 
 A recipe's keys are the fields of :class:`ModelArguments`, :class:`DataArguments` and
 :class:`RetrievalTrainingArguments` (paddlenlp's TrainingArguments plus the total batch). Every key

@@ -14,6 +14,7 @@ import paddle
 from paddlenlp.trainer import TrainingArguments, set_seed
 from paddlenlp.utils.log import logger
 
+from ..assets import resolve_config
 from ..data import load_corpus
 from ..data.collate import MatchingCollator, MatchingPairDataset
 from ..errors import UsageError
@@ -88,7 +89,9 @@ def build_trainer(
     model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments
 ) -> RetrievalTrainer:
     """Check the arguments (before anything loads), load the corpora and the model, and return
-    the RetrievalTrainer of the run."""
+    the RetrievalTrainer of the run. A shipped config's name (``tiny``, ``vinvl-base``) as
+    ``model_name_or_path`` stands for its packaged directory."""
+    model_args.model_name_or_path = resolve_config(model_args.model_name_or_path, "--model_name_or_path", kind="config")
     try:
         validate_arguments(model_args, data_args, training_args)
     except ValueError as exc:  # each check names the flag at fault

@@ -240,7 +240,7 @@ class DetectorConfig:
 
     @classmethod
     def vinvl_x152c4(cls, overrides: Sequence[str] = ()) -> "DetectorConfig":
-        """VinVL's X152-C4 detector with its extraction settings (model_configs/vinvl-detector-x152c4), then ``KEY VALUE`` pairs."""
+        """VinVL's X152-C4 detector with its extraction settings (the shipped vinvl-detector-x152c4 config), then ``KEY VALUE`` pairs."""
         config = cls._official_defaults()
         config.update(VINVL_X152C4, "vinvl_x152c4.yaml", strict=True)
         config.update(VINVL_EXTRACTION, "VinVL extraction settings", strict=True)

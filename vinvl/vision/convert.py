@@ -3,7 +3,8 @@
 The checkpoint is what scene_graph_benchmark saves (``torch.save({"model": state_dict, ...})``,
 keys possibly prefixed ``module.``), read without torch through :mod:`vinvl.torch_io`. The
 architecture is VinVL's X152-C4 with its extraction settings unless ``--config`` names an
-official yaml; ``KEY VALUE`` pairs override either, as on test_sg_net.py's command line.
+official yaml, a detector directory or a shipped detector config (``vinvl-detector-tiny``);
+``KEY VALUE`` pairs override any of them, as on test_sg_net.py's command line.
 
 Every tensor must find its place: the RPN's stored cell anchors must equal the ones the config
 generates, a shared attribute feature extractor's copy must equal the box head's, and anything
@@ -21,6 +22,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 from paddle import nn
 
+from ..assets import resolve_config
 from ..oscar.convert import ConversionError, _publish
 from ..torch_io import TorchFileError, read_torch_file
 from .config import DetectorConfig, DetectorConfigError
@@ -88,7 +90,8 @@ def convert_detector(
 ) -> str:
     """Convert ``checkpoint`` into detector directory ``dst`` (``config.json`` + ``model.safetensors``).
 
-    ``config_file``: an official yaml (default: VinVL X152-C4); ``overrides``: ``KEY VALUE`` pairs.
+    ``config_file``: an official yaml, a detector directory or a shipped detector config's name (default:
+    VinVL X152-C4); ``overrides``: ``KEY VALUE`` pairs.
     Raises :class:`ConversionError` naming what is wrong; ``dst`` is written only when every
     tensor converted. Returns ``dst``.
     """
@@ -98,9 +101,7 @@ def convert_detector(
     if os.path.exists(dst) and not overwrite and (not os.path.isdir(dst) or os.listdir(dst)):
         raise ConversionError(f"destination {dst} already exists and is not empty (pass --overwrite to replace it)")
     try:
-        config = (
-            DetectorConfig.from_yaml(config_file, overrides) if config_file else DetectorConfig.vinvl_x152c4(overrides)
-        )
+        config = _architecture(config_file, overrides)
         state = read_checkpoint(checkpoint)
         model = VinVLDetector(config)
     except DetectorConfigError as exc:
@@ -124,3 +125,15 @@ def convert_detector(
         raise
     logger.info("converted %s (%d tensors) into %s", checkpoint, len(state), dst)
     return dst
+
+
+def _architecture(config_file: Optional[str], overrides: Sequence[str]) -> DetectorConfig:
+    """The detector config of ``--config``: VinVL X152-C4 when None, else an official yaml, a detector
+    directory or a shipped detector config's name; then the ``KEY VALUE`` overrides."""
+    if config_file is None:
+        return DetectorConfig.vinvl_x152c4(overrides)
+    path = resolve_config(config_file, "--config", kind="config")
+    if os.path.isdir(path):
+        return DetectorConfig.from_dir(path).apply_overrides(overrides, source=path)
+    return DetectorConfig.from_yaml(path, overrides)
+

@@ -19,7 +19,7 @@ import numpy as np
 import paddle
 from paddle import nn
 
-from ..assets import LABELMAP_PATH
+from ..assets import LABELMAP_PATH, resolve_config
 from ..errors import UserError
 from ..oscar.model_dir import SAFE_WEIGHTS_NAME
 from . import boxes as box_ops
@@ -136,9 +136,11 @@ class VinVLDetector(nn.Layer):
 
     @classmethod
     def from_pretrained(cls, path: str) -> "VinVLDetector":
-        """A detector from a directory: ``config.json`` plus ``model.safetensors``, or the config only (random, seeded)."""
+        """A detector from a directory: ``config.json`` plus ``model.safetensors``, or the config only (random,
+        seeded); a shipped detector config's name (``vinvl-detector-x152c4``) stands for its packaged directory."""
+        path = resolve_config(path, kind="config")
         if not os.path.isdir(path):
-            raise FileNotFoundError(f"detector directory {path} does not exist")
+            raise FileNotFoundError(f"{path} is not a detector directory")
         model = cls(DetectorConfig.from_dir(path)).init_weights()
         if has_weights(path):
             from safetensors.numpy import load_file

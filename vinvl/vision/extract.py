@@ -50,7 +50,8 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 import paddle
 from tqdm.auto import tqdm
 
-from ..data.formats import encode_features
+from ..assets import resolve_config
+from ..data.formats import encode_features, hw_row, prediction_object
 from ..errors import UserError
 from .config import DetectorConfig
 from .image import IMAGE_EXTENSIONS, BadImageError, check_header, load_image
@@ -195,17 +196,14 @@ def prediction_json(detections) -> str:
     Numbers are written at full float32 precision, so the loader reads back exactly the boxes and
     features the detector returned.
     """
-    objects = []
-    for j in range(len(detections.boxes)):
-        objects.append({
-            "rect": [float(v) for v in detections.boxes[j]],
-            "bbox_id": j,
-            "class": detections.class_names[j],
-            "conf": float(detections.scores[j]),
-            "attributes": list(detections.attr_names[j]),
-            "attr_scores": [float(s) for s in detections.attr_scores[j]],
-            "feature": encode_features(detections.features[j]),
-        })
+    objects = [
+        prediction_object(
+            detections.boxes[j], detections.class_names[j], detections.scores[j], bbox_id=j,
+            attributes=list(detections.attr_names[j]), attr_scores=[float(v) for v in detections.attr_scores[j]],
+            feature=encode_features(detections.features[j]),
+        )
+        for j in range(len(detections.boxes))
+    ]
     return json.dumps({"objects": objects})
 
 
@@ -347,8 +345,7 @@ def _merge(out_dir: str, work_dir: str, entries: Sequence[ImageEntry], summary: 
             pred_idx.handle.write(b"%d\n" % predictions.handle.tell())
             predictions.handle.write(f"{image_id}\t{payload}\n".encode("utf-8"))
             hw_idx.handle.write(b"%d\n" % hw.handle.tell())
-            size = json.dumps([{"height": int(height), "width": int(width)}])
-            hw.handle.write(f"{image_id}\t{size}\n".encode("utf-8"))
+            hw.handle.write(hw_row(image_id, (height, width)).encode("utf-8"))
             extracted += 1
         for handle in handles.values():
             handle.close()
@@ -543,6 +540,7 @@ def extract(
     created it).
     """
     start_time = time.perf_counter()
+    detector_dir = resolve_config(detector_dir, "--detector", kind="config")
     if not os.path.isdir(detector_dir):
         raise InputNotFoundError(f"{detector_dir}: no such detector directory")
     if detector is None:

@@ -1,0 +1,73 @@
+"""The query core (vinvl.query.Retriever) over a gallery index built with a faiss IVF file: the
+contrastive first stage of caption queries is the index's faiss search with the request's nprobe
+(with few lists probed its candidates are faiss's, not the exact top candidates), probing every list
+gives the exact candidates, and a list of queries answers as its queries one by one."""
+import numpy as np
+import pytest
+
+pytest.importorskip("faiss")
+
+from vinvl.data import load_corpus, write_synthetic_corpus  # noqa: E402
+from vinvl.index import GallerySource, GalleryIndex, build_index  # noqa: E402
+from vinvl.query import Retriever  # noqa: E402
+from vinvl.retrieval.search import ExactSearch  # noqa: E402
+
+from support.tinymodel import assert_same_answers, caption_embeddings, save_random_model  # noqa: E402
+
+NUM_IMAGES, NLIST, CANDIDATES = 60, 12, 6
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("query_core")
+    corpus = str(root / "corpus")
+    write_synthetic_corpus(corpus, {"train": 0, "minival": 0, "val": 0, "test": NUM_IMAGES}, seed=3)
+    model_dir = save_random_model(root / "model", ["match", "contrastive"], seed=11)
+    index = str(root / "index")
+    build_index(index, model_dir, [GallerySource(corpus, "test")], use_faiss=True, faiss_nlist=NLIST, progress=False)
+    retriever = Retriever(model_dir, first_stage="contrastive", batch_size=64)
+    retriever.use_index(index)
+    captions = [per_image[0] for per_image in load_corpus(corpus, "test").captions[:20]]
+    return retriever, model_dir, index, captions
+
+
+def answered_ids(answer):
+    return {item["image_id"] for item in answer["images"]}
+
+
+def candidate_ids(index_path, model_dir, captions, search):
+    with GalleryIndex.open(index_path, model_dir=model_dir) as index:
+        _, rows = search(index, caption_embeddings(model_dir, captions))
+        return [{index.image_id(int(r)) for r in row if r >= 0} for row in rows]  # -1: fewer than k in the probed lists
+
+
+def test_caption_candidates_come_from_the_faiss_index_with_the_requests_nprobe(built):
+    retriever, model_dir, index, captions = built
+    # top_k = candidates: the answer lists every candidate, re-ranked
+    answers = retriever.answer(captions, top_k=CANDIDATES, candidates=CANDIDATES, nprobe=1)
+    faiss_sets = candidate_ids(index, model_dir, captions, lambda ix, q: ix.search(q, CANDIDATES, method="faiss", nprobe=1))
+    exact_sets = candidate_ids(index, model_dir, captions, lambda ix, q: ExactSearch(ix.embeddings).search(q, CANDIDATES))
+    assert [answered_ids(a) for a in answers] == faiss_sets
+    # the check has power: one probed list of twelve misses exact candidates for some queries
+    assert faiss_sets != exact_sets
+    every_list = retriever.answer(captions, top_k=CANDIDATES, candidates=CANDIDATES, nprobe=NLIST)
+    assert [answered_ids(a) for a in every_list] == exact_sets
+
+
+def test_a_list_of_queries_answers_as_its_queries_one_by_one(built):
+    retriever, _, _, captions = built
+    queries = captions[:3] + [{"image_id": "500001"}, {"image_id": "500004", "caption": captions[0]}]
+    together = retriever.answer(queries, top_k=4, candidates=CANDIDATES, nprobe=2)
+    for query, answer in zip(queries, together):
+        assert_same_answers(answer, retriever.answer(query, top_k=4, candidates=CANDIDATES, nprobe=2)[0])
+
+
+def test_options_are_arguments_and_a_bad_one_names_itself(built):
+    retriever, _, _, captions = built
+    assert len(retriever.answer(captions[0], top_k=2)[0]["images"]) == 2
+    assert len(retriever.answer(captions[0], top_k=5)[0]["images"]) == 5  # nothing carried over
+    for name in ("top_k", "candidates", "nprobe"):
+        with pytest.raises(ValueError, match=name):
+            retriever.answer(captions[0], **{name: 0})
+    with pytest.raises(ValueError, match="query 1: image 'nope' is not in the gallery"):
+        retriever.answer([captions[0], {"image_id": "nope"}])
