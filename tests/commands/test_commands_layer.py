@@ -325,7 +325,7 @@ def test_skipped_gallery_photos_are_one_clean_line(saved_model, photos, tmp_path
     assert done.returncode == 0, done.stderr
     assert "UserWarning" not in done.stderr and "warnings.warn" not in done.stderr, done.stderr
     # extraction names the file as it skips it; the gallery's notice says where all of them are listed
-    notices = [line for line in done.stderr.splitlines() if "photos skipped" in line]
+    notices = [line for line in done.stderr.splitlines() if "photo skipped" in line]  # one: singular
     assert len(notices) == 1 and notices[0].startswith("gallery_images=") and "bad_images.jsonl" in notices[0], done.stderr
     assert "empty.jpg: the file is empty" in notices[0], notices
     assert len(json.loads(done.stdout)[0]["images"]) == 2  # stdout is the answer alone

@@ -71,3 +71,15 @@ def test_options_are_arguments_and_a_bad_one_names_itself(built):
             retriever.answer(captions[0], **{name: 0})
     with pytest.raises(ValueError, match="query 1: image 'nope' is not in the gallery"):
         retriever.answer([captions[0], {"image_id": "nope"}])
+
+
+def test_image_queries_over_a_gallery_without_captions_say_what_gives_captions(built, tmp_path):
+    _, model_dir, _, _ = built
+    corpus = str(tmp_path / "corpus")
+    write_synthetic_corpus(corpus, {"train": 0, "minival": 0, "val": 0, "test": 3}, seed=4)
+    test = load_corpus(corpus, "test")
+    retriever = Retriever(model_dir, first_stage="exhaustive")
+    retriever.use_arrays(test.image_ids, test.features, test.tags)  # no captions
+    assert len(retriever.answer("a dog", top_k=3)[0]["images"]) == 3  # caption queries still work
+    with pytest.raises(ValueError, match=r"needs a gallery with captions.*gallery_dir= / --data_dir"):
+        retriever.answer({"image_id": test.image_ids[0]})

@@ -306,7 +306,11 @@ class Retriever:
     def _images_to_captions(self, gallery: QueryGallery, queries: List[Query], plan: "_Plan") -> List[Dict[str, Any]]:
         captions = gallery.images.captions
         if not captions:
-            raise ValueError("the gallery has no captions to retrieve; set captions with the gallery")
+            raise ValueError(
+                "image -> captions needs a gallery with captions, and this one has none (a photo folder, or "
+                "images set without captions): use a data directory with captions (gallery_dir= / --data_dir), "
+                "an index built from one, or captions= with the gallery"
+            )
         query_images = self._query_images(gallery, queries)
         num_captions = len(captions)
         if plan.stage == "exhaustive" or plan.candidates >= num_captions:

@@ -209,7 +209,7 @@ def photo_gallery(
     _drop_older_states(cache_dir)
     if summary.bad:
         logger.warning(  # one line on the command line (no warnings' source line)
-            f"gallery_images={folder!r}: {summary.num_bad} photos skipped (listed in "
+            f"gallery_images={folder!r}: {summary.num_bad} photo{'s' if summary.num_bad != 1 else ''} skipped (listed in "
             f"{os.path.join(cache_dir, 'bad_images.jsonl')}), e.g. {summary.bad[0]['path']}: {summary.bad[0]['reason']}"
         )
     if summary.num_extracted == 0:
