@@ -2,7 +2,6 @@
 contrastive first stage of caption queries is the index's faiss search with the request's nprobe
 (with few lists probed its candidates are faiss's, not the exact top candidates), probing every list
 gives the exact candidates, and a list of queries answers as its queries one by one."""
-import numpy as np
 import pytest
 
 pytest.importorskip("faiss")

@@ -1,7 +1,6 @@
 """RetrievalEngine and Gallery on a tiny random Oscar model and an in-memory gallery."""
 import os
 import sys
-import types
 
 import numpy as np
 import pytest
@@ -11,7 +10,6 @@ import paddle
 from vinvl import OscarConfig, OscarForImageTextRetrieval, OscarProcessor, OscarTokenizer
 from vinvl.retrieval import Gallery, RetrievalEngine, i2t_ranks, rerank_metrics, t2i_ranks, top_k_indices
 from vinvl.retrieval import engine as engine_module
-from vinvl.retrieval import first_stage as first_stage_module
 
 FEATURE_DIM = 2054
 MAX_SEQ_LEN = 24

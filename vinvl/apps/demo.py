@@ -24,12 +24,12 @@ from ..assets import DEMO_PHOTOS_DIR
 from ..data import load_corpus, write_synthetic_corpus
 from ..errors import UsageError
 from ..oscar.model_dir import load_retrieval_model
-from .report import extraction_figures, scene_svg, write_report
 from ..retrieval import evaluate_corpus
 from ..training.history import read_log_history
 from ..training.recipe import arguments_from_options
 from ..training.run import run_training
 from ..vision.extract import extract
+from .report import extraction_figures, scene_svg, write_report
 
 __all__ = ["SIZES", "prepare_work_dir", "run_demo"]
 

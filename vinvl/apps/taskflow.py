@@ -35,8 +35,8 @@ from paddlenlp.taskflow import taskflow as paddlenlp_taskflow
 from paddlenlp.taskflow.task import Task
 
 from ..oscar.model_dir import load_retrieval_model, weights_checksum
-from ..runtime import default_num_threads
 from ..query import Retriever
+from ..runtime import default_num_threads
 
 __all__ = ["TASK_NAME", "ImageTextRetrievalTask", "register_task"]
 

@@ -31,11 +31,11 @@ from paddle import nn
 from PIL import Image
 
 from ..assets import DEMO_PHOTOS_DIR
-from .measure import matmul_flops_per_second, measure_memory
 from ..vision.config import DetectorConfig
 from ..vision.detector import VinVLDetector
 from ..vision.extract import WORK_DIR
 from ..vision.transforms import resize_image
+from .measure import matmul_flops_per_second, measure_memory
 
 SHIPPED_PHOTOS = sorted(os.path.join(DEMO_PHOTOS_DIR, name) for name in os.listdir(DEMO_PHOTOS_DIR) if name.endswith(".jpg"))
 # Photo counts after which the resident set of ``vinvl extract`` is reported (those up to N).

@@ -54,17 +54,21 @@ import numpy as np
 from ..data import write_synthetic_corpus
 from ..data.synthetic import SceneGenerator, generate_split, right_answers
 from ..oscar.model_dir import load_retrieval_model, weights_checksum
-from .measure import RECALLS, synthetic_gallery, train_tiny
 from ..retrieval.engine import RetrievalEngine
 from ..retrieval.evaluate import public_names
 from ..retrieval.first_stage import Candidates, contrastive_candidates, tag_candidates
 from ..retrieval.gallery import Gallery
 from ..retrieval.metrics import (
-    first_stage_coverage, retrieval_metrics, right_answer_coverage, scored_coverage, two_stage_coverage,
+    first_stage_coverage,
+    retrieval_metrics,
+    right_answer_coverage,
+    scored_coverage,
+    two_stage_coverage,
 )
 from ..training.heads import reset_heads
 from ..training.recipe import arguments_from_options
 from ..training.run import run_training
+from .measure import RECALLS, synthetic_gallery, train_tiny
 
 __all__ = ["FirstStageBenchmark", "run_benchmark"]
 

@@ -29,8 +29,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..serving.client import Connection, ServerProcess, decode_reply, free_port, tree_rss_mb, vinvl_serve_command
 from ..index.store import GalleryIndex
+from ..serving.client import Connection, ServerProcess, decode_reply, free_port, tree_rss_mb, vinvl_serve_command
 
 __all__ = ["Query", "query_mix", "in_process_answers", "run_load", "load_test", "format_table"]
 

@@ -45,13 +45,22 @@ import paddle.nn as nn
 
 from ..data import write_synthetic_corpus
 from ..oscar.model_dir import load_retrieval_model
-from . import baseline
-from .measure import RECALLS, TINY_CONFIG, FlopCounter, Memory, matmul_flops_per_second, measure_memory, synthetic_gallery, train_tiny
 from ..retrieval.engine import RetrievalEngine, RetrievalScores
 from ..retrieval.evaluate import public_names, score_gallery
 from ..retrieval.first_stage import contrastive_heads_trained, resolve_first_stage
 from ..retrieval.gallery import Gallery
 from ..retrieval.metrics import first_stage_coverage
+from . import baseline
+from .measure import (
+    RECALLS,
+    TINY_CONFIG,
+    FlopCounter,
+    Memory,
+    matmul_flops_per_second,
+    measure_memory,
+    synthetic_gallery,
+    train_tiny,
+)
 
 __all__ = ["cpu_probe", "RetrievalBenchmark", "run_benchmark"]
 

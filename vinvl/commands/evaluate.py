@@ -7,7 +7,14 @@ import os
 from typing import Any, Dict, Optional, Sequence
 
 from ..errors import UsageError
-from .options import SPLITS, add_first_stage_argument, new_parser, reject_removed_option, require_directory, require_positive
+from .options import (
+    SPLITS,
+    add_first_stage_argument,
+    new_parser,
+    reject_removed_option,
+    require_directory,
+    require_positive,
+)
 
 __all__ = ["PROTOCOLS", "build_parser", "main"]
 

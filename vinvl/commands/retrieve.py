@@ -9,7 +9,13 @@ from typing import List, Optional, Sequence
 
 from ..errors import UsageError
 from .options import (
-    SPLITS, add_first_stage_argument, detector_directory, new_parser, random_detector_notice, reject_removed_option, require_directory,
+    SPLITS,
+    add_first_stage_argument,
+    detector_directory,
+    new_parser,
+    random_detector_notice,
+    reject_removed_option,
+    require_directory,
     require_positive,
 )
 

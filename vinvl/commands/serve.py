@@ -18,7 +18,12 @@ from typing import Optional, Sequence
 
 from ..errors import UsageError
 from .options import (
-    FIRST_STAGE_CHOICES, detector_directory, new_parser, random_detector_notice, require_directory, require_positive,
+    FIRST_STAGE_CHOICES,
+    detector_directory,
+    new_parser,
+    random_detector_notice,
+    require_directory,
+    require_positive,
 )
 
 __all__ = ["build_parser", "main"]

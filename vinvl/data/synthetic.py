@@ -23,7 +23,15 @@ import numpy as np
 
 from ..assets import LABELMAP_PATH
 from ..errors import UsageError
-from .formats import APPEARANCE_DIM, box_geometry, encode_features, feature_row, hw_row, prediction_object, prediction_row
+from .formats import (
+    APPEARANCE_DIM,
+    box_geometry,
+    encode_features,
+    feature_row,
+    hw_row,
+    prediction_object,
+    prediction_row,
+)
 from .layout import CAPTION_INDEX_FILE, SPLITS
 
 __all__ = ["SyntheticImage", "SceneGenerator", "generate_split", "right_answers", "write_synthetic_corpus"]

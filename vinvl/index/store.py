@@ -38,17 +38,16 @@ from typing import IO, Dict, List, Optional, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..oscar.configuration import OscarConfig
 from ..data import DataError, RetrievalCorpus, load_coco_ir
 from ..data.examples import ExampleOptions, detect_layout, open_feature_source
 from ..errors import UserError
-from ..oscar.model_dir import load_retrieval_model
+from ..oscar.configuration import OscarConfig
+from ..oscar.model_dir import load_retrieval_model, weights_checksum
 from ..retrieval import Gallery, RetrievalEngine
-from ..oscar.model_dir import weights_checksum
-from .tables import IdColumn, ListColumn, load_array
 from ..retrieval.search import ExactSearch, Searcher
 from ..retrieval.topk import TopK
 from . import ivf
+from .tables import IdColumn, ListColumn, load_array
 from .versions import MANIFEST, VersionedDir, pause_for_test
 
 __all__ = [

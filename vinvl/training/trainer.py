@@ -12,11 +12,11 @@ from paddlenlp.trainer.trainer import OPTIMIZER_NAME
 from paddlenlp.utils.env import PADDLE_WEIGHTS_NAME, SAFE_WEIGHTS_NAME
 from paddlenlp.utils.log import logger
 
-from ..oscar.processor import OscarProcessor
 from ..data.collate import PAIR_SAMPLING
+from ..oscar.processor import OscarProcessor
 from .decay import apply_decay_to
-from .heads import TRAIN_ONLY, freeze_all_but, trainable_parameter_names
 from .frozen_states import split_projections
+from .heads import TRAIN_ONLY, freeze_all_but, trainable_parameter_names
 from .losses import contrastive_loss, distillation_loss, list_distillation_loss, objective_parts, trained_heads
 from .negatives import mined_pair_inputs, sample_negatives
 from .optimizer_state import from_structured_names, to_structured_names
