@@ -96,6 +96,7 @@ def test_import_vinvl_help_every_command_help_and_a_mistyped_command_import_no_p
         assert status == (USER_ERROR_STATUS if argv == "fly" else 0), argv
 
 
+@pytest.mark.slow
 def test_taskflow_is_registered_whichever_is_imported_first(tmp_path):
     model_dir = derive(TINY_CONFIG, str(tmp_path / "model"), trained_heads=[])
     ask = textwrap.dedent(f"""
@@ -196,6 +197,7 @@ def photos(tmp_path):
     return folder
 
 
+@pytest.mark.slow
 def test_a_failed_extract_does_not_block_its_retry(photos, tmp_path, capfd):
     (photos / "empty.jpg").write_bytes(b"")
     command = ["extract", str(photos), "out", "--detector", TINY_DETECTOR, "--fail_on_bad", "--no_progress"]
@@ -316,6 +318,7 @@ def test_index_build_refuses_a_folder_it_did_not_write_and_names_its_sub_command
     assert status == 0, err
 
 
+@pytest.mark.slow
 def test_skipped_gallery_photos_are_one_clean_line(saved_model, photos, tmp_path):
     (photos / "empty.jpg").write_bytes(b"")
     command = [sys.executable, "-m", "vinvl.commands.cli", "retrieve", "--model_dir", saved_model, "--gallery_images",

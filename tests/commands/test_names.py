@@ -5,6 +5,8 @@ import json
 import os
 import shutil
 
+import pytest
+
 from vinvl.data import write_synthetic_corpus
 
 from support.commands import assert_user_error, run, vinvl_cmd
@@ -15,6 +17,7 @@ QUICK = ["--max_steps", "1", "--evaluation_strategy", "no", "--save_strategy", "
          "--per_device_train_batch_size", "2", "--logging_steps", "1"]
 
 
+@pytest.mark.slow
 def test_train_takes_a_shipped_recipe_and_a_shipped_config_by_name(tmp_path):
     write_synthetic_corpus(str(tmp_path / "corpus"), {"train": 8, "minival": 4, "val": 0, "test": 0}, seed=0)
     done = run(vinvl_cmd("train", "tiny/train_synthetic", "--data_dir", "corpus", "--output_dir", "by_recipe", *QUICK),
@@ -36,6 +39,7 @@ def test_train_refuses_names_that_are_no_recipe_in_one_line(tmp_path):
     assert not os.listdir(tmp_path)
 
 
+@pytest.mark.slow
 def test_extract_takes_the_shipped_tiny_detector_by_name(tmp_path):
     (tmp_path / "photos").mkdir()
     shutil.copy(os.path.join(PHOTO_DIR, PHOTO), tmp_path / "photos" / PHOTO)

@@ -65,6 +65,7 @@ def _on_tiny(recipe: str, corpus_dir: str, output_dir: str, **overrides):
 # --- weight decay -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_base_config_decays_exactly_what_the_official_rule_decays():
     model, _ = load_retrieval_model(os.path.join(REPO, "model_configs", "vinvl-base"))
     decayed, exempt = decay_groups(model)
@@ -243,6 +244,7 @@ def test_the_old_first_stage_key_is_refused_naming_the_new_one(capfd, tmp_path, 
         assert_user_error(done, "vinvl train", "--eval_top_k", "--eval_candidates")
 
 
+@pytest.mark.slow
 def test_short_help_lists_real_options_and_needs_no_paddle(tmp_path):
     parser_options = {action.dest for action in _full_parser()._actions}
     assert {name for _, options in COMMON_OPTIONS for name, _, _ in options} <= parser_options
