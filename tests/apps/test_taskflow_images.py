@@ -201,7 +201,26 @@ def test_vinvl_retrieve_image(model_dir, detector, tmp_path):
                    "--top_k", str(TOP_K), "--first_stage", "exhaustive")
     assert done.returncode == 0, done.stderr
     printed = json.loads(done.stdout[done.stdout.index("[\n"):])
+    assert printed[0].pop("photo") == QUERY_PHOTO  # the answer names its photo
     assert_same_up_to_rounding(printed, make(model_dir, gallery_dir=corpus)(direct(detector, QUERY_PHOTO)))
+
+
+def test_vinvl_retrieve_answers_in_the_command_lines_order_and_notes_a_cut_caption(model_dir, detector, tmp_path, capsys):
+    corpus = str(tmp_path / "corpus")
+    write_synthetic_corpus(corpus, {"test": 4}, seed=3)
+    long_caption = " ".join(["a dog on a red couch next to a window"] * 10)  # far past the tiny model's 38 tokens
+    answers = retrieve_main([
+        "--model_dir", model_dir, "--data_dir", corpus, "--detector", DETECTOR, "--top_k", "2",
+        "--image", QUERY_PHOTO, "--text", long_caption, "--image_id", "500001", "--text", "a cat",
+    ])
+    assert [a.get("photo") for a in answers] == [QUERY_PHOTO, None, None, None]
+    assert [a.get("caption") for a in answers[1:]] == [long_caption, None, "a cat"]
+    assert answers[2]["image_id"] == "500001"
+    assert answers[1]["truncated"]["kept"] == 38 and answers[1]["truncated"]["tokens"] > 38
+    assert "truncated" not in answers[3]
+    notes = [line for line in capsys.readouterr().err.splitlines() if "vinvl retrieve: note:" in line]
+    assert notes == [f"vinvl retrieve: note: query 1's caption has {answers[1]['truncated']['tokens']} tokens; the model "
+                     "reads the first 38 (its text length), so later words do not count"]
 
 
 def assert_same_up_to_rounding(printed, expected):

@@ -2,6 +2,7 @@
 contrastive first stage of caption queries is the index's faiss search with the request's nprobe
 (with few lists probed its candidates are faiss's, not the exact top candidates), probing every list
 gives the exact candidates, and a list of queries answers as its queries one by one."""
+import numpy as np
 import pytest
 
 pytest.importorskip("faiss")
@@ -82,3 +83,20 @@ def test_image_queries_over_a_gallery_without_captions_say_what_gives_captions(b
     assert len(retriever.answer("a dog", top_k=3)[0]["images"]) == 3  # caption queries still work
     with pytest.raises(ValueError, match=r"needs a gallery with captions.*gallery_dir= / --data_dir"):
         retriever.answer({"image_id": test.image_ids[0]})
+
+
+def test_a_cut_caption_says_so_and_bad_feature_values_are_refused(built):
+    retriever, _, _, captions = built
+    kept = retriever.processor.max_seq_len - 2
+    long_caption = " ".join([captions[0]] * 20)
+    (answer,) = retriever.answer(long_caption)
+    assert answer["truncated"]["kept"] == kept and answer["truncated"]["tokens"] > kept
+    # words past the limit do not count: the same answer as the caption cut to its first tokens
+    head = retriever.processor.tokenizer.convert_tokens_to_string(retriever.processor.tokenizer.tokenize(long_caption)[:kept])
+    assert [i["image_id"] for i in answer["images"]] == [i["image_id"] for i in retriever.answer(head)[0]["images"]]
+    assert "truncated" not in retriever.answer(captions[0])[0]
+    for value, words in ((np.nan, "NaN or Inf"), (1e38, "within 10000")):
+        features = np.zeros((2, 2054), np.float32)
+        features[1, 7] = value
+        with pytest.raises(ValueError, match=rf"query 1: .*{words}"):
+            retriever.answer([captions[0], {"features": features, "tags": ["dog"]}])

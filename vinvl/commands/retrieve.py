@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
+import sys
 from typing import List, Optional, Sequence
 
 from ..errors import UsageError
@@ -28,6 +29,15 @@ JSON. The gallery is a data directory (--data_dir) or a folder of photos (--gall
 extracted with --detector once and cached); --image photos are detected with --detector."""
 
 
+class _InOrder(argparse.Action):
+    """``append``, and the (option, value) pair also added to ``queries``: the answers follow the
+    command line's order of --text, --image_id and --image."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, [*getattr(namespace, self.dest), values])
+        namespace.queries = [*namespace.queries, (self.dest, values)]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = new_parser("vinvl retrieve", DESCRIPTION)
     parser.add_argument("--model_dir", required=True, help="a saved model directory")
@@ -36,9 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
                                             "--image and --image_id queries)")
     gallery.add_argument("--gallery_images", help="the gallery: a folder of photos (no captions; needs --detector)")
     parser.add_argument("--split", choices=SPLITS, default="test", help="gallery split")
-    parser.add_argument("--text", action="append", default=[], help="a caption query (repeatable)")
-    parser.add_argument("--image_id", action="append", default=[], help="a gallery image to find captions for (repeatable)")
-    parser.add_argument("--image", action="append", default=[], help="a photo file to find captions for (repeatable; needs --detector)")
+    parser.set_defaults(queries=[])
+    parser.add_argument("--text", action=_InOrder, default=[], help="a caption query (repeatable)")
+    parser.add_argument("--image_id", action=_InOrder, default=[], help="a gallery image to find captions for (repeatable)")
+    parser.add_argument("--image", action=_InOrder, default=[], help="a photo file to find captions for (repeatable; needs --detector)")
     parser.add_argument("--detector", help="detector directory for --image and --gallery_images, or a shipped detector config (vinvl-detector-tiny: random weights)")
     parser.add_argument(
         "--gallery_cache_dir", help="where --gallery_images extractions are cached (default ~/.cache/vinvl/photo_galleries)"
@@ -102,10 +113,17 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
         first_stage=args.first_stage,
         candidates=args.candidates,
     )
-    queries = list(args.text) + [{"image_id": i} for i in args.image_id] + [pathlib.Path(p) for p in args.image]
+    as_query = {"text": str, "image_id": lambda i: {"image_id": i}, "image": pathlib.Path}
+    queries = [as_query[option](value) for option, value in args.queries]
     try:
         results = retrieval(queries)
     except ValueError as exc:  # the task's message names the query at fault (an unknown image id, a bad photo...)
         raise UsageError(str(exc)) from exc
+    results = [{"photo": value, **result} if option == "image" else result for (option, value), result in zip(args.queries, results)]
+    for position, result in enumerate(results):
+        if "truncated" in result:
+            cut = result["truncated"]
+            print(f"vinvl retrieve: note: query {position}'s caption has {cut['tokens']} tokens; the model reads "
+                  f"the first {cut['kept']} (its text length), so later words do not count", file=sys.stderr)
     print(json.dumps(results, indent=2))
     return results

@@ -20,6 +20,8 @@ __all__ = [
     "APPEARANCE_DIM",
     "FEATURE_DIM",
     "DEFAULT_IMAGE_SIZE",
+    "FEATURE_LIMIT",
+    "check_feature_values",
     "DataError",
     "find_captions_file",
     "load_captions",
@@ -42,6 +44,10 @@ FEATURE_DIM = APPEARANCE_DIM + 6
 # Image size the official code assumes when predictions.tsv holds a bare list of objects.
 DEFAULT_IMAGE_SIZE = (600, 800)  # (height, width)
 CAPTION_EXTENSIONS = (".pt", ".pd", ".json")
+# The largest magnitude a region-feature value may have. VinVL's appearance values are pooled ReLU
+# activations (single digits to tens) and the geometry columns are box ratios in [0, 1]; values
+# far beyond (1e38 overflows float32 sums inside attention: the scores come out NaN) are an error.
+FEATURE_LIMIT = 1e4
 
 
 class DataError(UserError, ValueError):
@@ -144,6 +150,17 @@ def encode_features(features: np.ndarray) -> str:
     return base64.b64encode(np.ascontiguousarray(features, dtype="<f4").tobytes()).decode("ascii")
 
 
+def check_feature_values(values: np.ndarray, where: str) -> None:
+    """DataError naming ``where`` unless every value is finite and within :data:`FEATURE_LIMIT`."""
+    if not np.isfinite(values).all():
+        raise DataError(f"{where}: features contain NaN or Inf")
+    if values.size and float(np.abs(values).max()) > FEATURE_LIMIT:
+        raise DataError(
+            f"{where}: a feature value is {float(np.abs(values).max()):.3g} in magnitude; region features stay "
+            f"within {FEATURE_LIMIT:g} (pooled activations and box ratios)"
+        )
+
+
 def feature_row(image_id: str, features: np.ndarray) -> str:
     """One features.tsv row (with its newline): ``image_id <TAB> num_boxes <TAB> base64 float32``."""
     return f"{image_id}\t{len(features)}\t{encode_features(features)}\n"
@@ -197,8 +214,7 @@ def decode_feature_row(fields: Sequence[str], path: str, row: int, width: int = 
         raise DataError(
             f"{where}: {values.size} float32 values, expected num_boxes*{width} = {num_boxes}*{width}"
         )
-    if not np.isfinite(values).all():
-        raise DataError(f"{where}: features contain NaN or Inf")
+    check_feature_values(values, where)
     return image_id, values.reshape(num_boxes, width).astype(np.float32)
 
 
@@ -269,6 +285,5 @@ def detector_features(objects: Sequence[dict], size: Tuple[int, int], path: str,
     if rects is None or rects.shape != (len(objects), 4):
         raise DataError(f"{path}: image {image_id}: every object needs a 4-number 'rect'")
     features = np.concatenate([np.stack(appearance), box_geometry(rects, *size)], axis=1).astype(np.float32)
-    if not np.isfinite(features).all():
-        raise DataError(f"{path}: image {image_id}: features contain NaN or Inf")
+    check_feature_values(features, f"{path}: image {image_id}")
     return features

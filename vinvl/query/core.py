@@ -32,6 +32,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from ..data.formats import check_feature_values
 from ..oscar.model_dir import load_retrieval_model
 from ..retrieval import Gallery, RetrievalEngine, match_probability
 from ..retrieval.first_stage import FIRST_STAGE_CHOICES, check_first_stage, resolve_first_stage, tag_words, words_of
@@ -231,6 +232,7 @@ class Retriever:
         feats = np.asarray(query["features"], dtype=np.float32)
         if feats.ndim != 2 or feats.shape[1] != width or len(feats) == 0:
             raise ValueError(f"{where}: features must have shape [num_regions, {width}], got {list(feats.shape)}")
+        check_feature_values(feats, where)
         tags = query.get("tags", [])
         if isinstance(tags, str):
             tags = tags.split()
@@ -299,7 +301,11 @@ class Retriever:
         )
         margins = self._margins(scoring, proposed, rows, by_query="caption")
         return [
-            {"caption": q.caption, "images": [{"image_id": images.image_ids[i], **_scored(m)} for i, m in ranked]}
+            {
+                "caption": q.caption,
+                **self.truncation(q.caption),
+                "images": [{"image_id": images.image_ids[i], **_scored(m)} for i, m in ranked],
+            }
             for q, ranked in zip(queries, _rank(margins, proposed, plan.top_k))
         ]
 
@@ -337,7 +343,18 @@ class Retriever:
         scoring = Gallery.for_queries(query_images.image_ids, query_images.tags, query_images.features, [q.caption for q in queries])
         pairs = np.arange(len(queries))
         margins = self.engine.score_pairs(scoring, pairs, pairs)
-        return [{"image_id": q.image_id, "caption": q.caption, **_scored(m)} for q, m in zip(queries, margins)]
+        return [
+            {"image_id": q.image_id, "caption": q.caption, **self.truncation(q.caption), **_scored(m)}
+            for q, m in zip(queries, margins)
+        ]
+
+    def truncation(self, caption: str) -> Dict[str, Dict[str, int]]:
+        """``{"truncated": {"tokens", "kept"}}`` when the model reads only the first ``kept`` of the
+        caption's ``tokens`` WordPiece tokens (its text length is ``max_seq_len``, two of which are
+        ``[CLS]`` and ``[SEP]``), else ``{}``: words past the limit have no effect on the answer."""
+        kept = self.processor.max_seq_len - 2
+        tokens = len(self.processor.tokenizer.tokenize(caption))
+        return {"truncated": {"tokens": tokens, "kept": kept}} if tokens > kept else {}
 
     def _query_images(self, gallery: Optional[QueryGallery], queries: List[Query]) -> Gallery:
         """The queries' images as a gallery of their own (row j = query j), ids made distinct."""

@@ -26,10 +26,11 @@ from ..query import Query
 from ..query.photos import detections_query
 from ..vision.image import BadImageError, check_header, load_image
 
-__all__ = ["PHOTO_KEY", "parse_http_queries", "decode_photo"]
+__all__ = ["PHOTO_KEY", "MAX_CAPTION_CHARS", "parse_http_queries", "decode_photo"]
 
 PHOTO_KEY = "photo"
 PHOTO_FORM = '{"photo": "<base64 JPEG or PNG bytes>", "caption"?: "..."}'
+MAX_CAPTION_CHARS = 2000  # far beyond what the model reads (VinVL: 68 tokens); longer is a client error
 
 
 def decode_photo(value: Any, where: str) -> bytes:
@@ -72,6 +73,12 @@ def parse_http_queries(retriever, queries: Sequence[Any]) -> List[Query]:
     uploads: Dict[int, bytes] = {}
     for position, query in enumerate(queries):
         where = f"query {position}"
+        caption = query if isinstance(query, str) else query.get("caption") if isinstance(query, dict) else None
+        if isinstance(caption, str) and len(caption) > MAX_CAPTION_CHARS:
+            raise ValueError(
+                f"{where}: the caption is {len(caption):,} characters; at most {MAX_CAPTION_CHARS:,} "
+                "(the model reads its first max_seq_len - 2 tokens, a few hundred characters)"
+            )
         if isinstance(query, dict) and "image" in query:
             raise ValueError(
                 f"{where}: 'image' is not accepted over HTTP (the server opens no file for a client); "
