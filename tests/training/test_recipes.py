@@ -98,8 +98,8 @@ def test_every_training_path_builds_its_optimizer_with_the_official_groups(corpu
     trainer.create_optimizer_and_scheduler(num_training_steps=10)
     optimizer = trainer.optimizer
     names = {param.name: name for name, param in trainer.model.named_parameters()}
-    optimized = [names[param.name] for param in optimizer._parameter_list]
-    decayed = [names[p.name] for p in optimizer._parameter_list if optimizer._apply_decay_param_fun(p.name)]
+    optimized = [names[param.name] for param in optimizer.trained_parameters]
+    decayed = [names[p.name] for p in optimizer.trained_parameters if optimizer.apply_decay_param_fun(p.name)]
     assert sorted(decayed) == sorted(name for name in optimized if official_decays(name))
     assert any(name.endswith(".bias") for name in set(optimized) - set(decayed))
     if train_only == "heads":
