@@ -165,3 +165,22 @@ def test_the_comparison_sees_each_paddle_convention(run, variant):
         assert _disagreement(run, variant) < 1e-8
         return
     assert _disagreement(run, variant) > 1e-7  # the decay order, the smallest: lr x weight decay = 1e-6 of an update
+
+
+def test_warm_up_keeps_the_official_order(tmp_path):
+    """With warm-up the k-th update's rate is the official schedule's at k too (1/W of the peak first)."""
+    corpus = str(tmp_path / "corpus")
+    write_synthetic_corpus(corpus, {"train": 4, "minival": 2, "val": 0, "test": 0}, seed=3)
+    model_args, data_args, training_args = load_recipe(BASE_RECIPE, {
+        "model_name_or_path": TINY_MODEL, "data_dir": corpus, "output_dir": str(tmp_path / "run"),
+        "do_eval": False, "evaluation_strategy": "no", "report_to": ["none"], "warmup_steps": 3,
+    })
+    trainer = build_trainer(model_args, data_args, training_args)
+    trainer.create_optimizer_and_scheduler(num_training_steps=10)
+    lr = training_args.learning_rate
+    used = []
+    for _ in range(10):  # as paddlenlp's loop: the update reads the rate, then the scheduler steps
+        used.append(trainer.optimizer.get_lr())
+        trainer.lr_scheduler.step()
+    assert used == pytest.approx([lr * official_lr_factor(k, 10, warmup_steps=3) for k in range(1, 11)], rel=1e-12)
+    assert used[0] == pytest.approx(lr / 3) and used[-1] == 0.0
