@@ -35,7 +35,7 @@ CLIP_EPSILON = 1e-6  # torch.nn.utils.clip_grad_norm_'s term added to the norm
 def clip_grad_norm_(grads: List[paddle.Tensor], max_norm: float, epsilon: float = CLIP_EPSILON) -> float:
     """``torch.nn.utils.clip_grad_norm_`` (2-norm) on gradient tensors, in place: each is scaled by
     ``max_norm / (norm + epsilon)`` when that is below 1. Returns the global norm before clipping."""
-    total = math.sqrt(sum(float(paddle.sum(paddle.square(grad))) for grad in grads))
+    total = math.sqrt(float(paddle.add_n([paddle.sum(paddle.square(grad)) for grad in grads])))  # one device read
     coefficient = max_norm / (total + epsilon)
     if coefficient < 1:
         for grad in grads:
