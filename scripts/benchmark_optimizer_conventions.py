@@ -1,4 +1,4 @@
-"""How far paddlenlp's / Paddle's optimiser conventions move the weights from the official rules.
+"""How far Paddle's native optimiser conventions would move the weights from the official rules (the Trainer takes the official step).
 
     python scripts/benchmark_optimizer_conventions.py --train_images 200
 

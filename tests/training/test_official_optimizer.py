@@ -1,17 +1,18 @@
 """One optimiser step of the project's Trainer, built from the base recipe, against the official
-fine-tuning's optimiser rules applied to the same gradients.
+fine-tuning's optimiser rules as written, applied to the same gradients.
 
 The Trainer is built from model_configs/vinvl-base/train_coco_ir.json (total batch 128 as 16 x 8
 accumulation on one device, lr 2e-5, weight decay 0.05, linear schedule without warm-up, clipping
 at 1.0) on the tiny model config, in float64, and stopped after two updates. The gradients it is
 about to apply at each update are also fed to :class:`OfficialOptimizer`, the rules of
-microsoft/Oscar's run_retrieval.py written out in numpy (no-decay groups by name, AdamW,
-WarmupLinearSchedule, clip_grad_norm_). With Paddle's three documented conventions switched on
-(scheduler stepped after the update, eps on the bias-corrected root, decay of the weights before
-the update; docs/training.md) the two must agree to float64 rounding: a paddlenlp or Paddle
-upgrade that changes the groups, the optimizer's constants, the schedule or the clipping fails
-here, and so does flipping any one of the switches (the comparison can see each convention). The
-recipe's clipping norm is not reached by the tiny model's gradients, so a second run clips at 0.01.
+microsoft/Oscar's run_retrieval.py written out in numpy (no-decay groups by name, scheduler
+stepped before the update, pytorch_transformers' AdamW, clip_grad_norm_). The two must agree: the
+same parameters decayed, the same learning rate at each update, the weights to float64 rounding
+(the issue's bound is 1e-4 relative). Each of Paddle's native conventions (scheduler stepped after
+the update, eps on the bias-corrected root, decay of the weights before the update, clipping
+without the 1e-6) moves the weights far beyond that agreement, so the comparison would see the
+Trainer lose any of the official ones. The recipe's clipping norm is not reached by the tiny
+model's gradients, so a second run clips at 0.01.
 """
 import os
 
@@ -85,8 +86,8 @@ def run(request, tmp_path_factory):
         trainer.add_callback(stop)
         trainer.train()
         final = {name: param.numpy() for name, param in trainer.model.named_parameters()}
-        decay = trainer.optimizer._apply_decay_param_fun
-        decayed = {names[p.name] for p in trainer.optimizer._parameter_list if decay(p.name)}
+        optimizer = trainer.optimizer
+        decayed = {names[p.name] for p in optimizer.trained_parameters if optimizer.apply_decay_param_fun(p.name)}
     finally:
         paddle.set_default_dtype(previous)
     return dict(trainer=trainer, training_args=training_args, tracker=tracker, stop=stop, final=final,
@@ -114,13 +115,23 @@ def test_the_trainer_decays_the_parameters_the_official_rule_decays(run):
     assert any(name.endswith(".bias") for name in exempt)
 
 
-def test_the_learning_rate_of_each_update_is_the_official_schedule_one_step_late(run):
+def test_the_learning_rate_of_each_update_is_the_official_schedules(run):
     total, lr = run["trainer"].state.max_steps, run["training_args"].learning_rate
+    official = run["tracker"].references["official"]
     assert len(run["stop"].learning_rates) == UPDATES
     for update, used in enumerate(run["stop"].learning_rates, start=1):
-        # paddlenlp steps the scheduler after the optimizer: update k uses the official rate of update k-1.
-        assert used == pytest.approx(lr * official_lr_factor(update - 1, total), rel=1e-12)
-        assert used == pytest.approx(lr * official_lr_factor(update, total) + lr / total, rel=1e-12)
+        # The official loop steps the scheduler before the optimizer: update k uses the schedule's value at k.
+        assert used == pytest.approx(lr * official_lr_factor(update, total), rel=1e-12)
+        assert used == pytest.approx(official.lr_of_step(update), rel=1e-12)
+        assert used != pytest.approx(lr * official_lr_factor(update - 1, total), rel=1e-6)  # paddlenlp's order
+
+
+def _relative_to_change(run, variant: str) -> float:
+    """|w_trainer - w_reference| / |w_reference - w_start| over all weights."""
+    start, reference, final = run["tracker"].start, run["tracker"].references[variant].params, run["final"]
+    diff = np.sqrt(sum(np.sum((final[name] - reference[name]) ** 2) for name in start))
+    moved = np.sqrt(sum(np.sum((reference[name] - start[name]) ** 2) for name in start))
+    return float(diff / moved)
 
 
 def _disagreement(run, variant: str) -> float:
@@ -135,21 +146,41 @@ def _disagreement(run, variant: str) -> float:
     return worst
 
 
-def test_two_updates_equal_the_official_rules_with_paddles_conventions(run):
-    start, reference = run["tracker"].start, run["tracker"].references["paddle"].params
+def test_two_updates_equal_the_official_rules_as_written(run):
+    start, reference = run["tracker"].start, run["tracker"].references["official"].params
     moved = {name for name in start if not np.array_equal(run["final"][name], start[name])}
     # Every weight moved but the contrastive heads, which the official objective (itm) gives no gradient.
     assert sorted(set(start) - moved) == sorted(name for name in start if name.startswith(CONTRASTIVE_HEADS))
     assert {name for name in start if not np.array_equal(reference[name], start[name])} == moved
-    assert _disagreement(run, "paddle") < 1e-8
+    assert _disagreement(run, "official") < 1e-8  # measured: about 1e-12 (float64 rounding)
+    assert _relative_to_change(run, "official") < 1e-4  # the issue's bound
 
 
-@pytest.mark.parametrize("variant", [name for name in VARIANTS if name != "paddle"])
-def test_the_comparison_sees_each_convention(run, variant):
-    """Each convention on its own (and all three: the official rules as written) changes the
-    weights by far more than the tolerance above, so a paddlenlp or Paddle change of any is caught
+@pytest.mark.parametrize("variant", [name for name in VARIANTS if name != "official"])
+def test_the_comparison_sees_each_paddle_convention(run, variant):
+    """Each of Paddle's conventions on its own (and all four) moves the rules' weights by far more
+    than the agreement above, so the Trainer losing any official convention would fail that test
     (the clipping one only acts when the gradients are clipped)."""
-    if variant == "official clipping only" and not run["clipped"]:
+    if variant == "paddle clipping only" and not run["clipped"]:
         assert _disagreement(run, variant) < 1e-8
         return
     assert _disagreement(run, variant) > 1e-7  # the decay order, the smallest: lr x weight decay = 1e-6 of an update
+
+
+def test_warm_up_keeps_the_official_order(tmp_path):
+    """With warm-up the k-th update's rate is the official schedule's at k too (1/W of the peak first)."""
+    corpus = str(tmp_path / "corpus")
+    write_synthetic_corpus(corpus, {"train": 4, "minival": 2, "val": 0, "test": 0}, seed=3)
+    model_args, data_args, training_args = load_recipe(BASE_RECIPE, {
+        "model_name_or_path": TINY_MODEL, "data_dir": corpus, "output_dir": str(tmp_path / "run"),
+        "do_eval": False, "evaluation_strategy": "no", "report_to": ["none"], "warmup_steps": 3,
+    })
+    trainer = build_trainer(model_args, data_args, training_args)
+    trainer.create_optimizer_and_scheduler(num_training_steps=10)
+    lr = training_args.learning_rate
+    used = []
+    for _ in range(10):  # as paddlenlp's loop: the update reads the rate, then the scheduler steps
+        used.append(trainer.optimizer.get_lr())
+        trainer.lr_scheduler.step()
+    assert used == pytest.approx([lr * official_lr_factor(k, 10, warmup_steps=3) for k in range(1, 11)], rel=1e-12)
+    assert used[0] == pytest.approx(lr / 3) and used[-1] == 0.0

@@ -19,6 +19,7 @@ from vinvl.commands.train import main as train_main
 from vinvl.data import write_synthetic_corpus
 from vinvl.errors import UsageError
 from vinvl.oscar.model_dir import load_retrieval_model
+from vinvl.training import arguments
 from vinvl.training.batch import plan_total_batch
 from vinvl.training.decay import decay_groups
 from vinvl.training.recipe import load_recipe
@@ -99,8 +100,8 @@ def test_every_training_path_builds_its_optimizer_with_the_official_groups(corpu
     trainer.create_optimizer_and_scheduler(num_training_steps=10)
     optimizer = trainer.optimizer
     names = {param.name: name for name, param in trainer.model.named_parameters()}
-    optimized = [names[param.name] for param in optimizer._parameter_list]
-    decayed = [names[p.name] for p in optimizer._parameter_list if optimizer._apply_decay_param_fun(p.name)]
+    optimized = [names[param.name] for param in optimizer.trained_parameters]
+    decayed = [names[p.name] for p in optimizer.trained_parameters if optimizer.apply_decay_param_fun(p.name)]
     assert sorted(decayed) == sorted(name for name in optimized if official_decays(name))
     assert any(name.endswith(".bias") for name in set(optimized) - set(decayed))
     if train_only == "heads":
@@ -195,6 +196,17 @@ def test_mixed_precision_is_refused_on_the_cpu_before_anything_loads(capfd, tmp_
     done = vinvl_here(capfd, tmp_path, "train", TINY_RECIPE, flag, "--data_dir", "no/such/corpus", "--output_dir", str(output))
     assert_user_error(done, "vinvl train", flag, "GPU")  # before the missing corpus is even looked at
     assert not output.exists()
+
+
+def test_master_weights_are_refused_where_mixed_precision_runs(corpus_dir, tmp_path, monkeypatch):
+    """fp16 O2 keeps float32 master weights the official AdamW step does not update: refused at start
+    (the CPU refuses mixed precision before this, so the check is run as on a GPU)."""
+    monkeypatch.setattr(arguments, "runs_on_cpu", lambda: False)
+    model_args, data_args, training_args = _on_tiny(TINY_RECIPE, corpus_dir, str(tmp_path), fp16=True, fp16_opt_level="O2")
+    with pytest.raises(ValueError, match="--fp16_opt_level O2"):
+        arguments.validate_arguments(model_args, data_args, training_args)
+    _, _, o1 = _on_tiny(TINY_RECIPE, corpus_dir, str(tmp_path), fp16=True)
+    arguments.validate_arguments(model_args, data_args, o1)
 
 
 @pytest.mark.skipif(not paddle.device.is_compiled_with_cuda() or paddle.device.cuda.device_count() == 0,

@@ -11,9 +11,10 @@ microsoft/Oscar's ``oscar/run_retrieval.py`` takes one optimiser step as:
    and 0 for those: ``p -= lr * sqrt(1 - b2^k) / (1 - b1^k) * m / (sqrt(v) + eps)``, then
    ``p -= lr * weight_decay * p`` (on the updated ``p``).
 
-Four conventions of paddlenlp's Trainer and Paddle differ; each is a switch here, so the rules
-can be compared with the Trainer exactly and each difference measured alone
-(:mod:`vinvl.benchmarks.optimizer_conventions`):
+Four native conventions of paddlenlp's Trainer and Paddle differ. The project's Trainer takes the
+official step (:mod:`vinvl.training.official_adamw`, the scheduler stepped once at the start); each
+convention is a switch here, so the test can show each one would be seen and the benchmark
+measures each alone (:mod:`vinvl.benchmarks.optimizer_conventions`):
 
 - ``scheduler_after_update``: paddlenlp steps the scheduler after the optimizer, so step k uses
   ``lr * (T - k + 1) / T``;

@@ -1,4 +1,4 @@
-"""How much paddlenlp's and Paddle's optimiser conventions move the weights away from the official rules.
+"""How much Paddle's native optimiser conventions would move the weights away from the official rules.
 
 One run of the project's Trainer, built from ``model_configs/vinvl-base/train_coco_ir.json`` (its
 optimiser settings, total batch 128 and schedule) on ``model_configs/tiny`` and a synthetic corpus,
@@ -6,13 +6,15 @@ in float64. At every optimiser step the gradients the Trainer is about to apply 
 the official rules of :mod:`vinvl.benchmarks.official_optimizer`, in several variants that start
 from the same weights:
 
-- ``paddle``: the rules with Paddle's four conventions: must track the Trainer (the check that
-  the measurement measures the Trainer);
 - ``official``: run_retrieval.py's rules (scheduler stepped before the update, eps on sqrt(v),
-  decay of the updated weights, clipping by max_norm / (norm + 1e-6));
-- one variant per convention, official in that one only.
+  decay of the updated weights, clipping by max_norm / (norm + 1e-6)): must track the Trainer,
+  which takes the official step (:mod:`vinvl.training.official_adamw`); the check that the
+  measurement measures the Trainer;
+- ``paddle``: the rules with the four conventions of paddlenlp's Trainer and Paddle's AdamW and
+  clipping (what the Trainer did before it took the official step);
+- one variant per convention, Paddle's in that one only.
 
-Each variant is compared with ``paddle`` at the end: ``|w_variant - w_paddle| / |w_paddle - w_start|``
+Each variant is compared with ``official`` at the end: ``|w_variant - w_official| / |w_official - w_start|``
 over all weights (the difference as a share of everything training changed), and the largest
 elementwise difference as a share of the largest update. The same gradients feed every variant
 (open loop), so the figures are the rules' own effect, without the drift of a run fed back its
@@ -34,22 +36,22 @@ from ..training.recipe import load_recipe
 from ..training.run import build_trainer
 from .official_optimizer import OfficialOptimizer
 
-__all__ = ["VARIANTS", "ReferenceTracker", "run_benchmark", "main"]
+__all__ = ["OFFICIAL", "VARIANTS", "ReferenceTracker", "run_benchmark", "main"]
 
 SOURCE_TREE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BASE_RECIPE = os.path.join(SOURCE_TREE, "model_configs", "vinvl-base", "train_coco_ir.json")
 TINY_CONFIG = os.path.join(SOURCE_TREE, "model_configs", "tiny")
 OFFICIAL_BASE_STEPS = 132_780  # 30 epochs x ceil(566,435 / 128)
 
-# name -> the conventions that differ from the official rules (switches of OfficialOptimizer)
-PADDLE = dict(scheduler_after_update=True, eps_on_corrected=True, decay_before_update=True, clip_epsilon=0.0)
+# name -> the switches of OfficialOptimizer: the official rules, Paddle's conventions, one of Paddle's at a time
+OFFICIAL = dict(scheduler_after_update=False, eps_on_corrected=False, decay_before_update=False, clip_epsilon=1e-6)
 VARIANTS = {
-    "paddle": PADDLE,
-    "official": dict(scheduler_after_update=False, eps_on_corrected=False, decay_before_update=False, clip_epsilon=1e-6),
-    "official schedule only": {**PADDLE, "scheduler_after_update": False},
-    "official eps only": {**PADDLE, "eps_on_corrected": False},
-    "official decay order only": {**PADDLE, "decay_before_update": False},
-    "official clipping only": {**PADDLE, "clip_epsilon": 1e-6},
+    "official": OFFICIAL,
+    "paddle": dict(scheduler_after_update=True, eps_on_corrected=True, decay_before_update=True, clip_epsilon=0.0),
+    "paddle schedule only": {**OFFICIAL, "scheduler_after_update": True},
+    "paddle eps only": {**OFFICIAL, "eps_on_corrected": True},
+    "paddle decay order only": {**OFFICIAL, "decay_before_update": True},
+    "paddle clipping only": {**OFFICIAL, "clip_epsilon": 0.0},
 }
 
 
@@ -121,17 +123,17 @@ def run_benchmark(work_dir: str, train_images: int, seed: int) -> Dict[str, Dict
         final = _named(trainer.model)
     finally:
         paddle.set_default_dtype(previous)
-    paddle_rules = tracker.references["paddle"].params
-    results = {"trainer vs paddle rules": _compare(final, paddle_rules, tracker.start)}
+    official_rules = tracker.references["official"].params
+    results = {"trainer vs official rules": _compare(final, official_rules, tracker.start)}
     for name, reference in tracker.references.items():
-        if name != "paddle":
-            results[f"{name} vs paddle rules"] = _compare(reference.params, paddle_rules, tracker.start)
+        if name != "official":
+            results[f"{name} vs official rules"] = _compare(reference.params, official_rules, tracker.start)
     results["run"] = {"steps": float(trainer.state.global_step), "seconds": seconds}
     return results
 
 
 def schedule_offset(total_steps: int) -> Dict[str, float]:
-    """The linear schedule stepped after the update instead of before, on a run of ``total_steps``:
+    """Paddle's order (the linear schedule stepped after the update instead of before) on a run of ``total_steps``:
     each step's learning rate is higher by lr / T; the sum of all steps' rates by lr, i.e. 2 / (T - 1)."""
     return {"per_step_offset_of_peak": 1.0 / total_steps, "relative_sum_of_rates": 2.0 / (total_steps - 1)}
 

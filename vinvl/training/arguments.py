@@ -8,6 +8,7 @@ from typing import Optional
 
 import paddle
 from paddlenlp.trainer import TrainingArguments
+from paddlenlp.trainer.training_args import OptimizerNames
 
 from ..data.collate import PAIR_SAMPLING
 from ..errors import UsageError
@@ -174,6 +175,11 @@ def validate_arguments(model_args: ModelArguments, data_args: DataArguments, tra
     for flag in ("fp16", "bf16"):
         if getattr(training_args, flag) and runs_on_cpu():
             raise ValueError(f"--{flag} needs a GPU: mixed precision does not run on the CPU (train in float32 there)")
+        if getattr(training_args, flag) and training_args.fp16_opt_level == "O2" and training_args.optim == OptimizerNames.ADAMW:
+            raise ValueError(
+                "--fp16_opt_level O2 keeps float32 master weights, which the official AdamW step "
+                "(vinvl.training.official_adamw) does not update: use O1 (the default) with --optim adamw"
+            )
     if model_args.objective not in OBJECTIVES:
         raise ValueError(f"--objective must be one of {OBJECTIVES}, got {model_args.objective!r}")
     if model_args.train_only not in TRAIN_ONLY:

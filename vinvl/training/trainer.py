@@ -19,6 +19,7 @@ from .frozen_states import split_projections
 from .heads import TRAIN_ONLY, freeze_all_but, trainable_parameter_names
 from .losses import contrastive_loss, distillation_loss, list_distillation_loss, objective_parts, trained_heads
 from .negatives import mined_pair_inputs, sample_negatives
+from .official_adamw import OfficialAdamW
 from .optimizer_state import from_structured_names, to_structured_names
 from .sampler import EpochSeededBatchSampler
 from .teacher import match_margins
@@ -53,6 +54,8 @@ class RetrievalTrainer(Trainer):
       rsum``), instead of paddlenlp's loss-only evaluation loop.
     - Weight decay follows the official groups on every path: biases and normalisation weights
       are exempt, found by role (:mod:`vinvl.training.decay`).
+    - The optimiser step is the official run's: torch's clipping and pytorch_transformers' AdamW
+      (:class:`vinvl.training.official_adamw.OfficialAdamW`), the scheduler stepped before each update.
     - Each optimiser step takes ``per_device_train_batch_size x gradient_accumulation_steps x
       devices`` items, the last step of an epoch filled up (:class:`EpochSeededBatchSampler`).
     - The training order and the negatives depend only on (seed, epoch), and the optimizer state
@@ -131,24 +134,39 @@ class RetrievalTrainer(Trainer):
             )
 
     def create_optimizer(self, lr_scheduler=None):
-        """paddlenlp's optimizer (class, constants, global-norm clipping) over the trainable parameters,
-        with the official weight-decay groups: biases and normalisation weights exempt
-        (:mod:`vinvl.training.decay`), where paddlenlp's own rule would decay every ``LayerNorm.weight``."""
+        """The optimizer over the trainable parameters, with the official weight-decay groups: biases
+        and normalisation weights exempt (:mod:`vinvl.training.decay`), where paddlenlp's own rule
+        would decay every ``LayerNorm.weight``. For ``optim adamw`` (the default) it is
+        :class:`OfficialAdamW`, the official run's clipping and AdamW update; other ``optim`` values
+        keep paddlenlp's class with Paddle's clipping."""
         if self.optimizer is not None:
             return self.optimizer
         parameters = [p for p in self.model.parameters() if not p.stop_gradient]
         optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(self.args)
-        if hasattr(optimizer_cls, "_create_master_weight") and self.args.fp16_opt_level == "O2":
-            optimizer_kwargs["multi_precision"] = True  # as paddlenlp: float32 master weights under O2
-        self.optimizer = optimizer_cls(
+        common = dict(
             learning_rate=self.lr_scheduler if lr_scheduler is None else lr_scheduler,
             apply_decay_param_fun=apply_decay_to(self.model, parameters),
             parameters=parameters,
             weight_decay=self.args.weight_decay,
-            grad_clip=paddle.nn.ClipGradByGlobalNorm(self.args.max_grad_norm) if self.args.max_grad_norm > 0 else None,
             **optimizer_kwargs,
         )
+        if optimizer_cls is paddle.optimizer.AdamW:
+            self.optimizer = OfficialAdamW(max_grad_norm=self.args.max_grad_norm, **common)
+            return self.optimizer
+        if hasattr(optimizer_cls, "_create_master_weight") and self.args.fp16_opt_level == "O2":
+            common["multi_precision"] = True  # as paddlenlp: float32 master weights under O2
+        clip = paddle.nn.ClipGradByGlobalNorm(self.args.max_grad_norm) if self.args.max_grad_norm > 0 else None
+        self.optimizer = optimizer_cls(grad_clip=clip, **common)
         return self.optimizer
+
+    def create_scheduler(self, num_training_steps: int):
+        """paddlenlp's scheduler, stepped once at the start: the official loop steps the scheduler
+        before each update and paddlenlp's after, so the k-th update takes the schedule's value at
+        k as the official one does (with warm-up too; the last update's rate of a linear decay is 0)."""
+        if self.lr_scheduler is None:
+            super().create_scheduler(num_training_steps)
+            self.lr_scheduler.step()
+        return self.lr_scheduler
 
     def train(self, *args, **kwargs):
         """paddlenlp's training loop, with the heads it trains recorded in the model's config first
