@@ -2,14 +2,29 @@
 top-k (ties at the k boundary included), rows past the live end are never seen, an index built with
 ``store=`` answers as the local index does, refuses a collection rebuilt with other weights, adds by
 upsert (and survives a writer killed mid-add), and a bad or unreachable store URI is one line, exit 2."""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
 import numpy as np
 import pytest
 
 pytest.importorskip("pymilvus")
 pytest.importorskip("milvus_lite")
 
-from vinvl.index import milvus  # noqa: E402
+import vinvl  # noqa: E402,F401  (CPU runtime defaults)
+from vinvl.data import load_corpus, write_synthetic_corpus  # noqa: E402
+from vinvl.index import GalleryIndex, GallerySource, IndexWeightsError, add_to_index, build_index, milvus  # noqa: E402
+from vinvl.index.versions import PAUSE_ENV  # noqa: E402
 from vinvl.retrieval.search import ExactSearch  # noqa: E402
+
+from support.commands import SOURCE_TREE  # noqa: E402
+from support.tinymodel import caption_embeddings, save_random_model  # noqa: E402
+
+K = 4
 
 
 def _unit(rng, num, dim=16):
@@ -92,3 +107,117 @@ def test_an_unreachable_server_is_one_store_error_within_the_timeout():
     with pytest.raises(milvus.StoreError, match=r"milvus://127\.0\.0\.1:1/gallery: cannot open it") as caught:
         milvus.MilvusStore(milvus.StoreURI.parse("milvus://127.0.0.1:1/gallery"), timeout=1.0)
     assert "\n" not in str(caught.value)
+
+
+# ----- an index whose embeddings live in Milvus Lite ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("milvus_index")
+    corpus = str(root / "corpus")
+    write_synthetic_corpus(corpus, {"test": 10, "val": 6}, seed=3)
+    model = save_random_model(root / "model", ["contrastive", "match"], seed=0)
+    local = str(root / "local")  # the local exact index of both splits: what every Milvus answer must equal
+    build_index(local, model, [GallerySource(corpus, "test"), GallerySource(corpus, "val")], progress=False)
+    val = load_corpus(corpus, "val")
+    queries = caption_embeddings(model, ["a dog near a tree", val.captions[1][0], load_corpus(corpus, "test").captions[3][0]])
+    return {
+        "root": root,
+        "corpus": corpus,
+        "model": model,
+        "other_model": save_random_model(root / "other", ["contrastive", "match"], seed=1),
+        "local": local,
+        "queries": queries,
+    }
+
+
+def _lite(tmp_path, name="store.db"):
+    return milvus.StoreOptions(milvus.StoreURI.parse(f"milvus-lite:{tmp_path / name}"))
+
+
+def _source(setup, split):
+    return GallerySource(setup["corpus"], split)
+
+
+def _assert_answers_equal_the_local_index(index, setup, num_images):
+    """Images and captions searched through the store give the local exact index's rows (of its first images)."""
+    with GalleryIndex.open(setup["local"]) as local:
+        assert [index.image_id(i) for i in range(num_images)] == [local.image_id(i) for i in range(num_images)]
+        expected = ExactSearch(np.asarray(local.embeddings[:num_images])).search(setup["queries"], K)
+        num_captions = sum(len(local.captions(i)) for i in range(num_images))
+        expected_captions = ExactSearch(np.asarray(local.caption_embeddings[:num_captions])).search(local.embeddings[:2], K)
+        np.testing.assert_array_equal(index.embeddings[np.arange(num_images)], local.embeddings[:num_images])
+        image_embeds = np.asarray(local.embeddings[:2])
+    scores, rows = index.image_searcher().search(setup["queries"], K)
+    np.testing.assert_array_equal(rows, expected[1])
+    np.testing.assert_allclose(scores, expected[0], atol=1e-5)
+    assert index.num_captions == num_captions
+    np.testing.assert_array_equal(index.caption_searcher().search(image_embeds, K)[1], expected_captions[1])
+
+
+def test_an_index_with_a_lite_store_answers_as_the_local_exact_index(setup, tmp_path):
+    out = str(tmp_path / "index")
+    build_index(out, setup["model"], [_source(setup, "test")], progress=False, store=_lite(tmp_path))
+    with GalleryIndex.open(out, model_dir=setup["model"]) as index:
+        assert index.store is not None and index.manifest["store"]["index_type"] == "FLAT"
+        assert not [n for n in os.listdir(index.path) if "embeddings" in n]  # no local copy of the embeddings
+        _assert_answers_equal_the_local_index(index, setup, 10)
+        np.testing.assert_array_equal(index.search(setup["queries"], K, method="store")[1], index.image_searcher().search(setup["queries"], K)[1])
+
+
+def test_add_upserts_the_new_images_and_their_captions(setup, tmp_path):
+    out = str(tmp_path / "index")
+    build_index(out, setup["model"], [_source(setup, "test")], progress=False, store=_lite(tmp_path))
+    add_to_index(out, setup["model"], [_source(setup, "val")], progress=False)
+    with GalleryIndex.open(out, model_dir=setup["model"]) as index:
+        assert index.version == "v000002" and index.num_images == 16
+        _assert_answers_equal_the_local_index(index, setup, 16)
+
+
+def test_a_collection_rebuilt_with_other_weights_or_owned_by_another_index_is_refused(setup, tmp_path):
+    out, stale_copy = str(tmp_path / "index"), str(tmp_path / "stale_copy")
+    build_index(out, setup["model"], [_source(setup, "test")], progress=False, store=_lite(tmp_path))
+    with pytest.raises(IndexWeightsError, match="weights sha256"):  # the folder's own check, as for a local index
+        GalleryIndex.open(out, model_dir=setup["other_model"])
+    shutil.copytree(out, stale_copy)  # e.g. a node's old copy of the index folder
+    with pytest.raises(milvus.StoreError, match="holds the embeddings of the index"):
+        build_index(stale_copy, setup["other_model"], [_source(setup, "test")], progress=False, store=_lite(tmp_path))
+    build_index(out, setup["other_model"], [_source(setup, "test")], progress=False, store=_lite(tmp_path))
+    with pytest.raises(IndexWeightsError, match="holds embeddings of weights sha256"):
+        GalleryIndex.open(stale_copy)
+    with GalleryIndex.open(out, model_dir=setup["other_model"]) as index:  # the rebuilt index itself is fine
+        assert index.num_images == 10
+
+
+@pytest.mark.slow
+def test_a_writer_killed_during_an_add_leaves_rows_no_reader_sees_and_the_next_add_replaces_them(setup, tmp_path):
+    out = str(tmp_path / "index")
+    build_index(out, setup["model"], [_source(setup, "test")], progress=False, store=_lite(tmp_path))
+    with GalleryIndex.open(out) as index:
+        before = index.image_searcher().search(setup["queries"], K)
+    marker = str(tmp_path / "paused")
+    env = dict(os.environ, PYTHONPATH=SOURCE_TREE, **{PAUSE_ENV: f"store:{marker}"})
+    args = ["add", "--model_dir", setup["model"], "--gallery_dir", setup["corpus"], "--split", "val", out]
+    process = subprocess.Popen([sys.executable, "-m", "vinvl.commands.cli", "index", *args], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 180
+    while not os.path.exists(marker):  # the new rows are in the collection; the new version is not live
+        if process.poll() is not None:
+            pytest.fail(f"the writer exited ({process.returncode}) before pausing: {process.stderr.read().decode()[-2000:]}")
+        assert time.time() < deadline, "the writer never reached the pause point"
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    time.sleep(1)  # its Milvus Lite server notices the parent is gone and lets go of the file
+    with GalleryIndex.open(out) as index:
+        assert index.version == "v000001" and index.num_images == 10
+        leftovers = index.store.client.query(index.store.uri.collection, filter="kind == 0 and row >= 10", output_fields=["row"])
+        assert sorted(r["row"] for r in leftovers) == list(range(10, 16))  # the dead writer's rows ...
+        after = index.image_searcher().search(setup["queries"], K)  # ... which no reader of the live version sees
+    np.testing.assert_array_equal(after[1], before[1])
+    np.testing.assert_allclose(after[0], before[0])
+    add_to_index(out, setup["model"], [_source(setup, "val")], progress=False)
+    with GalleryIndex.open(out) as index:
+        assert index.num_images == 16
+        _assert_answers_equal_the_local_index(index, setup, 16)

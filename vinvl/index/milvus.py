@@ -49,6 +49,7 @@ __all__ = [
     "MilvusSearch",
     "MilvusStore",
     "StoreError",
+    "StoreOptions",
     "StoreURI",
     "require_pymilvus",
 ]
@@ -118,6 +119,49 @@ class StoreURI:
         if self.lite:
             return f"{LITE_SCHEME}{self.address}"
         return f"{REMOTE_SCHEME}{self.address[len('http://'):]}/{self.collection}"
+
+
+@dataclass(frozen=True)
+class StoreOptions:
+    """A store URI and the Milvus index over its embeddings: ``FLAT`` (exact) or an approximate type
+    with its build parameters (``{"nlist": 1024}`` for IVF_FLAT, ``{"M": 16, "efConstruction": 200}``
+    for HNSW) and search parameters (``{"ef": 64}``; a query's ``nprobe`` sets IVF types' ``nprobe``)."""
+
+    uri: StoreURI
+    index_type: str = "FLAT"
+    index_params: Optional[dict] = None
+    search_params: Optional[dict] = None
+
+    def __post_init__(self):
+        if self.uri.lite and self.index_type not in LITE_INDEX_TYPES:
+            raise StoreError(
+                f"--store {self.uri}: Milvus Lite builds {', '.join(LITE_INDEX_TYPES)}, not {self.index_type}; "
+                "use a Milvus server for other index types"
+            )
+        for name in ("index_params", "search_params"):
+            if not isinstance(getattr(self, name) or {}, dict):
+                raise StoreError(f"the Milvus {name.replace('_', ' ')} must be a JSON object, got {getattr(self, name)!r}")
+
+    def to_manifest(self, build: str) -> dict:
+        """The index manifest's ``store`` entry (with the build id the collection records)."""
+        return {
+            "uri": str(self.uri),
+            "build": build,
+            "index_type": self.index_type,
+            "index_params": dict(self.index_params or {}),
+            "search_params": dict(self.search_params or {}),
+        }
+
+    @classmethod
+    def from_manifest(cls, entry: dict) -> "StoreOptions":
+        return cls(StoreURI.parse(entry["uri"]), entry["index_type"], entry["index_params"], entry["search_params"])
+
+    def search_params_for(self, nprobe: Optional[int]) -> dict:
+        """The search parameters of one query: the recorded ones, with ``nprobe`` where the index type reads it."""
+        params = dict(self.search_params or {})
+        if nprobe is not None and self.index_type in NPROBE_PARAM:
+            params[NPROBE_PARAM[self.index_type]] = int(nprobe)
+        return params
 
 
 @contextmanager
