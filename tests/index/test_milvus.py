@@ -2,6 +2,7 @@
 top-k (ties at the k boundary included), rows past the live end are never seen, an index built with
 ``store=`` answers as the local index does, refuses a collection rebuilt with other weights, adds by
 upsert (and survives a writer killed mid-add), and a bad or unreachable store URI is one line, exit 2."""
+import json
 import os
 import shutil
 import signal
@@ -16,10 +17,12 @@ pytest.importorskip("pymilvus")
 pytest.importorskip("milvus_lite")
 
 import vinvl  # noqa: E402,F401  (CPU runtime defaults)
+from vinvl.commands.cli import main as cli_main  # noqa: E402
 from vinvl.data import load_corpus, write_synthetic_corpus  # noqa: E402
 from vinvl.index import GalleryIndex, GallerySource, IndexWeightsError, add_to_index, build_index, milvus  # noqa: E402
 from vinvl.index.versions import PAUSE_ENV  # noqa: E402
 from vinvl.retrieval.search import ExactSearch  # noqa: E402
+from vinvl.serving.client import ServerProcess, free_port, post_json, vinvl_serve_command  # noqa: E402
 
 from support.commands import SOURCE_TREE  # noqa: E402
 from support.tinymodel import caption_embeddings, save_random_model  # noqa: E402
@@ -166,6 +169,7 @@ def test_an_index_with_a_lite_store_answers_as_the_local_exact_index(setup, tmp_
         np.testing.assert_array_equal(index.search(setup["queries"], K, method="store")[1], index.image_searcher().search(setup["queries"], K)[1])
 
 
+@pytest.mark.slow
 def test_add_upserts_the_new_images_and_their_captions(setup, tmp_path):
     out = str(tmp_path / "index")
     build_index(out, setup["model"], [_source(setup, "test")], progress=False, store=_lite(tmp_path))
@@ -175,6 +179,7 @@ def test_add_upserts_the_new_images_and_their_captions(setup, tmp_path):
         _assert_answers_equal_the_local_index(index, setup, 16)
 
 
+@pytest.mark.slow
 def test_a_collection_rebuilt_with_other_weights_or_owned_by_another_index_is_refused(setup, tmp_path):
     out, stale_copy = str(tmp_path / "index"), str(tmp_path / "stale_copy")
     build_index(out, setup["model"], [_source(setup, "test")], progress=False, store=_lite(tmp_path))
@@ -221,3 +226,91 @@ def test_a_writer_killed_during_an_add_leaves_rows_no_reader_sees_and_the_next_a
     with GalleryIndex.open(out) as index:
         assert index.num_images == 16
         _assert_answers_equal_the_local_index(index, setup, 16)
+
+
+# ----- the commands and the service over a store ---------------------------------------------------
+
+
+def _vinvl(capsys, *args):
+    """``vinvl <args>`` in this process: (exit status, stderr lines)."""
+    status = cli_main(list(args))
+    return status, capsys.readouterr().err.strip().splitlines()
+
+
+@pytest.mark.parametrize(
+    "store, extra, message",
+    [
+        ("milvus-lite:/no/such/folder/g.db", [], "the folder /no/such/folder does not exist"),
+        ("milvus://gallery-host/gallery", [], "milvus://HOST:PORT/COLLECTION with a numeric port"),
+        ("redis://localhost:6379/0", [], "expected milvus://HOST:PORT/COLLECTION or milvus-lite:PATH.db"),
+        ("milvus-lite:{tmp}/g.db", ["--milvus_index", "HNSW"], "Milvus Lite builds FLAT, IVF_FLAT, AUTOINDEX, not HNSW"),
+        ("milvus-lite:{tmp}/g.db", ["--faiss"], "--faiss and --store exclude each other"),
+    ],
+)
+def test_index_build_refuses_a_bad_store_in_one_line_before_reading_the_model(capsys, tmp_path, store, extra, message):
+    out = str(tmp_path / "index")  # the model directory does not exist: the store is refused before it is read
+    status, lines = _vinvl(capsys, "index", "build", "--model_dir", str(tmp_path / "no_model"), "--gallery_dir",
+                           str(tmp_path / "no_data"), "--store", store.format(tmp=tmp_path), *extra, out)
+    assert status == 2 and len(lines) == 1 and lines[0].startswith("vinvl index build: error: ") and message in lines[0], lines
+    assert not os.path.exists(out)
+
+
+def test_milvus_options_need_a_store_and_a_json_object(capsys, tmp_path):
+    common = ["index", "build", "--model_dir", "m", "--gallery_dir", "d", str(tmp_path / "index")]
+    status, lines = _vinvl(capsys, *common, "--milvus_index", "IVF_FLAT")
+    assert status == 2 and lines == ["vinvl index build: error: --milvus_index sets the Milvus store's index; it needs --store"]
+    status, lines = _vinvl(capsys, *common, "--store", f"milvus-lite:{tmp_path}/g.db", "--milvus_index_params", "{nlist: 4}")
+    assert status == 2 and len(lines) == 1 and "expected a JSON object" in lines[0], lines
+
+
+@pytest.mark.slow
+def test_index_build_refuses_an_unreachable_server_in_one_line_within_the_connect_timeout(capsys, tmp_path):
+    started = time.time()
+    status, lines = _vinvl(capsys, "index", "build", "--model_dir", str(tmp_path / "no_model"), "--gallery_dir",
+                           str(tmp_path / "no_data"), "--store", "milvus://127.0.0.1:1/gallery", str(tmp_path / "index"))
+    assert status == 2 and len(lines) == 1, lines
+    assert lines[0].startswith("vinvl index build: error: --store milvus://127.0.0.1:1/gallery: cannot open it: ")
+    assert time.time() - started < milvus.CONNECT_TIMEOUT + 20
+
+
+@pytest.mark.slow
+def test_index_build_add_and_info_through_the_command(capsys, setup, tmp_path):
+    out = str(tmp_path / "index")
+    common = ["--model_dir", setup["model"], "--gallery_dir", setup["corpus"]]
+    assert _vinvl(capsys, "index", "build", *common, "--store", f"milvus-lite:{tmp_path}/g.db",
+                  "--milvus_index", "IVF_FLAT", "--milvus_index_params", '{"nlist": 2}', out)[0] == 0
+    assert _vinvl(capsys, "index", "add", *common, "--split", "val", out)[0] == 0
+    assert cli_main(["index", "info", out]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["num_images"] == 16 and info["faiss"] is None
+    assert info["store"]["uri"] == f"milvus-lite:{tmp_path}/g.db" and info["store"]["index_type"] == "IVF_FLAT"
+    with GalleryIndex.open(out) as index:  # probing both lists of the IVF index is exact
+        rows = index.image_searcher(nprobe=2).search(setup["queries"], K)[1]
+    with GalleryIndex.open(setup["local"]) as local:
+        np.testing.assert_array_equal(rows, local.search(setup["queries"], K)[1])
+
+
+def test_serve_refuses_several_workers_on_a_lite_file(capsys, setup, tmp_path):
+    out = str(tmp_path / "index")
+    build_index(out, setup["model"], [_source(setup, "test")], progress=False, store=_lite(tmp_path))
+    status, lines = _vinvl(capsys, "serve", "--index", out, "--workers", "2", "--port", str(free_port()))
+    assert status == 2 and len(lines) == 1 and "Milvus Lite serves one process per file" in lines[0], lines
+
+
+@pytest.mark.slow
+def test_a_service_over_a_lite_store_answers_as_the_service_over_the_local_index(setup, tmp_path):
+    out = str(tmp_path / "index")
+    build_index(out, setup["model"], [_source(setup, "test"), _source(setup, "val")], progress=False, store=_lite(tmp_path))
+    test = load_corpus(setup["corpus"], "test")
+    data = ["a dog near a tree", test.captions[3][0], {"image_id": test.image_ids[2]}, {"image_id": test.image_ids[7]},
+            {"image_id": test.image_ids[1], "caption": test.captions[1][0]}]
+    answers = []
+    for index in (setup["local"], out):
+        port = free_port()
+        flags = ["--top_k", "3", "--candidates", "5", "--first_stage", "contrastive"]
+        with ServerProcess(vinvl_serve_command(index, port, extra=flags), port, str(tmp_path / f"server{port}.log")):
+            status, answer = post_json(port, {"data": data}, timeout=120)
+            assert status == 200, answer
+            answers.append(answer["result"])
+    assert answers[0] == answers[1]
+    assert [len(a.get("images", a.get("captions", [None]))) for a in answers[1][:4]] == [3, 3, 3, 3]
