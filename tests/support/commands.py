@@ -10,7 +10,7 @@ from vinvl.errors import USER_ERROR_STATUS
 # The source tree of the vinvl under test: the subprocesses import the same copy.
 SOURCE_TREE = os.path.dirname(os.path.dirname(os.path.abspath(vinvl.__file__)))
 # What paddle, setuptools and datasets print at import unless vinvl quiets it.
-NOISE = ("No ccache found", "OMP_NUM_THREADS WISELY", "OMP_NUM_THREADS set to", "Setuptools is replacing distutils",
+NOISE = ("No ccache found", "pkg_resources is deprecated", "OMP_NUM_THREADS WISELY", "OMP_NUM_THREADS set to", "Setuptools is replacing distutils",
          "PyTorch version", "Loading faiss", "fontManager")
 
 

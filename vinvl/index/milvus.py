@@ -27,6 +27,7 @@ k boundary is decided by row, not by Milvus' internal order.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -166,21 +167,47 @@ class StoreOptions:
 
 @contextmanager
 def _quiet_pymilvus() -> Iterator[None]:
-    """pymilvus logs a multi-line record for every failed call; its exception says the same in one line."""
-    logger = logging.getLogger("pymilvus")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
+    """pymilvus logs a record for every failed call (through loggers it configures); its exception says the same in one line."""
+    loggers = [logging.getLogger(name) for name in ("pymilvus", "pymilvus.milvus_client")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
     try:
         yield
     finally:
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 _lite_lock = threading.Lock()
 _lite_users: Dict[str, int] = {}  # open stores per Lite file in this process
 
 
-def _release_lite(path: str) -> None:
+def _acquire_lite(uri: StoreURI) -> None:
+    """Count a store of this process on the Lite file; the first one checks that no other process holds it.
+
+    Milvus Lite locks ``.NAME.lock`` beside the file (``lockf``) while a process serves it. Testing
+    that lock here gives the one-line StoreError without Milvus Lite's own log lines. Only when this
+    process holds no store on the file: closing a ``lockf`` descriptor drops all of the process'
+    locks on that file, Milvus Lite's included.
+    """
+    with _lite_lock:
+        if not _lite_users.get(uri.address):
+            lock_path = os.path.join(os.path.dirname(uri.address), f".{os.path.basename(uri.address)}.lock")
+            if os.path.exists(lock_path):
+                with open(lock_path, "a") as handle:
+                    try:
+                        fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except OSError:
+                        raise StoreError(
+                            f"--store {uri}: another process has the file open (Milvus Lite serves one process per "
+                            "file): stop that process, or put the collection on a Milvus server"
+                        ) from None
+                    fcntl.lockf(handle, fcntl.LOCK_UN)
+        _lite_users[uri.address] = _lite_users.get(uri.address, 0) + 1
+
+
+def _release_lite(path: str, stop_server: bool = True) -> None:
     """Stop this process' Milvus Lite server of ``path`` when no store here uses it any more, so
     another process can open the file (pymilvus keeps the server until the process exits)."""
     with _lite_lock:
@@ -188,9 +215,10 @@ def _release_lite(path: str) -> None:
         if _lite_users[path]:
             return
         del _lite_users[path]
-        from milvus_lite.server_manager import server_manager_instance
+        if stop_server:
+            from milvus_lite.server_manager import server_manager_instance
 
-        server_manager_instance.release_server(path)
+            server_manager_instance.release_server(path)
 
 
 class MilvusStore:
@@ -204,14 +232,13 @@ class MilvusStore:
         self.uri = uri
         self._alias = f"vinvl-{uuid.uuid4().hex}"
         if uri.lite:
-            with _lite_lock:
-                _lite_users[uri.address] = _lite_users.get(uri.address, 0) + 1
+            _acquire_lite(uri)
         try:
             with _quiet_pymilvus():
                 self.client = pymilvus.MilvusClient(uri=uri.address, timeout=timeout, alias=self._alias)
         except Exception as exc:
             if uri.lite:
-                _release_lite(uri.address)
+                _release_lite(uri.address, stop_server=False)  # a server that did not start is not registered
             raise StoreError(f"--store {uri}: cannot open it: {_reason(exc, uri)}") from None
 
     def close(self) -> None:
