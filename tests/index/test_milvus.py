@@ -311,18 +311,22 @@ def test_serve_refuses_several_workers_on_a_lite_file(capsys, setup, tmp_path):
 
 @pytest.mark.slow
 def test_a_service_over_a_lite_store_answers_as_the_service_over_the_local_index(setup, tmp_path):
-    out = str(tmp_path / "index")
-    build_index(out, setup["model"], [_source(setup, "test"), _source(setup, "val")], progress=False, store=_lite(tmp_path))
-    test = load_corpus(setup["corpus"], "test")
-    data = ["a dog near a tree", test.captions[3][0], {"image_id": test.image_ids[2]}, {"image_id": test.image_ids[7]},
-            {"image_id": test.image_ids[1], "caption": test.captions[1][0]}]
+    out = str(tmp_path / "index")  # the test split only: the service adds the val split itself
+    build_index(out, setup["model"], [_source(setup, "test")], progress=False, store=_lite(tmp_path))
+    test, val = load_corpus(setup["corpus"], "test"), load_corpus(setup["corpus"], "val")
+    data = ["a dog near a tree", test.captions[3][0], val.captions[1][0], {"image_id": test.image_ids[2]},
+            {"image_id": val.image_ids[4]}, {"image_id": test.image_ids[1], "caption": test.captions[1][0]}]
     answers = []
-    for index in (setup["local"], out):
+    for index in (setup["local"], out):  # the local index holds test + val
         port = free_port()
-        flags = ["--top_k", "3", "--candidates", "5", "--first_stage", "contrastive"]
+        flags = ["--top_k", "3", "--candidates", "5", "--first_stage", "contrastive", "--allow_add"]
         with ServerProcess(vinvl_serve_command(index, port, extra=flags), port, str(tmp_path / f"server{port}.log")):
+            if index == out:  # an add request in the process that holds the Lite file
+                status, added = post_json(port, {"data": {"add": {"gallery_dir": setup["corpus"], "split": "val"}}}, timeout=120)
+                assert status == 200 and added["result"]["num_images"] == 16, added
             status, answer = post_json(port, {"data": data}, timeout=120)
             assert status == 200, answer
             answers.append(answer["result"])
     assert answers[0] == answers[1]
-    assert [len(a.get("images", a.get("captions", [None]))) for a in answers[1][:4]] == [3, 3, 3, 3]
+    assert [len(a.get("images", a.get("captions", [None]))) for a in answers[1][:5]] == [3, 3, 3, 3, 3]
+    assert set(val.image_ids) & {hit["image_id"] for a in answers[1][:3] for hit in a["images"]}  # added images are found
