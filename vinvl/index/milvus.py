@@ -317,7 +317,9 @@ class MilvusStore:
             with _quiet_pymilvus():
                 if self.client.has_collection(self.uri.collection):
                     self.client.drop_collection(self.uri.collection)
-                self.client.create_collection(self.uri.collection, schema=schema, index_params=params)
+                # Strong: a search sees every write acknowledged before it (Milvus' default, Bounded, may not
+                # yet see an add's rows when the new version goes live).
+                self.client.create_collection(self.uri.collection, schema=schema, index_params=params, consistency_level="Strong")
         except Exception as exc:
             raise StoreError(f"{self.uri}: cannot create the collection: {_reason(exc, self.uri)}") from None
         return build
