@@ -21,7 +21,12 @@ INSTALL_REQUIRES = [
 # to install beside numpy 1.26.4 on CPython 3.11 without changing it.
 FAISS_REQUIRES = ["faiss-cpu==1.15.1"]
 
-TEST_REQUIRES = FAISS_REQUIRES + [  # the faiss path is tested against exact top-k
+# Optional: Milvus as the store of the first stage (vinvl.index.milvus). The 2.5 line runs with
+# protobuf 3.20.3 and numpy 1.26.4 (2.6 needs protobuf >= 5); milvus-lite 2.5 imports pkg_resources,
+# which setuptools 81 removed.
+MILVUS_REQUIRES = ["pymilvus==2.5.18", "milvus-lite==2.5.1", "setuptools<81"]
+
+TEST_REQUIRES = FAISS_REQUIRES + MILVUS_REQUIRES + [  # faiss and Milvus are tested against exact top-k
     "pytest",
     "torch==2.13.0",  # CPU build; also keeps sentence-transformers from pulling a CUDA build
     "transformers",
@@ -49,7 +54,7 @@ setup(
         ]
     },
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": TEST_REQUIRES, "faiss": FAISS_REQUIRES},
+    extras_require={"test": TEST_REQUIRES, "faiss": FAISS_REQUIRES, "milvus": MILVUS_REQUIRES},
     entry_points={"console_scripts": ["vinvl=vinvl.commands.cli:main"]},
     license="Apache-2.0",
 )

@@ -14,9 +14,10 @@ this package. ``import vinvl`` does not import paddle (a command's ``--help`` mu
 it); :func:`quiet_paddle_import` makes paddle's first import, whenever it happens, remove exactly
 those lines, each where it comes from:
 
-- ``UserWarning: No ccache found`` (paddle's C++-extension helper, a ``warnings.warn``) and
-  ``Setuptools is replacing distutils`` (setuptools' ``_distutils_hack``): warning filters on
-  those messages.
+- ``UserWarning: No ccache found`` (paddle's C++-extension helper, a ``warnings.warn``),
+  ``Setuptools is replacing distutils`` (setuptools' ``_distutils_hack``) and ``pkg_resources is
+  deprecated as an API`` (jieba, which paddlenlp imports, when setuptools < 81 still ships
+  ``pkg_resources``, as the ``[milvus]`` extra needs): warning filters on those messages.
 - ``WARNING: OMP_NUM_THREADS set to N, not 1 ... PLEASE USE OMP_NUM_THREADS WISELY.``: two
   ``print(file=sys.stderr)`` calls in ``paddle.base``; dropped only when N is the count
   :func:`tune_cpu_defaults` chooses, so a count the user set is still questioned.

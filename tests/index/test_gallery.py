@@ -131,7 +131,7 @@ def test_an_index_written_before_captions_reads_as_captionless_and_add_appends_c
     flow = Taskflow("image_text_retrieval", task_path=model_dir, index_path=old, **OPTIONS)
     test = load_corpus(corpus, "test")
     assert len(flow(test.captions[0][0])[0]["images"]) == 3  # caption -> images needs no captions
-    with pytest.raises(ValueError, match="no captions"):
+    with pytest.raises(ValueError, match="needs a gallery with captions, and this one has none"):
         flow({"image_id": test.image_ids[0]})
 
     add_to_index(old, model_dir, [GallerySource(corpus, "val")], progress=False)

@@ -2,6 +2,7 @@
 (:mod:`vinvl.index.store`).
 
     vinvl index build --model_dir M --gallery_dir D [--gallery_dir D2] [--split S] [--faiss] OUT
+    vinvl index build ... --store milvus://HOST:PORT/COLLECTION | milvus-lite:PATH.db [--milvus_index T] OUT
     vinvl index add   --model_dir M --gallery_dir D2 [--split S] OUT
     vinvl index info  OUT
 """
@@ -16,6 +17,7 @@ from ..errors import UsageError
 from .options import HelpFormatter, new_parser, require_directory, require_positive
 
 if TYPE_CHECKING:
+    from ..index.milvus import StoreOptions
     from ..index.store import GallerySource
 
 __all__ = ["SUBCOMMANDS", "build_parser", "main"]
@@ -52,6 +54,17 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch_size", type=int, default=64, help="images per forward pass while embedding")
 
 
+def _json_object(text: str) -> dict:
+    """A JSON object given on the command line (Milvus index or search parameters)."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"nlist\": 1024}}', got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = new_parser("vinvl index", DESCRIPTION)
     commands = parser.add_subparsers(dest="command", required=True, metavar="{build,add,info}")
@@ -62,6 +75,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(build)
     build.add_argument("--faiss", action="store_true", help="also build a faiss IVF-Flat index (needs the [faiss] extra)")
     build.add_argument("--nlist", type=int, help="IVF lists of the faiss index (default about 4 sqrt(N))")
+    build.add_argument(
+        "--store", metavar="URI",
+        help="keep the embeddings in Milvus: milvus://HOST:PORT/COLLECTION (a server or cluster) or "
+             "milvus-lite:PATH.db (embedded, one process per file); needs the [milvus] extra",
+    )
+    build.add_argument("--milvus_index", default="FLAT",
+                       help="the Milvus index type over the embeddings: FLAT (exact) or an approximate one "
+                            "(IVF_FLAT, HNSW...; Milvus Lite builds FLAT and IVF_FLAT)")
+    build.add_argument("--milvus_index_params", type=_json_object, metavar="JSON",
+                       help='the index type\'s build parameters, e.g. \'{"nlist": 1024}\' or \'{"M": 16, "efConstruction": 200}\'')
+    build.add_argument("--milvus_search_params", type=_json_object, metavar="JSON",
+                       help='search parameters recorded for every query, e.g. \'{"ef": 64}\' (a query\'s nprobe sets IVF types\' nprobe)')
     add = commands.add_parser(
         "add", formatter_class=HelpFormatter, help="append the images of more galleries (same model weights)",
         description="Append the images of more galleries to the index OUT (embedded with the weights that built it).",
@@ -73,6 +98,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _store_options(args: argparse.Namespace) -> Optional["StoreOptions"]:
+    """The Milvus store of ``build`` (None without --store); a malformed URI or option is a StoreError here."""
+    milvus_flags = [f for f in ("milvus_index_params", "milvus_search_params") if getattr(args, f) is not None]
+    if args.milvus_index != "FLAT":
+        milvus_flags.insert(0, "milvus_index")
+    if args.store is None:
+        if milvus_flags:
+            raise UsageError(f"--{milvus_flags[0]} sets the Milvus store's index; it needs --store")
+        return None
+    if args.faiss:
+        raise UsageError("--faiss and --store exclude each other: a Milvus store has its own index (--milvus_index)")
+    from ..index.milvus import StoreOptions, StoreURI
+
+    return StoreOptions(StoreURI.parse(args.store), args.milvus_index, args.milvus_index_params, args.milvus_search_params)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> str:
     """Run the sub-command; returns the path of the live version."""
     args = build_parser().parse_args(argv)
@@ -80,6 +121,7 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
         require_positive(args, ("batch_size",))
     if args.command == "build" and args.nlist is not None and not args.faiss:
         raise UsageError("--nlist sets the faiss index's lists; it needs --faiss")
+    store = _store_options(args) if args.command == "build" else None  # a bad --store is named first
     if args.command != "info":
         require_directory(args.model_dir, "--model_dir", "model directory")
         for gallery_dir in args.gallery_dir:
@@ -93,7 +135,7 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
     sources = _sources(args)
     if args.command == "build":
         path = build_index(args.out, args.model_dir, sources, use_faiss=args.faiss, faiss_nlist=args.nlist,
-                           batch_size=args.batch_size)
+                           batch_size=args.batch_size, store=store)
     else:
         path = add_to_index(args.out, args.model_dir, sources, batch_size=args.batch_size)
     print(f"index {args.out}: live version {path}", file=sys.stderr)

@@ -118,6 +118,12 @@ def _settings(args: argparse.Namespace) -> dict:
         with GalleryIndex.open(args.index) as index:
             model_dir = args.model_dir or index.manifest["model"]["model_dir"]
             index.check_weights(weights_checksum(model_dir), model_dir)
+            if index.store is not None and index.store.uri.lite and args.workers > 1:
+                raise UsageError(
+                    f"--workers {args.workers}: the index keeps its embeddings in {index.store.uri}, and Milvus Lite "
+                    "serves one process per file; serve it with --workers 1, or build the index with "
+                    "--store milvus://HOST:PORT/COLLECTION for several workers"
+                )
         if args.detector is not None:
             check_detector_dir(args.detector)
     except (FileNotFoundError, ValueError) as exc:

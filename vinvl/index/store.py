@@ -17,6 +17,10 @@ caption_embeddings.npy   float32 [C, contrastive_dim] caption-only embeddings of
                          only when the contrastive heads are trained
 ```
 
+An index built with a Milvus store (``store=``, :mod:`vinvl.index.milvus`) writes neither embedding
+file nor faiss index: its manifest's ``store`` entry names the collection that holds both kinds of
+embedding (and the build of it the version was written with); everything else is as above.
+
 Captions came later than the rest of format 1: an index written before them has no
 ``captions`` entry in its manifest and reads as an index whose images have no captions (image ->
 captions queries say so); ``add`` to such an index gives its old images no captions.
@@ -33,7 +37,7 @@ import json
 import os
 import threading
 from dataclasses import dataclass
-from typing import IO, Dict, List, Optional, Sequence
+from typing import IO, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -46,7 +50,7 @@ from ..oscar.model_dir import load_retrieval_model, weights_checksum
 from ..retrieval import Gallery, RetrievalEngine
 from ..retrieval.search import ExactSearch, Searcher
 from ..retrieval.topk import TopK
-from . import ivf
+from . import ivf, milvus
 from .tables import IdColumn, ListColumn, load_array
 from .versions import MANIFEST, VersionedDir, pause_for_test
 
@@ -148,19 +152,41 @@ class GalleryIndex:
         self.tag_column = ListColumn(path, "tags")
         self.feature_file = load_array(path, "feature_file")  # per image: its feature file's number (-1: none)
         self.feature_row = load_array(path, "feature_row")  # per image: its row in that file
-        self.embeddings: Optional[np.ndarray] = load_array(path, "embeddings") if self.manifest["embeddings"] else None
         captions = self.manifest.get("captions")  # absent in indexes written before captions were stored
         self.caption_column = ListColumn(path, "captions") if captions else None
-        self.caption_embeddings: Optional[np.ndarray] = (
-            load_array(path, "caption_embeddings") if captions and captions.get("embeddings") else None
+        # The Milvus store holding the embeddings, when the index was built with one (else None).
+        self.store_options = milvus.StoreOptions.from_manifest(self.manifest["store"]) if self.manifest.get("store") else None
+        self.store: Optional[milvus.MilvusStore] = None
+        if self.store_options is not None:
+            self.store = milvus.MilvusStore(self.store_options.uri)
+            try:
+                self.store.check_build(self.root, self.weights_sha256, self.manifest["store"]["build"])
+            except BaseException:
+                self.store.close()
+                raise
+        self.embeddings = self._embeddings("embeddings", milvus.IMAGE, self.num_images, self.manifest["embeddings"])
+        self.caption_embeddings = self._embeddings(
+            "caption_embeddings", milvus.CAPTION, self.num_captions, captions.get("embeddings") if captions else None
         )
         self._faiss = None
         self._sources: Dict[int, object] = {}
         self._lock = threading.Lock()  # feature files share one handle (seek + read); faiss loads once
 
+    def _embeddings(self, name: str, kind: int, count: int, entry: Optional[dict]):
+        """One kind of embedding: memory-mapped from the version, or the store's rows; None when not stored."""
+        if not entry:
+            return None
+        if self.store is not None:
+            return milvus.MilvusRows(self.store, kind, count, entry["dim"])
+        return load_array(self.path, name)
+
     @classmethod
     def open(cls, root: str, model_dir: Optional[str] = None) -> "GalleryIndex":
-        """The live version of the index at ``root``; with ``model_dir``, checked to match its weights."""
+        """The live version of the index at ``root``; with ``model_dir``, checked to match its weights.
+
+        An index with a Milvus store connects to it and checks that the collection holds this
+        version's build (a bad or unreachable store is a :class:`vinvl.index.milvus.StoreError`).
+        """
         path, handle = VersionedDir(root).pin_current()
         try:
             index = cls(os.path.abspath(root), path, handle)
@@ -168,11 +194,17 @@ class GalleryIndex:
             handle.close()
             raise
         if model_dir is not None:
-            index.check_weights(weights_checksum(model_dir), model_dir)
+            try:
+                index.check_weights(weights_checksum(model_dir), model_dir)
+            except BaseException:
+                index.close()
+                raise
         return index
 
     def close(self) -> None:
         self._faiss = None
+        if self.store is not None:
+            self.store.close()
         self._handle.close()
 
     def __enter__(self) -> "GalleryIndex":
@@ -271,10 +303,13 @@ class GalleryIndex:
         return self.embeddings
 
     def image_searcher(self, nprobe: Optional[int] = None) -> Searcher:
-        """The contrastive search over the images: the faiss IVF index (``nprobe`` lists probed, default
-        :data:`vinvl.index.ivf.DEFAULT_NPROBE`) when the version has one, else exact chunked top-k over
-        the memory-mapped embeddings. Ties rank the lower position first either way."""
+        """The contrastive search over the images: the Milvus collection when the index has a store
+        (``nprobe`` for its IVF types; exact with FLAT), the faiss IVF index (``nprobe`` lists probed,
+        default :data:`vinvl.index.ivf.DEFAULT_NPROBE`) when the version has one, else exact chunked
+        top-k over the memory-mapped embeddings. Ties rank the lower position first every way."""
         embeddings = self.require_embeddings()
+        if self.store is not None:
+            return milvus.MilvusSearch(self.store, milvus.IMAGE, self.num_images, self.store_options.search_params_for(nprobe))
         if self.manifest.get("faiss") is not None:
             return ivf.IVFSearch(self.faiss_index(), ivf.DEFAULT_NPROBE if nprobe is None else nprobe)
         return ExactSearch(embeddings)
@@ -285,19 +320,28 @@ class GalleryIndex:
             return None
         if self.caption_embeddings is None:
             self.require_embeddings()
+        if self.store is not None:
+            return milvus.MilvusSearch(self.store, milvus.CAPTION, self.num_captions, self.store_options.search_params_for(None))
         return ExactSearch(self.caption_embeddings)
 
     def search(self, queries: np.ndarray, k: int, method: str = "exact", nprobe: int = ivf.DEFAULT_NPROBE) -> TopK:
         """Contrastive top-``k`` images per caption embedding ``[Q, E]``: (scores, image positions).
 
         ``exact`` scans the memory-mapped embeddings in chunks; ``faiss`` searches the IVF index
-        (built with ``--faiss``). Ties rank the lower position first.
+        (built with ``--faiss``); ``store`` searches the Milvus collection (built with ``store=``).
+        Ties rank the lower position first.
         """
+        if method == "store":
+            if self.store is None:
+                raise ValueError(f"the index {self.root} has no Milvus store; build it with `vinvl index build --store ...`")
+            return self.image_searcher(nprobe).search(queries, k)
         if method == "exact":
+            if self.store is not None:
+                raise ValueError(f"the index {self.root} keeps its embeddings in {self.store.uri}; search it with method='store'")
             return ExactSearch(self.require_embeddings()).search(queries, k)
         if method == "faiss":
             return ivf.IVFSearch(self.faiss_index(), nprobe).search(queries, k)
-        raise ValueError(f"method must be 'exact' or 'faiss', got {method!r}")
+        raise ValueError(f"method must be 'exact', 'faiss' or 'store', got {method!r}")
 
     def faiss_index(self):
         """The version's faiss index, memory-mapped on first use."""
@@ -317,15 +361,24 @@ def _engine(model_dir: str, batch_size: int) -> RetrievalEngine:
     return RetrievalEngine(model, processor, batch_size=batch_size, progress=False)
 
 
-def _embed_source(engine, corpus: RetrievalCorpus, out: np.ndarray, start: int, progress: bool) -> None:
-    """Write the image embeddings of ``corpus`` to ``out[start:start + len(corpus)]``, chunk by chunk."""
+def _image_chunks(engine, corpus: RetrievalCorpus, progress: bool) -> Iterator[Tuple[int, np.ndarray]]:
+    """``(first image, [n, E] embeddings)`` of ``corpus``'s images, ``EMBED_CHUNK`` at a time."""
     chunks = range(0, len(corpus), EMBED_CHUNK)
     for lo in tqdm(chunks, desc="embedding images", unit="chunk", disable=not progress):
         hi = min(lo + EMBED_CHUNK, len(corpus))
         gallery = Gallery.for_queries(
             corpus.image_ids[lo:hi], corpus.tags[lo:hi], lambda j, lo=lo: corpus.features(lo + j), []
         )
-        out[start + lo : start + hi] = engine.embed_images(gallery)
+        yield lo, engine.embed_images(gallery)
+
+
+def _caption_chunks(engine, sources: Sequence[_LoadedSource], progress: bool) -> Iterator[Tuple[int, np.ndarray]]:
+    """``(first caption, [n, E] caption-only embeddings)`` of ``sources``' captions (flattened in image order)."""
+    captions = [c for s in sources for per_image in s.corpus.captions for c in per_image]
+    placeholder = next(s for s in sources if len(s.corpus))  # a caption-only embedding reads no image
+    image = ([placeholder.corpus.image_ids[0]], [placeholder.corpus.tags[0]], [placeholder.corpus.features(0)])
+    for lo in tqdm(range(0, len(captions), CAPTION_CHUNK), desc="embedding captions", unit="chunk", disable=not progress):
+        yield lo, engine.embed_captions(Gallery.for_queries(*image, captions[lo : lo + CAPTION_CHUNK]))
 
 
 def _feature_file_entries(paths: Sequence[str], layouts: Sequence[str]) -> List[dict]:
@@ -343,8 +396,14 @@ def _write_version(
     use_faiss: bool,
     batch_size: int,
     progress: bool,
+    store: Optional[milvus.MilvusStore] = None,
+    store_entry: Optional[dict] = None,
 ) -> dict:
-    """Write a complete index version into ``folder``: ``base``'s images (if any), then ``sources``'."""
+    """Write a complete index version into ``folder``: ``base``'s images (if any), then ``sources``'.
+
+    With a ``store`` (and the manifest entry naming it) the embeddings are upserted into its
+    collection instead of written to the version's files.
+    """
     new_ids = [i for s in sources for i in s.corpus.image_ids]
     files = [dict(e) for e in base.manifest["feature_files"]] if base else []
     number = {e["path"]: n for n, e in enumerate(files)}
@@ -371,7 +430,11 @@ def _write_version(
     total = (base.num_images if base else 0) + len(new_ids)
     embeddings_entry = faiss_entry = None
     captions_entry = {"count": num_captions, "embeddings": None}
-    if "contrastive" in stages:
+    if store is not None:
+        _write_store_embeddings(store, _engine(model_dir, batch_size), sources, base, progress)
+        embeddings_entry = {"store": "milvus", "dim": config.contrastive_dim}
+        captions_entry["embeddings"] = dict(embeddings_entry)
+    elif "contrastive" in stages:
         engine = _engine(model_dir, batch_size)
         embeddings_entry, faiss_entry = _write_embeddings(
             folder, engine, config, sources, base, total, faiss_nlist, use_faiss, progress
@@ -390,6 +453,7 @@ def _write_version(
         first_stages=stages,
         embeddings=embeddings_entry,
         faiss=faiss_entry,
+        store=store_entry,
         captions=captions_entry,
         feature_files=files,
         sources=(base.manifest["sources"] if base else [])
@@ -466,7 +530,8 @@ def _write_embeddings(
     embeddings = _open_embeddings(folder, EMBEDDINGS_FILE, total, config.contrastive_dim, base.embeddings if base else None)
     start = old_count
     for s in sources:
-        _embed_source(engine, s.corpus, embeddings, start, progress)
+        for lo, chunk in _image_chunks(engine, s.corpus, progress):
+            embeddings[start + lo : start + lo + len(chunk)] = chunk
         start += len(s.corpus)
     embeddings.flush()
     faiss_entry = None
@@ -495,28 +560,51 @@ def _write_caption_embeddings(
     previous = base.caption_embeddings if base is not None and base.num_captions else None
     out = _open_embeddings(folder, CAPTION_EMBEDDINGS_FILE, total, config.contrastive_dim, previous)
     start = 0 if previous is None else len(previous)
-    captions = [c for s in sources for per_image in s.corpus.captions for c in per_image]
-    placeholder = next(s for s in sources if len(s.corpus))  # a caption-only embedding reads no image
-    image = ([placeholder.corpus.image_ids[0]], [placeholder.corpus.tags[0]], [placeholder.corpus.features(0)])
-    for lo in tqdm(range(0, len(captions), CAPTION_CHUNK), desc="embedding captions", unit="chunk", disable=not progress):
-        chunk = captions[lo : lo + CAPTION_CHUNK]
-        out[start + lo : start + lo + len(chunk)] = engine.embed_captions(Gallery.for_queries(*image, chunk))
+    for lo, chunk in _caption_chunks(engine, sources, progress):
+        out[start + lo : start + lo + len(chunk)] = chunk
     out.flush()
     return {"file": CAPTION_EMBEDDINGS_FILE, "dim": config.contrastive_dim}
 
 
-def _prepare(model_dir: str, sources: Sequence[GallerySource], use_faiss: bool):
-    """Everything checked before long work: weights, config, sources, faiss availability."""
+def _write_store_embeddings(
+    store: milvus.MilvusStore, engine: RetrievalEngine, sources: Sequence[_LoadedSource], base: Optional[GalleryIndex], progress: bool
+) -> None:
+    """Upsert ``sources``' image and caption embeddings into the store, numbered after ``base``'s.
+
+    Rows past ``base``'s end are deleted first: what a writer that died during an add left there.
+    """
+    old_images = base.num_images if base else 0
+    old_captions = base.num_captions if base else 0
+    store.delete_from(milvus.IMAGE, old_images)
+    store.delete_from(milvus.CAPTION, old_captions)
+    start = old_images
+    for s in sources:
+        for lo, chunk in _image_chunks(engine, s.corpus, progress):
+            hi = lo + len(chunk)
+            store.upsert(milvus.IMAGE, start + lo, chunk, s.corpus.image_ids[lo:hi], s.corpus.tags[lo:hi])
+        start += len(s.corpus)
+    owners = [s.corpus.image_ids[i] for s in sources for i, per_image in enumerate(s.corpus.captions) for _ in per_image]
+    if owners:
+        for lo, chunk in _caption_chunks(engine, sources, progress):
+            store.upsert(milvus.CAPTION, old_captions + lo, chunk, owners[lo : lo + len(chunk)], [[]] * len(chunk))
+    pause_for_test("store")
+
+
+def _prepare(model_dir: str, sources: Sequence[GallerySource], use_faiss: bool, uses_store: bool = False):
+    """Everything checked before long work: weights, config, sources, faiss availability, a store's needs."""
     if not sources:
         raise ValueError("give at least one gallery directory")
     checksum = weights_checksum(model_dir)
     config = OscarConfig.from_pretrained(model_dir)
-    if use_faiss:
-        if "contrastive" not in _first_stages(config):
+    if use_faiss and uses_store:
+        raise ValueError("--faiss and --store exclude each other: a Milvus store has its own index (--milvus_index)")
+    for flag, used in (("--faiss", use_faiss), ("--store", uses_store)):
+        if used and "contrastive" not in _first_stages(config):
             raise ValueError(
-                f"--faiss needs contrastive embeddings, but {model_dir} records trained_heads="
+                f"{flag} needs contrastive embeddings, but {model_dir} records trained_heads="
                 f"{sorted(config.heads_trained())} (contrastive_dim {config.contrastive_dim})"
             )
+    if use_faiss:
         ivf.require_faiss()
     loaded = [_load_source(s, config.img_feature_dim) for s in sources]
     return checksum, config, loaded
@@ -530,22 +618,39 @@ def build_index(
     faiss_nlist: Optional[int] = None,
     batch_size: int = 64,
     progress: bool = True,
+    store: Optional[milvus.StoreOptions] = None,
 ) -> str:
     """Build an index of ``sources`` (in order) at ``out``; replaces a previous index atomically.
 
     Returns the new version's path. A non-empty ``out`` that is not an index is refused before
-    anything is read.
+    anything is read. With ``store`` the embeddings go to that Milvus collection, which is
+    connected to (and refused if another index's) before the model loads, then dropped and created
+    anew for this build.
     """
     versions = VersionedDir(out)
     versions.refuse_foreign()
-    checksum, config, loaded = _prepare(model_dir, sources, use_faiss)
-    _check_new_ids(loaded, None)
-    total = sum(len(s.corpus) for s in loaded)
-    if faiss_nlist is not None and not 1 <= faiss_nlist <= total:
-        raise ValueError(f"nlist must be in 1..{total} (the number of images), got {faiss_nlist}")
-    with versions.writer(), versions.staging() as folder:
-        _write_version(folder, model_dir, checksum, config, loaded, None, faiss_nlist, use_faiss, batch_size, progress)
-        return versions.commit(folder)
+    connection = milvus.MilvusStore(store.uri) if store is not None else None
+    try:
+        if connection is not None:
+            connection.check_owner(versions.root)
+        checksum, config, loaded = _prepare(model_dir, sources, use_faiss, uses_store=store is not None)
+        _check_new_ids(loaded, None)
+        total = sum(len(s.corpus) for s in loaded)
+        if faiss_nlist is not None and not 1 <= faiss_nlist <= total:
+            raise ValueError(f"nlist must be in 1..{total} (the number of images), got {faiss_nlist}")
+        with versions.writer(), versions.staging() as folder:
+            store_entry = None
+            if connection is not None:
+                build = connection.create(
+                    config.contrastive_dim, versions.root, checksum, store.index_type, store.index_params or {}
+                )
+                store_entry = store.to_manifest(build)
+            _write_version(folder, model_dir, checksum, config, loaded, None, faiss_nlist, use_faiss, batch_size, progress,
+                           connection, store_entry)
+            return versions.commit(folder)
+    finally:
+        if connection is not None:
+            connection.close()
 
 
 def add_to_index(
@@ -554,18 +659,20 @@ def add_to_index(
     """Append the images of ``sources`` to the index at ``out`` (built with the same weights).
 
     Writes a new version holding the old images then the new ones and switches to it; a faiss
-    index keeps its trained lists and gets the new vectors added. Returns the new version's path.
+    index keeps its trained lists and gets the new vectors added; a Milvus store gets the new rows
+    upserted (keyed by kind and row) before the switch. Returns the new version's path.
     """
     versions = VersionedDir(out)
     with versions.writer():
         base = GalleryIndex.open(out)
         try:
             use_faiss = base.manifest.get("faiss") is not None
-            checksum, config, loaded = _prepare(model_dir, sources, use_faiss)
+            checksum, config, loaded = _prepare(model_dir, sources, use_faiss, uses_store=base.store is not None)
             base.check_weights(checksum, model_dir)
             _check_new_ids(loaded, base)
             with versions.staging() as folder:
-                _write_version(folder, model_dir, checksum, config, loaded, base, None, use_faiss, batch_size, progress)
+                _write_version(folder, model_dir, checksum, config, loaded, base, None, use_faiss, batch_size, progress,
+                               base.store, base.manifest.get("store"))
                 base.close()  # unpinned, so the switch can delete it
                 return versions.commit(folder)
         finally:
