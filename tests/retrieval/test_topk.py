@@ -3,7 +3,7 @@ merge of per-shard top-k lists against one computation over the whole gallery (t
 import numpy as np
 import pytest
 
-from vinvl.retrieval.topk import PAD_INDEX, exact_top_k, merge_top_k, shard_ranges, top_k_of_block
+from vinvl.retrieval.topk import PAD_INDEX, exact_top_k, merge_top_k, top_k_of_block
 
 
 def _reference(embeddings, queries, k):
@@ -71,7 +71,8 @@ def test_merging_shard_answers_equals_one_search_of_the_whole_gallery(num_shards
     embeddings, queries = _tied(rng, 60), _tied(rng, 11)
     k = 12
     # each shard answers for its own image range with global ids, as a shard server would
-    answers = [exact_top_k(embeddings, queries, k, rows=r) for r in shard_ranges(len(embeddings), num_shards)]
+    bounds = np.linspace(0, len(embeddings), num_shards + 1).round().astype(int)  # contiguous ranges
+    answers = [exact_top_k(embeddings, queries, k, rows=(int(a), int(b))) for a, b in zip(bounds[:-1], bounds[1:])]
     merged_scores, merged = merge_top_k(answers, k)
     ref_scores, ref = _reference(embeddings, queries, k)
     np.testing.assert_array_equal(merged, ref)
@@ -116,9 +117,3 @@ def test_merge_rejects_bad_parts():
         merge_top_k([(np.full((2, 3), np.nan), good[1])], 2)
     with pytest.raises(ValueError, match="k must be"):
         merge_top_k([good], 0)
-
-
-def test_shard_ranges_cover_the_gallery_without_overlap():
-    ranges = shard_ranges(10, 3)
-    assert ranges[0][0] == 0 and ranges[-1][1] == 10
-    assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))

@@ -11,12 +11,12 @@ entries (index ``-1``, score ``-inf``) that mean "no result"; the merged list ha
 """
 from __future__ import annotations
 
-from typing import Iterable, Optional, Sequence, Tuple
+from typing import Iterable, Optional, Tuple
 
 import numpy as np
 from tqdm.auto import tqdm
 
-__all__ = ["DEFAULT_CHUNK_ROWS", "PAD_INDEX", "TopK", "exact_top_k", "merge_top_k", "shard_ranges", "top_k", "top_k_of_block"]
+__all__ = ["DEFAULT_CHUNK_ROWS", "PAD_INDEX", "TopK", "exact_top_k", "merge_top_k", "top_k", "top_k_of_block"]
 
 DEFAULT_CHUNK_ROWS = 65536  # embedding rows scored at once: 64 MB of a 256-d float32 matrix
 MAX_BLOCK_CELLS = 1 << 24  # query x row scores held at once (64 MB of float32)
@@ -128,11 +128,3 @@ def exact_top_k(
         block_best = (np.concatenate([s for s, _ in parts]), np.concatenate([i for _, i in parts]))
         best = merge_top_k([best, block_best], k)
     return best
-
-
-def shard_ranges(num_images: int, num_shards: int) -> Sequence[Tuple[int, int]]:
-    """Contiguous image ranges ``[(start, stop), ...]`` splitting ``num_images`` into ``num_shards``."""
-    if num_shards <= 0:
-        raise ValueError(f"num_shards must be positive, got {num_shards}")
-    bounds = np.linspace(0, num_images, num_shards + 1).round().astype(np.int64)
-    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
