@@ -18,29 +18,12 @@ from vinvl.commands.cli import COMMANDS, main, run_main
 from vinvl.data import write_synthetic_corpus
 from vinvl.errors import USER_ERROR_STATUS, UsageError, UserError
 
-from support.commands import SOURCE_TREE, assert_quiet, assert_user_error, run, vinvl_cmd
+from support.commands import SOURCE_TREE, assert_quiet, assert_user_error, run, vinvl_cmd, vinvl_here
 
 SCRIPTS = sorted(name for name in os.listdir(os.path.join(SOURCE_TREE, "scripts")) if name.endswith(".py"))
 
 
 # ----- helpers ---------------------------------------------------------------------------------
-
-
-def run_here(capfd, cwd, *args):
-    """``vinvl <args>`` through vinvl.commands.cli.main in this process, from ``cwd``; a CompletedProcess like run()'s.
-
-    For a further user error of a command whose entry point a subprocess test already runs in a new
-    interpreter (its --no_such_flag call below checks the exit wiring and that its import prints
-    nothing); the status is the one `vinvl` exits with, stderr is read at the file descriptor."""
-    capfd.readouterr()
-    before = os.getcwd()
-    os.chdir(cwd)
-    try:
-        status = main(list(args))
-    finally:
-        os.chdir(before)
-    out, err = capfd.readouterr()
-    return subprocess.CompletedProcess(["vinvl", *args], status, out, err)
 
 
 # ----- the mechanism, in process ---------------------------------------------------------------
@@ -200,7 +183,7 @@ def test_make_synthetic_writes_relative_to_the_working_directory_and_refuses_an_
     assert done.stdout.splitlines()[0] == f"wrote {os.path.join('data', 'tiny')}"  # its own line comes first
     assert_quiet(done.stderr)
     assert (cwd / "data" / "tiny" / "test_captions.pt").is_file()
-    again = run_here(capfd, cwd, "make-synthetic", "data/tiny")
+    again = vinvl_here(capfd, cwd, "make-synthetic", "data/tiny")
     assert again.returncode != 0 and "Traceback" not in again.stderr
     assert_user_error(again, "vinvl make-synthetic", "data/tiny", "not empty")
 
@@ -216,8 +199,8 @@ def test_convert_relative_paths_and_its_failures(cwd, capfd):
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == str(cwd / "models" / "oscar")
     assert (cwd / "models" / "oscar" / "model.safetensors").is_file()
-    assert_user_error(run_here(capfd, cwd, "convert", "bert", "models/oscar"), "vinvl convert", "already exists")
-    assert_user_error(run_here(capfd, cwd, "convert", "no_such_dir", "models/other"), "vinvl convert", "no_such_dir")
+    assert_user_error(vinvl_here(capfd, cwd, "convert", "bert", "models/oscar"), "vinvl convert", "already exists")
+    assert_user_error(vinvl_here(capfd, cwd, "convert", "no_such_dir", "models/other"), "vinvl convert", "no_such_dir")
 
 
 @pytest.mark.slow
@@ -232,11 +215,11 @@ def test_train_relative_paths_and_its_failures(cwd, capfd):
     assert (cwd / "runs" / "tiny" / "model.safetensors").is_file()
     assert "train_loss" in done.stderr  # what `vinvl train` reports: the Trainer's INFO lines
     assert_quiet(done.stderr)
-    missing = run_here(capfd, cwd, "train", *flags[:2], "--data_dir", "data/none", *flags[4:])
+    missing = vinvl_here(capfd, cwd, "train", *flags[:2], "--data_dir", "data/none", *flags[4:])
     assert_user_error(missing, "vinvl train", "--data_dir", "data/none")
     config = cwd / "broken.json"
     config.write_text('{"model_name_or_path": "x",}')
-    assert_user_error(run_here(capfd, cwd, "train", "broken.json"), "vinvl train", "broken.json")
+    assert_user_error(vinvl_here(capfd, cwd, "train", "broken.json"), "vinvl train", "broken.json")
 
 
 @pytest.mark.slow
@@ -245,7 +228,7 @@ def test_benchmark_smoke_run_and_a_bad_value(cwd, capfd):
                          "--baseline_pairs", "8", "--cpu_probe_images", "0", "--matmul_size", "64", "--no_progress"), cwd)
     assert done.returncode == 0, done.stderr
     assert (cwd / "bench" / "benchmark.json").is_file()
-    bad = run_here(capfd, cwd, "benchmark", "--num_images", "0")
+    bad = vinvl_here(capfd, cwd, "benchmark", "--num_images", "0")
     assert_user_error(bad, "vinvl benchmark", "--num_images must be positive")
 
 
@@ -259,7 +242,7 @@ def test_benchmark_smoke_run_and_a_bad_value(cwd, capfd):
 )
 def test_failing_calls_of_the_other_commands_exit_2_with_the_cause(args, fragments, cwd, capfd):
     prog = " ".join(["vinvl", *args[:2]]) if args[0] == "index" else f"vinvl {args[0]}"  # `vinvl index info: error:`
-    assert_user_error(run_here(capfd, cwd, *args), prog, *fragments)
+    assert_user_error(vinvl_here(capfd, cwd, *args), prog, *fragments)
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

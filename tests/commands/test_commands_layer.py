@@ -19,9 +19,10 @@ import textwrap
 import pytest
 
 import vinvl.commands
-from vinvl.commands.cli import COMMANDS, main
+from vinvl.commands.cli import COMMANDS
 from vinvl.errors import USER_ERROR_STATUS
 
+from support.commands import vinvl_here
 from support.paths import PHOTO_DIR, REPO, TINY_DETECTOR
 from support.paths import TINY_MODEL as TINY_CONFIG
 from support.realdata import GALLERY_PHOTOS
@@ -54,6 +55,12 @@ DRIVER = textwrap.dedent("""
 """ % (HEAVY,))
 
 
+def _status_out_err(capfd, cwd, *args):
+    """(status, stdout, stderr) of :func:`support.commands.vinvl_here`."""
+    done = vinvl_here(capfd, cwd, *args)
+    return done.returncode, done.stdout, done.stderr
+
+
 def run_driver(argvs, cwd):
     environment = dict(os.environ, PYTHONPATH=REPO)
     environment.pop("VINVL_DEBUG", None)
@@ -61,19 +68,6 @@ def run_driver(argvs, cwd):
                           capture_output=True, text=True, timeout=600)
     assert done.stdout.strip(), done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1]), done.stderr
-
-
-def run_here(capfd, cwd, *args):
-    """``vinvl <args>`` in this process from ``cwd``: (status, stdout, stderr)."""
-    capfd.readouterr()
-    before = os.getcwd()
-    os.chdir(cwd)
-    try:
-        status = main(list(args))
-    finally:
-        os.chdir(before)
-    out, err = capfd.readouterr()
-    return status, out, err
 
 
 def one_error_line(err, prog):
@@ -179,7 +173,7 @@ def test_eval_shows_its_candidates_default():
 
 @pytest.mark.parametrize("command", [["eval", "--model_dir", "m", "--data_dir", "d"], ["benchmark"]])
 def test_top_k_where_it_meant_candidates_is_refused_naming_candidates(command, tmp_path, capfd):
-    status, _, err = run_here(capfd, tmp_path, *command, "--top_k", "8")
+    status, _, err = _status_out_err(capfd, tmp_path, *command, "--top_k", "8")
     assert status == USER_ERROR_STATUS
     line = one_error_line(err, f"vinvl {command[0]}")
     assert "--top_k" in line and "--candidates" in line
@@ -201,14 +195,14 @@ def photos(tmp_path):
 def test_a_failed_extract_does_not_block_its_retry(photos, tmp_path, capfd):
     (photos / "empty.jpg").write_bytes(b"")
     command = ["extract", str(photos), "out", "--detector", TINY_DETECTOR, "--fail_on_bad", "--no_progress"]
-    status, _, err = run_here(capfd, tmp_path, *command)
+    status, _, err = _status_out_err(capfd, tmp_path, *command)
     assert status == USER_ERROR_STATUS
     note, line = err.strip().splitlines()  # the tiny detector's random-weights notice, then the error
     assert "random weights" in note and line.startswith("vinvl extract: error: "), err
     assert str(photos / "empty.jpg") in line and "the file is empty" in line
     assert not (tmp_path / "out").exists()  # the run committed nothing: nothing is left to resume
     os.remove(photos / "empty.jpg")
-    status, out, err = run_here(capfd, tmp_path, *command)
+    status, out, err = _status_out_err(capfd, tmp_path, *command)
     assert status == 0, err
     assert "extracted 2 of 2 images" in out
     # the tiny detector has no weights: said in one line
@@ -217,11 +211,11 @@ def test_a_failed_extract_does_not_block_its_retry(photos, tmp_path, capfd):
 
 def test_an_empty_detector_folder_leaves_nothing_behind(photos, tmp_path, capfd):
     (tmp_path / "no_detector").mkdir()
-    status, _, err = run_here(capfd, tmp_path, "extract", str(photos), "out", "--detector", "no_detector", "--no_progress")
+    status, _, err = _status_out_err(capfd, tmp_path, "extract", str(photos), "out", "--detector", "no_detector", "--no_progress")
     assert status == USER_ERROR_STATUS
     assert "no_detector" in one_error_line(err, "vinvl extract")
     assert not (tmp_path / "out").exists()
-    status, out, err = run_here(capfd, tmp_path, "extract", str(photos), "out", "--detector", TINY_DETECTOR, "--no_progress")
+    status, out, err = _status_out_err(capfd, tmp_path, "extract", str(photos), "out", "--detector", TINY_DETECTOR, "--no_progress")
     assert status == 0 and "extracted 2 of 2 images" in out, err
 
 
@@ -230,11 +224,11 @@ def test_an_unfinished_extraction_of_other_images_says_how_to_start_over(photos,
     work.mkdir(parents=True)
     (work / "run.json").write_text(json.dumps({"images": "elsewhere", "num_listed": 7}))
     command = ["extract", str(photos), "out", "--detector", TINY_DETECTOR, "--no_progress"]
-    status, _, err = run_here(capfd, tmp_path, *command)
+    status, _, err = _status_out_err(capfd, tmp_path, *command)
     assert status == USER_ERROR_STATUS
     line = err.strip().splitlines()[-1]
     assert "unfinished extraction of other images" in line and "--restart" in line
-    status, out, err = run_here(capfd, tmp_path, *command, "--restart")
+    status, out, err = _status_out_err(capfd, tmp_path, *command, "--restart")
     assert status == 0 and "extracted 2 of 2 images" in out, err
     assert not work.exists()
 
@@ -264,7 +258,7 @@ def test_serve_on_a_port_in_use_is_one_line_before_anything_loads(tmp_path):
     ["serve", "--index", ".", "--model_dir", "nowhere"],
 ], ids=lambda command: " ".join(command[:2]))
 def test_a_model_directory_that_does_not_exist_is_called_so(command, tmp_path, capfd):
-    status, _, err = run_here(capfd, tmp_path, *command)
+    status, _, err = _status_out_err(capfd, tmp_path, *command)
     assert status == USER_ERROR_STATUS
     prog = "vinvl index build" if command[0] == "index" else f"vinvl {command[0]}"
     line = one_error_line(err, prog)
@@ -287,7 +281,7 @@ def test_retrieving_captions_from_a_gallery_without_captions_names_the_option(tm
     gallery = write_synthetic_corpus(str(tmp_path / "gallery"), {"train": 0, "minival": 0, "val": 0, "test": 2},
                                      layout="detector")
     os.remove(os.path.join(gallery, "test_captions.pt"))  # what `vinvl extract` writes: no captions
-    status, _, err = run_here(capfd, tmp_path, "retrieve", "--model_dir", TINY_CONFIG, "--data_dir", "gallery",
+    status, _, err = _status_out_err(capfd, tmp_path, "retrieve", "--model_dir", TINY_CONFIG, "--data_dir", "gallery",
                               "--image_id", "x")
     assert status == USER_ERROR_STATUS
     line = one_error_line(err, "vinvl retrieve")
@@ -306,15 +300,15 @@ def test_index_build_refuses_a_folder_it_did_not_write_and_names_its_sub_command
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("my notes\n")
     build = ["index", "build", "--model_dir", saved_model, "--gallery_dir", "gallery"]
-    status, _, err = run_here(capfd, tmp_path, *build, "mine")
+    status, _, err = _status_out_err(capfd, tmp_path, *build, "mine")
     assert status == USER_ERROR_STATUS
     assert "not a gallery index" in one_error_line(err, "vinvl index build")
     assert sorted(os.listdir(tmp_path / "mine")) == ["notes.txt"]
-    status, _, err = run_here(capfd, tmp_path, *build, "--batch_size", "0", "new")
+    status, _, err = _status_out_err(capfd, tmp_path, *build, "--batch_size", "0", "new")
     assert status == USER_ERROR_STATUS and "--batch_size" in one_error_line(err, "vinvl index build")
-    status, _, err = run_here(capfd, tmp_path, *build, "new")
+    status, _, err = _status_out_err(capfd, tmp_path, *build, "new")
     assert status == 0, err
-    status, _, err = run_here(capfd, tmp_path, *build, "new")  # an index it wrote is replaced
+    status, _, err = _status_out_err(capfd, tmp_path, *build, "new")  # an index it wrote is replaced
     assert status == 0, err
 
 

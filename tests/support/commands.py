@@ -21,6 +21,23 @@ def run(args, cwd, env=None) -> subprocess.CompletedProcess:
     return subprocess.run(args, cwd=str(cwd), env=environment, capture_output=True, text=True, timeout=600)
 
 
+def vinvl_here(capfd, cwd, *args) -> subprocess.CompletedProcess:
+    """``vinvl <args>`` through vinvl.commands.cli.main in this process, from ``cwd``, as a
+    CompletedProcess like :func:`run`'s (stderr read at the file descriptor). For user errors of a
+    command whose entry point a subprocess test already runs in a new interpreter."""
+    from vinvl.commands.cli import main
+
+    capfd.readouterr()
+    before = os.getcwd()
+    os.chdir(cwd)
+    try:
+        status = main(list(args))
+    finally:
+        os.chdir(before)
+    out, err = capfd.readouterr()
+    return subprocess.CompletedProcess(["vinvl", *args], status, out, err)
+
+
 def vinvl_cmd(*args) -> list:
     """The argv of ``vinvl <args>`` in a new interpreter."""
     return [sys.executable, "-m", "vinvl.commands.cli", *args]

@@ -26,27 +26,12 @@ from vinvl.training.recipe import load_recipe
 from vinvl.training.run import build_trainer
 from vinvl.training.sampler import EpochSeededBatchSampler
 
-from vinvl.commands.cli import main as vinvl_main
 
-from support.commands import SOURCE_TREE, assert_user_error, run, vinvl_cmd
+from support.commands import SOURCE_TREE, assert_user_error, run, vinvl_cmd, vinvl_here
 from support.paths import REPO, TINY_MODEL
 
 RECIPES = {size: os.path.join(REPO, "model_configs", size, "train_coco_ir.json") for size in ("vinvl-base", "vinvl-large")}
 TINY_RECIPE = os.path.join(REPO, "model_configs", "tiny", "train_synthetic.json")
-
-
-def vinvl_here(capfd, cwd, *args) -> subprocess.CompletedProcess:
-    """``vinvl <args>`` in this process from ``cwd`` (stderr read at the file descriptor), as a
-    CompletedProcess; tests/commands runs the entry point itself in a new interpreter."""
-    capfd.readouterr()
-    before = os.getcwd()
-    os.chdir(cwd)
-    try:
-        status = vinvl_main(list(args))
-    finally:
-        os.chdir(before)
-    out, err = capfd.readouterr()
-    return subprocess.CompletedProcess(["vinvl", *args], status, out, err)
 
 
 @pytest.fixture(scope="module")
