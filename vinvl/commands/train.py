@@ -101,13 +101,23 @@ def split_recipe(argv: List[str]) -> Tuple[Optional[str], List[str]]:
     return None, argv
 
 
-def _full_parser() -> argparse.ArgumentParser:
-    """Every option, as paddlenlp's PdArgumentParser makes them from the argument classes."""
+def _full_parser(given_only: bool = False) -> argparse.ArgumentParser:
+    """Every option, as paddlenlp's PdArgumentParser makes them from the argument classes.
+
+    ``given_only``: no option has a default or is required, so parsing returns only what the
+    flags give (the recipe's values stay unless a flag replaces them)."""
     from paddlenlp.trainer import PdArgumentParser
 
     from ..training.recipe import ARGUMENT_CLASSES
 
-    return PdArgumentParser(ARGUMENT_CLASSES, prog=PROG, usage=USAGE)
+    class GivenOnlyParser(PdArgumentParser):
+        def add_argument(self, *names, **kwargs):
+            kwargs.update(default=argparse.SUPPRESS)
+            kwargs.pop("required", None)
+            return super().add_argument(*names, **kwargs)
+
+    parser_class = GivenOnlyParser if given_only else PdArgumentParser
+    return parser_class(ARGUMENT_CLASSES, prog=PROG, usage=USAGE)
 
 
 def parse_flags(flags: List[str]) -> Dict[str, Any]:
@@ -119,10 +129,7 @@ def parse_flags(flags: List[str]) -> Dict[str, Any]:
         name = token[2:].split("=", 1)[0] if token.startswith("--") else None
         if name in RENAMED_OPTIONS:
             raise UsageError(f"--{name} was renamed --{RENAMED_OPTIONS[name]}")
-    parser = _full_parser()
-    for action in parser._actions:  # only what is given: the recipe's values stay unless a flag replaces them
-        action.default, action.required = argparse.SUPPRESS, False
-    return vars(parser.parse_args(flags))
+    return vars(_full_parser(given_only=True).parse_args(flags))
 
 
 def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
