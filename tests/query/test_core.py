@@ -2,6 +2,8 @@
 contrastive first stage of caption queries is the index's faiss search with the request's nprobe
 (with few lists probed its candidates are faiss's, not the exact top candidates), probing every list
 gives the exact candidates, and a list of queries answers as its queries one by one."""
+import os
+
 import numpy as np
 import pytest
 
@@ -100,3 +102,25 @@ def test_a_cut_caption_says_so_and_bad_feature_values_are_refused(built):
         features[1, 7] = value
         with pytest.raises(ValueError, match=rf"query 1: .*{words}"):
             retriever.answer([captions[0], {"features": features, "tags": ["dog"]}])
+
+
+@pytest.mark.parametrize("first_stage", ["contrastive", "tags"])
+def test_the_core_proposes_what_evaluation_proposes(built, first_stage):
+    """`vinvl eval` ranks whole splits with the engine, not through the core; both first stages
+    must still propose the same candidates for the same gallery (one searcher, one BM25, one tie rule)."""
+    _, model_dir, index, _ = built
+    corpus_dir = os.path.join(os.path.dirname(index), "corpus")
+    corpus = load_corpus(corpus_dir, "test")
+    retriever = Retriever(model_dir, first_stage="contrastive", batch_size=64)
+    retriever.use_data_dir(corpus_dir, "test")
+    gallery = retriever.gallery.images
+    captions = [gallery.captions[c] for c in range(0, gallery.num_captions, 7)]
+    proposed = retriever.engine.first_stage_candidates(gallery, first_stage, CANDIDATES)
+    answers = retriever.answer(captions, top_k=CANDIDATES, first_stage=first_stage, candidates=CANDIDATES)
+    expected = [{corpus.image_ids[i] for i in proposed.t2i[c]} for c in range(0, gallery.num_captions, 7)]
+    assert [answered_ids(a) for a in answers] == expected
+    image_ids = corpus.image_ids[::9]
+    answers = retriever.answer([{"image_id": i} for i in image_ids], top_k=CANDIDATES, first_stage=first_stage,
+                               candidates=CANDIDATES)
+    expected = [{gallery.captions[c] for c in proposed.i2t[i]} for i in range(0, gallery.num_images, 9)]
+    assert [{item["caption"] for item in a["captions"]} for a in answers] == expected
