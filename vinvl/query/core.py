@@ -39,6 +39,7 @@ from ..retrieval.first_stage import FIRST_STAGE_CHOICES, check_first_stage, reso
 from ..retrieval.topk import merge_top_k
 from .gallery import QueryGallery
 from .photos import ImageQueries, photo_gallery
+from .proposals import EveryRow, FirstStage, NearestRows, TagRows
 
 __all__ = ["Retriever", "Query", "QUERY_KEYS"]
 
@@ -286,15 +287,7 @@ class Retriever:
     def _captions_to_images(self, gallery: QueryGallery, queries: List[Query], plan: "_Plan") -> List[Dict[str, Any]]:
         images = gallery.images
         captions = [q.caption for q in queries]
-        num_images = images.num_images
-        if plan.stage == "exhaustive" or plan.candidates >= num_images:
-            proposed = np.broadcast_to(np.arange(num_images), (len(queries), num_images))
-        elif plan.stage == "contrastive":
-            embeds = self.engine.embed_captions(Gallery.for_queries(["_"], [[]], [images.features(0)], captions))
-            proposed = gallery.image_searcher(plan.nprobe).search(embeds, plan.candidates)[1]
-        else:  # tags
-            words = [words_of(self.processor.tokenizer, c) for c in captions]
-            proposed = gallery.image_bm25().search(words, plan.candidates)[1]
+        proposed = self._caption_first_stage(gallery, plan).propose(queries, plan.candidates)
         rows = np.unique(proposed[proposed >= 0])
         scoring = Gallery.for_queries(
             [images.image_ids[r] for r in rows], [images.tags[r] for r in rows], lambda j: images.features(int(rows[j])), captions
@@ -318,14 +311,7 @@ class Retriever:
                 "an index built from one, or captions= with the gallery"
             )
         query_images = self._query_images(gallery, queries)
-        num_captions = len(captions)
-        if plan.stage == "exhaustive" or plan.candidates >= num_captions:
-            proposed = np.broadcast_to(np.arange(num_captions), (len(queries), num_captions))
-        elif plan.stage == "contrastive":
-            proposed = gallery.caption_searcher().search(self._image_embeddings(gallery, queries, query_images), plan.candidates)[1]
-        else:  # tags
-            words = [tag_words(self.processor.tokenizer, q_tags) for q_tags in query_images.tags]
-            proposed = gallery.caption_bm25().search(words, plan.candidates)[1]
+        proposed = self._image_first_stage(gallery, plan, query_images).propose(queries, plan.candidates)
         rows = np.unique(proposed[proposed >= 0])
         scoring = Gallery.for_queries(query_images.image_ids, query_images.tags, query_images.features, [captions[r] for r in rows])
         margins = self._margins(scoring, proposed, rows, by_query="image")
@@ -337,6 +323,28 @@ class Retriever:
             }
             for q, ranked in zip(queries, _rank(margins, proposed, plan.top_k))
         ]
+
+    def _caption_first_stage(self, gallery: QueryGallery, plan: "_Plan") -> FirstStage:
+        """What proposes gallery images for caption queries under ``plan``."""
+        images = gallery.images
+        if plan.stage == "exhaustive" or plan.candidates >= images.num_images:
+            return EveryRow(images.num_images)
+        if plan.stage == "contrastive":
+            any_region = images.features(0)  # caption embeddings read no image; the gallery needs one
+            return NearestRows(
+                gallery.image_searcher(plan.nprobe),
+                lambda qs: self.engine.embed_captions(Gallery.for_queries(["_"], [[]], [any_region], [q.caption for q in qs])),
+            )
+        return TagRows(gallery.image_bm25(), lambda qs: [words_of(self.processor.tokenizer, q.caption) for q in qs])
+
+    def _image_first_stage(self, gallery: QueryGallery, plan: "_Plan", query_images: Gallery) -> FirstStage:
+        """What proposes gallery captions for image queries (``query_images``: their rows) under ``plan``."""
+        num_captions = len(gallery.images.captions)
+        if plan.stage == "exhaustive" or plan.candidates >= num_captions:
+            return EveryRow(num_captions)
+        if plan.stage == "contrastive":
+            return NearestRows(gallery.caption_searcher(), lambda qs: self._image_embeddings(gallery, qs, query_images))
+        return TagRows(gallery.caption_bm25(), lambda qs: [tag_words(self.processor.tokenizer, t) for t in query_images.tags])
 
     def _score_pairs(self, gallery: Optional[QueryGallery], queries: List[Query]) -> List[Dict[str, Any]]:
         query_images = self._query_images(gallery, queries)
