@@ -1,0 +1,247 @@
+"""BM25 as an inverted index: per word, the documents holding it and how often, searched by posting lists.
+
+:class:`~vinvl.retrieval.first_stage.BM25Index` scores a query against every document (a sparse
+product densified to ``[queries, documents]``), which costs O(N) per query and must be rebuilt from
+the word lists in every process. Here the statistics are plain arrays that can be written once
+(by the gallery index build, :mod:`vinvl.index.bm25`) and memory-mapped by every reader:
+
+```
+indptr   int64 [V + 1]  term t's postings are docs[indptr[t]:indptr[t + 1]]
+docs     int32 [P]      the documents holding the term, ascending
+tf       int32 [P]      how often the term occurs in each of them
+lengths  int32 [N]      each document's length in words
+```
+
+and a vocabulary (word -> term id, term ids numbered by first occurrence over the documents in
+order, as BM25Index numbers them). The raw statistics are stored, not BM25 weights: a weight
+depends on N and the mean length, which every added document changes, so stored weights would
+all be stale after an add. The weights of the postings a query touches are computed at search
+time with the same float64 expression, and added term by term in ascending term id: the order
+BM25Index's sparse product adds them in, so the scores are bit-identical to BM25Index's.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .topk import TopK, top_k_of_block
+
+__all__ = ["Postings", "PostingsBuilder", "PostingsBM25", "build_postings"]
+
+_CHUNK_DOCUMENTS = 65536  # documents turned into (term, document, tf) triples at once
+
+Allocate = Callable[[str, int, type], np.ndarray]  # (array name, length, dtype) -> a writable array
+
+
+def _allocate_in_memory(name: str, length: int, dtype: type) -> np.ndarray:
+    return np.empty(length, dtype=dtype)
+
+
+@dataclass
+class Postings:
+    """The arrays of an inverted index (see the module docstring) and its vocabulary in term id order."""
+
+    words: Sequence[str]  # term id -> word (an in-memory list, or a mapped column with __getitem__)
+    indptr: np.ndarray
+    docs: np.ndarray
+    tf: np.ndarray
+    lengths: np.ndarray
+
+    @property
+    def num_documents(self) -> int:
+        return len(self.lengths)
+
+    @property
+    def num_terms(self) -> int:
+        return len(self.indptr) - 1
+
+    @property
+    def num_postings(self) -> int:
+        return int(self.indptr[-1])
+
+
+class PostingsBuilder:
+    """Builds :class:`Postings` from word lists, after the documents of ``base`` when given.
+
+    Feed documents in order with :meth:`add` (any number of calls), then :meth:`finish` once.
+    Memory holds the new documents' (term, document, tf) triples (12 bytes a posting) and the
+    vocabulary; ``base``'s postings are copied term by term into the output, never held twice,
+    and the output arrays come from ``allocate`` (memory maps, for a writer).
+    """
+
+    def __init__(self, base: Optional[Postings] = None):
+        self._base = base
+        self._vocabulary: Dict[str, int] = {}
+        self._words: List[str] = []
+        if base is not None:
+            for term in range(base.num_terms):
+                self._term(base.words[term])
+        self._chunks: List[Tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (terms, docs, tf), sorted by term then doc
+        self._lengths: List[np.ndarray] = []
+        self._count = base.num_documents if base is not None else 0
+        self._pending: List[Sequence[str]] = []
+
+    def _term(self, word: str) -> int:
+        term = self._vocabulary.get(word)
+        if term is None:
+            term = self._vocabulary[word] = len(self._words)
+            self._words.append(word)
+        return term
+
+    def add(self, documents: Iterable[Sequence[str]]) -> None:
+        """Append documents (each a list of words; repeated words count as term frequency)."""
+        for words in documents:
+            self._pending.append(words)
+            if len(self._pending) == _CHUNK_DOCUMENTS:
+                self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        lengths = np.fromiter((len(w) for w in self._pending), dtype=np.int64, count=len(self._pending))
+        terms = np.fromiter((self._term(w) for words in self._pending for w in words), dtype=np.int64, count=int(lengths.sum()))
+        local = np.repeat(np.arange(len(self._pending), dtype=np.int64), lengths)
+        keys, tf = np.unique(terms * len(self._pending) + local, return_counts=True)  # sorted by term, then document
+        self._chunks.append(
+            ((keys // len(self._pending)).astype(np.int32), (keys % len(self._pending) + self._count).astype(np.int32), tf.astype(np.int32))
+        )
+        self._lengths.append(lengths.astype(np.int32))
+        self._count += len(self._pending)
+        self._pending = []
+
+    def finish(self, allocate: Allocate = _allocate_in_memory) -> Postings:
+        """The postings of the base's documents then every added one (a counting sort by term)."""
+        self._flush()
+        base = self._base
+        num_terms = len(self._words)
+        counts = np.zeros(num_terms, dtype=np.int64)
+        if base is not None:
+            counts[: base.num_terms] += np.diff(np.asarray(base.indptr))
+        for terms, _, _ in self._chunks:
+            counts += np.bincount(terms, minlength=num_terms)
+        indptr = allocate("indptr", num_terms + 1, np.int64)
+        indptr[0] = 0
+        np.cumsum(counts, out=indptr[1:])
+        total = int(indptr[-1])
+        docs = allocate("docs", total, np.int32)
+        tf = allocate("tf", total, np.int32)
+        cursor = np.array(indptr[:-1])
+        if base is not None:
+            for term in range(base.num_terms):
+                lo, hi = int(base.indptr[term]), int(base.indptr[term + 1])
+                docs[cursor[term] : cursor[term] + hi - lo] = base.docs[lo:hi]
+                tf[cursor[term] : cursor[term] + hi - lo] = base.tf[lo:hi]
+                cursor[term] += hi - lo
+        for terms, chunk_docs, chunk_tf in self._chunks:
+            rank = np.arange(len(terms)) - np.searchsorted(terms, terms, side="left")
+            at = cursor[terms] + rank
+            docs[at], tf[at] = chunk_docs, chunk_tf
+            cursor += np.bincount(terms, minlength=num_terms)
+        self._chunks = []
+        lengths = allocate("lengths", self._count, np.int32)
+        start = 0
+        if base is not None:
+            lengths[: base.num_documents] = base.lengths
+            start = base.num_documents
+        for part in self._lengths:
+            lengths[start : start + len(part)] = part
+            start += len(part)
+        return Postings(list(self._words), indptr, docs, tf, lengths)
+
+
+def build_postings(documents: Iterable[Sequence[str]], base: Optional[Postings] = None) -> Postings:
+    """In-memory :class:`Postings` of ``documents`` (word lists), after ``base``'s when given."""
+    builder = PostingsBuilder(base)
+    builder.add(documents)
+    return builder.finish()
+
+
+class PostingsBM25:
+    """Okapi BM25 search over :class:`Postings`: the scores and top-k of
+    :class:`~vinvl.retrieval.first_stage.BM25Index` over the same documents, touching only the
+    posting lists of each query's words.
+
+    ``find_term(word)`` gives a word's term id or -1 (a dict lookup, or a binary search over a
+    mapped vocabulary). The per-document length normalisation is computed once, on first search.
+    """
+
+    def __init__(self, postings: Postings, find_term: Callable[[str], int], k1: float, b: float):
+        if k1 < 0 or not 0 <= b <= 1:
+            raise ValueError(f"BM25 needs k1 >= 0 and 0 <= b <= 1, got k1={k1}, b={b}")
+        if postings.num_documents == 0:
+            raise ValueError("BM25 needs at least one document")
+        self.postings = postings
+        self.k1, self.b = k1, b
+        self._find_term = find_term
+        self._norm: Optional[np.ndarray] = None
+        self._idf: Optional[np.ndarray] = None
+        self._lock = threading.Lock()
+
+    @property
+    def num_documents(self) -> int:
+        return self.postings.num_documents
+
+    def _statistics(self) -> Tuple[np.ndarray, np.ndarray]:
+        """(idf per term, k1 * (1 - b + b * |d| / avgdl) per document), as BM25Index computes them."""
+        with self._lock:
+            if self._norm is None:
+                lengths = np.asarray(self.postings.lengths, dtype=np.float64)
+                mean_length = lengths.mean()
+                k1, b = self.k1, self.b
+                self._norm = k1 * (1 - b + b * lengths / mean_length) if mean_length > 0 else np.full(len(lengths), k1)
+                df = np.diff(np.asarray(self.postings.indptr))
+                self._idf = np.log1p((self.num_documents - df + 0.5) / (df + 0.5))
+            return self._idf, self._norm
+
+    def terms(self, words: Sequence[str]) -> List[int]:
+        """The distinct known term ids of a query's words, ascending (the order their weights are added in)."""
+        found = {self._find_term(w) for w in words}
+        found.discard(-1)
+        return sorted(found)
+
+    def scores(self, words: Sequence[str]) -> np.ndarray:
+        """BM25 of one query against every document, float64 ``[N]`` (0 where no query word occurs)."""
+        idf, norm = self._statistics()
+        scores = np.zeros(self.num_documents, dtype=np.float64)
+        k1 = self.k1
+        postings = self.postings
+        for term in self.terms(words):
+            lo, hi = int(postings.indptr[term]), int(postings.indptr[term + 1])
+            docs = np.asarray(postings.docs[lo:hi])
+            tf = np.asarray(postings.tf[lo:hi], dtype=np.float64)
+            scores[docs] += idf[term] * tf * (k1 + 1) / (tf + norm[docs])  # a term holds a document once
+        return scores
+
+    def search(self, queries: Sequence[Sequence[str]], k: int) -> TopK:
+        """Each query's ``min(k, N)`` best documents: (BM25 scores, documents) ``[Q, k]``, best first,
+        ties to the lower index; documents no query word occurs in score 0 and, when fewer than k
+        documents score above 0, fill the list in index order (as BM25Index ranks them)."""
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        k = int(min(k, self.num_documents))
+        out_scores = np.zeros((len(queries), k), dtype=np.float64)
+        out_docs = np.empty((len(queries), k), dtype=np.int64)
+        for q, words in enumerate(queries):
+            scores = self.scores(words)
+            hit = np.flatnonzero(scores)  # every weight is > 0: a document a query word occurs in
+            found = 0
+            if len(hit):
+                best_scores, best = top_k_of_block(scores[hit][None, :], k)
+                found = best.shape[1]
+                out_scores[q, :found], out_docs[q, :found] = best_scores[0], hit[best[0]]
+            if found < k:
+                out_docs[q, found:] = _first_absent(hit, k - found)
+        return out_scores, out_docs
+
+    def top_k(self, queries: Sequence[Sequence[str]], k: int) -> np.ndarray:
+        """The documents of :meth:`search` alone ``[Q, min(k, N)]``."""
+        return self.search(queries, k)[1]
+
+
+def _first_absent(present: np.ndarray, count: int) -> np.ndarray:
+    """The ``count`` lowest non-negative integers not in the sorted array ``present``."""
+    candidates = np.arange(len(present) + count, dtype=np.int64)
+    return np.setdiff1d(candidates, present, assume_unique=True)[:count]
