@@ -1,6 +1,7 @@
 """BM25 by posting lists (vinvl.retrieval.postings) against BM25Index, the dense reference: the same
 float64 scores and the same top-k, ties and absent or repeated words included, also after documents
 are added to built postings; and the cached tag words against tag_words."""
+import collections
 import json
 import os
 
@@ -11,6 +12,7 @@ import vinvl
 from vinvl import OscarTokenizer
 from vinvl.assets import LABELMAP_PATH
 from vinvl.retrieval.first_stage import BM25Index, tag_word_lists, tag_words
+from vinvl.retrieval import postings as postings_module
 from vinvl.retrieval.postings import PostingsBM25, build_postings
 
 WORDS = [f"w{i}" for i in range(30)]
@@ -67,6 +69,61 @@ def test_ties_and_documents_no_query_word_occurs_in():
     assert docs[2].tolist() == [2, 0, 1, 3, 4]  # a repeated query word counts once
     assert scores[0][3] > 0 and scores[0][4] == 0 and scores[1].tolist() == [0.0] * 5
     assert search.top_k([["dog"]], 100).shape == (1, 7)  # k capped at the number of documents
+
+
+def _layered_documents(rng, count):
+    """Documents where each search path is taken: 6 common words (in 15-60% of the documents), 60
+    rare ones (about 0.5%, 1 to 3 times), and a word held only by the first 1,500 documents."""
+    documents = []
+    for d in range(count):
+        words = [f"c{c}" for c in range(6) if rng.random() < 0.6 - 0.09 * c]
+        words += [f"r{r}" for r in rng.integers(0, 60, size=rng.integers(0, 3)) for _ in range(rng.integers(1, 4))]
+        words += ["first"] * (d < 1500) + ["pad"] * int(rng.integers(0, 4))
+        documents.append(list(rng.permutation(words)))
+    return documents
+
+
+def test_every_search_path_answers_as_bm25index(monkeypatch):
+    rng = np.random.default_rng(3)
+    documents = _layered_documents(rng, 20000)
+    queries = (
+        [[f"r{r}", f"c{c}", "c0"] for r, c in zip(rng.integers(0, 60, 15), rng.integers(0, 6, 15))]  # pruned
+        + [[f"r{r}"] for r in range(8)] + [["r1", "r2", "absent"]]  # few postings: their union
+        + [["c0", "c1", "c2"], ["c3"], ["c1", "pad"], ["c5", "c4", "c5"]]  # a dense row
+        + [["first"], ["first", "r3"]]  # a dense row with hits in fewer than k blocks: zeros fill in
+    )
+    calls = []
+
+    def record(name, function):
+        def wrapper(*args, **kwargs):
+            result = function(*args, **kwargs)
+            calls.append(name if result is not None else f"{name} declined")
+            return result
+        return wrapper
+
+    monkeypatch.setattr(postings_module, "_top_k_of_hits", record("hits", postings_module._top_k_of_hits))
+    monkeypatch.setattr(postings_module, "_top_k_of_row", record("row", postings_module._top_k_of_row))
+    monkeypatch.setattr(PostingsBM25, "_pruned", record("pruned", PostingsBM25._pruned))
+    _assert_same(BM25Index(documents), _search(build_postings(documents)), queries, ks=(16, 40))
+    pairs = collections.Counter(zip(["start"] + calls, calls))  # hits inside row are recorded just before row
+    assert calls.count("pruned") > 0 and calls.count("pruned declined") > 0
+    assert pairs[("hits", "row")] > 0  # a dense row with too few hits
+    assert calls.count("row") > pairs[("hits", "row")]  # a dense row ranked by its block maxima
+    assert calls.count("hits") > pairs[("hits", "row")]  # the union of few postings
+
+
+def test_pruning_keeps_documents_tied_with_the_bound(monkeypatch):
+    """Words a and b have the same document frequency, so the same largest weight, and every document
+    has two words: a's documents (0, then 100-118) score exactly what b's (1-20) could. Pruning on a
+    alone would list a's; the lower index rule wants 0, then b's."""
+    monkeypatch.setattr(postings_module, "_LOOKUP_COST", 0)  # try pruning however few the postings
+    documents = [["z", "w"] for _ in range(200)]
+    for d in [0] + list(range(100, 119)):
+        documents[d] = ["a", "q"]
+    for d in range(1, 21):
+        documents[d] = ["b", "q"]
+    _assert_same(BM25Index(documents), _search(build_postings(documents)), [["a", "b"], ["b", "a"]], ks=(16,))
+    assert _search(build_postings(documents)).top_k([["a", "b"]], 16)[0].tolist() == list(range(16))
 
 
 def test_postings_refuse_bad_settings():

@@ -32,6 +32,13 @@ from .topk import TopK, top_k_of_block
 __all__ = ["Postings", "PostingsBuilder", "PostingsBM25", "build_postings"]
 
 _CHUNK_DOCUMENTS = 65536  # documents turned into (term, document, tf) triples at once
+# A binary search of a candidate in a posting list costs about as much as adding this many postings
+# into a dense row (both measured on the 2-core machine of docs/benchmarks.md): pruning is tried only
+# while the lookups cost less than the other terms' postings would.
+_LOOKUP_COST = 6
+_BOUND_SLACK = 1e-9  # relative room for float rounding between a weight and its term's bound
+_SPARSE_SHARE = 16  # a query whose postings are under 1/16 of the documents is scored without a dense row
+_TOP_K_BLOCK = 1024  # a score row's block whose maximum bounds its top k from below
 
 Allocate = Callable[[str, int, type], np.ndarray]  # (array name, length, dtype) -> a writable array
 
@@ -161,11 +168,24 @@ def build_postings(documents: Iterable[Sequence[str]], base: Optional[Postings] 
 
 class PostingsBM25:
     """Okapi BM25 search over :class:`Postings`: the scores and top-k of
-    :class:`~vinvl.retrieval.first_stage.BM25Index` over the same documents, touching only the
-    posting lists of each query's words.
+    :class:`~vinvl.retrieval.first_stage.BM25Index` over the same documents, bit for bit, touching
+    only the posting lists of each query's words.
 
     ``find_term(word)`` gives a word's term id or -1 (a dict lookup, or a binary search over a
     mapped vocabulary). The per-document length normalisation is computed once, on first search.
+
+    A query is answered one of three ways, all exact and adding each document's weights in
+    ascending term id (so the scores are those of BM25Index's sparse product):
+
+    - pruning (MaxScore): with the query's terms ordered by their largest weight (computed for
+      every term on the first search), the documents of the first few
+      ("essential") terms are scored in full, the other terms' weights looked up by binary search
+      in their sorted posting lists; when the k-th best of them scores above the sum of the other
+      terms' largest weights, no other document can enter the top k, ties included (else one more
+      term becomes essential). Tried while the lookups cost less than the other terms' postings;
+    - few postings (under 1/16 of the documents): the union of the posting lists is scored;
+    - otherwise every posting is added into a dense score row, whose top k is taken from the
+      entries above the k-th largest of its block maxima.
     """
 
     def __init__(self, postings: Postings, find_term: Callable[[str], int], k1: float, b: float):
@@ -176,25 +196,31 @@ class PostingsBM25:
         self.postings = postings
         self.k1, self.b = k1, b
         self._find_term = find_term
-        self._norm: Optional[np.ndarray] = None
         self._idf: Optional[np.ndarray] = None
+        self._norm: Optional[np.ndarray] = None
+        self._bounds: Optional[np.ndarray] = None
         self._lock = threading.Lock()
 
     @property
     def num_documents(self) -> int:
         return self.postings.num_documents
 
-    def _statistics(self) -> Tuple[np.ndarray, np.ndarray]:
-        """(idf per term, k1 * (1 - b + b * |d| / avgdl) per document), as BM25Index computes them."""
+    def _statistics(self) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(idf per term, k1 * (1 - b + b * |d| / avgdl) per document, largest weight per term), the
+        first two as BM25Index computes them; computed on the first search (one pass over the postings)."""
         with self._lock:
             if self._norm is None:
                 lengths = np.asarray(self.postings.lengths, dtype=np.float64)
                 mean_length = lengths.mean()
                 k1, b = self.k1, self.b
-                self._norm = k1 * (1 - b + b * lengths / mean_length) if mean_length > 0 else np.full(len(lengths), k1)
+                norm = k1 * (1 - b + b * lengths / mean_length) if mean_length > 0 else np.full(len(lengths), k1)
                 df = np.diff(np.asarray(self.postings.indptr))
-                self._idf = np.log1p((self.num_documents - df + 0.5) / (df + 0.5))
-            return self._idf, self._norm
+                idf = np.log1p((self.num_documents - df + 0.5) / (df + 0.5))
+                bounds = np.empty(self.postings.num_terms, dtype=np.float64)
+                for term in range(self.postings.num_terms):
+                    bounds[term] = self._weights_of(idf[term], norm, *self._posting(term)).max()
+                self._idf, self._norm, self._bounds = idf, norm, bounds
+            return self._idf, self._norm, self._bounds
 
     def terms(self, words: Sequence[str]) -> List[int]:
         """The distinct known term ids of a query's words, ascending (the order their weights are added in)."""
@@ -202,18 +228,89 @@ class PostingsBM25:
         found.discard(-1)
         return sorted(found)
 
+    def _size(self, term: int) -> int:
+        """How many documents hold ``term``."""
+        return int(self.postings.indptr[term + 1] - self.postings.indptr[term])
+
+    def _union(self, terms: Sequence[int]) -> np.ndarray:
+        """The documents holding any of ``terms``, ascending."""
+        lists = [self._posting(t)[0] for t in terms]
+        if len(lists) == 1:
+            return lists[0]
+        return np.unique(np.concatenate(lists)) if lists else np.zeros(0, dtype=np.intp)
+
+    def _posting(self, term: int) -> Tuple[np.ndarray, np.ndarray]:
+        """``term``'s documents (as native indices, which numpy gathers and scatters fastest) and frequencies."""
+        lo, hi = int(self.postings.indptr[term]), int(self.postings.indptr[term + 1])
+        return self.postings.docs[lo:hi].astype(np.intp), self.postings.tf[lo:hi]
+
+    def _weights(self, term: int, docs: np.ndarray, tf: np.ndarray) -> np.ndarray:
+        """BM25 weights of ``term`` in ``docs`` (where it occurs ``tf`` times)."""
+        idf, norm, _ = self._statistics()
+        return self._weights_of(idf[term], norm, docs, tf)
+
+    def _weights_of(self, idf: float, norm: np.ndarray, docs: np.ndarray, tf: np.ndarray) -> np.ndarray:
+        """BM25Index's float64 expression ``idf * tf * (k1 + 1) / (tf + norm)``, evaluated in place, in the same order."""
+        tf = np.asarray(tf, dtype=np.float64)
+        weights = tf * idf
+        weights *= self.k1 + 1
+        denominator = norm.take(docs)
+        denominator += tf
+        weights /= denominator
+        return weights
+
     def scores(self, words: Sequence[str]) -> np.ndarray:
         """BM25 of one query against every document, float64 ``[N]`` (0 where no query word occurs)."""
-        idf, norm = self._statistics()
         scores = np.zeros(self.num_documents, dtype=np.float64)
-        k1 = self.k1
-        postings = self.postings
         for term in self.terms(words):
-            lo, hi = int(postings.indptr[term]), int(postings.indptr[term + 1])
-            docs = np.asarray(postings.docs[lo:hi])
-            tf = np.asarray(postings.tf[lo:hi], dtype=np.float64)
-            scores[docs] += idf[term] * tf * (k1 + 1) / (tf + norm[docs])  # a term holds a document once
+            docs, tf = self._posting(term)
+            scores[docs] += self._weights(term, docs, tf)  # a term holds a document once
         return scores
+
+    def _candidate_scores(self, terms: List[int], essential: set, candidates: np.ndarray) -> np.ndarray:
+        """The full BM25 of the sorted ``candidates``, which hold every document of the essential terms."""
+        scores = np.zeros(len(candidates), dtype=np.float64)
+        for term in terms:
+            docs, tf = self._posting(term)
+            if term in essential:
+                scores[np.searchsorted(candidates, docs)] += self._weights(term, docs, tf)
+                continue
+            at = np.minimum(np.searchsorted(docs, candidates), len(docs) - 1)
+            present = docs[at] == candidates
+            scores[present] += self._weights(term, candidates[present], tf[at[present]])
+        return scores
+
+    def _pruned(self, terms: List[int], k: int) -> Optional[TopK]:
+        """The exact top-k by MaxScore pruning, or None when pruning would not pay (see the class)."""
+        sizes = {t: self._size(t) for t in terms}
+        bounds = self._statistics()[2]
+        by_bound = sorted(terms, key=lambda t: -bounds[t])
+        for m in range(1, len(terms)):
+            essential = set(by_bound[:m])
+            looked_up = sum(sizes[t] for t in essential) * (len(terms) - m)  # at most, candidates x other terms
+            if looked_up * _LOOKUP_COST >= sum(sizes[t] for t in by_bound[m:]):
+                return None
+            candidates = self._union(by_bound[:m])
+            if len(candidates) < k:
+                continue
+            scores = self._candidate_scores(terms, essential, candidates)
+            kth = -np.partition(-scores, k - 1)[k - 1]
+            rest = sum(bounds[t] for t in terms if t not in essential)  # the best any other document scores
+            if kth > rest * (1 + _BOUND_SLACK):
+                best_scores, best = top_k_of_block(scores[None, :], k)
+                return best_scores[0], candidates[best[0]]
+        return None
+
+    def _search_one(self, words: Sequence[str], k: int) -> TopK:
+        """One query's top-``k`` (scores, documents), documents scoring 0 filling in index order."""
+        terms = self.terms(words)
+        pruned = self._pruned(terms, k) if len(terms) > 1 else None
+        if pruned is not None:
+            return pruned
+        if sum(self._size(t) for t in terms) * _SPARSE_SHARE < self.num_documents:
+            hits = self._union(terms)
+            return _top_k_of_hits(self._candidate_scores(terms, set(terms), hits), hits, k)
+        return _top_k_of_row(self.scores(words), k)
 
     def search(self, queries: Sequence[Sequence[str]], k: int) -> TopK:
         """Each query's ``min(k, N)`` best documents: (BM25 scores, documents) ``[Q, k]``, best first,
@@ -225,15 +322,7 @@ class PostingsBM25:
         out_scores = np.zeros((len(queries), k), dtype=np.float64)
         out_docs = np.empty((len(queries), k), dtype=np.int64)
         for q, words in enumerate(queries):
-            scores = self.scores(words)
-            hit = np.flatnonzero(scores)  # every weight is > 0: a document a query word occurs in
-            found = 0
-            if len(hit):
-                best_scores, best = top_k_of_block(scores[hit][None, :], k)
-                found = best.shape[1]
-                out_scores[q, :found], out_docs[q, :found] = best_scores[0], hit[best[0]]
-            if found < k:
-                out_docs[q, found:] = _first_absent(hit, k - found)
+            out_scores[q], out_docs[q] = self._search_one(words, k)
         return out_scores, out_docs
 
     def top_k(self, queries: Sequence[Sequence[str]], k: int) -> np.ndarray:
@@ -241,7 +330,35 @@ class PostingsBM25:
         return self.search(queries, k)[1]
 
 
-def _first_absent(present: np.ndarray, count: int) -> np.ndarray:
-    """The ``count`` lowest non-negative integers not in the sorted array ``present``."""
-    candidates = np.arange(len(present) + count, dtype=np.int64)
-    return np.setdiff1d(candidates, present, assume_unique=True)[:count]
+def _top_k_of_hits(scores: np.ndarray, hits: np.ndarray, k: int) -> TopK:
+    """The top k of a row that is 0 but at the sorted ``hits`` (where it holds ``scores`` > 0): the best
+    hits, then, if fewer than k, the lowest documents scoring 0 (as a dense row ranks them)."""
+    out_scores, out_docs = np.zeros(k, dtype=np.float64), np.empty(k, dtype=np.int64)
+    found = 0
+    if len(hits):
+        best_scores, best = top_k_of_block(scores[None, :], k)
+        found = best.shape[1]
+        out_scores[:found], out_docs[:found] = best_scores[0], hits[best[0]]
+    if found < k:
+        absent = np.arange(len(hits) + k - found, dtype=np.int64)
+        out_docs[found:] = np.setdiff1d(absent, hits, assume_unique=True)[: k - found]
+    return out_scores, out_docs
+
+
+def _top_k_of_row(scores: np.ndarray, k: int) -> TopK:
+    """:func:`vinvl.retrieval.topk.top_k_of_block` of one long score row, without a partition of all of it.
+
+    The k-th largest of the row's block maxima is at most the row's k-th largest score, so every
+    entry of the top k (ties included) scores at least that much: only those entries are ranked.
+    """
+    maxima = np.maximum.reduceat(scores, np.arange(0, len(scores), _TOP_K_BLOCK))
+    if len(maxima) <= k:
+        best_scores, best = top_k_of_block(scores[None, :], k)
+        return best_scores[0], best[0]
+    floor = -np.partition(-maxima, k - 1)[k - 1]
+    if floor <= 0:  # fewer than k blocks hold a hit: few hits, and zero scores may fill the list
+        hits = np.flatnonzero(scores)
+        return _top_k_of_hits(scores[hits], hits, k)
+    kept = np.flatnonzero(scores >= floor)
+    best_scores, best = top_k_of_block(scores[kept][None, :], k)
+    return best_scores[0], kept[best[0]].astype(np.int64)
