@@ -15,8 +15,9 @@ answering a caption's tags query over those images:
   lists, then one caption at a time.
 
 Both must give the same (scores, images) for every caption; the row says whether they did. Every
-timing runs in this one process, one thread; RSS growth is the process' resident memory after the
-step less before it. Run with ``python scripts/benchmark_tags.py`` (:mod:`vinvl.commands.benchmark_tags`).
+timing runs in this one process, one thread; memory is the growth of the process' anonymous
+resident memory over the step (the postings' pages are file-backed, shared by every process).
+Run with ``python scripts/benchmark_tags.py`` (:mod:`vinvl.commands.benchmark_tags`).
 """
 from __future__ import annotations
 
@@ -59,19 +60,21 @@ def synthetic_captions(tags: Sequence[List[str]], count: int, rng: np.random.Gen
     return captions
 
 
-def _rss_mb() -> float:
+def _anonymous_rss_mb() -> float:
+    """This process' resident memory not backed by a file (a memory-mapped file's pages are shared by
+    every process that maps it, and the kernel may drop them), in MB."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith("RssAnon:"):
                 return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
+    raise RuntimeError("no RssAnon in /proc/self/status")
 
 
 def _timed(step):
-    """(result, seconds, RSS growth MB) of calling ``step``."""
-    before, start = _rss_mb(), time.perf_counter()
+    """(result, seconds, growth of the anonymous RSS in MB) of calling ``step``."""
+    before, start = _anonymous_rss_mb(), time.perf_counter()
     result = step()
-    return result, time.perf_counter() - start, _rss_mb() - before
+    return result, time.perf_counter() - start, _anonymous_rss_mb() - before
 
 
 def _latency_ms(search, queries: Sequence[List[str]], k: int) -> Dict[str, float]:
@@ -103,7 +106,7 @@ def _postings_side(folder: str, tokenizer, tags, queries, k: int) -> Tuple[dict,
         "disk_mb": disk / 2**20,
         "open_s": open_s,
         "first_search_s": first_s,
-        "first_search_rss_mb": open_rss + first_rss,
+        "first_search_anon_mb": open_rss + first_rss,
         **_latency_ms(search.search, queries, k),
     }
     return row, search, words
@@ -121,7 +124,7 @@ def _dense_side(tokenizer, tags, words, queries, k: int, tokenize_sample: int) -
     row = {
         "tag_words_s_estimated": sample_s * len(tags) / len(sample),
         "build_s": build_s,
-        "build_rss_mb": build_rss,
+        "build_anon_mb": build_rss,
         **_latency_ms(index.search, queries, k),
     }
     return row, index
@@ -164,15 +167,15 @@ def format_table(rows: Sequence[dict]) -> str:
     """The measured rows as two Markdown tables: start-up costs, then the search of one caption."""
     lines = [
         "| images | postings | disk MB | tag words s (postings / BM25Index) | postings write s | BM25Index build s "
-        "| first search s (RSS +MB) | BM25Index RSS +MB |",
+        "| first search s (anon +MB) | BM25Index build anon +MB |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         p, d = r["postings"], r["bm25index"]
         lines.append(
             f"| {r['images']:,} | {p['postings']:,} | {p['disk_mb']:.0f} | {p['tag_words_s']:.1f} / {d['tag_words_s_estimated']:.1f} "
-            f"| {p['write_s']:.1f} | {d['build_s']:.1f} | {p['first_search_s']:.2f} ({p['first_search_rss_mb']:.0f}) "
-            f"| {d['build_rss_mb']:.0f} |"
+            f"| {p['write_s']:.1f} | {d['build_s']:.1f} | {p['first_search_s']:.2f} ({p['first_search_anon_mb']:.0f}) "
+            f"| {d['build_anon_mb']:.0f} |"
         )
     lines += ["", "| images | postings p50 / p95 / p99 ms | BM25Index p50 / p95 / p99 ms | same answers |", "|---|---|---|---|"]
     for r in rows:
