@@ -15,8 +15,11 @@ answering a caption's tags query over those images:
   lists, then one caption at a time.
 
 Both must give the same (scores, images) for every caption; the row says whether they did. Every
-timing runs in this one process, one thread; memory is the growth of the process' anonymous
-resident memory over the step (the postings' pages are file-backed, shared by every process).
+timing runs in this one process, one thread. Memory is counted from the arrays each process holds
+(not from RSS, which a process' earlier steps blur): for the postings, what the first search
+computes (per image a length normalisation, per word idf and largest weight; the postings
+themselves are file-backed pages, shared by every process that maps them); for BM25Index, its
+sparse weight matrix.
 Run with ``python scripts/benchmark_tags.py`` (:mod:`vinvl.commands.benchmark_tags`).
 """
 from __future__ import annotations
@@ -60,21 +63,11 @@ def synthetic_captions(tags: Sequence[List[str]], count: int, rng: np.random.Gen
     return captions
 
 
-def _anonymous_rss_mb() -> float:
-    """This process' resident memory not backed by a file (a memory-mapped file's pages are shared by
-    every process that maps it, and the kernel may drop them), in MB."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no RssAnon in /proc/self/status")
-
-
 def _timed(step):
-    """(result, seconds, growth of the anonymous RSS in MB) of calling ``step``."""
-    before, start = _anonymous_rss_mb(), time.perf_counter()
+    """(result, seconds) of calling ``step``."""
+    start = time.perf_counter()
     result = step()
-    return result, time.perf_counter() - start, _anonymous_rss_mb() - before
+    return result, time.perf_counter() - start
 
 
 def _latency_ms(search, queries: Sequence[List[str]], k: int) -> Dict[str, float]:
@@ -93,11 +86,11 @@ def _same_answers(a, b, queries: Sequence[List[str]], k: int) -> bool:
 
 
 def _postings_side(folder: str, tokenizer, tags, queries, k: int) -> Tuple[dict, PostingsBM25, List[List[str]]]:
-    words, words_s, _ = _timed(lambda: list(tag_word_lists(tokenizer, tags)))
-    entry, write_s, _ = _timed(lambda: bm25.write_postings(folder, words))
+    words, words_s = _timed(lambda: list(tag_word_lists(tokenizer, tags)))
+    entry, write_s = _timed(lambda: bm25.write_postings(folder, words))
     disk = sum(os.path.getsize(os.path.join(folder, n)) for n in os.listdir(folder) if n.startswith(bm25.PREFIX))
-    search, open_s, open_rss = _timed(lambda: PostingsBM25(*_opened(folder), BM25_K1, BM25_B))
-    _, first_s, first_rss = _timed(lambda: search.search([queries[0]], k))
+    search, open_s = _timed(lambda: PostingsBM25(*_opened(folder), BM25_K1, BM25_B))
+    _, first_s = _timed(lambda: search.search([queries[0]], k))
     row = {
         "postings": entry["postings"],
         "terms": entry["terms"],
@@ -106,7 +99,7 @@ def _postings_side(folder: str, tokenizer, tags, queries, k: int) -> Tuple[dict,
         "disk_mb": disk / 2**20,
         "open_s": open_s,
         "first_search_s": first_s,
-        "first_search_anon_mb": open_rss + first_rss,
+        "process_mb": search.held_bytes / 2**20,
         **_latency_ms(search.search, queries, k),
     }
     return row, search, words
@@ -119,12 +112,12 @@ def _opened(folder: str):
 
 def _dense_side(tokenizer, tags, words, queries, k: int, tokenize_sample: int) -> Tuple[dict, BM25Index]:
     sample = tags[:tokenize_sample]
-    _, sample_s, _ = _timed(lambda: [tag_words(tokenizer, t) for t in sample])
-    index, build_s, build_rss = _timed(lambda: BM25Index(words))
+    _, sample_s = _timed(lambda: [tag_words(tokenizer, t) for t in sample])
+    index, build_s = _timed(lambda: BM25Index(words))
     row = {
         "tag_words_s_estimated": sample_s * len(tags) / len(sample),
         "build_s": build_s,
-        "build_anon_mb": build_rss,
+        "matrix_mb": index.nbytes / 2**20,
         **_latency_ms(index.search, queries, k),
     }
     return row, index
@@ -167,15 +160,15 @@ def format_table(rows: Sequence[dict]) -> str:
     """The measured rows as two Markdown tables: start-up costs, then the search of one caption."""
     lines = [
         "| images | postings | disk MB | tag words s (postings / BM25Index) | postings write s | BM25Index build s "
-        "| first search s (anon +MB) | BM25Index build anon +MB |",
+        "| first search s (per-process MB) | BM25Index matrix MB |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         p, d = r["postings"], r["bm25index"]
         lines.append(
             f"| {r['images']:,} | {p['postings']:,} | {p['disk_mb']:.0f} | {p['tag_words_s']:.1f} / {d['tag_words_s_estimated']:.1f} "
-            f"| {p['write_s']:.1f} | {d['build_s']:.1f} | {p['first_search_s']:.2f} ({p['first_search_anon_mb']:.0f}) "
-            f"| {d['build_anon_mb']:.0f} |"
+            f"| {p['write_s']:.1f} | {d['build_s']:.1f} | {p['first_search_s']:.2f} ({p['process_mb']:.1f}) "
+            f"| {d['matrix_mb']:.0f} |"
         )
     lines += ["", "| images | postings p50 / p95 / p99 ms | BM25Index p50 / p95 / p99 ms | same answers |", "|---|---|---|---|"]
     for r in rows:

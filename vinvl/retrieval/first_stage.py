@@ -188,6 +188,12 @@ class BM25Index:
         weights = idf[tf.indices] * tf.data * (k1 + 1) / (tf.data + norm[doc_of_entry])
         self._weights_t = sparse.csr_matrix((weights, tf.indices, tf.indptr), shape=shape).T.tocsr()  # [V, N]
 
+    @property
+    def nbytes(self) -> int:
+        """Memory of its ``[vocabulary, documents]`` weight matrix (CSR)."""
+        matrix = self._weights_t
+        return int(matrix.data.nbytes + matrix.indices.nbytes + matrix.indptr.nbytes)
+
     def _query_matrix(self, queries: Sequence[Sequence[str]]) -> sparse.csr_matrix:
         rows, cols = [], []
         for q, words in enumerate(queries):

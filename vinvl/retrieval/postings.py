@@ -1,9 +1,10 @@
 """BM25 as an inverted index: per word, the documents holding it and how often, searched by posting lists.
 
 :class:`~vinvl.retrieval.first_stage.BM25Index` scores a query against every document (a sparse
-product densified to ``[queries, documents]``), which costs O(N) per query and must be rebuilt from
-the word lists in every process. Here the statistics are plain arrays that can be written once
-(by the gallery index build, :mod:`vinvl.index.bm25`) and memory-mapped by every reader:
+product densified to ``[queries, documents]``, then a partition of every row) and must be rebuilt
+from the word lists in every process. Here the statistics are plain arrays that can be written
+once (by the gallery index build, :mod:`vinvl.index.bm25`) and memory-mapped by every reader, and
+a query reads only its words' posting lists (:class:`PostingsBM25`):
 
 ```
 indptr   int64 [V + 1]  term t's postings are docs[indptr[t]:indptr[t + 1]]
@@ -32,11 +33,6 @@ from .topk import TopK, top_k_of_block
 __all__ = ["Postings", "PostingsBuilder", "PostingsBM25", "build_postings"]
 
 _CHUNK_DOCUMENTS = 65536  # documents turned into (term, document, tf) triples at once
-# A binary search of a candidate in a posting list costs about as much as adding this many postings
-# into a dense row (both measured on the 2-core machine of docs/benchmarks.md): pruning is tried only
-# while the lookups cost less than the other terms' postings would.
-_LOOKUP_COST = 6
-_BOUND_SLACK = 1e-9  # relative room for float rounding between a weight and its term's bound
 _SPARSE_SHARE = 16  # a query whose postings are under 1/16 of the documents is scored without a dense row
 _TOP_K_BLOCK = 1024  # a score row's block whose maximum bounds its top k from below
 
@@ -174,18 +170,16 @@ class PostingsBM25:
     ``find_term(word)`` gives a word's term id or -1 (a dict lookup, or a binary search over a
     mapped vocabulary). The per-document length normalisation is computed once, on first search.
 
-    A query is answered one of three ways, all exact and adding each document's weights in
+    A query is answered one of two ways, both exact and adding each document's weights in
     ascending term id (so the scores are those of BM25Index's sparse product):
 
-    - pruning (MaxScore): with the query's terms ordered by their largest weight (computed for
-      every term on the first search), the documents of the first few
-      ("essential") terms are scored in full, the other terms' weights looked up by binary search
-      in their sorted posting lists; when the k-th best of them scores above the sum of the other
-      terms' largest weights, no other document can enter the top k, ties included (else one more
-      term becomes essential). Tried while the lookups cost less than the other terms' postings;
-    - few postings (under 1/16 of the documents): the union of the posting lists is scored;
+    - few postings (under 1/16 of the documents): the union of the query's posting lists is
+      scored, each term's weights placed by binary search;
     - otherwise every posting is added into a dense score row, whose top k is taken from the
-      entries above the k-th largest of its block maxima.
+      entries at or above the k-th largest of its block maxima (not a partition of the whole row).
+
+    (Exact MaxScore pruning was tried and measured: on detector tags, where captions name common
+    classes, its failed attempts cost what its successes saved; see docs/benchmarks.md.)
     """
 
     def __init__(self, postings: Postings, find_term: Callable[[str], int], k1: float, b: float):
@@ -198,16 +192,21 @@ class PostingsBM25:
         self._find_term = find_term
         self._idf: Optional[np.ndarray] = None
         self._norm: Optional[np.ndarray] = None
-        self._bounds: Optional[np.ndarray] = None
         self._lock = threading.Lock()
 
     @property
     def num_documents(self) -> int:
         return self.postings.num_documents
 
-    def _statistics(self) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(idf per term, k1 * (1 - b + b * |d| / avgdl) per document, largest weight per term), the
-        first two as BM25Index computes them; computed on the first search (one pass over the postings)."""
+    @property
+    def held_bytes(self) -> int:
+        """Memory this search holds of its own (0 before the first search): the per-process statistics.
+        The postings are not counted: mapped from an index, their pages are shared by every process."""
+        arrays = (self._idf, self._norm)
+        return sum(a.nbytes for a in arrays if a is not None)
+
+    def _statistics(self) -> Tuple[np.ndarray, np.ndarray]:
+        """(idf per term, k1 * (1 - b + b * |d| / avgdl) per document), as BM25Index computes them, on the first search."""
         with self._lock:
             if self._norm is None:
                 lengths = np.asarray(self.postings.lengths, dtype=np.float64)
@@ -215,12 +214,9 @@ class PostingsBM25:
                 k1, b = self.k1, self.b
                 norm = k1 * (1 - b + b * lengths / mean_length) if mean_length > 0 else np.full(len(lengths), k1)
                 df = np.diff(np.asarray(self.postings.indptr))
-                idf = np.log1p((self.num_documents - df + 0.5) / (df + 0.5))
-                bounds = np.empty(self.postings.num_terms, dtype=np.float64)
-                for term in range(self.postings.num_terms):
-                    bounds[term] = self._weights_of(idf[term], norm, *self._posting(term)).max()
-                self._idf, self._norm, self._bounds = idf, norm, bounds
-            return self._idf, self._norm, self._bounds
+                self._idf = np.log1p((self.num_documents - df + 0.5) / (df + 0.5))
+                self._norm = norm
+            return self._idf, self._norm
 
     def terms(self, words: Sequence[str]) -> List[int]:
         """The distinct known term ids of a query's words, ascending (the order their weights are added in)."""
@@ -245,14 +241,11 @@ class PostingsBM25:
         return self.postings.docs[lo:hi].astype(np.intp), self.postings.tf[lo:hi]
 
     def _weights(self, term: int, docs: np.ndarray, tf: np.ndarray) -> np.ndarray:
-        """BM25 weights of ``term`` in ``docs`` (where it occurs ``tf`` times)."""
-        idf, norm, _ = self._statistics()
-        return self._weights_of(idf[term], norm, docs, tf)
-
-    def _weights_of(self, idf: float, norm: np.ndarray, docs: np.ndarray, tf: np.ndarray) -> np.ndarray:
-        """BM25Index's float64 expression ``idf * tf * (k1 + 1) / (tf + norm)``, evaluated in place, in the same order."""
+        """BM25 weights of ``term`` in ``docs`` (where it occurs ``tf`` times): BM25Index's float64
+        expression ``idf * tf * (k1 + 1) / (tf + norm)``, evaluated in place, in the same order."""
+        idf, norm = self._statistics()
         tf = np.asarray(tf, dtype=np.float64)
-        weights = tf * idf
+        weights = tf * idf[term]
         weights *= self.k1 + 1
         denominator = norm.take(docs)
         denominator += tf
@@ -267,49 +260,20 @@ class PostingsBM25:
             scores[docs] += self._weights(term, docs, tf)  # a term holds a document once
         return scores
 
-    def _candidate_scores(self, terms: List[int], essential: set, candidates: np.ndarray) -> np.ndarray:
-        """The full BM25 of the sorted ``candidates``, which hold every document of the essential terms."""
-        scores = np.zeros(len(candidates), dtype=np.float64)
+    def _scores_of(self, terms: List[int], hits: np.ndarray) -> np.ndarray:
+        """The BM25 of the sorted ``hits``, the documents holding any of ``terms``."""
+        scores = np.zeros(len(hits), dtype=np.float64)
         for term in terms:
             docs, tf = self._posting(term)
-            if term in essential:
-                scores[np.searchsorted(candidates, docs)] += self._weights(term, docs, tf)
-                continue
-            at = np.minimum(np.searchsorted(docs, candidates), len(docs) - 1)
-            present = docs[at] == candidates
-            scores[present] += self._weights(term, candidates[present], tf[at[present]])
+            scores[np.searchsorted(hits, docs)] += self._weights(term, docs, tf)
         return scores
-
-    def _pruned(self, terms: List[int], k: int) -> Optional[TopK]:
-        """The exact top-k by MaxScore pruning, or None when pruning would not pay (see the class)."""
-        sizes = {t: self._size(t) for t in terms}
-        bounds = self._statistics()[2]
-        by_bound = sorted(terms, key=lambda t: -bounds[t])
-        for m in range(1, len(terms)):
-            essential = set(by_bound[:m])
-            looked_up = sum(sizes[t] for t in essential) * (len(terms) - m)  # at most, candidates x other terms
-            if looked_up * _LOOKUP_COST >= sum(sizes[t] for t in by_bound[m:]):
-                return None
-            candidates = self._union(by_bound[:m])
-            if len(candidates) < k:
-                continue
-            scores = self._candidate_scores(terms, essential, candidates)
-            kth = -np.partition(-scores, k - 1)[k - 1]
-            rest = sum(bounds[t] for t in terms if t not in essential)  # the best any other document scores
-            if kth > rest * (1 + _BOUND_SLACK):
-                best_scores, best = top_k_of_block(scores[None, :], k)
-                return best_scores[0], candidates[best[0]]
-        return None
 
     def _search_one(self, words: Sequence[str], k: int) -> TopK:
         """One query's top-``k`` (scores, documents), documents scoring 0 filling in index order."""
         terms = self.terms(words)
-        pruned = self._pruned(terms, k) if len(terms) > 1 else None
-        if pruned is not None:
-            return pruned
         if sum(self._size(t) for t in terms) * _SPARSE_SHARE < self.num_documents:
             hits = self._union(terms)
-            return _top_k_of_hits(self._candidate_scores(terms, set(terms), hits), hits, k)
+            return _top_k_of_hits(self._scores_of(terms, hits), hits, k)
         return _top_k_of_row(self.scores(words), k)
 
     def search(self, queries: Sequence[Sequence[str]], k: int) -> TopK:
