@@ -8,7 +8,7 @@ answering a caption's tags query over those images:
 - **postings** (what ``vinvl index build`` writes and every reader memory-maps): the images' tag
   words with the model's tokenizer (each distinct tag tokenized once), the postings written as
   ``vinvl index build`` writes them (wall time, disk), their first search in this process (the
-  per-process statistics: lengths normalised, each term's largest weight), then one caption at a
+  per-process statistics: lengths normalised, idf per word), then one caption at a
   time (p50 / p95 / p99);
 - **BM25Index** (what each process built lazily before): the same tag words tokenized image by
   image as before (timed on ``tokenize_sample`` images and scaled), the index built from the word
@@ -17,9 +17,8 @@ answering a caption's tags query over those images:
 Both must give the same (scores, images) for every caption; the row says whether they did. Every
 timing runs in this one process, one thread. Memory is counted from the arrays each process holds
 (not from RSS, which a process' earlier steps blur): for the postings, what the first search
-computes (per image a length normalisation, per word idf and largest weight; the postings
-themselves are file-backed pages, shared by every process that maps them); for BM25Index, its
-sparse weight matrix.
+computes (per image a length normalisation, per word idf; the postings themselves are file-backed
+pages, shared by every process that maps them); for BM25Index, its sparse weight matrix.
 Run with ``python scripts/benchmark_tags.py`` (:mod:`vinvl.commands.benchmark_tags`).
 """
 from __future__ import annotations
