@@ -18,6 +18,7 @@ computed at search time (:class:`vinvl.retrieval.postings.PostingsBM25`).
 from __future__ import annotations
 
 import os
+import tempfile
 from typing import Iterable, Optional, Sequence, Tuple
 
 import numpy as np
@@ -34,16 +35,19 @@ _ARRAYS = ("indptr", "docs", "tf", "lengths")
 
 def write_postings(folder: str, documents: Iterable[Sequence[str]], base: Optional[Postings] = None) -> dict:
     """Write the postings of ``base``'s documents (if any) then ``documents`` (word lists) into
-    ``folder``; returns the manifest entry. The arrays are filled as memory maps."""
+    ``folder``; returns the manifest entry. The arrays are filled as memory maps and the new
+    documents' postings wait in a scratch folder inside ``folder``, so memory stays bounded
+    whatever the number of images."""
     maps = {}
 
     def allocate(name: str, length: int, dtype: type) -> np.ndarray:
         maps[name] = np.lib.format.open_memmap(os.path.join(folder, f"{PREFIX}_{name}.npy"), mode="w+", dtype=dtype, shape=(length,))
         return maps[name]
 
-    builder = PostingsBuilder(base)
-    builder.add(documents)
-    postings = builder.finish(allocate)
+    with tempfile.TemporaryDirectory(prefix=".postings-", dir=folder) as spill:
+        builder = PostingsBuilder(base, spill_dir=spill)
+        builder.add(documents)
+        postings = builder.finish(allocate)
     for array in maps.values():
         array.flush()
     IdColumn.write(folder, f"{PREFIX}_terms", postings.words)

@@ -22,6 +22,7 @@ BM25Index's sparse product adds them in, so the scores are bit-identical to BM25
 """
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
@@ -70,19 +71,21 @@ class PostingsBuilder:
     """Builds :class:`Postings` from word lists, after the documents of ``base`` when given.
 
     Feed documents in order with :meth:`add` (any number of calls), then :meth:`finish` once.
-    Memory holds the new documents' (term, document, tf) triples (12 bytes a posting) and the
-    vocabulary; ``base``'s postings are copied term by term into the output, never held twice,
-    and the output arrays come from ``allocate`` (memory maps, for a writer).
+    The new documents' (term, document, tf) triples (12 bytes a posting) are held in memory, or
+    with ``spill_dir`` written there a chunk at a time and read back memory-mapped, so that a
+    writer's memory does not grow with the gallery; ``base``'s postings are copied term by term
+    into the output, and the output arrays come from ``allocate`` (memory maps, for a writer).
     """
 
-    def __init__(self, base: Optional[Postings] = None):
+    def __init__(self, base: Optional[Postings] = None, spill_dir: Optional[str] = None):
         self._base = base
+        self._spill_dir = spill_dir
         self._vocabulary: Dict[str, int] = {}
         self._words: List[str] = []
         if base is not None:
             for term in range(base.num_terms):
                 self._term(base.words[term])
-        self._chunks: List[Tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (terms, docs, tf), sorted by term then doc
+        self._chunks: List[np.ndarray] = []  # int32 [3, n]: terms, docs, tf; sorted by term then doc
         self._lengths: List[np.ndarray] = []
         self._count = base.num_documents if base is not None else 0
         self._pending: List[Sequence[str]] = []
@@ -108,9 +111,12 @@ class PostingsBuilder:
         terms = np.fromiter((self._term(w) for words in self._pending for w in words), dtype=np.int64, count=int(lengths.sum()))
         local = np.repeat(np.arange(len(self._pending), dtype=np.int64), lengths)
         keys, tf = np.unique(terms * len(self._pending) + local, return_counts=True)  # sorted by term, then document
-        self._chunks.append(
-            ((keys // len(self._pending)).astype(np.int32), (keys % len(self._pending) + self._count).astype(np.int32), tf.astype(np.int32))
-        )
+        chunk = np.stack([keys // len(self._pending), keys % len(self._pending) + self._count, tf]).astype(np.int32)
+        if self._spill_dir is not None:
+            path = os.path.join(self._spill_dir, f"chunk{len(self._chunks):06d}.npy")
+            np.save(path, chunk)
+            chunk = np.load(path, mmap_mode="r")
+        self._chunks.append(chunk)
         self._lengths.append(lengths.astype(np.int32))
         self._count += len(self._pending)
         self._pending = []
@@ -123,8 +129,8 @@ class PostingsBuilder:
         counts = np.zeros(num_terms, dtype=np.int64)
         if base is not None:
             counts[: base.num_terms] += np.diff(np.asarray(base.indptr))
-        for terms, _, _ in self._chunks:
-            counts += np.bincount(terms, minlength=num_terms)
+        for chunk in self._chunks:
+            counts += np.bincount(chunk[0], minlength=num_terms)
         indptr = allocate("indptr", num_terms + 1, np.int64)
         indptr[0] = 0
         np.cumsum(counts, out=indptr[1:])
@@ -138,10 +144,11 @@ class PostingsBuilder:
                 docs[cursor[term] : cursor[term] + hi - lo] = base.docs[lo:hi]
                 tf[cursor[term] : cursor[term] + hi - lo] = base.tf[lo:hi]
                 cursor[term] += hi - lo
-        for terms, chunk_docs, chunk_tf in self._chunks:
+        for chunk in self._chunks:
+            terms = np.asarray(chunk[0])
             rank = np.arange(len(terms)) - np.searchsorted(terms, terms, side="left")
             at = cursor[terms] + rank
-            docs[at], tf[at] = chunk_docs, chunk_tf
+            docs[at], tf[at] = chunk[1], chunk[2]
             cursor += np.bincount(terms, minlength=num_terms)
         self._chunks = []
         lengths = allocate("lengths", self._count, np.int32)
