@@ -56,7 +56,7 @@ from ..oscar.configuration import OscarConfig
 from ..oscar.model_dir import load_retrieval_model, load_tokenizer, weights_checksum
 from ..retrieval import Gallery, RetrievalEngine
 from ..retrieval.first_stage import BM25_B, BM25_K1, tag_word_lists
-from ..retrieval.postings import PostingsBM25
+from ..retrieval.postings import Postings, PostingsBM25
 from ..retrieval.search import ExactSearch, Searcher
 from ..retrieval.topk import TopK
 from . import bm25, ivf, milvus
@@ -359,7 +359,7 @@ class GalleryIndex:
         """Whether the version stores the tags first stage's BM25 postings (indexes built before them do not)."""
         return self.manifest.get(bm25.MANIFEST_KEY) is not None
 
-    def tag_postings(self):
+    def tag_postings(self) -> Tuple[Postings, IdColumn]:
         """The version's BM25 postings of the images' tag words, memory-mapped: (postings, vocabulary)."""
         if not self.has_tag_postings:
             raise ValueError(f"the index {self.root} stores no BM25 postings; rebuild it with `vinvl index build`")

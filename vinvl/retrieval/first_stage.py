@@ -131,11 +131,11 @@ def tag_words(tokenizer: Any, tags: Any) -> List[str]:
 def tag_word_lists(tokenizer: Any, tag_lists: Iterable[Any]) -> Iterator[List[str]]:
     """:func:`tag_words` of each image's tags, each distinct tag tokenized once.
 
-    The tokenizer splits the tags' joined text at spaces before anything else, and every later
-    step (lower-casing, accents, punctuation) works within one space-separated token, so the
-    words of a tag list are the words of its tags one by one: a gallery of a million images
-    needs the tokenizer only for its few thousand distinct tags. (A tag list given as one
-    string is tokenized whole.)
+    The tags are joined with spaces, and each step of the tokenizer's basic tokenization works
+    within one character (cleaning, CJK spacing) or one whitespace-separated token (lower-casing,
+    accents, punctuation), so the words of a tag list are the words of its tags one by one: a
+    gallery of a million images needs the tokenizer only for its few thousand distinct tags. (A
+    tag list given as one string is tokenized whole.)
     """
     cache: Dict[str, List[str]] = {}
     for tags in tag_lists:
