@@ -9,7 +9,7 @@ answering a caption's tags query over those images:
   words with the model's tokenizer (each distinct tag tokenized once), the postings written as
   ``vinvl index build`` writes them (wall time, disk), their first search in this process (the
   per-process statistics: lengths normalised, idf per word), then one caption at a
-  time (p50 / p95 / p99);
+  time (p50 / p95 / p99 over the captions of each one's fastest of ``repeats`` searches);
 - **BM25Index** (what each process built lazily before): the same tag words tokenized image by
   image as before (timed on ``tokenize_sample`` images and scaled), the index built from the word
   lists, then one caption at a time.
@@ -69,12 +69,17 @@ def _timed(step):
     return result, time.perf_counter() - start
 
 
-def _latency_ms(search, queries: Sequence[List[str]], k: int) -> Dict[str, float]:
+def _latency_ms(search, queries: Sequence[List[str]], k: int, repeats: int) -> Dict[str, float]:
+    """Percentiles over the captions of each caption's fastest of ``repeats`` searches (a shared
+    machine's scheduling stalls a few sub-millisecond calls by 10 ms or more)."""
     times = []
     for words in queries:
-        start = time.perf_counter()
-        search([words], k)
-        times.append(time.perf_counter() - start)
+        fastest = np.inf
+        for _ in range(repeats):
+            start = time.perf_counter()
+            search([words], k)
+            fastest = min(fastest, time.perf_counter() - start)
+        times.append(fastest)
     p50, p95, p99 = np.percentile(np.array(times) * 1000, [50, 95, 99])
     return {"p50_ms": float(p50), "p95_ms": float(p95), "p99_ms": float(p99)}
 
@@ -84,7 +89,7 @@ def _same_answers(a, b, queries: Sequence[List[str]], k: int) -> bool:
     return bool(np.array_equal(docs_a, docs_b) and np.array_equal(scores_a, scores_b))
 
 
-def _postings_side(folder: str, tokenizer, tags, queries, k: int) -> Tuple[dict, PostingsBM25, List[List[str]]]:
+def _postings_side(folder: str, tokenizer, tags, queries, k: int, repeats: int) -> Tuple[dict, PostingsBM25, List[List[str]]]:
     words, words_s = _timed(lambda: list(tag_word_lists(tokenizer, tags)))
     entry, write_s = _timed(lambda: bm25.write_postings(folder, words))
     disk = sum(os.path.getsize(os.path.join(folder, n)) for n in os.listdir(folder) if n.startswith(bm25.PREFIX))
@@ -99,7 +104,7 @@ def _postings_side(folder: str, tokenizer, tags, queries, k: int) -> Tuple[dict,
         "open_s": open_s,
         "first_search_s": first_s,
         "process_mb": search.held_bytes / 2**20,
-        **_latency_ms(search.search, queries, k),
+        **_latency_ms(search.search, queries, k, repeats),
     }
     return row, search, words
 
@@ -109,7 +114,7 @@ def _opened(folder: str):
     return postings, vocabulary.find
 
 
-def _dense_side(tokenizer, tags, words, queries, k: int, tokenize_sample: int) -> Tuple[dict, BM25Index]:
+def _dense_side(tokenizer, tags, words, queries, k: int, tokenize_sample: int, repeats: int) -> Tuple[dict, BM25Index]:
     sample = tags[:tokenize_sample]
     _, sample_s = _timed(lambda: [tag_words(tokenizer, t) for t in sample])
     index, build_s = _timed(lambda: BM25Index(words))
@@ -117,13 +122,13 @@ def _dense_side(tokenizer, tags, words, queries, k: int, tokenize_sample: int) -
         "tag_words_s_estimated": sample_s * len(tags) / len(sample),
         "build_s": build_s,
         "matrix_mb": index.nbytes / 2**20,
-        **_latency_ms(index.search, queries, k),
+        **_latency_ms(index.search, queries, k, repeats),
     }
     return row, index
 
 
 def run_benchmark(
-    sizes: Sequence[int], tokenizer, num_queries: int, k: int, root: str, tokenize_sample: int, seed: int = 0
+    sizes: Sequence[int], tokenizer, num_queries: int, k: int, root: str, tokenize_sample: int, repeats: int, seed: int = 0
 ) -> List[dict]:
     """One row per gallery size, each printed as JSON as it is measured. ``root`` is a scratch folder,
     deleted at the end."""
@@ -136,8 +141,8 @@ def run_benchmark(
             queries = [words_of(tokenizer, c) for c in synthetic_captions(tags, num_queries, rng)]
             folder = os.path.join(root, f"postings-{size}")
             os.makedirs(folder)
-            postings_row, postings_search, words = _postings_side(folder, tokenizer, tags, queries, k)
-            dense_row, dense = _dense_side(tokenizer, tags, words, queries, k, tokenize_sample)
+            postings_row, postings_search, words = _postings_side(folder, tokenizer, tags, queries, k, repeats)
+            dense_row, dense = _dense_side(tokenizer, tags, words, queries, k, tokenize_sample, repeats)
             rows.append(
                 {
                     "images": size,

@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model_dir", default="tiny", help="whose tokenizer splits tags and captions (default: %(default)s)")
     parser.add_argument("--queries", type=int, default=200, help="captions searched one at a time (default: %(default)s)")
     parser.add_argument("--k", type=int, default=16, help="candidates per caption (default: %(default)s)")
+    parser.add_argument("--repeats", type=int, default=3, help="searches per caption; the fastest is kept (default: %(default)s)")
     parser.add_argument("--tokenize_sample", type=int, default=10_000,
                         help="images tokenized image by image to estimate BM25Index's tokenizing (default: %(default)s)")
     parser.add_argument("--root", default="/tmp/vinvl_tags_benchmark", help="scratch folder (deleted afterwards)")
@@ -34,13 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
     """Run the benchmark, print its tables; returns the rows."""
     args = build_parser().parse_args(argv)
-    require_positive(args, ("queries", "k", "tokenize_sample"))
+    require_positive(args, ("queries", "k", "tokenize_sample", "repeats"))
     from ..assets import resolve_config
     from ..benchmarks.tags import format_table, run_benchmark
     from ..oscar.model_dir import load_tokenizer
 
     tokenizer = load_tokenizer(resolve_config(args.model_dir, "--model_dir", kind="config"))
-    rows = run_benchmark(args.sizes, tokenizer, args.queries, args.k, args.root, args.tokenize_sample)
+    rows = run_benchmark(args.sizes, tokenizer, args.queries, args.k, args.root, args.tokenize_sample, args.repeats)
     print(format_table(rows))
     if args.json:
         with open(args.json, "w") as f:
