@@ -15,6 +15,9 @@ captions.npy             each image's captions, JSON per image (+ captions_offse
                          image -> captions queries retrieve (flattened in image order)
 caption_embeddings.npy   float32 [C, contrastive_dim] caption-only embeddings of those captions,
                          only when the contrastive heads are trained
+bm25_tags_*.npy          the tags first stage's BM25 postings over the images' tag words
+                         (:mod:`vinvl.index.bm25`): vocabulary, term -> images and term frequencies,
+                         image lengths
 ```
 
 An index built with a Milvus store (``store=``, :mod:`vinvl.index.milvus`) writes neither embedding
@@ -23,7 +26,10 @@ embedding (and the build of it the version was written with); everything else is
 
 Captions came later than the rest of format 1: an index written before them has no
 ``captions`` entry in its manifest and reads as an index whose images have no captions (image ->
-captions queries say so); ``add`` to such an index gives its old images no captions.
+captions queries say so); ``add`` to such an index gives its old images no captions. Likewise
+the BM25 postings: a version without a ``tag_postings`` entry opens, and its readers build the
+postings in memory from the tags on their first tags query (:meth:`GalleryIndex.tag_search` is
+None); ``add`` to it writes them for every image.
 
 Every array is opened with ``np.load(mmap_mode="r")``: opening costs the same for 1K or 1M
 images, and a query reads only the rows it touches. Versions are switched atomically
@@ -33,6 +39,7 @@ and refuses to serve another model's queries.
 from __future__ import annotations
 
 import datetime
+import itertools
 import json
 import os
 import threading
@@ -46,11 +53,13 @@ from ..data import DataError, RetrievalCorpus, load_coco_ir
 from ..data.examples import ExampleOptions, detect_layout, open_feature_source
 from ..errors import UserError
 from ..oscar.configuration import OscarConfig
-from ..oscar.model_dir import load_retrieval_model, weights_checksum
+from ..oscar.model_dir import load_retrieval_model, load_tokenizer, weights_checksum
 from ..retrieval import Gallery, RetrievalEngine
+from ..retrieval.first_stage import BM25_B, BM25_K1, tag_word_lists
+from ..retrieval.postings import Postings, PostingsBM25
 from ..retrieval.search import ExactSearch, Searcher
 from ..retrieval.topk import TopK
-from . import ivf, milvus
+from . import bm25, ivf, milvus
 from .tables import IdColumn, ListColumn, load_array
 from .versions import MANIFEST, VersionedDir, pause_for_test
 
@@ -169,8 +178,9 @@ class GalleryIndex:
             "caption_embeddings", milvus.CAPTION, self.num_captions, captions.get("embeddings") if captions else None
         )
         self._faiss = None
+        self._tag_search: Optional[PostingsBM25] = None
         self._sources: Dict[int, object] = {}
-        self._lock = threading.Lock()  # feature files share one handle (seek + read); faiss loads once
+        self._lock = threading.Lock()  # feature files share one handle (seek + read); faiss and the postings load once
 
     def _embeddings(self, name: str, kind: int, count: int, entry: Optional[dict]):
         """One kind of embedding: memory-mapped from the version, or the store's rows; None when not stored."""
@@ -203,6 +213,7 @@ class GalleryIndex:
 
     def close(self) -> None:
         self._faiss = None
+        self._tag_search = None
         if self.store is not None:
             self.store.close()
         self._handle.close()
@@ -343,6 +354,28 @@ class GalleryIndex:
             return ivf.IVFSearch(self.faiss_index(), nprobe).search(queries, k)
         raise ValueError(f"method must be 'exact', 'faiss' or 'store', got {method!r}")
 
+    @property
+    def has_tag_postings(self) -> bool:
+        """Whether the version stores the tags first stage's BM25 postings (indexes built before them do not)."""
+        return self.manifest.get(bm25.MANIFEST_KEY) is not None
+
+    def tag_postings(self) -> Tuple[Postings, IdColumn]:
+        """The version's BM25 postings of the images' tag words, memory-mapped: (postings, vocabulary)."""
+        if not self.has_tag_postings:
+            raise ValueError(f"the index {self.root} stores no BM25 postings; rebuild it with `vinvl index build`")
+        return bm25.load_postings(self.path)
+
+    def tag_search(self) -> Optional[PostingsBM25]:
+        """BM25 of caption words against the images' tag words over the stored postings (opened on
+        first use, shared by every caller), or None for a version written before postings were stored."""
+        if not self.has_tag_postings:
+            return None
+        with self._lock:
+            if self._tag_search is None:
+                postings, vocabulary = self.tag_postings()
+                self._tag_search = PostingsBM25(postings, vocabulary.find, BM25_K1, BM25_B)
+        return self._tag_search
+
     def faiss_index(self):
         """The version's faiss index, memory-mapped on first use."""
         if self.manifest.get("faiss") is None:
@@ -424,6 +457,7 @@ def _write_version(
         base,
     )
     num_captions = _write_captions(folder, sources, base)
+    postings_entry = _write_tag_postings(folder, model_dir, sources, base)
     pause_for_test("staging")
 
     stages = _first_stages(config)
@@ -455,6 +489,7 @@ def _write_version(
         faiss=faiss_entry,
         store=store_entry,
         captions=captions_entry,
+        tag_postings=postings_entry,
         feature_files=files,
         sources=(base.manifest["sources"] if base else [])
         + [{"gallery_dir": os.path.abspath(s.source.gallery_dir), "split": s.source.split, "num_images": len(s.corpus)} for s in sources],
@@ -491,6 +526,19 @@ def _write_captions(folder: str, sources: Sequence[_LoadedSource], base: Optiona
         base = None
     ListColumn.write(folder, "captions", rows, base=base.caption_column if base else None)
     return (base.num_captions if base else 0) + sum(len(c) for c in rows)
+
+
+def _write_tag_postings(folder: str, model_dir: str, sources: Sequence[_LoadedSource], base: Optional[GalleryIndex]) -> dict:
+    """The BM25 postings of the version's images' tag words: ``base``'s postings merged with the new
+    images' (a ``base`` written before postings were stored has its tags tokenized now); the manifest entry."""
+    tokenizer = load_tokenizer(model_dir)
+    new_tags = (t for s in sources for t in s.corpus.tags)
+    if base is None:
+        return bm25.write_postings(folder, tag_word_lists(tokenizer, new_tags))
+    if base.has_tag_postings:
+        return bm25.write_postings(folder, tag_word_lists(tokenizer, new_tags), base=base.tag_postings()[0])
+    old_tags = (base.tags(i) for i in range(base.num_images))
+    return bm25.write_postings(folder, tag_word_lists(tokenizer, itertools.chain(old_tags, new_tags)))
 
 
 def write_manifest(folder: str, **fields) -> dict:

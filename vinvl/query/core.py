@@ -21,7 +21,7 @@ Options are arguments of :meth:`Retriever.answer`, never state: ``top_k`` (resul
 ``first_stage`` (``auto`` / ``contrastive`` / ``tags`` / ``exhaustive``: which gallery items the
 match head re-ranks), ``candidates`` (how many a first stage proposes per query) and ``nprobe``
 (lists a faiss IVF index probes). A list of queries is answered together: one embedding pass and
-one search call (or one BM25 product) per direction for all its queries, and one batched
+one search call (or one BM25 posting-list search) per direction for all its queries, and one batched
 scoring call for all their candidate pairs.
 """
 from __future__ import annotations

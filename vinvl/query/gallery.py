@@ -7,24 +7,30 @@ region features read from their files only for the images a query scores). Eithe
 core sees the same things: the images and their flattened captions (:class:`Gallery`), the image
 each caption came with, and per first stage a search: contrastive embeddings through a
 :class:`~vinvl.retrieval.search.Searcher` (the index's faiss IVF index when it has one) and BM25
-over tag words / caption words, built on first use.
+over tag words / caption words by posting lists (:class:`~vinvl.retrieval.postings.PostingsBM25`):
+the images' from the index version's stored postings, memory-mapped; otherwise (an in-memory
+gallery, the captions, an index written before postings were stored) built on first use.
 
 A gallery is immutable once made; a new index version is a new gallery (the core swaps it in).
 """
 from __future__ import annotations
 
+import logging
 import threading
-from typing import Any, List, Optional, Sequence
+from typing import Any, Callable, Iterable, List, Optional, Sequence
 
 import numpy as np
 
 from ..index.store import GalleryIndex
 from ..index.versions import VersionedDir
-from ..retrieval import BM25Index, Gallery
-from ..retrieval.first_stage import tag_words, words_of
+from ..retrieval import Gallery
+from ..retrieval.first_stage import BM25_B, BM25_K1, tag_word_lists, words_of
+from ..retrieval.postings import PostingsBM25, build_postings
 from ..retrieval.search import ExactSearch, Searcher
 
 __all__ = ["QueryGallery"]
+
+logger = logging.getLogger(__name__)
 
 
 class QueryGallery:
@@ -138,18 +144,30 @@ class QueryGallery:
         self.require("contrastive")
         return np.asarray(self._image_embeds[np.asarray(rows)], dtype=np.float32)
 
-    def image_bm25(self) -> BM25Index:
-        """The images as BM25 documents of their tag words (``tags``, caption -> images)."""
-        return self._bm25_of("images", lambda: [tag_words(self._tokenizer, t) for t in self.images.tags])
+    def image_bm25(self) -> PostingsBM25:
+        """The images as BM25 documents of their tag words (``tags``, caption -> images): the index
+        version's stored postings, or built in memory on first use."""
+        if self.index is not None:
+            stored = self.index.tag_search()
+            if stored is not None:
+                return stored
+        return self._bm25_of("images", lambda: tag_word_lists(self._tokenizer, self.images.tags))
 
-    def caption_bm25(self) -> BM25Index:
-        """The captions as BM25 documents of their words (``tags``, image -> captions)."""
-        return self._bm25_of("captions", lambda: [words_of(self._tokenizer, c) for c in self.images.captions])
+    def caption_bm25(self) -> PostingsBM25:
+        """The captions as BM25 documents of their words (``tags``, image -> captions), built on first use."""
+        return self._bm25_of("captions", lambda: (words_of(self._tokenizer, c) for c in self.images.captions))
 
-    def _bm25_of(self, name: str, documents) -> BM25Index:
+    def _bm25_of(self, name: str, documents: Callable[[], Iterable[Sequence[str]]]) -> PostingsBM25:
         with self._lock:
             if name not in self._bm25:
-                self._bm25[name] = BM25Index(documents())
+                if name == "images" and self.index is not None:
+                    logger.warning(
+                        "the index %s stores no BM25 postings (built before they were stored): building them "
+                        "from every image's tags in this process; `vinvl index build` again to store them", self.index.root
+                    )
+                postings = build_postings(documents())
+                vocabulary = {word: term for term, word in enumerate(postings.words)}
+                self._bm25[name] = PostingsBM25(postings, lambda w: vocabulary.get(w, -1), BM25_K1, BM25_B)
             return self._bm25[name]
 
     # ----- index versions ---------------------------------------------------------------

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, Iterable, Iterator, List, Sequence
 
 import numpy as np
 from scipy import sparse
@@ -42,6 +42,7 @@ __all__ = [
     "fold_plural",
     "words_of",
     "tag_words",
+    "tag_word_lists",
     "tag_candidates",
     "contrastive_candidates",
     "check_first_stage",
@@ -127,6 +128,29 @@ def tag_words(tokenizer: Any, tags: Any) -> List[str]:
     return words_of(tokenizer, tokenizer.tags_to_text(tags))
 
 
+def tag_word_lists(tokenizer: Any, tag_lists: Iterable[Any]) -> Iterator[List[str]]:
+    """:func:`tag_words` of each image's tags, each distinct tag tokenized once.
+
+    The tags are joined with spaces, and each step of the tokenizer's basic tokenization works
+    within one character (cleaning, CJK spacing) or one whitespace-separated token (lower-casing,
+    accents, punctuation), so the words of a tag list are the words of its tags one by one: a
+    gallery of a million images needs the tokenizer only for its few thousand distinct tags. (A
+    tag list given as one string is tokenized whole.)
+    """
+    cache: Dict[str, List[str]] = {}
+    for tags in tag_lists:
+        if tags is None or isinstance(tags, str):
+            yield tag_words(tokenizer, tags)
+            continue
+        words: List[str] = []
+        for tag in tags:
+            known = cache.get(tag)
+            if known is None:
+                known = cache[tag] = words_of(tokenizer, tag)
+            words.extend(known)
+        yield words
+
+
 # ----- BM25 --------------------------------------------------------------------------------
 
 
@@ -163,6 +187,12 @@ class BM25Index:
         doc_of_entry = np.repeat(np.arange(self.num_documents), np.diff(tf.indptr))
         weights = idf[tf.indices] * tf.data * (k1 + 1) / (tf.data + norm[doc_of_entry])
         self._weights_t = sparse.csr_matrix((weights, tf.indices, tf.indptr), shape=shape).T.tocsr()  # [V, N]
+
+    @property
+    def nbytes(self) -> int:
+        """Memory of its ``[vocabulary, documents]`` weight matrix (CSR)."""
+        matrix = self._weights_t
+        return int(matrix.data.nbytes + matrix.indices.nbytes + matrix.indptr.nbytes)
 
     def _query_matrix(self, queries: Sequence[Sequence[str]]) -> sparse.csr_matrix:
         rows, cols = [], []
@@ -204,7 +234,7 @@ def tag_candidates(gallery: Any, tokenizer: Any, k: int, k1: float = BM25_K1, b:
     document of its words. Words come from :func:`words_of` (the tokenizer's basic
     tokenization), so ``Dog,`` in a caption meets the tag ``dog``.
     """
-    image_words = [tag_words(tokenizer, tags) for tags in gallery.tags]
+    image_words = list(tag_word_lists(tokenizer, gallery.tags))
     caption_words = [words_of(tokenizer, caption) for caption in gallery.captions]
     i2t = BM25Index(caption_words, k1, b).top_k(image_words, k)
     t2i = BM25Index(image_words, k1, b).top_k(caption_words, k)

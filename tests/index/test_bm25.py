@@ -1,0 +1,117 @@
+"""The tags first stage's BM25 postings in the gallery index: written by build and by add, memory-mapped
+by QueryGallery.from_index, answering as BM25Index over the images' tag words; an index written
+before postings were stored still opens, answers the same (postings built in memory) and gets
+postings for every image on its next add."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+import vinvl  # noqa: F401  (CPU runtime defaults)
+from vinvl.data import load_corpus, write_synthetic_corpus
+from vinvl.index import GalleryIndex, GallerySource, add_to_index, build_index
+from vinvl.index import bm25
+from vinvl.index.versions import MANIFEST
+from vinvl.oscar.model_dir import load_tokenizer
+from vinvl.query.gallery import QueryGallery
+from vinvl.retrieval.first_stage import BM25Index, tag_words, words_of
+from vinvl.retrieval.postings import PostingsBM25
+
+from support.tinymodel import save_random_model
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bm25_index")
+    corpus = str(root / "corpus")
+    write_synthetic_corpus(corpus, {"test": 12, "val": 7}, seed=5)
+    model = save_random_model(root / "model", ["match"], seed=0)  # a tags-only index: nothing to embed
+    return {"corpus": corpus, "model": model, "tokenizer": load_tokenizer(model)}
+
+
+def _queries(setup):
+    """Caption word lists: the corpus's own captions, tag lists as queries, an unknown word, repeats, nothing."""
+    tokenizer = setup["tokenizer"]
+    captions = [c for split in ("test", "val") for per_image in load_corpus(setup["corpus"], split).captions for c in per_image]
+    tags = load_corpus(setup["corpus"], "val").tags
+    queries = [words_of(tokenizer, c) for c in captions[::3]] + [tag_words(tokenizer, t) for t in tags[:3]]
+    return queries + [["zebroid"], [], ["dog", "dog", "zebroid"]]
+
+
+def _reference(setup, splits):
+    tokenizer = setup["tokenizer"]
+    return BM25Index([tag_words(tokenizer, t) for split in splits for t in load_corpus(setup["corpus"], split).tags])
+
+
+def _assert_answers_as(reference, search, queries):
+    for k in (1, 4, 100):
+        expected, got = reference.search(queries, k), search.search(queries, k)
+        np.testing.assert_array_equal(got[1], expected[1])
+        np.testing.assert_array_equal(got[0], expected[0])
+
+
+def _gallery(setup, out):
+    return QueryGallery.from_index(out, setup["model"], setup["tokenizer"])
+
+
+def _strip_postings(out):
+    """Make the live version look written before postings were stored: no manifest entry, no files."""
+    with GalleryIndex.open(out) as index:
+        path = index.path
+    with open(os.path.join(path, MANIFEST), encoding="utf-8") as f:
+        manifest = json.load(f)
+    del manifest[bm25.MANIFEST_KEY]
+    with open(os.path.join(path, MANIFEST), "w", encoding="utf-8") as f:
+        json.dump(manifest, f)
+    for name in os.listdir(path):
+        if name.startswith(bm25.PREFIX):
+            os.remove(os.path.join(path, name))
+
+
+def test_build_writes_postings_that_answer_as_bm25index(setup, tmp_path):
+    out = str(tmp_path / "index")
+    build_index(out, setup["model"], [GallerySource(setup["corpus"], "test")], progress=False)
+    gallery = _gallery(setup, out)
+    try:
+        entry = gallery.index.manifest[bm25.MANIFEST_KEY]
+        assert entry["documents"] == 12 and entry["postings"] > 0
+        search = gallery.image_bm25()
+        assert isinstance(search, PostingsBM25) and search is gallery.index.tag_search()  # the stored postings
+        assert isinstance(search.postings.docs, np.memmap)  # memory-mapped, not rebuilt from the tags
+        _assert_answers_as(_reference(setup, ["test"]), search, _queries(setup))
+    finally:
+        gallery.close()
+
+
+def test_add_merges_postings_as_one_build_of_the_union(setup, tmp_path):
+    grown, union = str(tmp_path / "grown"), str(tmp_path / "union")
+    build_index(grown, setup["model"], [GallerySource(setup["corpus"], "test")], progress=False)
+    add_to_index(grown, setup["model"], [GallerySource(setup["corpus"], "val")], progress=False)
+    build_index(union, setup["model"], [GallerySource(setup["corpus"], s) for s in ("test", "val")], progress=False)
+    with GalleryIndex.open(grown) as a, GalleryIndex.open(union) as b:
+        (pa, _), (pb, _) = a.tag_postings(), b.tag_postings()
+        assert [pa.words[t] for t in range(pa.num_terms)] == [pb.words[t] for t in range(pb.num_terms)]
+        for name in ("indptr", "docs", "tf", "lengths"):
+            np.testing.assert_array_equal(getattr(pa, name), getattr(pb, name))
+        _assert_answers_as(_reference(setup, ["test", "val"]), a.tag_search(), _queries(setup))
+
+
+def test_an_index_without_postings_opens_answers_the_same_and_gets_them_on_add(setup, tmp_path, caplog):
+    out = str(tmp_path / "old")
+    build_index(out, setup["model"], [GallerySource(setup["corpus"], "test")], progress=False)
+    _strip_postings(out)
+    gallery = _gallery(setup, out)
+    try:
+        assert gallery.index.tag_search() is None
+        with pytest.raises(ValueError, match="vinvl index build"):
+            gallery.index.tag_postings()
+        search = gallery.image_bm25()  # built in memory from the tags, with a warning naming the fix
+        assert "vinvl index build" in caplog.text
+        _assert_answers_as(_reference(setup, ["test"]), search, _queries(setup))
+    finally:
+        gallery.close()
+    add_to_index(out, setup["model"], [GallerySource(setup["corpus"], "val")], progress=False)
+    with GalleryIndex.open(out) as index:
+        assert index.manifest[bm25.MANIFEST_KEY]["documents"] == 19
+        _assert_answers_as(_reference(setup, ["test", "val"]), index.tag_search(), _queries(setup))
