@@ -1,0 +1,266 @@
+"""The VinVL detector on Paddle Inference with oneDNN, in fp32 or bfloat16.
+
+Paddle's dygraph has no CPU bf16 convolution or matmul kernels, so the detector's network runs in
+bf16 on an inference runtime. Three graphs are exported with ``paddle.jit.to_static`` /
+``paddle.jit.save``, each with dynamic dimensions (any image size, any number of boxes):
+
+- ``body``: normalised pixels ``[1, 3, H, W]`` -> res4 features, RPN objectness logits and box deltas
+  (backbone + RPN head);
+- ``box_head``: res4 features and ``[K, 4]`` boxes -> pooled res5 box features ``[K, D]``, class
+  logits and (unless ``TEST.IGNORE_BOX_REGRESSION``) box deltas (legacy RoIAlign + res5 head +
+  predictor);
+- ``attribute``: kept box features and their classes -> attribute logits.
+
+Everything between them stays in numpy, exactly as the dygraph detector runs it
+(:class:`vinvl.vision.detector.DetectionPipeline`): resizing, anchors, the RPN's top-k, decoding
+and NMS (data-dependent counts), ``filter_results_peter``, attribute selection and rescaling.
+The RoIs go through ``box_head`` in chunks of :data:`~vinvl.vision.roi_heads.ROI_CHUNK`, as in
+dygraph.
+
+A detector directory with weights keeps its export in ``<dir>/inference/`` stamped with the
+sha256 of its config and weights, exported again when they change and replaced whole (an
+interrupted export leaves the previous one or none). A config-only directory (seeded random
+weights: the tiny test detector, the speed benchmark) is exported to a temporary directory that
+lives as long as the detector. A precision the CPU lacks the instructions for is refused before
+anything is loaded (:func:`vinvl.precision.check_precision`).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import warnings
+import weakref
+from typing import FrozenSet, List, Optional, Tuple, Union
+
+import numpy as np
+import paddle
+from paddle import nn
+
+from ..assets import resolve_config
+from ..errors import UsageError
+from ..oscar.model_dir import SAFE_WEIGHTS_NAME
+from ..precision import check_precision
+from ..runtime import default_num_threads
+from .config import DetectorConfig
+from .detector import DetectionPipeline, VinVLDetector, has_weights, load_label_names
+from .proposals import ProposalSelector
+from .roi_heads import ROI_CHUNK, roi_align
+
+__all__ = ["DETECTOR_PRECISIONS", "InferenceDetector", "export_detector", "load_detector"]
+
+# The detector's precisions: int8 would need a calibrated post-training quantization (not built).
+DETECTOR_PRECISIONS = ("fp32", "bf16")
+
+EXPORT_DIR = "inference"
+_STAMP = "weights.sha256"
+_GRAPHS = ("body", "box_head", "attribute")
+
+
+class _Body(nn.Layer):
+    def __init__(self, detector: VinVLDetector) -> None:
+        super().__init__()
+        self.backbone, self.rpn_head = detector.backbone, detector.rpn.head
+
+    def forward(self, pixels):
+        features = self.backbone(pixels)
+        logits, deltas = self.rpn_head(features)
+        return features, logits, deltas
+
+
+class _BoxHead(nn.Layer):
+    def __init__(self, detector: VinVLDetector) -> None:
+        super().__init__()
+        self.extractor, self.predictor = detector.roi_heads.box.feature_extractor, detector.roi_heads.box.predictor
+
+    def forward(self, features, boxes, boxes_num):
+        extractor = self.extractor
+        pooled = roi_align(
+            features, boxes, boxes_num, extractor.resolution, spatial_scale=extractor.scale,
+            sampling_ratio=extractor.sampling_ratio, aligned=False,
+        )
+        box_features = extractor.head(pooled).mean(axis=[2, 3])
+        logits, deltas = self.predictor(box_features)
+        return (box_features, logits) if deltas is None else (box_features, logits, deltas)
+
+
+class _Attribute(nn.Layer):
+    def __init__(self, detector: VinVLDetector) -> None:
+        super().__init__()
+        self.predictor = detector.attribute.predictor
+
+    def forward(self, box_features, labels):
+        embedded = self.predictor.cls_embedding(labels)
+        hidden = nn.functional.relu(self.predictor.fc_attr(paddle.concat([box_features, embedded], axis=1)))
+        return self.predictor.attr_score(hidden)
+
+
+def _specs(config: DetectorConfig):
+    channels = config["MODEL.RESNETS.BACKBONE_OUT_CHANNELS"]
+    spec = paddle.static.InputSpec
+    return {
+        "body": [spec([1, 3, None, None], "float32", "pixels")],
+        "box_head": [
+            spec([1, channels, None, None], "float32", "features"),
+            spec([None, 4], "float32", "boxes"),
+            spec([1], "int32", "boxes_num"),
+        ],
+        "attribute": [spec([None, config.feature_dim], "float32", "box_features"), spec([None], "int64", "labels")],
+    }
+
+
+def _check_exportable(config: DetectorConfig, path: str) -> None:
+    if config["MODEL.ATTRIBUTE_ON"] and not config["MODEL.ROI_ATTRIBUTE_HEAD.SHARE_BOX_FEATURE_EXTRACTOR"]:
+        raise UsageError(
+            f"{path}: MODEL.ROI_ATTRIBUTE_HEAD.SHARE_BOX_FEATURE_EXTRACTOR false (an attribute head with its own "
+            "res5 head) is not exported for Paddle Inference; run it with precision fp32 (dygraph)"
+        )
+
+
+def export_detector(detector: VinVLDetector, export_dir: str) -> str:
+    """Save the three graphs of ``detector`` (see the module doc) as ``export_dir/<graph>.json`` +
+    ``.pdiparams``; returns ``export_dir``."""
+    detector.eval()
+    os.makedirs(export_dir, exist_ok=True)
+    layers = {"body": _Body(detector), "box_head": _BoxHead(detector)}
+    if detector.attribute is not None:
+        layers["attribute"] = _Attribute(detector)
+    specs = _specs(detector.config)
+    with warnings.catch_warnings():  # relu_/add_ run out of place in a static graph: the same values
+        warnings.filterwarnings("ignore", message="In static graph mode", category=UserWarning)
+        for name, layer in layers.items():
+            static = paddle.jit.to_static(layer, input_spec=specs[name], full_graph=True)
+            paddle.jit.save(static, os.path.join(export_dir, name))
+    return export_dir
+
+
+def detector_checksum(path: str) -> str:
+    """sha256 over the detector directory's config and weights: what its export was made from."""
+    digest = hashlib.sha256()
+    for name in ("config.json", SAFE_WEIGHTS_NAME):
+        file = os.path.join(path, name)
+        if os.path.isfile(file):
+            digest.update(name.encode("utf-8") + b"\0")
+            with open(file, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 22), b""):
+                    digest.update(block)
+    return digest.hexdigest()
+
+
+def _exported(path: str) -> str:
+    """``path/inference`` holding the export of ``path``'s current config and weights (made if needed)."""
+    export_dir = os.path.join(path, EXPORT_DIR)
+    stamp = detector_checksum(path)
+    stamp_path = os.path.join(export_dir, _STAMP)
+    if os.path.isfile(stamp_path) and open(stamp_path, encoding="utf-8").read().strip() == stamp:
+        if os.path.isfile(os.path.join(export_dir, "box_head.json")):
+            return export_dir
+    work = tempfile.mkdtemp(prefix=".inference-", dir=path)
+    try:
+        export_detector(VinVLDetector.from_pretrained(path), work)
+        with open(os.path.join(work, _STAMP), "w", encoding="utf-8") as handle:
+            handle.write(stamp)
+        if os.path.isdir(export_dir):
+            shutil.rmtree(export_dir)
+        os.replace(work, export_dir)
+    finally:
+        if os.path.isdir(work):
+            shutil.rmtree(work)
+    return export_dir
+
+
+class _Graph:
+    """One exported graph on a Paddle Inference predictor: numpy arrays in, float32 numpy arrays out."""
+
+    def __init__(self, prefix: str, precision: str, num_threads: int) -> None:
+        config = paddle.inference.Config(prefix + ".json", prefix + ".pdiparams")
+        config.disable_gpu()
+        config.set_cpu_math_library_num_threads(num_threads)
+        config.switch_ir_optim(True)
+        config.disable_glog_info()
+        config.enable_onednn()
+        if precision == "bf16":
+            config.enable_onednn_bfloat16()
+        self.config = config
+        self.predictor = paddle.inference.create_predictor(config)
+        self.inputs = [self.predictor.get_input_handle(n) for n in self.predictor.get_input_names()]
+        self.outputs = [self.predictor.get_output_handle(n) for n in self.predictor.get_output_names()]
+
+    def __call__(self, *arrays: np.ndarray) -> List[np.ndarray]:
+        for handle, array in zip(self.inputs, arrays):
+            handle.copy_from_cpu(np.ascontiguousarray(array))
+        self.predictor.run()
+        return [output.copy_to_cpu().astype(np.float32, copy=False) for output in self.outputs]
+
+
+class InferenceDetector(DetectionPipeline):
+    """The detector with its network on Paddle Inference (oneDNN) at ``precision``: ``detect`` is called
+    as :meth:`VinVLDetector.detect` and returns the same :class:`~vinvl.vision.structures.Detections`."""
+
+    def __init__(self, config: DetectorConfig, export_dir: str, precision: str, num_threads: int) -> None:
+        self.config = config
+        self.precision = precision
+        names = load_label_names()
+        self.class_names, self.attribute_names = names["classes"], names["attributes"]
+        self.proposal_selector = ProposalSelector(config)
+        self.graphs = {
+            name: _Graph(os.path.join(export_dir, name), precision, num_threads)
+            for name in _GRAPHS
+            if os.path.isfile(os.path.join(export_dir, name + ".json"))
+        }
+
+    def _body(self, pixels: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        features, logits, deltas = self.graphs["body"](pixels.astype(np.float32))
+        return features, logits, deltas
+
+    def _box_head(self, features: np.ndarray, boxes: np.ndarray) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
+        chunks = []
+        for start in range(0, len(boxes), ROI_CHUNK):
+            part = np.ascontiguousarray(boxes[start : start + ROI_CHUNK], dtype=np.float32)
+            chunks.append(self.graphs["box_head"](features, part, np.array([len(part)], dtype=np.int32)))
+        outputs = [np.concatenate(parts, axis=0) for parts in zip(*chunks)]
+        return outputs[0], outputs[1], outputs[2] if len(outputs) > 2 else None
+
+    def _attribute_logits(
+        self, features: np.ndarray, boxes: np.ndarray, labels: np.ndarray, box_features: np.ndarray
+    ) -> np.ndarray:
+        if not self.config["TEST.IGNORE_BOX_REGRESSION"]:  # the kept boxes moved: pool them again
+            box_features = self._box_head(features, boxes)[0]
+        return self.graphs["attribute"](box_features, np.asarray(labels, dtype=np.int64))[0]
+
+
+def load_detector(
+    path: str, precision: str = "fp32", num_threads: Optional[int] = None, flags: Optional[FrozenSet[str]] = None,
+    runtime: str = "auto",
+) -> Union[VinVLDetector, InferenceDetector]:
+    """The detector of directory ``path`` (or a shipped detector config's name) at ``precision``.
+
+    ``runtime``: ``"auto"`` runs fp32 in dygraph (the detector checked against the official code)
+    and bf16 on Paddle Inference; ``"inference"`` runs either on Paddle Inference (the benchmark and
+    the tests compare fp32 there with bf16 to separate the runtime from the precision). The precision
+    is checked against the CPU (``flags``, default: this machine's) before anything is loaded.
+    ``num_threads`` defaults to ``OMP_NUM_THREADS``, else :func:`vinvl.runtime.default_num_threads`.
+    """
+    check_precision(precision, flags, supported=DETECTOR_PRECISIONS)
+    if runtime not in ("auto", "inference"):
+        raise ValueError(f"runtime must be 'auto' or 'inference', got {runtime!r}")
+    path = resolve_config(path, kind="config")
+    if precision == "fp32" and runtime == "auto":
+        return VinVLDetector.from_pretrained(path)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{path} is not a detector directory")
+    config = DetectorConfig.from_dir(path)
+    _check_exportable(config, path)
+    threads = num_threads or int(os.environ.get("OMP_NUM_THREADS") or default_num_threads())
+    if has_weights(path):
+        return InferenceDetector(config, _exported(path), precision, threads)
+    export_dir = tempfile.mkdtemp(prefix="vinvl-detector-")
+    try:
+        export_detector(VinVLDetector.from_pretrained(path), export_dir)
+        detector = InferenceDetector(config, export_dir, precision, threads)
+    except BaseException:
+        shutil.rmtree(export_dir, ignore_errors=True)
+        raise
+    weakref.finalize(detector, shutil.rmtree, export_dir, True)
+    return detector
