@@ -12,9 +12,11 @@ from typing import FrozenSet, Optional, Sequence
 
 from .errors import UsageError
 
-__all__ = ["PRECISIONS", "cpu_flags", "check_precision"]
+__all__ = ["PRECISIONS", "DETECTOR_PRECISIONS", "cpu_flags", "check_precision"]
 
 PRECISIONS = ("fp32", "bf16", "int8")
+# The detector's: int8 would need a calibrated post-training quantization of its convolutions (not built).
+DETECTOR_PRECISIONS = ("fp32", "bf16")
 
 # Any one of these CPU flags makes the precision fast.
 _REQUIRED_FLAGS = {

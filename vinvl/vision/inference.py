@@ -41,17 +41,14 @@ from paddle import nn
 from ..assets import resolve_config
 from ..errors import UsageError
 from ..oscar.model_dir import SAFE_WEIGHTS_NAME
-from ..precision import check_precision
+from ..precision import DETECTOR_PRECISIONS, check_precision
 from ..runtime import default_num_threads
 from .config import DetectorConfig
 from .detector import DetectionPipeline, VinVLDetector, has_weights, load_label_names
 from .proposals import ProposalSelector
 from .roi_heads import ROI_CHUNK, roi_align
 
-__all__ = ["DETECTOR_PRECISIONS", "InferenceDetector", "export_detector", "load_detector"]
-
-# The detector's precisions: int8 would need a calibrated post-training quantization (not built).
-DETECTOR_PRECISIONS = ("fp32", "bf16")
+__all__ = ["InferenceDetector", "export_detector", "load_detector"]
 
 EXPORT_DIR = "inference"
 _STAMP = "weights.sha256"
