@@ -77,7 +77,8 @@ class _BoxHead(nn.Layer):
             features, boxes, boxes_num, extractor.resolution, spatial_scale=extractor.scale,
             sampling_ratio=extractor.sampling_ratio, aligned=False,
         )
-        box_features = extractor.head(pooled).mean(axis=[2, 3])
+        # adaptive average pooling, not mean(): Paddle Inference prints a line to stdout for every oneDNN reduce_mean
+        box_features = nn.functional.adaptive_avg_pool2d(extractor.head(pooled), 1).flatten(1)
         logits, deltas = self.predictor(box_features)
         return (box_features, logits) if deltas is None else (box_features, logits, deltas)
 
