@@ -26,13 +26,15 @@ anything is loaded (:func:`vinvl.precision.check_precision`).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
+import sys
 import tempfile
 import warnings
 import weakref
-from typing import FrozenSet, List, Optional, Tuple, Union
+from typing import FrozenSet, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 import paddle
@@ -43,6 +45,7 @@ from ..errors import UsageError
 from ..oscar.model_dir import SAFE_WEIGHTS_NAME
 from ..precision import DETECTOR_PRECISIONS, check_precision
 from ..runtime import default_num_threads
+from .backbone import Bottleneck, FrozenBatchNorm2d, Stem
 from .config import DetectorConfig
 from .detector import DetectionPipeline, VinVLDetector, has_weights, load_label_names
 from .proposals import ProposalSelector
@@ -53,6 +56,60 @@ __all__ = ["InferenceDetector", "export_detector", "load_detector"]
 EXPORT_DIR = "inference"
 _STAMP = "weights.sha256"
 _GRAPHS = ("body", "box_head", "attribute")
+# What Paddle's C++ side logs to stderr, glog's disable_glog_info notwithstanding, saying nothing to
+# a user: the export's frozen batch norm (its statistics are inputs, as they should be) and bf16's set-up.
+_NATIVE_NOISE = ("not support input out tensor for now", "Hardware support for BFLOAT16 is enabled")
+
+
+@contextlib.contextmanager
+def _without_native_noise() -> Iterator[None]:
+    """Hold back what is written to file descriptor 2 meanwhile and pass it on, less the
+    :data:`_NATIVE_NOISE` lines, when the block ends (Python's own stderr included, in order)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            lines = held.read().decode("utf-8", "replace").splitlines(keepends=True)
+            sys.stderr.write("".join(line for line in lines if not any(n in line for n in _NATIVE_NOISE)))
+            sys.stderr.flush()
+
+
+def _folded_conv(conv: nn.Conv2D, norm: FrozenBatchNorm2d) -> nn.Conv2D:
+    """One ``nn.Conv2D`` with a bias computing ``norm(conv(x))``: the frozen scale folded into the
+    weights, the shift made the bias. A 1x1 :class:`PointwiseConv` becomes a plain 1x1 conv (oneDNN
+    runs those without the transposes the matmul form needs)."""
+    scale, shift = (t.numpy() for t in norm.scale_shift())
+    folded = nn.Conv2D(
+        conv._in_channels, conv._out_channels, conv._kernel_size, stride=conv._stride, padding=conv._padding,
+        groups=conv._groups,
+    )
+    folded.weight.set_value(conv.weight.numpy() * scale[:, None, None, None])
+    folded.bias.set_value(shift)
+    return folded
+
+
+def fold_frozen_batch_norms(detector: VinVLDetector) -> VinVLDetector:
+    """``detector`` with each convolution of its body and res5 head merged with the frozen batch norm
+    after it (in place): the same function, in the form inference runtimes fuse (conv + bias + ReLU +
+    residual add in one oneDNN primitive) and, in bf16, without a float32 batch norm between convs."""
+    for layer in detector.sublayers(include_self=True):
+        if isinstance(layer, Stem):
+            layer.conv1, layer.bn1 = _folded_conv(layer.conv1, layer.bn1), nn.Identity()
+        elif isinstance(layer, Bottleneck):
+            for i in (1, 2, 3):
+                conv, norm = getattr(layer, f"conv{i}"), getattr(layer, f"bn{i}")
+                setattr(layer, f"conv{i}", _folded_conv(conv, norm))
+                setattr(layer, f"bn{i}", nn.Identity())
+            if layer.downsample is not None:
+                layer.downsample = _folded_conv(layer.downsample[0], layer.downsample[1])
+    return detector
 
 
 class _Body(nn.Layer):
@@ -116,16 +173,17 @@ def _check_exportable(config: DetectorConfig, path: str) -> None:
         )
 
 
-def export_detector(detector: VinVLDetector, export_dir: str) -> str:
-    """Save the three graphs of ``detector`` (see the module doc) as ``export_dir/<graph>.json`` +
-    ``.pdiparams``; returns ``export_dir``."""
-    detector.eval()
+def export_detector(path: str, export_dir: str) -> str:
+    """Save the three graphs (see the module doc) of the detector in directory ``path``, its frozen
+    batch norms folded into the convolutions, as ``export_dir/<graph>.json`` + ``.pdiparams``;
+    returns ``export_dir``."""
+    detector = fold_frozen_batch_norms(VinVLDetector.from_pretrained(path))
     os.makedirs(export_dir, exist_ok=True)
     layers = {"body": _Body(detector), "box_head": _BoxHead(detector)}
     if detector.attribute is not None:
         layers["attribute"] = _Attribute(detector)
     specs = _specs(detector.config)
-    with warnings.catch_warnings():  # relu_/add_ run out of place in a static graph: the same values
+    with warnings.catch_warnings(), _without_native_noise():  # relu_/add_ run out of place in a static graph: the same values
         warnings.filterwarnings("ignore", message="In static graph mode", category=UserWarning)
         for name, layer in layers.items():
             static = paddle.jit.to_static(layer, input_spec=specs[name], full_graph=True)
@@ -156,7 +214,7 @@ def _exported(path: str) -> str:
             return export_dir
     work = tempfile.mkdtemp(prefix=".inference-", dir=path)
     try:
-        export_detector(VinVLDetector.from_pretrained(path), work)
+        export_detector(path, work)
         with open(os.path.join(work, _STAMP), "w", encoding="utf-8") as handle:
             handle.write(stamp)
         if os.path.isdir(export_dir):
@@ -177,11 +235,12 @@ class _Graph:
         config.set_cpu_math_library_num_threads(num_threads)
         config.switch_ir_optim(True)
         config.disable_glog_info()
-        config.enable_onednn()
-        if precision == "bf16":
-            config.enable_onednn_bfloat16()
+        with _without_native_noise():
+            config.enable_onednn()
+            if precision == "bf16":
+                config.enable_onednn_bfloat16()
+            self.predictor = paddle.inference.create_predictor(config)
         self.config = config
-        self.predictor = paddle.inference.create_predictor(config)
         self.inputs = [self.predictor.get_input_handle(n) for n in self.predictor.get_input_names()]
         self.outputs = [self.predictor.get_output_handle(n) for n in self.predictor.get_output_names()]
 
@@ -255,7 +314,7 @@ def load_detector(
         return InferenceDetector(config, _exported(path), precision, threads)
     export_dir = tempfile.mkdtemp(prefix="vinvl-detector-")
     try:
-        export_detector(VinVLDetector.from_pretrained(path), export_dir)
+        export_detector(path, export_dir)
         detector = InferenceDetector(config, export_dir, precision, threads)
     except BaseException:
         shutil.rmtree(export_dir, ignore_errors=True)
