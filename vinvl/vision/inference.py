@@ -11,18 +11,20 @@ bf16 on an inference runtime. Three graphs are exported with ``paddle.jit.to_sta
   predictor);
 - ``attribute``: kept box features and their classes -> attribute logits.
 
-Everything between them stays in numpy, exactly as the dygraph detector runs it
-(:class:`vinvl.vision.detector.DetectionPipeline`): resizing, anchors, the RPN's top-k, decoding
-and NMS (data-dependent counts), ``filter_results_peter``, attribute selection and rescaling.
-The RoIs go through ``box_head`` in chunks of :data:`~vinvl.vision.roi_heads.ROI_CHUNK`, as in
-dygraph.
+Before export each frozen batch norm is folded into the convolution before it (the same function;
+oneDNN then fuses conv + bias + ReLU + residual add, and bf16 runs with no float32 batch norm
+between convolutions). Everything between the graphs stays in numpy, exactly as the dygraph
+detector runs it (:class:`vinvl.vision.detector.DetectionPipeline`): resizing and normalising,
+anchors, the RPN's top-k, decoding and NMS (data-dependent counts), ``filter_results_peter``,
+softmaxes, attribute selection and rescaling. The RoIs go through ``box_head`` in chunks of
+:data:`~vinvl.vision.roi_heads.ROI_CHUNK`, as in dygraph.
 
 A detector directory with weights keeps its export in ``<dir>/inference/`` stamped with the
-sha256 of its config and weights, exported again when they change and replaced whole (an
-interrupted export leaves the previous one or none). A config-only directory (seeded random
-weights: the tiny test detector, the speed benchmark) is exported to a temporary directory that
-lives as long as the detector. A precision the CPU lacks the instructions for is refused before
-anything is loaded (:func:`vinvl.precision.check_precision`).
+sha256 of its config and weights, exported again when they change. A config-only directory
+(seeded random weights: the tiny test detector, the speed benchmark) is exported to a temporary
+directory that lives as long as the detector. A precision the CPU lacks the instructions for is
+refused before anything is loaded (:func:`vinvl.precision.check_precision`). Speed and fidelity:
+docs/detector.md, "Precision".
 """
 from __future__ import annotations
 
@@ -204,22 +206,38 @@ def detector_checksum(path: str) -> str:
     return digest.hexdigest()
 
 
+def _is_current(export_dir: str, stamp: str) -> bool:
+    """Whether ``export_dir`` holds a whole export stamped ``stamp`` (the stamp is written last)."""
+    stamp_path = os.path.join(export_dir, _STAMP)
+    if not os.path.isfile(stamp_path):
+        return False
+    with open(stamp_path, encoding="utf-8") as handle:
+        return handle.read().strip() == stamp
+
+
 def _exported(path: str) -> str:
-    """``path/inference`` holding the export of ``path``'s current config and weights (made if needed)."""
+    """``path/inference`` holding the export of ``path``'s current config and weights (made if needed).
+
+    The export is made in a temporary directory beside it and moved into place whole, so an
+    interrupted export leaves the previous one (or none); when several processes (the ranks of
+    ``vinvl extract``) export at once, the first one moved into place is kept and used by all.
+    """
     export_dir = os.path.join(path, EXPORT_DIR)
     stamp = detector_checksum(path)
-    stamp_path = os.path.join(export_dir, _STAMP)
-    if os.path.isfile(stamp_path) and open(stamp_path, encoding="utf-8").read().strip() == stamp:
-        if os.path.isfile(os.path.join(export_dir, "box_head.json")):
-            return export_dir
+    if _is_current(export_dir, stamp):
+        return export_dir
     work = tempfile.mkdtemp(prefix=".inference-", dir=path)
     try:
         export_detector(path, work)
         with open(os.path.join(work, _STAMP), "w", encoding="utf-8") as handle:
             handle.write(stamp)
-        if os.path.isdir(export_dir):
-            shutil.rmtree(export_dir)
-        os.replace(work, export_dir)
+        if os.path.isdir(export_dir) and not _is_current(export_dir, stamp):
+            shutil.rmtree(export_dir, ignore_errors=True)  # stale: made from other weights
+        try:
+            os.replace(work, export_dir)
+        except OSError:
+            if not _is_current(export_dir, stamp):  # not another process's export of these weights
+                raise
     finally:
         if os.path.isdir(work):
             shutil.rmtree(work)
