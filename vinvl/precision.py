@@ -39,7 +39,9 @@ def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> FrozenSet[str]:
     return frozenset()
 
 
-def check_precision(precision: str, flags: Optional[FrozenSet[str]] = None, supported: Sequence[str] = PRECISIONS) -> None:
+def check_precision(
+    precision: str, flags: Optional[FrozenSet[str]] = None, supported: Sequence[str] = PRECISIONS
+) -> None:
     """Refuse a precision outside ``supported``, or one this CPU (``flags``, default: this machine's)
     has no instructions for, with a message naming the missing instructions."""
     if precision not in supported:

@@ -17,7 +17,9 @@ from vinvl.vision.extract import SUMMARY_FILE
 from support.paths import PHOTO_DIR, TINY_DETECTOR as DETECTOR
 from support.realdata import GALLERY_PHOTOS, QUERY_PHOTO
 
-needs_bf16 = pytest.mark.skipif(not {"avx512_bf16", "amx_bf16"} & cpu_flags(), reason="this CPU has no bf16 instructions")
+needs_bf16 = pytest.mark.skipif(
+    not {"avx512_bf16", "amx_bf16"} & cpu_flags(), reason="this CPU has no bf16 instructions"
+)
 
 
 @needs_bf16
@@ -51,7 +53,8 @@ def test_a_bf16_gallery_is_extracted_and_cached_apart_from_fp32(tmp_path):
 
 def test_a_precision_the_cpu_lacks_is_refused_before_any_photo(monkeypatch):
     monkeypatch.setattr(precision_module, "cpu_flags", lambda: frozenset({"avx2"}))
-    with pytest.raises(UsageError, match="precision 'bf16' needs a CPU with one of the instructions amx_bf16, avx512_bf16"):
+    lacking = "precision 'bf16' needs a CPU with one of the instructions amx_bf16, avx512_bf16"
+    with pytest.raises(UsageError, match=lacking):
         ImageQueries(DETECTOR, "bf16")
     with pytest.raises(UsageError, match="precision must be one of fp32, bf16, got 'int8'"):
         ImageQueries(DETECTOR, "int8")

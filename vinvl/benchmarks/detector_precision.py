@@ -27,10 +27,13 @@ from ..runtime import default_num_threads
 from ..vision.agreement import compare_detections
 from ..vision.image import load_image
 from ..vision.inference import load_detector
-from .detector import SHIPPED_PHOTOS
 
 # (label, precision, runtime) of the three detectors compared.
-RUNS = (("fp32 dygraph", "fp32", "auto"), ("fp32 Paddle Inference", "fp32", "inference"), ("bf16 Paddle Inference", "bf16", "auto"))
+RUNS = (
+    ("fp32 dygraph", "fp32", "auto"),
+    ("fp32 Paddle Inference", "fp32", "inference"),
+    ("bf16 Paddle Inference", "bf16", "auto"),
+)
 
 
 def time_runs(detectors: Dict[str, object], images: Sequence[np.ndarray]) -> Dict[str, dict]:
@@ -59,7 +62,9 @@ def report(runs: Dict[str, dict]) -> List[str]:
     lines = []
     for name in names:
         ratios = ", ".join(
-            f"{cpu[ref] / cpu[name]:.2f}x CPU / {wall[ref] / wall[name]:.2f}x wall over {ref}" for ref in names[:2] if ref != name
+            f"{cpu[ref] / cpu[name]:.2f}x CPU / {wall[ref] / wall[name]:.2f}x wall over {ref}"
+            for ref in names[:2]
+            if ref != name
         )
         lines.append(
             f"{name}: {count / wall[name]:.3f} images/s wall, {cpu[name]:.2f} CPU s/image"

@@ -20,8 +20,10 @@ against both fp32 runs. Needs a CPU with bf16 instructions (avx512_bf16 or amx_b
 
 def build_parser() -> argparse.ArgumentParser:
     parser = new_parser(None, DESCRIPTION)
-    parser.add_argument("images", nargs="*", help="image files to run (default: the ten COCO photos shipped with the package)")
-    parser.add_argument("--detector", help="detector directory or shipped detector config (default: VinVL X152-C4 with random weights)")
+    parser.add_argument("images", nargs="*",
+                        help="image files to run (default: the ten COCO photos shipped with the package)")
+    parser.add_argument("--detector",
+                        help="detector directory or shipped detector config (default: VinVL X152-C4 with random weights)")
     return parser
 
 

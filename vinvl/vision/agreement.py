@@ -45,7 +45,8 @@ class Agreement:
         return float(np.median(self.feature_errors)) if self.feature_errors else 0.0
 
     def summary(self) -> str:
-        """``matched 245/245 boxes (245 found), same class 245, same attributes 245, feature error worst 6.2e-07 / median 3.3e-07``."""
+        """One line: ``matched 245/245 boxes (245 found), same class 245, same attributes 245, feature
+        error worst 6.2e-07 / median 3.3e-07``."""
         return (
             f"matched {self.matched}/{self.reference_boxes} boxes ({self.other_boxes} found), same class "
             f"{self.same_class}, same attributes {self.same_attributes}, feature error worst "

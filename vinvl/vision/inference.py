@@ -185,7 +185,8 @@ def export_detector(path: str, export_dir: str) -> str:
     if detector.attribute is not None:
         layers["attribute"] = _Attribute(detector)
     specs = _specs(detector.config)
-    with warnings.catch_warnings(), _without_native_noise():  # relu_/add_ run out of place in a static graph: the same values
+    # relu_/add_ run out of place in a static graph: the same values
+    with warnings.catch_warnings(), _without_native_noise():
         warnings.filterwarnings("ignore", message="In static graph mode", category=UserWarning)
         for name, layer in layers.items():
             static = paddle.jit.to_static(layer, input_spec=specs[name], full_graph=True)
