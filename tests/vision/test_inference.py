@@ -11,6 +11,7 @@ from PIL import Image
 from vinvl.errors import UsageError
 from vinvl.precision import cpu_flags
 from vinvl.vision.agreement import compare_detections
+from vinvl.vision.config import DetectorConfig
 from vinvl.vision.detector import VinVLDetector
 from vinvl.vision.inference import EXPORT_DIR, InferenceDetector, load_detector
 
@@ -54,6 +55,19 @@ def test_fp32_on_paddle_inference_equals_dygraph(dygraph_results, fp32_results):
     for ref, got in zip(dygraph_results, fp32_results):
         np.testing.assert_allclose(got.boxes, ref.boxes, atol=1e-3)
         np.testing.assert_allclose(got.scores, ref.scores, rtol=1e-4, atol=1e-6)
+
+
+def test_fp32_on_paddle_inference_equals_dygraph_with_box_regression_and_without_attributes(photos, tmp_path):
+    # The graphs' other outputs: per-class box deltas (then the kept boxes are pooled again for the
+    # attributes), and no attribute graph at all.
+    for overrides in (["TEST.IGNORE_BOX_REGRESSION", "false"], ["MODEL.ATTRIBUTE_ON", "false"]):
+        path = str(tmp_path / overrides[0])
+        os.makedirs(path)
+        DetectorConfig.from_dir(TINY).apply_overrides(overrides).save(path)
+        reference = VinVLDetector.from_pretrained(path).detect(photos[:1])
+        agreement = compare_detections(reference, load_detector(path, "fp32", runtime="inference").detect(photos[:1]))
+        assert agreement.reference_boxes > 10 and agreement.all_matched, (overrides, agreement.summary())
+        assert agreement.worst_feature_error() < FP32_FEATURE_ERROR, (overrides, agreement.summary())
 
 
 @needs_bf16
