@@ -31,9 +31,12 @@ from vinvl.vision.extract import (
     extract,
     list_images,
 )
+from vinvl import precision as precision_module
 from vinvl.commands.extract import main
+from vinvl.precision import cpu_flags
 from vinvl.vision.image import BadImageError, load_image
 
+from support.commands import assert_user_error, vinvl_here
 from support.images import bad_files, jpeg_bytes, odd_good_files
 from support.paths import CAPTIONS_FILE as CAPTIONS, PHOTO_DIR, TINY_DETECTOR as DETECTOR_DIR, TINY_MODEL
 
@@ -340,3 +343,40 @@ def test_a_second_process_on_the_same_shard_is_refused(photo_folder, detector, t
         with pytest.raises(ExtractError, match="another process is writing it"):
             extract(photo_folder, str(out), DETECTOR_DIR, detector=detector, progress=False)
     assert not (out / WORK_DIR / "shard-0.tsv").exists()
+
+
+@pytest.mark.skipif(not {"avx512_bf16", "amx_bf16"} & cpu_flags(), reason="this CPU has no bf16 instructions")
+def test_bf16_extraction_is_recorded_apart_from_fp32_and_not_mixed_with_it(reference, photo_folder, tmp_path):
+    out = str(tmp_path / "bf16")
+    summary = main([photo_folder, out, "--detector", DETECTOR_DIR, "--precision", "bf16", "--no_progress"])
+    assert (summary.num_extracted, summary.num_bad) == (3, 1)
+    assert json.load(open(os.path.join(out, SUMMARY_FILE)))["precision"] == "bf16"
+    fp32 = load_corpus(reference, "test", cache_dir=str(tmp_path / "cache32"))
+    bf16 = load_corpus(out, "test", cache_dir=str(tmp_path / "cache16"))
+    assert bf16.image_ids == fp32.image_ids
+    differs = []
+    for i in range(len(fp32.image_ids)):  # bf16's own run, not fp32's (its fidelity: tests/vision/test_inference.py)
+        a, b = fp32.features(i), bf16.features(i)
+        if a.shape == b.shape:
+            differs.append(np.abs(a - b).max() > 1e-3 * np.abs(a).max())
+    assert differs and all(differs)
+    with pytest.raises(ExtractError, match="precision bf16"):  # OUT holds bf16 features: fp32 may not resume or reuse it
+        main([photo_folder, out, "--detector", DETECTOR_DIR, "--no_progress"])
+
+
+def test_an_extraction_recorded_before_precision_existed_counts_as_fp32(reference, photo_folder, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(reference, out)
+    recorded = json.load(open(out / SUMMARY_FILE))
+    del recorded["precision"]
+    (out / SUMMARY_FILE).write_text(json.dumps(recorded))
+    before = _files(str(out))
+    summary = main([photo_folder, str(out), "--detector", DETECTOR_DIR, "--no_progress"])
+    assert summary.already_done and _files(str(out)) == before
+
+
+def test_a_precision_the_cpu_lacks_is_refused_before_out_is_made(photo_folder, tmp_path, capfd, monkeypatch):
+    monkeypatch.setattr(precision_module, "cpu_flags", lambda: frozenset({"avx2", "avx512f"}))
+    done = vinvl_here(capfd, tmp_path, "extract", photo_folder, "out", "--detector", DETECTOR_DIR, "--precision", "bf16")
+    assert_user_error(done, "vinvl extract", "precision 'bf16' needs a CPU with one of the instructions amx_bf16, avx512_bf16")
+    assert not (tmp_path / "out").exists()

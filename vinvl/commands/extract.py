@@ -6,6 +6,7 @@ import argparse
 import os
 from typing import TYPE_CHECKING, Optional, Sequence
 
+from ..precision import DETECTOR_PRECISIONS, check_precision
 from .options import detector_directory, new_parser, random_detector_notice
 
 if TYPE_CHECKING:
@@ -29,11 +30,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--detector", required=True,
                         help="detector directory (config.json [+ model.safetensors], e.g. from vinvl convert-detector), "
                              "or a shipped detector config: vinvl-detector-tiny, vinvl-detector-x152c4 (random weights)")
+    parser.add_argument("--precision", choices=DETECTOR_PRECISIONS, default="fp32",
+                        help="the detector's precision: fp32 (dygraph) or bf16 (Paddle Inference with oneDNN; needs a "
+                             "CPU with avx512_bf16 or amx_bf16, refused otherwise; fidelity in docs/detector.md)")
     parser.add_argument("--recursive", action="store_true", help="also take the photos in the folder's subfolders")
     parser.add_argument("--fail_on_bad", action="store_true",
                         help="stop at the first bad file (exit non-zero naming it) instead of skipping it")
     parser.add_argument("--restart", action="store_true",
-                        help="discard an unfinished extraction of other images or with another detector that OUT "
+                        help="discard an unfinished extraction of other images or with another detector or precision that OUT "
                              "holds (OUT/.extract), instead of refusing to start")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
     return parser
@@ -43,6 +47,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Optional["ExtractSummary"]:
     """Extract; print where the files are and what was skipped. Returns the ExtractSummary (None on a
     rank that finished its share while another merges); exits 1 when no image could be extracted."""
     args = build_parser().parse_args(argv)
+    check_precision(args.precision, supported=DETECTOR_PRECISIONS)  # before any notice or loading
     from ..vision.extract import BAD_FILE, extract
 
     args.detector = detector_directory(args.detector)
@@ -50,6 +55,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Optional["ExtractSummary"]:
     summary = extract(
         args.images, args.out_dir, args.detector,
         recursive=args.recursive, fail_on_bad=args.fail_on_bad, restart=args.restart, progress=not args.no_progress,
+        precision=args.precision,
     )
     if summary is None:
         print("this rank's share is done; the last rank to finish writes the files")

@@ -70,6 +70,7 @@ class Retriever:
             trained contrastive heads, else ``exhaustive``); what an in-memory gallery is
             prepared for.
         detector_path: a detector directory or a shipped detector config's name; lets queries and galleries be photos.
+        detector_precision: the detector's precision, ``fp32`` or ``bf16`` (see :class:`~vinvl.query.photos.ImageQueries`).
         model / processor: an already loaded model (or a scorer standing in for its pair
             forward, such as an exported inference graph) and processor; default: loaded from
             ``model_dir``.
@@ -88,13 +89,14 @@ class Retriever:
         batch_size: int = 32,
         first_stage: str = "auto",
         detector_path: Optional[str] = None,
+        detector_precision: str = "fp32",
         model: Any = None,
         processor: Any = None,
     ):
         _check_positive("batch_size", batch_size)
         check_first_stage(first_stage, FIRST_STAGE_CHOICES)
         self.model_dir = model_dir
-        self.photos = ImageQueries(detector_path)
+        self.photos = ImageQueries(detector_path, detector_precision)
         if model is None or processor is None:
             model, processor = load_retrieval_model(model_dir)
             model.eval()

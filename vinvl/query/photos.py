@@ -10,8 +10,9 @@ Taskflow already answers: the detector's 2054-d region rows and its class names,
 and caches the result. The cache lives in ``<cache root>/<folder key>/<state key>/``: the root is
 ``~/.cache/vinvl/photo_galleries`` unless given; the folder key is a digest of the folder's
 absolute path; the state key is a digest of (path below the folder, size, ``mtime_ns``) of every
-photo and of the detector directory's files (name, size, ``mtime_ns``). A folder whose photos are
-added, removed, replaced or touched, or another detector, gets a new state key and is extracted
+photo, of the detector directory's files (name, size, ``mtime_ns``) and of the detector's precision.
+A folder whose photos are added, removed, replaced or touched, or another detector or precision,
+gets a new state key and is extracted
 again; the folder's older states are then deleted. An interrupted extraction resumes. Clearing
 the cache is deleting the root (or one folder key below it); nothing else refers to it.
 """
@@ -31,6 +32,7 @@ from PIL import Image
 from ..assets import resolve_config
 from ..data import load_corpus
 from ..errors import UserError
+from ..precision import DETECTOR_PRECISIONS, check_precision
 from ..vision.extract import SUMMARY_FILE, ExtractError, InputNotFoundError, detector_fingerprint, extract, list_images
 from ..vision.image import IMAGE_EXTENSIONS, BadImageError, check_header, load_image
 
@@ -87,24 +89,30 @@ def detections_query(detections) -> Dict[str, Any]:
 
 
 class ImageQueries:
-    """Turns photo queries into ``{"features", "tags"}`` queries with a detector loaded on first use."""
+    """Turns photo queries into ``{"features", "tags"}`` queries with a detector loaded on first use.
 
-    def __init__(self, detector_path: Optional[str] = None):
+    ``detector_precision``: ``fp32`` (the dygraph detector) or ``bf16`` (Paddle Inference,
+    :mod:`vinvl.vision.inference`), checked against the CPU here, before any photo is read.
+    """
+
+    def __init__(self, detector_path: Optional[str] = None, detector_precision: str = "fp32"):
+        check_precision(detector_precision, supported=DETECTOR_PRECISIONS)
         if detector_path is not None:  # a detector directory, or a shipped detector config's name
             detector_path = resolve_config(detector_path, "detector_path=", kind="config")
             check_detector_dir(detector_path)
         self.detector_path = detector_path
+        self.precision = detector_precision
         self._detector = None
 
     @property
     def detector(self):
-        """The :class:`~vinvl.vision.detector.VinVLDetector` of ``detector_path`` (loaded once)."""
+        """The detector of ``detector_path`` at the precision asked for (loaded once)."""
         if self.detector_path is None:
             raise _missing_detector("a photo")
         if self._detector is None:
-            from ..vision.detector import VinVLDetector
+            from ..vision.inference import load_detector
 
-            self._detector = VinVLDetector.from_pretrained(self.detector_path)
+            self._detector = load_detector(self.detector_path, self.precision)
         return self._detector
 
     def resolve(self, queries: Sequence[Any]) -> List[Any]:
@@ -176,13 +184,16 @@ def _digest(value: Any) -> str:
     return hashlib.sha1(json.dumps(value, sort_keys=True).encode("utf-8", "surrogateescape")).hexdigest()
 
 
-def gallery_cache_dir(folder: str, detector_path: str, cache_root: Optional[str] = None) -> str:
-    """Where the gallery of ``folder`` in its current state, with this detector, is cached."""
+def gallery_cache_dir(folder: str, detector_path: str, cache_root: Optional[str] = None, precision: str = "fp32") -> str:
+    """Where the gallery of ``folder`` in its current state, with this detector at ``precision``, is cached."""
     photos = []
     for entry in list_images(folder):
         stat = os.stat(entry.path)
         photos.append([entry.listed_as, stat.st_size, stat.st_mtime_ns])
-    state = _digest({"photos": photos, "detector": detector_fingerprint(detector_path)})
+    state = {"photos": photos, "detector": detector_fingerprint(detector_path)}
+    if precision != "fp32":  # fp32 galleries keep the keys they had before the precision existed
+        state["precision"] = precision
+    state = _digest(state)
     folder_key = _digest(os.path.abspath(folder))[:16]
     return os.path.join(cache_root or DEFAULT_CACHE_ROOT, folder_key, state[:24])
 
@@ -199,10 +210,11 @@ def photo_gallery(
     if queries.detector_path is None:
         raise _missing_detector(f"gallery_images={folder!r}")
     try:
-        cache_dir = gallery_cache_dir(folder, queries.detector_path, cache_root)
+        cache_dir = gallery_cache_dir(folder, queries.detector_path, cache_root, queries.precision)
         finished = os.path.isfile(os.path.join(cache_dir, SUMMARY_FILE))
         summary = extract(
-            folder, cache_dir, queries.detector_path, progress=progress, detector=None if finished else queries.detector
+            folder, cache_dir, queries.detector_path, progress=progress, precision=queries.precision,
+            detector=None if finished else queries.detector,
         )
     except (ExtractError, InputNotFoundError) as exc:
         raise PhotoError(f"gallery_images={folder!r}: {exc}") from exc

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import paddle
@@ -26,7 +26,7 @@ from . import boxes as box_ops
 from .backbone import Backbone
 from .config import DetectorConfig, DetectorConfigError
 from .postprocess import rescale_boxes, select_attributes, select_boxes, softmax
-from .proposals import RPN
+from .proposals import RPN, ProposalSelector
 from .roi_heads import AttributeHead, RoIHeads
 from .structures import Detections
 from .transforms import check_image, normalize, resize_image
@@ -55,7 +55,116 @@ def load_label_names(path: str = LABELMAP_PATH) -> Dict[str, List[str]]:
     return {"classes": classes, "attributes": attributes}
 
 
-class VinVLDetector(nn.Layer):
+class DetectionPipeline:
+    """What happens around the network, whichever runtime runs it: resizing, proposal selection,
+    ``filter_results_peter``, attribute selection and rescaling, all in numpy.
+
+    A subclass sets ``config``, ``class_names``, ``attribute_names`` and ``proposal_selector`` and
+    provides the three network stages (:meth:`_body`, :meth:`_box_head`, :meth:`_attribute_logits`):
+    :class:`VinVLDetector` in Paddle's dygraph, :class:`vinvl.vision.inference.InferenceDetector` on
+    Paddle Inference at a chosen precision.
+    """
+
+    config: DetectorConfig
+    class_names: List[str]
+    attribute_names: List[str]
+    proposal_selector: ProposalSelector
+
+    def _body(self, pixels: np.ndarray) -> Tuple[Any, np.ndarray, np.ndarray]:
+        """``[1, 3, H, W]`` normalised pixels -> (res4 features in the runtime's own type, RPN objectness
+        logits ``[1, A, h, w]``, RPN box deltas ``[1, 4A, h, w]``)."""
+        raise NotImplementedError
+
+    def _box_head(self, features: Any, boxes: np.ndarray) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
+        """Pooled res5 features ``[K, D]``, class logits ``[K, C]`` and box deltas (None when
+        ``TEST.IGNORE_BOX_REGRESSION``) of ``[K, 4]`` boxes."""
+        raise NotImplementedError
+
+    def _attribute_logits(self, features: Any, boxes: np.ndarray, labels: np.ndarray, box_features: np.ndarray) -> np.ndarray:
+        """``[N, num_attributes]`` attribute logits of kept boxes, their classes and their box features."""
+        raise NotImplementedError
+
+    def detect(self, images: Sequence[np.ndarray]) -> List[Detections]:
+        """One :class:`Detections` per RGB uint8 ``HxWx3`` image, each run alone (as the official batch of one)."""
+        for index, image in enumerate(images):
+            check_image(image, index, self.config["INPUT.MIN_SIZE_TEST"], self.config["INPUT.MAX_SIZE_TEST"])
+        with paddle.no_grad():
+            return [self._detect_one(image) for image in images]
+
+    def _detect_one(self, image: np.ndarray) -> Detections:
+        config = self.config
+        height, width = image.shape[:2]
+        resized = resize_image(image, config["INPUT.MIN_SIZE_TEST"], config["INPUT.MAX_SIZE_TEST"])
+        size = resized.shape[:2]
+        pixels = normalize(resized, config["INPUT.PIXEL_MEAN"], config["INPUT.PIXEL_STD"])
+        features, rpn_logits, rpn_deltas = self._body(pixels[None])
+        proposals = self.proposal_selector(rpn_logits, rpn_deltas, size)
+        if len(proposals) == 0:
+            return self._empty((height, width))
+
+        box_features, logits, deltas = self._box_head(features, proposals)
+        probs = softmax(logits)
+        candidates = self._candidate_boxes(proposals, deltas, size, probs.shape[1])
+        chosen = select_boxes(
+            candidates,
+            probs,
+            config["MODEL.ROI_HEADS.SCORE_THRESH"],
+            config["MODEL.ROI_HEADS.MIN_DETECTIONS_PER_IMG"],
+            config["MODEL.ROI_HEADS.DETECTIONS_PER_IMG"],
+        )
+        kept_features = box_features[chosen.index]
+        attr_labels, attr_scores = self._attributes(features, chosen.boxes, chosen.labels, kept_features)
+        return Detections(
+            image_size=(height, width),
+            boxes=rescale_boxes(chosen.boxes, size, (height, width)),
+            scores=chosen.scores.astype(np.float32),
+            labels=chosen.labels,
+            class_names=[self.class_names[j] for j in chosen.labels],
+            attr_labels=attr_labels,
+            attr_scores=attr_scores,
+            attr_names=[[self.attribute_names[a] for a in row] for row in attr_labels],
+            features=kept_features.astype(np.float32),
+        )
+
+    def _candidate_boxes(self, proposals: np.ndarray, deltas: Optional[np.ndarray], size, num_classes: int) -> np.ndarray:
+        """Boxes the classes score: the proposals themselves (IGNORE_BOX_REGRESSION), else decoded per class."""
+        if deltas is None:
+            return box_ops.clip(proposals, *size)
+        weights = self.config["MODEL.ROI_HEADS.BBOX_REG_WEIGHTS"]
+        if self.config["MODEL.CLS_AGNOSTIC_BBOX_REG"]:
+            return box_ops.clip(box_ops.decode(deltas[:, -4:], proposals, weights), *size)
+        decoded = box_ops.decode(deltas, proposals, weights).reshape(-1, 4)
+        return box_ops.clip(decoded, *size).reshape(len(proposals), num_classes, 4)
+
+    def _attributes(self, features: Any, boxes: np.ndarray, labels: np.ndarray, box_features: np.ndarray):
+        """Attribute indices and scores per kept box (empty lists when the attribute head is off)."""
+        if not self.config["MODEL.ATTRIBUTE_ON"] or len(boxes) == 0:
+            empty = [np.zeros(0, dtype=np.int64) for _ in range(len(boxes))]
+            return empty, [np.zeros(0, dtype=np.float32) for _ in range(len(boxes))]
+        probs = softmax(self._attribute_logits(features, boxes, labels, box_features))
+        config = self.config
+        return select_attributes(
+            probs,
+            config["MODEL.ROI_ATTRIBUTE_HEAD.POSTPROCESS_ATTRIBUTES_THRESHOLD"],
+            config["MODEL.ROI_ATTRIBUTE_HEAD.MAX_NUM_ATTR_PER_IMG"],
+            config["MODEL.ROI_ATTRIBUTE_HEAD.MAX_NUM_ATTR_PER_OBJ"],
+        )
+
+    def _empty(self, image_size) -> Detections:
+        return Detections(
+            image_size=image_size,
+            boxes=np.zeros((0, 4), dtype=np.float32),
+            scores=np.zeros(0, dtype=np.float32),
+            labels=np.zeros(0, dtype=np.int64),
+            class_names=[],
+            attr_labels=[],
+            attr_scores=[],
+            attr_names=[],
+            features=np.zeros((0, self.config.feature_dim), dtype=np.float32),
+        )
+
+
+class VinVLDetector(nn.Layer, DetectionPipeline):
     """AttrRCNN with the official module names (``backbone.body``, ``rpn.head``, ``roi_heads.box``, ``attribute``)."""
 
     def __init__(self, config: DetectorConfig) -> None:
@@ -75,6 +184,7 @@ class VinVLDetector(nn.Layer):
             )
         self.backbone = Backbone(config)
         self.rpn = RPN(config)
+        self.proposal_selector = self.rpn.selector
         self.roi_heads = RoIHeads(config)
         self.attribute = AttributeHead(config) if config["MODEL.ATTRIBUTE_ON"] else None
         self.eval()
@@ -158,100 +268,30 @@ class VinVLDetector(nn.Layer):
         save_file(self.weights(), os.path.join(path, SAFE_WEIGHTS_NAME), metadata={"format": "np"})
         return path
 
-    # ------------------------------------------------------------------ inference
+    # ------------------------------------------------------------------ the network stages, in dygraph
 
-    def detect(self, images: Sequence[np.ndarray]) -> List[Detections]:
-        """One :class:`Detections` per RGB uint8 ``HxWx3`` image, each run alone (as the official batch of one)."""
-        for index, image in enumerate(images):
-            check_image(image, index, self.config["INPUT.MIN_SIZE_TEST"], self.config["INPUT.MAX_SIZE_TEST"])
-        with paddle.no_grad():
-            return [self._detect_one(image) for image in images]
+    def _body(self, pixels: np.ndarray) -> Tuple[paddle.Tensor, np.ndarray, np.ndarray]:
+        features = self.backbone(paddle.to_tensor(pixels))
+        logits, deltas = self.rpn.head(features)
+        return features, logits.numpy(), deltas.numpy()
 
-    def _detect_one(self, image: np.ndarray) -> Detections:
-        config = self.config
-        height, width = image.shape[:2]
-        resized = resize_image(image, config["INPUT.MIN_SIZE_TEST"], config["INPUT.MAX_SIZE_TEST"])
-        size = resized.shape[:2]
-        pixels = normalize(resized, config["INPUT.PIXEL_MEAN"], config["INPUT.PIXEL_STD"])
-        features = self.backbone(paddle.to_tensor(pixels[None]))
-        proposals = self.rpn(features, size)
-        if len(proposals) == 0:
-            return self._empty((height, width))
-
+    def _box_head(self, features: paddle.Tensor, boxes: np.ndarray) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
         box_head = self.roi_heads.box
-        box_features = box_head.feature_extractor(features, proposals)
+        box_features = box_head.feature_extractor(features, boxes)
         logits, deltas = box_head.predictor(box_features)
-        probs = softmax(logits.numpy())
-        candidates = self._candidate_boxes(proposals, deltas, size, probs.shape[1])
-        chosen = select_boxes(
-            candidates,
-            probs,
-            config["MODEL.ROI_HEADS.SCORE_THRESH"],
-            config["MODEL.ROI_HEADS.MIN_DETECTIONS_PER_IMG"],
-            config["MODEL.ROI_HEADS.DETECTIONS_PER_IMG"],
-        )
-        kept_features = paddle.gather(box_features, paddle.to_tensor(chosen.index))
-        attr_labels, attr_scores = self._attributes(features, chosen.boxes, chosen.labels, kept_features, deltas is None)
-        return Detections(
-            image_size=(height, width),
-            boxes=rescale_boxes(chosen.boxes, size, (height, width)),
-            scores=chosen.scores.astype(np.float32),
-            labels=chosen.labels,
-            class_names=[self.class_names[j] for j in chosen.labels],
-            attr_labels=attr_labels,
-            attr_scores=attr_scores,
-            attr_names=[[self.attribute_names[a] for a in row] for row in attr_labels],
-            features=kept_features.numpy().astype(np.float32),
-        )
+        return box_features.numpy(), logits.numpy(), None if deltas is None else deltas.numpy()
 
-    def _candidate_boxes(
-        self, proposals: np.ndarray, deltas: Optional[paddle.Tensor], size, num_classes: int
+    def _attribute_logits(
+        self, features: paddle.Tensor, boxes: np.ndarray, labels: np.ndarray, box_features: np.ndarray
     ) -> np.ndarray:
-        """Boxes the classes score: the proposals themselves (IGNORE_BOX_REGRESSION), else decoded per class."""
-        if deltas is None:
-            return box_ops.clip(proposals, *size)
-        weights = self.config["MODEL.ROI_HEADS.BBOX_REG_WEIGHTS"]
-        deltas = deltas.numpy()
-        if self.config["MODEL.CLS_AGNOSTIC_BBOX_REG"]:
-            return box_ops.clip(box_ops.decode(deltas[:, -4:], proposals, weights), *size)
-        decoded = box_ops.decode(deltas, proposals, weights).reshape(-1, 4)
-        return box_ops.clip(decoded, *size).reshape(len(proposals), num_classes, 4)
-
-    def _attributes(
-        self, features: paddle.Tensor, boxes: np.ndarray, labels: np.ndarray, box_features: paddle.Tensor, same_boxes: bool
-    ):
-        """Attribute indices and scores per kept box (empty lists when the attribute head is off).
-
-        The official head re-pools the kept boxes; when it shares the box head's extractor and the
-        boxes are the proposals themselves, that gives the box features already computed, so they
-        are reused.
-        """
-        if self.attribute is None or len(boxes) == 0:
-            empty = [np.zeros(0, dtype=np.int64) for _ in range(len(boxes))]
-            return empty, [np.zeros(0, dtype=np.float32) for _ in range(len(boxes))]
+        """The official head re-pools the kept boxes; when it shares the box head's extractor and the
+        boxes are the proposals themselves (IGNORE_BOX_REGRESSION), that gives the box features already
+        computed, so they are reused."""
         head = self.attribute
         if not head.shares_box_features:
-            box_features = head.feature_extractor(features, boxes)
-        elif not same_boxes:
-            box_features = self.roi_heads.box.feature_extractor(features, boxes)
-        probs = softmax(head.predictor(box_features, labels).numpy())
-        config = self.config
-        return select_attributes(
-            probs,
-            config["MODEL.ROI_ATTRIBUTE_HEAD.POSTPROCESS_ATTRIBUTES_THRESHOLD"],
-            config["MODEL.ROI_ATTRIBUTE_HEAD.MAX_NUM_ATTR_PER_IMG"],
-            config["MODEL.ROI_ATTRIBUTE_HEAD.MAX_NUM_ATTR_PER_OBJ"],
-        )
-
-    def _empty(self, image_size) -> Detections:
-        return Detections(
-            image_size=image_size,
-            boxes=np.zeros((0, 4), dtype=np.float32),
-            scores=np.zeros(0, dtype=np.float32),
-            labels=np.zeros(0, dtype=np.int64),
-            class_names=[],
-            attr_labels=[],
-            attr_scores=[],
-            attr_names=[],
-            features=np.zeros((0, self.config.feature_dim), dtype=np.float32),
-        )
+            pooled = head.feature_extractor(features, boxes)
+        elif not self.config["TEST.IGNORE_BOX_REGRESSION"]:
+            pooled = self.roi_heads.box.feature_extractor(features, boxes)
+        else:
+            pooled = paddle.to_tensor(box_features)
+        return head.predictor(pooled, labels).numpy()

@@ -26,7 +26,11 @@ included) continues without duplicate, missing or half-written rows. Under
 finish merges the journalled rows in image-list order, so the files are byte for byte those of
 one process. The final files are each written to a temporary name and renamed into place; the
 shards are removed afterwards (a hidden ``.extract.lock`` stays). Rerunning a finished extraction
-does nothing; OUT never mixes two image lists or two detectors.
+does nothing; OUT never mixes two image lists, two detectors or two precisions.
+
+``--precision bf16`` runs the detector's network on Paddle Inference in bfloat16
+(:mod:`vinvl.vision.inference`), where the CPU has bf16 instructions; the default ``fp32`` is the
+dygraph detector. Speed and fidelity: docs/detector.md.
 
 Bad files (see :mod:`vinvl.vision.image`: not an image, truncated, too large or too small, or a
 file name that cannot be an id) are skipped, each named with its reason as it is met and listed
@@ -53,8 +57,10 @@ from tqdm.auto import tqdm
 from ..assets import resolve_config
 from ..data.formats import encode_features, hw_row, prediction_object
 from ..errors import UserError
+from ..precision import DETECTOR_PRECISIONS, check_precision
 from .config import DetectorConfig
 from .image import IMAGE_EXTENSIONS, BadImageError, check_header, load_image
+from .inference import load_detector
 
 __all__ = [
     "ExtractError",
@@ -387,8 +393,8 @@ def detector_fingerprint(detector_dir: str) -> List[List]:
     return files
 
 
-def _run_description(entries: Sequence[ImageEntry], source: str, detector_dir: str, fail_on_bad: bool) -> dict:
-    """What makes two runs the same extraction: the image list, the detector's files, the bad-file rule."""
+def _run_description(entries: Sequence[ImageEntry], source: str, detector_dir: str, precision: str, fail_on_bad: bool) -> dict:
+    """What makes two runs the same extraction: the image list, the detector's files and precision, the bad-file rule."""
     digest = hashlib.sha1()
     for entry in entries:
         digest.update(f"{entry.image_id}\t{entry.listed_as}\n".encode("utf-8", "surrogateescape"))
@@ -398,15 +404,18 @@ def _run_description(entries: Sequence[ImageEntry], source: str, detector_dir: s
         "image_list_sha1": digest.hexdigest(),
         "detector": os.path.abspath(detector_dir),
         "detector_files": detector_fingerprint(detector_dir),
+        "precision": precision,
         "fail_on_bad": fail_on_bad,
     }
 
 
-SAME_OUTPUT = ("num_listed", "image_list_sha1", "detector_files")  # what the final files depend on
+SAME_OUTPUT = ("num_listed", "image_list_sha1", "detector_files", "precision")  # what the final files depend on
+# Runs recorded before --precision existed ran the detector in fp32.
+_RECORDED_DEFAULTS = {"precision": "fp32"}
 
 
 def _same_run(recorded: dict, description: dict, keys: Sequence[str] = SAME_OUTPUT + ("fail_on_bad",)) -> bool:
-    return all(recorded.get(k) == description[k] for k in keys)
+    return all(recorded.get(k, _RECORDED_DEFAULTS.get(k)) == description[k] for k in keys)
 
 
 def _load_json(path: str) -> Optional[dict]:
@@ -424,8 +433,9 @@ def _finished(out_dir: str, description: dict) -> Optional[ExtractSummary]:
         return None
     if not _same_run(recorded, description, SAME_OUTPUT):
         raise ExtractError(
-            f"{out_dir} already holds an extraction of other images or with another detector "
-            f"({recorded.get('images')}, {recorded.get('detector')}); choose a new OUT"
+            f"{out_dir} already holds an extraction of other images or with another detector or precision "
+            f"({recorded.get('images')}, {recorded.get('detector')}, "
+            f"precision {recorded.get('precision', _RECORDED_DEFAULTS['precision'])}); choose a new OUT"
         )
     with open(os.path.join(out_dir, BAD_FILE), encoding="utf-8") as f:
         bad = [json.loads(line) for line in f if line.strip()]
@@ -444,11 +454,13 @@ def _prepare_work_dir(out_dir: str, description: dict, restart: bool) -> str:
         _write_json_atomically(manifest, description)
     elif not _same_run(recorded, description):
         how = ("another process is extracting into it (--restart discards it only when none is)" if restart else
-               "resume it with the same IMAGES, --detector and --fail_on_bad, start over with --restart (which "
+               "resume it with the same IMAGES, --detector, --precision and --fail_on_bad, start over with --restart (which "
                "discards it), or choose a new OUT")
         raise ExtractError(
-            f"{work_dir} holds an unfinished extraction of other images or with another detector "
-            f"({recorded.get('images')}, {recorded.get('detector')}, fail_on_bad={recorded.get('fail_on_bad')}); {how}"
+            f"{work_dir} holds an unfinished extraction of other images or with another detector or precision "
+            f"({recorded.get('images')}, {recorded.get('detector')}, "
+            f"precision {recorded.get('precision', _RECORDED_DEFAULTS['precision'])}, "
+            f"fail_on_bad={recorded.get('fail_on_bad')}); {how}"
         )
     return work_dir
 
@@ -526,6 +538,7 @@ def extract(
     fail_on_bad: bool = False,
     restart: bool = False,
     progress: bool = True,
+    precision: str = "fp32",
     detector=None,
 ) -> Optional[ExtractSummary]:
     """Extract every listed image's detections into ``out_dir`` (see the module docstring).
@@ -534,19 +547,22 @@ def extract(
     while another rank is still working (that rank merges).
     ``restart``: discard an unfinished extraction of other images or with another detector that
     ``out_dir`` holds, instead of refusing it (an unfinished run of this extraction is resumed).
-    ``detector``: the detector already loaded from ``detector_dir`` (loaded here when None and
-    there is work left).
+    ``precision``: the detector's (:data:`vinvl.precision.DETECTOR_PRECISIONS`; bf16 runs on
+    Paddle Inference and is refused where the CPU lacks the instructions, before ``out_dir`` is touched).
+    ``detector``: the detector already loaded from ``detector_dir`` at ``precision`` (loaded here
+    when None and there is work left).
     A run that fails before any row is committed leaves nothing to resume (nor ``out_dir``, if it
     created it).
     """
     start_time = time.perf_counter()
+    check_precision(precision, supported=DETECTOR_PRECISIONS)
     detector_dir = resolve_config(detector_dir, "--detector", kind="config")
     if not os.path.isdir(detector_dir):
         raise InputNotFoundError(f"{detector_dir}: no such detector directory")
     if detector is None:
         DetectorConfig.from_dir(detector_dir)  # a missing or bad config is refused before OUT is touched
     entries = list_images(images, recursive)
-    description = _run_description(entries, images, detector_dir, fail_on_bad)
+    description = _run_description(entries, images, detector_dir, precision, fail_on_bad)
     parallel = paddle.distributed.ParallelEnv()  # the ranks paddle.distributed.launch started (0 of 1 without it)
     rank, world = parallel.rank, max(parallel.world_size, 1)
     created_out = not os.path.exists(out_dir)
@@ -569,7 +585,7 @@ def extract(
             if fail_on_bad:
                 _check_headers(e for _, e in todo)
             if todo:
-                _extract_share(todo, work_dir, rank, world, len(mine), detector or _load_detector(detector_dir),
+                _extract_share(todo, work_dir, rank, world, len(mine), detector or load_detector(detector_dir, precision),
                                fail_on_bad, progress)
         except BaseException:
             _drop_empty_run(lock, out_dir, work_dir, created_out)
@@ -581,12 +597,6 @@ def extract(
         summary = _merge(out_dir, work_dir, entries, description)
     summary.seconds = time.perf_counter() - start_time
     return summary
-
-
-def _load_detector(detector_dir: str):
-    from .detector import VinVLDetector
-
-    return VinVLDetector.from_pretrained(detector_dir)
 
 
 def _extract_share(todo, work_dir, rank, world, share_size, detector, fail_on_bad, progress) -> None:

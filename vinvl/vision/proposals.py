@@ -70,30 +70,44 @@ class RPNHead(nn.Layer):
         return self.cls_logits(t), self.bbox_pred(t)
 
 
-class RPN(nn.Layer):
-    """Proposals for one image from the res4 feature map (official name ``rpn.head``)."""
+class ProposalSelector:
+    """The RPN's test-time selection from its head's outputs (numpy): what runs after the head,
+    whichever runtime computed it."""
 
     def __init__(self, config: DetectorConfig) -> None:
-        super().__init__()
         self.stride = config["MODEL.RPN.ANCHOR_STRIDE"][0]
         self.cells = cell_anchors(self.stride, config["MODEL.RPN.ANCHOR_SIZES"], config["MODEL.RPN.ASPECT_RATIOS"])
-        self.head = RPNHead(config["MODEL.RESNETS.BACKBONE_OUT_CHANNELS"], len(self.cells))
         self.pre_nms_top_n = config["MODEL.RPN.PRE_NMS_TOP_N_TEST"]
         self.post_nms_top_n = config["MODEL.RPN.POST_NMS_TOP_N_TEST"]
         self.nms_thresh = config["MODEL.RPN.NMS_THRESH"]
         self.min_size = config["MODEL.RPN.MIN_SIZE"]
 
-    def forward(self, features: paddle.Tensor, image_size: Tuple[int, int]) -> np.ndarray:
-        """``[P, 4]`` float32 proposals (resized-image pixels), best objectness first."""
-        logits, deltas = self.head(features)
+    def __call__(self, logits: np.ndarray, deltas: np.ndarray, image_size: Tuple[int, int]) -> np.ndarray:
+        """``[P, 4]`` float32 proposals (resized-image pixels), best objectness first, from the head's
+        ``[1, A, H, W]`` objectness logits and ``[1, 4A, H, W]`` box deltas."""
         _, num_anchors, height, width = logits.shape
         # [1, A, H, W] -> [H * W * A] and [1, 4A, H, W] -> [H * W * A, 4]: the anchors' order
-        objectness = logits.numpy()[0].transpose(1, 2, 0).reshape(-1)
-        deltas = deltas.numpy()[0].reshape(num_anchors, 4, height, width).transpose(2, 3, 0, 1).reshape(-1, 4)
+        objectness = logits[0].transpose(1, 2, 0).reshape(-1)
+        deltas = deltas[0].reshape(num_anchors, 4, height, width).transpose(2, 3, 0, 1).reshape(-1, 4)
         anchors = grid_anchors(self.cells, self.stride, height, width)
         return select_proposals(
             anchors, objectness, deltas, image_size, self.pre_nms_top_n, self.post_nms_top_n, self.nms_thresh, self.min_size
         )
+
+
+class RPN(nn.Layer):
+    """Proposals for one image from the res4 feature map (official name ``rpn.head``)."""
+
+    def __init__(self, config: DetectorConfig) -> None:
+        super().__init__()
+        self.selector = ProposalSelector(config)
+        self.stride, self.cells = self.selector.stride, self.selector.cells
+        self.head = RPNHead(config["MODEL.RESNETS.BACKBONE_OUT_CHANNELS"], len(self.cells))
+
+    def forward(self, features: paddle.Tensor, image_size: Tuple[int, int]) -> np.ndarray:
+        """``[P, 4]`` float32 proposals (resized-image pixels), best objectness first."""
+        logits, deltas = self.head(features)
+        return self.selector(logits.numpy(), deltas.numpy(), image_size)
 
 
 def select_proposals(
