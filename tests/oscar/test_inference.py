@@ -14,10 +14,10 @@ import shutil
 
 import numpy as np
 import onnx
-import paddle
 import pytest
 
 import vinvl  # noqa: F401  (CPU runtime defaults before paddle)
+import paddle
 
 from vinvl.data import load_corpus, write_synthetic_corpus
 from vinvl.errors import UsageError
@@ -74,7 +74,8 @@ def test_precision_within_its_gate(setup, precision):
     assert error <= max_error, f"{precision}: relative margin error {error:.2e} above its gate {max_error}"
     assert top1_agreement(scores, reference) >= min_agreement
     if precision == "bf16":
-        assert scorer.predictor_config.onednn_enabled()  # bf16 runs through oneDNN; the error check below shows it ran in bf16
+        # bf16 runs through oneDNN; the error check below shows it ran in bf16
+        assert scorer.predictor_config.onednn_enabled()
     if precision == "int8":
         graph = onnx.load(os.path.join(model_dir, inference.EXPORT_DIR, "match_head.int8.onnx")).graph
         assert any(node.op_type in ("MatMulInteger", "DynamicQuantizeMatMul") for node in graph.node)

@@ -88,12 +88,17 @@ def _speed(work: str, settings: PrecisionBenchmark) -> Dict[str, Any]:
         "attention_mask": paddle.to_tensor(np.ones((batch, text + regions), "float32")),
     }
     with paddle.no_grad():
-        img_embeds = model.bert.embed_regions(paddle.to_tensor(rng.normal(0, 1, (batch, regions, config.img_feature_dim)).astype("float32")))
+        features = rng.normal(0, 1, (batch, regions, config.img_feature_dim)).astype("float32")
+        img_embeds = model.bert.embed_regions(paddle.to_tensor(features))
         rows = {}
         reference = None
         for name, scorer in _scorers(model_dir, model).items():
             outputs = []
-            seconds = _best_seconds(lambda: outputs.append(scorer(**inputs, img_embeds=img_embeds).logits.numpy()), settings.repeats)
+
+            def score():
+                outputs.append(scorer(**inputs, img_embeds=img_embeds).logits.numpy())
+
+            seconds = _best_seconds(score, settings.repeats)
             margins = outputs[-1][:, 1] - outputs[-1][:, 0]
             reference = margins if reference is None else reference
             error = np.abs(margins - reference).max() / np.abs(reference).max()
@@ -116,7 +121,8 @@ def _agreement(work: str, settings: PrecisionBenchmark) -> Dict[str, Any]:
     from ..retrieval import Gallery, RetrievalEngine
 
     corpus_dir = os.path.join(work, "corpus")
-    write_synthetic_corpus(corpus_dir, {"train": 0, "minival": 0, "val": 0, "test": settings.agreement_images}, seed=settings.seed)
+    splits = {"train": 0, "minival": 0, "val": 0, "test": settings.agreement_images}
+    write_synthetic_corpus(corpus_dir, splits, seed=settings.seed)
     gallery = Gallery.from_corpus(load_corpus(corpus_dir, "test"))
     model_dir = os.path.join(work, "agreement-model")
     model, processor = _saved_random_model(model_dir, "tiny", settings.seed, initializer_range=0.1)
@@ -159,7 +165,8 @@ def format_table(report: Dict[str, Any]) -> str:
     ]
     for name, row in speed["rows"].items():
         lines.append(
-            f"| {name} | {row['pairs_per_second']:.2f} | {row['vs_dygraph']:.2f}x | {row['vs_inference_fp32']:.2f}x | {row['margin_error']:.3f} |"
+            f"| {name} | {row['pairs_per_second']:.2f} | {row['vs_dygraph']:.2f}x | "
+            f"{row['vs_inference_fp32']:.2f}x | {row['margin_error']:.3f} |"
         )
     lines += [
         "",

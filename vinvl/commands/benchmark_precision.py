@@ -18,10 +18,15 @@ each precision; print pairs/s, the ratios, the margin error and the ranking agre
 
 def build_parser() -> argparse.ArgumentParser:
     parser = new_parser(None, DESCRIPTION)
-    parser.add_argument("--config", default="vinvl-base", help="model config of the speed part, random weights (default: %(default)s)")
+    parser.add_argument(
+        "--config", default="vinvl-base", help="model config of the speed part, random weights (default: %(default)s)"
+    )
     parser.add_argument("--batch", type=int, default=16, help="pairs per forward pass (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats; the best is kept (default: %(default)s)")
-    parser.add_argument("--agreement_images", type=int, default=40, help="gallery images (5 captions each) of the agreement part (default: %(default)s)")
+    parser.add_argument(
+        "--agreement_images", type=int, default=40,
+        help="gallery images (5 captions each) of the agreement part (default: %(default)s)",
+    )
     parser.add_argument("--json", help="write the report here")
     return parser
 
@@ -32,7 +37,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     require_positive(args, ("batch", "repeats", "agreement_images"))
     from ..benchmarks.precision import PrecisionBenchmark, format_table, run_benchmark
 
-    settings = PrecisionBenchmark(config=args.config, batch=args.batch, repeats=args.repeats, agreement_images=args.agreement_images)
+    settings = PrecisionBenchmark(
+        config=args.config, batch=args.batch, repeats=args.repeats, agreement_images=args.agreement_images
+    )
     report = run_benchmark(settings)
     print(format_table(report))
     if args.json:

@@ -184,7 +184,8 @@ class MatchScorer:
         return getattr(self._model, name)
 
     def __call__(self, input_ids, token_type_ids, attention_mask, img_embeds) -> _Logits:
-        arrays = [t.numpy() if isinstance(t, paddle.Tensor) else np.asarray(t) for t in (input_ids, token_type_ids, attention_mask, img_embeds)]
+        tensors = (input_ids, token_type_ids, attention_mask, img_embeds)
+        arrays = [t.numpy() if isinstance(t, paddle.Tensor) else np.asarray(t) for t in tensors]
         return _Logits(paddle.to_tensor(self._run(arrays)))
 
 
