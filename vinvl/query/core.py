@@ -17,6 +17,11 @@ retriever has a detector. Answers are plain dicts, best first: ``score`` is the 
 probability, ``margin`` the logit margin results are ranked by; equal margins list in gallery
 order (:mod:`vinvl.retrieval.topk`).
 
+The match head's pair forward runs at the retriever's ``precision`` (``fp32``, the model itself;
+``bf16`` / ``int8`` on a CPU inference runtime, ``fp16`` on a GPU: :mod:`vinvl.oscar.inference`).
+Caption and image embeddings stay fp32 whatever the precision, so they stay comparable with a
+gallery index's stored ones.
+
 Options are arguments of :meth:`Retriever.answer`, never state: ``top_k`` (results per query),
 ``first_stage`` (``auto`` / ``contrastive`` / ``tags`` / ``exhaustive``: which gallery items the
 match head re-ranks), ``candidates`` (how many a first stage proposes per query) and ``nprobe``
@@ -33,6 +38,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from ..data.formats import check_feature_values
+from ..oscar.inference import MatchScorer, check_precision, match_scorer
 from ..oscar.model_dir import load_retrieval_model
 from ..retrieval import Gallery, RetrievalEngine, match_probability
 from ..retrieval.first_stage import FIRST_STAGE_CHOICES, check_first_stage, resolve_first_stage, tag_words, words_of
@@ -69,9 +75,11 @@ class Retriever:
             trained contrastive heads, else ``exhaustive``); what an in-memory gallery is
             prepared for.
         detector_path: a detector directory or a shipped detector config's name; lets queries and galleries be photos.
-        model / processor: an already loaded model (or a scorer standing in for its pair
-            forward, such as an exported inference graph) and processor; default: loaded from
-            ``model_dir``.
+        model / processor: an already loaded model (or a :class:`~vinvl.oscar.inference.MatchScorer`
+            standing in for its pair forward) and processor; default: loaded from ``model_dir``.
+        precision: of the pair forward: ``fp32`` (default: the model itself), ``bf16``, ``int8`` or
+            ``fp16``: the model's match head exported into ``model_dir/inference`` and run by an
+            inference runtime. Checked against the machine before the model loads.
 
     Thread safety: :meth:`answer` may be called from several threads at once; options are
     arguments, so callers never see each other's. Model forwards and detector runs are
@@ -89,14 +97,19 @@ class Retriever:
         detector_path: Optional[str] = None,
         model: Any = None,
         processor: Any = None,
+        precision: str = "fp32",
     ):
         _check_positive("batch_size", batch_size)
         check_first_stage(first_stage, FIRST_STAGE_CHOICES)
+        check_precision(precision)
         self.model_dir = model_dir
         self.photos = ImageQueries(detector_path)
         if model is None or processor is None:
             model, processor = load_retrieval_model(model_dir)
             model.eval()
+        if precision != "fp32" and not isinstance(model, MatchScorer):
+            model = match_scorer(model, model_dir, precision)
+        self.precision = getattr(model, "precision", precision)
         self.model, self.processor = model, processor
         self.config = getattr(model, "config")
         self.engine = RetrievalEngine(model, processor, batch_size=batch_size, progress=False)
