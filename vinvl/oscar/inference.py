@@ -33,8 +33,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass
 from typing import FrozenSet, Iterator, List, Optional, Tuple
 
@@ -218,18 +219,35 @@ def _save_int8_onnx(model: OscarForImageTextRetrieval, work: str) -> None:
     source = os.path.join(work, "int8-source")
     _save_paddle_graph(model, source)  # its weight names are this model's, which pick the MatMuls below
     fp32_onnx = source + ".onnx"
-    paddle2onnx.export(source + ".json", source + ".pdiparams", fp32_onnx, opset_version=17, verbose=False)
+    with _stdout_silenced():  # paddle2onnx and the constant folding print progress there (a command's JSON output)
+        paddle2onnx.export(source + ".json", source + ".pdiparams", fp32_onnx, opset_version=17, verbose=False)
     weights = {layer.weight.name for layer in _low_precision_linears(model)}
     graph = onnx.load(fp32_onnx).graph
     matmuls = [node.name for node in graph.node if node.op_type == "MatMul" and weights & set(node.input)]
     if len(matmuls) != len(weights):
         raise RuntimeError(f"int8 export: found {len(matmuls)} of the {len(weights)} MatMuls to quantize in {fp32_onnx}")
-    quantization.quantize_dynamic(
-        fp32_onnx, os.path.join(work, _GRAPH + ".int8.onnx"), weight_type=quantization.QuantType.QInt8,
-        per_channel=True, nodes_to_quantize=matmuls, op_types_to_quantize=["MatMul"],
-    )
+    with _stdout_silenced():
+        quantization.quantize_dynamic(
+            fp32_onnx, os.path.join(work, _GRAPH + ".int8.onnx"), weight_type=quantization.QuantType.QInt8,
+            per_channel=True, nodes_to_quantize=matmuls, op_types_to_quantize=["MatMul"],
+        )
     for path in (fp32_onnx, source + ".json", source + ".pdiparams"):
         os.remove(path)
+
+
+@contextmanager
+def _stdout_silenced() -> Iterator[None]:
+    """Standard output to /dev/null for the block: ``sys.stdout`` (Python's prints) and file
+    descriptor 1 (C++ code's)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as devnull, redirect_stdout(devnull):
+            os.dup2(devnull.fileno(), 1)
+            yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def _int8_packages():
