@@ -107,9 +107,13 @@ class Retriever:
         if model is None or processor is None:
             model, processor = load_retrieval_model(model_dir)
             model.eval()
-        if precision != "fp32" and not isinstance(model, MatchScorer):
+        if isinstance(model, MatchScorer):
+            if precision not in ("fp32", model.precision):
+                raise ValueError(f"precision {precision!r}, but the model given runs at {model.precision!r}")
+            precision = model.precision
+        elif precision != "fp32":
             model = match_scorer(model, model_dir, precision)
-        self.precision = getattr(model, "precision", precision)
+        self.precision = precision
         self.model, self.processor = model, processor
         self.config = getattr(model, "config")
         self.engine = RetrievalEngine(model, processor, batch_size=batch_size, progress=False)
