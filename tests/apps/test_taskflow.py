@@ -17,7 +17,9 @@ from vinvl.oscar.model_dir import load_retrieval_model
 from vinvl.retrieval import Gallery, RetrievalEngine, match_probability, tag_candidates
 from vinvl.apps.taskflow import ImageTextRetrievalTask
 
-from support.precision import assert_within_tolerance, refuse_missing_instructions, save_wide_model, skip_unless_supported
+from support.precision import (
+    assert_within_tolerance, refuse_missing_instructions, save_wide_model, skip_unless_supported,
+)
 from support.tinymodel import assert_same_answers, derive
 
 TEST_IMAGES = 24  # 120 captions: well above the candidates below

@@ -20,7 +20,9 @@ from vinvl.oscar import inference
 from vinvl.serving.client import ServerProcess, free_port, get_json, post_json, vinvl_serve_command
 
 from support.commands import assert_user_error, vinvl_here
-from support.precision import assert_within_tolerance, refuse_missing_instructions, save_wide_model, skip_unless_supported
+from support.precision import (
+    assert_within_tolerance, refuse_missing_instructions, save_wide_model, skip_unless_supported,
+)
 
 NUM_IMAGES = 10  # 50 captions
 EVERY = "60"  # --top_k above the gallery's size: every image / caption answered
@@ -59,8 +61,9 @@ def assert_same_pairs_within_tolerance(low, reference, precision):
 
 def run_retrieve(capfd, tmp_path, setup, precision):
     model_dir, corpus, _, captions = setup
-    done = vinvl_here(capfd, tmp_path, "retrieve", "--model_dir", model_dir, "--data_dir", corpus, "--text", captions[0],
-                      "--text", captions[1], "--image_id", "500003", "--top_k", EVERY, "--precision", precision)
+    done = vinvl_here(capfd, tmp_path, "retrieve", "--model_dir", model_dir, "--data_dir", corpus,
+                      "--text", captions[0], "--text", captions[1], "--image_id", "500003", "--top_k", EVERY,
+                      "--precision", precision)
     assert done.returncode == 0, done.stderr[-2000:]
     return margins_of(json.loads(done.stdout))
 

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 import vinvl  # noqa: F401  (CPU runtime defaults before paddle)
-import paddle
 
 from vinvl.data import load_corpus, write_synthetic_corpus
 from vinvl.errors import UsageError

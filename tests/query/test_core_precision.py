@@ -10,7 +10,9 @@ from vinvl.errors import UsageError
 from vinvl.index import GallerySource, build_index
 from vinvl.query import Retriever
 
-from support.precision import assert_within_tolerance, refuse_missing_instructions, save_wide_model, skip_unless_supported
+from support.precision import (
+    assert_within_tolerance, refuse_missing_instructions, save_wide_model, skip_unless_supported,
+)
 
 NUM_IMAGES = 12
 

@@ -46,7 +46,8 @@ def assert_within_tolerance(margins, reference, precision: str, scale: float) ->
     margins, reference = np.asarray(margins, np.float64), np.asarray(reference, np.float64)
     assert margins.shape == reference.shape and margins.size > 0
     error = float(np.abs(margins - reference).max() / scale)
-    assert error <= TOLERANCE[precision], f"{precision}: margin error {error:.3f} of the std, above {TOLERANCE[precision]}"
+    limit = TOLERANCE[precision]
+    assert error <= limit, f"{precision}: margin error {error:.3f} of the std, above {limit}"
     if precision != "fp32":
         assert error > FP32_LIKE, f"{precision}: margins equal fp32's to {error:.1e} of the std: it ran in fp32"
     return error

@@ -16,8 +16,9 @@ docs/benchmarks.md, "Precision"):
   post-training quantization reads only the old program format, which Paddle 3.3 no longer exports,
   so Paddle Inference has no int8 path for this model. Needs ``avx512_vnni``, ``avx_vnni`` or
   ``amx_int8`` (without them int8 would run, only slower than fp32) and the optional
-  ``onnxruntime`` package. The pooler and the classifier stay fp32: quantized, they were the two
-  costliest layers for agreement (docs/benchmarks.md).
+  ``onnxruntime`` package. Only the encoder's Linear MatMuls are quantized (weights per output
+  channel); the pooler, the costliest single layer for agreement when quantized, and the
+  classifier stay fp32 (docs/benchmarks.md).
 - ``fp16``: on a GPU, Paddle Inference in half precision on the fp32 graph (needs a CUDA device
   Paddle can use; tested only where there is one).
 
@@ -225,7 +226,7 @@ def _save_int8_onnx(model: OscarForImageTextRetrieval, work: str) -> None:
     graph = onnx.load(fp32_onnx).graph
     matmuls = [node.name for node in graph.node if node.op_type == "MatMul" and weights & set(node.input)]
     if len(matmuls) != len(weights):
-        raise RuntimeError(f"int8 export: found {len(matmuls)} of the {len(weights)} MatMuls to quantize in {fp32_onnx}")
+        raise RuntimeError(f"int8 export: {len(matmuls)} of the {len(weights)} MatMuls to quantize found in {fp32_onnx}")
     with _stdout_silenced():
         quantization.quantize_dynamic(
             fp32_onnx, os.path.join(work, _GRAPH + ".int8.onnx"), weight_type=quantization.QuantType.QInt8,
