@@ -85,8 +85,11 @@ def add_precision_argument(parser: argparse.ArgumentParser) -> None:
 
 def check_precision(precision: str) -> None:
     """Refuse ``--precision`` in one line when this machine lacks what it needs (CPU instructions, a
-    GPU), before any model is loaded (:func:`vinvl.oscar.inference.check_precision`)."""
-    from ..oscar.inference import check_precision as check  # after parsing: imports paddle
+    GPU), before any model is loaded (:func:`vinvl.oscar.inference.check_precision`). fp32 needs
+    nothing, and is passed without importing paddle (a command's early checks stay light)."""
+    if precision == "fp32":
+        return
+    from ..oscar.inference import check_precision as check  # imports paddle
 
     try:
         check(precision)
