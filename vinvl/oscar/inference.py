@@ -8,8 +8,8 @@ docs/benchmarks.md, "Precision"):
 - ``bf16``: Paddle Inference with oneDNN on a graph of its own, in which every encoder Linear
   multiplies in bfloat16 (operands rounded, fp32 accumulation and output) while the bias and
   residual adds, layer norms, attention softmax and products, the pooler and the classifier stay
-  fp32. oneDNN's own bf16 mode rounds every activation between ops, which costs 2.8x the error
-  at the same speed, and Paddle 3.3's ``Config.set_bfloat16_op`` does not narrow it (docs/benchmarks.md,
+  fp32. oneDNN's own bf16 mode rounds every activation between ops: about a tenth faster, at 2.8x
+  the error, and Paddle 3.3's ``Config.set_bfloat16_op`` does not narrow it (docs/benchmarks.md,
   "Precision"). Needs the ``avx512_bf16`` or ``amx_bf16`` instructions.
 - ``int8``: ONNX Runtime on the graph exported by ``paddle2onnx`` with its weights quantized to int8
   and its activations quantized per batch (dynamic quantization: no calibration data). Paddle 3.3's
