@@ -26,7 +26,11 @@ FAISS_REQUIRES = ["faiss-cpu==1.15.1"]
 # which setuptools 81 removed.
 MILVUS_REQUIRES = ["pymilvus==2.5.18", "milvus-lite==2.5.1", "setuptools<81"]
 
-TEST_REQUIRES = FAISS_REQUIRES + MILVUS_REQUIRES + [  # faiss and Milvus are tested against exact top-k
+# Optional: int8 scoring on ONNX Runtime (vinvl.oscar.inference; paddle2onnx comes with paddlenlp).
+# 1.26.0 installs beside protobuf 3.20.3; newer releases pull protobuf 7.
+INT8_REQUIRES = ["onnxruntime==1.26.0"]
+
+TEST_REQUIRES = FAISS_REQUIRES + MILVUS_REQUIRES + INT8_REQUIRES + [  # faiss and Milvus are tested against exact top-k
     "pytest",
     "pytest-xdist==3.8.0",  # the test command runs the suite on two workers (-n 2, docs/testing.md)
     "torch==2.13.0",  # CPU build; also keeps sentence-transformers from pulling a CUDA build
@@ -55,7 +59,7 @@ setup(
         ]
     },
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": TEST_REQUIRES, "faiss": FAISS_REQUIRES, "milvus": MILVUS_REQUIRES},
+    extras_require={"test": TEST_REQUIRES, "faiss": FAISS_REQUIRES, "milvus": MILVUS_REQUIRES, "int8": INT8_REQUIRES},
     entry_points={"console_scripts": ["vinvl=vinvl.commands.cli:main"]},
     license="Apache-2.0",
 )

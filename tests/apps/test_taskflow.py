@@ -1,7 +1,7 @@
 """Taskflow("image_text_retrieval") on a model trained in the test, over a gallery larger than the
 first stage's candidates so every option's effect shows: the query kinds, each option (first_stage,
 candidates, top_k, batch_size, gallery_dir / gallery_split / gallery_keys_file, gallery,
-_static_mode), the rejected ``mode=``, and bad queries. The reference for every ranking is the
+_static_mode, precision), the rejected ``mode=``, and bad queries. The reference for every ranking is the
 engine run directly (margins of every pair, candidates from the first-stage functions)."""
 import os
 
@@ -12,10 +12,14 @@ import vinvl  # noqa: F401  (registers the task, CPU runtime defaults)
 from paddlenlp import Taskflow
 
 from vinvl.data import load_corpus
+from vinvl.errors import UsageError
 from vinvl.oscar.model_dir import load_retrieval_model
 from vinvl.retrieval import Gallery, RetrievalEngine, match_probability, tag_candidates
 from vinvl.apps.taskflow import ImageTextRetrievalTask
 
+from support.precision import (
+    assert_within_tolerance, refuse_missing_instructions, save_wide_model, skip_unless_supported,
+)
 from support.tinymodel import assert_same_answers, derive
 
 TEST_IMAGES = 24  # 120 captions: well above the candidates below
@@ -256,7 +260,9 @@ def test_pair_score_and_batches_of_queries(trained, retrieval, reference):
 def test_static_graph_gives_the_dynamic_scores(trained, retrieval):
     model_dir, _, corpus = trained
     static = make(trained, _static_mode=True)
-    assert os.path.isfile(os.path.join(model_dir, "static", "inference.pdiparams"))
+    # the one export of the match head (vinvl.oscar.inference), run in fp32 by Paddle Inference
+    assert os.path.isfile(os.path.join(model_dir, "inference", "match_head.pdiparams"))
+    assert static.task_instance.retriever.model.predictor is static.task_instance.predictor
     for query in (corpus.captions[3][2], {"image_id": corpus.image_ids[7]}):
         (dynamic_result,) = retrieval(query)
         (static_result,) = static(query)
@@ -264,6 +270,37 @@ def test_static_graph_gives_the_dynamic_scores(trained, retrieval):
         np.testing.assert_allclose(
             [r["margin"] for r in static_result[key]], [r["margin"] for r in dynamic_result[key]], atol=1e-4
         )
+
+
+@pytest.fixture(scope="module")
+def wide(trained, tmp_path_factory):
+    """The wide-drawn tiny model (support.precision) and the fp32 task over the trained fixture's corpus."""
+    model_dir = save_wide_model(tmp_path_factory.mktemp("taskflow_precision") / "model")
+    return model_dir, make(trained, task_path=model_dir, first_stage="exhaustive", top_k=TEST_IMAGES)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_precision_answers_within_its_tolerance(trained, wide, precision):
+    skip_unless_supported(precision)
+    model_dir, fp32 = wide
+    _, _, corpus = trained
+    low = make(trained, task_path=model_dir, first_stage="exhaustive", top_k=TEST_IMAGES, precision=precision)
+    assert low.task_instance.retriever.model.precision == precision
+    queries = [corpus.captions[i][0] for i in range(0, TEST_IMAGES, 3)]
+    margins, reference = [], []
+    for low_answer, answer in zip(low(queries), fp32(queries)):
+        by_id = {r["image_id"]: r["margin"] for r in low_answer["images"]}
+        assert by_id.keys() == {r["image_id"] for r in answer["images"]}
+        margins += [by_id[r["image_id"]] for r in answer["images"]]
+        reference += [r["margin"] for r in answer["images"]]
+    assert_within_tolerance(margins, reference, precision, np.std(reference))
+
+
+def test_a_precision_the_cpu_lacks_is_refused_before_the_model_loads(trained, monkeypatch):
+    refuse_missing_instructions(monkeypatch)
+    monkeypatch.setattr(ImageTextRetrievalTask, "_construct_model", lambda *a: pytest.fail("the model was loaded"))
+    with pytest.raises(UsageError, match="avx512_vnni"):
+        make(trained, precision="int8")
 
 
 @pytest.mark.parametrize(

@@ -117,11 +117,13 @@ def test_the_command_line_spells_the_librarys_names():
     from vinvl.apps.demo import SIZES
     from vinvl.commands import demo, evaluate, options, serve
     from vinvl.data.layout import SPLITS
+    from vinvl.precision import PRECISIONS
     from vinvl.retrieval.evaluate import PROTOCOLS
     from vinvl.retrieval.first_stage import FIRST_STAGE_CHOICES
     from vinvl.serving.server import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_QUERIES
 
     assert options.SPLITS == SPLITS and options.FIRST_STAGE_CHOICES == FIRST_STAGE_CHOICES
+    assert options.PRECISIONS == PRECISIONS
     assert evaluate.PROTOCOLS == PROTOCOLS and demo.SIZES == tuple(SIZES)
     assert (serve.MAX_BODY_BYTES, serve.MAX_QUERIES) == (DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_QUERIES)
 

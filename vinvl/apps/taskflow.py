@@ -27,62 +27,20 @@ Nothing is downloaded: ``task_path`` must be a saved model directory.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import Any, Dict, Optional, Sequence
 
-import paddle
 from paddlenlp.taskflow import taskflow as paddlenlp_taskflow
 from paddlenlp.taskflow.task import Task
 
-from ..oscar.model_dir import load_retrieval_model, weights_checksum
+from ..oscar.inference import export_match_head, input_spec, match_scorer
+from ..oscar.model_dir import load_retrieval_model
+from ..precision import check_precision
 from ..query import Retriever
-from ..runtime import default_num_threads
 
 __all__ = ["TASK_NAME", "ImageTextRetrievalTask", "register_task"]
 
 TASK_NAME = "image_text_retrieval"
 MODEL_NAME = "vinvl"
-
-
-class _StaticMatchModel:
-    """The model with its pair-scoring forward run by Paddle Inference from ``task_path/static``.
-
-    Region projection and the caption-only / image-only embeddings stay eager (they run once per
-    gallery); the per-pair match head, the hot path, runs the exported graph.
-    """
-
-    def __init__(self, model, predictor):
-        self._model = model
-        self._predictor = predictor
-        self._inputs = [predictor.get_input_handle(n) for n in predictor.get_input_names()]
-        self._output = predictor.get_output_handle(predictor.get_output_names()[0])
-
-    def __getattr__(self, name: str):
-        return getattr(self._model, name)
-
-    def __call__(self, input_ids, token_type_ids, attention_mask, img_embeds):
-        for handle, tensor in zip(self._inputs, (input_ids, token_type_ids, attention_mask, img_embeds)):
-            handle.copy_from_cpu(tensor.numpy())
-        self._predictor.run()
-        return _Logits(paddle.to_tensor(self._output.copy_to_cpu()))
-
-
-@dataclass
-class _Logits:
-    logits: paddle.Tensor
-
-
-class _MatchHead(paddle.nn.Layer):
-    """What is exported: pair inputs with already projected regions -> 2 match logits."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids, token_type_ids, attention_mask, img_embeds):
-        return self.model(
-            input_ids=input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask, img_embeds=img_embeds
-        ).logits
 
 
 class ImageTextRetrievalTask(Task):
@@ -103,8 +61,11 @@ class ImageTextRetrievalTask(Task):
         gallery: an in-memory gallery, ``{"image_ids", "features", "tags", "captions"?}``
             (captions: per image, optional).
         index_path: a gallery index directory (``vinvl index build``) built with these weights.
-        _static_mode: score pairs with Paddle Inference from ``task_path/static`` (exported on
-            first use and again whenever the weights change).
+        precision: of the match head's pair forward: ``fp32`` (default), ``bf16`` or ``int8`` (CPU),
+            ``fp16`` (GPU); anything but fp32 runs on an inference runtime from ``task_path/inference``
+            (:mod:`vinvl.oscar.inference`). A precision the machine lacks is refused before the model loads.
+        _static_mode: score pairs in fp32 with Paddle Inference from ``task_path/inference`` (the one
+            export of :mod:`vinvl.oscar.inference`, made on first use and again whenever the weights change).
         detector_path: a detector directory (``config.json`` [+ ``model.safetensors``]); lets
             queries be photos.
         gallery_images / gallery_cache_dir: a folder of photos to use as the gallery (no captions),
@@ -125,6 +86,7 @@ class ImageTextRetrievalTask(Task):
         gallery_keys_file: Optional[str] = None,
         gallery: Optional[Dict[str, Any]] = None,
         index_path: Optional[str] = None,
+        precision: str = "fp32",
         _static_mode: bool = False,
         detector_path: Optional[str] = None,
         gallery_images: Optional[str] = None,
@@ -136,6 +98,7 @@ class ImageTextRetrievalTask(Task):
                 f"image_text_retrieval has no 'mode' option (got mode={kwargs['mode']!r}): use first_stage='exhaustive' "
                 "to score every image / caption, or first_stage='contrastive', 'tags' or 'auto' (the default) with candidates=N"
             )
+        check_precision(precision)
         # Task.__init__ reports usage over the network unless from_hf_hub is set, which is the only
         # thing from_hf_hub does there; this task never touches the network, and says so for itself
         # (not through paddlenlp's process-wide DOWNLOAD_CHECK). The model is read from task_path.
@@ -155,9 +118,11 @@ class ImageTextRetrievalTask(Task):
         self._construct_model(model)
         self._construct_tokenizer(model)
         scorer = self._model
-        if _static_mode:
+        if precision != "fp32":
+            scorer = match_scorer(self._model, self._task_path, precision, self.kwargs.get("num_threads"))
+        elif _static_mode:
             self._get_inference_model()
-            scorer = _StaticMatchModel(self._model, self.predictor)
+            scorer = self._scorer
         self.retriever = Retriever(
             self._task_path, batch_size=batch_size, first_stage=first_stage, detector_path=detector_path,
             model=scorer, processor=self._processor,
@@ -181,44 +146,22 @@ class ImageTextRetrievalTask(Task):
         self._tokenizer = self._processor.tokenizer
 
     def _construct_input_spec(self) -> None:
-        hidden = self._model.config.hidden_size
-        self._input_spec = [
-            paddle.static.InputSpec([None, None], "int64", "input_ids"),
-            paddle.static.InputSpec([None, None], "int64", "token_type_ids"),
-            paddle.static.InputSpec([None, None], "float32", "attention_mask"),
-            paddle.static.InputSpec([None, None, hidden], "float32", "img_embeds"),
-        ]
+        self._input_spec = input_spec(self._model.config.hidden_size)
 
     def _convert_dygraph_to_static(self) -> None:
-        static = paddle.jit.to_static(_MatchHead(self._model), input_spec=self._input_spec, full_graph=True)
-        paddle.jit.save(static, self.inference_model_path)
+        """The match head exported by :func:`vinvl.oscar.inference.export_match_head` (the one export)."""
+        self.inference_model_path = os.path.join(export_match_head(self._model, self._task_path, "fp32"), "match_head")
 
     def _get_inference_model(self) -> None:
-        """Export the match head under ``task_path/static`` unless it is there for these weights, then load it."""
-        static_dir = os.path.join(self._task_path, "static")
-        self.inference_model_path = os.path.join(static_dir, "inference")
-        stamp_path = os.path.join(static_dir, "weights.md5")
-        stamp = weights_checksum(self._task_path)
-        current = open(stamp_path).read().strip() if os.path.isfile(stamp_path) else None
-        if current != stamp:
-            os.makedirs(static_dir, exist_ok=True)
-            self._construct_input_spec()
-            self._convert_dygraph_to_static()
-            with open(stamp_path, "w") as f:
-                f.write(stamp)
-        model_file = next(
-            self.inference_model_path + ext for ext in (".json", ".pdmodel") if os.path.isfile(self.inference_model_path + ext)
-        )
-        config = paddle.inference.Config(model_file, self.inference_model_path + ".pdiparams")
-        config.disable_gpu()
-        # The math library's thread count is process-wide: setting paddlenlp's default (half the
-        # cores) here would change every later dygraph forward's float rounding too, so the
-        # predictor takes the count the process runs with unless ``num_threads=`` was given.
-        threads = self.kwargs.get("num_threads") or int(os.environ.get("OMP_NUM_THREADS") or default_num_threads())
-        config.set_cpu_math_library_num_threads(threads)
-        config.switch_ir_optim(True)
-        config.disable_glog_info()
-        self.predictor = paddle.inference.create_predictor(config)
+        """The fp32 match head on Paddle Inference (:func:`vinvl.oscar.inference.match_scorer`:
+        exported under ``task_path/inference`` unless it is there for these weights, then loaded).
+
+        The math library's thread count is process-wide: setting paddlenlp's default (half the
+        cores) here would change every later dygraph forward's float rounding too, so the
+        predictor takes the count the process runs with unless ``num_threads=`` was given."""
+        self._convert_dygraph_to_static()
+        self._scorer = match_scorer(self._model, self._task_path, "fp32", self.kwargs.get("num_threads"))
+        self.predictor = self._scorer.predictor
 
     def _preprocess(self, inputs):
         queries = inputs[0] if isinstance(inputs, tuple) and len(inputs) == 1 else inputs

@@ -10,6 +10,8 @@ from ..errors import UsageError
 from .options import (
     SPLITS,
     add_first_stage_argument,
+    add_precision_argument,
+    check_precision,
     new_parser,
     reject_removed_option,
     require_directory,
@@ -45,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--top_k", default=None, help=argparse.SUPPRESS)  # renamed: --candidates
     parser.add_argument("--batch_size", type=int, default=128, help="pairs per forward pass")
     parser.add_argument("--no_od_labels", action="store_true", help="leave out the object tags")
+    add_precision_argument(parser)
     parser.add_argument("--output_dir", help="write metrics.json and ranked results here")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
     return parser
@@ -79,6 +82,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """Score, print the R@K table, write metrics.json and ranked results (rank 0 only); returns the report."""
     args = build_parser().parse_args(argv)
     _check(args)
+    check_precision(args.precision)
     from ..data.formats import DataError
     from ..oscar.model_dir import has_weights
     from ..retrieval.distributed import rank
@@ -92,7 +96,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         args.model_dir, args.data_dir, split=args.split, protocol=args.protocol, features_dir=args.features_dir,
         keys_file=args.eval_img_keys_file, fold_size=args.fold_size, first_stage=args.first_stage,
         candidates=args.candidates, batch_size=args.batch_size, add_od_labels=not args.no_od_labels,
-        progress=not args.no_progress,
+        progress=not args.no_progress, precision=args.precision,
     )
     if rank() == 0:
         _print_table(report)

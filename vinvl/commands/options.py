@@ -2,7 +2,8 @@
 
 Nothing here imports the library: a command builds and runs its parser (``--help`` included)
 before it imports anything heavy. The choices below are the command line's spelling of names
-the library defines (``vinvl.data.layout.SPLITS``, ``vinvl.retrieval.first_stage.FIRST_STAGE_CHOICES``);
+the library defines (``vinvl.data.layout.SPLITS``, ``vinvl.retrieval.first_stage.FIRST_STAGE_CHOICES``,
+``vinvl.precision.PRECISIONS``);
 tests/commands/test_commands_layer.py checks that they agree.
 """
 from __future__ import annotations
@@ -13,6 +14,8 @@ import sys
 from typing import Iterable, Optional, Tuple
 
 from ..errors import UsageError
+from ..precision import PRECISIONS
+from ..precision import check_precision as check_machine_precision
 
 __all__ = [
     "SPLITS",
@@ -20,6 +23,9 @@ __all__ = [
     "HelpFormatter",
     "new_parser",
     "add_first_stage_argument",
+    "PRECISIONS",
+    "add_precision_argument",
+    "check_precision",
     "reject_removed_option",
     "positive_ints",
     "require_positive",
@@ -64,6 +70,27 @@ def add_first_stage_argument(parser: argparse.ArgumentParser, default: str) -> N
              "contrastive heads, else exhaustive)",
     )
     parser.add_argument("--mode", default=None, help=argparse.SUPPRESS)
+
+
+def add_precision_argument(parser: argparse.ArgumentParser) -> None:
+    """``--precision``: the match head's pair forward at fp32 (the model as trained), or bf16 / int8
+    on a CPU inference runtime, or fp16 on a GPU (see docs/models.md)."""
+    parser.add_argument(
+        "--precision", choices=PRECISIONS, default="fp32",
+        help="precision of the match head's pair forward: fp32 (the model itself); bf16 (Paddle Inference, oneDNN; "
+             "needs AVX-512 BF16 or AMX) or int8 (ONNX Runtime; needs VNNI and the int8 extra) on the CPU, exported "
+             "once into MODEL_DIR/inference; fp16 on a GPU. Faster, within the tolerances of docs/benchmarks.md; a "
+             "precision this machine lacks the instructions for is refused",
+    )
+
+
+def check_precision(precision: str) -> None:
+    """Refuse ``--precision`` in one line when this machine lacks what it needs (CPU instructions, a
+    GPU), before any model is loaded (:func:`vinvl.precision.check_precision`)."""
+    try:
+        check_machine_precision(precision)
+    except UsageError as exc:
+        raise UsageError(f"--precision {precision}: {exc}") from None
 
 
 def reject_removed_option(value: Optional[object], old: str, new: str) -> None:

@@ -12,6 +12,8 @@ from ..errors import UsageError
 from .options import (
     SPLITS,
     add_first_stage_argument,
+    add_precision_argument,
+    check_precision,
     detector_directory,
     new_parser,
     random_detector_notice,
@@ -57,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--top_k", type=int, default=5, help="results per query")
     add_first_stage_argument(parser, default="auto")
     parser.add_argument("--candidates", type=int, default=16, help="gallery items a first stage proposes per query")
+    add_precision_argument(parser)
     return parser
 
 
@@ -97,6 +100,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
     args = build_parser().parse_args(argv)
     _check(args)
     _check_captions(args)
+    check_precision(args.precision)
     if args.detector is not None:
         random_detector_notice(args.detector)
     from paddlenlp import Taskflow  # importing it registers the task (see vinvl/__init__.py)
@@ -112,6 +116,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
         top_k=args.top_k,
         first_stage=args.first_stage,
         candidates=args.candidates,
+        precision=args.precision,
     )
     as_query = {"text": str, "image_id": lambda i: {"image_id": i}, "image": pathlib.Path}
     queries = [as_query[option](value) for option, value in args.queries]

@@ -19,6 +19,8 @@ from typing import Optional, Sequence
 from ..errors import UsageError
 from .options import (
     FIRST_STAGE_CHOICES,
+    add_precision_argument,
+    check_precision,
     detector_directory,
     new_parser,
     random_detector_notice,
@@ -50,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="default first stage (see vinvl retrieve --help)")
     parser.add_argument("--candidates", type=int, default=16, help="first-stage candidates per query unless a request sets them")
     parser.add_argument("--batch_size", type=int, default=32, help="pairs per forward pass")
+    add_precision_argument(parser)
     parser.add_argument("--max_body_bytes", type=int, default=MAX_BODY_BYTES, help="larger request bodies get 413")
     parser.add_argument("--max_queries", type=int, default=MAX_QUERIES, help="queries per request (more get 413)")
     parser.add_argument("--detector", help="a detector directory, or a shipped detector config's name: lets requests upload photos ({\"photo\": base64})")
@@ -99,6 +102,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         require_directory(args.model_dir, "--model_dir", "model directory")
     if args.detector is not None:
         args.detector = detector_directory(args.detector)
+    check_precision(args.precision)
     sock = _tcp_socket(args.host, args.port)
     try:
         os.environ.update(_settings(args))
@@ -130,6 +134,8 @@ def _settings(args: argparse.Namespace) -> dict:
         raise UsageError(str(exc)) from exc
     if args.detector is not None:
         random_detector_notice(args.detector)
+    if args.precision != "fp32":
+        _export(model_dir, args.precision)
     settings = {
         "index_path": os.path.abspath(args.index),
         "model_dir": os.path.abspath(model_dir),
@@ -137,6 +143,7 @@ def _settings(args: argparse.Namespace) -> dict:
         "first_stage": args.first_stage,
         "candidates": args.candidates,
         "batch_size": args.batch_size,
+        "precision": args.precision,
         "max_body_bytes": args.max_body_bytes,
         "max_queries": args.max_queries,
         "allow_add": int(args.allow_add),
@@ -144,6 +151,16 @@ def _settings(args: argparse.Namespace) -> dict:
     if args.detector is not None:
         settings["detector_path"] = os.path.abspath(args.detector)
     return {ENVIRONMENT[name]: str(value) for name, value in settings.items()}
+
+
+def _export(model_dir: str, precision: str) -> None:
+    """The match head exported for ``precision`` once, here, so the workers only load it (several
+    workers exporting into one directory at once would replace each other's files)."""
+    from ..oscar.inference import export_match_head
+    from ..oscar.model_dir import load_retrieval_model
+
+    model, _ = load_retrieval_model(model_dir)
+    export_match_head(model, model_dir, precision)
 
 
 def _run(args: argparse.Namespace, sock: socket.socket) -> None:

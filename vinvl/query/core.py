@@ -17,6 +17,11 @@ retriever has a detector. Answers are plain dicts, best first: ``score`` is the 
 probability, ``margin`` the logit margin results are ranked by; equal margins list in gallery
 order (:mod:`vinvl.retrieval.topk`).
 
+The match head's pair forward runs at the retriever's ``precision`` (``fp32``, the model itself;
+``bf16`` / ``int8`` on a CPU inference runtime, ``fp16`` on a GPU: :mod:`vinvl.oscar.inference`).
+Caption and image embeddings stay fp32 whatever the precision, so they stay comparable with a
+gallery index's stored ones.
+
 Options are arguments of :meth:`Retriever.answer`, never state: ``top_k`` (results per query),
 ``first_stage`` (``auto`` / ``contrastive`` / ``tags`` / ``exhaustive``: which gallery items the
 match head re-ranks), ``candidates`` (how many a first stage proposes per query) and ``nprobe``
@@ -33,7 +38,9 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from ..data.formats import check_feature_values
+from ..oscar.inference import MatchScorer, match_scorer
 from ..oscar.model_dir import load_retrieval_model
+from ..precision import check_precision
 from ..retrieval import Gallery, RetrievalEngine, match_probability
 from ..retrieval.first_stage import FIRST_STAGE_CHOICES, check_first_stage, resolve_first_stage, tag_words, words_of
 from ..retrieval.topk import merge_top_k
@@ -71,9 +78,11 @@ class Retriever:
             prepared for.
         detector_path: a detector directory or a shipped detector config's name; lets queries and galleries be photos.
         detector_precision: the detector's precision, ``fp32`` or ``bf16`` (see :class:`~vinvl.query.photos.ImageQueries`).
-        model / processor: an already loaded model (or a scorer standing in for its pair
-            forward, such as an exported inference graph) and processor; default: loaded from
-            ``model_dir``.
+        model / processor: an already loaded model (or a :class:`~vinvl.oscar.inference.MatchScorer`
+            standing in for its pair forward) and processor; default: loaded from ``model_dir``.
+        precision: of the pair forward: ``fp32`` (default: the model itself), ``bf16``, ``int8`` or
+            ``fp16``: the model's match head exported into ``model_dir/inference`` and run by an
+            inference runtime. Checked against the machine before the model loads.
 
     Thread safety: :meth:`answer` may be called from several threads at once; options are
     arguments, so callers never see each other's. Model forwards and detector runs are
@@ -92,14 +101,23 @@ class Retriever:
         detector_precision: str = "fp32",
         model: Any = None,
         processor: Any = None,
+        precision: str = "fp32",
     ):
         _check_positive("batch_size", batch_size)
         check_first_stage(first_stage, FIRST_STAGE_CHOICES)
+        check_precision(precision)
         self.model_dir = model_dir
         self.photos = ImageQueries(detector_path, detector_precision)
         if model is None or processor is None:
             model, processor = load_retrieval_model(model_dir)
             model.eval()
+        if isinstance(model, MatchScorer):
+            if precision not in ("fp32", model.precision):
+                raise ValueError(f"precision {precision!r}, but the model given runs at {model.precision!r}")
+            precision = model.precision
+        elif precision != "fp32":
+            model = match_scorer(model, model_dir, precision)
+        self.precision = precision
         self.model, self.processor = model, processor
         self.config = getattr(model, "config")
         self.engine = RetrievalEngine(model, processor, batch_size=batch_size, progress=False)

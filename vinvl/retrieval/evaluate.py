@@ -36,6 +36,7 @@ import numpy as np
 
 from ..data.formats import DataError, load_image_keys
 from ..errors import UsageError
+from .distributed import rank
 from .engine import RetrievalEngine, RetrievalScores, match_probability
 from .first_stage import FIRST_STAGES, check_first_stage, resolve_first_stage
 from .gallery import Gallery
@@ -332,6 +333,7 @@ def evaluate_saved_model(
     batch_size: int = 128,
     add_od_labels: bool = True,
     progress: bool = True,
+    precision: str = "fp32",
 ) -> Tuple[Dict[str, Any], ProtocolResult]:
     """Score the saved model of ``model_dir`` on ``split`` of ``data_dir`` as ``protocol`` asks
     (default: :func:`default_protocol`); returns the report (``metrics.json``) and the result.
@@ -339,17 +341,30 @@ def evaluate_saved_model(
     ``keys_file``: the key file of the ``keys`` protocol (a path, or a file name in ``data_dir``).
     ``fold_size``: images per 1K fold (default: the size of ``{split}_img_keys_1k.tsv``, else 1000).
     ``first_stage``: as :func:`resolve_first_stage` (``auto`` resolved against the model's config),
-    with ``candidates`` per query. Under ``paddle.distributed.launch`` the pair work is shared and
-    every rank returns the same.
+    with ``candidates`` per query. ``precision``: of the match head's pair forward
+    (:mod:`vinvl.oscar.inference`; the first stage's embeddings stay fp32), checked before the
+    model loads. Under ``paddle.distributed.launch`` the pair work is shared and every rank
+    returns the same.
     """
     import paddle.distributed as dist
 
+    from ..oscar.inference import export_match_head, match_scorer
     from ..oscar.model_dir import load_retrieval_model
+    from ..precision import check_precision
 
+    check_precision(precision)
     protocol = protocol or default_protocol(split)
-    if int(os.environ.get("PADDLE_TRAINERS_NUM", "1")) > 1 and not dist.is_initialized():
+    distributed = int(os.environ.get("PADDLE_TRAINERS_NUM", "1")) > 1
+    if distributed and not dist.is_initialized():
         dist.init_parallel_env()
     model, processor = load_retrieval_model(model_dir)
+    model.eval()
+    if precision != "fp32":
+        if distributed:  # one rank exports, the others wait for it and load it
+            if rank() == 0:
+                export_match_head(model, model_dir, precision)
+            dist.barrier()
+        model = match_scorer(model, model_dir, precision)
     first_stage = resolve_first_stage(first_stage, model.config)
     gallery, subset, fold_size = _load_gallery(data_dir, split, protocol, features_dir, keys_file, fold_size, add_od_labels)
     engine = RetrievalEngine(model, processor, batch_size=batch_size, progress=progress)
@@ -363,6 +378,7 @@ def evaluate_saved_model(
         "first_stage": first_stage,
         "candidates": candidates if first_stage != "exhaustive" else None,
         "model_dir": os.path.abspath(model_dir),
+        "precision": precision,
         "num_images": gallery.num_images,
         "num_captions": gallery.num_captions,
         "fold_size": fold_size if protocol in ("coco1k", "coco5k") else None,

@@ -86,6 +86,7 @@ ENVIRONMENT = {
     "first_stage": "VINVL_SERVE_FIRST_STAGE",
     "candidates": "VINVL_SERVE_CANDIDATES",
     "batch_size": "VINVL_SERVE_BATCH_SIZE",
+    "precision": "VINVL_SERVE_PRECISION",
     "max_body_bytes": "VINVL_SERVE_MAX_BODY_BYTES",
     "max_queries": "VINVL_SERVE_MAX_QUERIES",
     "detector_path": "VINVL_SERVE_DETECTOR",
@@ -181,7 +182,10 @@ class RetrievalService:
                 self.lock.release()
         retriever = self.retriever
         gallery = retriever.gallery
-        answer = {"status": "ok", "busy": busy, "pid": os.getpid(), "model_dir": retriever.model_dir, "first_stage": retriever.first_stage}
+        answer = {
+            "status": "ok", "busy": busy, "pid": os.getpid(), "model_dir": retriever.model_dir,
+            "first_stage": retriever.first_stage, "precision": retriever.precision,
+        }
         if gallery is not None and gallery.index is not None:
             index = gallery.index
             answer["index"] = {"path": index.root, "version": index.version, "num_images": index.num_images, "num_captions": index.num_captions}
@@ -333,12 +337,14 @@ def create_app(
     max_queries: int = DEFAULT_MAX_QUERIES,
     detector_path: Optional[str] = None,
     allow_add: bool = False,
+    precision: str = "fp32",
 ):
     """A SimpleServer answering retrieval requests over the index at ``index_path``.
 
     ``model_dir`` defaults to the one the index records; the index must match its weights.
     ``detector_path``: a detector directory, loaded here, so uploaded photos can be queries.
     ``allow_add``: answer ``{"add": ...}`` requests (otherwise 403).
+    ``precision``: of the match head's pair forward (:mod:`vinvl.oscar.inference`).
     """
     from paddlenlp import Taskflow
     from paddlenlp.server import SimpleServer
@@ -348,7 +354,7 @@ def create_app(
     model_dir = model_dir or recorded_model_dir(index_path)
     retrieval = Taskflow(
         TASK_NAME, task_path=model_dir, index_path=index_path, top_k=top_k, first_stage=first_stage,
-        candidates=candidates, batch_size=batch_size, detector_path=detector_path,
+        candidates=candidates, batch_size=batch_size, detector_path=detector_path, precision=precision,
     )
     service = RetrievalService.from_taskflow(retrieval, batch_size=batch_size, max_queries=max_queries, allow_add=allow_add)
     if detector_path is not None:

@@ -1,0 +1,184 @@
+"""Pair scoring at fp32, bf16 and int8 (:mod:`vinvl.oscar.inference`) against fp32 dygraph and fp32
+Paddle Inference, in one process, on the same weights and inputs.
+
+Two parts:
+
+- speed: one batch of pairs at full length (``--config``, default ``vinvl-base`` with random
+  weights; its ``max_seq_length`` text + ``max_img_seq_length`` region positions), each scorer run
+  ``repeats`` times, the best kept; pairs/s, the ratios to dygraph and to Paddle Inference fp32,
+  and the largest margin error on that batch relative to the largest fp32 margin (random weights
+  at the default initialisation give margins too alike for their spread to be the yardstick).
+- agreement: exhaustive scoring of a synthetic gallery with the tiny config at seeded random
+  weights drawn wide (``initializer_range`` 0.1, so margins spread as a trained model's do); per
+  precision the largest margin error relative to the std of the fp32 margins, the share of
+  queries (both directions) whose top-1 answer is fp32's, and the mean overlap of the top-10 lists.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from ..data import load_corpus, write_synthetic_corpus
+
+__all__ = ["PrecisionBenchmark", "run_benchmark", "format_table"]
+
+SCORERS = ("dygraph fp32", "fp32", "bf16", "int8")
+
+
+@dataclass(frozen=True)
+class PrecisionBenchmark:
+    """Settings: the speed part's config, batch and repeats; the agreement part's gallery size."""
+
+    config: str = "vinvl-base"
+    batch: int = 16
+    repeats: int = 3
+    agreement_images: int = 40
+    seed: int = 0
+
+
+def _best_seconds(call, repeats: int) -> float:
+    call()  # warm-up (oneDNN primitives, ONNX Runtime arenas)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _saved_random_model(model_dir: str, config: str, seed: int, initializer_range: Optional[float] = None):
+    import paddle
+
+    from ..oscar.model_dir import load_retrieval_model
+
+    paddle.seed(seed)
+    overrides = {"initializer_range": initializer_range} if initializer_range else None
+    model, _ = load_retrieval_model(config, config_overrides=overrides)
+    model.save_pretrained(model_dir)
+    model, processor = load_retrieval_model(model_dir)
+    model.eval()
+    return model, processor
+
+
+def _scorers(model_dir: str, model) -> Dict[str, Any]:
+    from ..oscar.inference import load_scorer
+
+    scorers = {"dygraph fp32": model}
+    for precision in SCORERS[1:]:
+        scorers[precision], _ = load_scorer(model_dir, precision)
+    return scorers
+
+
+def _speed(work: str, settings: PrecisionBenchmark) -> Dict[str, Any]:
+    import paddle
+
+    model_dir = os.path.join(work, "speed-model")
+    model, _ = _saved_random_model(model_dir, settings.config, settings.seed)
+    config = model.config
+    text, regions, batch = config.max_seq_length, config.max_img_seq_length, settings.batch
+    rng = np.random.default_rng(settings.seed)
+    inputs = {
+        "input_ids": paddle.to_tensor(rng.integers(1000, 3000, (batch, text)).astype("int64")),
+        "token_type_ids": paddle.to_tensor(np.zeros((batch, text), "int64")),
+        "attention_mask": paddle.to_tensor(np.ones((batch, text + regions), "float32")),
+    }
+    with paddle.no_grad():
+        features = rng.normal(0, 1, (batch, regions, config.img_feature_dim)).astype("float32")
+        img_embeds = model.bert.embed_regions(paddle.to_tensor(features))
+        rows = {}
+        reference = None
+        for name, scorer in _scorers(model_dir, model).items():
+            outputs = []
+
+            def score():
+                outputs.append(scorer(**inputs, img_embeds=img_embeds).logits.numpy())
+
+            seconds = _best_seconds(score, settings.repeats)
+            margins = outputs[-1][:, 1] - outputs[-1][:, 0]
+            reference = margins if reference is None else reference
+            error = np.abs(margins - reference).max() / np.abs(reference).max()
+            rows[name] = {"pairs_per_second": batch / seconds, "margin_error": float(error)}
+    for row in rows.values():
+        row["vs_dygraph"] = row["pairs_per_second"] / rows["dygraph fp32"]["pairs_per_second"]
+        row["vs_inference_fp32"] = row["pairs_per_second"] / rows["fp32"]["pairs_per_second"]
+    return {"positions": f"{text} + {regions}", "batch": batch, "hidden_size": config.hidden_size, "rows": rows}
+
+
+def _top_k_overlap(scores: np.ndarray, reference: np.ndarray, k: int) -> float:
+    """Mean share of each column's top-k (reference order) found in the scores' top-k."""
+    k = min(k, scores.shape[0])
+    top = np.argsort(-scores, axis=0)[:k]
+    ref = np.argsort(-reference, axis=0)[:k]
+    return float(np.mean([len(set(top[:, c]) & set(ref[:, c])) / k for c in range(scores.shape[1])]))
+
+
+def _agreement(work: str, settings: PrecisionBenchmark) -> Dict[str, Any]:
+    from ..retrieval import Gallery, RetrievalEngine
+
+    corpus_dir = os.path.join(work, "corpus")
+    splits = {"train": 0, "minival": 0, "val": 0, "test": settings.agreement_images}
+    write_synthetic_corpus(corpus_dir, splits, seed=settings.seed)
+    gallery = Gallery.from_corpus(load_corpus(corpus_dir, "test"))
+    model_dir = os.path.join(work, "agreement-model")
+    model, processor = _saved_random_model(model_dir, "tiny", settings.seed, initializer_range=0.1)
+    rows, reference = {}, None
+    for name, scorer in _scorers(model_dir, model).items():
+        scores = RetrievalEngine(scorer, processor, progress=False).exhaustive(gallery).i2t
+        reference = scores if reference is None else reference
+        rows[name] = {
+            "margin_error": float(np.abs(scores - reference).max() / reference.std()),
+            "top1_t2i": float(np.mean(scores.argmax(0) == reference.argmax(0))),
+            "top1_i2t": float(np.mean(scores.argmax(1) == reference.argmax(1))),
+            "top10_t2i": _top_k_overlap(scores, reference, 10),
+            "top10_i2t": _top_k_overlap(scores.T, reference.T, 10),
+        }
+    return {"images": gallery.num_images, "captions": gallery.num_captions, "rows": rows}
+
+
+def run_benchmark(settings: PrecisionBenchmark) -> Dict[str, Any]:
+    """Both parts in temporary directories; the report holds the load average before and after."""
+    from ..precision import check_precision
+
+    for precision in SCORERS[1:]:
+        check_precision(precision)  # refuse at once on a CPU without the instructions
+    report: Dict[str, Any] = {"settings": settings.__dict__, "load_before": os.getloadavg()[0]}
+    with tempfile.TemporaryDirectory(prefix="vinvl-precision-") as work:
+        report["speed"] = _speed(work, settings)
+        report["agreement"] = _agreement(work, settings)
+    report["load_after"] = os.getloadavg()[0]
+    return report
+
+
+def format_table(report: Dict[str, Any]) -> str:
+    """Two markdown tables (speed, agreement) and the load."""
+    speed, agreement = report["speed"], report["agreement"]
+    lines: List[str] = [
+        f"speed: {report['settings']['config']} (hidden {speed['hidden_size']}), {speed['positions']} positions, "
+        f"batch {speed['batch']}, best of {report['settings']['repeats']}",
+        "| scorer | pairs/s | vs dygraph fp32 | vs Paddle Inference fp32 | max margin error / max margin |",
+        "|---|---|---|---|---|",
+    ]
+    for name, row in speed["rows"].items():
+        lines.append(
+            f"| {name} | {row['pairs_per_second']:.2f} | {row['vs_dygraph']:.2f}x | "
+            f"{row['vs_inference_fp32']:.2f}x | {row['margin_error']:.3f} |"
+        )
+    lines += [
+        "",
+        f"agreement with dygraph fp32: tiny, random weights (initializer_range 0.1), {agreement['images']} images x "
+        f"{agreement['captions']} captions, exhaustive",
+        "| scorer | max margin error / std | top-1 t2i | top-1 i2t | top-10 overlap t2i | top-10 overlap i2t |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, row in agreement["rows"].items():
+        lines.append(
+            f"| {name} | {row['margin_error']:.3f} | {row['top1_t2i']:.3f} | {row['top1_i2t']:.3f} | "
+            f"{row['top10_t2i']:.3f} | {row['top10_i2t']:.3f} |"
+        )
+    lines.append(f"\nload average: {report['load_before']:.2f} before, {report['load_after']:.2f} after")
+    return "\n".join(lines)
