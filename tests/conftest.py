@@ -1,13 +1,5 @@
 """Fixtures shared by several test modules."""
-import os
-
 import pytest
-
-# Under pytest-xdist (`-n N`) the workers share the cores as vinvl shares them among the ranks a
-# launcher starts: each gets its share of OMP threads, set before vinvl and paddle read it.
-_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-if _WORKERS > 1:
-    os.environ.setdefault("OMP_NUM_THREADS", str(max((os.cpu_count() or 1) // _WORKERS, 1)))
 
 # First, before anything imports paddle: the tests run with the CPU settings users get (thread
 # count, MKL code path), which subprocesses (servers, launchers) inherit. A process that imported
