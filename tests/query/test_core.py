@@ -2,6 +2,8 @@
 contrastive first stage of caption queries is the index's faiss search with the request's nprobe
 (with few lists probed its candidates are faiss's, not the exact top candidates), probing every list
 gives the exact candidates, and a list of queries answers as its queries one by one."""
+import time
+
 import numpy as np
 import pytest
 
@@ -100,3 +102,30 @@ def test_a_cut_caption_says_so_and_bad_feature_values_are_refused(built):
         features[1, 7] = value
         with pytest.raises(ValueError, match=rf"query 1: .*{words}"):
             retriever.answer([captions[0], {"features": features, "tags": ["dog"]}])
+
+
+def test_answer_timed_gives_the_same_answers_and_puts_feature_reads_apart_from_scoring(built, monkeypatch):
+    retriever, _, _, captions = built
+    queries = captions[:2] + [{"image_id": "500003"}]
+    options = {"top_k": 3, "candidates": CANDIDATES, "first_stage": "tags"}
+    plain = retriever.answer(queries, **options)
+    # every feature read now takes READ seconds more: the breakdown must put that time under
+    # feature_reads, not under scoring, which calls the reader
+    READ, reads = 0.05, []
+    images = retriever.gallery.images
+    read = images._read
+
+    def slow_read(j):
+        reads.append(j)
+        time.sleep(READ)
+        return read(j)
+
+    monkeypatch.setattr(images, "_read", slow_read)
+    timed, timings = retriever.answer_timed(queries, **options)
+    assert timed == plain  # the same batch, the same forwards: equal to the last bit
+    assert set(timings) == {"first_stage", "feature_reads", "scoring", "total"}
+    assert len(reads) >= CANDIDATES  # the caption queries read their candidates' regions
+    assert timings["feature_reads"] >= READ * len(reads)
+    assert 0 < timings["scoring"] < READ * len(reads) / 2
+    assert timings["first_stage"] > 0
+    assert sum(timings[s] for s in ("first_stage", "feature_reads", "scoring")) <= timings["total"]
