@@ -1,0 +1,384 @@
+"""The scale path measured end to end: a caption typed against a large gallery, over HTTP.
+
+1. **Gallery.** A synthetic data directory of ``num_images`` images in the official coco_ir layout
+   (``features.tsv`` + ``imageid2idx.json``, ``predictions.tsv`` tags, five captions per image), each
+   image 10-50 regions of 2054 floats (2048 non-negative appearance values, 6 box-geometry columns)
+   as real VinVL features have. Every image has its own ``features.tsv`` row (the reader checks a
+   row's image id, so rows cannot be shared); the region *contents* repeat every
+   ``distinct_images`` images so that generating a large gallery costs little CPU. Tags are VinVL
+   class names drawn with a Zipf-like frequency (some words are in many images, as "man" and "table"
+   are), and captions name some of an image's tags.
+2. **Build.** ``vinvl index build`` in a subprocess, twice: without a faiss file (the exact first
+   stage) and with ``--faiss``. Wall time, peak resident memory of the build's processes (sampled
+   with psutil every ``RSS_SAMPLE_SECONDS``) and the index's size on disk.
+3. **nprobe.** In process (:class:`vinvl.query.Retriever` over each index), the smallest power of two
+   whose faiss candidates reach ``recall_target`` of the exact search's candidates (recall@k, k =
+   ``candidates``) over the query captions.
+4. **Breakdown.** In process, :meth:`vinvl.query.Retriever.answer_timed` per query, one at a time:
+   median seconds of the first stage, the feature reads and the scoring; HTTP is the served median
+   latency (one client) less the in-process median total.
+5. **Serving.** ``vinvl serve`` over each index (:class:`vinvl.serving.client.ServerProcess`,
+   127.0.0.1 only) and 1, 4, 16 client threads, each on a kept-alive
+   :class:`~vinvl.serving.client.Connection`, sending one caption per request for at most
+   ``requests_per_client`` requests or ``seconds`` (whichever ends first): p50 / p95 / p99 latency,
+   requests per second, and replies that were not a 200 with ``top_k`` images (counted as errors).
+
+First stages: ``exact`` (contrastive, exact search), ``faiss`` (contrastive, faiss IVF with the chosen
+nprobe) and ``tags`` (BM25 over the tags), each re-ranking ``candidates`` (16) with the match head.
+The model is the tiny config with random weights whose heads count as trained: timings are the
+model's, the answers' quality is not measured here.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..data.formats import APPEARANCE_DIM, box_geometry, encode_features, prediction_object, prediction_row
+from ..serving.client import Connection, ServerProcess, free_port, tree_rss_mb, vinvl_serve_command
+from .measure import TINY_CONFIG
+
+__all__ = ["ScaleBenchmark", "write_gallery", "run_benchmark", "format_tables"]
+
+SPLIT = "test"
+CAPTIONS_PER_IMAGE = 5
+RSS_SAMPLE_SECONDS = 0.1
+REQUEST_TIMEOUT = 60.0
+IMAGE_SIZE = (480, 640)  # (height, width) of every synthetic image
+TAG_CLASSES = 400  # how many VinVL classes the tags are drawn from
+TEMPLATES = ("a {0} next to a {1}", "a photo of a {0} and a {1}", "the {0} is beside a {1} and a {2}", "a {0} with a {1}", "an image showing a {0}")
+
+
+@dataclass(frozen=True)
+class ScaleBenchmark:
+    """Settings (see the module docstring)."""
+
+    num_images: int = 10_000
+    min_regions: int = 10
+    max_regions: int = 50
+    distinct_images: int = 10_000
+    queries: int = 64
+    candidates: int = 16
+    top_k: int = 5
+    clients: Tuple[int, ...] = (1, 4, 16)
+    requests_per_client: int = 200
+    seconds: float = 30.0
+    recall_target: float = 0.95
+    seed: int = 0
+
+
+# ----- the gallery ------------------------------------------------------------------------------
+
+
+def _class_names() -> List[str]:
+    from ..assets import LABELMAP_PATH
+
+    with open(LABELMAP_PATH, encoding="utf-8") as f:
+        labels = json.load(f)["label_to_idx"]
+    return sorted(labels, key=labels.get)[:TAG_CLASSES]
+
+
+def _regions(rng: np.random.Generator, count: int) -> Tuple[np.ndarray, np.ndarray]:
+    """(``[count, 2054]`` float32: sparse non-negative appearance values, as pooled ReLU activations, and
+    box geometry; ``[count, 4]`` boxes in pixels)."""
+    appearance = rng.exponential(0.6, (count, APPEARANCE_DIM)).astype(np.float32)
+    appearance[rng.random((count, APPEARANCE_DIM)) < 0.5] = 0.0
+    height, width = IMAGE_SIZE
+    x1, y1 = rng.uniform(0, width * 0.7, count), rng.uniform(0, height * 0.7, count)
+    x2 = np.minimum(width, x1 + rng.uniform(16, width * 0.5, count))
+    y2 = np.minimum(height, y1 + rng.uniform(16, height * 0.5, count))
+    rects = np.stack([x1, y1, x2, y2], axis=1).astype(np.float32)
+    return np.concatenate([appearance, box_geometry(rects, height, width)], axis=1), rects
+
+
+def write_gallery(data_dir: str, settings: ScaleBenchmark) -> Dict[str, Any]:
+    """Write the synthetic gallery (streaming: one image in memory at a time); returns its size facts."""
+    rng = np.random.default_rng(settings.seed)
+    names = _class_names()
+    weights = 1.0 / np.arange(1, len(names) + 1)  # Zipf-like: a few tags are everywhere
+    weights /= weights.sum()
+    folder = os.path.join(data_dir, "features", SPLIT)
+    os.makedirs(folder, exist_ok=True)
+    captions: Dict[str, List[str]] = {}
+    row_of: Dict[str, int] = {}
+    blocks: List[Tuple[str, List[dict], int]] = []  # per distinct image: (base64 regions, objects, region count)
+    regions_total = 0
+    with open(os.path.join(folder, "features.tsv"), "w", encoding="ascii") as feats, open(
+        os.path.join(folder, "predictions.tsv"), "w", encoding="utf-8"
+    ) as preds:
+        for row in range(settings.num_images):
+            image_id = str(1_000_000 + row)
+            if row < settings.distinct_images:
+                count = int(rng.integers(settings.min_regions, settings.max_regions + 1))
+                features, rects = _regions(rng, count)
+                classes = rng.choice(len(names), size=count, p=weights)
+                objects = [prediction_object(r, names[c], 0.9) for r, c in zip(rects, classes)]
+                blocks.append((encode_features(features), objects, count))
+            encoded, objects, count = blocks[row % settings.distinct_images]
+            regions_total += count
+            feats.write(f"{image_id}\t{count}\t{encoded}\n")
+            preds.write(prediction_row(image_id, objects, IMAGE_SIZE))
+            tags = sorted({o["class"] for o in objects})
+            captions[image_id] = [
+                TEMPLATES[k].format(*(tags[int(i)] for i in rng.integers(0, len(tags), 3))) for k in range(CAPTIONS_PER_IMAGE)
+            ]
+            row_of[image_id] = row
+    with open(os.path.join(folder, "imageid2idx.json"), "w") as f:
+        json.dump(row_of, f)
+    with open(os.path.join(data_dir, f"{SPLIT}_captions.json"), "w", encoding="utf-8") as f:
+        json.dump(captions, f)
+    return {"images": settings.num_images, "regions_mean": regions_total / settings.num_images, "disk_gb": _disk_gb(data_dir)}
+
+
+def _disk_gb(path: str) -> float:
+    total = 0
+    for folder, _, files in os.walk(path):
+        total += sum(os.path.getsize(os.path.join(folder, name)) for name in files)
+    return total / 2**30
+
+
+def query_captions(data_dir: str, count: int, seed: int) -> List[str]:
+    """``count`` captions of random gallery images (one each): what a user types about a photo they have."""
+    with open(os.path.join(data_dir, f"{SPLIT}_captions.json"), encoding="utf-8") as f:
+        captions = json.load(f)
+    ids = sorted(captions)
+    rng = np.random.default_rng([seed, 1])
+    return [captions[ids[int(i)]][0] for i in rng.choice(len(ids), size=min(count, len(ids)), replace=False)]
+
+
+# ----- the build --------------------------------------------------------------------------------
+
+
+def build(index_dir: str, model_dir: str, data_dir: str, use_faiss: bool, log_path: str) -> Dict[str, float]:
+    """``vinvl index build`` in a subprocess: wall seconds, peak RSS (MB, all its processes) and disk (GB)."""
+    command = [
+        sys.executable, "-m", "vinvl.commands.cli", "index", "build", index_dir, "--model_dir", model_dir,
+        "--gallery_dir", data_dir, "--split", SPLIT, *(["--faiss"] if use_faiss else []),
+    ]
+    start = time.perf_counter()
+    peak = 0.0
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        while process.poll() is None:
+            try:
+                peak = max(peak, tree_rss_mb(process.pid))
+            except Exception:  # the process ended between poll and the sample
+                pass
+            time.sleep(RSS_SAMPLE_SECONDS)
+    seconds = time.perf_counter() - start
+    if process.returncode != 0:
+        with open(log_path, encoding="utf-8", errors="replace") as f:
+            raise RuntimeError(f"vinvl index build exited with {process.returncode}:\n{f.read()[-3000:]}")
+    return {"seconds": seconds, "peak_rss_mb": peak, "disk_gb": _disk_gb(index_dir)}
+
+
+def _save_tiny_model(model_dir: str, seed: int) -> str:
+    """The tiny config with random weights, its match and contrastive heads recorded as trained."""
+    import paddle
+
+    from ..oscar import OscarConfig, OscarForImageTextRetrieval
+
+    paddle.seed(seed)
+    config = OscarConfig.from_pretrained(TINY_CONFIG)
+    config.trained_heads = ["match", "contrastive"]
+    OscarForImageTextRetrieval(config).save_pretrained(model_dir)
+    return model_dir
+
+
+# ----- in process: nprobe and the breakdown -----------------------------------------------------
+
+
+def _candidate_sets(retriever, captions: Sequence[str], candidates: int, **options: Any) -> List[set]:
+    """Per caption, the ids the first stage proposed (top_k = candidates: the answer lists them all)."""
+    answers = retriever.answer(list(captions), top_k=candidates, candidates=candidates, first_stage="contrastive", **options)
+    return [{item["image_id"] for item in a["images"]} for a in answers]
+
+
+def choose_nprobe(exact, faiss_retriever, captions: Sequence[str], candidates: int, target: float, nlist: int) -> Dict[str, Any]:
+    """The smallest power of two (up to ``nlist``) whose faiss candidates have recall@k >= ``target`` against exact."""
+    truth = _candidate_sets(exact, captions, candidates)
+    tried = {}
+    nprobe = 1
+    while True:
+        found = _candidate_sets(faiss_retriever, captions, candidates, nprobe=nprobe)
+        recall = float(np.mean([len(f & t) / len(t) for f, t in zip(found, truth)]))
+        tried[nprobe] = recall
+        if recall >= target or nprobe >= nlist:
+            return {"nprobe": nprobe, "recall": recall, "tried": tried, "nlist": nlist}
+        nprobe = min(2 * nprobe, nlist)
+
+
+def breakdown(retriever, captions: Sequence[str], options: Dict[str, Any], passes: int = 2) -> Dict[str, float]:
+    """Median milliseconds per stage of one caption answered at a time (after one warm-up answer).
+
+    Each caption is timed ``passes`` times and its fastest pass kept: the machine is shared, and a
+    pass slowed by another process's burst says nothing about the query path."""
+    retriever.answer(captions[0], **options)
+    rows = []
+    for caption in captions:
+        timed = [retriever.answer_timed(caption, **options)[1] for _ in range(passes)]
+        rows.append(min(timed, key=lambda t: t["total"]))
+    return {name: 1000 * float(np.median([r[name] for r in rows])) for name in rows[0]}
+
+
+# ----- over HTTP --------------------------------------------------------------------------------
+
+
+def _client(port: int, bodies: List[bytes], offset: int, requests: int, top_k: int, deadline: float, out: Dict[str, list]) -> None:
+    connection = Connection(port, timeout=REQUEST_TIMEOUT)
+    latencies, errors = [], 0
+    try:
+        for n in range(requests):
+            if time.perf_counter() >= deadline:
+                break
+            body = bodies[(offset + n) % len(bodies)]
+            start = time.perf_counter()
+            status, raw = connection.post_raw(body)
+            latencies.append(time.perf_counter() - start)
+            if status != 200 or len(json.loads(raw)["result"][0]["images"]) != top_k:
+                errors += 1
+    finally:
+        connection.close()
+    out["latencies"].extend(latencies)  # list.extend is atomic under the GIL
+    out["errors"].append(errors)
+
+
+def load(port: int, bodies: List[bytes], clients: int, requests: int, seconds: float, top_k: int) -> Dict[str, float]:
+    """``clients`` threads sending ``bodies`` round-robin, each at most ``requests`` of them and for at
+    most ``seconds``; latency percentiles (ms) and requests/s."""
+    out: Dict[str, list] = {"latencies": [], "errors": []}
+    start = time.perf_counter()
+    deadline = start + seconds
+    threads = [
+        threading.Thread(target=_client, args=(port, bodies, c * 7, requests, top_k, deadline, out), daemon=True)
+        for c in range(clients)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(seconds + 2 * REQUEST_TIMEOUT)
+    elapsed = time.perf_counter() - start
+    ms = 1000 * np.asarray(out["latencies"])
+    return {
+        "clients": clients,
+        "requests": len(ms),
+        "errors": int(sum(out["errors"])),
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p95_ms": float(np.percentile(ms, 95)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "requests_per_s": len(ms) / elapsed,
+    }
+
+
+def _bodies(captions: Sequence[str], parameters: Dict[str, Any]) -> List[bytes]:
+    return [json.dumps({"data": c, "parameters": parameters}).encode() for c in captions]
+
+
+def serve_and_load(
+    index_dir: str, model_dir: str, captions: Sequence[str], parameters: Dict[str, Any], settings: ScaleBenchmark, log_path: str
+) -> Dict[str, Any]:
+    """Start ``vinvl serve`` over the index, run every client count, stop it; with its RSS."""
+    port = free_port()
+    command = vinvl_serve_command(index_dir, port, extra=["--model_dir", model_dir])
+    bodies = _bodies(captions, parameters)
+    with ServerProcess(command, port, log_path) as server:
+        load(port, bodies, 1, 4, settings.seconds, settings.top_k)  # warm-up
+        runs = [load(port, bodies, c, settings.requests_per_client, settings.seconds, settings.top_k) for c in settings.clients]
+        rss = tree_rss_mb(server.pid)
+    return {"runs": runs, "server_rss_mb": rss}
+
+
+# ----- the whole path ---------------------------------------------------------------------------
+
+
+def run_benchmark(settings: ScaleBenchmark, work_dir: str) -> Dict[str, Any]:
+    """Gallery, builds, nprobe, breakdown and HTTP load (see the module docstring); the report."""
+    from ..index.store import GalleryIndex
+    from ..query import Retriever
+
+    report: Dict[str, Any] = {"settings": asdict(settings), "load_before": os.getloadavg()[0], "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    data_dir, model_dir = os.path.join(work_dir, "gallery"), os.path.join(work_dir, "model")
+    indexes = {"exact": os.path.join(work_dir, "index-exact"), "faiss": os.path.join(work_dir, "index-faiss")}
+    start = time.perf_counter()
+    report["gallery"] = write_gallery(data_dir, settings)
+    report["gallery"]["write_seconds"] = time.perf_counter() - start
+    _save_tiny_model(model_dir, settings.seed)
+    report["build"] = {
+        name: build(path, model_dir, data_dir, name == "faiss", os.path.join(work_dir, f"build-{name}.log")) for name, path in indexes.items()
+    }
+    captions = query_captions(data_dir, settings.queries, settings.seed)
+    retrievers = {name: Retriever(model_dir, first_stage="contrastive") for name in indexes}
+    for name, retriever in retrievers.items():
+        retriever.use_index(indexes[name])
+    with GalleryIndex.open(indexes["faiss"]) as index:
+        nlist = int(index.manifest["faiss"]["nlist"])
+    report["nprobe"] = choose_nprobe(retrievers["exact"], retrievers["faiss"], captions, settings.candidates, settings.recall_target, nlist)
+    nprobe = report["nprobe"]["nprobe"]
+    common = {"top_k": settings.top_k, "candidates": settings.candidates}
+    stages = {  # first stage -> (index, request parameters)
+        "exact": ("exact", {**common, "first_stage": "contrastive"}),
+        "faiss": ("faiss", {**common, "first_stage": "contrastive", "nprobe": nprobe}),
+        "tags": ("exact", {**common, "first_stage": "tags"}),
+    }
+    report["breakdown_ms"] = {name: breakdown(retrievers[ix], captions, params) for name, (ix, params) in stages.items()}
+    for retriever in retrievers.values():
+        retriever.gallery.close()
+    del retrievers
+    report["http"] = {
+        name: serve_and_load(indexes[ix], model_dir, captions, params, settings, os.path.join(work_dir, f"serve-{name}.log"))
+        for name, (ix, params) in stages.items()
+    }
+    for name, row in report["breakdown_ms"].items():
+        row["http_p50"] = report["http"][name]["runs"][0]["p50_ms"]
+        row["http_overhead"] = row["http_p50"] - row["total"]
+    report["load_after"] = os.getloadavg()[0]
+    return report
+
+
+def format_tables(report: Dict[str, Any]) -> str:
+    """The report as markdown tables: build, nprobe, HTTP load and the per-query breakdown."""
+    s, g, n = report["settings"], report["gallery"], report["nprobe"]
+    lines = [
+        f"{s['num_images']} images ({g['regions_mean']:.1f} regions of 2054 floats per image on average, "
+        f"{s['min_regions']}-{s['max_regions']}; region contents repeat every {s['distinct_images']} images), "
+        f"gallery {g['disk_gb']:.2f} GB written in {g['write_seconds']:.0f} s; tiny model; started {report['started']}; "
+        f"load average {report['load_before']:.2f} -> {report['load_after']:.2f}",
+        "",
+        "| index build | wall s | peak RSS MB | index on disk GB |",
+        "|---|---|---|---|",
+    ]
+    for name, row in report["build"].items():
+        lines.append(f"| {name} | {row['seconds']:.1f} | {row['peak_rss_mb']:.0f} | {row['disk_gb']:.3f} |")
+    tried = ", ".join(f"{p}: {r:.3f}" for p, r in n["tried"].items())
+    lines += [
+        "",
+        f"faiss nprobe {n['nprobe']} of {n['nlist']} lists: recall@{s['candidates']} against exact {n['recall']:.3f} "
+        f"(tried {tried}; {s['queries']} captions)",
+        "",
+        "| first stage | clients | requests | errors | p50 ms | p95 ms | p99 ms | requests/s | server RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, served in report["http"].items():
+        for run in served["runs"]:
+            lines.append(
+                f"| {name} | {run['clients']} | {run['requests']} | {run['errors']} | {run['p50_ms']:.1f} | {run['p95_ms']:.1f} | "
+                f"{run['p99_ms']:.1f} | {run['requests_per_s']:.1f} | {served['server_rss_mb']:.0f} |"
+            )
+    lines += [
+        "",
+        "| first stage | first stage ms | feature reads ms | scoring ms | in process total ms | HTTP p50 ms | HTTP and service ms |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, row in report["breakdown_ms"].items():
+        lines.append(
+            f"| {name} | {row['first_stage']:.2f} | {row['feature_reads']:.2f} | {row['scoring']:.2f} | {row['total']:.2f} | "
+            f"{row['http_p50']:.1f} | {row['http_overhead']:.1f} |"
+        )
+    return "\n".join(lines)

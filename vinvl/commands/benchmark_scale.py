@@ -1,0 +1,73 @@
+"""``scripts/benchmark_scale.py``: the scale path measured end to end (:mod:`vinvl.benchmarks.scale`)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+from typing import Any, Dict, Optional, Sequence
+
+from ..errors import UsageError
+from .options import new_parser, require_positive
+
+__all__ = ["build_parser", "main"]
+
+DESCRIPTION = """\
+Write a synthetic gallery of --num_images images (10-50 regions of 2054 floats each), build its index
+with `vinvl index build` (with and without faiss: wall time, peak RSS, disk), choose the faiss nprobe
+that reaches recall@16 >= 0.95 against exact, time each stage of a caption query in process, then
+serve each index with `vinvl serve` on 127.0.0.1 and query it over HTTP at 1, 4 and 16 clients for
+the first stages exact, faiss and tags (p50/p95/p99 latency, requests/s). Prints markdown tables."""
+
+BYTES_PER_REGION = 2054 * 4 * 4 / 3  # float32 in base64, as features.tsv stores it
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = new_parser(None, DESCRIPTION)
+    parser.add_argument("--num_images", type=int, default=10_000, help="gallery images (default: %(default)s)")
+    parser.add_argument(
+        "--distinct_images", type=int, default=10_000,
+        help="images with region contents of their own; later images repeat them, each in a row of its own (default: %(default)s)",
+    )
+    parser.add_argument("--queries", type=int, default=64, help="distinct captions sent (default: %(default)s)")
+    parser.add_argument("--requests_per_client", type=int, default=200, help="at most this many requests per client and run (default: %(default)s)")
+    parser.add_argument("--seconds", type=float, default=30.0, help="at most this long per run (default: %(default)s)")
+    parser.add_argument("--work_dir", help="an empty or new folder for the gallery, model and indexes (default: a temporary one, removed at the end)")
+    parser.add_argument("--json", help="write the report here")
+    return parser
+
+
+def _check_space(folder: str, num_images: int) -> None:
+    """A UsageError before anything is written when the gallery and its index cannot fit in ``folder``."""
+    needed = num_images * 30 * BYTES_PER_REGION * 1.2  # 30 regions on average; the index adds a little
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise UsageError(f"{folder}: {free / 2**30:.1f} GB free, the gallery needs about {needed / 2**30:.1f} GB")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    """The benchmark, its tables printed; returns the report."""
+    args = build_parser().parse_args(argv)
+    require_positive(args, ("num_images", "distinct_images", "queries", "requests_per_client", "seconds"))
+    from ..benchmarks.scale import ScaleBenchmark, format_tables, run_benchmark
+
+    settings = ScaleBenchmark(
+        num_images=args.num_images, distinct_images=min(args.distinct_images, args.num_images), queries=args.queries,
+        requests_per_client=args.requests_per_client, seconds=args.seconds,
+    )
+    if args.work_dir is not None and os.path.exists(args.work_dir) and os.listdir(args.work_dir):
+        raise UsageError(f"--work_dir {args.work_dir}: not empty (the benchmark writes its gallery and indexes there)")
+    if args.work_dir is None:
+        with tempfile.TemporaryDirectory(prefix="vinvl-scale-") as work_dir:
+            _check_space(work_dir, args.num_images)
+            report = run_benchmark(settings, work_dir)
+    else:
+        os.makedirs(args.work_dir, exist_ok=True)
+        _check_space(args.work_dir, args.num_images)
+        report = run_benchmark(settings, args.work_dir)
+    print(format_tables(report))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+    return report
