@@ -310,9 +310,11 @@ def run_benchmark(settings: ScaleBenchmark, work_dir: str) -> Dict[str, Any]:
     report["gallery"] = write_gallery(data_dir, settings)
     report["gallery"]["write_seconds"] = time.perf_counter() - start
     _save_tiny_model(model_dir, settings.seed)
-    report["build"] = {
-        name: build(path, model_dir, data_dir, name == "faiss", os.path.join(work_dir, f"build-{name}.log")) for name, path in indexes.items()
-    }
+    _progress("gallery", report["gallery"])
+    report["build"] = {}
+    for name, path in indexes.items():
+        report["build"][name] = build(path, model_dir, data_dir, name == "faiss", os.path.join(work_dir, f"build-{name}.log"))
+        _progress(f"build {name}", report["build"][name])
     captions = query_captions(data_dir, settings.queries, settings.seed)
     retrievers = {name: Retriever(model_dir, first_stage="contrastive") for name in indexes}
     for name, retriever in retrievers.items():
@@ -321,6 +323,7 @@ def run_benchmark(settings: ScaleBenchmark, work_dir: str) -> Dict[str, Any]:
         nlist = int(index.manifest["faiss"]["nlist"])
     report["nprobe"] = choose_nprobe(retrievers["exact"], retrievers["faiss"], captions, settings.candidates, settings.recall_target, nlist)
     nprobe = report["nprobe"]["nprobe"]
+    _progress("nprobe", report["nprobe"])
     common = {"top_k": settings.top_k, "candidates": settings.candidates}
     stages = {  # first stage -> (index, request parameters)
         "exact": ("exact", {**common, "first_stage": "contrastive"}),
@@ -328,18 +331,24 @@ def run_benchmark(settings: ScaleBenchmark, work_dir: str) -> Dict[str, Any]:
         "tags": ("exact", {**common, "first_stage": "tags"}),
     }
     report["breakdown_ms"] = {name: breakdown(retrievers[ix], captions, params) for name, (ix, params) in stages.items()}
+    _progress("breakdown ms", report["breakdown_ms"])
     for retriever in retrievers.values():
         retriever.gallery.close()
     del retrievers
-    report["http"] = {
-        name: serve_and_load(indexes[ix], model_dir, captions, params, settings, os.path.join(work_dir, f"serve-{name}.log"))
-        for name, (ix, params) in stages.items()
-    }
+    report["http"] = {}
+    for name, (ix, params) in stages.items():
+        report["http"][name] = serve_and_load(indexes[ix], model_dir, captions, params, settings, os.path.join(work_dir, f"serve-{name}.log"))
+        _progress(f"http {name}", report["http"][name])
     for name, row in report["breakdown_ms"].items():
         row["http_p50"] = report["http"][name]["runs"][0]["p50_ms"]
         row["http_overhead"] = row["http_p50"] - row["total"]
     report["load_after"] = os.getloadavg()[0]
     return report
+
+
+def _progress(phase: str, result: Any) -> None:
+    """One line on stderr per finished phase, so a long run's results are seen as they come."""
+    print(f"[{time.strftime('%H:%M:%S')}] {phase}: {json.dumps(result)}", file=sys.stderr, flush=True)
 
 
 def format_tables(report: Dict[str, Any]) -> str:
