@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+import psutil
 
 from ..data.formats import APPEARANCE_DIM, box_geometry, encode_features, prediction_object, prediction_row
 from ..serving.client import Connection, ServerProcess, free_port, tree_rss_mb, vinvl_serve_command
@@ -169,7 +170,7 @@ def build(index_dir: str, model_dir: str, data_dir: str, use_faiss: bool, log_pa
         while process.poll() is None:
             try:
                 peak = max(peak, tree_rss_mb(process.pid))
-            except Exception:  # the process ended between poll and the sample
+            except psutil.NoSuchProcess:  # it ended between poll and the sample
                 pass
             time.sleep(RSS_SAMPLE_SECONDS)
     seconds = time.perf_counter() - start
@@ -244,6 +245,8 @@ def _client(port: int, bodies: List[bytes], offset: int, requests: int, top_k: i
             latencies.append(time.perf_counter() - start)
             if status != 200 or len(json.loads(raw)["result"][0]["images"]) != top_k:
                 errors += 1
+    except OSError as exc:  # the connection failed: the run is void, load() says so
+        out["failures"].append(f"client {offset // 7}: {exc!r}")
     finally:
         connection.close()
     out["latencies"].extend(latencies)  # list.extend is atomic under the GIL
@@ -253,7 +256,7 @@ def _client(port: int, bodies: List[bytes], offset: int, requests: int, top_k: i
 def load(port: int, bodies: List[bytes], clients: int, requests: int, seconds: float, top_k: int) -> Dict[str, float]:
     """``clients`` threads sending ``bodies`` round-robin, each at most ``requests`` of them and for at
     most ``seconds``; latency percentiles (ms) and requests/s."""
-    out: Dict[str, list] = {"latencies": [], "errors": []}
+    out: Dict[str, list] = {"latencies": [], "errors": [], "failures": []}
     start = time.perf_counter()
     deadline = start + seconds
     threads = [
@@ -265,6 +268,8 @@ def load(port: int, bodies: List[bytes], clients: int, requests: int, seconds: f
     for thread in threads:
         thread.join(seconds + 2 * REQUEST_TIMEOUT)
     elapsed = time.perf_counter() - start
+    if out["failures"] or any(thread.is_alive() for thread in threads):
+        raise RuntimeError(f"{clients} clients on port {port}: {out['failures'] or 'a client did not finish'}")
     ms = 1000 * np.asarray(out["latencies"])
     return {
         "clients": clients,
