@@ -34,6 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--requests_per_client", type=int, default=200, help="at most this many requests per client and run (default: %(default)s)")
     parser.add_argument("--seconds", type=float, default=30.0, help="at most this long per run (default: %(default)s)")
     parser.add_argument("--work_dir", help="an empty or new folder for the gallery, model and indexes (default: a temporary one, removed at the end)")
+    parser.add_argument(
+        "--tags_first_stage", type=int, nargs="+", metavar="N",
+        help="instead: time the tags first stage alone (tag words, BM25 build, search) over N images, for each N given",
+    )
     parser.add_argument("--json", help="write the report here")
     return parser
 
@@ -50,12 +54,20 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """The benchmark, its tables printed; returns the report."""
     args = build_parser().parse_args(argv)
     require_positive(args, ("num_images", "distinct_images", "queries", "requests_per_client", "seconds"))
-    from ..benchmarks.scale import ScaleBenchmark, format_tables, run_benchmark
+    from ..benchmarks.scale import ScaleBenchmark, format_tables, format_tags_first_stage, run_benchmark, tags_first_stage
 
     settings = ScaleBenchmark(
         num_images=args.num_images, distinct_images=min(args.distinct_images, args.num_images), queries=args.queries,
         requests_per_client=args.requests_per_client, seconds=args.seconds,
     )
+    if args.tags_first_stage is not None:
+        if min(args.tags_first_stage) <= 0:
+            raise UsageError(f"--tags_first_stage sizes must be positive, got {min(args.tags_first_stage)}")
+        rows = [tags_first_stage(n, settings) for n in args.tags_first_stage]
+        print(format_tags_first_stage(rows))
+        report: Dict[str, Any] = {"tags_first_stage": rows, "load": os.getloadavg()[0]}
+        _write_json(args.json, report)
+        return report
     if args.work_dir is not None and os.path.exists(args.work_dir) and os.listdir(args.work_dir):
         raise UsageError(f"--work_dir {args.work_dir}: not empty (the benchmark writes its gallery and indexes there)")
     if args.work_dir is None:
@@ -67,7 +79,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         _check_space(args.work_dir, args.num_images)
         report = run_benchmark(settings, args.work_dir)
     print(format_tables(report))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
+    _write_json(args.json, report)
     return report
+
+
+def _write_json(path: Optional[str], report: Dict[str, Any]) -> None:
+    if path:
+        with open(path, "w") as f:
+            json.dump(report, f, indent=2)
