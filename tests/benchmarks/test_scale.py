@@ -1,6 +1,6 @@
 """scripts/benchmark_scale.py's parts that decide what it measures: the synthetic gallery it builds
-(official layout the loader reads, 10-50 regions per image, contents repeating after
-distinct_images in rows of their own), the nprobe rule, and its refusal of a folder in use."""
+(official layout the loader reads, 10-50 regions per image, images past distinct_images sharing
+features.tsv rows), the nprobe rule, and its refusal of a folder in use."""
 import numpy as np
 import pytest
 
@@ -11,7 +11,7 @@ from vinvl.data.formats import FEATURE_DIM
 from vinvl.errors import UsageError
 
 
-def test_the_gallery_is_official_coco_ir_with_realistic_region_counts_and_repeating_contents(tmp_path):
+def test_the_gallery_is_official_coco_ir_with_realistic_region_counts_and_shared_rows(tmp_path):
     settings = ScaleBenchmark(num_images=12, min_regions=10, max_regions=50, distinct_images=5)
     facts = write_gallery(str(tmp_path), settings)
     corpus = load_corpus(str(tmp_path), "test")
@@ -21,6 +21,8 @@ def test_the_gallery_is_official_coco_ir_with_realistic_region_counts_and_repeat
     assert all(10 <= c <= 50 for c in counts) and len(set(counts[:5])) > 1
     assert facts["regions_mean"] == pytest.approx(np.mean(counts))
     assert all(f.shape[1] == FEATURE_DIM and (f[:, :2048] >= 0).all() for f in features)
+    with open(tmp_path / "features" / "test" / "features.tsv") as f:
+        assert len(f.readlines()) == 5  # one row per distinct image: later images share them
     for i in range(5, 12):  # a later image repeats a distinct one's regions and tags, under its own id
         np.testing.assert_array_equal(features[i], features[i % 5])
         assert corpus.tags[i] == corpus.tags[i % 5]

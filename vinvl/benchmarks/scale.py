@@ -3,9 +3,11 @@
 1. **Gallery.** A synthetic data directory of ``num_images`` images in the official coco_ir layout
    (``features.tsv`` + ``imageid2idx.json``, ``predictions.tsv`` tags, five captions per image), each
    image 10-50 regions of 2054 floats (2048 non-negative appearance values, 6 box-geometry columns)
-   as real VinVL features have. Every image has its own ``features.tsv`` row (the reader checks a
-   row's image id, so rows cannot be shared); the region *contents* repeat every
-   ``distinct_images`` images so that generating a large gallery costs little CPU. Tags are VinVL
+   as real VinVL features have. ``features.tsv`` holds ``distinct_images`` rows; ``imageid2idx.json``
+   points image ``i`` at row ``i % distinct_images``, so images past the first ``distinct_images``
+   share rows (their tags and captions are their own rows of ``predictions.tsv`` and the captions
+   file): 1M images fit a disk that could not hold 1M rows (330 GB). Every image still goes through
+   the build's embedding forward and is read from its row at query time. Tags are VinVL
    class names drawn with a Zipf-like frequency (some words are in many images, as "man" and "table"
    are), and captions name some of an image's tags.
 2. **Build.** ``vinvl index build`` in a subprocess, twice: without a faiss file (the exact first
@@ -110,7 +112,7 @@ def write_gallery(data_dir: str, settings: ScaleBenchmark) -> Dict[str, Any]:
     os.makedirs(folder, exist_ok=True)
     captions: Dict[str, List[str]] = {}
     row_of: Dict[str, int] = {}
-    blocks: List[Tuple[str, List[dict], int]] = []  # per distinct image: (base64 regions, objects, region count)
+    objects_of: List[Tuple[List[dict], int]] = []  # per distinct image: (objects, region count)
     regions_total = 0
     with open(os.path.join(folder, "features.tsv"), "w", encoding="ascii") as feats, open(
         os.path.join(folder, "predictions.tsv"), "w", encoding="utf-8"
@@ -122,16 +124,16 @@ def write_gallery(data_dir: str, settings: ScaleBenchmark) -> Dict[str, Any]:
                 features, rects = _regions(rng, count)
                 classes = rng.choice(len(names), size=count, p=weights)
                 objects = [prediction_object(r, names[c], 0.9) for r, c in zip(rects, classes)]
-                blocks.append((encode_features(features), objects, count))
-            encoded, objects, count = blocks[row % settings.distinct_images]
+                objects_of.append((objects, count))
+                feats.write(f"{image_id}\t{count}\t{encode_features(features)}\n")
+            objects, count = objects_of[row % settings.distinct_images]
             regions_total += count
-            feats.write(f"{image_id}\t{count}\t{encoded}\n")
             preds.write(prediction_row(image_id, objects, IMAGE_SIZE))
             tags = sorted({o["class"] for o in objects})
             captions[image_id] = [
                 TEMPLATES[k].format(*(tags[int(i)] for i in rng.integers(0, len(tags), 3))) for k in range(CAPTIONS_PER_IMAGE)
             ]
-            row_of[image_id] = row
+            row_of[image_id] = row % settings.distinct_images  # images past distinct_images share a row
     with open(os.path.join(folder, "imageid2idx.json"), "w") as f:
         json.dump(row_of, f)
     with open(os.path.join(data_dir, f"{SPLIT}_captions.json"), "w", encoding="utf-8") as f:

@@ -21,6 +21,7 @@ serve each index with `vinvl serve` on 127.0.0.1 and query it over HTTP at 1, 4 
 the first stages exact, faiss and tags (p50/p95/p99 latency, requests/s). Prints markdown tables."""
 
 BYTES_PER_REGION = 2054 * 4 * 4 / 3  # float32 in base64, as features.tsv stores it
+BYTES_PER_IMAGE = 12_000  # its predictions.tsv row (~2 KB), captions, index columns and embeddings, Arrow cache
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num_images", type=int, default=10_000, help="gallery images (default: %(default)s)")
     parser.add_argument(
         "--distinct_images", type=int, default=10_000,
-        help="images with region contents of their own; later images repeat them, each in a row of its own (default: %(default)s)",
+        help="features.tsv rows (images with region contents of their own); later images share them (default: %(default)s)",
     )
     parser.add_argument("--queries", type=int, default=64, help="distinct captions sent (default: %(default)s)")
     parser.add_argument("--requests_per_client", type=int, default=200, help="at most this many requests per client and run (default: %(default)s)")
@@ -42,9 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _check_space(folder: str, num_images: int) -> None:
+def _check_space(folder: str, num_images: int, distinct_images: int) -> None:
     """A UsageError before anything is written when the gallery and its index cannot fit in ``folder``."""
-    needed = num_images * 30 * BYTES_PER_REGION * 1.2  # 30 regions on average; the index adds a little
+    rows = distinct_images * 30 * BYTES_PER_REGION  # 30 regions on average, one features.tsv row per distinct image
+    needed = (rows + num_images * BYTES_PER_IMAGE) * 1.2
     free = shutil.disk_usage(folder).free
     if free < needed:
         raise UsageError(f"{folder}: {free / 2**30:.1f} GB free, the gallery needs about {needed / 2**30:.1f} GB")
@@ -72,11 +74,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         raise UsageError(f"--work_dir {args.work_dir}: not empty (the benchmark writes its gallery and indexes there)")
     if args.work_dir is None:
         with tempfile.TemporaryDirectory(prefix="vinvl-scale-") as work_dir:
-            _check_space(work_dir, args.num_images)
+            _check_space(work_dir, args.num_images, settings.distinct_images)
             report = run_benchmark(settings, work_dir)
     else:
         os.makedirs(args.work_dir, exist_ok=True)
-        _check_space(args.work_dir, args.num_images)
+        _check_space(args.work_dir, args.num_images, settings.distinct_images)
         report = run_benchmark(settings, args.work_dir)
     print(format_tables(report))
     _write_json(args.json, report)
