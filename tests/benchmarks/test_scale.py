@@ -4,7 +4,7 @@ features.tsv rows), the nprobe rule, and its refusal of a folder in use."""
 import numpy as np
 import pytest
 
-from vinvl.benchmarks.scale import ScaleBenchmark, choose_nprobe, query_captions, write_gallery
+from vinvl.benchmarks.scale import ScaleBenchmark, choose_nprobe, query_captions, recall_with_ties, write_gallery
 from vinvl.commands.benchmark_scale import main
 from vinvl.data import load_corpus
 from vinvl.data.formats import FEATURE_DIM
@@ -33,27 +33,45 @@ def test_the_gallery_is_official_coco_ir_with_realistic_region_counts_and_shared
     assert len(query_captions(str(tmp_path), 4, seed=0)) == 4
 
 
-class Proposing:
-    """A retriever whose answers list fixed ids per caption: ``by_nprobe[nprobe]`` (None: the exact one)."""
+class FakeIndex:
+    """An index whose exact and faiss searches return fixed (scores, rows): ``by_nprobe[nprobe]``."""
 
-    def __init__(self, by_nprobe):
-        self.by_nprobe, self.asked = by_nprobe, []
+    def __init__(self, exact, by_nprobe, nlist):
+        self.manifest = {"faiss": {"nlist": nlist}}
+        self.exact, self.by_nprobe, self.asked = exact, by_nprobe, []
 
-    def answer(self, captions, top_k, candidates, first_stage, nprobe=None):
+    def search(self, queries, k, method, nprobe=None):
+        if method == "exact":
+            return self.exact
         self.asked.append(nprobe)
-        return [{"images": [{"image_id": i} for i in ids]} for ids in self.by_nprobe[nprobe]]
+        return self.by_nprobe[nprobe]
+
+
+def top(scores, rows):
+    return np.array(scores, dtype=np.float32), np.array(rows, dtype=np.int64)
+
+
+def test_a_faiss_row_tied_with_exacts_kth_score_counts_as_a_hit():
+    exact = top([[0.9, 0.5, 0.5]], [[0, 1, 2]])  # rows 1, 2 and 7 all score 0.5: exact kept 1 and 2
+    assert recall_with_ties(exact, top([[0.9, 0.5, 0.5]], [[0, 1, 7]])) == pytest.approx(1.0)
+    assert recall_with_ties(exact, top([[0.9, 0.5, 0.4]], [[0, 1, 8]])) == pytest.approx(2 / 3)  # 8 scores below the 3rd
+    assert recall_with_ties(exact, top([[0.9, 0.5, -np.inf]], [[0, 1, -1]])) == pytest.approx(2 / 3)  # padding is no hit
 
 
 def test_nprobe_is_the_smallest_power_of_two_reaching_the_recall_target_and_at_most_nlist():
-    exact = Proposing({None: [["a", "b", "c", "d"], ["e", "f", "g", "h"]]})
-    faiss = Proposing({1: [["a", "x", "y", "z"], ["e", "x", "y", "z"]], 2: [["a", "b", "c", "z"], ["e", "f", "g", "h"]],
-                       4: [["a", "b", "c", "d"], ["e", "f", "g", "h"]], 6: [["a", "b", "c", "d"], ["e", "f", "g", "h"]]})
-    chosen = choose_nprobe(exact, faiss, ["q1", "q2"], 4, target=0.85, nlist=6)
+    exact = top([[4, 3, 2, 1], [8, 7, 6, 5]], [[0, 1, 2, 3], [4, 5, 6, 7]])
+    by_nprobe = {
+        1: top([[4, 0, 0, 0], [8, 0, 0, 0]], [[0, 9, 10, 11], [4, 9, 10, 11]]),
+        2: top([[4, 3, 2, 0], [8, 7, 6, 5]], [[0, 1, 2, 9], [4, 5, 6, 7]]),
+        4: exact, 6: exact,
+    }
+    index = FakeIndex(exact, by_nprobe, nlist=6)
+    chosen = choose_nprobe(index, np.zeros((2, 3)), 4, target=0.85)
     assert chosen["nprobe"] == 2 and chosen["recall"] == pytest.approx(0.875)
     assert chosen["tried"] == {1: pytest.approx(0.25), 2: pytest.approx(0.875)}
-    strict = choose_nprobe(exact, faiss, ["q1", "q2"], 4, target=0.95, nlist=6)
-    assert strict["nprobe"] == 4 and faiss.asked[-1] == 4
-    assert choose_nprobe(exact, Proposing({1: faiss.by_nprobe[1], 2: faiss.by_nprobe[2]}), ["q1", "q2"], 4, 0.95, nlist=2)["nprobe"] == 2
+    assert choose_nprobe(index, np.zeros((2, 3)), 4, target=0.95)["nprobe"] == 4 and index.asked[-1] == 4
+    capped = FakeIndex(exact, {1: by_nprobe[1], 2: by_nprobe[2]}, nlist=2)
+    assert choose_nprobe(capped, np.zeros((2, 3)), 4, target=0.95)["nprobe"] == 2
 
 
 def test_a_work_dir_in_use_is_refused_before_anything_is_written(tmp_path):

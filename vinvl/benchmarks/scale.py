@@ -13,9 +13,10 @@
 2. **Build.** ``vinvl index build`` in a subprocess, twice: without a faiss file (the exact first
    stage) and with ``--faiss``. Wall time, peak resident memory of the build's processes (sampled
    with psutil every ``RSS_SAMPLE_SECONDS``) and the index's size on disk.
-3. **nprobe.** In process (:class:`vinvl.query.Retriever` over each index), the smallest power of two
-   whose faiss candidates reach ``recall_target`` of the exact search's candidates (recall@k, k =
-   ``candidates``) over the query captions.
+3. **nprobe.** In process, over the faiss index's own embeddings, the smallest power of two whose
+   faiss top-k (k = ``candidates``) reaches ``recall_target`` against the exact top-k of the query
+   captions' embeddings, a faiss row tied with exact's k-th score counting as a hit
+   (:func:`recall_with_ties`).
 4. **Breakdown.** In process, :meth:`vinvl.query.Retriever.answer_timed` per query, one at a time:
    median seconds of the first stage, the feature reads and the scoring; HTTP is the served median
    latency (one client) less the in-process median total.
@@ -199,20 +200,41 @@ def _save_tiny_model(model_dir: str, seed: int) -> str:
 # ----- in process: nprobe and the breakdown -----------------------------------------------------
 
 
-def _candidate_sets(retriever, captions: Sequence[str], candidates: int, **options: Any) -> List[set]:
-    """Per caption, the ids the first stage proposed (top_k = candidates: the answer lists them all)."""
-    answers = retriever.answer(list(captions), top_k=candidates, candidates=candidates, first_stage="contrastive", **options)
-    return [{item["image_id"] for item in a["images"]} for a in answers]
+TIE_TOLERANCE = 1e-5  # scores this close to exact's k-th are tied with it (faiss and numpy sum in different orders)
 
 
-def choose_nprobe(exact, faiss_retriever, captions: Sequence[str], candidates: int, target: float, nlist: int) -> Dict[str, Any]:
-    """The smallest power of two (up to ``nlist``) whose faiss candidates have recall@k >= ``target`` against exact."""
-    truth = _candidate_sets(exact, captions, candidates)
+def embed_captions(retriever, index, captions: Sequence[str]) -> np.ndarray:
+    """``[Q, E]`` caption-only embeddings of ``captions``, as the contrastive first stage makes them."""
+    from ..retrieval import Gallery
+
+    return retriever.engine.embed_captions(Gallery.for_queries(["_"], [[]], [index.features(0)], list(captions)))
+
+
+def recall_with_ties(exact: Tuple[np.ndarray, np.ndarray], found: Tuple[np.ndarray, np.ndarray]) -> float:
+    """Mean over queries of the share of exact's top-k that ``found`` (faiss' top-k) matches, where a
+    found row is a hit when exact's top-k holds it *or* its score equals (within ``TIE_TOLERANCE``)
+    or beats exact's k-th score: among images tied at the k-th score, exact search keeps some and
+    faiss may keep others, and either answer is as right as the other."""
+    exact_scores, exact_rows = exact
+    found_scores, found_rows = found
+    hits = []
+    for q in range(len(exact_rows)):
+        truth = set(exact_rows[q].tolist())
+        kth = float(exact_scores[q][-1])
+        hit = [row in truth or score >= kth - TIE_TOLERANCE for row, score in zip(found_rows[q].tolist(), found_scores[q].tolist()) if row >= 0]
+        hits.append(sum(hit) / len(truth))
+    return float(np.mean(hits))
+
+
+def choose_nprobe(index, queries: np.ndarray, candidates: int, target: float) -> Dict[str, Any]:
+    """The smallest power of two (up to the index's nlist) whose faiss top-``candidates`` reach
+    :func:`recall_with_ties` >= ``target`` against the exact search of the same embeddings."""
+    nlist = int(index.manifest["faiss"]["nlist"])
+    exact = index.search(queries, candidates, method="exact")
     tried = {}
     nprobe = 1
     while True:
-        found = _candidate_sets(faiss_retriever, captions, candidates, nprobe=nprobe)
-        recall = float(np.mean([len(f & t) / len(t) for f, t in zip(found, truth)]))
+        recall = recall_with_ties(exact, index.search(queries, candidates, method="faiss", nprobe=nprobe))
         tried[nprobe] = recall
         if recall >= target or nprobe >= nlist:
             return {"nprobe": nprobe, "recall": recall, "tried": tried, "nlist": nlist}
@@ -403,8 +425,8 @@ def run_benchmark(settings: ScaleBenchmark, work_dir: str) -> Dict[str, Any]:
     for name, retriever in retrievers.items():
         retriever.use_index(indexes[name])
     with GalleryIndex.open(indexes["faiss"]) as index:
-        nlist = int(index.manifest["faiss"]["nlist"])
-    report["nprobe"] = choose_nprobe(retrievers["exact"], retrievers["faiss"], captions, settings.candidates, settings.recall_target, nlist)
+        queries = embed_captions(retrievers["faiss"], index, captions)
+        report["nprobe"] = choose_nprobe(index, queries, settings.candidates, settings.recall_target)
     nprobe = report["nprobe"]["nprobe"]
     _progress("nprobe", report["nprobe"])
     common = {"top_k": settings.top_k, "candidates": settings.candidates}
