@@ -28,6 +28,9 @@
 
 First stages: ``exact`` (contrastive, exact search), ``faiss`` (contrastive, faiss IVF with the chosen
 nprobe) and ``tags`` (BM25 over the tags), each re-ranking ``candidates`` (16) with the match head.
+Image -> captions (``{"image_id"}`` queries of gallery images over its five captions per image):
+``exact`` (contrastive, exact search over the caption embeddings: the index has no faiss index of
+captions) and ``tags`` (BM25 over the captions' words, queried with the image's tags).
 The model is the tiny config with random weights whose heads count as trained: timings are the
 model's, the answers' quality is not measured here.
 """
@@ -158,6 +161,14 @@ def query_captions(data_dir: str, count: int, seed: int) -> List[str]:
     return [captions[ids[int(i)]][0] for i in rng.choice(len(ids), size=min(count, len(ids)), replace=False)]
 
 
+def query_image_ids(data_dir: str, count: int, seed: int) -> List[str]:
+    """``count`` random gallery images: image -> captions queries (``{"image_id": ...}``)."""
+    with open(os.path.join(data_dir, f"{SPLIT}_captions.json"), encoding="utf-8") as f:
+        ids = sorted(json.load(f))
+    rng = np.random.default_rng([seed, 3])
+    return [ids[int(i)] for i in rng.choice(len(ids), size=min(count, len(ids)), replace=False)]
+
+
 # ----- the build --------------------------------------------------------------------------------
 
 
@@ -241,15 +252,15 @@ def choose_nprobe(index, queries: np.ndarray, candidates: int, target: float) ->
         nprobe = min(2 * nprobe, nlist)
 
 
-def breakdown(retriever, captions: Sequence[str], options: Dict[str, Any], passes: int = 2) -> Dict[str, float]:
-    """Median milliseconds per stage of one caption answered at a time (after one warm-up answer).
+def breakdown(retriever, queries: Sequence[Any], options: Dict[str, Any], passes: int = 2) -> Dict[str, float]:
+    """Median milliseconds per stage of one query answered at a time (after one warm-up answer).
 
-    Each caption is timed ``passes`` times and its fastest pass kept: the machine is shared, and a
+    Each query is timed ``passes`` times and its fastest pass kept: the machine is shared, and a
     pass slowed by another process's burst says nothing about the query path."""
-    first = retriever.answer_timed(captions[0], **options)[1]["total"]
+    first = retriever.answer_timed(queries[0], **options)[1]["total"]
     rows = []
-    for caption in captions:
-        timed = [retriever.answer_timed(caption, **options)[1] for _ in range(passes)]
+    for query in queries:
+        timed = [retriever.answer_timed(query, **options)[1] for _ in range(passes)]
         rows.append(min(timed, key=lambda t: t["total"]))
     return {**{name: 1000 * float(np.median([r[name] for r in rows])) for name in rows[0]}, "first_call": 1000 * first}
 
@@ -336,7 +347,8 @@ def _client(port: int, bodies: List[bytes], offset: int, requests: int, top_k: i
             start = time.perf_counter()
             status, raw = connection.post_raw(body)
             latencies.append(time.perf_counter() - start)
-            if status != 200 or len(json.loads(raw)["result"][0]["images"]) != top_k:
+            answer = json.loads(raw)["result"][0] if status == 200 else {}
+            if len(answer.get("images", answer.get("captions", []))) != top_k:
                 errors += 1
     except OSError as exc:  # the connection failed: the run is void, load() says so
         out["failures"].append(f"client {offset // 7}: {exc!r}")
@@ -375,17 +387,18 @@ def load(port: int, bodies: List[bytes], clients: int, requests: int, seconds: f
     }
 
 
-def _bodies(captions: Sequence[str], parameters: Dict[str, Any]) -> List[bytes]:
-    return [json.dumps({"data": c, "parameters": parameters}).encode() for c in captions]
+def _bodies(queries: Sequence[Any], parameters: Dict[str, Any]) -> List[bytes]:
+    return [json.dumps({"data": q, "parameters": parameters}).encode() for q in queries]
 
 
 def serve_and_load(
-    index_dir: str, model_dir: str, captions: Sequence[str], parameters: Dict[str, Any], settings: ScaleBenchmark, log_path: str
+    index_dir: str, model_dir: str, queries: Sequence[Any], parameters: Dict[str, Any], settings: ScaleBenchmark, log_path: str
 ) -> Dict[str, Any]:
-    """Start ``vinvl serve`` over the index, run every client count, stop it; with its RSS."""
+    """Start ``vinvl serve`` over the index, run every client count with ``queries`` (captions, or
+    ``{"image_id"}`` queries), stop it; with its RSS."""
     port = free_port()
     command = vinvl_serve_command(index_dir, port, extra=["--model_dir", model_dir])
-    bodies = _bodies(captions, parameters)
+    bodies = _bodies(queries, parameters)
     with ServerProcess(command, port, log_path) as server:
         connection = Connection(port, timeout=FIRST_REQUEST_TIMEOUT)
         start = time.perf_counter()
@@ -430,19 +443,23 @@ def run_benchmark(settings: ScaleBenchmark, work_dir: str) -> Dict[str, Any]:
     nprobe = report["nprobe"]["nprobe"]
     _progress("nprobe", report["nprobe"])
     common = {"top_k": settings.top_k, "candidates": settings.candidates}
-    stages = {  # first stage -> (index, request parameters)
-        "exact": ("exact", {**common, "first_stage": "contrastive"}),
-        "faiss": ("faiss", {**common, "first_stage": "contrastive", "nprobe": nprobe}),
-        "tags": ("exact", {**common, "first_stage": "tags"}),
+    images = [{"image_id": i} for i in query_image_ids(data_dir, settings.queries, settings.seed)]
+    stages = {  # name -> (index, queries, request parameters)
+        "exact": ("exact", captions, {**common, "first_stage": "contrastive"}),
+        "faiss": ("faiss", captions, {**common, "first_stage": "contrastive", "nprobe": nprobe}),
+        "tags": ("exact", captions, {**common, "first_stage": "tags"}),
+        "image->captions exact": ("exact", images, {**common, "first_stage": "contrastive"}),
+        "image->captions tags": ("exact", images, {**common, "first_stage": "tags"}),
     }
-    report["breakdown_ms"] = {name: breakdown(retrievers[ix], captions, params) for name, (ix, params) in stages.items()}
+    report["breakdown_ms"] = {name: breakdown(retrievers[ix], queries, params) for name, (ix, queries, params) in stages.items()}
     _progress("breakdown ms", report["breakdown_ms"])
     for retriever in retrievers.values():
         retriever.gallery.close()
     del retrievers
     report["http"] = {}
-    for name, (ix, params) in stages.items():
-        report["http"][name] = serve_and_load(indexes[ix], model_dir, captions, params, settings, os.path.join(work_dir, f"serve-{name}.log"))
+    for name, (ix, queries, params) in stages.items():
+        log = os.path.join(work_dir, f"serve-{name.replace('->', '-to-').replace(' ', '-')}.log")
+        report["http"][name] = serve_and_load(indexes[ix], model_dir, queries, params, settings, log)
         _progress(f"http {name}", report["http"][name])
     for name, row in report["breakdown_ms"].items():
         row["http_p50"] = report["http"][name]["runs"][0]["p50_ms"]
