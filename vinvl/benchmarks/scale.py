@@ -478,7 +478,7 @@ def format_tables(report: Dict[str, Any]) -> str:
     s, g, n = report["settings"], report["gallery"], report["nprobe"]
     lines = [
         f"{s['num_images']} images ({g['regions_mean']:.1f} regions of 2054 floats per image on average, "
-        f"{s['min_regions']}-{s['max_regions']}; region contents repeat every {s['distinct_images']} images), "
+        f"{s['min_regions']}-{s['max_regions']}; the images share {s['distinct_images']} feature rows), "
         f"gallery {g['disk_gb']:.2f} GB written in {g['write_seconds']:.0f} s; tiny model; started {report['started']}; "
         f"load average {report['load_before']:.2f} -> {report['load_after']:.2f}",
         "",
