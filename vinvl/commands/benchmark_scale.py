@@ -14,11 +14,13 @@ from .options import new_parser, require_positive
 __all__ = ["build_parser", "main"]
 
 DESCRIPTION = """\
-Write a synthetic gallery of --num_images images (10-50 regions of 2054 floats each), build its index
-with `vinvl index build` (with and without faiss: wall time, peak RSS, disk), choose the faiss nprobe
-that reaches recall@16 >= 0.95 against exact, time each stage of a caption query in process, then
-serve each index with `vinvl serve` on 127.0.0.1 and query it over HTTP at 1, 4 and 16 clients for
-the first stages exact, faiss and tags (p50/p95/p99 latency, requests/s). Prints markdown tables."""
+Write a synthetic gallery of --num_images images (10-50 regions of 2054 floats each, sharing
+--distinct_images feature rows), build its index with `vinvl index build` (with and without faiss:
+wall time, peak RSS, disk), choose the faiss nprobe that reaches recall@16 >= 0.95 against exact
+(a faiss answer tied with exact's 16th score counts as a hit), time each stage of a query in
+process, then serve each index with `vinvl serve` on 127.0.0.1 and query it over HTTP at 1, 4 and 16
+clients: captions with the first stages exact, faiss and tags, and gallery images' captions
+(image -> captions) with exact and tags (p50/p95/p99 latency, requests/s). Prints markdown tables."""
 
 BYTES_PER_REGION = 2054 * 4 * 4 / 3  # float32 in base64, as features.tsv stores it
 BYTES_PER_IMAGE = 12_000  # its predictions.tsv row (~2 KB), captions, index columns and embeddings, Arrow cache
