@@ -104,6 +104,68 @@ def test_build_then_add_equals_one_build_of_the_union(setup, tmp_path):
     assert union_ids == grown_ids
 
 
+def test_the_build_holds_chunks_of_images_never_the_whole_gallery(setup, tmp_path, monkeypatch):
+    """What the build holds at once is set by EMBED_CHUNK, CAPTION_CHUNK and MAX_TRAIN_POINTS, not by
+    the number of images: every read of the loading script's dataset, every engine call and every
+    write is at most a chunk; no column is written through a memory map (whose pages stay resident);
+    faiss trains on a bounded sample. The chunked build equals the default one."""
+    import datasets
+
+    import vinvl.index.bm25 as bm25
+    import vinvl.index.ivf as ivf
+    import vinvl.index.store as store
+    import vinvl.index.tables as tables
+
+    reference = str(tmp_path / "reference")
+    build_index(reference, setup["model"], [_test_source(setup), _val_source(setup)], use_faiss=True, faiss_nlist=2, progress=False)
+    chunk, caption_chunk, train_points = 3, 7, 5
+    monkeypatch.setattr(store, "EMBED_CHUNK", chunk)
+    monkeypatch.setattr(store, "CAPTION_CHUNK", caption_chunk)
+    monkeypatch.setattr(ivf, "MAX_TRAIN_POINTS", train_points)
+    held = {"dataset rows": [], "images embedded": [], "captions embedded": [], "rows written": [], "faiss trained on": []}
+
+    def record(owner, name, key, size):
+        real = getattr(owner, name)
+
+        def wrapper(*args, **kwargs):
+            result = real(*args, **kwargs)
+            held[key].append(size(args, result))
+            return result
+
+        monkeypatch.setattr(owner, name, wrapper)
+
+    record(datasets.Dataset, "_getitem", "dataset rows", lambda a, r: len(next(iter(r.values()))) if isinstance(a[1], slice) or not isinstance(a[1], int) else 1)
+    record(datasets.Dataset, "to_dict", "dataset rows", lambda a, r: len(a[0]))
+    record(RetrievalEngine, "embed_images", "images embedded", lambda a, r: len(r))
+    record(RetrievalEngine, "embed_captions", "captions embedded", lambda a, r: len(r))
+    record(tables.ArrayWriter, "append", "rows written", lambda a, r: len(a[1]))
+    record(tables.ListColumnWriter, "append", "rows written", lambda a, r: len(a[1]))
+    record(ivf, "training_sample", "faiss trained on", lambda a, r: len(r))
+    read_map = np.lib.format.open_memmap
+
+    def open_memmap(filename, mode="r+", *args, **kwargs):
+        # the BM25 postings alone are filled in place (a counting sort by term, vinvl.index.bm25)
+        assert mode == "r" or os.path.basename(filename).startswith(bm25.PREFIX), f"{filename} written through a memory map"
+        return read_map(filename, mode, *args, **kwargs)
+
+    monkeypatch.setattr(np.lib.format, "open_memmap", open_memmap)
+
+    chunked = str(tmp_path / "chunked")
+    build_index(chunked, setup["model"], [_test_source(setup), _val_source(setup)], use_faiss=True, faiss_nlist=2, progress=False)
+    assert max(held["dataset rows"]) == 1  # the first image's features are checked; the rest is streamed
+    assert max(held["images embedded"]) == chunk and sum(held["images embedded"]) == 16
+    assert max(held["captions embedded"]) == caption_chunk and len(held["captions embedded"]) > 2
+    assert 0 < max(held["rows written"]) <= caption_chunk
+    assert held["faiss trained on"] == [train_points]
+    with GalleryIndex.open(reference) as a, GalleryIndex.open(chunked) as b:
+        assert [a.image_id(i) for i in range(16)] == [b.image_id(i) for i in range(16)]
+        assert [a.tags(i) for i in range(16)] == [b.tags(i) for i in range(16)]
+        assert [a.captions(i) for i in range(16)] == [b.captions(i) for i in range(16)]
+        np.testing.assert_allclose(np.asarray(a.embeddings), np.asarray(b.embeddings), atol=1e-6)
+        np.testing.assert_allclose(np.asarray(a.caption_embeddings), np.asarray(b.caption_embeddings), atol=1e-6)
+        assert b.index_of(a.image_id(12)) == 12 and b.faiss_index().ntotal == 16
+
+
 def test_add_refuses_images_already_indexed_and_other_weights(setup, tmp_path):
     out = str(tmp_path / "index")
     build_index(out, setup["model"], [_test_source(setup)], progress=False)

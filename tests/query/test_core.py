@@ -3,6 +3,7 @@ contrastive first stage of caption queries is the index's faiss search with the 
 (with few lists probed its candidates are faiss's, not the exact top candidates), probing every list
 gives the exact candidates, and a list of queries answers as its queries one by one."""
 import os
+import time
 
 import numpy as np
 import pytest
@@ -124,3 +125,30 @@ def test_the_core_proposes_what_evaluation_proposes(built, first_stage):
                                candidates=CANDIDATES)
     expected = [{gallery.captions[c] for c in proposed.i2t[i]} for i in range(0, gallery.num_images, 9)]
     assert [{item["caption"] for item in a["captions"]} for a in answers] == expected
+
+
+def test_answer_timed_gives_the_same_answers_and_puts_feature_reads_apart_from_scoring(built, monkeypatch):
+    retriever, _, _, captions = built
+    queries = captions[:2] + [{"image_id": "500003"}]
+    options = {"top_k": 3, "candidates": CANDIDATES, "first_stage": "tags"}
+    plain = retriever.answer(queries, **options)
+    # every feature read now takes READ seconds more: the breakdown must put that time under
+    # feature_reads, not under scoring, which calls the reader
+    READ, reads = 0.05, []
+    images = retriever.gallery.images
+    read = images._read
+
+    def slow_read(j):
+        reads.append(j)
+        time.sleep(READ)
+        return read(j)
+
+    monkeypatch.setattr(images, "_read", slow_read)
+    timed, timings = retriever.answer_timed(queries, **options)
+    assert timed == plain  # the same batch, the same forwards: equal to the last bit
+    assert set(timings) == {"first_stage", "feature_reads", "scoring", "total"}
+    assert len(reads) >= CANDIDATES  # the caption queries read their candidates' regions
+    assert timings["feature_reads"] >= READ * len(reads)
+    assert 0 < timings["scoring"] < READ * len(reads) / 2
+    assert timings["first_stage"] > 0
+    assert sum(timings[s] for s in ("first_stage", "feature_reads", "scoring")) <= timings["total"]

@@ -27,8 +27,9 @@ __all__ = ["build_parser", "main"]
 DESCRIPTION = """\
 Ask a saved model for the images of a caption (--text) or the captions of an image (--image_id, a
 gallery image; --image, a photo) through Taskflow("image_text_retrieval"), and print the answers as
-JSON. The gallery is a data directory (--data_dir) or a folder of photos (--gallery_images,
-extracted with --detector once and cached); --image photos are detected with --detector."""
+JSON. The gallery is a data directory (--data_dir), a gallery index (--index, as `vinvl serve`
+answers from) or a folder of photos (--gallery_images, extracted with --detector once and cached);
+--image photos are detected with --detector."""
 
 
 class _InOrder(argparse.Action):
@@ -47,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     gallery.add_argument("--data_dir", help="the gallery: a data directory the coco_ir script reads (with captions for "
                                             "--image and --image_id queries)")
     gallery.add_argument("--gallery_images", help="the gallery: a folder of photos (no captions; needs --detector)")
+    gallery.add_argument("--index", help="the gallery: a gallery index directory (vinvl index build) built with --model_dir's weights")
     parser.add_argument("--split", choices=SPLITS, default="test", help="gallery split")
     parser.set_defaults(queries=[])
     parser.add_argument("--text", action=_InOrder, default=[], help="a caption query (repeatable)")
@@ -78,6 +80,8 @@ def _check(args: argparse.Namespace) -> None:
     require_directory(args.model_dir, "--model_dir", "model directory")
     if args.data_dir is not None:
         require_directory(args.data_dir, "--data_dir", "data directory")
+    if args.index is not None:
+        require_directory(args.index, "--index", "gallery index directory")
     if args.detector is not None:
         args.detector = detector_directory(args.detector)
 
@@ -95,12 +99,25 @@ def _check_captions(args: argparse.Namespace) -> None:
                          "a data directory with captions") from None
 
 
+def _check_index(args: argparse.Namespace) -> None:
+    """--index: a gallery index built with --model_dir's weights, checked before the model loads."""
+    from ..index.store import GalleryIndex
+
+    if args.index is None:
+        return
+    try:
+        GalleryIndex.open(args.index, args.model_dir).close()
+    except (FileNotFoundError, ValueError) as exc:  # not an index; an index of another format
+        raise UsageError(f"--index: {exc}") from exc
+
+
 def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
     """Answer the queries, print them as JSON; returns them."""
     args = build_parser().parse_args(argv)
     _check(args)
     _check_captions(args)
     check_precision(args.precision)
+    _check_index(args)
     if args.detector is not None:
         random_detector_notice(args.detector)
     from paddlenlp import Taskflow  # importing it registers the task (see vinvl/__init__.py)
@@ -109,6 +126,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
         "image_text_retrieval",
         task_path=args.model_dir,
         gallery_dir=args.data_dir,
+        index_path=args.index,
         gallery_images=args.gallery_images,
         gallery_cache_dir=args.gallery_cache_dir,
         detector_path=args.detector,

@@ -1,7 +1,7 @@
 """Region features read lazily, one image at a time, from the two on-disk layouts.
 
 - :class:`FeatureTSV`: the official ``features.tsv`` (``image_id, num_boxes, base64``) with
-  ``imageid2idx.json`` mapping each image id to its row.
+  ``imageid2idx.json`` mapping each image id to its row (several ids may map to one row).
 - :class:`DetectorPredictions`: the VinVL detector's own output (scene_graph_benchmark with
   ``TEST.OUTPUT_FEATURE True``): ``predictions.tsv`` rows whose objects carry a base64 2048-d
   ``feature``, and image sizes in a ``*.hw.tsv``; the 6 geometry columns are computed here.
@@ -13,6 +13,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import sys
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -56,9 +57,15 @@ class FeatureTSV:
             raise DataError(f"{self.path}: row {row}: no integer num_boxes field") from exc
 
     def read(self, row: int, image_id: Optional[str] = None) -> np.ndarray:
-        """``[num_boxes, 2054]`` float32 of one row, checked (and checked to be ``image_id``'s)."""
+        """``[num_boxes, 2054]`` float32 of one row, checked (and checked to be ``image_id``'s).
+
+        A row is ``image_id``'s when it holds that id, or when ``imageid2idx.json`` maps both
+        ``image_id`` and the id the row holds to it: several images may share one row (a gallery of
+        duplicates, or a benchmark's gallery larger than its disk), the row stored under one of them.
+        """
         found, features = decode_feature_row(self.tsv.seek(row), self.path, row)
-        if image_id is not None and found != image_id:
+        shared = self.rows.get(found) == row and self.rows.get(image_id) == row
+        if image_id is not None and found != image_id and not shared:
             raise DataError(f"{self.path}: row {row} holds image {found}, but imageid2idx.json maps image {image_id} to it")
         return features
 
@@ -105,7 +112,8 @@ class DetectorPredictions:
 def read_tags(predictions_path: str, wanted: Optional[set] = None) -> Dict[str, List[str]]:
     """Image id -> detected class names (in file order) from an official ``predictions.tsv``.
 
-    Streams the file once; keeps only the images in ``wanted`` when it is given.
+    Streams the file once; keeps only the images in ``wanted`` when it is given. Class names are
+    interned: a million images of 30 tags hold one string per class, not 30 million strings.
     """
     if not os.path.isfile(predictions_path):
         raise DataError(f"{predictions_path}: no such file (object tags were asked for)")
@@ -118,5 +126,5 @@ def read_tags(predictions_path: str, wanted: Optional[set] = None) -> Dict[str, 
             if wanted is not None and fields[0] not in wanted:
                 continue
             image_id, objects, _ = parse_prediction(fields, predictions_path, row)
-            tags[image_id] = [obj["class"] for obj in objects]
+            tags[image_id] = [sys.intern(obj["class"]) for obj in objects]
     return tags

@@ -50,7 +50,8 @@ def write_postings(folder: str, documents: Iterable[Sequence[str]], base: Option
         postings = builder.finish(allocate)
     for array in maps.values():
         array.flush()
-    IdColumn.write(folder, f"{PREFIX}_terms", postings.words)
+    words = list(postings.words)
+    IdColumn.write(folder, f"{PREFIX}_terms", [words], len(words), max((len(w.encode("utf-8")) for w in words), default=0))
     return {"documents": postings.num_documents, "terms": postings.num_terms, "postings": postings.num_postings}
 
 

@@ -6,8 +6,12 @@ by ``nprobe`` alone, and what it finds is scored exactly. The index file sits be
 embeddings in the same index version and is opened memory-mapped (``IO_FLAG_MMAP``), so opening
 it costs no memory; the lists a query probes are paged in.
 
-Training samples at most ``TRAIN_POINTS_PER_LIST`` points per list with a fixed seed, so the
-same embeddings always give the same index.
+Training samples at most ``TRAIN_POINTS_PER_LIST`` points per list and never more than
+``MAX_TRAIN_POINTS`` in all, with a fixed seed, so the same embeddings always give the same index
+and training holds a bounded sample whatever N (faiss asks for 39 points per list: past about 6.7M
+vectors, with the default nlist, it gets fewer and says so). The embeddings are read from their
+``.npy`` in chunks with file reads (:func:`vinvl.index.tables.read_rows`); the IVF-Flat index
+itself holds every vector in memory while it is built (dim x 4 + 8 bytes per vector).
 """
 from __future__ import annotations
 
@@ -18,12 +22,14 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..retrieval.topk import TopK, merge_top_k
+from .tables import read_rows
 
 __all__ = [
     "FAISS_FILE",
     "DEFAULT_NPROBE",
     "IVFSearch",
     "require_faiss",
+    "training_sample",
     "default_nlist",
     "build_ivf_flat",
     "extend",
@@ -35,6 +41,7 @@ __all__ = [
 FAISS_FILE = "faiss.index"
 DEFAULT_NPROBE = 32
 TRAIN_POINTS_PER_LIST = 64
+MAX_TRAIN_POINTS = 1 << 18  # 64 MB of 64-d float32
 _ADD_CHUNK = 65536
 
 
@@ -61,13 +68,26 @@ def build_ivf_flat(embeddings: np.ndarray, nlist: Optional[int] = None, seed: in
     nlist = default_nlist(num_vectors) if nlist is None else int(nlist)
     if not 1 <= nlist <= num_vectors:
         raise ValueError(f"nlist must be in 1..{num_vectors} (the number of embeddings), got {nlist}")
-    train_rows = np.arange(num_vectors)
-    if num_vectors > nlist * TRAIN_POINTS_PER_LIST:
-        train_rows = np.sort(np.random.default_rng(seed).choice(num_vectors, nlist * TRAIN_POINTS_PER_LIST, replace=False))
     index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
     index.cp.seed = seed
-    index.train(np.ascontiguousarray(embeddings[train_rows], dtype=np.float32))
+    index.train(training_sample(embeddings, nlist, seed))
     return extend(index, embeddings, 0, progress)
+
+
+def training_sample(embeddings: np.ndarray, nlist: int, seed: int = 0) -> np.ndarray:
+    """The rows faiss trains ``nlist`` lists on: every row, or a seeded sample of at most
+    ``TRAIN_POINTS_PER_LIST`` per list and ``MAX_TRAIN_POINTS`` in all, read chunk by chunk."""
+    num_vectors = len(embeddings)
+    size = min(num_vectors, nlist * TRAIN_POINTS_PER_LIST, MAX_TRAIN_POINTS)
+    rows = np.arange(num_vectors)
+    if size < num_vectors:
+        rows = np.sort(np.random.default_rng(seed).choice(num_vectors, size, replace=False))
+    parts = []
+    for lo in range(0, num_vectors, _ADD_CHUNK):
+        wanted = rows[(rows >= lo) & (rows < lo + _ADD_CHUNK)]
+        if len(wanted):
+            parts.append(read_rows(embeddings, lo, lo + _ADD_CHUNK)[wanted - lo])
+    return np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
 
 
 def extend(index, embeddings: np.ndarray, start: int, progress: bool = False):
@@ -75,7 +95,7 @@ def extend(index, embeddings: np.ndarray, start: int, progress: bool = False):
     if index.ntotal != start:
         raise ValueError(f"the faiss index holds {index.ntotal} vectors; expected {start} before adding row {start}")
     for lo in tqdm(range(start, len(embeddings), _ADD_CHUNK), desc="faiss add", unit="chunk", disable=not progress):
-        index.add(np.ascontiguousarray(embeddings[lo : lo + _ADD_CHUNK], dtype=np.float32))
+        index.add(np.ascontiguousarray(read_rows(embeddings, lo, lo + _ADD_CHUNK), dtype=np.float32))
     return index
 
 

@@ -47,9 +47,11 @@ from dataclasses import dataclass
 from typing import IO, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
-from ..data import DataError, RetrievalCorpus, load_coco_ir
+from ..data import DataError, load_coco_ir
 from ..data.examples import ExampleOptions, detect_layout, open_feature_source
 from ..errors import UserError
 from ..oscar.configuration import OscarConfig
@@ -60,7 +62,7 @@ from ..retrieval.postings import Postings, PostingsBM25
 from ..retrieval.search import ExactSearch, Searcher
 from ..retrieval.topk import TopK
 from . import bm25, ivf, milvus
-from .tables import IdColumn, ListColumn, load_array
+from .tables import ArrayWriter, IdColumn, ListColumn, ListColumnWriter, load_array
 from .versions import MANIFEST, VersionedDir, pause_for_test
 
 __all__ = [
@@ -80,7 +82,6 @@ CAPTION_EMBEDDINGS_FILE = "caption_embeddings.npy"
 # gives the batches (and so the bits) one call over the whole source would.
 EMBED_CHUNK = 1024
 CAPTION_CHUNK = 8192  # captions embedded per engine call
-_COPY_ROWS = 1 << 16
 
 
 class IndexWeightsError(UserError, ValueError):
@@ -95,42 +96,91 @@ class GallerySource:
     split: str = "test"
 
 
-@dataclass
 class _LoadedSource:
-    source: GallerySource
-    corpus: RetrievalCorpus
-    feature_files: List[str]  # per image
-    feature_rows: List[int]
-    layout: str
+    """A source loaded by the ``coco_ir`` loading script, read back from its Arrow cache files as a
+    stream of record batches (not memory-mapped: pages read once would stay in the resident memory
+    of the build), so the build holds one chunk of images at a time whatever the gallery's size."""
+
+    COLUMNS = ("image_id", "tags", "captions", "feature_file", "feature_row")
+
+    def __init__(self, source: GallerySource, dataset, layout: str):
+        if dataset._indices is not None or not dataset.cache_files:
+            raise ValueError(f"{source.gallery_dir}: the loading script's dataset has no plain Arrow cache to stream")
+        self.source, self.layout = source, layout
+        self.arrow_files = [entry["filename"] for entry in dataset.cache_files]
+        self.num_images = len(dataset)
+        self.num_captions = 0
+        self.id_width = 0
+        self.feature_files: List[str] = []  # distinct, in first-seen order
+        for batch in self._batches(("image_id", "captions", "feature_file")):
+            self.num_captions += int(pc.sum(pc.list_value_length(batch.column("captions"))).as_py() or 0)
+            self.id_width = max(self.id_width, int(pc.max(pc.binary_length(batch.column("image_id"))).as_py() or 0))
+            for path in pc.unique(batch.column("feature_file")).to_pylist():
+                if path not in self.feature_files:
+                    self.feature_files.append(path)
+
+    @property
+    def where(self) -> str:
+        return f"{self.source.gallery_dir} (split {self.source.split})"
+
+    def _batches(self, columns: Sequence[str]) -> Iterator["pa.RecordBatch"]:
+        for path in self.arrow_files:
+            with pa.OSFile(path) as handle:
+                for batch in pa.ipc.open_stream(handle):
+                    yield batch.select(list(columns))
+
+    def chunks(self, columns: Sequence[str] = COLUMNS) -> Iterator[Dict[str, list]]:
+        """The images' ``columns`` as lists, ``EMBED_CHUNK`` images at a time, in gallery order."""
+        size = EMBED_CHUNK
+        buffer: Dict[str, list] = {c: [] for c in columns}
+        for batch in self._batches(columns):
+            for name, values in batch.to_pydict().items():
+                buffer[name].extend(values)
+            while len(buffer[columns[0]]) >= size:
+                yield {c: v[:size] for c, v in buffer.items()}
+                buffer = {c: v[size:] for c, v in buffer.items()}
+        if buffer[columns[0]]:
+            yield buffer
 
 
 def _load_source(source: GallerySource, feature_dim: int) -> _LoadedSource:
-    """Read a source's ids, tags and feature pointers, and check its first image's features."""
+    """Load a source (ids, tags, captions, feature pointers) and check its first image's features."""
     dataset = load_coco_ir(source.gallery_dir, source.split)
     layout = detect_layout(source.gallery_dir, ExampleOptions())
-    corpus = RetrievalCorpus.from_dataset(dataset, layout=layout)
-    if len(corpus) == 0:
+    if len(dataset) == 0:
         raise DataError(f"{source.gallery_dir}: split {source.split!r} has no images")
-    width = corpus.features(0).shape[1]
+    first = dataset[0]
+    width = open_feature_source(first["feature_file"], layout).read(first["feature_row"], first["image_id"]).shape[1]
     if width != feature_dim:
         raise DataError(
-            f"{source.gallery_dir}: image {corpus.image_ids[0]}: region features are {width} wide, "
+            f"{source.gallery_dir}: image {first['image_id']}: region features are {width} wide, "
             f"the model reads {feature_dim}"
         )
-    columns = dataset.select_columns(["feature_file", "feature_row"]).to_dict()
-    return _LoadedSource(source, corpus, columns["feature_file"], columns["feature_row"], layout)
+    return _LoadedSource(source, dataset, layout)
 
 
-def _check_new_ids(sources: Sequence[_LoadedSource], existing: Optional["GalleryIndex"]) -> None:
-    seen: Dict[str, str] = {}
+def _check_new_ids(ids: "IdColumn", sources: Sequence[_LoadedSource], base: Optional["GalleryIndex"]) -> None:
+    """Refuse an id stored twice in the new version's id column (``base``'s images first, then ``sources``')."""
+    duplicate = ids.first_duplicate()
+    if duplicate is None:
+        return
+    first, second = duplicate
+    image_id = ids[first]
+    old = len(base) if base is not None else 0
+    if first < old:
+        raise DataError(f"image {image_id} of {_source_at(sources, second - old).where} is already in the index {base.root}")
+    raise DataError(
+        f"image {image_id} is in both {_source_at(sources, first - old).where} and "
+        f"{_source_at(sources, second - old).where}; image ids must be distinct"
+    )
+
+
+def _source_at(sources: Sequence[_LoadedSource], position: int) -> _LoadedSource:
     for loaded in sources:
-        where = f"{loaded.source.gallery_dir} (split {loaded.source.split})"
-        for image_id in loaded.corpus.image_ids:
-            if image_id in seen:
-                raise DataError(f"image {image_id} is in both {seen[image_id]} and {where}; image ids must be distinct")
-            if existing is not None and existing.find(image_id) >= 0:
-                raise DataError(f"image {image_id} of {where} is already in the index {existing.root}")
-            seen[image_id] = where
+        if position < loaded.num_images:
+            return loaded
+        position -= loaded.num_images
+    raise IndexError(position)
 
 
 def _first_stages(config: OscarConfig) -> List[str]:
@@ -394,24 +444,52 @@ def _engine(model_dir: str, batch_size: int) -> RetrievalEngine:
     return RetrievalEngine(model, processor, batch_size=batch_size, progress=False)
 
 
-def _image_chunks(engine, corpus: RetrievalCorpus, progress: bool) -> Iterator[Tuple[int, np.ndarray]]:
-    """``(first image, [n, E] embeddings)`` of ``corpus``'s images, ``EMBED_CHUNK`` at a time."""
-    chunks = range(0, len(corpus), EMBED_CHUNK)
-    for lo in tqdm(chunks, desc="embedding images", unit="chunk", disable=not progress):
-        hi = min(lo + EMBED_CHUNK, len(corpus))
-        gallery = Gallery.for_queries(
-            corpus.image_ids[lo:hi], corpus.tags[lo:hi], lambda j, lo=lo: corpus.features(lo + j), []
-        )
-        yield lo, engine.embed_images(gallery)
+class _FeatureReaders:
+    """One reader per feature file, opened on first use (a build reads images of few files)."""
+
+    def __init__(self, layout: str):
+        self.layout = layout
+        self._readers: Dict[str, object] = {}
+
+    def read(self, path: str, row: int, image_id: str) -> np.ndarray:
+        if path not in self._readers:
+            self._readers[path] = open_feature_source(path, self.layout)
+        return self._readers[path].read(int(row), image_id)
 
 
-def _caption_chunks(engine, sources: Sequence[_LoadedSource], progress: bool) -> Iterator[Tuple[int, np.ndarray]]:
-    """``(first caption, [n, E] caption-only embeddings)`` of ``sources``' captions (flattened in image order)."""
-    captions = [c for s in sources for per_image in s.corpus.captions for c in per_image]
-    placeholder = next(s for s in sources if len(s.corpus))  # a caption-only embedding reads no image
-    image = ([placeholder.corpus.image_ids[0]], [placeholder.corpus.tags[0]], [placeholder.corpus.features(0)])
-    for lo in tqdm(range(0, len(captions), CAPTION_CHUNK), desc="embedding captions", unit="chunk", disable=not progress):
-        yield lo, engine.embed_captions(Gallery.for_queries(*image, captions[lo : lo + CAPTION_CHUNK]))
+def _embed_chunk(engine: RetrievalEngine, chunk: Dict[str, list], readers: _FeatureReaders) -> np.ndarray:
+    """``[n, E]`` image embeddings of one chunk of images (their regions read from the feature files)."""
+    files, rows, ids = chunk["feature_file"], chunk["feature_row"], chunk["image_id"]
+    gallery = Gallery.for_queries(ids, chunk["tags"], lambda j: readers.read(files[j], rows[j], ids[j]), [])
+    return engine.embed_images(gallery)
+
+
+class _CaptionEmbedder:
+    """Caption-only embeddings of the captions given in image order, ``CAPTION_CHUNK`` per engine call
+    (the same calls, so the same bits, as one list of every caption cut every ``CAPTION_CHUNK``)."""
+
+    def __init__(self, engine: RetrievalEngine, placeholder: Tuple[str, List[str], np.ndarray]):
+        self.engine = engine
+        self.placeholder = ([placeholder[0]], [placeholder[1]], [placeholder[2]])  # a caption-only embedding reads no image
+        self.pending: List[str] = []
+        self.pending_owners: List[str] = []
+
+    def add(self, captions: Sequence[Sequence[str]], owners: Sequence[str]) -> Iterator[Tuple[np.ndarray, List[str]]]:
+        """Queue one chunk's captions per image; yields ``(embeddings, owner ids)`` of every full call."""
+        for image_id, per_image in zip(owners, captions):
+            self.pending.extend(per_image)
+            self.pending_owners.extend([image_id] * len(per_image))
+        while len(self.pending) >= CAPTION_CHUNK:
+            yield self._embed(CAPTION_CHUNK)
+
+    def finish(self) -> Iterator[Tuple[np.ndarray, List[str]]]:
+        if self.pending:
+            yield self._embed(len(self.pending))
+
+    def _embed(self, count: int) -> Tuple[np.ndarray, List[str]]:
+        captions, owners = self.pending[:count], self.pending_owners[:count]
+        self.pending, self.pending_owners = self.pending[count:], self.pending_owners[count:]
+        return self.engine.embed_captions(Gallery.for_queries(*self.placeholder, captions)), owners
 
 
 def _feature_file_entries(paths: Sequence[str], layouts: Sequence[str]) -> List[dict]:
@@ -434,46 +512,67 @@ def _write_version(
 ) -> dict:
     """Write a complete index version into ``folder``: ``base``'s images (if any), then ``sources``'.
 
-    With a ``store`` (and the manifest entry naming it) the embeddings are upserted into its
-    collection instead of written to the version's files.
+    The id column is already there (:func:`_write_ids`). One pass over the sources,
+    ``EMBED_CHUNK`` images at a time, writes the other columns and the embeddings as it goes.
+    With a ``store`` (and the manifest entry naming it) the embeddings are
+    upserted into its collection instead of written to the version's files.
     """
-    new_ids = [i for s in sources for i in s.corpus.image_ids]
     files = [dict(e) for e in base.manifest["feature_files"]] if base else []
     number = {e["path"]: n for n, e in enumerate(files)}
     new_files, new_layouts = [], []
     for s in sources:
-        for path in dict.fromkeys(s.feature_files):
+        for path in s.feature_files:
             if path not in number:
                 number[path] = len(files) + len(new_files)
                 new_files.append(path)
                 new_layouts.append(s.layout)
     files += _feature_file_entries(new_files, new_layouts)
-    write_columns(
-        folder,
-        new_ids,
-        [t for s in sources for t in s.corpus.tags],
-        np.array([number[p] for s in sources for p in s.feature_files], dtype=np.int32),
-        np.array([r for s in sources for r in s.feature_rows], dtype=np.int64),
-        base,
-    )
-    num_captions = _write_captions(folder, sources, base)
-    postings_entry = _write_tag_postings(folder, model_dir, sources, base)
-    pause_for_test("staging")
-
+    old = base.num_images if base else 0
+    total = old + sum(s.num_images for s in sources)
     stages = _first_stages(config)
-    total = (base.num_images if base else 0) + len(new_ids)
+    old_captions = base.num_captions if base else 0
+    num_captions = old_captions + sum(s.num_captions for s in sources)
+    embed = store is not None or "contrastive" in stages
+    engine = _engine(model_dir, batch_size) if embed else None
+    writers = _VersionWriters(folder, config, base, total, num_captions, embed and store is None)
+    if store is not None:
+        store.delete_from(milvus.IMAGE, old)  # what a writer that died during an add left there
+        store.delete_from(milvus.CAPTION, old_captions)
+    captions = _CaptionEmbedder(engine, _placeholder_image(sources[0])) if embed else None
+    image_at, caption_at = old, old_captions
+    for s in sources:
+        readers = _FeatureReaders(s.layout)
+        chunks = tqdm(s.chunks(), desc="indexing images", unit="chunk", total=-(-s.num_images // EMBED_CHUNK), disable=not progress)
+        for chunk in chunks:
+            writers.columns(chunk, [number[p] for p in chunk["feature_file"]])
+            if not embed:
+                continue
+            embeddings = _embed_chunk(engine, chunk, readers)
+            if store is not None:
+                store.upsert(milvus.IMAGE, image_at, embeddings, chunk["image_id"], chunk["tags"])
+            else:
+                writers.images.append(embeddings)
+            image_at += len(embeddings)
+            for embedded, owners in captions.add(chunk["captions"], chunk["image_id"]):
+                caption_at = _caption_rows(writers, store, caption_at, embedded, owners)
+    if embed:
+        for embedded, owners in captions.finish():
+            caption_at = _caption_rows(writers, store, caption_at, embedded, owners)
+    writers.close()
+    postings_entry = _write_tag_postings(folder, model_dir, sources, base)
+    if store is not None:
+        pause_for_test("store")
+
     embeddings_entry = faiss_entry = None
     captions_entry = {"count": num_captions, "embeddings": None}
     if store is not None:
-        _write_store_embeddings(store, _engine(model_dir, batch_size), sources, base, progress)
         embeddings_entry = {"store": "milvus", "dim": config.contrastive_dim}
         captions_entry["embeddings"] = dict(embeddings_entry)
-    elif "contrastive" in stages:
-        engine = _engine(model_dir, batch_size)
-        embeddings_entry, faiss_entry = _write_embeddings(
-            folder, engine, config, sources, base, total, faiss_nlist, use_faiss, progress
-        )
-        captions_entry["embeddings"] = _write_caption_embeddings(folder, engine, config, sources, base, num_captions, progress)
+    elif embed:
+        embeddings_entry = {"file": EMBEDDINGS_FILE, "dim": config.contrastive_dim}
+        captions_entry["embeddings"] = {"file": CAPTION_EMBEDDINGS_FILE, "dim": config.contrastive_dim}
+        if use_faiss:
+            faiss_entry = _write_faiss(folder, base, faiss_nlist, total, progress)
 
     return write_manifest(
         folder,
@@ -492,8 +591,77 @@ def _write_version(
         tag_postings=postings_entry,
         feature_files=files,
         sources=(base.manifest["sources"] if base else [])
-        + [{"gallery_dir": os.path.abspath(s.source.gallery_dir), "split": s.source.split, "num_images": len(s.corpus)} for s in sources],
+        + [{"gallery_dir": os.path.abspath(s.source.gallery_dir), "split": s.source.split, "num_images": s.num_images} for s in sources],
     )
+
+
+def _write_ids(folder: str, sources: Sequence[_LoadedSource], base: Optional[GalleryIndex]) -> None:
+    """The version's id column (``base``'s ids, then ``sources``'), refused when an id repeats:
+    written and checked before the model loads or a store is touched."""
+    IdColumn.write(
+        folder, "image_ids", (c["image_id"] for s in sources for c in s.chunks(("image_id",))),
+        sum(s.num_images for s in sources), max(s.id_width for s in sources), base.id_column if base else None,
+    )
+    _check_new_ids(IdColumn(folder, "image_ids"), sources, base)
+    pause_for_test("staging")
+
+
+def _placeholder_image(source: _LoadedSource) -> Tuple[str, List[str], np.ndarray]:
+    first = next(source.chunks())
+    features = _FeatureReaders(source.layout).read(first["feature_file"][0], first["feature_row"][0], first["image_id"][0])
+    return first["image_id"][0], first["tags"][0], features
+
+
+def _caption_rows(writers: "_VersionWriters", store: Optional[milvus.MilvusStore], at: int, embedded: np.ndarray, owners: List[str]) -> int:
+    """Store one call's caption embeddings from caption row ``at``; returns the next row."""
+    if store is not None:
+        store.upsert(milvus.CAPTION, at, embedded, owners, [[]] * len(embedded))
+    else:
+        writers.captions.append(embedded)
+    return at + len(embedded)
+
+
+class _VersionWriters:
+    """The per-image columns of a version (``base``'s rows first) and, with ``embeddings``, its two
+    embedding files, written chunk by chunk."""
+
+    def __init__(self, folder: str, config: OscarConfig, base: Optional[GalleryIndex], total: int, num_captions: int, embeddings: bool):
+        self.folder = folder
+        old = base.num_images if base else 0
+        self.tags = ListColumnWriter(folder, "tags", total - old, base.tag_column if base else None)
+        # An index written before captions were stored gives its old images none.
+        base_captions = base.caption_column if base is not None else None
+        self.caption_column = ListColumnWriter(folder, "captions", total - old + (old if base and base_captions is None else 0), base_captions)
+        if base is not None and base_captions is None:
+            self.caption_column.append([[]] * old)
+        self.feature_file = np.full(total, -1, dtype=np.int32)
+        self.feature_row = np.zeros(total, dtype=np.int64)
+        if base is not None:
+            self.feature_file[:old], self.feature_row[:old] = base.feature_file, base.feature_row
+        self.at = old
+        self.images = self.captions = None
+        if embeddings:
+            dim = config.contrastive_dim
+            self.images = ArrayWriter(os.path.join(folder, EMBEDDINGS_FILE), (total, dim), np.float32, base.embeddings if base else None)
+            previous = base.caption_embeddings if base is not None and base.num_captions else None
+            self.captions = ArrayWriter(os.path.join(folder, CAPTION_EMBEDDINGS_FILE), (num_captions, dim), np.float32, previous)
+
+    def columns(self, chunk: Dict[str, list], file_numbers: List[int]) -> None:
+        self.tags.append(chunk["tags"])
+        self.caption_column.append(chunk["captions"])
+        hi = self.at + len(file_numbers)
+        self.feature_file[self.at : hi] = file_numbers
+        self.feature_row[self.at : hi] = chunk["feature_row"]
+        self.at = hi
+
+    def close(self) -> None:
+        self.tags.close()
+        self.caption_column.close()
+        np.save(os.path.join(self.folder, "feature_file.npy"), self.feature_file)
+        np.save(os.path.join(self.folder, "feature_row.npy"), self.feature_row)
+        for writer in (self.images, self.captions):
+            if writer is not None:
+                writer.close()
 
 
 def write_columns(
@@ -502,37 +670,20 @@ def write_columns(
     tags: Sequence[Sequence[str]],
     feature_file: np.ndarray,
     feature_row: np.ndarray,
-    base: Optional[GalleryIndex] = None,
 ) -> None:
-    """The per-image columns of a version: ``base``'s images (if any), then these.
-
-    ``feature_file[i]`` numbers a file of the manifest's ``feature_files`` (-1: no features).
-    """
-    IdColumn.write(folder, "image_ids", image_ids, base=base.id_column if base else None)
-    ListColumn.write(folder, "tags", tags, base=base.tag_column if base else None)
-    for name, column, dtype in (("feature_file", feature_file, np.int32), ("feature_row", feature_row, np.int64)):
-        previous = getattr(base, name) if base else np.zeros(0, dtype)
-        np.save(os.path.join(folder, f"{name}.npy"), np.concatenate([previous, column]).astype(dtype))
-
-
-def _write_captions(folder: str, sources: Sequence[_LoadedSource], base: Optional[GalleryIndex]) -> int:
-    """The captions column: ``base``'s captions (none per image if it stores none), then ``sources``'.
-
-    Returns the number of captions of the whole version.
-    """
-    rows = [c for s in sources for c in s.corpus.captions]
-    if base is not None and base.caption_column is None:
-        rows = [[] for _ in range(base.num_images)] + rows
-        base = None
-    ListColumn.write(folder, "captions", rows, base=base.caption_column if base else None)
-    return (base.num_captions if base else 0) + sum(len(c) for c in rows)
+    """The per-image columns of a version held in memory (``feature_file[i]`` numbers a file of the
+    manifest's ``feature_files``, -1: no features); what the index benchmark writes."""
+    IdColumn.write(folder, "image_ids", [image_ids], len(image_ids), max((len(str(i).encode("utf-8")) for i in image_ids), default=0))
+    ListColumn.write(folder, "tags", tags)
+    np.save(os.path.join(folder, "feature_file.npy"), np.asarray(feature_file, dtype=np.int32))
+    np.save(os.path.join(folder, "feature_row.npy"), np.asarray(feature_row, dtype=np.int64))
 
 
 def _write_tag_postings(folder: str, model_dir: str, sources: Sequence[_LoadedSource], base: Optional[GalleryIndex]) -> dict:
     """The BM25 postings of the version's images' tag words: ``base``'s postings merged with the new
     images' (a ``base`` written before postings were stored has its tags tokenized now); the manifest entry."""
     tokenizer = load_tokenizer(model_dir)
-    new_tags = (t for s in sources for t in s.corpus.tags)
+    new_tags = (t for s in sources for chunk in s.chunks(("tags",)) for t in chunk["tags"])
     if base is None:
         return bm25.write_postings(folder, tag_word_lists(tokenizer, new_tags))
     if base.has_tag_postings:
@@ -553,89 +704,19 @@ def write_manifest(folder: str, **fields) -> dict:
     return manifest
 
 
-def _open_embeddings(folder: str, name: str, rows: int, dim: int, previous: Optional[np.ndarray]) -> np.ndarray:
-    """A new ``[rows, dim]`` float32 ``.npy`` memory map starting with the rows of ``previous`` (if any), copied in chunks."""
-    out = np.lib.format.open_memmap(os.path.join(folder, name), mode="w+", dtype=np.float32, shape=(rows, dim))
-    count = 0 if previous is None else len(previous)
-    for lo in range(0, count, _COPY_ROWS):
-        out[lo : min(lo + _COPY_ROWS, count)] = previous[lo : min(lo + _COPY_ROWS, count)]
-    return out
-
-
-def _write_embeddings(
-    folder: str,
-    engine: RetrievalEngine,
-    config: OscarConfig,
-    sources: Sequence[_LoadedSource],
-    base: Optional[GalleryIndex],
-    total: int,
-    faiss_nlist: Optional[int],
-    use_faiss: bool,
-    progress: bool,
-):
-    """``embeddings.npy`` (``base``'s rows copied, ``sources``' embedded) and the faiss index; their manifest entries."""
-    old_count = base.num_images if base else 0
-    embeddings = _open_embeddings(folder, EMBEDDINGS_FILE, total, config.contrastive_dim, base.embeddings if base else None)
-    start = old_count
-    for s in sources:
-        for lo, chunk in _image_chunks(engine, s.corpus, progress):
-            embeddings[start + lo : start + lo + len(chunk)] = chunk
-        start += len(s.corpus)
-    embeddings.flush()
-    faiss_entry = None
-    if use_faiss:
-        if base is not None and base.manifest.get("faiss"):
-            trained = ivf.load(os.path.join(base.path, base.manifest["faiss"]["file"]), writable=True)
-            index = ivf.extend(trained, embeddings, old_count, progress)
-            faiss_entry = dict(base.manifest["faiss"])
-        else:
-            index = ivf.build_ivf_flat(embeddings, nlist=faiss_nlist, progress=progress)
-            faiss_entry = {"kind": "ivf_flat", "file": ivf.FAISS_FILE, "nlist": int(index.nlist), "trained_on": total}
-        ivf.save(index, os.path.join(folder, ivf.FAISS_FILE))
-    return {"file": EMBEDDINGS_FILE, "dim": config.contrastive_dim}, faiss_entry
-
-
-def _write_caption_embeddings(
-    folder: str,
-    engine: RetrievalEngine,
-    config: OscarConfig,
-    sources: Sequence[_LoadedSource],
-    base: Optional[GalleryIndex],
-    total: int,
-    progress: bool,
-) -> dict:
-    """``caption_embeddings.npy``: ``base``'s rows copied, ``sources``' captions embedded; its manifest entry."""
-    previous = base.caption_embeddings if base is not None and base.num_captions else None
-    out = _open_embeddings(folder, CAPTION_EMBEDDINGS_FILE, total, config.contrastive_dim, previous)
-    start = 0 if previous is None else len(previous)
-    for lo, chunk in _caption_chunks(engine, sources, progress):
-        out[start + lo : start + lo + len(chunk)] = chunk
-    out.flush()
-    return {"file": CAPTION_EMBEDDINGS_FILE, "dim": config.contrastive_dim}
-
-
-def _write_store_embeddings(
-    store: milvus.MilvusStore, engine: RetrievalEngine, sources: Sequence[_LoadedSource], base: Optional[GalleryIndex], progress: bool
-) -> None:
-    """Upsert ``sources``' image and caption embeddings into the store, numbered after ``base``'s.
-
-    Rows past ``base``'s end are deleted first: what a writer that died during an add left there.
-    """
-    old_images = base.num_images if base else 0
-    old_captions = base.num_captions if base else 0
-    store.delete_from(milvus.IMAGE, old_images)
-    store.delete_from(milvus.CAPTION, old_captions)
-    start = old_images
-    for s in sources:
-        for lo, chunk in _image_chunks(engine, s.corpus, progress):
-            hi = lo + len(chunk)
-            store.upsert(milvus.IMAGE, start + lo, chunk, s.corpus.image_ids[lo:hi], s.corpus.tags[lo:hi])
-        start += len(s.corpus)
-    owners = [s.corpus.image_ids[i] for s in sources for i, per_image in enumerate(s.corpus.captions) for _ in per_image]
-    if owners:
-        for lo, chunk in _caption_chunks(engine, sources, progress):
-            store.upsert(milvus.CAPTION, old_captions + lo, chunk, owners[lo : lo + len(chunk)], [[]] * len(chunk))
-    pause_for_test("store")
+def _write_faiss(folder: str, base: Optional[GalleryIndex], faiss_nlist: Optional[int], total: int, progress: bool) -> dict:
+    """The faiss index over the version's ``embeddings.npy`` (``base``'s trained one extended, or a new
+    one trained on a bounded sample); its manifest entry."""
+    embeddings = load_array(folder, "embeddings")
+    if base is not None and base.manifest.get("faiss"):
+        trained = ivf.load(os.path.join(base.path, base.manifest["faiss"]["file"]), writable=True)
+        index = ivf.extend(trained, embeddings, base.num_images, progress)
+        entry = dict(base.manifest["faiss"])
+    else:
+        index = ivf.build_ivf_flat(embeddings, nlist=faiss_nlist, progress=progress)
+        entry = {"kind": "ivf_flat", "file": ivf.FAISS_FILE, "nlist": int(index.nlist), "trained_on": total}
+    ivf.save(index, os.path.join(folder, ivf.FAISS_FILE))
+    return entry
 
 
 def _prepare(model_dir: str, sources: Sequence[GallerySource], use_faiss: bool, uses_store: bool = False):
@@ -682,11 +763,11 @@ def build_index(
         if connection is not None:
             connection.check_owner(versions.root)
         checksum, config, loaded = _prepare(model_dir, sources, use_faiss, uses_store=store is not None)
-        _check_new_ids(loaded, None)
-        total = sum(len(s.corpus) for s in loaded)
+        total = sum(s.num_images for s in loaded)
         if faiss_nlist is not None and not 1 <= faiss_nlist <= total:
             raise ValueError(f"nlist must be in 1..{total} (the number of images), got {faiss_nlist}")
         with versions.writer(), versions.staging() as folder:
+            _write_ids(folder, loaded, None)
             store_entry = None
             if connection is not None:
                 build = connection.create(
@@ -717,8 +798,8 @@ def add_to_index(
             use_faiss = base.manifest.get("faiss") is not None
             checksum, config, loaded = _prepare(model_dir, sources, use_faiss, uses_store=base.store is not None)
             base.check_weights(checksum, model_dir)
-            _check_new_ids(loaded, base)
             with versions.staging() as folder:
+                _write_ids(folder, loaded, base)
                 _write_version(folder, model_dir, checksum, config, loaded, base, None, use_faiss, batch_size, progress,
                                base.store, base.manifest.get("store"))
                 base.close()  # unpinned, so the switch can delete it

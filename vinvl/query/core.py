@@ -32,8 +32,10 @@ scoring call for all their candidate pairs.
 from __future__ import annotations
 
 import threading
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -48,9 +50,13 @@ from .gallery import QueryGallery
 from .photos import ImageQueries, photo_gallery
 from .proposals import EveryRow, FirstStage, NearestRows, TagRows
 
-__all__ = ["Retriever", "Query", "QUERY_KEYS"]
+__all__ = ["Retriever", "Query", "QUERY_KEYS", "TIMED_STAGES"]
 
 QUERY_KEYS = ("image_id", "features", "tags", "caption")
+# What Retriever.answer_timed reports, in seconds: the first stage's proposal (embedding the
+# queries and searching, or BM25), reading region features from their files, and scoring the
+# candidate pairs with the match head (feature reads done inside it not counted).
+TIMED_STAGES = ("first_stage", "feature_reads", "scoring")
 
 
 @dataclass(frozen=True, eq=False)
@@ -277,6 +283,22 @@ class Retriever:
         ``first_stage`` defaults to the retriever's; ``nprobe`` to the index's default
         (:data:`vinvl.index.ivf.DEFAULT_NPROBE`) and only matters over an index with a faiss file.
         """
+        return self._answer(queries, _Clock(None), top_k=top_k, first_stage=first_stage, candidates=candidates, nprobe=nprobe)
+
+    def answer_timed(self, queries: Any, **options: Any) -> Tuple[List[Dict[str, Any]], Dict[str, float]]:
+        """:meth:`answer`'s answers and where the call's time went: seconds per stage of
+        :data:`TIMED_STAGES` plus ``total`` (parsing, ranking and waiting for the compute lock are
+        the rest). For benchmarks (:mod:`vinvl.benchmarks.scale`); the answers are the same."""
+        timings = dict.fromkeys(TIMED_STAGES, 0.0)
+        start = time.perf_counter()
+        answers = self._answer(queries, _Clock(timings), **options)
+        timings["total"] = time.perf_counter() - start
+        return answers, timings
+
+    def _answer(
+        self, queries: Any, clock: "_Clock", *, top_k: int = 5, first_stage: Optional[str] = None, candidates: int = 16,
+        nprobe: Optional[int] = None,
+    ) -> List[Dict[str, Any]]:
         _check_positive("top_k", top_k)
         _check_positive("candidates", candidates)
         if nprobe is not None:
@@ -287,7 +309,7 @@ class Retriever:
         if gallery is not None and stage != "exhaustive" and any(q.kind != "pair" for q in parsed):
             gallery.require(stage)
         answers: List[Optional[Dict[str, Any]]] = [None] * len(parsed)
-        plan = _Plan(stage, candidates, top_k, nprobe)
+        plan = _Plan(stage, candidates, top_k, nprobe, clock)
         groups = {kind: [i for i, q in enumerate(parsed) if q.kind == kind] for kind in ("text", "image", "pair")}
         with self._compute:
             for kind, slots in groups.items():
@@ -299,7 +321,7 @@ class Retriever:
                 elif kind == "image":
                     results = self._images_to_captions(self._require_gallery("an image query"), group, plan)
                 else:
-                    results = self._score_pairs(gallery, group)
+                    results = self._score_pairs(gallery, group, plan.clock)
                 for slot, result in zip(slots, results):
                     answers[slot] = result
         return answers  # type: ignore[return-value]
@@ -307,12 +329,16 @@ class Retriever:
     def _captions_to_images(self, gallery: QueryGallery, queries: List[Query], plan: "_Plan") -> List[Dict[str, Any]]:
         images = gallery.images
         captions = [q.caption for q in queries]
-        proposed = self._caption_first_stage(gallery, plan).propose(queries, plan.candidates)
+        clock = plan.clock
+        with clock.stage("first_stage"):
+            proposed = self._caption_first_stage(gallery, plan).propose(queries, plan.candidates)
         rows = np.unique(proposed[proposed >= 0])
         scoring = Gallery.for_queries(
-            [images.image_ids[r] for r in rows], [images.tags[r] for r in rows], lambda j: images.features(int(rows[j])), captions
+            [images.image_ids[r] for r in rows], [images.tags[r] for r in rows],
+            clock.reads(lambda j: images.features(int(rows[j]))), captions,
         )
-        margins = self._margins(scoring, proposed, rows, by_query="caption")
+        with clock.scoring():
+            margins = self._margins(scoring, proposed, rows, by_query="caption")
         return [
             {
                 "caption": q.caption,
@@ -330,11 +356,14 @@ class Retriever:
                 "images set without captions): use a data directory with captions (gallery_dir= / --data_dir), "
                 "an index built from one, or captions= with the gallery"
             )
-        query_images = self._query_images(gallery, queries)
-        proposed = self._image_first_stage(gallery, plan, query_images).propose(queries, plan.candidates)
+        clock = plan.clock
+        query_images = self._query_images(gallery, queries, clock)
+        with clock.stage("first_stage"):
+            proposed = self._image_first_stage(gallery, plan, query_images).propose(queries, plan.candidates)
         rows = np.unique(proposed[proposed >= 0])
         scoring = Gallery.for_queries(query_images.image_ids, query_images.tags, query_images.features, [captions[r] for r in rows])
-        margins = self._margins(scoring, proposed, rows, by_query="image")
+        with clock.scoring():
+            margins = self._margins(scoring, proposed, rows, by_query="image")
         owners = gallery.caption_image_ids
         return [
             {
@@ -366,11 +395,12 @@ class Retriever:
             return NearestRows(gallery.caption_searcher(), lambda qs: self._image_embeddings(gallery, qs, query_images))
         return TagRows(gallery.caption_bm25(), lambda qs: [tag_words(self.processor.tokenizer, t) for t in query_images.tags])
 
-    def _score_pairs(self, gallery: Optional[QueryGallery], queries: List[Query]) -> List[Dict[str, Any]]:
-        query_images = self._query_images(gallery, queries)
+    def _score_pairs(self, gallery: Optional[QueryGallery], queries: List[Query], clock: "_Clock") -> List[Dict[str, Any]]:
+        query_images = self._query_images(gallery, queries, clock)
         scoring = Gallery.for_queries(query_images.image_ids, query_images.tags, query_images.features, [q.caption for q in queries])
         pairs = np.arange(len(queries))
-        margins = self.engine.score_pairs(scoring, pairs, pairs)
+        with clock.scoring():
+            margins = self.engine.score_pairs(scoring, pairs, pairs)
         return [
             {"image_id": q.image_id, "caption": q.caption, **self.truncation(q.caption), **_scored(m)}
             for q, m in zip(queries, margins)
@@ -384,12 +414,13 @@ class Retriever:
         tokens = len(self.processor.tokenizer.tokenize(caption))
         return {"truncated": {"tokens": tokens, "kept": kept}} if tokens > kept else {}
 
-    def _query_images(self, gallery: Optional[QueryGallery], queries: List[Query]) -> Gallery:
+    def _query_images(self, gallery: Optional[QueryGallery], queries: List[Query], clock: "_Clock") -> Gallery:
         """The queries' images as a gallery of their own (row j = query j), ids made distinct."""
         features, tags = [], []
         for q in queries:
             if q.index is not None:
-                features.append(gallery.images.features(q.index))
+                with clock.stage("feature_reads"):
+                    features.append(gallery.images.features(q.index))
                 tags.append(gallery.images.tags[q.index])
             else:
                 features.append(q.features)
@@ -426,14 +457,56 @@ class Retriever:
         return margins
 
 
+class _Clock:
+    """Adds the seconds a call spends per stage into ``timings`` (:meth:`Retriever.answer_timed`);
+    with ``timings`` None it measures nothing and costs nothing."""
+
+    def __init__(self, timings: Optional[Dict[str, float]]):
+        self.timings = timings
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        if self.timings is None:
+            yield
+            return
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] += time.perf_counter() - start
+
+    @contextmanager
+    def scoring(self) -> Iterator[None]:
+        """The ``scoring`` stage, less the feature reads that happen inside it (counted as reads)."""
+        if self.timings is None:
+            yield
+            return
+        reads_before = self.timings["feature_reads"]
+        with self.stage("scoring"):
+            yield
+        self.timings["scoring"] -= self.timings["feature_reads"] - reads_before
+
+    def reads(self, read: Callable[[int], np.ndarray]) -> Callable[[int], np.ndarray]:
+        """``read`` (a gallery's feature reader), timed as ``feature_reads``."""
+        if self.timings is None:
+            return read
+
+        def timed(j: int) -> np.ndarray:
+            with self.stage("feature_reads"):
+                return read(j)
+
+        return timed
+
+
 @dataclass(frozen=True)
 class _Plan:
-    """One call's options."""
+    """One call's options, and the clock its stages report to."""
 
     stage: str
     candidates: int
     top_k: int
     nprobe: Optional[int]
+    clock: _Clock
 
 
 def _rank(margins: np.ndarray, proposed: np.ndarray, top_k: int):
