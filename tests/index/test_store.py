@@ -138,7 +138,8 @@ def test_the_build_holds_chunks_of_images_never_the_whole_gallery(setup, tmp_pat
     record(datasets.Dataset, "to_dict", "dataset rows", lambda a, r: len(a[0]))
     record(RetrievalEngine, "embed_images", "images embedded", lambda a, r: len(r))
     record(RetrievalEngine, "embed_captions", "captions embedded", lambda a, r: len(r))
-    record(tables.ArrayWriter, "append", "rows written", lambda a, r: len(a[1]))
+    # (the BM25 vocabulary is written whole: it grows with the distinct tag words, not with the images)
+    record(tables.ArrayWriter, "append", "rows written", lambda a, r: 0 if os.path.basename(a[0].path).startswith(bm25.PREFIX) else len(a[1]))
     record(tables.ListColumnWriter, "append", "rows written", lambda a, r: len(a[1]))
     record(ivf, "training_sample", "faiss trained on", lambda a, r: len(r))
     read_map = np.lib.format.open_memmap
