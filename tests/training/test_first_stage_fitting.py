@@ -123,9 +123,11 @@ def test_fitting_heads_with_the_encoder_frozen_changes_nothing_else_and_learns_t
     reset_t2i, reset_i2t, reset_scores = _first_stage_quality(reset_dir, corpus_dir, k)
     fitted_t2i, fitted_i2t, fitted_scores = _first_stage_quality(fitted, corpus_dir, k)
     np.testing.assert_array_equal(reset_scores, fitted_scores)  # the match head scores exactly as before
-    # Measured: random heads cover 0.25 / 0.0, fitted ones 1.0 / 0.875 (the trained heads 1.0 / 0.125).
-    assert reset_t2i <= 0.5 and reset_i2t <= 0.25, (reset_t2i, reset_i2t)
+    # Chance at k = 2 of 8 is 0.25. Measured: random heads cover 0.25 / 0.0 and fitted ones 1.0 / 0.875
+    # on one AMD EPYC, 0.6 / 0.125 and 1.0 / 0.75 on another (where training rounds differently): what
+    # random heads cover is luck, so the fit is held to a gain over them as well as to a level.
     assert fitted_t2i >= 0.9 and fitted_i2t >= 0.6, (fitted_t2i, fitted_i2t)
+    assert fitted_t2i - reset_t2i >= 0.25 and fitted_i2t - reset_i2t >= 0.25, (reset_t2i, reset_i2t, fitted_t2i, fitted_i2t)
 
 
 @pytest.mark.slow
