@@ -58,7 +58,13 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """The benchmark, its tables printed; returns the report."""
     args = build_parser().parse_args(argv)
     require_positive(args, ("num_images", "distinct_images", "queries", "requests_per_client", "seconds"))
-    from ..benchmarks.scale import ScaleBenchmark, format_tables, format_tags_first_stage, run_benchmark, tags_first_stage
+    from ..benchmarks.scale import (
+        ScaleBenchmark,
+        format_tables,
+        format_tags_first_stage,
+        run_benchmark,
+        tags_first_stage,
+    )
 
     settings = ScaleBenchmark(
         num_images=args.num_images, distinct_images=min(args.distinct_images, args.num_images), queries=args.queries,

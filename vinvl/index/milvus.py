@@ -41,6 +41,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..retrieval.topk import TopK, merge_top_k
+from .errors import IndexWeightsError
 
 __all__ = [
     "IMAGE",
@@ -281,8 +282,6 @@ class MilvusStore:
 
     def check_build(self, index_root: str, weights_sha256: str, build: str) -> None:
         """Raise unless the collection holds build ``build`` of these weights, as the index's manifest records."""
-        from .store import IndexWeightsError
-
         meta = self.meta()
         if meta is None:
             raise StoreError(f"{index_root}: its store {self.uri} has no collection {self.uri.collection}; rebuild the index")

@@ -53,7 +53,6 @@ from tqdm.auto import tqdm
 
 from ..data import DataError, load_coco_ir
 from ..data.examples import ExampleOptions, detect_layout, open_feature_source
-from ..errors import UserError
 from ..oscar.configuration import OscarConfig
 from ..oscar.model_dir import load_retrieval_model, load_tokenizer, weights_checksum
 from ..retrieval import Gallery, RetrievalEngine
@@ -62,6 +61,7 @@ from ..retrieval.postings import Postings, PostingsBM25
 from ..retrieval.search import ExactSearch, Searcher
 from ..retrieval.topk import TopK
 from . import bm25, ivf, milvus
+from .errors import IndexWeightsError
 from .tables import ArrayWriter, IdColumn, ListColumn, ListColumnWriter, load_array
 from .versions import MANIFEST, VersionedDir, pause_for_test
 
@@ -82,10 +82,6 @@ CAPTION_EMBEDDINGS_FILE = "caption_embeddings.npy"
 # gives the batches (and so the bits) one call over the whole source would.
 EMBED_CHUNK = 1024
 CAPTION_CHUNK = 8192  # captions embedded per engine call
-
-
-class IndexWeightsError(UserError, ValueError):
-    """An index queried or extended with weights other than those that built it."""
 
 
 @dataclass
