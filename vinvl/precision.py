@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import FrozenSet, Optional, Sequence
 
 from .errors import UsageError
+from .runtime import cpuinfo_field
 
 __all__ = ["PRECISIONS", "DETECTOR_PRECISIONS", "cpu_flags", "gpu_count", "check_precision"]
 
@@ -32,15 +33,7 @@ _REQUIRED_FLAGS = {
 
 def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> FrozenSet[str]:
     """The instruction-set flags of the first processor listed in ``cpuinfo`` (empty if unreadable)."""
-    try:
-        with open(cpuinfo, "r", encoding="utf-8", errors="replace") as handle:
-            for line in handle:
-                key, _, value = line.partition(":")
-                if key.strip() == "flags":
-                    return frozenset(value.split())
-    except OSError:
-        pass
-    return frozenset()
+    return frozenset((cpuinfo_field("flags", cpuinfo) or "").split())
 
 
 def gpu_count() -> int:

@@ -37,7 +37,7 @@ from typing import Callable, Iterator, Optional
 
 from .import_hooks import around_import
 
-__all__ = ["tune_cpu_defaults", "default_num_threads", "cpu_vendor", "quiet_paddle_import"]
+__all__ = ["tune_cpu_defaults", "default_num_threads", "cpuinfo_field", "cpu_vendor", "quiet_paddle_import"]
 
 _OMP_WARNING = "WARNING: OMP_NUM_THREADS set to {}, not 1."
 _OMP_WARNING_END = "PLEASE USE OMP_NUM_THREADS WISELY."
@@ -49,17 +49,22 @@ def default_num_threads() -> int:
     return max((os.cpu_count() or 1) // local_processes, 1)
 
 
-def cpu_vendor(cpuinfo: str = "/proc/cpuinfo") -> Optional[str]:
-    """The processor's vendor id (``AuthenticAMD``, ``GenuineIntel``, ...) from ``cpuinfo``; None if unknown."""
+def cpuinfo_field(key: str, cpuinfo: str = "/proc/cpuinfo") -> Optional[str]:
+    """The value of ``key`` for the first processor listed in ``cpuinfo``; None if absent or unreadable."""
     try:
         with open(cpuinfo, "r", encoding="utf-8", errors="replace") as handle:
             for line in handle:
-                key, _, value = line.partition(":")
-                if key.strip() == "vendor_id":
+                name, _, value = line.partition(":")
+                if name.strip() == key:
                     return value.strip()
     except OSError:
         pass
     return None
+
+
+def cpu_vendor(cpuinfo: str = "/proc/cpuinfo") -> Optional[str]:
+    """The processor's vendor id (``AuthenticAMD``, ``GenuineIntel``, ...) from ``cpuinfo``; None if unknown."""
+    return cpuinfo_field("vendor_id", cpuinfo)
 
 
 def tune_cpu_defaults() -> bool:
