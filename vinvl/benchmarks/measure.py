@@ -12,7 +12,7 @@ import time
 import tracemalloc
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import paddle
@@ -22,7 +22,7 @@ from ..data import load_corpus
 from ..retrieval.gallery import Gallery
 
 __all__ = [
-    "RECALLS", "TINY_CONFIG", "FlopCounter", "Memory", "measure_memory", "matmul_flops_per_second",
+    "RECALLS", "TINY_CONFIG", "FlopCounter", "Memory", "measure_memory", "best_seconds", "matmul_flops_per_second",
     "synthetic_gallery", "train_tiny",
 ]
 
@@ -103,17 +103,24 @@ def measure_memory(trace_python: bool = True) -> Iterator[Memory]:
         memory.rss_growth_mb = (peak[0] - start) / 2**20
 
 
+def best_seconds(call: Callable[[], object], repeats: int, warm_up: bool = False) -> float:
+    """The fastest of ``repeats`` timed calls of ``call``, after one untimed call if ``warm_up``
+    (caches, oneDNN primitives, runtime arenas)."""
+    if warm_up:
+        call()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
 def matmul_flops_per_second(size: int = 2048, repeats: int = 5) -> float:
     """Best FLOP/s of an fp32 ``[size, size] @ [size, size]`` paddle.matmul (2 x size^3 FLOPs)."""
     a = paddle.randn([size, size], dtype="float32")
     b = paddle.randn([size, size], dtype="float32")
-    paddle.matmul(a, b).numpy()  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        paddle.matmul(a, b).numpy()
-        best = min(best, time.perf_counter() - start)
-    return 2.0 * size**3 / best
+    return 2.0 * size**3 / best_seconds(lambda: paddle.matmul(a, b).numpy(), repeats, warm_up=True)
 
 
 # ----- set-up: corpus and model ------------------------------------------------------------

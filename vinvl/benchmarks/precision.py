@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import os
 import tempfile
-import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
 import numpy as np
 
 from ..data import load_corpus, write_synthetic_corpus
+from .measure import best_seconds
 
 __all__ = ["PrecisionBenchmark", "run_benchmark", "format_table"]
 
@@ -39,16 +39,6 @@ class PrecisionBenchmark:
     repeats: int = 3
     agreement_images: int = 40
     seed: int = 0
-
-
-def _best_seconds(call, repeats: int) -> float:
-    call()  # warm-up (oneDNN primitives, ONNX Runtime arenas)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def _saved_random_model(model_dir: str, config: str, seed: int, initializer_range: Optional[float] = None):
@@ -98,7 +88,7 @@ def _speed(work: str, settings: PrecisionBenchmark) -> Dict[str, Any]:
             def score():
                 outputs.append(scorer(**inputs, img_embeds=img_embeds).logits.numpy())
 
-            seconds = _best_seconds(score, settings.repeats)
+            seconds = best_seconds(score, settings.repeats, warm_up=True)  # oneDNN primitives, ONNX Runtime arenas
             margins = outputs[-1][:, 1] - outputs[-1][:, 0]
             reference = margins if reference is None else reference
             error = np.abs(margins - reference).max() / np.abs(reference).max()

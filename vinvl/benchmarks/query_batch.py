@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import time
 from dataclasses import dataclass
 from typing import Any, Dict, List
 
@@ -18,7 +17,7 @@ from ..data import load_corpus, write_synthetic_corpus
 
 __all__ = ["QueryBatchBenchmark", "run_benchmark", "format_table"]
 
-from .measure import TINY_CONFIG
+from .measure import TINY_CONFIG, best_seconds
 
 
 @dataclass(frozen=True)
@@ -32,15 +31,6 @@ class QueryBatchBenchmark:
     first_stage: str = "contrastive"
     repeats: int = 3
     seed: int = 0
-
-
-def _best_seconds(call, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def _same_order(together: List[Dict[str, Any]], singles: List[Dict[str, Any]], key: str, item: str) -> bool:
@@ -75,8 +65,8 @@ def run_benchmark(settings: QueryBatchBenchmark, model_config: str = TINY_CONFIG
         for name, (queries, key, item) in directions.items():
             together = retriever.answer(queries, **options)
             singles = [retriever.answer(q, **options)[0] for q in queries]
-            seconds_together = _best_seconds(lambda: retriever.answer(queries, **options), settings.repeats)
-            seconds_singles = _best_seconds(lambda: [retriever.answer(q, **options) for q in queries], settings.repeats)
+            seconds_together = best_seconds(lambda: retriever.answer(queries, **options), settings.repeats)
+            seconds_singles = best_seconds(lambda: [retriever.answer(q, **options) for q in queries], settings.repeats)
             report["directions"][name] = {
                 "together_ms_per_query": 1000 * seconds_together / len(queries),
                 "singles_ms_per_query": 1000 * seconds_singles / len(queries),

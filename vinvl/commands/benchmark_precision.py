@@ -3,10 +3,9 @@ fp32 Paddle Inference (:mod:`vinvl.benchmarks.precision`)."""
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any, Dict, Optional, Sequence
 
-from .options import new_parser, require_positive
+from .options import new_parser, require_positive, write_json_report
 
 __all__ = ["build_parser", "main"]
 
@@ -42,7 +41,5 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     )
     report = run_benchmark(settings)
     print(format_table(report))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
+    write_json_report(args.json, report)
     return report

@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import tempfile
 from typing import Any, Dict, Optional, Sequence
 
 from ..errors import UsageError
-from .options import new_parser, require_positive
+from .options import new_parser, require_positive, write_json_report
 
 __all__ = ["build_parser", "main"]
 
@@ -76,7 +75,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         rows = [tags_first_stage(n, settings) for n in args.tags_first_stage]
         print(format_tags_first_stage(rows))
         report: Dict[str, Any] = {"tags_first_stage": rows, "load": os.getloadavg()[0]}
-        _write_json(args.json, report)
+        write_json_report(args.json, report)
         return report
     if args.work_dir is not None and os.path.exists(args.work_dir) and os.listdir(args.work_dir):
         raise UsageError(f"--work_dir {args.work_dir}: not empty (the benchmark writes its gallery and indexes there)")
@@ -89,11 +88,5 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         _check_space(args.work_dir, args.num_images, settings.distinct_images)
         report = run_benchmark(settings, args.work_dir)
     print(format_tables(report))
-    _write_json(args.json, report)
+    write_json_report(args.json, report)
     return report
-
-
-def _write_json(path: Optional[str], report: Dict[str, Any]) -> None:
-    if path:
-        with open(path, "w") as f:
-            json.dump(report, f, indent=2)

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import List, Optional, Sequence
 
-from .options import new_parser, require_positive
+from .options import new_parser, require_positive, write_json_report
 
 __all__ = ["build_parser", "main"]
 
@@ -43,7 +42,5 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
     tokenizer = load_tokenizer(resolve_config(args.model_dir, "--model_dir", kind="config"))
     rows = run_benchmark(args.sizes, tokenizer, args.queries, args.k, args.root, args.tokenize_sample, args.repeats)
     print(format_table(rows))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=2)
+    write_json_report(args.json, rows)
     return rows

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any, Dict, Optional, Sequence
 
 from ..errors import UsageError
-from .options import FIRST_STAGE_CHOICES, new_parser, require_positive
+from .options import FIRST_STAGE_CHOICES, new_parser, require_positive, write_json_report
 
 __all__ = ["build_parser", "main"]
 
@@ -49,7 +48,5 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         bad_fraction=args.bad_fraction, repeats=args.repeats, options=options, warmup_seconds=args.warmup_seconds,
     )
     print(format_table(report))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
+    write_json_report(args.json, report)
     return report

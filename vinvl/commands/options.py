@@ -9,9 +9,10 @@ tests/commands/test_commands_layer.py checks that they agree.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
-from typing import Iterable, Optional, Tuple
+from typing import Any, Iterable, Optional, Tuple
 
 from ..errors import UsageError
 from ..precision import PRECISIONS
@@ -32,6 +33,7 @@ __all__ = [
     "require_directory",
     "detector_directory",
     "random_detector_notice",
+    "write_json_report",
 ]
 
 SPLITS = ("train", "minival", "val", "test")
@@ -146,3 +148,10 @@ def random_detector_notice(detector_dir: str) -> None:
     if os.path.isfile(os.path.join(detector_dir, "config.json")) and not has_weights(detector_dir):
         print(f"note: {detector_dir} has a config but no weights: the detector runs with random weights, "
               "so its regions and tags mean nothing (convert real ones with `vinvl convert-detector`)", file=sys.stderr)
+
+
+def write_json_report(path: Optional[str], report: Any) -> None:
+    """A benchmark's report as JSON at ``path`` (``--json``), when one is given."""
+    if path:
+        with open(path, "w") as f:
+            json.dump(report, f, indent=2)
