@@ -2,9 +2,9 @@
 
 Nothing here imports the library: a command builds and runs its parser (``--help`` included)
 before it imports anything heavy. The choices below are the command line's spelling of names
-the library defines (``vinvl.data.layout.SPLITS``, ``vinvl.retrieval.first_stage.FIRST_STAGE_CHOICES``,
-``vinvl.precision.PRECISIONS``);
-tests/commands/test_commands_layer.py checks that they agree.
+the library defines (``vinvl.data.layout.SPLITS``, ``vinvl.retrieval.first_stage.FIRST_STAGE_CHOICES``);
+tests/commands/test_commands_layer.py checks that they agree. The precisions come from the leaf
+module ``vinvl.precision`` itself (it imports no paddle).
 """
 from __future__ import annotations
 
