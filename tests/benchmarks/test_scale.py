@@ -4,7 +4,7 @@ features.tsv rows), the nprobe rule, and its refusal of a folder in use."""
 import numpy as np
 import pytest
 
-from vinvl.benchmarks.scale import ScaleBenchmark, choose_nprobe, query_captions, recall_with_ties, write_gallery
+from vinvl.benchmarks.scale import ScaleBenchmark, choose_nprobe, query_captions, recall_with_ties, write_gallery, written_gallery
 from vinvl.commands.benchmark_scale import main
 from vinvl.data import load_corpus
 from vinvl.data.formats import FEATURE_DIM
@@ -79,3 +79,16 @@ def test_a_work_dir_in_use_is_refused_before_anything_is_written(tmp_path):
     with pytest.raises(UsageError, match="--work_dir .*not empty"):
         main(["--num_images", "10", "--work_dir", str(tmp_path)])
     assert [p.name for p in tmp_path.iterdir()] == ["mine.txt"]
+
+
+def test_a_finished_gallery_of_the_same_settings_is_reused_and_no_other(tmp_path):
+    settings = ScaleBenchmark(num_images=6, distinct_images=3)
+    facts = write_gallery(str(tmp_path / "gallery"), settings)
+    assert written_gallery(str(tmp_path / "gallery"), settings) == facts
+    assert written_gallery(str(tmp_path / "gallery"), ScaleBenchmark(num_images=6, distinct_images=2)) is None
+    with pytest.raises(UsageError, match="--work_dir .*not empty"):  # same folder, other gallery settings
+        main(["--num_images", "6", "--distinct_images", "2", "--work_dir", str(tmp_path)])
+    (tmp_path / "gallery" / "written.json").unlink()  # a gallery whose writing did not finish
+    with pytest.raises(UsageError, match="--work_dir .*not empty"):
+        main(["--num_images", "6", "--distinct_images", "3", "--work_dir", str(tmp_path)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gallery"]

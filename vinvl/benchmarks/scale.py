@@ -38,12 +38,13 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import sys
 import threading
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import psutil
@@ -80,6 +81,14 @@ class ScaleBenchmark:
     seconds: float = 30.0
     recall_target: float = 0.95
     seed: int = 0
+    builds: Tuple[str, ...] = ("exact", "faiss")  # which indexes `vinvl index build` makes
+
+    def gallery_settings(self) -> Dict[str, int]:
+        """The settings a written gallery depends on (a gallery written with equal ones is reused)."""
+        return {
+            "num_images": self.num_images, "min_regions": self.min_regions, "max_regions": self.max_regions,
+            "distinct_images": self.distinct_images, "seed": self.seed,
+        }
 
 
 # ----- the gallery ------------------------------------------------------------------------------
@@ -106,8 +115,24 @@ def _regions(rng: np.random.Generator, count: int) -> Tuple[np.ndarray, np.ndarr
     return np.concatenate([appearance, box_geometry(rects, height, width)], axis=1), rects
 
 
+GALLERY_STAMP = "written.json"  # in the gallery folder, last: the settings it was written with and its facts
+
+
+def written_gallery(data_dir: str, settings: ScaleBenchmark) -> Optional[Dict[str, Any]]:
+    """The facts of a gallery that :func:`write_gallery` finished in ``data_dir`` with the same gallery
+    settings, or None: a 1M gallery takes many minutes to write, and a run may reuse it."""
+    try:
+        with open(os.path.join(data_dir, GALLERY_STAMP), encoding="utf-8") as f:
+            stamp = json.load(f)
+    except FileNotFoundError:
+        return None
+    return stamp["facts"] if stamp["settings"] == settings.gallery_settings() else None
+
+
 def write_gallery(data_dir: str, settings: ScaleBenchmark) -> Dict[str, Any]:
-    """Write the synthetic gallery (streaming: one image in memory at a time); returns its size facts."""
+    """Write the synthetic gallery (streaming: one image in memory at a time); returns its size facts
+    and writes them, with the settings, to :data:`GALLERY_STAMP` once every file is complete."""
+    start = time.perf_counter()
     rng = np.random.default_rng(settings.seed)
     names = _class_names()
     weights = 1.0 / np.arange(1, len(names) + 1)  # Zipf-like: a few tags are everywhere
@@ -142,7 +167,13 @@ def write_gallery(data_dir: str, settings: ScaleBenchmark) -> Dict[str, Any]:
         json.dump(row_of, f)
     with open(os.path.join(data_dir, f"{SPLIT}_captions.json"), "w", encoding="utf-8") as f:
         json.dump(captions, f)
-    return {"images": settings.num_images, "regions_mean": regions_total / settings.num_images, "disk_gb": _disk_gb(data_dir)}
+    facts = {
+        "images": settings.num_images, "regions_mean": regions_total / settings.num_images, "disk_gb": _disk_gb(data_dir),
+        "write_seconds": time.perf_counter() - start,
+    }
+    with open(os.path.join(data_dir, GALLERY_STAMP), "w", encoding="utf-8") as f:
+        json.dump({"settings": settings.gallery_settings(), "facts": facts}, f)
+    return facts
 
 
 def _disk_gb(path: str) -> float:
@@ -179,6 +210,7 @@ def build(index_dir: str, model_dir: str, data_dir: str, use_faiss: bool, log_pa
         "--gallery_dir", data_dir, "--split", SPLIT, *(["--faiss"] if use_faiss else []),
     ]
     start = time.perf_counter()
+    cpu_before = _children_cpu_seconds()
     peak = 0.0
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
@@ -192,7 +224,15 @@ def build(index_dir: str, model_dir: str, data_dir: str, use_faiss: bool, log_pa
     if process.returncode != 0:
         with open(log_path, encoding="utf-8", errors="replace") as f:
             raise RuntimeError(f"vinvl index build exited with {process.returncode}:\n{f.read()[-3000:]}")
-    return {"seconds": seconds, "peak_rss_mb": peak, "disk_gb": _disk_gb(index_dir)}
+    cpu_seconds = _children_cpu_seconds() - cpu_before
+    return {"seconds": seconds, "cpu_seconds": cpu_seconds, "peak_rss_mb": peak, "disk_gb": _disk_gb(index_dir)}
+
+
+def _children_cpu_seconds() -> float:
+    """User + system CPU seconds of this process's finished children: a build's CPU time, which a shared
+    machine's load changes far less than its wall time."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _save_tiny_model(model_dir: str, seed: int) -> str:
@@ -423,11 +463,11 @@ def run_benchmark(settings: ScaleBenchmark, work_dir: str) -> Dict[str, Any]:
 
     report: Dict[str, Any] = {"settings": asdict(settings), "load_before": os.getloadavg()[0], "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     data_dir, model_dir = os.path.join(work_dir, "gallery"), os.path.join(work_dir, "model")
-    indexes = {"exact": os.path.join(work_dir, "index-exact"), "faiss": os.path.join(work_dir, "index-faiss")}
-    start = time.perf_counter()
-    report["gallery"] = write_gallery(data_dir, settings)
-    report["gallery"]["write_seconds"] = time.perf_counter() - start
-    _save_tiny_model(model_dir, settings.seed)
+    indexes = {name: os.path.join(work_dir, f"index-{name}") for name in settings.builds}
+    reused = written_gallery(data_dir, settings)
+    report["gallery"] = {**reused, "reused": True} if reused else write_gallery(data_dir, settings)
+    if not os.path.isdir(model_dir):
+        _save_tiny_model(model_dir, settings.seed)
     _progress("gallery", report["gallery"])
     report["build"] = {}
     for name, path in indexes.items():
@@ -437,20 +477,21 @@ def run_benchmark(settings: ScaleBenchmark, work_dir: str) -> Dict[str, Any]:
     retrievers = {name: Retriever(model_dir, first_stage="contrastive") for name in indexes}
     for name, retriever in retrievers.items():
         retriever.use_index(indexes[name])
-    with GalleryIndex.open(indexes["faiss"]) as index:
-        queries = embed_captions(retrievers["faiss"], index, captions)
-        report["nprobe"] = choose_nprobe(index, queries, settings.candidates, settings.recall_target)
-    nprobe = report["nprobe"]["nprobe"]
-    _progress("nprobe", report["nprobe"])
     common = {"top_k": settings.top_k, "candidates": settings.candidates}
     images = [{"image_id": i} for i in query_image_ids(data_dir, settings.queries, settings.seed)]
-    stages = {  # name -> (index, queries, request parameters)
-        "exact": ("exact", captions, {**common, "first_stage": "contrastive"}),
-        "faiss": ("faiss", captions, {**common, "first_stage": "contrastive", "nprobe": nprobe}),
-        "tags": ("exact", captions, {**common, "first_stage": "tags"}),
-        "image->captions exact": ("exact", images, {**common, "first_stage": "contrastive"}),
-        "image->captions tags": ("exact", images, {**common, "first_stage": "tags"}),
-    }
+    stages = {}  # name -> (index, queries, request parameters)
+    if "exact" in indexes:
+        stages["exact"] = ("exact", captions, {**common, "first_stage": "contrastive"})
+    if "faiss" in indexes:
+        with GalleryIndex.open(indexes["faiss"]) as index:
+            queries = embed_captions(retrievers["faiss"], index, captions)
+            report["nprobe"] = choose_nprobe(index, queries, settings.candidates, settings.recall_target)
+        _progress("nprobe", report["nprobe"])
+        stages["faiss"] = ("faiss", captions, {**common, "first_stage": "contrastive", "nprobe": report["nprobe"]["nprobe"]})
+    plain = "exact" if "exact" in indexes else "faiss"  # tags and image -> captions do not use the faiss file
+    stages["tags"] = (plain, captions, {**common, "first_stage": "tags"})
+    stages["image->captions exact"] = (plain, images, {**common, "first_stage": "contrastive"})
+    stages["image->captions tags"] = (plain, images, {**common, "first_stage": "tags"})
     report["breakdown_ms"] = {name: breakdown(retrievers[ix], queries, params) for name, (ix, queries, params) in stages.items()}
     _progress("breakdown ms", report["breakdown_ms"])
     for retriever in retrievers.values():
@@ -475,23 +516,28 @@ def _progress(phase: str, result: Any) -> None:
 
 def format_tables(report: Dict[str, Any]) -> str:
     """The report as markdown tables: build, nprobe, HTTP load and the per-query breakdown."""
-    s, g, n = report["settings"], report["gallery"], report["nprobe"]
+    s, g = report["settings"], report["gallery"]
+    written = "written earlier" if g.get("reused") else "written"
     lines = [
         f"{s['num_images']} images ({g['regions_mean']:.1f} regions of 2054 floats per image on average, "
         f"{s['min_regions']}-{s['max_regions']}; the images share {s['distinct_images']} feature rows), "
-        f"gallery {g['disk_gb']:.2f} GB written in {g['write_seconds']:.0f} s; tiny model; started {report['started']}; "
+        f"gallery {g['disk_gb']:.2f} GB {written} in {g['write_seconds']:.0f} s; tiny model; started {report['started']}; "
         f"load average {report['load_before']:.2f} -> {report['load_after']:.2f}",
         "",
-        "| index build | wall s | peak RSS MB | index on disk GB |",
-        "|---|---|---|---|",
+        "| index build | wall s | CPU s | peak RSS MB | index on disk GB |",
+        "|---|---|---|---|---|",
     ]
     for name, row in report["build"].items():
-        lines.append(f"| {name} | {row['seconds']:.1f} | {row['peak_rss_mb']:.0f} | {row['disk_gb']:.3f} |")
-    tried = ", ".join(f"{p}: {r:.3f}" for p, r in n["tried"].items())
+        lines.append(f"| {name} | {row['seconds']:.1f} | {row['cpu_seconds']:.1f} | {row['peak_rss_mb']:.0f} | {row['disk_gb']:.3f} |")
+    if "nprobe" in report:
+        n = report["nprobe"]
+        tried = ", ".join(f"{p}: {r:.3f}" for p, r in n["tried"].items())
+        lines += [
+            "",
+            f"faiss nprobe {n['nprobe']} of {n['nlist']} lists: recall@{s['candidates']} against exact {n['recall']:.3f} "
+            f"(tried {tried}; {s['queries']} captions)",
+        ]
     lines += [
-        "",
-        f"faiss nprobe {n['nprobe']} of {n['nlist']} lists: recall@{s['candidates']} against exact {n['recall']:.3f} "
-        f"(tried {tried}; {s['queries']} captions)",
         "",
         "| first stage | clients | requests | errors | p50 ms | p95 ms | p99 ms | requests/s | server RSS MB | first request s |",
         "|---|---|---|---|---|---|---|---|---|---|",
