@@ -162,3 +162,38 @@ def test_save_and_load_round_trip(tokenizer, tmp_path):
     captions, tags = read_captions()[:10], tag_strings(10)
     for caption, tag_text in zip(captions, tags):
         assert loaded.encode_oscar(caption, tag_text, 40) == tokenizer.encode_oscar(caption, tag_text, 40)
+
+
+UNUSUAL_TEXTS = [
+    "A man riding a horse, on the beach!", "don't stop", "HELLO World", "e.g. 3.5mm", "#$%&*()", "under_score",
+    "mr. o'neil's 2nd", "  spaces  around  ", "", "a" * 150,  # a word past WordPiece's 100 characters is [UNK]
+    "a [SEP] b", "a [MASK]dog", "[unused1] x", "x[sep]y",  # special tokens (case-sensitive) and a look-alike
+    "naïve café", "中文 text", "tab\tsep", "new\nline", "x\x00y", "A.B,C-D",  # accents, CJK, control characters
+]
+
+
+@pytest.fixture(scope="module")
+def paddlenlp_bert():
+    from paddlenlp.transformers import BertTokenizer
+
+    return BertTokenizer(VOCAB, do_lower_case=True)
+
+
+def test_tokenize_equals_paddlenlp_bert_word_by_word_or_not(paddlenlp_bert):
+    tokenizer = OscarTokenizer(VOCAB)  # a fresh cache
+    texts = UNUSUAL_TEXTS + read_captions() + tag_strings()
+    for _ in range(2):  # the second pass answers plain text from the remembered words
+        for text in texts:
+            assert tokenizer.tokenize(text) == paddlenlp_bert.tokenize(text), repr(text)
+    remembered = tokenizer._word_pieces
+    assert "horse," in remembered and "beach!" in remembered  # plain text went word by word
+    assert not any(word in remembered for word in ("naïve", "[SEP]", "[MASK]dog", "tab\tsep", "中文"))  # the rest did not
+
+
+def test_the_remembered_words_are_bounded(monkeypatch):
+    from vinvl.oscar import tokenizer as module
+
+    monkeypatch.setattr(module, "WORD_CACHE_SIZE", 3)
+    tokenizer = OscarTokenizer(VOCAB)
+    assert tokenizer.tokenize("one two three four five") == ["one", "two", "three", "four", "five"]
+    assert len(tokenizer._word_pieces) <= 3
