@@ -114,7 +114,7 @@ class OscarProcessor:
 
     def _pieces(self, texts: Sequence[str], keep: int) -> Tuple[np.ndarray, np.ndarray]:
         tok = self.tokenizer
-        return self.stack_pieces([tok.convert_tokens_to_ids(tok.tokenize(t))[:keep] if t else [] for t in texts])
+        return self.stack_pieces([tok.text_ids(t)[:keep] if t else [] for t in texts])
 
     @staticmethod
     def stack_pieces(rows: Sequence[Sequence[int]]) -> Tuple[np.ndarray, np.ndarray]:

@@ -47,35 +47,39 @@ class OscarTokenizer(BertTokenizer):
 
     def __init__(self, vocab_file: str, do_lower_case: bool = True, **kwargs):
         super().__init__(vocab_file, do_lower_case=do_lower_case, **kwargs)
-        self._word_pieces: Dict[str, Tuple[str, ...]] = {}
+        self._word_pieces: Dict[str, Tuple[Tuple[str, ...], Tuple[int, ...]]] = {}
 
     def tokenize(self, text: str, **kwargs) -> List[str]:
-        """BERT's ``tokenize``, word by word with the pieces of each distinct word remembered.
+        """BERT's ``tokenize``, word by word with each distinct word's pieces remembered.
 
         PaddleNLP's tokenizer runs per character in Python (cleaning, a lower-casing regex, punctuation
-        splits): about 0.5 ms a caption, which made tokenizing most of an index build's time. For text
-        of printable ASCII holding no special token, BERT's result is the concatenation of each
-        space-separated word's result (cleaning, accents, punctuation and WordPiece all work within a
-        word), so each word is tokenized once; any other text takes the unchanged path.
+        splits): about 0.5 ms a caption, most of an index build's time before this. For text of
+        printable ASCII, BERT's result is the concatenation of each space-separated word's result
+        (cleaning, accents, punctuation, special tokens and WordPiece all work within a word), unless
+        a token that is never split holds a space; such text, and any other, takes BERT's own path.
         """
-        if kwargs or not _PRINTABLE_ASCII.fullmatch(text) or any(t in text for t in self._unsplit_tokens()):
+        if kwargs or not self._word_by_word(text):
             return super().tokenize(text, **kwargs)
-        pieces: List[str] = []
-        known = self._word_pieces
-        for word in text.split(" "):
-            if not word:
-                continue
-            word_pieces = known.get(word)
-            if word_pieces is None:
-                if len(known) >= WORD_CACHE_SIZE:
-                    known.clear()
-                word_pieces = known[word] = tuple(super().tokenize(word))
-            pieces.extend(word_pieces)
-        return pieces
+        return [piece for word in text.split(" ") if word for piece in self._word(word)[0]]
 
-    def _unsplit_tokens(self) -> List[str]:
-        """The strings ``tokenize`` never splits (special and added tokens): text holding one takes BERT's path."""
-        return self.unique_no_split_tokens + self.all_special_tokens
+    def text_ids(self, text: str) -> List[int]:
+        """``convert_tokens_to_ids(tokenize(text))``, with each distinct word's ids remembered too."""
+        if not self._word_by_word(text):
+            return self.convert_tokens_to_ids(super().tokenize(text))
+        return [i for word in text.split(" ") if word for i in self._word(word)[1]]
+
+    def _word_by_word(self, text: str) -> bool:
+        return bool(_PRINTABLE_ASCII.fullmatch(text)) and not any(" " in t for t in self.unique_no_split_tokens)
+
+    def _word(self, word: str) -> Tuple[Tuple[str, ...], Tuple[int, ...]]:
+        """One word's pieces and ids, tokenized by BERT's path once."""
+        known = self._word_pieces.get(word)
+        if known is None:
+            if len(self._word_pieces) >= WORD_CACHE_SIZE:
+                self._word_pieces.clear()
+            pieces = super().tokenize(word)
+            known = self._word_pieces[word] = (tuple(pieces), tuple(self.convert_tokens_to_ids(pieces)))
+        return known
 
     @staticmethod
     def tags_to_text(tags: Tags) -> str:
@@ -94,8 +98,8 @@ class OscarTokenizer(BertTokenizer):
         """
         tag_text = self.tags_to_text(tags)
         return self.build_pair_ids(
-            self.convert_tokens_to_ids(self.tokenize(caption)) if caption else [],
-            self.convert_tokens_to_ids(self.tokenize(tag_text)) if tag_text else None,
+            self.text_ids(caption) if caption else [],
+            self.text_ids(tag_text) if tag_text else None,
             max_seq_len,
         )
 
