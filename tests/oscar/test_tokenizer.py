@@ -187,8 +187,10 @@ def test_tokenize_equals_paddlenlp_bert_word_by_word_or_not(paddlenlp_bert):
             tokens = paddlenlp_bert.tokenize(text)
             assert tokenizer.tokenize(text) == tokens, repr(text)
             assert tokenizer.text_ids(text) == paddlenlp_bert.convert_tokens_to_ids(tokens), repr(text)
+            assert tokenizer.basic_tokens(text) == paddlenlp_bert.basic_tokenizer.tokenize(text), repr(text)
     remembered = tokenizer._word_pieces
     assert "horse," in remembered and "beach!" in remembered  # plain text went word by word
+    assert "horse," in tokenizer._basic_words
     assert not any(word in remembered for word in ("naïve", "tab\tsep", "中文"))  # the rest did not
     tokenizer.add_tokens(["new york"])  # a token never split that holds a space: BERT's path, which keeps it whole
     assert tokenizer.tokenize("a new york cab") == ["a", "new york", "cab"]

@@ -48,6 +48,7 @@ class OscarTokenizer(BertTokenizer):
     def __init__(self, vocab_file: str, do_lower_case: bool = True, **kwargs):
         super().__init__(vocab_file, do_lower_case=do_lower_case, **kwargs)
         self._word_pieces: Dict[str, Tuple[Tuple[str, ...], Tuple[int, ...]]] = {}
+        self._basic_words: Dict[str, Tuple[str, ...]] = {}
 
     def tokenize(self, text: str, **kwargs) -> List[str]:
         """BERT's ``tokenize``, word by word with each distinct word's pieces remembered.
@@ -67,6 +68,23 @@ class OscarTokenizer(BertTokenizer):
         if not self._word_by_word(text):
             return self.convert_tokens_to_ids(super().tokenize(text))
         return [i for word in text.split(" ") if word for i in self._word(word)[1]]
+
+    def basic_tokens(self, text: str) -> List[str]:
+        """``basic_tokenizer.tokenize(text)``: BERT's words before WordPiece (lower-cased, accents stripped,
+        punctuation split off), word by word with each distinct word's remembered, as :meth:`tokenize`."""
+        if not _PRINTABLE_ASCII.fullmatch(text):
+            return self.basic_tokenizer.tokenize(text)
+        known = self._basic_words
+        tokens: List[str] = []
+        for word in text.split(" "):
+            if word:
+                word_tokens = known.get(word)
+                if word_tokens is None:
+                    if len(known) >= WORD_CACHE_SIZE:
+                        known.clear()
+                    word_tokens = known[word] = tuple(self.basic_tokenizer.tokenize(word))
+                tokens.extend(word_tokens)
+        return tokens
 
     def _word_by_word(self, text: str) -> bool:
         return bool(_PRINTABLE_ASCII.fullmatch(text)) and not any(" " in t for t in self.unique_no_split_tokens)

@@ -119,7 +119,7 @@ def words_of(tokenizer: Any, text: str) -> List[str]:
     """The words of ``text`` as the model's tokenizer splits them before WordPiece (lower-cased,
     accents stripped, punctuation split off), without the punctuation tokens themselves, each
     passed through :func:`fold_plural`."""
-    return [fold_plural(w) for w in tokenizer.basic_tokenizer.tokenize(text) if any(ch.isalnum() for ch in w)]
+    return [fold_plural(w) for w in tokenizer.basic_tokens(text) if any(ch.isalnum() for ch in w)]
 
 
 def tag_words(tokenizer: Any, tags: Any) -> List[str]:
