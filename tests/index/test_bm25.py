@@ -61,11 +61,11 @@ def _strip_postings(out):
         path = index.path
     with open(os.path.join(path, MANIFEST), encoding="utf-8") as f:
         manifest = json.load(f)
-    del manifest[bm25.MANIFEST_KEY]
+    del manifest[bm25.TAGS.manifest_key]
     with open(os.path.join(path, MANIFEST), "w", encoding="utf-8") as f:
         json.dump(manifest, f)
     for name in os.listdir(path):
-        if name.startswith(bm25.PREFIX):
+        if name.startswith(bm25.TAGS.prefix):
             os.remove(os.path.join(path, name))
 
 
@@ -74,10 +74,10 @@ def test_build_writes_postings_that_answer_as_bm25index(setup, tmp_path):
     build_index(out, setup["model"], [GallerySource(setup["corpus"], "test")], progress=False)
     gallery = _gallery(setup, out)
     try:
-        entry = gallery.index.manifest[bm25.MANIFEST_KEY]
+        entry = gallery.index.manifest[bm25.TAGS.manifest_key]
         assert entry["documents"] == 12 and entry["postings"] > 0
         search = gallery.image_bm25()
-        assert isinstance(search, PostingsBM25) and search is gallery.index.tag_search()  # the stored postings
+        assert isinstance(search, PostingsBM25) and search is gallery.index.bm25_search(bm25.TAGS)  # the stored postings
         assert isinstance(search.postings.docs, np.memmap)  # memory-mapped, not rebuilt from the tags
         _assert_answers_as(_reference(setup, ["test"]), search, _queries(setup))
     finally:
@@ -90,11 +90,11 @@ def test_add_merges_postings_as_one_build_of_the_union(setup, tmp_path):
     add_to_index(grown, setup["model"], [GallerySource(setup["corpus"], "val")], progress=False)
     build_index(union, setup["model"], [GallerySource(setup["corpus"], s) for s in ("test", "val")], progress=False)
     with GalleryIndex.open(grown) as a, GalleryIndex.open(union) as b:
-        (pa, _), (pb, _) = a.tag_postings(), b.tag_postings()
+        (pa, _), (pb, _) = a.postings(bm25.TAGS), b.postings(bm25.TAGS)
         assert [pa.words[t] for t in range(pa.num_terms)] == [pb.words[t] for t in range(pb.num_terms)]
         for name in ("indptr", "docs", "tf", "lengths"):
             np.testing.assert_array_equal(getattr(pa, name), getattr(pb, name))
-        _assert_answers_as(_reference(setup, ["test", "val"]), a.tag_search(), _queries(setup))
+        _assert_answers_as(_reference(setup, ["test", "val"]), a.bm25_search(bm25.TAGS), _queries(setup))
 
 
 def test_an_index_without_postings_opens_answers_the_same_and_gets_them_on_add(setup, tmp_path, caplog):
@@ -103,9 +103,9 @@ def test_an_index_without_postings_opens_answers_the_same_and_gets_them_on_add(s
     _strip_postings(out)
     gallery = _gallery(setup, out)
     try:
-        assert gallery.index.tag_search() is None
+        assert gallery.index.bm25_search(bm25.TAGS) is None
         with pytest.raises(ValueError, match="vinvl index build"):
-            gallery.index.tag_postings()
+            gallery.index.postings(bm25.TAGS)
         search = gallery.image_bm25()  # built in memory from the tags, with a warning naming the fix
         assert "vinvl index build" in caplog.text
         _assert_answers_as(_reference(setup, ["test"]), search, _queries(setup))
@@ -113,5 +113,5 @@ def test_an_index_without_postings_opens_answers_the_same_and_gets_them_on_add(s
         gallery.close()
     add_to_index(out, setup["model"], [GallerySource(setup["corpus"], "val")], progress=False)
     with GalleryIndex.open(out) as index:
-        assert index.manifest[bm25.MANIFEST_KEY]["documents"] == 19
-        _assert_answers_as(_reference(setup, ["test", "val"]), index.tag_search(), _queries(setup))
+        assert index.manifest[bm25.TAGS.manifest_key]["documents"] == 19
+        _assert_answers_as(_reference(setup, ["test", "val"]), index.bm25_search(bm25.TAGS), _queries(setup))
