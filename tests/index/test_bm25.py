@@ -11,8 +11,7 @@ import pytest
 
 import vinvl  # noqa: F401  (CPU runtime defaults)
 from vinvl.data import load_corpus, write_synthetic_corpus
-from vinvl.index import GalleryIndex, GallerySource, add_to_index, build_index
-from vinvl.index import bm25
+from vinvl.index import GalleryIndex, GallerySource, add_to_index, bm25, build_index
 from vinvl.index.versions import MANIFEST
 from vinvl.oscar.model_dir import load_tokenizer
 from vinvl.query.gallery import QueryGallery
