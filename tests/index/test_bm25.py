@@ -16,7 +16,8 @@ from vinvl.index.versions import MANIFEST
 from vinvl.oscar.model_dir import load_tokenizer
 from vinvl.query.gallery import QueryGallery
 from vinvl.retrieval.first_stage import BM25Index, tag_words, words_of
-from vinvl.retrieval.postings import PostingsBM25
+from vinvl.retrieval import postings as postings_module
+from vinvl.retrieval.postings import PostingsBM25, build_postings
 
 from support.tinymodel import save_random_model
 
@@ -135,3 +136,25 @@ def test_an_index_without_postings_opens_answers_the_same_and_gets_them_on_add(s
     with GalleryIndex.open(out) as index:
         assert index.manifest[kind.manifest_key]["documents"] == (19 if kind == bm25.TAGS else 95)
         _assert_answers_as(_reference(setup, ["test", "val"], kind), index.bm25_search(kind), _queries(setup))
+
+
+@KINDS
+def test_postings_spilled_a_few_documents_at_a_time_equal_one_build_in_memory(setup, tmp_path, monkeypatch, kind):
+    """The build spills each _CHUNK_DOCUMENTS documents' postings to the staging folder and merges them;
+    with chunks of 7 documents (12 images, 60 captions: several chunks, a partial last one) the stored
+    arrays are those of one in-memory build over the same word lists."""
+    tokenizer = setup["tokenizer"]
+    out = str(tmp_path / "index")
+    monkeypatch.setattr(postings_module, "_CHUNK_DOCUMENTS", 7)
+    build_index(out, setup["model"], [GallerySource(setup["corpus"], "test")], progress=False)
+    monkeypatch.undo()
+    if kind == bm25.TAGS:
+        documents = [tag_words(tokenizer, t) for t in load_corpus(setup["corpus"], "test").tags]
+    else:
+        documents = [words_of(tokenizer, c) for c in _captions(setup, "test")]
+    expected = build_postings(documents)
+    with GalleryIndex.open(out) as index:
+        stored, _ = index.postings(kind)
+        assert [stored.words[t] for t in range(stored.num_terms)] == list(expected.words)
+        for name in ("indptr", "docs", "tf", "lengths"):
+            np.testing.assert_array_equal(getattr(stored, name), getattr(expected, name))

@@ -342,9 +342,10 @@ class GalleryIndex:
         (rows number the captions flattened in image order). Memory-mapped from the version; for a
         version written before it was stored, counted once from the caption column (a read of
         every image's captions, logged)."""
-        with self._lock:
-            if self._caption_starts is None:
-                self._caption_starts = self._load_caption_starts()
+        if self._caption_starts is None:  # read per caption row: the lock only for the first load
+            with self._lock:
+                if self._caption_starts is None:
+                    self._caption_starts = self._load_caption_starts()
         return self._caption_starts
 
     def _load_caption_starts(self) -> np.ndarray:
