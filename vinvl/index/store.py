@@ -13,11 +13,14 @@ embeddings.npy           float32 [N, contrastive_dim] first-stage image embeddin
 faiss.index              optional IVF-Flat index over embeddings.npy
 captions.npy             each image's captions, JSON per image (+ captions_offsets.npy); what
                          image -> captions queries retrieve (flattened in image order)
+caption_starts.npy       int64 [N + 1]: image i's captions are caption rows starts[i]..starts[i + 1]
 caption_embeddings.npy   float32 [C, contrastive_dim] caption-only embeddings of those captions,
                          only when the contrastive heads are trained
 bm25_tags_*.npy          the tags first stage's BM25 postings over the images' tag words
                          (:mod:`vinvl.index.bm25`): vocabulary, term -> images and term frequencies,
-                         image lengths
+                         image lengths (caption -> images)
+bm25_captions_*.npy      the same over the captions' words, one document per caption row
+                         (image -> captions)
 ```
 
 An index built with a Milvus store (``store=``, :mod:`vinvl.index.milvus`) writes neither embedding
@@ -26,10 +29,12 @@ embedding (and the build of it the version was written with); everything else is
 
 Captions came later than the rest of format 1: an index written before them has no
 ``captions`` entry in its manifest and reads as an index whose images have no captions (image ->
-captions queries say so); ``add`` to such an index gives its old images no captions. Likewise
-the BM25 postings: a version without a ``tag_postings`` entry opens, and its readers build the
-postings in memory from the tags on their first tags query (:meth:`GalleryIndex.tag_search` is
-None); ``add`` to it writes them for every image.
+captions queries say so); ``add`` to such an index gives its old images no captions. A version
+without ``caption_starts`` (no ``starts`` in its manifest's ``captions`` entry) opens too: its
+readers count each image's captions once (:attr:`GalleryIndex.caption_starts`). Likewise
+the BM25 postings: a version without a ``tag_postings`` (or ``caption_postings``) entry opens,
+and its readers build those postings in memory from the tags (the captions) on their first tags
+query (:meth:`GalleryIndex.bm25_search` is None); ``add`` to it writes them for every image (caption).
 
 Every array is opened with ``np.load(mmap_mode="r")``: opening costs the same for 1K or 1M
 images, and a query reads only the rows it touches. Versions are switched atomically
@@ -41,10 +46,11 @@ from __future__ import annotations
 import datetime
 import itertools
 import json
+import logging
 import os
 import threading
 from dataclasses import dataclass
-from typing import IO, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import IO, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -56,7 +62,7 @@ from ..data.examples import ExampleOptions, detect_layout, open_feature_source
 from ..oscar.configuration import OscarConfig
 from ..oscar.model_dir import load_retrieval_model, load_tokenizer, weights_checksum
 from ..retrieval import Gallery, RetrievalEngine
-from ..retrieval.first_stage import BM25_B, BM25_K1, tag_word_lists
+from ..retrieval.first_stage import BM25_B, BM25_K1, tag_word_lists, words_of
 from ..retrieval.postings import Postings, PostingsBM25
 from ..retrieval.search import ExactSearch, Searcher
 from ..retrieval.topk import TopK
@@ -74,10 +80,13 @@ __all__ = [
     "build_index",
 ]
 
+logger = logging.getLogger(__name__)
+
 INDEX_FORMAT = 1
 FIRST_STAGES = ("contrastive", "tags")  # "tags": the tags are stored for a tag-matching first stage
 EMBEDDINGS_FILE = "embeddings.npy"
 CAPTION_EMBEDDINGS_FILE = "caption_embeddings.npy"
+CAPTION_STARTS = "caption_starts"  # .npy: each image's first caption row (see GalleryIndex.caption_starts)
 # Images embedded per engine call: a multiple of the engine's IMAGE_BLOCK (128), so chunking
 # gives the batches (and so the bits) one call over the whole source would.
 EMBED_CHUNK = 1024
@@ -224,7 +233,8 @@ class GalleryIndex:
             "caption_embeddings", milvus.CAPTION, self.num_captions, captions.get("embeddings") if captions else None
         )
         self._faiss = None
-        self._tag_search: Optional[PostingsBM25] = None
+        self._bm25: Dict[bm25.PostingsKind, PostingsBM25] = {}
+        self._caption_starts: Optional[np.ndarray] = None
         self._sources: Dict[int, object] = {}
         self._lock = threading.Lock()  # feature files share one handle (seek + read); faiss and the postings load once
 
@@ -259,7 +269,7 @@ class GalleryIndex:
 
     def close(self) -> None:
         self._faiss = None
-        self._tag_search = None
+        self._bm25 = {}
         if self.store is not None:
             self.store.close()
         self._handle.close()
@@ -325,6 +335,40 @@ class GalleryIndex:
     def captions(self, index: int) -> List[str]:
         """Image ``index``'s captions ([] when it has none, or the index stores none)."""
         return self.caption_column[index] if self.caption_column is not None else []
+
+    @property
+    def caption_starts(self) -> np.ndarray:
+        """int64 ``[N + 1]``: image i's captions are the caption rows ``[starts[i], starts[i + 1])``
+        (rows number the captions flattened in image order). Memory-mapped from the version; for a
+        version written before it was stored, counted once from the caption column (a read of
+        every image's captions, logged)."""
+        if self._caption_starts is None:  # read per caption row: the lock only for the first load
+            with self._lock:
+                if self._caption_starts is None:
+                    self._caption_starts = self._load_caption_starts()
+        return self._caption_starts
+
+    def _load_caption_starts(self) -> np.ndarray:
+        if self.caption_column is None:
+            return np.zeros(self.num_images + 1, dtype=np.int64)
+        if self.manifest["captions"].get("starts"):
+            return load_array(self.path, CAPTION_STARTS)
+        logger.warning(
+            "the index %s stores no caption row starts (built before they were stored): counting every image's "
+            "captions in this process; `vinvl index build` again to store them", self.root,
+        )
+        return self.caption_column.row_starts()
+
+    def caption(self, row: int) -> str:
+        """Caption row ``row`` (captions flattened in image order)."""
+        image = self.caption_owner(row)
+        return self.captions(image)[row - int(self.caption_starts[image])]
+
+    def caption_owner(self, row: int) -> int:
+        """The image whose caption ``row`` is."""
+        if not 0 <= row < self.num_captions:
+            raise IndexError(f"caption row {row} is not in 0..{self.num_captions - 1}")
+        return int(np.searchsorted(self.caption_starts, row, side="right")) - 1
 
     def features(self, index: int) -> np.ndarray:
         """Image ``index``'s ``[num_regions, 2054]`` region features, read from the original file."""
@@ -400,27 +444,28 @@ class GalleryIndex:
             return ivf.IVFSearch(self.faiss_index(), nprobe).search(queries, k)
         raise ValueError(f"method must be 'exact', 'faiss' or 'store', got {method!r}")
 
-    @property
-    def has_tag_postings(self) -> bool:
-        """Whether the version stores the tags first stage's BM25 postings (indexes built before them do not)."""
-        return self.manifest.get(bm25.MANIFEST_KEY) is not None
+    def has_postings(self, kind: bm25.PostingsKind) -> bool:
+        """Whether the version stores the ``kind`` BM25 postings (:data:`vinvl.index.bm25.TAGS` or
+        :data:`~vinvl.index.bm25.CAPTIONS`; indexes built before them do not)."""
+        return self.manifest.get(kind.manifest_key) is not None
 
-    def tag_postings(self) -> Tuple[Postings, IdColumn]:
-        """The version's BM25 postings of the images' tag words, memory-mapped: (postings, vocabulary)."""
-        if not self.has_tag_postings:
-            raise ValueError(f"the index {self.root} stores no BM25 postings; rebuild it with `vinvl index build`")
-        return bm25.load_postings(self.path)
+    def postings(self, kind: bm25.PostingsKind) -> Tuple[Postings, IdColumn]:
+        """The version's ``kind`` BM25 postings, memory-mapped: (postings, vocabulary)."""
+        if not self.has_postings(kind):
+            raise ValueError(f"the index {self.root} stores no BM25 {kind.manifest_key}; rebuild it with `vinvl index build`")
+        return bm25.load_postings(self.path, kind)
 
-    def tag_search(self) -> Optional[PostingsBM25]:
-        """BM25 of caption words against the images' tag words over the stored postings (opened on
-        first use, shared by every caller), or None for a version written before postings were stored."""
-        if not self.has_tag_postings:
+    def bm25_search(self, kind: bm25.PostingsKind) -> Optional[PostingsBM25]:
+        """BM25 over the stored ``kind`` postings (opened on first use, shared by every caller): caption
+        words against the images' tag words (``TAGS``), or tag words against the captions' words
+        (``CAPTIONS``); None for a version written before those postings were stored."""
+        if not self.has_postings(kind):
             return None
         with self._lock:
-            if self._tag_search is None:
-                postings, vocabulary = self.tag_postings()
-                self._tag_search = PostingsBM25(postings, vocabulary.find, BM25_K1, BM25_B)
-        return self._tag_search
+            if kind not in self._bm25:
+                postings, vocabulary = self.postings(kind)
+                self._bm25[kind] = PostingsBM25(postings, vocabulary.find, BM25_K1, BM25_B)
+        return self._bm25[kind]
 
     def faiss_index(self):
         """The version's faiss index, memory-mapped on first use."""
@@ -555,12 +600,12 @@ def _write_version(
         for embedded, owners in captions.finish():
             caption_at = _caption_rows(writers, store, caption_at, embedded, owners)
     writers.close()
-    postings_entry = _write_tag_postings(folder, model_dir, sources, base)
+    tag_postings, caption_postings = _write_postings(folder, model_dir, sources, base)
     if store is not None:
         pause_for_test("store")
 
     embeddings_entry = faiss_entry = None
-    captions_entry = {"count": num_captions, "embeddings": None}
+    captions_entry = {"count": num_captions, "starts": f"{CAPTION_STARTS}.npy", "embeddings": None}
     if store is not None:
         embeddings_entry = {"store": "milvus", "dim": config.contrastive_dim}
         captions_entry["embeddings"] = dict(embeddings_entry)
@@ -584,7 +629,8 @@ def _write_version(
         faiss=faiss_entry,
         store=store_entry,
         captions=captions_entry,
-        tag_postings=postings_entry,
+        tag_postings=tag_postings,
+        caption_postings=caption_postings,
         feature_files=files,
         sources=(base.manifest["sources"] if base else [])
         + [{"gallery_dir": os.path.abspath(s.source.gallery_dir), "split": s.source.split, "num_images": s.num_images} for s in sources],
@@ -632,8 +678,10 @@ class _VersionWriters:
             self.caption_column.append([[]] * old)
         self.feature_file = np.full(total, -1, dtype=np.int32)
         self.feature_row = np.zeros(total, dtype=np.int64)
+        self.caption_starts = np.zeros(total + 1, dtype=np.int64)
         if base is not None:
             self.feature_file[:old], self.feature_row[:old] = base.feature_file, base.feature_row
+            self.caption_starts[: old + 1] = base.caption_starts
         self.at = old
         self.images = self.captions = None
         if embeddings:
@@ -648,6 +696,9 @@ class _VersionWriters:
         hi = self.at + len(file_numbers)
         self.feature_file[self.at : hi] = file_numbers
         self.feature_row[self.at : hi] = chunk["feature_row"]
+        counts = np.fromiter((len(c) for c in chunk["captions"]), dtype=np.int64, count=hi - self.at)
+        np.cumsum(counts, out=self.caption_starts[self.at + 1 : hi + 1])
+        self.caption_starts[self.at + 1 : hi + 1] += self.caption_starts[self.at]
         self.at = hi
 
     def close(self) -> None:
@@ -655,6 +706,7 @@ class _VersionWriters:
         self.caption_column.close()
         np.save(os.path.join(self.folder, "feature_file.npy"), self.feature_file)
         np.save(os.path.join(self.folder, "feature_row.npy"), self.feature_row)
+        np.save(os.path.join(self.folder, f"{CAPTION_STARTS}.npy"), self.caption_starts)
         for writer in (self.images, self.captions):
             if writer is not None:
                 writer.close()
@@ -675,17 +727,31 @@ def write_columns(
     np.save(os.path.join(folder, "feature_row.npy"), np.asarray(feature_row, dtype=np.int64))
 
 
-def _write_tag_postings(folder: str, model_dir: str, sources: Sequence[_LoadedSource], base: Optional[GalleryIndex]) -> dict:
-    """The BM25 postings of the version's images' tag words: ``base``'s postings merged with the new
-    images' (a ``base`` written before postings were stored has its tags tokenized now); the manifest entry."""
+def _write_postings(folder: str, model_dir: str, sources: Sequence[_LoadedSource], base: Optional[GalleryIndex]) -> Tuple[dict, dict]:
+    """The version's two sets of BM25 postings, streamed from the sources a chunk of images at a time:
+    the images' tag words and the captions' words, each ``base``'s postings merged with the new
+    documents' (a ``base`` written before them has its tags / captions tokenized now); their manifest entries."""
     tokenizer = load_tokenizer(model_dir)
     new_tags = (t for s in sources for chunk in s.chunks(("tags",)) for t in chunk["tags"])
-    if base is None:
-        return bm25.write_postings(folder, tag_word_lists(tokenizer, new_tags))
-    if base.has_tag_postings:
-        return bm25.write_postings(folder, tag_word_lists(tokenizer, new_tags), base=base.tag_postings()[0])
-    old_tags = (base.tags(i) for i in range(base.num_images))
-    return bm25.write_postings(folder, tag_word_lists(tokenizer, itertools.chain(old_tags, new_tags)))
+    new_captions = (c for s in sources for chunk in s.chunks(("captions",)) for per_image in chunk["captions"] for c in per_image)
+    old = range(base.num_images) if base is not None else range(0)
+    tags = _merged_postings(folder, bm25.TAGS, base, (base.tags(i) for i in old), new_tags, lambda tags: tag_word_lists(tokenizer, tags))
+    captions = _merged_postings(
+        folder, bm25.CAPTIONS, base, (c for i in old for c in base.captions(i)), new_captions,
+        lambda texts: (words_of(tokenizer, c) for c in texts),
+    )
+    return tags, captions
+
+
+def _merged_postings(
+    folder: str, kind: bm25.PostingsKind, base: Optional[GalleryIndex], old: Iterator, new: Iterator,
+    words: Callable[[Iterator], Iterator[List[str]]],
+) -> dict:
+    """``kind`` postings of the ``old`` documents then the ``new`` ones (``words`` turns documents into
+    word lists): ``base``'s stored postings extended when it has them, else every document tokenized."""
+    if base is not None and base.has_postings(kind):
+        return bm25.write_postings(folder, words(new), base=base.postings(kind)[0], kind=kind)
+    return bm25.write_postings(folder, words(itertools.chain(old, new)), kind=kind)
 
 
 def write_manifest(folder: str, **fields) -> dict:

@@ -147,6 +147,20 @@ class ListColumn:
     def __getitem__(self, index: int) -> List[str]:
         return json.loads(bytes(self.data[self.offsets[index] : self.offsets[index + 1]]).decode("utf-8"))
 
+    def row_starts(self) -> np.ndarray:
+        """int64 ``[rows + 1]``: where each row's strings start among every row's strings flattened
+        in order (a read of every row, ``_COPY_BYTES`` of text at a time)."""
+        starts = np.zeros(len(self) + 1, dtype=np.int64)
+        row = 0
+        while row < len(self):
+            end = int(np.searchsorted(self.offsets, self.offsets[row] + _COPY_BYTES, side="right")) - 1
+            end = min(max(end, row + 1), len(self))
+            text = read_rows(self.data, int(self.offsets[row]), int(self.offsets[end])).tobytes()
+            cuts = np.asarray(self.offsets[row : end + 1]) - self.offsets[row]
+            starts[row + 1 : end + 1] = [len(json.loads(text[a:b])) for a, b in zip(cuts[:-1], cuts[1:])]
+            row = end
+        return np.cumsum(starts, out=starts)
+
 
 class ListColumnWriter:
     """A :class:`ListColumn` written chunk by chunk: ``base``'s rows (if any), then ``count`` rows

@@ -2,14 +2,15 @@
 
 One class for every gallery source: an in-memory gallery (arrays or a data directory read by the
 ``coco_ir`` loading script, embedded once when it is set) and the live version of a gallery index
-(``vinvl index build``: ids, tags and captions read from its columns, embeddings memory-mapped,
-region features read from their files only for the images a query scores). Either way the query
-core sees the same things: the images and their flattened captions (:class:`Gallery`), the image
-each caption came with, and per first stage a search: contrastive embeddings through a
+(``vinvl index build``). Either way the query core sees the same things: the images and their
+flattened captions (a :class:`Gallery`, or for an index an
+:class:`~vinvl.query.index_images.IndexImages` that reads ids, tags and captions from the index's
+columns when a query asks for them, so a server never holds a list of the whole gallery), the
+image each caption came with, and per first stage a search: contrastive embeddings through a
 :class:`~vinvl.retrieval.search.Searcher` (the index's faiss IVF index when it has one) and BM25
 over tag words / caption words by posting lists (:class:`~vinvl.retrieval.postings.PostingsBM25`):
-the images' from the index version's stored postings, memory-mapped; otherwise (an in-memory
-gallery, the captions, an index written before postings were stored) built on first use.
+an index version's stored postings, memory-mapped; otherwise (an in-memory gallery, an index
+written before postings were stored) built on first use.
 
 A gallery is immutable once made; a new index version is a new gallery (the core swaps it in).
 """
@@ -17,16 +18,18 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Callable, Iterable, List, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 import numpy as np
 
+from ..index import bm25
 from ..index.store import GalleryIndex
 from ..index.versions import VersionedDir
 from ..retrieval import Gallery
 from ..retrieval.first_stage import BM25_B, BM25_K1, tag_word_lists, words_of
 from ..retrieval.postings import PostingsBM25, build_postings
 from ..retrieval.search import ExactSearch, Searcher
+from .index_images import IndexImages
 
 __all__ = ["QueryGallery"]
 
@@ -42,7 +45,7 @@ class QueryGallery:
 
     def __init__(
         self,
-        images: Gallery,
+        images: Union[Gallery, IndexImages],
         caption_image_ids: Sequence[Optional[str]],
         tokenizer: Any,
         image_embeds: Optional[np.ndarray] = None,
@@ -50,7 +53,7 @@ class QueryGallery:
         index: Optional[GalleryIndex] = None,
     ):
         self.images = images
-        self.caption_image_ids: List[Optional[str]] = list(caption_image_ids)
+        self.caption_image_ids = caption_image_ids
         self.index = index
         self._tokenizer = tokenizer
         self._image_embeds = image_embeds
@@ -90,13 +93,8 @@ class QueryGallery:
         """The live version of the index at ``index_path``, checked to be built with ``model_dir``'s weights."""
         index = GalleryIndex.open(index_path, model_dir=model_dir)
         try:
-            ids = [index.image_id(i) for i in range(index.num_images)]
-            captions = [index.captions(i) for i in range(index.num_images)]
-            flat = [c for per_image in captions for c in per_image]
-            owners = [ids[i] for i, per_image in enumerate(captions) for _ in per_image]
-            tags = [index.tags(i) for i in range(index.num_images)]
-            images = Gallery.for_queries(ids, tags, index.features, flat)
-            return cls(images, owners, tokenizer, index.embeddings, index.caption_embeddings, index=index)
+            images = IndexImages(index)
+            return cls(images, images.caption_image_ids, tokenizer, index.embeddings, index.caption_embeddings, index=index)
         except BaseException:
             index.close()
             raise
@@ -147,28 +145,29 @@ class QueryGallery:
     def image_bm25(self) -> PostingsBM25:
         """The images as BM25 documents of their tag words (``tags``, caption -> images): the index
         version's stored postings, or built in memory on first use."""
-        if self.index is not None:
-            stored = self.index.tag_search()
-            if stored is not None:
-                return stored
-        return self._bm25_of("images", lambda: tag_word_lists(self._tokenizer, self.images.tags))
+        return self._bm25_of(bm25.TAGS, lambda: tag_word_lists(self._tokenizer, self.images.tags))
 
     def caption_bm25(self) -> PostingsBM25:
-        """The captions as BM25 documents of their words (``tags``, image -> captions), built on first use."""
-        return self._bm25_of("captions", lambda: (words_of(self._tokenizer, c) for c in self.images.captions))
+        """The captions as BM25 documents of their words (``tags``, image -> captions): the index
+        version's stored postings, or built in memory on first use."""
+        return self._bm25_of(bm25.CAPTIONS, lambda: (words_of(self._tokenizer, c) for c in self.images.captions))
 
-    def _bm25_of(self, name: str, documents: Callable[[], Iterable[Sequence[str]]]) -> PostingsBM25:
+    def _bm25_of(self, kind: bm25.PostingsKind, documents: Callable[[], Iterable[Sequence[str]]]) -> PostingsBM25:
+        if self.index is not None:
+            stored = self.index.bm25_search(kind)
+            if stored is not None:
+                return stored
         with self._lock:
-            if name not in self._bm25:
-                if name == "images" and self.index is not None:
+            if kind not in self._bm25:
+                if self.index is not None:
                     logger.warning(
-                        "the index %s stores no BM25 postings (built before they were stored): building them "
-                        "from every image's tags in this process; `vinvl index build` again to store them", self.index.root
+                        "the index %s stores no BM25 %s (built before they were stored): building them in this "
+                        "process; `vinvl index build` again to store them", self.index.root, kind.manifest_key
                     )
                 postings = build_postings(documents())
                 vocabulary = {word: term for term, word in enumerate(postings.words)}
-                self._bm25[name] = PostingsBM25(postings, lambda w: vocabulary.get(w, -1), BM25_K1, BM25_B)
-            return self._bm25[name]
+                self._bm25[kind] = PostingsBM25(postings, lambda w: vocabulary.get(w, -1), BM25_K1, BM25_B)
+            return self._bm25[kind]
 
     # ----- index versions ---------------------------------------------------------------
 
