@@ -22,15 +22,20 @@ from paddlenlp import Taskflow
 from vinvl.data import write_synthetic_corpus
 from vinvl.commands.cli import main as cli_main
 from vinvl.commands.retrieve import main as retrieve_main
+from vinvl.errors import UsageError
+from vinvl.precision import cpu_flags
 from vinvl.vision.detector import VinVLDetector
+from vinvl.vision.inference import InferenceDetector
 from vinvl.vision.image import load_image
 from vinvl.query.photos import is_image_source
 
 from support.paths import PHOTO_DIR, REPO, TINY_DETECTOR as DETECTOR, TINY_MODEL
+from support.precision import assert_bf16_regions, refuse_missing_instructions
 from support.realdata import GALLERY_PHOTOS, OTHER_PHOTO, QUERY_PHOTO, read_captions
 from support.tinymodel import assert_same_answers, derive
 
 TOP_K = 3
+needs_bf16 = pytest.mark.skipif(not {"avx512_bf16", "amx_bf16"} & cpu_flags(), reason="this CPU has no bf16 instructions")
 
 
 @pytest.fixture(scope="module")
@@ -273,3 +278,68 @@ def test_vinvl_retrieve_text_over_a_photo_folder(model_dir, detector, tmp_path, 
     gallery = captions_gallery(detector)
     gallery.pop("captions")
     assert printed == make(model_dir, gallery=gallery)(caption)
+
+
+# ----- detector_precision ---------------------------------------------------------------------------
+
+
+def photo_margins(answers):
+    return np.array([c["margin"] for c in answers[0]["captions"]])
+
+
+@pytest.fixture(scope="module")
+def with_bf16_detector(model_dir, detector):
+    return make(model_dir, detector_path=DETECTOR, detector_precision="bf16", gallery=captions_gallery(detector))
+
+
+@needs_bf16
+def test_detector_precision_bf16_detects_photo_queries_on_paddle_inference(with_bf16_detector, with_detector):
+    """The Taskflow's photo queries go through the bf16 detector (Paddle Inference): its regions are
+    near the fp32 detector's and not equal to them, and the photo is answered from them."""
+    answers = with_bf16_detector(QUERY_PHOTO)
+    photos = with_bf16_detector.task_instance.retriever.photos
+    assert isinstance(photos.detector, InferenceDetector) and photos.detector.precision == "bf16"
+    assert len(answers[0]["captions"]) == TOP_K
+    bf16_query = with_bf16_detector.task_instance.retriever.parse(QUERY_PHOTO)[0]
+    fp32_query = with_detector.task_instance.retriever.parse(QUERY_PHOTO)[0]
+    assert_bf16_regions(bf16_query.features, fp32_query.features)
+    assert answers == with_bf16_detector(bf16_query)  # answered from exactly those regions
+    assert not np.allclose(photo_margins(answers), photo_margins(with_detector(QUERY_PHOTO)), rtol=1e-6, atol=0)
+
+
+@needs_bf16
+def test_vinvl_retrieve_detector_precision_answers_as_the_bf16_taskflow(model_dir, detector, tmp_path, capsys):
+    corpus = str(tmp_path / "corpus")
+    write_synthetic_corpus(corpus, {"test": 4}, seed=3)
+    flags = ["--model_dir", model_dir, "--data_dir", corpus, "--image", QUERY_PHOTO, "--detector", DETECTOR,
+             "--top_k", str(TOP_K), "--first_stage", "exhaustive"]
+    printed = retrieve_main([*flags, "--detector_precision", "bf16"])
+    capsys.readouterr()
+    assert printed[0].pop("photo") == QUERY_PHOTO
+    bf16 = make(model_dir, gallery_dir=corpus, detector_path=DETECTOR, detector_precision="bf16")(QUERY_PHOTO)
+    assert_same_up_to_rounding(printed, bf16)
+    fp32 = retrieve_main(flags)
+    assert not np.allclose(photo_margins(printed), photo_margins(fp32), rtol=1e-6, atol=0)
+
+
+def test_a_detector_precision_the_cpu_lacks_is_refused_before_the_model_loads(model_dir, monkeypatch):
+    refuse_missing_instructions(monkeypatch)
+    monkeypatch.setattr("vinvl.apps.taskflow.load_retrieval_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    with pytest.raises(UsageError, match="precision 'bf16' needs a CPU with one of the instructions amx_bf16, avx512_bf16"):
+        make(model_dir, detector_path=DETECTOR, detector_precision="bf16")
+    with pytest.raises(UsageError, match="precision must be one of fp32, bf16, got 'int8'"):
+        make(model_dir, detector_path=DETECTOR, detector_precision="int8")
+
+
+def test_vinvl_retrieve_refuses_a_detector_precision_in_one_line_before_the_model_loads(model_dir, capsys, tmp_path, monkeypatch):
+    corpus = str(tmp_path / "corpus")
+    write_synthetic_corpus(corpus, {"test": 2}, seed=3)
+    flags = ["--model_dir", model_dir, "--data_dir", corpus, "--image", QUERY_PHOTO, "--detector", DETECTOR]
+    refuse_missing_instructions(monkeypatch)
+    monkeypatch.setattr("vinvl.apps.taskflow.load_retrieval_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    assert "--detector_precision bf16: precision 'bf16' needs a CPU with one of the instructions amx_bf16, avx512_bf16" in user_error(
+        capsys, *flags, "--detector_precision", "bf16")
+    assert "--detector_precision: invalid choice: 'int8' (choose from 'fp32', 'bf16')" in user_error(
+        capsys, *flags, "--detector_precision", "int8")
+    assert "--detector_precision bf16 is the precision of --detector, and none is given" in user_error(
+        capsys, "--model_dir", model_dir, "--data_dir", corpus, "--text", "a dog", "--detector_precision", "bf16")

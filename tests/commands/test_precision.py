@@ -13,7 +13,7 @@ import pytest
 
 import vinvl.apps.taskflow  # noqa: F401  (its load_retrieval_model is replaced below)
 
-from vinvl.commands import evaluate, retrieve, serve
+from vinvl.commands import evaluate, extract, retrieve, serve
 from vinvl.data import load_corpus, write_synthetic_corpus
 from vinvl.index import GallerySource, build_index
 from vinvl.oscar import inference
@@ -147,3 +147,11 @@ def test_a_precision_the_machine_lacks_is_refused_before_the_model_loads(
 def test_precision_is_in_each_commands_help(module):
     text = " ".join(module.build_parser().format_help().split())
     assert "--precision {fp32,bf16,int8,fp16}" in text and "(default: fp32)" in text
+
+
+@pytest.mark.parametrize("module,option", [(retrieve, "--detector_precision"), (serve, "--detector_precision"), (extract, "--precision")])
+def test_the_detectors_precision_is_in_each_commands_help_with_one_text(module, option):
+    """One option text for the detector's precision (vinvl.commands.options), under each command's name for it."""
+    text = " ".join(module.build_parser().format_help().split())
+    assert f"{option} {{fp32,bf16}} the detector's precision: fp32 (dygraph) or bf16 (Paddle Inference with oneDNN" in text
+    assert "(default: fp32)" in text

@@ -26,8 +26,11 @@ from vinvl.errors import UserError
 from vinvl.index import GallerySource, build_index
 from vinvl.serving.client import ServerProcess, free_port, get_json, post_json, vinvl_serve_command
 from vinvl.commands.serve import main as serve_main
+from vinvl.precision import cpu_flags
 
+from support.commands import assert_user_error, vinvl_here
 from support.paths import PHOTO_DIR, TINY_DETECTOR as DETECTOR, TINY_MODEL
+from support.precision import refuse_missing_instructions
 from support.realdata import GALLERY_PHOTOS, OTHER_PHOTO, QUERY_PHOTO
 from support.tinymodel import derive
 
@@ -35,6 +38,7 @@ TOP_K = 3
 OPTIONS = dict(top_k=TOP_K, first_stage="exhaustive")
 SERVE_FLAGS = ["--top_k", str(TOP_K), "--first_stage", "exhaustive"]
 TIMEOUT = 120.0
+needs_bf16 = pytest.mark.skipif(not {"avx512_bf16", "amx_bf16"} & cpu_flags(), reason="this CPU has no bf16 instructions")
 
 
 @pytest.fixture(scope="module")
@@ -212,3 +216,44 @@ def test_a_photo_gallery_index_answers_caption_queries(photo_gallery, model_dir)
         gallery_cache_dir=os.path.join(os.path.dirname(index), "cache"), **OPTIONS,
     )
     assert_same_up_to_rounding(got, from_folder(captions))
+
+
+# ----- --detector_precision -------------------------------------------------------------------------
+
+
+def caption_margins(answers):
+    return np.array([c["margin"] for c in answers[0]["captions"]])
+
+
+@needs_bf16
+@pytest.mark.slow
+def test_detector_precision_bf16_answers_an_upload_as_the_bf16_taskflow(root, model_dir, captioned):
+    """`vinvl serve --detector_precision bf16`: health names it, and an uploaded photo is answered as
+    the in-process Taskflow with the bf16 detector answers the file, measurably apart from the
+    fp32 detector's server (so a server that ignored the flag would fail)."""
+    fp32_server, index, _ = captioned
+    port = free_port()
+    command = vinvl_serve_command(index, port, extra=[*SERVE_FLAGS, "--detector", DETECTOR, "--detector_precision", "bf16"])
+    with ServerProcess(command, port, str(root / "bf16.log")):
+        status, health = get_json(port)
+        assert status == 200 and health["detector_precision"] == "bf16"
+        served = ask(port, {"photo": upload(QUERY_PHOTO)})
+    assert len(served[0]["captions"]) == TOP_K
+    flow = Taskflow("image_text_retrieval", task_path=model_dir, index_path=index, detector_path=DETECTOR,
+                    detector_precision="bf16", **OPTIONS)
+    assert_same_up_to_rounding(served, flow(QUERY_PHOTO))
+    assert get_json(fp32_server.port)[1]["detector_precision"] == "fp32"
+    fp32 = ask(fp32_server.port, {"photo": upload(QUERY_PHOTO)})
+    assert not np.allclose(caption_margins(served), caption_margins(fp32), rtol=1e-6, atol=0)
+
+
+def test_vinvl_serve_refuses_a_detector_precision_before_taking_the_port(photo_gallery, capfd, tmp_path, monkeypatch):
+    _, index, _ = photo_gallery
+    refuse_missing_instructions(monkeypatch)
+    monkeypatch.setattr("vinvl.commands.serve._tcp_socket", lambda *a: pytest.fail("the port was taken"))
+    serve = ["serve", "--index", index, "--port", str(free_port())]
+    done = vinvl_here(capfd, tmp_path, *serve, "--detector", DETECTOR, "--detector_precision", "bf16")
+    assert_user_error(done, "vinvl serve", "--detector_precision bf16: precision 'bf16' needs a CPU with one of the "
+                      "instructions amx_bf16, avx512_bf16")
+    done = vinvl_here(capfd, tmp_path, *serve, "--detector_precision", "bf16")
+    assert_user_error(done, "vinvl serve", "--detector_precision bf16 is the precision of --detector, and none is given")

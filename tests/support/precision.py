@@ -57,3 +57,20 @@ def refuse_missing_instructions(monkeypatch) -> None:
     """Make this process see a CPU with AVX2 only (no bf16, no VNNI) and no GPU."""
     monkeypatch.setattr(precision_module, "cpu_flags", lambda cpuinfo="/proc/cpuinfo": AVX2_ONLY)
     monkeypatch.setattr(precision_module, "gpu_count", lambda: 0)
+
+
+def assert_bf16_regions(rows, reference) -> float:
+    """``rows`` (a photo's region rows from the bf16 detector) are near ``reference`` (the fp32
+    detector's rows of the same photo) and not equal to them: the detector ran in bf16. Returns
+    the largest difference relative to the largest fp32 value.
+
+    Near-tied scores of the random tiny detector may reorder regions or swap one, so rows are paired
+    by their box (the last 6 columns; the tiny detector's boxes are anchors, equal in both); at
+    least 80% of the fp32 boxes must be found. The bounds are bf16's own run (docs/detector.md)."""
+    boxes = {tuple(np.round(r[2048:], 4)): r for r in reference}
+    pairs = [(boxes[key], r) for r in rows if (key := tuple(np.round(r[2048:], 4))) in boxes]
+    assert len(pairs) >= 0.8 * len(boxes), f"{len(pairs)} of {len(boxes)} fp32 boxes found"
+    a, b = np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
+    error = float(np.abs(b - a).max() / np.abs(a).max())
+    assert 1e-4 < error < 2e-2, f"bf16 region error {error:.1e}: outside (1e-4, 2e-2)"
+    return error

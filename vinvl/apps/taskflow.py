@@ -34,7 +34,7 @@ from paddlenlp.taskflow.task import Task
 
 from ..oscar.inference import export_match_head, input_spec, match_scorer
 from ..oscar.model_dir import load_retrieval_model
-from ..precision import check_precision
+from ..precision import DETECTOR_PRECISIONS, check_precision
 from ..query import Retriever
 
 __all__ = ["TASK_NAME", "ImageTextRetrievalTask", "register_task"]
@@ -68,6 +68,9 @@ class ImageTextRetrievalTask(Task):
             export of :mod:`vinvl.oscar.inference`, made on first use and again whenever the weights change).
         detector_path: a detector directory (``config.json`` [+ ``model.safetensors``]); lets
             queries be photos.
+        detector_precision: the detector's, ``fp32`` (dygraph, default) or ``bf16`` (Paddle Inference
+            with oneDNN, :mod:`vinvl.vision.inference`); a CPU without bf16 instructions is refused
+            before the model loads.
         gallery_images / gallery_cache_dir: a folder of photos to use as the gallery (no captions),
             extracted with the detector once and cached (see :mod:`vinvl.query.photos`).
     """
@@ -89,6 +92,7 @@ class ImageTextRetrievalTask(Task):
         precision: str = "fp32",
         _static_mode: bool = False,
         detector_path: Optional[str] = None,
+        detector_precision: str = "fp32",
         gallery_images: Optional[str] = None,
         gallery_cache_dir: Optional[str] = None,
         **kwargs,
@@ -99,6 +103,7 @@ class ImageTextRetrievalTask(Task):
                 "to score every image / caption, or first_stage='contrastive', 'tags' or 'auto' (the default) with candidates=N"
             )
         check_precision(precision)
+        check_precision(detector_precision, supported=DETECTOR_PRECISIONS)
         # Task.__init__ reports usage over the network unless from_hf_hub is set, which is the only
         # thing from_hf_hub does there; this task never touches the network, and says so for itself
         # (not through paddlenlp's process-wide DOWNLOAD_CHECK). The model is read from task_path.
@@ -125,7 +130,7 @@ class ImageTextRetrievalTask(Task):
             scorer = self._scorer
         self.retriever = Retriever(
             self._task_path, batch_size=batch_size, first_stage=first_stage, detector_path=detector_path,
-            model=scorer, processor=self._processor,
+            detector_precision=detector_precision, model=scorer, processor=self._processor,
         )
         if index_path is not None:
             self.retriever.use_index(index_path)

@@ -24,6 +24,14 @@ Prints, as ratios:
 and the gain of the CPU settings of :mod:`vinvl.runtime`: the matmul and a short scoring pass
 run in two fresh processes, one with ``VINVL_NO_CPU_TUNING=1``.
 
+``precisions``: the exhaustive path again with the match head's pair forward at each precision
+other than ``fp32`` (:func:`vinvl.oscar.inference.match_scorer`: bf16 on Paddle Inference, int8 on
+ONNX Runtime, exported from the same weights; a model without saved weights is saved into the work
+directory first): its pairs/s over the reference pipeline's (which stays fp32 dygraph, as the
+earlier port ran it) and over the fp32 engine's, in wall and process-CPU time, and its rankings'
+agreement with fp32's (top-1 per query, both directions; the largest margin difference relative to the
+std of fp32's margins; R@K change).
+
 Without ``--model_dir`` it trains the shipped ``tiny`` config on the synthetic
 corpus' train split through ``vinvl.training.run`` first, so two-stage retrieval has trained
 contrastive heads to work with; without ``--data_dir`` it writes that corpus. Scoring uses the
@@ -44,7 +52,7 @@ import numpy as np
 import paddle.nn as nn
 
 from ..data import write_synthetic_corpus
-from ..oscar.model_dir import load_retrieval_model
+from ..oscar.model_dir import has_weights, load_retrieval_model
 from ..retrieval.engine import RetrievalEngine, RetrievalScores
 from ..retrieval.evaluate import public_names, score_gallery
 from ..retrieval.first_stage import contrastive_heads_trained, resolve_first_stage
@@ -86,6 +94,7 @@ class RetrievalBenchmark:
     cpu_probe_images: int  # gallery images of the CPU-settings probe (0: no probe)
     seed: int
     progress: bool
+    precisions: Tuple[str, ...] = ("fp32",)  # the exhaustive path's pair forward at each (fp32: the model itself)
 
 
 @dataclass
@@ -97,10 +106,15 @@ class PathResult:
     flops: int
     memory: Memory
     metrics: Dict[str, float] = field(default_factory=dict)
+    cpu_seconds: float = 0.0  # user + system time of this process (all its threads)
 
     @property
     def pairs_per_second(self) -> float:
         return self.pairs / max(self.seconds, 1e-12)
+
+    @property
+    def pairs_per_cpu_second(self) -> float:
+        return self.pairs / max(self.cpu_seconds, 1e-12)
 
     @property
     def flops_per_second(self) -> float:
@@ -108,15 +122,16 @@ class PathResult:
 
 
 def _measure(model: nn.Layer, run: Callable[[], Any], trace_python: bool = True) -> tuple:
+    """``(value, wall seconds, FLOPs, memory, CPU seconds)`` of ``run()``."""
     counter = FlopCounter(model)
     try:
         with measure_memory(trace_python) as memory:
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             value = run()
-            seconds = time.perf_counter() - start
+            seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     finally:
         counter.remove()
-    return value, seconds, counter.flops, memory
+    return value, seconds, counter.flops, memory, cpu_seconds
 
 
 # ----- the paths ---------------------------------------------------------------------------
@@ -125,9 +140,11 @@ def _measure(model: nn.Layer, run: Callable[[], Any], trace_python: bool = True)
 def _engine_path(engine: RetrievalEngine, gallery: Gallery, first_stage: str, candidates: int) -> tuple:
     """``(PathResult, RetrievalScores)`` of one engine pass over the gallery (``first_stage`` as in
     :func:`vinvl.retrieval.evaluate.score_gallery`)."""
-    scores, seconds, flops, memory = _measure(engine.model, lambda: score_gallery(engine, gallery, first_stage, candidates))
+    scores, seconds, flops, memory, cpu_seconds = _measure(
+        engine.model, lambda: score_gallery(engine, gallery, first_stage, candidates)
+    )
     metrics = public_names(scores.metrics(gallery.caption_to_image))
-    return PathResult(seconds, scores.pairs_scored, flops, memory, metrics), scores
+    return PathResult(seconds, scores.pairs_scored, flops, memory, metrics, cpu_seconds), scores
 
 
 def _baseline_path(model: nn.Layer, processor: Any, gallery: Gallery, num_pairs: int, rounds: int = 2) -> PathResult:
@@ -137,11 +154,11 @@ def _baseline_path(model: nn.Layer, processor: Any, gallery: Gallery, num_pairs:
     timed = [
         _measure(model, lambda: baseline.score_pairs(model, processor, gallery, indices), False) for _ in range(rounds)
     ]
-    _, seconds, flops, memory = min(timed, key=lambda run: run[1])
+    _, seconds, flops, memory, cpu_seconds = min(timed, key=lambda run: run[1])
     with measure_memory() as traced:
         baseline.score_pairs(model, processor, gallery, indices)
     memory.python_mb = traced.python_mb
-    return PathResult(seconds, len(indices), flops, memory)
+    return PathResult(seconds, len(indices), flops, memory, cpu_seconds=cpu_seconds)
 
 
 def _baseline_ranking(gallery: Gallery, matrix: np.ndarray) -> PathResult:
@@ -152,6 +169,41 @@ def _baseline_ranking(gallery: Gallery, matrix: np.ndarray) -> PathResult:
         metrics = baseline.baseline_metrics(gallery, results)
         seconds = time.perf_counter() - start
     return PathResult(seconds, len(results), 0, memory, metrics)
+
+
+def _agreement(scores: np.ndarray, reference: np.ndarray) -> Dict[str, float]:
+    """How ``scores`` (a precision's ``[I, C]`` margins) agree with ``reference`` (fp32's): the share of
+    queries whose best answer is fp32's, both directions, and the largest margin difference
+    relative to the std of fp32's margins."""
+    return {
+        "top1_t2i": float(np.mean(scores.argmax(0) == reference.argmax(0))),
+        "top1_i2t": float(np.mean(scores.argmax(1) == reference.argmax(1))),
+        "margin_error": float(np.abs(scores - reference).max() / reference.std()),
+    }
+
+
+def _precision_paths(
+    settings: RetrievalBenchmark, model: Any, model_dir: str, processor: Any, gallery: Gallery, fp32: RetrievalScores
+) -> Dict[str, Dict[str, Any]]:
+    """The exhaustive path with the pair forward at each of ``settings.precisions`` but fp32 (a
+    :class:`~vinvl.oscar.inference.MatchScorer` exported from the model's saved weights)."""
+    from ..oscar.inference import match_scorer
+
+    low = [p for p in settings.precisions if p != "fp32"]
+    if not low:
+        return {}
+    if not has_weights(model_dir):  # a config's name: its random weights, saved so the runtimes load the same ones
+        model_dir = os.path.join(settings.work_dir, f"{os.path.basename(model_dir.rstrip(os.sep))}-random-seed{settings.seed}")
+        model.save_pretrained(model_dir)
+    out = {}
+    for precision in low:
+        engine = RetrievalEngine(match_scorer(model, model_dir, precision), processor, batch_size=settings.batch_size,
+                                 progress=settings.progress)
+        engine.exhaustive(gallery.subset([0]))  # warm-up: runtime arenas, oneDNN primitives
+        path, scores = _engine_path(engine, gallery, "exhaustive", settings.candidates)
+        path.flops = 0  # the runtime's graph runs outside the dygraph layers the counter hooks: not counted
+        out[precision] = {"path": path, **_agreement(scores.i2t, fp32.i2t)}
+    return out
 
 
 def _first_stages(config: Any) -> List[str]:
@@ -253,6 +305,9 @@ def run_benchmark(settings: RetrievalBenchmark) -> Dict[str, Any]:
     matmul = matmul_flops_per_second(settings.matmul_size)
     exhaustive, exhaustive_scores = _engine_path(engine, gallery, "exhaustive", settings.candidates)
     paths = {"exhaustive": exhaustive}
+    low_precision = _precision_paths(settings, model, model_dir, processor, gallery, exhaustive_scores)
+    for precision, row in low_precision.items():
+        paths[f"exhaustive_{precision}"] = row["path"]
     coverage = {}
     for first_stage in _first_stages(model.config):
         paths[f"two_stage_{first_stage}"], _ = _engine_path(engine, gallery, first_stage, settings.candidates)
@@ -268,7 +323,7 @@ def run_benchmark(settings: RetrievalBenchmark) -> Dict[str, Any]:
             "model_dir": os.path.abspath(model_dir), "data_dir": os.path.abspath(data_dir),
             "num_images": gallery.num_images, "num_captions": gallery.num_captions, "batch_size": settings.batch_size,
             "candidates": settings.candidates, "max_seq_len": settings.max_seq_len, "max_img_seq_len": settings.max_img_seq_len,
-            "baseline_pairs": reference.pairs, "matmul_size": settings.matmul_size,
+            "baseline_pairs": reference.pairs, "matmul_size": settings.matmul_size, "precisions": list(settings.precisions),
             "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "cpu_count": os.cpu_count(),
             "load_average_start_end": [round(load_before, 2), round(os.getloadavg()[0], 2)],
             **_input_sizes(processor, gallery),
@@ -276,13 +331,14 @@ def run_benchmark(settings: RetrievalBenchmark) -> Dict[str, Any]:
         "matmul_flops": matmul,
         "paths": {
             name: dict(path.__dict__, memory=path.memory.__dict__, pairs_per_second=path.pairs_per_second,
-                       flops_per_second=path.flops_per_second)
+                       pairs_per_cpu_second=path.pairs_per_cpu_second, flops_per_second=path.flops_per_second)
             for name, path in paths.items()
         },
+        "precision_agreement": {p: {k: v for k, v in row.items() if k != "path"} for p, row in low_precision.items()},
         "coverage": coverage,
         "cpu_settings": cpu,
     }
-    report["lines"] = _report_lines(report, paths, matmul, cpu)
+    report["lines"] = _report_lines(report, paths, matmul, cpu) + _precision_lines(report, paths)
     print("\n".join(report["lines"]))
     with open(os.path.join(settings.work_dir, "benchmark.json"), "w") as f:
         json.dump(report, f, indent=2)
@@ -351,5 +407,29 @@ def _report_lines(report: Dict[str, Any], paths: Dict[str, PathResult], matmul: 
             f"{tuned['matmul_flops'] / untuned['matmul_flops']:.2f}x "
             f"({tuned['matmul_flops'] / 1e9:.1f} vs {untuned['matmul_flops'] / 1e9:.1f} GFLOP/s; threads "
             f"{tuned['omp_num_threads']} vs {untuned['omp_num_threads']})"
+        )
+    return lines
+
+
+def _precision_lines(report: Dict[str, Any], paths: Dict[str, PathResult]) -> List[str]:
+    """(6): the exhaustive engine at each precision over the reference pipeline (fp32 dygraph)."""
+    agreement = report["precision_agreement"]
+    if not agreement:
+        return []
+    ex, ref = paths["exhaustive"], paths["baseline"]
+    rows = {"fp32": (ex, None), **{p: (paths[f"exhaustive_{p}"], row) for p, row in agreement.items()}}
+    lines = [
+        "(6) exhaustive engine per precision of the pair forward, vs the reference pipeline (fp32 dygraph) and the fp32 engine:",
+        f"    {'precision':<10}{'pairs/s':>10}{'vs reference':>14}{'vs fp32':>9}{'pairs/CPU-s':>13}{'vs ref CPU':>12}"
+        f"{'vs fp32 CPU':>13}{'top-1 t2i':>11}{'top-1 i2t':>11}{'margin error/std':>18}{'max |R@K change|':>18}",
+    ]
+    for precision, (path, row) in rows.items():
+        change = max(abs(path.metrics[n] - ex.metrics[n]) for n in RECALLS)
+        top1 = (1.0, 1.0, 0.0) if row is None else (row["top1_t2i"], row["top1_i2t"], row["margin_error"])
+        lines.append(
+            f"    {precision:<10}{path.pairs_per_second:10.1f}{path.pairs_per_second / ref.pairs_per_second:13.2f}x"
+            f"{path.pairs_per_second / ex.pairs_per_second:8.2f}x{path.pairs_per_cpu_second:13.1f}"
+            f"{path.pairs_per_cpu_second / ref.pairs_per_cpu_second:11.2f}x{path.pairs_per_cpu_second / ex.pairs_per_cpu_second:12.2f}x"
+            f"{top1[0]:11.3f}{top1[1]:11.3f}{top1[2]:18.4f}{change:18.2f}"
         )
     return lines

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence, Tuple
 
-from .options import new_parser, positive_ints, reject_removed_option, require_positive
+from .options import PRECISIONS, check_precision, new_parser, positive_ints, reject_removed_option, require_positive
 
 __all__ = ["build_parser", "main"]
 
@@ -14,7 +14,17 @@ Measure the retrieval engine on one model and gallery and print the ratios: exha
 throughput over the reference pipeline, two-stage against exhaustive (time, pairs, R@K change,
 first-stage coverage), scoring FLOP/s over a matmul's, peak memory, and the gain of vinvl's CPU
 settings. Without --model_dir it trains the shipped tiny config first; without --data_dir it writes a
-synthetic corpus. Writes WORK_DIR/benchmark.json. --num_images 20 --train_steps 0 is a smoke test."""
+synthetic corpus. --precisions adds the exhaustive path at bf16 / int8 against the same reference.
+Writes WORK_DIR/benchmark.json. --num_images 20 --train_steps 0 is a smoke test."""
+
+
+def _precisions(text: str) -> Tuple[str, ...]:
+    """argparse type of ``--precisions``: comma-separated names of :data:`PRECISIONS`."""
+    values = tuple(text.split(","))
+    unknown = [v for v in values if v not in PRECISIONS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"expected some of {','.join(PRECISIONS)} separated by commas, got {text!r}")
+    return values
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--matmul_size", type=int, default=2048, help="side of the reference fp32 matmul")
     parser.add_argument("--cpu_probe_images", type=int, default=40,
                         help="gallery images of the CPU-settings probe (0: skip the probe)")
+    parser.add_argument(
+        "--precisions", type=_precisions, default=("fp32",),
+        help="comma-separated precisions of the exhaustive path's pair forward (fp32: the model itself; bf16, int8 on the "
+             "CPU's inference runtimes, fp16 on a GPU), each measured against the fp32 reference pipeline",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic corpus and of training")
     parser.add_argument("--no_progress", action="store_true", help="no progress bars")
     return parser
@@ -47,6 +62,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     args = build_parser().parse_args(argv)
     reject_removed_option(args.top_k, "--top_k", "--candidates (two-stage candidates per query)")
     require_positive(args, ("num_images", "baseline_pairs", "candidates", "batch_size", "matmul_size"))
+    for precision in args.precisions:
+        check_precision(precision, "--precisions")  # before any training or loading
     from ..benchmarks.retrieval import RetrievalBenchmark, run_benchmark
 
     return run_benchmark(RetrievalBenchmark(
@@ -55,4 +72,5 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         candidates=args.candidates, coverage_ks=args.coverage_ks, batch_size=args.batch_size,
         max_seq_len=args.max_seq_len, max_img_seq_len=args.max_img_seq_len, matmul_size=args.matmul_size,
         cpu_probe_images=args.cpu_probe_images, seed=args.seed, progress=not args.no_progress,
+        precisions=args.precisions,
     ))

@@ -6,8 +6,14 @@ import argparse
 import os
 from typing import TYPE_CHECKING, Optional, Sequence
 
-from ..precision import DETECTOR_PRECISIONS, check_precision
-from .options import detector_directory, new_parser, random_detector_notice
+from .options import (
+    DETECTOR_PRECISIONS,
+    add_detector_precision_argument,
+    check_precision,
+    detector_directory,
+    new_parser,
+    random_detector_notice,
+)
 
 if TYPE_CHECKING:
     from ..vision.extract import ExtractSummary
@@ -30,9 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--detector", required=True,
                         help="detector directory (config.json [+ model.safetensors], e.g. from vinvl convert-detector), "
                              "or a shipped detector config: vinvl-detector-tiny, vinvl-detector-x152c4 (random weights)")
-    parser.add_argument("--precision", choices=DETECTOR_PRECISIONS, default="fp32",
-                        help="the detector's precision: fp32 (dygraph) or bf16 (Paddle Inference with oneDNN; needs a "
-                             "CPU with avx512_bf16 or amx_bf16, refused otherwise; fidelity in docs/detector.md)")
+    add_detector_precision_argument(parser, "--precision")
     parser.add_argument("--recursive", action="store_true", help="also take the photos in the folder's subfolders")
     parser.add_argument("--fail_on_bad", action="store_true",
                         help="stop at the first bad file (exit non-zero naming it) instead of skipping it")

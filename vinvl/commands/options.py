@@ -15,7 +15,7 @@ import sys
 from typing import Any, Iterable, Optional, Tuple
 
 from ..errors import UsageError
-from ..precision import PRECISIONS
+from ..precision import DETECTOR_PRECISIONS, PRECISIONS
 from ..precision import check_precision as check_machine_precision
 
 __all__ = [
@@ -25,7 +25,9 @@ __all__ = [
     "new_parser",
     "add_first_stage_argument",
     "PRECISIONS",
+    "DETECTOR_PRECISIONS",
     "add_precision_argument",
+    "add_detector_precision_argument",
     "check_precision",
     "reject_removed_option",
     "positive_ints",
@@ -86,13 +88,25 @@ def add_precision_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def check_precision(precision: str) -> None:
-    """Refuse ``--precision`` in one line when this machine lacks what it needs (CPU instructions, a
-    GPU), before any model is loaded (:func:`vinvl.precision.check_precision`)."""
+def add_detector_precision_argument(parser: argparse.ArgumentParser, option: str = "--detector_precision") -> None:
+    """The detector's precision (``vinvl extract --precision``; ``--detector_precision`` of the commands
+    whose photo queries go through the detector): fp32 dygraph, or bf16 on Paddle Inference
+    (:mod:`vinvl.vision.inference`)."""
+    parser.add_argument(
+        option, choices=DETECTOR_PRECISIONS, default="fp32",
+        help="the detector's precision: fp32 (dygraph) or bf16 (Paddle Inference with oneDNN; needs a CPU with "
+             "avx512_bf16 or amx_bf16, refused otherwise; fidelity in docs/detector.md)",
+    )
+
+
+def check_precision(precision: str, option: str = "--precision", supported: Tuple[str, ...] = PRECISIONS) -> None:
+    """Refuse ``option``'s ``precision`` in one line when it is not one of ``supported`` or this machine
+    lacks what it needs (CPU instructions, a GPU), before any model is loaded
+    (:func:`vinvl.precision.check_precision`)."""
     try:
-        check_machine_precision(precision)
+        check_machine_precision(precision, supported=supported)
     except UsageError as exc:
-        raise UsageError(f"--precision {precision}: {exc}") from None
+        raise UsageError(f"{option} {precision}: {exc}") from None
 
 
 def reject_removed_option(value: Optional[object], old: str, new: str) -> None:

@@ -10,7 +10,9 @@ from typing import List, Optional, Sequence
 
 from ..errors import UsageError
 from .options import (
+    DETECTOR_PRECISIONS,
     SPLITS,
+    add_detector_precision_argument,
     add_first_stage_argument,
     add_precision_argument,
     check_precision,
@@ -29,7 +31,7 @@ Ask a saved model for the images of a caption (--text) or the captions of an ima
 gallery image; --image, a photo) through Taskflow("image_text_retrieval"), and print the answers as
 JSON. The gallery is a data directory (--data_dir), a gallery index (--index, as `vinvl serve`
 answers from) or a folder of photos (--gallery_images, extracted with --detector once and cached);
---image photos are detected with --detector."""
+--image photos are detected with --detector, at --detector_precision."""
 
 
 class _InOrder(argparse.Action):
@@ -55,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--image_id", action=_InOrder, default=[], help="a gallery image to find captions for (repeatable)")
     parser.add_argument("--image", action=_InOrder, default=[], help="a photo file to find captions for (repeatable; needs --detector)")
     parser.add_argument("--detector", help="detector directory for --image and --gallery_images, or a shipped detector config (vinvl-detector-tiny: random weights)")
+    add_detector_precision_argument(parser)
     parser.add_argument(
         "--gallery_cache_dir", help="where --gallery_images extractions are cached (default ~/.cache/vinvl/photo_galleries)"
     )
@@ -74,6 +77,8 @@ def _check(args: argparse.Namespace) -> None:
         raise UsageError("--image and --image_id retrieve captions, and a --gallery_images gallery has none: use --data_dir")
     if (args.image or args.gallery_images) and not args.detector:
         raise UsageError(f"{'--image' if args.image else '--gallery_images'} needs --detector DIR (a detector directory)")
+    if args.detector_precision != "fp32" and not args.detector:
+        raise UsageError(f"--detector_precision {args.detector_precision} is the precision of --detector, and none is given")
     if any(not text.strip() for text in args.text):
         raise UsageError("--text: a caption query cannot be empty")
     require_positive(args, ("top_k", "candidates"))
@@ -117,6 +122,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
     _check(args)
     _check_captions(args)
     check_precision(args.precision)
+    check_precision(args.detector_precision, "--detector_precision", DETECTOR_PRECISIONS)
     _check_index(args)
     if args.detector is not None:
         random_detector_notice(args.detector)
@@ -130,6 +136,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
         gallery_images=args.gallery_images,
         gallery_cache_dir=args.gallery_cache_dir,
         detector_path=args.detector,
+        detector_precision=args.detector_precision,
         gallery_split=args.split,
         top_k=args.top_k,
         first_stage=args.first_stage,

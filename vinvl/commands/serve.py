@@ -1,7 +1,7 @@
 """``vinvl serve``: the retrieval service over a gallery index in one command
 (:mod:`vinvl.serving.server` under uvicorn).
 
-    vinvl serve --index OUT [--model_dir M] [--host 127.0.0.1] [--port 8189] [--workers N] [--detector DIR]
+    vinvl serve --index OUT [--model_dir M] [--host 127.0.0.1] [--port 8189] [--workers N] [--detector DIR [--detector_precision bf16]]
 
 Does what ``paddlenlp server vinvl.serving.server:app`` does (uvicorn, one model per worker),
 with the app's settings given as flags instead of ``VINVL_SERVE_*`` variables. The port is taken
@@ -18,7 +18,9 @@ from typing import Optional, Sequence
 
 from ..errors import UsageError
 from .options import (
+    DETECTOR_PRECISIONS,
     FIRST_STAGE_CHOICES,
+    add_detector_precision_argument,
     add_precision_argument,
     check_precision,
     detector_directory,
@@ -56,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max_body_bytes", type=int, default=MAX_BODY_BYTES, help="larger request bodies get 413")
     parser.add_argument("--max_queries", type=int, default=MAX_QUERIES, help="queries per request (more get 413)")
     parser.add_argument("--detector", help="a detector directory, or a shipped detector config's name: lets requests upload photos ({\"photo\": base64})")
+    add_detector_precision_argument(parser)
     parser.add_argument(
         "--allow_add", action="store_true",
         help="answer {\"add\": {\"gallery_dir\": ...}} requests, which make the server read a directory a client names "
@@ -103,6 +106,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if args.detector is not None:
         args.detector = detector_directory(args.detector)
     check_precision(args.precision)
+    if args.detector_precision != "fp32" and args.detector is None:
+        raise UsageError(f"--detector_precision {args.detector_precision} is the precision of --detector, and none is given")
+    check_precision(args.detector_precision, "--detector_precision", DETECTOR_PRECISIONS)
     sock = _tcp_socket(args.host, args.port)
     try:
         os.environ.update(_settings(args))
@@ -150,6 +156,7 @@ def _settings(args: argparse.Namespace) -> dict:
     }
     if args.detector is not None:
         settings["detector_path"] = os.path.abspath(args.detector)
+        settings["detector_precision"] = args.detector_precision
     return {ENVIRONMENT[name]: str(value) for name, value in settings.items()}
 
 

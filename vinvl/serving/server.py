@@ -90,6 +90,7 @@ ENVIRONMENT = {
     "max_body_bytes": "VINVL_SERVE_MAX_BODY_BYTES",
     "max_queries": "VINVL_SERVE_MAX_QUERIES",
     "detector_path": "VINVL_SERVE_DETECTOR",
+    "detector_precision": "VINVL_SERVE_DETECTOR_PRECISION",
     "allow_add": "VINVL_SERVE_ALLOW_ADD",
 }
 _INTEGER_SETTINGS = ("top_k", "candidates", "batch_size", "max_body_bytes", "max_queries")
@@ -186,6 +187,8 @@ class RetrievalService:
             "status": "ok", "busy": busy, "pid": os.getpid(), "model_dir": retriever.model_dir,
             "first_stage": retriever.first_stage, "precision": retriever.precision,
         }
+        if retriever.photos.detector_path is not None:
+            answer["detector_precision"] = retriever.photos.precision
         if gallery is not None and gallery.index is not None:
             index = gallery.index
             answer["index"] = {"path": index.root, "version": index.version, "num_images": index.num_images, "num_captions": index.num_captions}
@@ -338,6 +341,7 @@ def create_app(
     detector_path: Optional[str] = None,
     allow_add: bool = False,
     precision: str = "fp32",
+    detector_precision: str = "fp32",
 ):
     """A SimpleServer answering retrieval requests over the index at ``index_path``.
 
@@ -345,6 +349,7 @@ def create_app(
     ``detector_path``: a detector directory, loaded here, so uploaded photos can be queries.
     ``allow_add``: answer ``{"add": ...}`` requests (otherwise 403).
     ``precision``: of the match head's pair forward (:mod:`vinvl.oscar.inference`).
+    ``detector_precision``: of the detector, ``fp32`` or ``bf16`` (:mod:`vinvl.vision.inference`).
     """
     from paddlenlp import Taskflow
     from paddlenlp.server import SimpleServer
@@ -355,6 +360,7 @@ def create_app(
     retrieval = Taskflow(
         TASK_NAME, task_path=model_dir, index_path=index_path, top_k=top_k, first_stage=first_stage,
         candidates=candidates, batch_size=batch_size, detector_path=detector_path, precision=precision,
+        detector_precision=detector_precision,
     )
     service = RetrievalService.from_taskflow(retrieval, batch_size=batch_size, max_queries=max_queries, allow_add=allow_add)
     if detector_path is not None:
