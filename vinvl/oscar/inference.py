@@ -11,8 +11,11 @@ docs/benchmarks.md, "Precision"):
   fp32. oneDNN's own bf16 mode rounds every activation between ops: about a tenth faster, at 2.8x
   the error, and Paddle 3.3's ``Config.set_bfloat16_op`` does not narrow it (docs/benchmarks.md,
   "Precision"). Needs the ``avx512_bf16`` or ``amx_bf16`` instructions.
-- ``int8``: ONNX Runtime on the graph exported by ``paddle2onnx`` with its weights quantized to int8
-  and its activations quantized per batch (dynamic quantization: no calibration data). Paddle 3.3's
+- ``int8``: ONNX Runtime on the graph exported by ``paddle2onnx`` with its weights quantized to int8.
+  With a calibration stored beside the model (``vinvl calibrate``, :mod:`vinvl.oscar.calibration`)
+  for these weights, its activations are quantized at the fixed scales calibrated on pairs of the
+  user's gallery (static int8, QDQ); a calibration for other weights is refused; without one they
+  are quantized per batch at run time (dynamic int8, with a warning saying so). Paddle 3.3's
   post-training quantization reads only the old program format, which Paddle 3.3 no longer exports,
   so Paddle Inference has no int8 path for this model. Needs ``avx512_vnni``, ``avx_vnni`` or
   ``amx_int8`` (without them int8 would run, only slower than fp32) and the optional
