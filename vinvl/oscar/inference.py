@@ -228,7 +228,7 @@ def calibrate_match_head(
                 activation_type=quantization.QuantType.QUInt8, weight_type=quantization.QuantType.QInt8,
                 calibrate_method=quantization.CalibrationMethod.MinMax,
                 # the MatMuls' inputs only: quantizing their outputs too (before the fp32 bias add)
-                # doubled the margin error (docs/benchmarks.md)
+                # added a tenth to the margin error (docs/benchmarks.md)
                 extra_options={"OpTypesToExcludeOutputQuantization": ["MatMul"]},
             )
         os.remove(fp32_onnx)
