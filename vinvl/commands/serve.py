@@ -162,10 +162,15 @@ def _settings(args: argparse.Namespace) -> dict:
 
 def _export(model_dir: str, precision: str) -> None:
     """The match head exported for ``precision`` once, here, so the workers only load it (several
-    workers exporting into one directory at once would replace each other's files)."""
+    workers exporting into one directory at once would replace each other's files). int8 with a
+    calibration for these weights has nothing to export; a stale calibration is refused here,
+    before any worker starts."""
+    from ..oscar.calibration import calibrated_graph
     from ..oscar.inference import export_match_head
     from ..oscar.model_dir import load_retrieval_model
 
+    if precision == "int8" and calibrated_graph(model_dir) is not None:
+        return
     model, _ = load_retrieval_model(model_dir)
     export_match_head(model, model_dir, precision)
 

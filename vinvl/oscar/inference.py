@@ -11,8 +11,11 @@ docs/benchmarks.md, "Precision"):
   fp32. oneDNN's own bf16 mode rounds every activation between ops: about a tenth faster, at 2.8x
   the error, and Paddle 3.3's ``Config.set_bfloat16_op`` does not narrow it (docs/benchmarks.md,
   "Precision"). Needs the ``avx512_bf16`` or ``amx_bf16`` instructions.
-- ``int8``: ONNX Runtime on the graph exported by ``paddle2onnx`` with its weights quantized to int8
-  and its activations quantized per batch (dynamic quantization: no calibration data). Paddle 3.3's
+- ``int8``: ONNX Runtime on the graph exported by ``paddle2onnx`` with its weights quantized to int8.
+  With a calibration stored beside the model (``vinvl calibrate``, :mod:`vinvl.oscar.calibration`)
+  for these weights, its activations are quantized at the fixed scales calibrated on pairs of the
+  user's gallery (static int8, QDQ); a calibration for other weights is refused; without one they
+  are quantized per batch at run time (dynamic int8, with a warning saying so). Paddle 3.3's
   post-training quantization reads only the old program format, which Paddle 3.3 no longer exports,
   so Paddle Inference has no int8 path for this model. Needs ``avx512_vnni``, ``avx_vnni`` or
   ``amx_int8`` (without them int8 would run, only slower than fp32) and the optional
@@ -32,25 +35,28 @@ gallery index's stored embeddings must stay comparable with the query embeddings
 """
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sys
 import tempfile
 from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass
-from typing import FrozenSet, Iterator, List, Optional, Tuple
+from typing import Any, Dict, FrozenSet, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import paddle
+from paddlenlp.utils.log import logger
 
 from ..errors import UsageError
 from ..precision import check_precision
 from ..runtime import default_num_threads
+from .calibration import CALIBRATION_DIR, calibrated_graph, write_calibration
 from .model_dir import has_weights, load_retrieval_model, weights_checksum
 from .modeling import OscarForImageTextRetrieval
 from .processor import OscarProcessor
 
-__all__ = ["MatchScorer", "input_spec", "export_match_head", "match_scorer", "load_scorer"]
+__all__ = ["MatchScorer", "input_spec", "export_match_head", "calibrate_match_head", "match_scorer", "load_scorer"]
 
 # The layers bf16 and int8 run at low precision: the encoder's Linears (attention and feed-forward),
 # nearly all of the pair forward's FLOPs. The pooler and the classifier stay fp32 (module docstring).
@@ -163,27 +169,73 @@ def _bf16_matmuls(model: OscarForImageTextRetrieval) -> Iterator[None]:
 
 
 def _save_int8_onnx(model: OscarForImageTextRetrieval, work: str) -> None:
-    """``work/match_head.int8.onnx``: the fp32 graph through paddle2onnx, then ONNX Runtime's dynamic
-    quantization (int8 weights per output channel; activations quantized per batch at run time) of
-    the low-precision Linears' MatMuls only, the pooler and the classifier left in fp32."""
-    onnx, paddle2onnx, quantization = _int8_packages()
+    """``work/match_head.int8.onnx``: ONNX Runtime's dynamic quantization (int8 weights per output
+    channel; activations quantized per batch at run time) of :func:`_fp32_onnx`'s MatMuls."""
+    _, _, quantization = _int8_packages()
+    fp32_onnx, matmuls = _fp32_onnx(model, work)
+    with _stdout_silenced(), _warnings_silenced():
+        quantization.quantize_dynamic(
+            fp32_onnx, os.path.join(work, _GRAPH + ".int8.onnx"), weight_type=quantization.QuantType.QInt8,
+            per_channel=True, nodes_to_quantize=matmuls, op_types_to_quantize=["MatMul"],
+        )
+    os.remove(fp32_onnx)
+
+
+def _fp32_onnx(model: OscarForImageTextRetrieval, work: str) -> Tuple[str, List[str]]:
+    """The fp32 graph through paddle2onnx at ``work/int8-source.onnx``, and the names of the
+    MatMuls int8 quantizes: the low-precision Linears' (the pooler and the classifier stay fp32)."""
+    onnx, paddle2onnx, _ = _int8_packages()
     source = os.path.join(work, "int8-source")
     _save_paddle_graph(model, source)  # its weight names are this model's, which pick the MatMuls below
     fp32_onnx = source + ".onnx"
     with _stdout_silenced():  # paddle2onnx and the constant folding print progress there (a command's JSON output)
         paddle2onnx.export(source + ".json", source + ".pdiparams", fp32_onnx, opset_version=17, verbose=False)
+    for path in (source + ".json", source + ".pdiparams"):
+        os.remove(path)
     weights = {layer.weight.name for layer in _low_precision_linears(model)}
     graph = onnx.load(fp32_onnx).graph
     matmuls = [node.name for node in graph.node if node.op_type == "MatMul" and weights & set(node.input)]
     if len(matmuls) != len(weights):
         raise RuntimeError(f"int8 export: {len(matmuls)} of the {len(weights)} MatMuls to quantize found in {fp32_onnx}")
-    with _stdout_silenced():
-        quantization.quantize_dynamic(
-            fp32_onnx, os.path.join(work, _GRAPH + ".int8.onnx"), weight_type=quantization.QuantType.QInt8,
-            per_channel=True, nodes_to_quantize=matmuls, op_types_to_quantize=["MatMul"],
-        )
-    for path in (fp32_onnx, source + ".json", source + ".pdiparams"):
-        os.remove(path)
+    return fp32_onnx, matmuls
+
+
+def calibrate_match_head(
+    model: OscarForImageTextRetrieval, model_dir: str, batches: Sequence[Dict[str, np.ndarray]], **fields: Any
+) -> str:
+    """Static int8 for ``model`` (loaded from ``model_dir``): the encoder's MatMuls quantized as
+    dynamic int8 quantizes them (int8 weights per output channel), their activations at fixed
+    scales calibrated (min-max) on ``batches``, the match head's inputs as the engine pads them;
+    stored beside the model with the weights' checksum (:mod:`vinvl.oscar.calibration`), ``fields``
+    added to its manifest. Returns the calibration directory."""
+    _, _, quantization = _int8_packages()
+    if not batches:
+        raise UsageError("a calibration needs at least one batch of pairs")
+
+    class Reader(quantization.CalibrationDataReader):
+        def __init__(self):
+            self._batches = iter(batches)
+
+        def get_next(self):
+            return next(self._batches, None)
+
+    def quantize(path: str) -> None:
+        fp32_onnx, matmuls = _fp32_onnx(model, os.path.dirname(path))
+        with _stdout_silenced(), _warnings_silenced():  # its advice on pre-processing, a warning per run
+            quantization.quantize_static(
+                fp32_onnx, path, Reader(), quant_format=quantization.QuantFormat.QDQ,
+                op_types_to_quantize=["MatMul"], nodes_to_quantize=matmuls, per_channel=True,
+                activation_type=quantization.QuantType.QUInt8, weight_type=quantization.QuantType.QInt8,
+                calibrate_method=quantization.CalibrationMethod.MinMax,
+                # the MatMuls' inputs only: quantizing their outputs too (before the fp32 bias add)
+                # added a tenth to the margin error (docs/benchmarks.md)
+                extra_options={"OpTypesToExcludeOutputQuantization": ["MatMul"]},
+            )
+        os.remove(fp32_onnx)
+
+    model.eval()
+    return write_calibration(model_dir, quantize, method="min-max, QDQ, uint8 activations, int8 weights per channel",
+                             **fields)
 
 
 @contextmanager
@@ -199,6 +251,16 @@ def _stdout_silenced() -> Iterator[None]:
     finally:
         os.dup2(saved, 1)
         os.close(saved)
+
+
+@contextmanager
+def _warnings_silenced() -> Iterator[None]:
+    """Python's logging below ERROR off for the block (ONNX Runtime's quantizer warns on the root logger)."""
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
 
 
 def _int8_packages():
@@ -224,19 +286,22 @@ class MatchScorer:
     model's, so the engine and the query core take it where they take the model.
 
     ``predictor`` / ``predictor_config`` are the Paddle Inference predictor and its config (fp32,
-    bf16, fp16), ``onnx_path`` the quantized graph ONNX Runtime runs (int8): what a caller or a test
-    can check it runs."""
+    bf16, fp16), ``onnx_path`` the quantized graph ONNX Runtime runs (int8) and ``int8_mode``
+    ``"static"`` (a calibration's graph) or ``"dynamic"``: what a caller or a test can check it runs.
+    ``graph`` is the export directory (Paddle Inference) or the quantized graph (int8)."""
 
-    def __init__(self, model: OscarForImageTextRetrieval, export_dir: str, precision: str, num_threads: int):
+    def __init__(self, model: OscarForImageTextRetrieval, graph: str, precision: str, num_threads: int,
+                 int8_mode: Optional[str] = None):
         self._model = model
         self.precision = precision
         self.predictor = self.predictor_config = self.onnx_path = None
+        self.int8_mode = int8_mode
         if precision == "int8":
-            self.onnx_path = os.path.join(export_dir, _GRAPH + ".int8.onnx")
+            self.onnx_path = graph
             self._run = _onnx_runner(self.onnx_path, num_threads)
         else:
-            graph, params = (os.path.join(export_dir, f) for f in _FILES[precision][:2])
-            self.predictor_config = _paddle_config(graph, params, precision, num_threads)
+            paths = (os.path.join(graph, f) for f in _FILES[precision][:2])
+            self.predictor_config = _paddle_config(*paths, precision, num_threads)
             self.predictor = paddle.inference.create_predictor(self.predictor_config)
             self._run = _paddle_runner(self.predictor)
 
@@ -298,15 +363,27 @@ def match_scorer(
     """A :class:`MatchScorer` at ``precision`` for ``model``, loaded from ``model_dir`` (its saved
     weights name the export). ``num_threads`` defaults to the count the process runs with
     (``OMP_NUM_THREADS``, else :func:`vinvl.runtime.default_num_threads`): the math library's count
-    is process-wide, so another would change every later dygraph forward's rounding too."""
+    is process-wide, so another would change every later dygraph forward's rounding too.
+
+    ``int8`` runs the calibration stored beside the model (static int8) when there is one for these
+    weights, refuses one made for other weights (:class:`vinvl.oscar.calibration.StaleCalibrationError`),
+    and without one quantizes activations per batch (dynamic int8), saying so in a log line."""
     check_precision(precision)
     if not has_weights(model_dir):
         raise UsageError(f"{model_dir!r} has no saved weights: a scorer is exported from a saved model directory")
-    if precision == "int8":
-        _int8_packages()
-    export_dir = export_match_head(model, model_dir, precision)
     threads = num_threads or int(os.environ.get("OMP_NUM_THREADS") or default_num_threads())
-    return MatchScorer(model, export_dir, precision, threads)
+    if precision != "int8":
+        return MatchScorer(model, export_match_head(model, model_dir, precision), precision, threads)
+    _int8_packages()
+    static = calibrated_graph(model_dir)
+    if static is not None:
+        return MatchScorer(model, static, precision, threads, int8_mode="static")
+    logger.warning(
+        f"int8: {model_dir} has no calibration ({CALIBRATION_DIR}/), so activations are quantized per batch "
+        "(dynamic int8); `vinvl calibrate` makes static int8 from a sample of your gallery"
+    )
+    export_dir = export_match_head(model, model_dir, precision)
+    return MatchScorer(model, os.path.join(export_dir, _GRAPH + ".int8.onnx"), precision, threads, int8_mode="dynamic")
 
 
 def load_scorer(
