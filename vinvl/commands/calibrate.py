@@ -21,7 +21,7 @@ DEFAULT_PAIRS = 512  # vinvl.retrieval.calibration.DEFAULT_PAIRS (not imported: 
 DESCRIPTION = """\
 Calibrate static int8 for MODEL_DIR: the match head's encoder MatMuls with activation scales fixed
 from pairs of your own gallery (half matching, half not, padded as retrieval pads them), written to
-MODEL_DIR/int8_calibration with the weights' sha256. --precision int8 (eval, retrieve, index, serve,
+MODEL_DIR/int8_calibration with the weights' sha256. --precision int8 (eval, retrieve, serve,
 Taskflow) then runs it; after the weights change it is refused until you calibrate again. Without a
 calibration, int8 quantizes activations per batch (dynamic). See docs/models.md."""
 
