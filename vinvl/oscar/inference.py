@@ -15,7 +15,7 @@ docs/benchmarks.md, "Precision"):
   With a calibration stored beside the model (``vinvl calibrate``, :mod:`vinvl.oscar.calibration`)
   for these weights, its activations are quantized at the fixed scales calibrated on pairs of the
   user's gallery (static int8, QDQ); a calibration for other weights is refused; without one they
-  are quantized per batch at run time (dynamic int8, with a warning saying so). Paddle 3.3's
+  are quantized per batch at run time (dynamic int8, the more faithful; an info line says so). Paddle 3.3's
   post-training quantization reads only the old program format, which Paddle 3.3 no longer exports,
   so Paddle Inference has no int8 path for this model. Needs ``avx512_vnni``, ``avx_vnni`` or
   ``amx_int8`` (without them int8 would run, only slower than fp32) and the optional
@@ -367,7 +367,7 @@ def match_scorer(
 
     ``int8`` runs the calibration stored beside the model (static int8) when there is one for these
     weights, refuses one made for other weights (:class:`vinvl.oscar.calibration.StaleCalibrationError`),
-    and without one quantizes activations per batch (dynamic int8), saying so in a log line."""
+    and without one quantizes activations per batch (dynamic int8), saying so in an info line."""
     check_precision(precision)
     if not has_weights(model_dir):
         raise UsageError(f"{model_dir!r} has no saved weights: a scorer is exported from a saved model directory")
@@ -378,9 +378,9 @@ def match_scorer(
     static = calibrated_graph(model_dir)
     if static is not None:
         return MatchScorer(model, static, precision, threads, int8_mode="static")
-    logger.warning(
-        f"int8: {model_dir} has no calibration ({CALIBRATION_DIR}/), so activations are quantized per batch "
-        "(dynamic int8); `vinvl calibrate` makes static int8 from a sample of your gallery"
+    logger.info(
+        f"int8: {model_dir} has no calibration ({CALIBRATION_DIR}/): activations are quantized per batch (dynamic "
+        "int8, the more faithful of the two; `vinvl calibrate` fixes them for batch-independent margins, docs/models.md)"
     )
     export_dir = export_match_head(model, model_dir, precision)
     return MatchScorer(model, os.path.join(export_dir, _GRAPH + ".int8.onnx"), precision, threads, int8_mode="dynamic")
