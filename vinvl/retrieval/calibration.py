@@ -39,8 +39,9 @@ def calibration_pairs(gallery: Gallery, pairs: int, seed: int = 0) -> Tuple[np.n
     if gallery.num_images < 2:
         raise UsageError("a calibration needs a gallery of at least 2 images (for non-matching pairs)")
     rng = np.random.default_rng(seed)
-    matching = rng.permutation(np.flatnonzero(owners >= 0))[: pairs - pairs // 2]
-    captions = rng.integers(0, gallery.num_captions, pairs // 2)
+    owned = np.flatnonzero(owners >= 0)  # captions of a gallery image (a query-only caption has none)
+    matching = rng.permutation(owned)[: pairs - pairs // 2]
+    captions = rng.choice(owned, pairs // 2)
     images = rng.integers(0, gallery.num_images - 1, pairs // 2)
     images += images >= owners[captions]  # any image but the caption's own
     return np.concatenate([owners[matching], images]), np.concatenate([matching, captions])
