@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterator, List, Optional, Union
 import numpy as np
 
 from ..index.store import GalleryIndex
+from ..retrieval.gallery import checked_features
 
 __all__ = ["ColumnView", "IndexImages"]
 
@@ -84,13 +85,7 @@ class IndexImages:
         return self._checked(index, self.feature_dim)
 
     def _checked(self, index: int, width: Optional[int]) -> np.ndarray:
-        feats = np.asarray(self._read(index), dtype=np.float32)
-        if feats.ndim != 2 or (width is not None and feats.shape[1] != width):
-            expected = f"[num_regions, {width}]" if width is not None else "[num_regions, width]"
-            raise ValueError(
-                f"image {self.index.image_id(index)!r}: region features have shape {list(feats.shape)}, expected {expected}"
-            )
-        return feats
+        return checked_features(self._read(index), width, lambda: self.index.image_id(index))
 
     def index_of(self, image_ids: List[str]) -> np.ndarray:
         """Positions of the given image ids (binary search in the index's id column); unknown ids are

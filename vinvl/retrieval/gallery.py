@@ -10,7 +10,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-__all__ = ["Gallery"]
+__all__ = ["Gallery", "checked_features"]
 
 FeatureSource = Union[Callable[[int], np.ndarray], Sequence[np.ndarray]]
 
@@ -115,13 +115,7 @@ class Gallery:
         return self._checked(index, self._read(index), self.feature_dim)
 
     def _checked(self, index: int, feats: Any, width: Optional[int]) -> np.ndarray:
-        feats = np.asarray(feats, dtype=np.float32)
-        if feats.ndim != 2 or (width is not None and feats.shape[1] != width):
-            expected = f"[num_regions, {width}]" if width is not None else "[num_regions, width]"
-            raise ValueError(
-                f"image {self.image_ids[index]!r}: region features have shape {list(feats.shape)}, expected {expected}"
-            )
-        return feats
+        return checked_features(feats, width, lambda: self.image_ids[index])
 
     def index_of(self, image_ids: Sequence[str]) -> np.ndarray:
         """Positions of the given image ids; unknown ids are an error that names them."""
@@ -189,3 +183,14 @@ def _caption_index_to_candidates(corpus: Any) -> Optional[np.ndarray]:
     if len({len(r) for r in rows}) != 1:
         raise ValueError("caption_index lists a different number of candidates for different images")
     return np.array(rows, dtype=np.int64)
+
+
+def checked_features(feats: Any, width: Optional[int], image_id: Callable[[], str]) -> np.ndarray:
+    """One image's region features as float32 ``[R, D]``; a ValueError naming the image when they are
+    not 2-D or (``width`` given) not ``width`` wide. Every gallery kind checks its reads with it;
+    ``image_id`` is asked only for the error (an index reads it from disk)."""
+    feats = np.asarray(feats, dtype=np.float32)
+    if feats.ndim != 2 or (width is not None and feats.shape[1] != width):
+        expected = f"[num_regions, {width}]" if width is not None else "[num_regions, width]"
+        raise ValueError(f"image {image_id()!r}: region features have shape {list(feats.shape)}, expected {expected}")
+    return feats
