@@ -22,11 +22,10 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import shutil
-import tempfile
 from typing import Any, Callable, Dict, Optional
 
 from ..errors import UserError
+from ..files import replaced_directory
 from .model_dir import weights_checksum
 
 __all__ = ["CALIBRATION_DIR", "GRAPH_FILE", "MANIFEST_FILE", "StaleCalibrationError", "calibrated_graph",
@@ -75,8 +74,7 @@ def write_calibration(model_dir: str, quantize: Callable[[str], None], **fields:
     Replaces an earlier calibration whole; returns the calibration directory."""
     final = os.path.join(model_dir, CALIBRATION_DIR)
     checksum = weights_checksum(model_dir)
-    work = tempfile.mkdtemp(prefix=f".{CALIBRATION_DIR}-", dir=model_dir)
-    try:
+    with replaced_directory(final) as work:
         quantize(os.path.join(work, GRAPH_FILE))
         manifest = {
             "weights_sha256": checksum, **fields,
@@ -84,10 +82,4 @@ def write_calibration(model_dir: str, quantize: Callable[[str], None], **fields:
         }
         with open(os.path.join(work, MANIFEST_FILE), "w", encoding="utf-8") as f:
             json.dump(manifest, f, indent=2)
-        if os.path.isdir(final):
-            shutil.rmtree(final)
-        os.replace(work, final)
-    finally:
-        if os.path.isdir(work):
-            shutil.rmtree(work)
     return final

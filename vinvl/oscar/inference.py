@@ -39,7 +39,6 @@ import logging
 import os
 import shutil
 import sys
-import tempfile
 from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass
 from typing import Any, Dict, FrozenSet, Iterator, List, Optional, Sequence, Tuple
@@ -49,6 +48,7 @@ import paddle
 from paddlenlp.utils.log import logger
 
 from ..errors import UsageError
+from ..files import replaced_directory
 from ..precision import check_precision
 from ..runtime import default_num_threads
 from .calibration import CALIBRATION_DIR, calibrated_graph, write_calibration
@@ -101,8 +101,7 @@ def export_match_head(model: OscarForImageTextRetrieval, model_dir: str, precisi
     current = open(stamp_path).read().strip() if os.path.isfile(stamp_path) else None
     if current == stamp and all(os.path.isfile(os.path.join(export_dir, f)) for f in _FILES[precision]):
         return export_dir
-    work = tempfile.mkdtemp(prefix=".inference-", dir=model_dir)
-    try:
+    with replaced_directory(export_dir) as work:
         if current == stamp:  # same weights: keep what is there, add what is missing
             shutil.copytree(export_dir, work, dirs_exist_ok=True)
         missing = [f for f in _FILES[precision] if not os.path.isfile(os.path.join(work, f))]
@@ -116,12 +115,6 @@ def export_match_head(model: OscarForImageTextRetrieval, model_dir: str, precisi
             _save_int8_onnx(model, work)
         with open(os.path.join(work, _STAMP), "w") as f:
             f.write(stamp)
-        if os.path.isdir(export_dir):
-            shutil.rmtree(export_dir)
-        os.replace(work, export_dir)
-    finally:
-        if os.path.isdir(work):
-            shutil.rmtree(work)
     return export_dir
 
 
