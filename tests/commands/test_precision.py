@@ -75,12 +75,12 @@ def test_retrieve_within_the_precisions_tolerance(capfd, tmp_path, setup, precis
     assert_same_pairs_within_tolerance(low, run_retrieve(capfd, tmp_path, setup, "fp32"), precision)
 
 
-def run_eval(capfd, tmp_path, setup, precision):
+def run_eval(capfd, tmp_path, setup, precision, *options):
     """{(caption query, image): margin} of every pair, from the ranked results, and the metrics."""
     model_dir, corpus, _, _ = setup
-    out = str(tmp_path / f"eval-{precision}")
+    out = str(tmp_path / f"eval-{precision}-{'-'.join(options)}")
     done = vinvl_here(capfd, tmp_path, "eval", "--model_dir", model_dir, "--data_dir", corpus, "--protocol", "all",
-                      "--output_dir", out, "--no_progress", "--precision", precision)
+                      "--output_dir", out, "--no_progress", "--precision", precision, *options)
     assert done.returncode == 0, done.stderr[-2000:]
     with open(os.path.join(out, "ranked_t2i.jsonl")) as f:
         rows = [json.loads(line) for line in f]
@@ -93,10 +93,37 @@ def run_eval(capfd, tmp_path, setup, precision):
 @pytest.mark.parametrize("precision", ["bf16", "int8"])
 def test_eval_within_the_precisions_tolerance(capfd, tmp_path, setup, precision):
     skip_unless_supported(precision)
-    low, report = run_eval(capfd, tmp_path, setup, precision)
+    low, report = run_eval(capfd, tmp_path, setup, precision, "--rescore_top", "0")  # the scorer alone
     reference, _ = run_eval(capfd, tmp_path, setup, "fp32")
-    assert report["precision"] == precision
+    assert report["precision"] == precision and report["pairs_rescored"] == 0
     assert_same_pairs_within_tolerance(low, reference, precision)
+
+
+def test_eval_rescores_each_querys_top_pairs_at_fp32(capfd, tmp_path, setup):
+    """``--rescore_top 2``: the pairs among each caption's 2 best images or each image's 2 best
+    captions at int8 take fp32's margins; every other pair keeps its int8 margin."""
+    skip_unless_supported("int8")
+    low, _ = run_eval(capfd, tmp_path, setup, "int8", "--rescore_top", "0")
+    reference, _ = run_eval(capfd, tmp_path, setup, "fp32")
+    rescored, report = run_eval(capfd, tmp_path, setup, "int8", "--rescore_top", "2")
+    images = sorted({image for _, image in low})
+    matrix = np.array([[low[(q, image)] for image in images] for q in range(NUM_IMAGES * 5)])  # [caption, image]
+    chosen = np.zeros(matrix.shape, dtype=bool)
+    np.put_along_axis(chosen, np.argsort(-matrix, axis=1, kind="stable")[:, :2], True, axis=1)
+    np.put_along_axis(chosen, np.argsort(-matrix, axis=0, kind="stable")[:2], True, axis=0)
+    assert report["rescore_top"] == 2 and report["pairs_rescored"] == chosen.sum() < chosen.size
+    for (q, image), margin in rescored.items():
+        expected = reference if chosen[q, images.index(image)] else low
+        assert margin == pytest.approx(expected[(q, image)], abs=1e-4), (q, image)
+
+
+def test_rescore_top_is_refused_at_fp32_and_below_zero(capfd, tmp_path, setup):
+    model_dir, corpus, _, _ = setup
+    for precision, value, message in (("fp32", "5", "--rescore_top goes with --precision"),
+                                      ("int8", "-1", "--rescore_top must be 0 or more")):
+        done = vinvl_here(capfd, tmp_path, "eval", "--model_dir", model_dir, "--data_dir", corpus,
+                          "--precision", precision, "--rescore_top", value)
+        assert_user_error(done, "vinvl eval", message)
 
 
 @pytest.mark.parametrize("precision", ["bf16", "int8"])

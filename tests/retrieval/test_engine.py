@@ -1,6 +1,7 @@
 """RetrievalEngine and Gallery on a tiny random Oscar model and an in-memory gallery."""
 import os
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -281,6 +282,93 @@ def test_bad_engine_input_errors(model, processor, engine, gallery):
     other = OscarProcessor(processor.tokenizer, img_feature_dim=100)
     with pytest.raises(ValueError, match="img_feature_dim"):
         RetrievalEngine(model, other)
+
+
+class NoisyScorer:
+    """Stands in for a low-precision scorer: the model's logits plus an error fixed per pair (drawn
+    from the pair's caption ids and regions, so any batch gives a pair the same one), large enough
+    to swap near answers as rounding does at low precision."""
+
+    def __init__(self, model, scale):
+        self.model, self.scale = model, scale
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def __call__(self, input_ids, img_embeds, **inputs):
+        logits = self.model(input_ids=input_ids, img_embeds=img_embeds, **inputs).logits.numpy()
+        error = np.zeros_like(logits)
+        for row, (ids, regions) in enumerate(zip(input_ids.numpy(), img_embeds.numpy())):
+            seed = [int(i) for i in ids[ids > 0]] + [int(abs(regions).sum() * 1000)]
+            error[row, 1] = self.scale * np.random.default_rng(seed).standard_normal()
+        return SimpleNamespace(logits=paddle.to_tensor(logits + error))
+
+
+def rescored_set(scores, k):
+    """The pairs re-scoring picks: each image's k best captions and each caption's k best images."""
+    chosen = np.zeros(scores.shape, dtype=bool)
+    np.put_along_axis(chosen, np.argsort(-scores, axis=1, kind="stable")[:, :k], True, axis=1)
+    np.put_along_axis(chosen, np.argsort(-scores, axis=0, kind="stable")[:k], True, axis=0)
+    return chosen
+
+
+def test_rescore_top_gives_each_querys_top_pairs_the_fp32_scores(model, processor, gallery, exhaustive):
+    noisy = NoisyScorer(model, scale=0.1 * float(exhaustive.i2t.std()))
+    low = RetrievalEngine(noisy, processor, batch_size=8, progress=False).exhaustive(gallery).i2t
+    # The stand-in disagrees with fp32 at the top, or re-scoring would have nothing to restore.
+    assert (low.argmax(0) != exhaustive.i2t.argmax(0)).sum() + (low.argmax(1) != exhaustive.i2t.argmax(1)).sum() >= 2
+    k = 2
+    engine = RetrievalEngine(noisy, processor, batch_size=8, progress=False, rescore_model=model, rescore_top=k)
+    result = engine.exhaustive(gallery)
+    chosen = rescored_set(low, k)
+    assert result.pairs_rescored == chosen.sum() < low.size
+    np.testing.assert_allclose(result.i2t[chosen], exhaustive.i2t[chosen], atol=1e-5, rtol=0)
+    np.testing.assert_array_equal(result.i2t[~chosen], low[~chosen])
+    # The re-scored ranking gives back fp32's best answer to queries the stand-in gave another.
+    agree = [(scores.argmax(axis) == exhaustive.i2t.argmax(axis)).sum() for scores in (low, result.i2t) for axis in (0, 1)]
+    assert agree[2] == gallery.num_captions and agree[3] == gallery.num_images and sum(agree[2:]) > sum(agree[:2])
+
+
+def test_rescore_top_covering_everything_equals_fp32(model, processor, gallery, exhaustive):
+    noisy = NoisyScorer(model, scale=float(exhaustive.i2t.std()))
+    k = max(gallery.num_images, gallery.num_captions)
+    result = RetrievalEngine(noisy, processor, batch_size=8, progress=False, rescore_model=model,
+                             rescore_top=k).exhaustive(gallery)
+    np.testing.assert_allclose(result.i2t, exhaustive.i2t, atol=1e-5, rtol=0)
+    assert result.pairs_rescored == result.pairs_scored == exhaustive.pairs_scored
+
+
+def test_rescore_top_after_a_first_stage_scores_no_unscored_pair(model, processor, gallery, exhaustive):
+    noisy = NoisyScorer(model, scale=float(exhaustive.i2t.std()))
+    low = RetrievalEngine(noisy, processor, batch_size=8, progress=False).two_stage(gallery, k=2)
+    result = RetrievalEngine(noisy, processor, batch_size=8, progress=False, rescore_model=model,
+                             rescore_top=3).two_stage(gallery, k=2)
+    np.testing.assert_array_equal(np.isfinite(result.i2t), np.isfinite(low.i2t))
+    chosen = rescored_set(low.i2t, 3) & np.isfinite(low.i2t)
+    assert result.pairs_rescored == chosen.sum() > 0
+    np.testing.assert_allclose(result.i2t[chosen], exhaustive.i2t[chosen], atol=1e-5, rtol=0)
+
+
+def test_rescore_of_chosen_queries_only(model, processor, gallery, exhaustive):
+    noisy = NoisyScorer(model, scale=float(exhaustive.i2t.std()))
+    engine = RetrievalEngine(noisy, processor, batch_size=8, progress=False, rescore_model=model, rescore_top=2)
+    low = RetrievalEngine(noisy, processor, batch_size=8, progress=False).exhaustive(gallery).i2t
+    scores = low.copy()
+    assert engine.rescore(gallery, scores, images=[3], captions=np.zeros(0, dtype=np.int64)) == 2
+    chosen = np.zeros(low.shape, dtype=bool)
+    chosen[3, np.argsort(-low[3], kind="stable")[:2]] = True
+    np.testing.assert_allclose(scores[chosen], exhaustive.i2t[chosen], atol=1e-5, rtol=0)
+    np.testing.assert_array_equal(scores[~chosen], low[~chosen])
+
+
+def test_bad_rescore_arguments(model, processor, engine, gallery):
+    for k in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="rescore_top must be a non-negative integer"):
+            RetrievalEngine(model, processor, rescore_model=model, rescore_top=k)
+    with pytest.raises(ValueError, match="needs a rescore_model"):
+        RetrievalEngine(model, processor, rescore_top=2)
+    with pytest.raises(ValueError, match="no rescore_top"):
+        engine.rescore(gallery, np.zeros((gallery.num_images, gallery.num_captions), dtype=np.float32))
 
 
 WORKER = """

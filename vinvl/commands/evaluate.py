@@ -48,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch_size", type=int, default=128, help="pairs per forward pass")
     parser.add_argument("--no_od_labels", action="store_true", help="leave out the object tags")
     add_precision_argument(parser)
+    parser.add_argument("--rescore_top", type=int,
+                        help="below fp32: each query's N best pairs are scored again by the fp32 model, which then "
+                             "orders them (default 10, R@10's depth; 0: none). Near-ties are where low precision "
+                             "disagrees with fp32; this restores fp32's top answers for ~1%% more work (docs/models.md)")
     parser.add_argument("--output_dir", help="write metrics.json and ranked results here")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
     return parser
@@ -61,6 +65,11 @@ def _check(args: argparse.Namespace) -> None:
     if args.split not in SPLITS:
         raise UsageError(f"--split: unknown split {args.split!r}; the splits are {', '.join(SPLITS)}")
     require_positive(args, ("batch_size", "candidates", "fold_size"))
+    if args.rescore_top is not None:
+        if args.precision == "fp32":
+            raise UsageError("--rescore_top goes with --precision bf16, int8 or fp16 (fp32 scores need no re-scoring)")
+        if args.rescore_top < 0:
+            raise UsageError(f"--rescore_top must be 0 or more, got {args.rescore_top}")
     if (args.protocol == "keys") != (args.eval_img_keys_file is not None):
         raise UsageError("--eval_img_keys_file goes with --protocol keys (and that protocol needs it)")
     require_directory(args.model_dir, "--model_dir", "model directory")
@@ -74,8 +83,9 @@ def _print_table(report: Dict[str, Any]) -> None:
     print(f"{'':<10}" + "".join(f"{n:>9}" for n in names))
     for evaluation, metrics in report["results"].items():
         print(f"{evaluation:<10}" + "".join(f"{metrics[n]:>9.2f}" for n in names))
+    rescored = f", {report['pairs_rescored']} of them again at fp32" if report["pairs_rescored"] else ""
     print(f"{report['pairs_scored']} pairs scored in {report['scoring_seconds']:.1f} s "
-          f"({report['pairs_per_second']:.0f} pairs/s)")
+          f"({report['pairs_per_second']:.0f} pairs/s){rescored}")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
@@ -97,6 +107,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         keys_file=args.eval_img_keys_file, fold_size=args.fold_size, first_stage=args.first_stage,
         candidates=args.candidates, batch_size=args.batch_size, add_od_labels=not args.no_od_labels,
         progress=not args.no_progress, precision=args.precision,
+        **({} if args.rescore_top is None else {"rescore_top": args.rescore_top}),
     )
     if rank() == 0:
         _print_table(report)

@@ -58,6 +58,7 @@ __all__ = [
 
 PROTOCOLS = ("coco1k", "coco5k", "keys", "all")
 RANKED_TOP = 10  # results listed per query in the ranked-results files
+DEFAULT_RESCORE_TOP = 10  # below fp32, pairs per query re-scored at fp32: R@10's depth
 
 
 def public_names(metrics: Dict[str, float]) -> Dict[str, float]:
@@ -138,6 +139,7 @@ class ProtocolResult:
     scores: RetrievalScores
     pairs_scored: int
     seconds: float
+    pairs_rescored: int = 0
 
 
 def _metrics(scores: RetrievalScores, caption_to_image: np.ndarray) -> Dict[str, float]:
@@ -185,7 +187,7 @@ def run_protocol(
         results["1k_5fold"] = public_names(fold_metrics(scores.i2t, c2i, num_folds, scores.t2i))
         if subset is not None:
             results["1k_subset"] = public_names(subset_metrics(scores.i2t, c2i, subset, scores.t2i))
-    return ProtocolResult(results, gallery, scores, scores.pairs_scored, scores.seconds)
+    return ProtocolResult(results, gallery, scores, scores.pairs_scored, scores.seconds, scores.pairs_rescored)
 
 
 def _coco1k(
@@ -216,7 +218,8 @@ def _coco1k(
         results["1k_subset"] = _metrics(primary[1], primary[0].caption_to_image)
     pairs = sum(s.pairs_scored for _, s in scored)
     seconds = sum(s.seconds for _, s in scored)
-    return ProtocolResult(results, primary[0], primary[1], pairs, seconds)
+    rescored = sum(s.pairs_rescored for _, s in scored)
+    return ProtocolResult(results, primary[0], primary[1], pairs, seconds, rescored)
 
 
 # ----- ranked results --------------------------------------------------------------------
@@ -334,6 +337,7 @@ def evaluate_saved_model(
     add_od_labels: bool = True,
     progress: bool = True,
     precision: str = "fp32",
+    rescore_top: int = DEFAULT_RESCORE_TOP,
 ) -> Tuple[Dict[str, Any], ProtocolResult]:
     """Score the saved model of ``model_dir`` on ``split`` of ``data_dir`` as ``protocol`` asks
     (default: :func:`default_protocol`); returns the report (``metrics.json``) and the result.
@@ -343,7 +347,8 @@ def evaluate_saved_model(
     ``first_stage``: as :func:`resolve_first_stage` (``auto`` resolved against the model's config),
     with ``candidates`` per query. ``precision``: of the match head's pair forward
     (:mod:`vinvl.oscar.inference`; the first stage's embeddings stay fp32), checked before the
-    model loads. Under ``paddle.distributed.launch`` the pair work is shared and every rank
+    model loads; below fp32, each query's ``rescore_top`` best pairs are scored again by the fp32
+    model (:class:`RetrievalEngine`; 0: none). Under ``paddle.distributed.launch`` the pair work is shared and every rank
     returns the same.
     """
     import paddle.distributed as dist
@@ -353,6 +358,8 @@ def evaluate_saved_model(
     from ..precision import check_precision
 
     check_precision(precision)
+    if isinstance(rescore_top, bool) or not isinstance(rescore_top, int) or rescore_top < 0:
+        raise ValueError(f"rescore_top must be a non-negative integer, got {rescore_top!r}")
     protocol = protocol or default_protocol(split)
     distributed = int(os.environ.get("PADDLE_TRAINERS_NUM", "1")) > 1
     if distributed and not dist.is_initialized():
@@ -365,9 +372,13 @@ def evaluate_saved_model(
                 export_match_head(model, model_dir, precision)
             dist.barrier()
         model = match_scorer(model, model_dir, precision)
+    rescore_top = rescore_top if precision != "fp32" else 0
     first_stage = resolve_first_stage(first_stage, model.config)
     gallery, subset, fold_size = _load_gallery(data_dir, split, protocol, features_dir, keys_file, fold_size, add_od_labels)
-    engine = RetrievalEngine(model, processor, batch_size=batch_size, progress=progress)
+    engine = RetrievalEngine(
+        model, processor, batch_size=batch_size, progress=progress,
+        rescore_model=model.model if rescore_top else None, rescore_top=rescore_top,
+    )
     start = time.perf_counter()
     result = run_protocol(
         engine, gallery, protocol, first_stage=first_stage, top_k=candidates, fold_size=fold_size, subset=subset
@@ -379,11 +390,13 @@ def evaluate_saved_model(
         "candidates": candidates if first_stage != "exhaustive" else None,
         "model_dir": os.path.abspath(model_dir),
         "precision": precision,
+        "rescore_top": rescore_top,
         "num_images": gallery.num_images,
         "num_captions": gallery.num_captions,
         "fold_size": fold_size if protocol in ("coco1k", "coco5k") else None,
         "results": result.results,
         "pairs_scored": result.pairs_scored,
+        "pairs_rescored": result.pairs_rescored,
         "scoring_seconds": round(result.seconds, 3),
         "pairs_per_second": round(result.pairs_scored / max(result.seconds, 1e-9), 1),
         "wall_seconds": round(time.perf_counter() - start, 3),
