@@ -10,7 +10,7 @@ for every precision. Precisions: fp32 (Paddle Inference, the reference), bf16, i
 (before the model is calibrated) and int8 static (after ``vinvl calibrate``'s calibration on the
 gallery, :data:`vinvl.retrieval.calibration.DEFAULT_PAIRS` pairs); each low precision also
 with every query's :data:`~vinvl.retrieval.evaluate.DEFAULT_RESCORE_TOP` best pairs scored again
-by the fp32 model (``vinvl eval``'s default below fp32, :class:`vinvl.retrieval.RetrievalEngine`).
+at fp32 on Paddle Inference, as ``vinvl eval`` does below fp32 (:class:`vinvl.retrieval.RetrievalEngine`).
 
 Per precision and direction: top-1 agreement (the share of queries whose best answer is fp32's;
 where fp32's best margin is exactly tied, any tied answer agrees), the mean overlap of the top-10
@@ -149,8 +149,10 @@ def run_gate(settings: GateSettings) -> Dict[str, Any]:
             calibrate(model_dir, gallery, DEFAULT_PAIRS, settings.seed, f"{corpus} (split test)")
         scorer, processor = load_scorer(model_dir, name.split()[0])
         low = name != "fp32"
+        if not low:
+            fp32 = scorer
         engine = RetrievalEngine(scorer, processor, batch_size=64, progress=False,
-                                 rescore_model=scorer.model if low else None, rescore_top=DEFAULT_RESCORE_TOP if low else 0)
+                                 rescore_model=fp32 if low else None, rescore_top=DEFAULT_RESCORE_TOP if low else 0)
         t2i, i2t, seconds = _scores(engine, gallery, queries)
         if reference is None:
             reference = (t2i, i2t)

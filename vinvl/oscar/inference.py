@@ -276,9 +276,7 @@ class _Logits:
 class MatchScorer:
     """The model with its pair forward (``input_ids, token_type_ids, attention_mask, img_embeds`` ->
     ``.logits``) run by an inference runtime at ``precision``; any other attribute is the dygraph
-    model's, so the engine and the query core take it where they take the model. ``model`` is that
-    dygraph model (fp32), which re-scores the top of a low-precision ranking
-    (:class:`vinvl.retrieval.RetrievalEngine`'s ``rescore_model``).
+    model's, so the engine and the query core take it where they take the model.
 
     ``predictor`` / ``predictor_config`` are the Paddle Inference predictor and its config (fp32,
     bf16, fp16), ``onnx_path`` the quantized graph ONNX Runtime runs (int8) and ``int8_mode``
@@ -287,7 +285,7 @@ class MatchScorer:
 
     def __init__(self, model: OscarForImageTextRetrieval, graph: str, precision: str, num_threads: int,
                  int8_mode: Optional[str] = None):
-        self.model = model
+        self._model = model
         self.precision = precision
         self.predictor = self.predictor_config = self.onnx_path = None
         self.int8_mode = int8_mode
@@ -301,7 +299,7 @@ class MatchScorer:
             self._run = _paddle_runner(self.predictor)
 
     def __getattr__(self, name: str):
-        return getattr(self.model, name)
+        return getattr(self._model, name)
 
     def __call__(self, input_ids, token_type_ids, attention_mask, img_embeds) -> _Logits:
         tensors = (input_ids, token_type_ids, attention_mask, img_embeds)

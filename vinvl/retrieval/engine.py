@@ -32,11 +32,13 @@ contrastive embeddings or BM25 over detector tags.
 
 Re-scoring the top at fp32. A low-precision scorer (bf16, int8: :mod:`vinvl.oscar.inference`)
 ranks nearly as fp32 does, but where two answers are nearly tied its error can swap them. With
-``rescore_model`` (the fp32 model) and ``rescore_top = k``, a ranking's k best pairs per query,
-both directions, are scored again by the fp32 model and take its scores: low precision decides
-which pairs are near the top, fp32 their order. At k = 10 that costs about ``10 * (I + C)``
-fp32 pairs against the ranking's ``I * C`` (1.2% at COCO 1K) and restores fp32's top answers
-(docs/benchmarks.md, the precisions' gate).
+``rescore_model`` (an fp32 scorer: the model, or its fp32 Paddle Inference scorer) and
+``rescore_top = k``, a ranking's k best pairs per query, both directions, are scored again at
+fp32 and take those scores: low precision decides which pairs are near the top, fp32 their order.
+Scores of the two precisions then share one matrix, which is sound because the low precisions'
+errors are small and unbiased next to the gap between a query's k-th answer and its later ones.
+At k = 20 that costs about ``20 * (I + C)`` fp32 pairs against the ranking's ``I * C`` (2.4% at
+COCO 1K) and restores fp32's top answers (docs/benchmarks.md, the precisions' gate).
 """
 from __future__ import annotations
 
@@ -120,9 +122,9 @@ class RetrievalEngine:
             region checks, so pairs are cut exactly as the processor cuts them for training.
         batch_size: pairs per forward pass.
         progress: show a tqdm bar with pairs/s (on rank 0 only).
-        rescore_model: the fp32 model behind a low-precision ``model``; with ``rescore_top``,
-            re-scores the top of every ranking :meth:`exhaustive` and :meth:`two_stage` make
-            (module docstring).
+        rescore_model: an fp32 scorer of the same weights as a low-precision ``model``; with
+            ``rescore_top``, re-scores the top of every ranking :meth:`exhaustive` and
+            :meth:`two_stage` make (module docstring).
         rescore_top: pairs re-scored per query and direction (0: none).
     """
 
@@ -140,7 +142,7 @@ class RetrievalEngine:
         if isinstance(rescore_top, bool) or not isinstance(rescore_top, (int, np.integer)) or rescore_top < 0:
             raise ValueError(f"rescore_top must be a non-negative integer, got {rescore_top!r}")
         if rescore_top and rescore_model is None:
-            raise ValueError("rescore_top needs a rescore_model (the fp32 model that re-scores the top pairs)")
+            raise ValueError("rescore_top needs a rescore_model (the fp32 scorer that re-scores the top pairs)")
         if processor.img_feature_dim != model.config.img_feature_dim:
             raise ValueError(
                 f"processor img_feature_dim {processor.img_feature_dim} differs from the model's "

@@ -58,7 +58,7 @@ __all__ = [
 
 PROTOCOLS = ("coco1k", "coco5k", "keys", "all")
 RANKED_TOP = 10  # results listed per query in the ranked-results files
-DEFAULT_RESCORE_TOP = 10  # below fp32, pairs per query re-scored at fp32: R@10's depth
+DEFAULT_RESCORE_TOP = 20  # below fp32, pairs per query re-scored at fp32: twice R@10's depth (docs/models.md)
 
 
 def public_names(metrics: Dict[str, float]) -> Dict[str, float]:
@@ -347,8 +347,8 @@ def evaluate_saved_model(
     ``first_stage``: as :func:`resolve_first_stage` (``auto`` resolved against the model's config),
     with ``candidates`` per query. ``precision``: of the match head's pair forward
     (:mod:`vinvl.oscar.inference`; the first stage's embeddings stay fp32), checked before the
-    model loads; below fp32, each query's ``rescore_top`` best pairs are scored again by the fp32
-    model (:class:`RetrievalEngine`; 0: none). Under ``paddle.distributed.launch`` the pair work is shared and every rank
+    model loads; below fp32, each query's ``rescore_top`` best pairs are scored again at fp32 on
+    Paddle Inference (:class:`RetrievalEngine`; 0: none). Under ``paddle.distributed.launch`` the pair work is shared and every rank
     returns the same.
     """
     import paddle.distributed as dist
@@ -366,18 +366,22 @@ def evaluate_saved_model(
         dist.init_parallel_env()
     model, processor = load_retrieval_model(model_dir)
     model.eval()
+    rescore_top = rescore_top if precision != "fp32" else 0
+    rescore_model = None
     if precision != "fp32":
+        exports = (precision, "fp32") if rescore_top else (precision,)
         if distributed:  # one rank exports, the others wait for it and load it
             if rank() == 0:
-                export_match_head(model, model_dir, precision)
+                for export in exports:
+                    export_match_head(model, model_dir, export)
             dist.barrier()
+        if rescore_top:  # fp32 on Paddle Inference: the same margins as the model's, faster (docs/benchmarks.md)
+            rescore_model = match_scorer(model, model_dir, "fp32")
         model = match_scorer(model, model_dir, precision)
-    rescore_top = rescore_top if precision != "fp32" else 0
     first_stage = resolve_first_stage(first_stage, model.config)
     gallery, subset, fold_size = _load_gallery(data_dir, split, protocol, features_dir, keys_file, fold_size, add_od_labels)
     engine = RetrievalEngine(
-        model, processor, batch_size=batch_size, progress=progress,
-        rescore_model=model.model if rescore_top else None, rescore_top=rescore_top,
+        model, processor, batch_size=batch_size, progress=progress, rescore_model=rescore_model, rescore_top=rescore_top,
     )
     start = time.perf_counter()
     result = run_protocol(
