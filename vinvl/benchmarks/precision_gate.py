@@ -3,10 +3,10 @@ gallery against fp32's, on a trained tiny stand-in.
 
 The stand-in is the shipped tiny config trained on a synthetic corpus
 (:func:`vinvl.benchmarks.measure.train_tiny`, ``train_images`` training images); the gallery is
-the corpus' test split (``images`` images, 5 captions each). Scoring all pairs per precision
-would take hours on a CPU, so the ranking is sampled: ``caption_queries`` captions each ranked
-over every image and ``image_queries`` images each ranked over every caption, the same queries
-for every precision. Precisions: fp32 (Paddle Inference, the reference), bf16, int8 dynamic
+the corpus' test split (``images`` images, 5 captions each). The ranking is sampled:
+``caption_queries`` captions each ranked over every image and ``image_queries`` images each
+ranked over every caption, the same queries for every precision; when they are every caption and
+every image, each pair is scored once (the exhaustive ranking: 5M pairs per precision at 1K x 5K). Precisions: fp32 (Paddle Inference, the reference), bf16, int8 dynamic
 (before the model is calibrated) and int8 static (after ``vinvl calibrate``'s calibration on the
 gallery, :data:`vinvl.retrieval.calibration.DEFAULT_PAIRS` pairs); each low precision also
 with every query's :data:`~vinvl.retrieval.evaluate.DEFAULT_RESCORE_TOP` best pairs scored again
@@ -19,8 +19,9 @@ lists, R@1/5/10 and their difference from fp32's (ties counted against the groun
 of the fp32 margins. The gate: top-1 agreement at least :data:`GATE_TOP1` both ways and every
 R@K within :data:`GATE_RECALL_POINTS` points.
 
-The work directory keeps the corpus and the trained model (``train_results.json``, written by
-the Trainer after the weights, marks a finished training) for the next run to reuse.
+The work directory keeps the corpus and the model trained on it, one folder per corpus
+(``train_results.json``, written by the Trainer after the weights, marks a finished training),
+for the next run to reuse.
 """
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ class GateSettings:
 
     work_dir: str
     train_steps: int = 3000
-    train_images: int = 1000
+    train_images: int = 4000
     images: int = 1000
     caption_queries: int = 300
     image_queries: int = 100
@@ -58,33 +59,43 @@ def _stand_in(settings: GateSettings) -> Tuple[str, str]:
     from ..data import write_synthetic_corpus
     from .measure import train_tiny
 
-    corpus = os.path.join(settings.work_dir, f"corpus-{settings.train_images}-{settings.images}-{settings.seed}")
+    # one folder per corpus, so a model is reused only with the corpus it was trained on
+    root = os.path.join(settings.work_dir, f"stand-in-{settings.train_images}-{settings.images}-{settings.seed}")
+    corpus = os.path.join(root, "corpus")
     if not os.path.isdir(corpus):
         splits = {"train": settings.train_images, "minival": 0, "val": 0, "test": settings.images}
         write_synthetic_corpus(corpus, splits, seed=settings.seed)
-    model_dir = os.path.join(settings.work_dir, f"tiny-trained-{settings.train_steps}")
+    model_dir = os.path.join(root, f"tiny-trained-{settings.train_steps}")
     if not os.path.isfile(os.path.join(model_dir, "train_results.json")):
-        train_tiny(settings.work_dir, corpus, settings.train_steps, settings.seed)
+        train_tiny(root, corpus, settings.train_steps, settings.seed)
     return model_dir, corpus
 
 
-def _scores(engine, gallery, queries: Tuple[np.ndarray, np.ndarray]) -> Tuple[np.ndarray, np.ndarray, float]:
-    """Margins ``[caption query, image]`` and ``[image query, caption]``, and the seconds they took."""
+def _scores(engine, gallery, queries: Tuple[np.ndarray, np.ndarray]) -> Tuple[np.ndarray, np.ndarray, float, int]:
+    """Margins ``[caption query, image]`` and ``[image query, caption]``, the seconds they took and
+    the pairs scored. When the queries are every caption and every image, each pair is scored once."""
     captions, images = queries
     num_images, num_captions = gallery.num_images, gallery.num_captions
+    if _every_query(gallery, queries):
+        scores = engine.exhaustive(gallery)
+        return scores.t2i.T, scores.i2t, scores.seconds, scores.pairs_scored
     start = time.perf_counter()
     t2i = engine.score_pairs(gallery, np.tile(np.arange(num_images), len(captions)), np.repeat(captions, num_images))
     i2t = engine.score_pairs(gallery, np.repeat(images, num_captions), np.tile(np.arange(num_captions), len(images)))
     seconds = time.perf_counter() - start
-    return t2i.reshape(len(captions), num_images), i2t.reshape(len(images), num_captions), seconds
+    return t2i.reshape(len(captions), num_images), i2t.reshape(len(images), num_captions), seconds, t2i.size + i2t.size
 
 
 def _rescored(engine, gallery, queries, t2i: np.ndarray, i2t: np.ndarray) -> Tuple[np.ndarray, np.ndarray, float, int]:
     """``t2i`` / ``i2t`` with each query's top pairs scored again at fp32 (``engine.rescore``), the
     seconds that took and the pairs it scored."""
     captions, images = queries
-    none = np.zeros(0, dtype=np.int64)
     start = time.perf_counter()
+    if _every_query(gallery, queries):  # one matrix, both directions
+        scores = i2t.copy()
+        pairs = engine.rescore(gallery, scores)
+        return scores.T, scores, time.perf_counter() - start, pairs
+    none = np.zeros(0, dtype=np.int64)
     by_caption = np.full((gallery.num_images, gallery.num_captions), -np.inf, dtype=np.float32)
     by_caption[:, captions] = t2i.T
     pairs = engine.rescore(gallery, by_caption, images=none, captions=captions)
@@ -92,6 +103,10 @@ def _rescored(engine, gallery, queries, t2i: np.ndarray, i2t: np.ndarray) -> Tup
     by_image[images] = i2t
     pairs += engine.rescore(gallery, by_image, images=images, captions=none)
     return by_caption[:, captions].T, by_image[images], time.perf_counter() - start, pairs
+
+
+def _every_query(gallery, queries: Tuple[np.ndarray, np.ndarray]) -> bool:
+    return len(queries[0]) == gallery.num_captions and len(queries[1]) == gallery.num_images
 
 
 def _recall(rows: np.ndarray, truth: np.ndarray) -> List[float]:
@@ -143,24 +158,20 @@ def run_gate(settings: GateSettings) -> Dict[str, Any]:
     )
     shutil.rmtree(os.path.join(model_dir, CALIBRATION_DIR), ignore_errors=True)  # int8 dynamic first
     rows: Dict[str, Any] = {}
-    reference = None
     for name in PRECISIONS:
         if name == "int8 static":
             calibrate(model_dir, gallery, DEFAULT_PAIRS, settings.seed, f"{corpus} (split test)")
         scorer, processor = load_scorer(model_dir, name.split()[0])
-        low = name != "fp32"
-        if not low:
-            fp32 = scorer
-        engine = RetrievalEngine(scorer, processor, batch_size=64, progress=False,
-                                 rescore_model=fp32 if low else None, rescore_top=DEFAULT_RESCORE_TOP if low else 0)
-        t2i, i2t, seconds = _scores(engine, gallery, queries)
-        if reference is None:
-            reference = (t2i, i2t)
-        rows[name] = _row(t2i, i2t, t2i.size + i2t.size, seconds, reference, truth)
-        if low:
-            t2i, i2t, extra, pairs = _rescored(engine, gallery, queries, t2i, i2t)
+        t2i, i2t, seconds, scored = _scores(RetrievalEngine(scorer, processor, 64, progress=False), gallery, queries)
+        if name == "fp32":
+            fp32, reference = scorer, (t2i, i2t)
+        rows[name] = _row(t2i, i2t, scored, seconds, reference, truth)
+        if name != "fp32":
+            rescorer = RetrievalEngine(scorer, processor, 64, progress=False, rescore_model=fp32,
+                                       rescore_top=DEFAULT_RESCORE_TOP)
+            t2i, i2t, extra, pairs = _rescored(rescorer, gallery, queries, t2i, i2t)
             rows[f"{name}, top {DEFAULT_RESCORE_TOP} at fp32"] = dict(
-                _row(t2i, i2t, t2i.size + i2t.size, seconds + extra, reference, truth), pairs_rescored=pairs
+                _row(t2i, i2t, scored + pairs, seconds + extra, reference, truth), pairs_rescored=pairs
             )
     report.update(gallery={"images": gallery.num_images, "captions": gallery.num_captions}, rows=rows,
                   load_after=os.getloadavg()[0])

@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--work_dir", default="outputs/precision-gate",
                         help="the corpus and the trained stand-in are kept here and reused")
     parser.add_argument("--train_steps", type=int, default=3000, help="training steps of the stand-in")
-    parser.add_argument("--train_images", type=int, default=1000, help="synthetic training images")
+    parser.add_argument("--train_images", type=int, default=4000, help="synthetic training images")
     parser.add_argument("--images", type=int, default=1000, help="gallery images (5 captions each)")
     parser.add_argument("--caption_queries", type=int, default=300, help="captions ranked over every image")
     parser.add_argument("--image_queries", type=int, default=100, help="images ranked over every caption")
