@@ -369,6 +369,9 @@ def test_bad_rescore_arguments(model, processor, engine, gallery):
         RetrievalEngine(model, processor, rescore_top=2)
     with pytest.raises(ValueError, match="no rescore_top"):
         engine.rescore(gallery, np.zeros((gallery.num_images, gallery.num_captions), dtype=np.float32))
+    rescoring = RetrievalEngine(model, processor, rescore_model=model, rescore_top=2)
+    with pytest.raises(ValueError, match=r"scores must be \[7, "):
+        rescoring.rescore(gallery, np.zeros((gallery.num_captions, gallery.num_images), dtype=np.float32))
 
 
 WORKER = """

@@ -6,11 +6,12 @@ The stand-in is the shipped tiny config trained on a synthetic corpus
 the corpus' test split (``images`` images, 5 captions each). The ranking is sampled:
 ``caption_queries`` captions each ranked over every image and ``image_queries`` images each
 ranked over every caption, the same queries for every precision; when they are every caption and
-every image, each pair is scored once (the exhaustive ranking: 5M pairs per precision at 1K x 5K). Precisions: fp32 (Paddle Inference, the reference), bf16, int8 dynamic
-(before the model is calibrated) and int8 static (after ``vinvl calibrate``'s calibration on the
-gallery, :data:`vinvl.retrieval.calibration.DEFAULT_PAIRS` pairs); each low precision also
-with every query's :data:`~vinvl.retrieval.evaluate.DEFAULT_RESCORE_TOP` best pairs scored again
-at fp32 on Paddle Inference, as ``vinvl eval`` does below fp32 (:class:`vinvl.retrieval.RetrievalEngine`).
+every image, each pair is scored once (the exhaustive ranking: 5M pairs per precision at 1K x 5K).
+Precisions: fp32 (Paddle Inference, the reference), bf16, int8 dynamic (before the model is
+calibrated) and int8 static (after ``vinvl calibrate``'s calibration on the gallery,
+:data:`vinvl.retrieval.calibration.DEFAULT_PAIRS` pairs); each low precision also with every
+query's :data:`~vinvl.retrieval.evaluate.DEFAULT_RESCORE_TOP` best pairs scored again at fp32 on
+Paddle Inference, as ``vinvl eval`` does below fp32 (:class:`vinvl.retrieval.RetrievalEngine`).
 
 Per precision and direction: top-1 agreement (the share of queries whose best answer is fp32's;
 where fp32's best margin is exactly tied, any tied answer agrees), the mean overlap of the top-10

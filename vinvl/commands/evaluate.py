@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rescore_top", type=int,
                         help="below fp32: each query's N best pairs are scored again at fp32, which then "
                              "orders them (default 20, twice R@10's depth; 0: none). Near-ties are where low precision "
-                             "disagrees with fp32; this restores fp32's top answers for ~1%% more work (docs/models.md)")
+                             "disagrees with fp32; this restores fp32's top answers for about 6%% more time with int8 (docs/models.md)")
     parser.add_argument("--output_dir", help="write metrics.json and ranked results here")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
     return parser

@@ -61,7 +61,7 @@ from .topk import top_k
 __all__ = ["RetrievalEngine", "RetrievalScores", "IMAGE_BLOCK", "match_probability"]
 
 IMAGE_BLOCK = 128  # images whose projected regions are held at once
-_RESCORE_CHUNK = 1024  # queries whose top pairs are found at once (a column chunk of a 5K x 25K matrix: 20 MB)
+_RESCORE_CHUNK = 1024  # queries whose top pairs are found at once (at most 100 MB of a 5K x 25K matrix)
 
 
 def match_probability(margins: np.ndarray) -> np.ndarray:
@@ -226,6 +226,8 @@ class RetrievalEngine:
         """
         if not self.rescore_top:
             raise ValueError("this engine has no rescore_top (nothing to re-score with)")
+        if scores.shape != (gallery.num_images, gallery.num_captions):
+            raise ValueError(f"scores must be [{gallery.num_images}, {gallery.num_captions}], got {list(scores.shape)}")
         codes = _top_codes(scores, self.rescore_top, images, captions)
         if len(codes):
             pair_images, pair_captions = np.divmod(codes, gallery.num_captions)
