@@ -348,8 +348,8 @@ def evaluate_saved_model(
     with ``candidates`` per query. ``precision``: of the match head's pair forward
     (:mod:`vinvl.oscar.inference`; the first stage's embeddings stay fp32), checked before the
     model loads; below fp32, each query's ``rescore_top`` best pairs are scored again at fp32 on
-    Paddle Inference (:class:`RetrievalEngine`; 0: none). Under ``paddle.distributed.launch`` the pair work is shared and every rank
-    returns the same.
+    Paddle Inference on the CPU (:class:`RetrievalEngine`; 0: none). Under
+    ``paddle.distributed.launch`` the pair work is shared and every rank returns the same.
     """
     import paddle.distributed as dist
 
@@ -375,7 +375,7 @@ def evaluate_saved_model(
                 for export in exports:
                     export_match_head(model, model_dir, export)
             dist.barrier()
-        if rescore_top:  # fp32 on Paddle Inference: the same margins as the model's, faster (docs/benchmarks.md)
+        if rescore_top:  # fp32 on Paddle Inference: the model's margins to float rounding, faster (docs/benchmarks.md)
             rescore_model = match_scorer(model, model_dir, "fp32")
         model = match_scorer(model, model_dir, precision)
     first_stage = resolve_first_stage(first_stage, model.config)
