@@ -170,7 +170,7 @@ class RetrievalEngine:
             scores[images, captions] = values
         scores = all_reduce_sum(scores)
         pairs = gallery.num_images * gallery.num_captions
-        rescored = self.rescore(gallery, scores) if self.rescore_top else 0
+        rescored = self._rescore(gallery, scores, tokens) if self.rescore_top else 0
         return RetrievalScores(scores, scores, pairs, time.perf_counter() - start, rescored)
 
     def two_stage(self, gallery: Gallery, k: int = 128, first_stage: str = "contrastive") -> RetrievalScores:
@@ -193,7 +193,7 @@ class RetrievalEngine:
         union = self._candidates(gallery, tokens, first_stage, k).pairs(gallery.num_captions)
         scores = np.full((gallery.num_images, gallery.num_captions), -np.inf, dtype=np.float32)
         scores.ravel()[union] = self._score_codes(gallery, tokens, union)
-        rescored = self.rescore(gallery, scores) if self.rescore_top else 0
+        rescored = self._rescore(gallery, scores, tokens) if self.rescore_top else 0
         return RetrievalScores(scores, scores, int(len(union)), time.perf_counter() - start, rescored)
 
     def score_pairs(self, gallery: Gallery, images: np.ndarray, captions: np.ndarray) -> np.ndarray:
@@ -228,10 +228,22 @@ class RetrievalEngine:
             raise ValueError("this engine has no rescore_top (nothing to re-score with)")
         if scores.shape != (gallery.num_images, gallery.num_captions):
             raise ValueError(f"scores must be [{gallery.num_images}, {gallery.num_captions}], got {list(scores.shape)}")
+        return self._rescore(gallery, scores, None, images, captions)
+
+    def _rescore(
+        self,
+        gallery: Gallery,
+        scores: np.ndarray,
+        tokens: Optional[_Tokens],
+        images: Optional[np.ndarray] = None,
+        captions: Optional[np.ndarray] = None,
+    ) -> int:
+        """:meth:`rescore` with the gallery's ``tokens`` when the caller has them (None: tokenize the pairs')."""
         codes = _top_codes(scores, self.rescore_top, images, captions)
         if len(codes):
             pair_images, pair_captions = np.divmod(codes, gallery.num_captions)
-            tokens = self._rescorer._prepare(gallery, pair_images, pair_captions)
+            if tokens is None:
+                tokens = self._prepare(gallery, pair_images, pair_captions)
             scores[pair_images, pair_captions] = self._rescorer._score_codes(gallery, tokens, codes)
         return int(len(codes))
 
