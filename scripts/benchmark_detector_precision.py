@@ -1,5 +1,6 @@
-"""Benchmark the detector in fp32 (dygraph, Paddle Inference) and bf16 (Paddle Inference, oneDNN):
-images/s, and bf16's boxes matched, classes, attributes and feature error against fp32.
+"""Benchmark the detector in fp32 (dygraph, Paddle Inference), bf16 (Paddle Inference, oneDNN) and int8
+(ONNX Runtime, calibrated on the first photos): images/s, and the boxes matched, classes,
+attributes and feature error of each against fp32.
 
     python scripts/benchmark_detector_precision.py                                   # X152-C4, random weights, shipped photos
     python scripts/benchmark_detector_precision.py --detector vinvl-detector-tiny photo.jpg ...

@@ -18,9 +18,9 @@ from .runtime import cpuinfo_field
 __all__ = ["PRECISIONS", "DETECTOR_PRECISIONS", "cpu_flags", "gpu_count", "check_precision"]
 
 PRECISIONS = ("fp32", "bf16", "int8", "fp16")
-# The detector's: int8 would need a calibrated post-training quantization of its convolutions (not
-# built), fp16 a GPU export of its graphs (not built).
-DETECTOR_PRECISIONS = ("fp32", "bf16")
+# The detector's (int8 from a calibration on the user's photos, vinvl.vision.calibration); fp16 would
+# need a GPU export of its graphs (not built).
+DETECTOR_PRECISIONS = ("fp32", "bf16", "int8")
 
 # Any one of these CPU flags makes the precision fast.
 _REQUIRED_FLAGS = {

@@ -180,5 +180,5 @@ def test_precision_is_in_each_commands_help(module):
 def test_the_detectors_precision_is_in_each_commands_help_with_one_text(module, option):
     """One option text for the detector's precision (vinvl.commands.options), under each command's name for it."""
     text = " ".join(module.build_parser().format_help().split())
-    assert f"{option} {{fp32,bf16}} the detector's precision: fp32 (dygraph) or bf16 (Paddle Inference with oneDNN" in text
+    assert f"{option} {{fp32,bf16,int8}} the detector's precision: fp32 (dygraph), bf16 (Paddle Inference with oneDNN" in text
     assert "(default: fp32)" in text

@@ -34,6 +34,7 @@ from vinvl.vision.extract import (
 from vinvl import precision as precision_module
 from vinvl.commands.extract import main
 from vinvl.precision import cpu_flags
+from vinvl.vision.calibration import calibrate_detector
 from vinvl.vision.image import BadImageError, load_image
 
 from support.commands import assert_user_error, vinvl_here
@@ -362,6 +363,31 @@ def test_bf16_extraction_is_recorded_apart_from_fp32_and_not_mixed_with_it(refer
     assert differs and all(differs)
     with pytest.raises(ExtractError, match="precision bf16"):  # OUT holds bf16 features: fp32 may not resume or reuse it
         main([photo_folder, out, "--detector", DETECTOR_DIR, "--no_progress"])
+
+
+@pytest.mark.skipif(not {"avx512_vnni", "avx_vnni", "amx_int8"} & cpu_flags(), reason="this CPU has no int8 instructions")
+def test_int8_extraction_runs_the_calibration_and_a_new_calibration_is_another_detector(reference, photo_folder, tmp_path):
+    detector = str(tmp_path / "detector")
+    shutil.copytree(DETECTOR_DIR, detector)
+    photos = [os.path.join(PHOTO_DIR, name) for name in PHOTOS]
+    calibrate_detector(detector, photos[:2], "two photos", progress=False)
+    out = str(tmp_path / "int8")
+    args = [photo_folder, out, "--detector", detector, "--precision", "int8", "--no_progress"]
+    summary = main(args)
+    assert (summary.num_extracted, summary.num_bad) == (3, 1)
+    fp32 = load_corpus(reference, "test", cache_dir=str(tmp_path / "cache32"))
+    int8 = load_corpus(out, "test", cache_dir=str(tmp_path / "cache8"))
+    assert int8.image_ids == fp32.image_ids
+    differs = [  # int8's own run, not fp32's (its fidelity: tests/vision/test_calibration.py)
+        np.abs(a - b).max() > 1e-3 * np.abs(a).max()
+        for a, b in ((fp32.features(i), int8.features(i)) for i in range(len(fp32.image_ids)))
+        if a.shape == b.shape
+    ]
+    assert differs and all(differs)
+    assert main(args).already_done  # the same calibration: the same extraction
+    calibrate_detector(detector, photos[1:], "two other photos", progress=False)
+    with pytest.raises(ExtractError, match="another"):  # a new calibration computes other features
+        main(args)
 
 
 def test_an_extraction_recorded_before_precision_existed_counts_as_fp32(reference, photo_folder, tmp_path):

@@ -68,9 +68,10 @@ class ImageTextRetrievalTask(Task):
             export of :mod:`vinvl.oscar.inference`, made on first use and again whenever the weights change).
         detector_path: a detector directory (``config.json`` [+ ``model.safetensors``]); lets
             queries be photos.
-        detector_precision: the detector's, ``fp32`` (dygraph, default) or ``bf16`` (Paddle Inference
-            with oneDNN, :mod:`vinvl.vision.inference`); a CPU without bf16 instructions is refused
-            before the model loads.
+        detector_precision: the detector's, ``fp32`` (dygraph, default), ``bf16`` (Paddle Inference
+            with oneDNN) or ``int8`` (ONNX Runtime, from the detector's calibration, ``vinvl
+            calibrate-detector``; :mod:`vinvl.vision.inference`); a CPU without the instructions is
+            refused before the model loads.
         gallery_images / gallery_cache_dir: a folder of photos to use as the gallery (no captions),
             extracted with the detector once and cached (see :mod:`vinvl.query.photos`).
     """

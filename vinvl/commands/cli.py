@@ -47,6 +47,7 @@ COMMANDS = {
     "retrieve": ("vinvl.commands.retrieve", "answer text or image queries against a gallery through Taskflow"),
     "benchmark": ("vinvl.commands.benchmark", "measure scoring throughput, two-stage savings, FLOP/s, memory"),
     "calibrate": ("vinvl.commands.calibrate", "static int8 for a model, calibrated on a sample of your gallery (--precision int8)"),
+    "calibrate-detector": ("vinvl.commands.calibrate_detector", "int8 for a detector, calibrated on a sample of your photos (--precision int8)"),
     "index": ("vinvl.commands.index", "build / extend a gallery index on disk (memory-mapped, atomically versioned)"),
     "serve": ("vinvl.commands.serve", "serve retrieval over a gallery index through HTTP (PaddleNLP SimpleServer, uvicorn)"),
 }

@@ -90,12 +90,13 @@ def add_precision_argument(parser: argparse.ArgumentParser) -> None:
 
 def add_detector_precision_argument(parser: argparse.ArgumentParser, option: str = "--detector_precision") -> None:
     """The detector's precision (``vinvl extract --precision``; ``--detector_precision`` of the commands
-    whose photo queries go through the detector): fp32 dygraph, or bf16 on Paddle Inference
-    (:mod:`vinvl.vision.inference`)."""
+    whose photo queries go through the detector): fp32 dygraph, bf16 on Paddle Inference or int8 on
+    ONNX Runtime from a calibration (:mod:`vinvl.vision.inference`)."""
     parser.add_argument(
         option, choices=DETECTOR_PRECISIONS, default="fp32",
-        help="the detector's precision: fp32 (dygraph) or bf16 (Paddle Inference with oneDNN; needs a CPU with "
-             "avx512_bf16 or amx_bf16, refused otherwise; fidelity in docs/detector.md)",
+        help="the detector's precision: fp32 (dygraph), bf16 (Paddle Inference with oneDNN; needs a CPU with "
+             "avx512_bf16 or amx_bf16) or int8 (ONNX Runtime; needs avx512_vnni, avx_vnni or amx_int8 and a "
+             "calibration, vinvl calibrate-detector); refused otherwise; fidelity in docs/detector.md",
     )
 
 

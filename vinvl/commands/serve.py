@@ -1,7 +1,7 @@
 """``vinvl serve``: the retrieval service over a gallery index in one command
 (:mod:`vinvl.serving.server` under uvicorn).
 
-    vinvl serve --index OUT [--model_dir M] [--host 127.0.0.1] [--port 8189] [--workers N] [--detector DIR [--detector_precision bf16]]
+    vinvl serve --index OUT [--model_dir M] [--host 127.0.0.1] [--port 8189] [--workers N] [--detector DIR [--detector_precision bf16|int8]]
 
 Does what ``paddlenlp server vinvl.serving.server:app`` does (uvicorn, one model per worker),
 with the app's settings given as flags instead of ``VINVL_SERVE_*`` variables. The port is taken

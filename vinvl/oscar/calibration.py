@@ -37,11 +37,12 @@ MANIFEST_FILE = "manifest.json"
 
 
 class StaleCalibrationError(UserError, ValueError):
-    """A calibration made for weights other than the model directory's."""
+    """A calibration made for weights other than the model directory's (or the detector directory's:
+    the detector's calibration, :mod:`vinvl.vision.calibration`, keeps the same layout)."""
 
 
 def read_manifest(model_dir: str) -> Optional[Dict[str, Any]]:
-    """The manifest of ``model_dir``'s calibration, or None when it has none."""
+    """The manifest of ``model_dir``'s calibration (a model's or a detector's), or None when it has none."""
     path = os.path.join(model_dir, CALIBRATION_DIR, MANIFEST_FILE)
     if not os.path.isfile(path):
         return None

@@ -35,11 +35,9 @@ gallery index's stored embeddings must stay comparable with the query embeddings
 """
 from __future__ import annotations
 
-import logging
 import os
 import shutil
-import sys
-from contextlib import contextmanager, redirect_stdout
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Dict, FrozenSet, Iterator, List, Optional, Sequence, Tuple
 
@@ -49,6 +47,7 @@ from paddlenlp.utils.log import logger
 
 from ..errors import UsageError
 from ..files import replaced_directory
+from ..onnx_runtime import int8_packages, onnx_runner, paddle_to_onnx, stdout_silenced, warnings_silenced
 from ..precision import check_precision
 from ..runtime import default_num_threads
 from .calibration import CALIBRATION_DIR, calibrated_graph, write_calibration
@@ -164,9 +163,9 @@ def _bf16_matmuls(model: OscarForImageTextRetrieval) -> Iterator[None]:
 def _save_int8_onnx(model: OscarForImageTextRetrieval, work: str) -> None:
     """``work/match_head.int8.onnx``: ONNX Runtime's dynamic quantization (int8 weights per output
     channel; activations quantized per batch at run time) of :func:`_fp32_onnx`'s MatMuls."""
-    _, _, quantization = _int8_packages()
+    _, _, quantization = int8_packages()
     fp32_onnx, matmuls = _fp32_onnx(model, work)
-    with _stdout_silenced(), _warnings_silenced():
+    with stdout_silenced(), warnings_silenced():
         quantization.quantize_dynamic(
             fp32_onnx, os.path.join(work, _GRAPH + ".int8.onnx"), weight_type=quantization.QuantType.QInt8,
             per_channel=True, nodes_to_quantize=matmuls, op_types_to_quantize=["MatMul"],
@@ -177,12 +176,11 @@ def _save_int8_onnx(model: OscarForImageTextRetrieval, work: str) -> None:
 def _fp32_onnx(model: OscarForImageTextRetrieval, work: str) -> Tuple[str, List[str]]:
     """The fp32 graph through paddle2onnx at ``work/int8-source.onnx``, and the names of the
     MatMuls int8 quantizes: the low-precision Linears' (the pooler and the classifier stay fp32)."""
-    onnx, paddle2onnx, _ = _int8_packages()
+    onnx, _, _ = int8_packages()
     source = os.path.join(work, "int8-source")
     _save_paddle_graph(model, source)  # its weight names are this model's, which pick the MatMuls below
     fp32_onnx = source + ".onnx"
-    with _stdout_silenced():  # paddle2onnx and the constant folding print progress there (a command's JSON output)
-        paddle2onnx.export(source + ".json", source + ".pdiparams", fp32_onnx, opset_version=17, verbose=False)
+    paddle_to_onnx(source, fp32_onnx)
     for path in (source + ".json", source + ".pdiparams"):
         os.remove(path)
     weights = {layer.weight.name for layer in _low_precision_linears(model)}
@@ -201,7 +199,7 @@ def calibrate_match_head(
     scales calibrated (min-max) on ``batches``, the match head's inputs as the engine pads them;
     stored beside the model with the weights' checksum (:mod:`vinvl.oscar.calibration`), ``fields``
     added to its manifest. Returns the calibration directory."""
-    _, _, quantization = _int8_packages()
+    _, _, quantization = int8_packages()
     if not batches:
         raise UsageError("a calibration needs at least one batch of pairs")
 
@@ -214,7 +212,7 @@ def calibrate_match_head(
 
     def quantize(path: str) -> None:
         fp32_onnx, matmuls = _fp32_onnx(model, os.path.dirname(path))
-        with _stdout_silenced(), _warnings_silenced():  # its advice on pre-processing, a warning per run
+        with stdout_silenced(), warnings_silenced():  # its advice on pre-processing, a warning per run
             quantization.quantize_static(
                 fp32_onnx, path, Reader(), quant_format=quantization.QuantFormat.QDQ,
                 op_types_to_quantize=["MatMul"], nodes_to_quantize=matmuls, per_channel=True,
@@ -229,43 +227,6 @@ def calibrate_match_head(
     model.eval()
     return write_calibration(model_dir, quantize, method="min-max, QDQ, uint8 activations, int8 weights per channel",
                              **fields)
-
-
-@contextmanager
-def _stdout_silenced() -> Iterator[None]:
-    """Standard output to /dev/null for the block: ``sys.stdout`` (Python's prints) and file
-    descriptor 1 (C++ code's)."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    try:
-        with open(os.devnull, "w") as devnull, redirect_stdout(devnull):
-            os.dup2(devnull.fileno(), 1)
-            yield
-    finally:
-        os.dup2(saved, 1)
-        os.close(saved)
-
-
-@contextmanager
-def _warnings_silenced() -> Iterator[None]:
-    """Python's logging below ERROR off for the block (ONNX Runtime's quantizer warns on the root logger)."""
-    logging.disable(logging.WARNING)
-    try:
-        yield
-    finally:
-        logging.disable(logging.NOTSET)
-
-
-def _int8_packages():
-    try:
-        import onnx
-        import onnxruntime.quantization as quantization
-        import paddle2onnx
-    except ImportError as exc:
-        raise UsageError(
-            f"precision 'int8' runs on ONNX Runtime and needs the packages onnxruntime and paddle2onnx ({exc})"
-        ) from None
-    return onnx, paddle2onnx, quantization
 
 
 @dataclass
@@ -291,7 +252,8 @@ class MatchScorer:
         self.int8_mode = int8_mode
         if precision == "int8":
             self.onnx_path = graph
-            self._run = _onnx_runner(self.onnx_path, num_threads)
+            run = onnx_runner(self.onnx_path, num_threads)
+            self._run = lambda arrays: run(arrays)[0]
         else:
             paths = (os.path.join(graph, f) for f in _FILES[precision][:2])
             self.predictor_config = _paddle_config(*paths, precision, num_threads)
@@ -335,21 +297,6 @@ def _paddle_runner(predictor):
     return run
 
 
-def _onnx_runner(path: str, num_threads: int):
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = num_threads
-    options.inter_op_num_threads = 1
-    session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-    names = [i.name for i in session.get_inputs()]
-
-    def run(arrays):
-        return session.run(None, dict(zip(names, arrays)))[0].astype(np.float32)
-
-    return run
-
-
 def match_scorer(
     model: OscarForImageTextRetrieval, model_dir: str, precision: str, num_threads: Optional[int] = None
 ) -> MatchScorer:
@@ -367,7 +314,7 @@ def match_scorer(
     threads = num_threads or int(os.environ.get("OMP_NUM_THREADS") or default_num_threads())
     if precision != "int8":
         return MatchScorer(model, export_match_head(model, model_dir, precision), precision, threads)
-    _int8_packages()
+    int8_packages()
     static = calibrated_graph(model_dir)
     if static is not None:
         return MatchScorer(model, static, precision, threads, int8_mode="static")

@@ -83,7 +83,7 @@ class Retriever:
             trained contrastive heads, else ``exhaustive``); what an in-memory gallery is
             prepared for.
         detector_path: a detector directory or a shipped detector config's name; lets queries and galleries be photos.
-        detector_precision: the detector's precision, ``fp32`` or ``bf16`` (see :class:`~vinvl.query.photos.ImageQueries`).
+        detector_precision: the detector's precision, ``fp32``, ``bf16`` or ``int8`` (see :class:`~vinvl.query.photos.ImageQueries`).
         model / processor: an already loaded model (or a :class:`~vinvl.oscar.inference.MatchScorer`
             standing in for its pair forward) and processor; default: loaded from ``model_dir``.
         precision: of the pair forward: ``fp32`` (default: the model itself), ``bf16``, ``int8`` or

@@ -91,8 +91,9 @@ def detections_query(detections) -> Dict[str, Any]:
 class ImageQueries:
     """Turns photo queries into ``{"features", "tags"}`` queries with a detector loaded on first use.
 
-    ``detector_precision``: ``fp32`` (the dygraph detector) or ``bf16`` (Paddle Inference,
-    :mod:`vinvl.vision.inference`), checked against the CPU here, before any photo is read.
+    ``detector_precision``: ``fp32`` (the dygraph detector), ``bf16`` (Paddle Inference) or ``int8``
+    (ONNX Runtime, from the detector's calibration; :mod:`vinvl.vision.inference`), checked against
+    the CPU here, before any photo is read.
     """
 
     def __init__(self, detector_path: Optional[str] = None, detector_precision: str = "fp32"):
@@ -190,7 +191,7 @@ def gallery_cache_dir(folder: str, detector_path: str, cache_root: Optional[str]
     for entry in list_images(folder):
         stat = os.stat(entry.path)
         photos.append([entry.listed_as, stat.st_size, stat.st_mtime_ns])
-    state = {"photos": photos, "detector": detector_fingerprint(detector_path)}
+    state = {"photos": photos, "detector": detector_fingerprint(detector_path, precision)}
     if precision != "fp32":  # fp32 galleries keep the keys they had before the precision existed
         state["precision"] = precision
     state = _digest(state)

@@ -349,7 +349,7 @@ def create_app(
     ``detector_path``: a detector directory, loaded here, so uploaded photos can be queries.
     ``allow_add``: answer ``{"add": ...}`` requests (otherwise 403).
     ``precision``: of the match head's pair forward (:mod:`vinvl.oscar.inference`).
-    ``detector_precision``: of the detector, ``fp32`` or ``bf16`` (:mod:`vinvl.vision.inference`).
+    ``detector_precision``: of the detector, ``fp32``, ``bf16`` or ``int8`` (:mod:`vinvl.vision.inference`).
     """
     from paddlenlp import Taskflow
     from paddlenlp.server import SimpleServer

@@ -60,7 +60,7 @@ from ..errors import UserError
 from ..precision import DETECTOR_PRECISIONS, check_precision
 from .config import DetectorConfig
 from .image import IMAGE_EXTENSIONS, BadImageError, check_header, load_image
-from .inference import load_detector
+from .inference import CALIBRATION_DIR, load_detector
 
 __all__ = [
     "ExtractError",
@@ -382,14 +382,18 @@ def _write_json_atomically(path: str, value: dict) -> None:
 # --- the run ----------------------------------------------------------------------------------
 
 
-def detector_fingerprint(detector_dir: str) -> List[List]:
-    """Name, size and modification time of each file of the detector directory."""
+def detector_fingerprint(detector_dir: str, precision: str = "fp32") -> List[List]:
+    """Name, size and modification time of each file of the detector directory, and for ``int8``
+    of each file of its calibration (what int8 runs: a new calibration is another detector)."""
+    folders = [""] + ([CALIBRATION_DIR] if precision == "int8" else [])
     files = []
-    for name in sorted(os.listdir(detector_dir)):
-        path = os.path.join(detector_dir, name)
-        if os.path.isfile(path) and not name.startswith("."):
-            stat = os.stat(path)
-            files.append([name, stat.st_size, stat.st_mtime_ns])
+    for folder in folders:
+        directory = os.path.join(detector_dir, folder)
+        for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
+            path = os.path.join(directory, name)
+            if os.path.isfile(path) and not name.startswith("."):
+                stat = os.stat(path)
+                files.append([os.path.join(folder, name) if folder else name, stat.st_size, stat.st_mtime_ns])
     return files
 
 
@@ -403,7 +407,7 @@ def _run_description(entries: Sequence[ImageEntry], source: str, detector_dir: s
         "num_listed": len(entries),
         "image_list_sha1": digest.hexdigest(),
         "detector": os.path.abspath(detector_dir),
-        "detector_files": detector_fingerprint(detector_dir),
+        "detector_files": detector_fingerprint(detector_dir, precision),
         "precision": precision,
         "fail_on_bad": fail_on_bad,
     }

@@ -1,4 +1,5 @@
-"""The VinVL detector on Paddle Inference with oneDNN, in fp32 or bfloat16.
+"""The VinVL detector on an inference runtime: Paddle Inference with oneDNN in fp32 or bfloat16,
+ONNX Runtime in int8.
 
 Paddle's dygraph has no CPU bf16 convolution or matmul kernels, so the detector's network runs in
 bf16 on an inference runtime. Three graphs are exported with ``paddle.jit.to_static`` /
@@ -23,8 +24,12 @@ A detector directory with weights keeps its export in ``<dir>/inference/`` stamp
 sha256 of its config and weights, exported again when they change. A config-only directory
 (seeded random weights: the tiny test detector, the speed benchmark) is exported to a temporary
 directory that lives as long as the detector. A precision the CPU lacks the instructions for is
-refused before anything is loaded (:func:`vinvl.precision.check_precision`). Speed and fidelity:
-docs/detector.md, "Precision".
+refused before anything is loaded (:func:`vinvl.precision.check_precision`).
+
+int8 runs the same three graphs, converted to ONNX with their convolutions quantized, on ONNX
+Runtime: they are made by a calibration on the user's photos and kept beside the detector
+(:mod:`vinvl.vision.calibration`), not by the export. Speed and fidelity: docs/detector.md,
+"Precision".
 """
 from __future__ import annotations
 
@@ -36,7 +41,7 @@ import sys
 import tempfile
 import warnings
 import weakref
-from typing import FrozenSet, Iterator, List, Optional, Tuple, Union
+from typing import Callable, Dict, FrozenSet, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 import paddle
@@ -44,6 +49,8 @@ from paddle import nn
 
 from ..assets import resolve_config
 from ..errors import UsageError
+from ..onnx_runtime import int8_packages, onnx_runner
+from ..oscar.calibration import CALIBRATION_DIR, MANIFEST_FILE, StaleCalibrationError, read_manifest
 from ..oscar.model_dir import SAFE_WEIGHTS_NAME
 from ..precision import DETECTOR_PRECISIONS, check_precision
 from ..runtime import default_num_threads
@@ -53,11 +60,15 @@ from .detector import DetectionPipeline, VinVLDetector, has_weights, load_label_
 from .proposals import ProposalSelector
 from .roi_heads import ROI_CHUNK, roi_align
 
-__all__ = ["InferenceDetector", "export_detector", "load_detector"]
+__all__ = ["InferenceDetector", "export_detector", "load_detector", "calibrated_graphs"]
 
 EXPORT_DIR = "inference"
 _STAMP = "weights.sha256"
 _GRAPHS = ("body", "box_head", "attribute")
+# The int8 calibration (vinvl.vision.calibration) lives in <dir>/CALIBRATION_DIR, as the match head's
+# does beside a model (vinvl.oscar.calibration, whose manifest reading it shares).
+# graph -> its file in the calibration; the first two are quantized
+GRAPH_FILES = {"body": "body.int8.onnx", "box_head": "box_head.int8.onnx", "attribute": "attribute.onnx"}
 # What Paddle's C++ side logs to stderr, glog's disable_glog_info notwithstanding, saying nothing to
 # a user: the export's frozen batch norm (its statistics are inputs, as they should be) and bf16's set-up.
 _NATIVE_NOISE = ("not support input out tensor for now", "Hardware support for BFLOAT16 is enabled")
@@ -245,6 +256,25 @@ def _exported(path: str) -> str:
     return export_dir
 
 
+def calibrated_graphs(path: str) -> Optional[Dict[str, str]]:
+    """graph name -> ONNX file of the int8 calibration made for the detector directory ``path``'s
+    current config and weights (the attribute graph only when the detector has one); None when
+    it has no calibration; :class:`StaleCalibrationError` when it was made for others."""
+    manifest = read_manifest(path)
+    if manifest is None:
+        return None
+    current = detector_checksum(path)
+    if manifest.get("detector_sha256") != current:
+        where = os.path.join(path, CALIBRATION_DIR, MANIFEST_FILE)
+        raise StaleCalibrationError(
+            f"{where}: the int8 calibration was made for another config or other weights (sha256 "
+            f"{str(manifest.get('detector_sha256'))[:12]}..., the detector's are {current[:12]}...); run "
+            f"`vinvl calibrate-detector PHOTOS --detector {path}` again, or delete {os.path.dirname(where)}"
+        )
+    files = {name: os.path.join(path, CALIBRATION_DIR, file) for name, file in GRAPH_FILES.items()}
+    return {name: file for name, file in files.items() if os.path.isfile(file)}
+
+
 class _Graph:
     """One exported graph on a Paddle Inference predictor: numpy arrays in, float32 numpy arrays out."""
 
@@ -270,21 +300,55 @@ class _Graph:
         return [output.copy_to_cpu().astype(np.float32, copy=False) for output in self.outputs]
 
 
-class InferenceDetector(DetectionPipeline):
-    """The detector with its network on Paddle Inference (oneDNN) at ``precision``: ``detect`` is called
-    as :meth:`VinVLDetector.detect` and returns the same :class:`~vinvl.vision.structures.Detections`."""
+def _paddle_detector(config: DetectorConfig, export_dir: str, precision: str, num_threads: int) -> "InferenceDetector":
+    """The detector on Paddle Inference predictors of the graphs exported in ``export_dir``."""
+    graphs = {
+        name: _Graph(os.path.join(export_dir, name), precision, num_threads)
+        for name in _GRAPHS
+        if os.path.isfile(os.path.join(export_dir, name + ".json"))
+    }
+    return InferenceDetector(config, graphs, precision, export_dir)
 
-    def __init__(self, config: DetectorConfig, export_dir: str, precision: str, num_threads: int) -> None:
+
+def _int8_detector(config: DetectorConfig, path: str, num_threads: int) -> "InferenceDetector":
+    """The detector on ONNX Runtime sessions of the int8 calibration of directory ``path``."""
+    int8_packages()
+    files = calibrated_graphs(path)
+    if files is None:
+        raise UsageError(
+            f"{path} has no int8 calibration ({CALIBRATION_DIR}/): the detector's int8 fixes its activation "
+            f"scales from your own photos; make one with `vinvl calibrate-detector PHOTOS --detector {path}` "
+            "(docs/detector.md), or use bf16"
+        )
+    graphs = {name: _onnx_graph(file, num_threads) for name, file in files.items()}
+    return InferenceDetector(config, graphs, "int8")
+
+
+def _onnx_graph(path: str, num_threads: int) -> Callable[..., List[np.ndarray]]:
+    run = onnx_runner(path, num_threads)
+    return lambda *arrays: run(arrays)
+
+
+class InferenceDetector(DetectionPipeline):
+    """The detector with its network run by an inference runtime at ``precision``: ``detect`` is called
+    as :meth:`VinVLDetector.detect` and returns the same :class:`~vinvl.vision.structures.Detections`.
+
+    ``graphs`` maps each graph name (``body``, ``box_head``, ``attribute`` when the detector has an
+    attribute head) to a callable taking its input arrays and returning float32 output arrays:
+    Paddle Inference predictors of ``export_dir`` (fp32, bf16) or ONNX Runtime sessions of a
+    calibration (int8, :mod:`vinvl.vision.calibration`; ``export_dir`` is None)."""
+
+    def __init__(
+        self, config: DetectorConfig, graphs: Dict[str, Callable[..., List[np.ndarray]]], precision: str,
+        export_dir: Optional[str] = None,
+    ) -> None:
         self.config = config
         self.precision = precision
+        self.export_dir = export_dir
         names = load_label_names()
         self.class_names, self.attribute_names = names["classes"], names["attributes"]
         self.proposal_selector = ProposalSelector(config)
-        self.graphs = {
-            name: _Graph(os.path.join(export_dir, name), precision, num_threads)
-            for name in _GRAPHS
-            if os.path.isfile(os.path.join(export_dir, name + ".json"))
-        }
+        self.graphs = dict(graphs)
 
     def _body(self, pixels: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         features, logits, deltas = self.graphs["body"](pixels.astype(np.float32))
@@ -313,9 +377,13 @@ def load_detector(
     """The detector of directory ``path`` (or a shipped detector config's name) at ``precision``.
 
     ``runtime``: ``"auto"`` runs fp32 in dygraph (the detector checked against the official code)
-    and bf16 on Paddle Inference; ``"inference"`` runs either on Paddle Inference (the benchmark and
-    the tests compare fp32 there with bf16 to separate the runtime from the precision). The precision
-    is checked against the CPU (``flags``, default: this machine's) before anything is loaded.
+    and bf16 on Paddle Inference; ``"inference"`` runs fp32 and bf16 on Paddle Inference (the
+    benchmark and the tests compare fp32 there with bf16 to separate the runtime from the
+    precision). int8 runs on ONNX Runtime from the directory's calibration
+    (:mod:`vinvl.vision.calibration`), whatever ``runtime`` says; without one it is refused, and one
+    made for another config or other weights raises
+    :class:`~vinvl.oscar.calibration.StaleCalibrationError`. The precision is checked against the
+    CPU (``flags``, default: this machine's) before anything is loaded.
     ``num_threads`` defaults to ``OMP_NUM_THREADS``, else :func:`vinvl.runtime.default_num_threads`.
     """
     check_precision(precision, flags, supported=DETECTOR_PRECISIONS)
@@ -329,12 +397,14 @@ def load_detector(
     config = DetectorConfig.from_dir(path)
     _check_exportable(config, path)
     threads = num_threads or int(os.environ.get("OMP_NUM_THREADS") or default_num_threads())
+    if precision == "int8":
+        return _int8_detector(config, path, threads)
     if has_weights(path):
-        return InferenceDetector(config, _exported(path), precision, threads)
+        return _paddle_detector(config, _exported(path), precision, threads)
     export_dir = tempfile.mkdtemp(prefix="vinvl-detector-")
     try:
         export_detector(path, export_dir)
-        detector = InferenceDetector(config, export_dir, precision, threads)
+        detector = _paddle_detector(config, export_dir, precision, threads)
     except BaseException:
         shutil.rmtree(export_dir, ignore_errors=True)
         raise
