@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="image files to run (default: the ten COCO photos shipped with the package)")
     parser.add_argument("--detector",
                         help="detector directory or shipped detector config (default: VinVL X152-C4 with random weights)")
-    parser.add_argument("--calibration_photos", type=int, default=4,
+    parser.add_argument("--calibration_photos", type=int, default=5,
                         help="how many of the photos (the first ones) calibrate int8 instead of being measured")
     return parser
 

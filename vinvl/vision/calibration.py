@@ -91,28 +91,13 @@ def _recorded_feeds(
     return detector, feeds
 
 
-def _convolutions_after(graph, tensor: str) -> List[str]:
-    """The names of the Conv nodes of ``graph`` computed from ``tensor``, directly or not."""
-    reached, names = {tensor}, []
-    for node in graph.node:  # ONNX lists nodes in topological order
-        if reached.intersection(node.input):
-            reached.update(node.output)
-            if node.op_type == "Conv":
-                names.append(node.name)
-    return names
-
-
-def _quantize(source: str, target: str, feeds: List[tuple], is_body: bool, progress: bool) -> None:
-    """Static int8 of the Convs of the fp32 ONNX model ``source`` at ``target``, their activation
-    scales the min-max of ``feeds`` (input tuples in the graph's input order). In the body
-    (``is_body``), the RPN head (the convolutions after its first output, the res4 features) stays
-    fp32: its objectness logits choose the proposals, and quantized they moved more of X152-C4's
-    boxes (docs/detector.md)."""
+def _quantize(source: str, target: str, feeds: List[tuple], desc: str, progress: bool) -> None:
+    """Static int8 of every Conv of the fp32 ONNX model ``source`` at ``target``, their activation
+    scales the min-max of ``feeds`` (input tuples in the graph's input order). The Convs' outputs
+    are quantized too: ONNX Runtime then runs each as one int8 convolution; with fp32 outputs the
+    X152-C4 body ran 3.5x slower (docs/detector.md)."""
     onnx, _, quantization = int8_packages()
-    graph = onnx.load(source).graph
-    names = [i.name for i in graph.input]
-    keep_fp32 = _convolutions_after(graph, graph.output[0].name) if is_body else []
-    desc = f"calibrate {'body' if is_body else 'box head'}"
+    names = [i.name for i in onnx.load(source).graph.input]
 
     class Reader(quantization.CalibrationDataReader):
         def __init__(self) -> None:
@@ -125,7 +110,7 @@ def _quantize(source: str, target: str, feeds: List[tuple], is_body: bool, progr
     with stdout_silenced(), warnings_silenced():  # the quantizer's advice on pre-processing
         quantization.quantize_static(
             source, target, Reader(), quant_format=quantization.QuantFormat.QDQ, op_types_to_quantize=["Conv"],
-            nodes_to_exclude=keep_fp32, per_channel=True, activation_type=quantization.QuantType.QUInt8,
+            per_channel=True, activation_type=quantization.QuantType.QUInt8,
             weight_type=quantization.QuantType.QInt8, calibrate_method=quantization.CalibrationMethod.MinMax,
         )
 
@@ -150,7 +135,7 @@ def calibrate_detector(path: str, photos: Sequence[str], source: str, progress: 
                 continue
             fp32 = os.path.join(work, name + ".fp32.onnx")
             paddle_to_onnx(prefix, fp32)
-            _quantize(fp32, os.path.join(work, GRAPH_FILES[name]), feeds[name], name == "body", progress)
+            _quantize(fp32, os.path.join(work, GRAPH_FILES[name]), feeds[name], f"calibrate {name}", progress)
             os.remove(fp32)
         manifest = {
             "detector_sha256": checksum, "method": METHOD, "photos": len(photos), "source": source,
