@@ -24,6 +24,7 @@ from vinvl.commands.cli import main as cli_main
 from vinvl.commands.retrieve import main as retrieve_main
 from vinvl.errors import UsageError
 from vinvl.precision import cpu_flags
+from vinvl.vision.calibration import calibrate_detector
 from vinvl.vision.detector import VinVLDetector
 from vinvl.vision.inference import InferenceDetector
 from vinvl.vision.image import load_image
@@ -36,6 +37,7 @@ from support.tinymodel import assert_same_answers, derive
 
 TOP_K = 3
 needs_bf16 = pytest.mark.skipif(not {"avx512_bf16", "amx_bf16"} & cpu_flags(), reason="this CPU has no bf16 instructions")
+needs_int8 = pytest.mark.skipif(not {"avx512_vnni", "avx_vnni", "amx_int8"} & cpu_flags(), reason="this CPU has no int8 instructions")
 
 
 @pytest.fixture(scope="module")
@@ -327,8 +329,32 @@ def test_a_detector_precision_the_cpu_lacks_is_refused_before_the_model_loads(mo
     monkeypatch.setattr("vinvl.apps.taskflow.load_retrieval_model", lambda *a, **k: pytest.fail("the model was loaded"))
     with pytest.raises(UsageError, match="precision 'bf16' needs a CPU with one of the instructions amx_bf16, avx512_bf16"):
         make(model_dir, detector_path=DETECTOR, detector_precision="bf16")
-    with pytest.raises(UsageError, match="precision must be one of fp32, bf16, got 'int8'"):
+    with pytest.raises(UsageError, match="precision 'int8' needs a CPU with one of the instructions"):
         make(model_dir, detector_path=DETECTOR, detector_precision="int8")
+    with pytest.raises(UsageError, match="precision must be one of fp32, bf16, int8, got 'fp16'"):
+        make(model_dir, detector_path=DETECTOR, detector_precision="fp16")
+
+
+@needs_int8
+def test_detector_precision_int8_needs_a_calibration_and_then_detects_photo_queries_on_onnx_runtime(
+    model_dir, with_detector, tmp_path, monkeypatch, detector
+):
+    fp32_detector, detector = detector, str(tmp_path / "detector")
+    shutil.copytree(DETECTOR, detector)
+    with monkeypatch.context() as patched:
+        patched.setattr("vinvl.apps.taskflow.load_retrieval_model", lambda *a, **k: pytest.fail("the model was loaded"))
+        with pytest.raises(UsageError, match="has no int8 calibration .*vinvl calibrate-detector"):
+            make(model_dir, detector_path=detector, detector_precision="int8")
+    calibrate_detector(detector, [os.path.join(PHOTO_DIR, name) for name in GALLERY_PHOTOS[:2]], "two photos", progress=False)
+    with_int8 = make(model_dir, detector_path=detector, detector_precision="int8", gallery=captions_gallery(fp32_detector))
+    answers = with_int8(QUERY_PHOTO)
+    photos = with_int8.task_instance.retriever.photos
+    assert isinstance(photos.detector, InferenceDetector) and photos.detector.precision == "int8"
+    assert len(answers[0]["captions"]) == TOP_K
+    int8_rows = with_int8.task_instance.retriever.parse(QUERY_PHOTO)[0].features
+    fp32_rows = with_detector.task_instance.retriever.parse(QUERY_PHOTO)[0].features
+    assert int8_rows.shape != fp32_rows.shape or not np.allclose(int8_rows, fp32_rows, rtol=1e-4, atol=0)  # int8's own regions
+    assert answers == with_int8(with_int8.task_instance.retriever.parse(QUERY_PHOTO)[0])  # answered from exactly those
 
 
 def test_vinvl_retrieve_refuses_a_detector_precision_in_one_line_before_the_model_loads(model_dir, capsys, tmp_path, monkeypatch):
@@ -339,7 +365,9 @@ def test_vinvl_retrieve_refuses_a_detector_precision_in_one_line_before_the_mode
     monkeypatch.setattr("vinvl.apps.taskflow.load_retrieval_model", lambda *a, **k: pytest.fail("the model was loaded"))
     assert "--detector_precision bf16: precision 'bf16' needs a CPU with one of the instructions amx_bf16, avx512_bf16" in user_error(
         capsys, *flags, "--detector_precision", "bf16")
-    assert "--detector_precision: invalid choice: 'int8' (choose from 'fp32', 'bf16')" in user_error(
+    assert "--detector_precision: invalid choice: 'fp16' (choose from 'fp32', 'bf16', 'int8')" in user_error(
+        capsys, *flags, "--detector_precision", "fp16")
+    assert "--detector_precision int8: precision 'int8' needs a CPU with one of the instructions" in user_error(
         capsys, *flags, "--detector_precision", "int8")
     assert "--detector_precision bf16 is the precision of --detector, and none is given" in user_error(
         capsys, "--model_dir", model_dir, "--data_dir", corpus, "--text", "a dog", "--detector_precision", "bf16")

@@ -30,7 +30,7 @@ from vinvl.precision import cpu_flags
 
 from support.commands import assert_user_error, vinvl_here
 from support.paths import PHOTO_DIR, TINY_DETECTOR as DETECTOR, TINY_MODEL
-from support.precision import refuse_missing_instructions
+from support.precision import refuse_missing_instructions, skip_unless_supported
 from support.realdata import GALLERY_PHOTOS, OTHER_PHOTO, QUERY_PHOTO
 from support.tinymodel import derive
 
@@ -257,3 +257,12 @@ def test_vinvl_serve_refuses_a_detector_precision_before_taking_the_port(photo_g
                       "instructions amx_bf16, avx512_bf16")
     done = vinvl_here(capfd, tmp_path, *serve, "--detector_precision", "bf16")
     assert_user_error(done, "vinvl serve", "--detector_precision bf16 is the precision of --detector, and none is given")
+
+
+def test_vinvl_serve_refuses_an_int8_detector_without_a_calibration_before_taking_the_port(photo_gallery, capfd, tmp_path, monkeypatch):
+    skip_unless_supported("int8")
+    _, index, _ = photo_gallery
+    monkeypatch.setattr("vinvl.commands.serve._tcp_socket", lambda *a: pytest.fail("the port was taken"))
+    done = vinvl_here(capfd, tmp_path, "serve", "--index", index, "--port", str(free_port()), "--detector", DETECTOR,
+                      "--detector_precision", "int8")
+    assert_user_error(done, "vinvl serve", "has no int8 calibration", "vinvl calibrate-detector PHOTOS --detector")

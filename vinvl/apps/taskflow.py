@@ -34,8 +34,9 @@ from paddlenlp.taskflow.task import Task
 
 from ..oscar.inference import export_match_head, input_spec, match_scorer
 from ..oscar.model_dir import load_retrieval_model
-from ..precision import DETECTOR_PRECISIONS, check_precision
+from ..precision import check_precision
 from ..query import Retriever
+from ..query.photos import resolve_detector
 
 __all__ = ["TASK_NAME", "ImageTextRetrievalTask", "register_task"]
 
@@ -104,7 +105,7 @@ class ImageTextRetrievalTask(Task):
                 "to score every image / caption, or first_stage='contrastive', 'tags' or 'auto' (the default) with candidates=N"
             )
         check_precision(precision)
-        check_precision(detector_precision, supported=DETECTOR_PRECISIONS)
+        resolve_detector(detector_path, detector_precision)  # before the model loads
         # Task.__init__ reports usage over the network unless from_hf_hub is set, which is the only
         # thing from_hf_hub does there; this task never touches the network, and says so for itself
         # (not through paddlenlp's process-wide DOWNLOAD_CHECK). The model is read from task_path.

@@ -135,7 +135,7 @@ def _settings(args: argparse.Namespace) -> dict:
                     "--store milvus://HOST:PORT/COLLECTION for several workers"
                 )
         if args.detector is not None:
-            check_detector_dir(args.detector)
+            check_detector_dir(args.detector, args.detector_precision)
     except (FileNotFoundError, ValueError) as exc:
         raise UsageError(str(exc)) from exc
     if args.detector is not None:

@@ -45,6 +45,7 @@ __all__ = [
     "photo_gallery",
     "gallery_cache_dir",
     "check_detector_dir",
+    "resolve_detector",
     "detections_query",
 ]
 
@@ -77,10 +78,27 @@ def _missing_detector(what: str) -> PhotoError:
     )
 
 
-def check_detector_dir(detector_path: str) -> None:
-    """Refuse a ``detector_path`` that is not a detector directory, naming it, before any work."""
+def check_detector_dir(detector_path: str, precision: str = "fp32") -> None:
+    """Refuse a ``detector_path`` that is not a detector directory, or at int8 one without a current
+    calibration (:func:`vinvl.vision.inference.require_calibration`), naming it, before any work."""
     if not os.path.isfile(os.path.join(detector_path, "config.json")):
         raise FileNotFoundError(f"detector_path={detector_path!r} is not a detector directory: it has no config.json")
+    if precision == "int8":
+        from ..vision.inference import require_calibration  # imports paddle
+
+        require_calibration(detector_path)
+
+
+def resolve_detector(detector_path: Optional[str], precision: str = "fp32") -> Optional[str]:
+    """The detector directory ``detector_path`` names (a directory, or a shipped detector config's
+    name; None stays None), checked at ``precision`` against the CPU and, at int8, for a current
+    calibration: refused, naming what is wrong, before any model or photo is loaded."""
+    check_precision(precision, supported=DETECTOR_PRECISIONS)
+    if detector_path is None:
+        return None
+    path = resolve_config(detector_path, "detector_path=", kind="config")
+    check_detector_dir(path, precision)
+    return path
 
 
 def detections_query(detections) -> Dict[str, Any]:
@@ -97,11 +115,7 @@ class ImageQueries:
     """
 
     def __init__(self, detector_path: Optional[str] = None, detector_precision: str = "fp32"):
-        check_precision(detector_precision, supported=DETECTOR_PRECISIONS)
-        if detector_path is not None:  # a detector directory, or a shipped detector config's name
-            detector_path = resolve_config(detector_path, "detector_path=", kind="config")
-            check_detector_dir(detector_path)
-        self.detector_path = detector_path
+        self.detector_path = resolve_detector(detector_path, detector_precision)
         self.precision = detector_precision
         self._detector = None
 

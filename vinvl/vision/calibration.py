@@ -16,7 +16,8 @@ manifest.json       detector_sha256 (vinvl.vision.inference.detector_checksum: c
 ```
 
 The detector's int8 is static only: without a calibration it is refused, naming the command that
-makes one. Made from photos the export cannot see again, a calibration is never rebuilt
+makes one (ONNX Runtime's dynamic quantization of convolutions ran the X152-C4 body 4x slower than
+fp32; docs/detector.md). Made from photos the export cannot see again, a calibration is never rebuilt
 silently: one made for another config or other weights is refused
 (:class:`vinvl.oscar.calibration.StaleCalibrationError`, naming the manifest). It is written to a
 temporary directory beside it and moved into place last, so an interrupted calibration leaves

@@ -60,7 +60,7 @@ from ..errors import UserError
 from ..precision import DETECTOR_PRECISIONS, check_precision
 from .config import DetectorConfig
 from .image import IMAGE_EXTENSIONS, BadImageError, check_header, load_image
-from .inference import CALIBRATION_DIR, load_detector
+from .inference import CALIBRATION_DIR, load_detector, require_calibration
 
 __all__ = [
     "ExtractError",
@@ -552,7 +552,8 @@ def extract(
     ``restart``: discard an unfinished extraction of other images or with another detector that
     ``out_dir`` holds, instead of refusing it (an unfinished run of this extraction is resumed).
     ``precision``: the detector's (:data:`vinvl.precision.DETECTOR_PRECISIONS`; bf16 runs on
-    Paddle Inference and is refused where the CPU lacks the instructions, before ``out_dir`` is touched).
+    Paddle Inference, int8 on ONNX Runtime from the detector's calibration; refused where the CPU
+    lacks the instructions, or int8 without a current calibration, before ``out_dir`` is touched).
     ``detector``: the detector already loaded from ``detector_dir`` at ``precision`` (loaded here
     when None and there is work left).
     A run that fails before any row is committed leaves nothing to resume (nor ``out_dir``, if it
@@ -565,6 +566,8 @@ def extract(
         raise InputNotFoundError(f"{detector_dir}: no such detector directory")
     if detector is None:
         DetectorConfig.from_dir(detector_dir)  # a missing or bad config is refused before OUT is touched
+        if precision == "int8":
+            require_calibration(detector_dir)  # as is int8 without a current calibration
     entries = list_images(images, recursive)
     description = _run_description(entries, images, detector_dir, precision, fail_on_bad)
     parallel = paddle.distributed.ParallelEnv()  # the ranks paddle.distributed.launch started (0 of 1 without it)

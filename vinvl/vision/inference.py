@@ -60,7 +60,7 @@ from .detector import DetectionPipeline, VinVLDetector, has_weights, load_label_
 from .proposals import ProposalSelector
 from .roi_heads import ROI_CHUNK, roi_align
 
-__all__ = ["InferenceDetector", "export_detector", "load_detector", "calibrated_graphs"]
+__all__ = ["InferenceDetector", "export_detector", "load_detector", "calibrated_graphs", "require_calibration"]
 
 EXPORT_DIR = "inference"
 _STAMP = "weights.sha256"
@@ -310,9 +310,9 @@ def _paddle_detector(config: DetectorConfig, export_dir: str, precision: str, nu
     return InferenceDetector(config, graphs, precision, export_dir)
 
 
-def _int8_detector(config: DetectorConfig, path: str, num_threads: int) -> "InferenceDetector":
-    """The detector on ONNX Runtime sessions of the int8 calibration of directory ``path``."""
-    int8_packages()
+def require_calibration(path: str) -> Dict[str, str]:
+    """The int8 graphs of the detector directory ``path``'s calibration (:func:`calibrated_graphs`); a
+    UsageError naming the command that makes one when it has none."""
     files = calibrated_graphs(path)
     if files is None:
         raise UsageError(
@@ -320,7 +320,13 @@ def _int8_detector(config: DetectorConfig, path: str, num_threads: int) -> "Infe
             f"scales from your own photos; make one with `vinvl calibrate-detector PHOTOS --detector {path}` "
             "(docs/detector.md), or use bf16"
         )
-    graphs = {name: _onnx_graph(file, num_threads) for name, file in files.items()}
+    return files
+
+
+def _int8_detector(config: DetectorConfig, path: str, num_threads: int) -> "InferenceDetector":
+    """The detector on ONNX Runtime sessions of the int8 calibration of directory ``path``."""
+    int8_packages()
+    graphs = {name: _onnx_graph(file, num_threads) for name, file in require_calibration(path).items()}
     return InferenceDetector(config, graphs, "int8")
 
 
