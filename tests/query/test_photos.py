@@ -49,5 +49,7 @@ def test_a_precision_the_cpu_lacks_is_refused_before_any_photo(monkeypatch):
     lacking = "precision 'bf16' needs a CPU with one of the instructions amx_bf16, avx512_bf16"
     with pytest.raises(UsageError, match=lacking):
         ImageQueries(DETECTOR, "bf16")
-    with pytest.raises(UsageError, match="precision must be one of fp32, bf16, got 'int8'"):
+    with pytest.raises(UsageError, match="precision 'int8' needs a CPU with one of the instructions"):
         ImageQueries(DETECTOR, "int8")
+    with pytest.raises(UsageError, match="precision must be one of fp32, bf16, int8, got 'fp16'"):
+        ImageQueries(DETECTOR, "fp16")

@@ -259,10 +259,10 @@ def test_vinvl_serve_refuses_a_detector_precision_before_taking_the_port(photo_g
     assert_user_error(done, "vinvl serve", "--detector_precision bf16 is the precision of --detector, and none is given")
 
 
-def test_vinvl_serve_refuses_an_int8_detector_without_a_calibration_before_taking_the_port(photo_gallery, capfd, tmp_path, monkeypatch):
+def test_vinvl_serve_refuses_an_int8_detector_without_a_calibration_before_serving(photo_gallery, capfd, tmp_path, monkeypatch):
     skip_unless_supported("int8")
     _, index, _ = photo_gallery
-    monkeypatch.setattr("vinvl.commands.serve._tcp_socket", lambda *a: pytest.fail("the port was taken"))
+    monkeypatch.setattr("vinvl.commands.serve._run", lambda *a: pytest.fail("the server was started"))
     done = vinvl_here(capfd, tmp_path, "serve", "--index", index, "--port", str(free_port()), "--detector", DETECTOR,
                       "--detector_precision", "int8")
     assert_user_error(done, "vinvl serve", "has no int8 calibration", "vinvl calibrate-detector PHOTOS --detector")
