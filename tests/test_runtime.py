@@ -1,12 +1,16 @@
 """vinvl.runtime's CPU defaults: the MKL code-path override is set on AMD processors only (on an
-AVX-512 Intel Xeon it pins MKL to slower AVX2 kernels)."""
+AVX-512 Intel Xeon it pins MKL to slower AVX2 kernels), and a Paddle Inference run leaves the
+process its math threads."""
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from vinvl.runtime import cpu_vendor
+
+from support.paths import TINY_DETECTOR
 
 CPUINFO = "processor\t: 0\nvendor_id\t: {}\ncpu family\t: 25\nflags\t\t: fpu avx2\n\nprocessor\t: 1\nvendor_id\t: {}\n"
 
@@ -35,3 +39,27 @@ def test_import_sets_the_mkl_override_only_on_amd():
     kept = subprocess.run([sys.executable, "-c", code], env=dict(env, MKL_DEBUG_CPU_TYPE="7"), capture_output=True,
                           text=True, timeout=300)
     assert kept.stdout.strip().splitlines()[-1] == "7"  # a value the user set is left alone
+
+
+def _omp_max_threads() -> int:
+    """The calling thread's OpenMP thread count, read from the OpenMP runtime paddle ships and runs on."""
+    import ctypes
+
+    import paddle
+
+    return ctypes.CDLL(os.path.join(os.path.dirname(paddle.__file__), "libs", "libiomp5.so")).omp_get_max_threads()
+
+
+def test_a_paddle_inference_run_leaves_the_process_its_math_threads(tmp_path, monkeypatch):
+    # Paddle Inference ends each run at one thread; run_predictor gives the count back, or every later
+    # dygraph op of the process runs on one thread.
+    from vinvl.runtime import process_num_threads, run_predictor
+    from vinvl.vision.inference import load_detector
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    predictor = load_detector(TINY_DETECTOR, "fp32", runtime="inference").graphs["body"].predictor
+    predictor.get_input_handle("pixels").copy_from_cpu(np.zeros((1, 3, 64, 96), dtype=np.float32))
+    predictor.run()
+    assert _omp_max_threads() == 1  # what this guards against: without it, one thread from here on
+    run_predictor(predictor)
+    assert _omp_max_threads() == process_num_threads() == 2

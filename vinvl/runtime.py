@@ -33,11 +33,14 @@ import logging
 import os
 import sys
 import warnings
-from typing import Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from .import_hooks import around_import
 
-__all__ = ["tune_cpu_defaults", "default_num_threads", "cpuinfo_field", "cpu_vendor", "quiet_paddle_import"]
+__all__ = [
+    "tune_cpu_defaults", "default_num_threads", "process_num_threads", "run_predictor", "cpuinfo_field", "cpu_vendor",
+    "quiet_paddle_import",
+]
 
 _OMP_WARNING = "WARNING: OMP_NUM_THREADS set to {}, not 1."
 _OMP_WARNING_END = "PLEASE USE OMP_NUM_THREADS WISELY."
@@ -47,6 +50,28 @@ def default_num_threads() -> int:
     """The OMP thread count this process gets: its share of the cores among the launcher's local processes."""
     local_processes = max(int(os.environ.get("PADDLE_LOCAL_SIZE", "1")), 1)
     return max((os.cpu_count() or 1) // local_processes, 1)
+
+
+def process_num_threads() -> int:
+    """The math-library thread count this process runs with: ``OMP_NUM_THREADS`` (paddle reads it at
+    import; :func:`tune_cpu_defaults` sets it), else :func:`default_num_threads`."""
+    return int(os.environ.get("OMP_NUM_THREADS") or default_num_threads())
+
+
+def run_predictor(predictor: Any) -> None:
+    """``predictor.run()`` for a Paddle Inference predictor, then the calling thread's math library
+    given back the process's thread count (:func:`process_num_threads`).
+
+    Paddle Inference 3.3 ends every run by setting the calling thread's math-library threads to 1
+    ("to avoid thread conflict" in a serving process), so every later dygraph op of this process
+    ran on one thread: after one bf16 detection, a dygraph convolution and a matmul took 1.4x the
+    wall time at 2 threads, their CPU time equal to their wall time (tests/test_runtime.py). This
+    process mixes both runtimes (a bf16 detector beside the dygraph match head, the fp32 re-scoring
+    of ``vinvl eval`` beside the dygraph embeddings)."""
+    predictor.run()
+    from paddle.base import core
+
+    core.set_num_threads(process_num_threads())
 
 
 def cpuinfo_field(key: str, cpuinfo: str = "/proc/cpuinfo") -> Optional[str]:

@@ -32,7 +32,7 @@ import numpy as np
 from ..errors import UsageError
 from ..oscar.model_dir import SAFE_WEIGHTS_NAME
 from ..precision import check_precision
-from ..runtime import default_num_threads
+from ..runtime import process_num_threads
 from ..vision.agreement import compare_detections
 from ..vision.calibration import calibrate_detector
 from ..vision.detector import has_weights
@@ -110,7 +110,7 @@ def benchmark_precisions(paths: Sequence[str], detector_dir: str, calibration_ph
     if len(paths) <= calibration_photos:
         raise UsageError(f"{len(paths)} photos leave none to measure after the {calibration_photos} that calibrate int8")
     images = [load_image(path) for path in paths[calibration_photos:]]
-    threads = int(os.environ.get("OMP_NUM_THREADS") or default_num_threads())
+    threads = process_num_threads()
     lines = [
         f"detector: {detector_dir}; {len(images)} photos measured, {calibration_photos} more calibrate int8; "
         f"{threads} threads"

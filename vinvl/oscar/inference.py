@@ -49,7 +49,7 @@ from ..errors import UsageError
 from ..files import replaced_directory
 from ..onnx_runtime import int8_packages, onnx_runner, paddle_to_onnx, stdout_silenced, warnings_silenced
 from ..precision import check_precision
-from ..runtime import default_num_threads
+from ..runtime import process_num_threads, run_predictor
 from .calibration import CALIBRATION_DIR, calibrated_graph, write_calibration
 from .model_dir import has_weights, load_retrieval_model, weights_checksum
 from .modeling import OscarForImageTextRetrieval
@@ -291,7 +291,7 @@ def _paddle_runner(predictor):
     def run(arrays):
         for handle, array in zip(inputs, arrays):
             handle.copy_from_cpu(np.ascontiguousarray(array))
-        predictor.run()
+        run_predictor(predictor)
         return output.copy_to_cpu().astype(np.float32)
 
     return run
@@ -311,7 +311,7 @@ def match_scorer(
     check_precision(precision)
     if not has_weights(model_dir):
         raise UsageError(f"{model_dir!r} has no saved weights: a scorer is exported from a saved model directory")
-    threads = num_threads or int(os.environ.get("OMP_NUM_THREADS") or default_num_threads())
+    threads = num_threads or process_num_threads()
     if precision != "int8":
         return MatchScorer(model, export_match_head(model, model_dir, precision), precision, threads)
     int8_packages()

@@ -53,7 +53,7 @@ from ..onnx_runtime import int8_packages, onnx_runner
 from ..oscar.calibration import CALIBRATION_DIR, MANIFEST_FILE, StaleCalibrationError, read_manifest
 from ..oscar.model_dir import SAFE_WEIGHTS_NAME
 from ..precision import DETECTOR_PRECISIONS, check_precision
-from ..runtime import default_num_threads
+from ..runtime import process_num_threads, run_predictor
 from .backbone import Bottleneck, FrozenBatchNorm2d, Stem
 from .config import DetectorConfig
 from .detector import DetectionPipeline, VinVLDetector, has_weights, load_label_names
@@ -296,7 +296,7 @@ class _Graph:
     def __call__(self, *arrays: np.ndarray) -> List[np.ndarray]:
         for handle, array in zip(self.inputs, arrays):
             handle.copy_from_cpu(np.ascontiguousarray(array))
-        self.predictor.run()
+        run_predictor(self.predictor)
         return [output.copy_to_cpu().astype(np.float32, copy=False) for output in self.outputs]
 
 
@@ -402,7 +402,7 @@ def load_detector(
         raise FileNotFoundError(f"{path} is not a detector directory")
     config = DetectorConfig.from_dir(path)
     _check_exportable(config, path)
-    threads = num_threads or int(os.environ.get("OMP_NUM_THREADS") or default_num_threads())
+    threads = num_threads or process_num_threads()
     if precision == "int8":
         return _int8_detector(config, path, threads)
     if has_weights(path):
