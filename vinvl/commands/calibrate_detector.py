@@ -28,11 +28,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = new_parser("vinvl calibrate-detector", DESCRIPTION)
     parser.add_argument("images", metavar="PHOTOS",
                         help="a folder of .jpg/.jpeg/.png photos, or a list file (one path per line), as vinvl extract reads")
-    parser.add_argument("--detector", required=True,
+    parser.add_argument("--detector", required=True, metavar="DIR",
                         help="detector directory (config.json [+ model.safetensors]) to calibrate; the calibration is "
                              "written into it")
-    parser.add_argument("--photos", type=int, default=DEFAULT_PHOTOS, help="how many photos of PHOTOS to calibrate on")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the sample")
+    parser.add_argument("--photos", type=int, default=DEFAULT_PHOTOS, metavar="N",
+                        help="how many photos of PHOTOS to calibrate on (all of them when it has fewer)")
+    parser.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the sample")
     parser.add_argument("--recursive", action="store_true", help="also take the photos in the folder's subfolders")
     parser.add_argument("--no_progress", action="store_true", help="no progress bars")
     return parser
