@@ -68,7 +68,9 @@ def test_the_onnx_graphs_compute_what_the_paddle_graphs_compute(photos, tmp_path
     for name, arrays in feeds.items():
         path = str(tmp_path / f"{name}.onnx")
         paddle_to_onnx(os.path.join(detector.export_dir, name), path)
-        for got, want in zip(onnx_runner(path, 2)(arrays), paddle_graphs[name](*arrays)):
+        outputs, expected = onnx_runner(path, 2)(arrays), paddle_graphs[name](*arrays)
+        assert len(outputs) == len(expected), name
+        for got, want in zip(outputs, expected):
             assert got.shape == want.shape, name
             np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max(), err_msg=name)
 
