@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import paddle
@@ -58,7 +58,7 @@ from .gallery import Gallery
 from .metrics import DEFAULT_KS, retrieval_metrics
 from .topk import top_k
 
-__all__ = ["RetrievalEngine", "RetrievalScores", "IMAGE_BLOCK", "match_probability"]
+__all__ = ["RetrievalEngine", "RetrievalScores", "IMAGE_BLOCK", "match_probability", "check_rescore_top"]
 
 IMAGE_BLOCK = 128  # images whose projected regions are held at once
 _RESCORE_CHUNK = 1024  # queries whose top pairs are found at once (at most 100 MB of a 5K x 25K matrix)
@@ -139,8 +139,7 @@ class RetrievalEngine:
     ):
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
-        if isinstance(rescore_top, bool) or not isinstance(rescore_top, (int, np.integer)) or rescore_top < 0:
-            raise ValueError(f"rescore_top must be a non-negative integer, got {rescore_top!r}")
+        check_rescore_top(rescore_top)
         if rescore_top and rescore_model is None:
             raise ValueError("rescore_top needs a rescore_model (the fp32 scorer that re-scores the top pairs)")
         if processor.img_feature_dim != model.config.img_feature_dim:
@@ -466,6 +465,13 @@ def _pieces_of(
     all_lens = np.zeros(len(items), dtype=np.int64)
     all_ids[rows], all_lens[rows] = ids, lens
     return all_ids, all_lens
+
+
+def check_rescore_top(rescore_top: Any) -> None:
+    """Refuse a ``rescore_top`` that is not a non-negative integer (a ValueError naming it): the
+    engine's check, which ``vinvl eval`` makes before the model loads."""
+    if isinstance(rescore_top, bool) or not isinstance(rescore_top, (int, np.integer)) or rescore_top < 0:
+        raise ValueError(f"rescore_top must be a non-negative integer, got {rescore_top!r}")
 
 
 def _top_codes(

@@ -37,7 +37,7 @@ import numpy as np
 from ..data.formats import DataError, load_image_keys
 from ..errors import UsageError
 from .distributed import rank
-from .engine import RetrievalEngine, RetrievalScores, match_probability
+from .engine import RetrievalEngine, RetrievalScores, check_rescore_top, match_probability
 from .first_stage import FIRST_STAGES, check_first_stage, resolve_first_stage
 from .gallery import Gallery
 from .metrics import fold_metrics, i2t_ranks, rerank_metrics, subset_metrics, t2i_ranks, top_k_indices
@@ -358,15 +358,14 @@ def evaluate_saved_model(
     from ..precision import check_precision
 
     check_precision(precision)
-    if isinstance(rescore_top, bool) or not isinstance(rescore_top, int) or rescore_top < 0:
-        raise ValueError(f"rescore_top must be a non-negative integer, got {rescore_top!r}")
+    check_rescore_top(rescore_top)
     protocol = protocol or default_protocol(split)
     distributed = int(os.environ.get("PADDLE_TRAINERS_NUM", "1")) > 1
     if distributed and not dist.is_initialized():
         dist.init_parallel_env()
     model, processor = load_retrieval_model(model_dir)
     model.eval()
-    rescore_top = rescore_top if precision != "fp32" else 0
+    rescore_top = int(rescore_top) if precision != "fp32" else 0
     rescore_model = None
     if precision != "fp32":
         exports = (precision, "fp32") if rescore_top else (precision,)
