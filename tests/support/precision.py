@@ -74,3 +74,15 @@ def assert_bf16_regions(rows, reference) -> float:
     error = float(np.abs(b - a).max() / np.abs(a).max())
     assert 1e-4 < error < 2e-2, f"bf16 region error {error:.1e}: outside (1e-4, 2e-2)"
     return error
+
+
+def assert_detector_gate(agreement, matched: float, worst_error: float, error_floor: float, precision: str) -> None:
+    """A detector run's :class:`~vinvl.vision.agreement.Agreement` with fp32 meets its documented
+    gate (docs/detector.md): at least ``matched`` of the reference boxes matched and as many with the
+    same class, features within ``worst_error``, and their median error above ``error_floor``, below
+    which ``precision`` did not really run (it gave fp32's numbers)."""
+    assert agreement.matched >= matched * agreement.reference_boxes, agreement.summary()
+    assert agreement.same_class >= matched * agreement.reference_boxes, agreement.summary()
+    assert agreement.worst_feature_error() < worst_error, agreement.summary()
+    ran = agreement.median_feature_error() > error_floor
+    assert ran, f"{precision} gave fp32's numbers: {agreement.summary()}"

@@ -22,6 +22,7 @@ from vinvl.vision.image import load_image
 from vinvl.vision.inference import CALIBRATION_DIR, GRAPH_FILES, InferenceDetector, load_detector
 
 from support.paths import PHOTO_DIR, TINY_DETECTOR as TINY
+from support.precision import assert_detector_gate
 
 pytest.importorskip("onnxruntime")
 INT8_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
@@ -81,11 +82,7 @@ def test_int8_is_within_its_tolerance_of_fp32_and_is_not_fp32(calibrated, photos
     assert isinstance(detector, InferenceDetector) and detector.precision == "int8"
     agreement = compare_detections(reference, detector.detect(photos))
     assert agreement.reference_boxes > 50
-    assert agreement.matched >= INT8_MATCHED * agreement.reference_boxes, agreement.summary()
-    assert agreement.same_class >= INT8_MATCHED * agreement.reference_boxes, agreement.summary()
-    assert agreement.worst_feature_error() < INT8_FEATURE_ERROR, agreement.summary()
-    ran_int8 = agreement.median_feature_error() > INT8_FEATURE_ERROR_FLOOR
-    assert ran_int8, f"int8 gave fp32's numbers: {agreement.summary()}"
+    assert_detector_gate(agreement, INT8_MATCHED, INT8_FEATURE_ERROR, INT8_FEATURE_ERROR_FLOOR, "int8")
 
 
 def test_the_calibration_quantizes_the_convolutions_and_records_its_detector(calibrated):

@@ -16,6 +16,7 @@ from vinvl.vision.detector import VinVLDetector
 from vinvl.vision.inference import EXPORT_DIR, InferenceDetector, load_detector
 
 from support.paths import PHOTO_DIR, TINY_DETECTOR as TINY
+from support.precision import assert_detector_gate
 
 PHOTOS = [os.path.join(PHOTO_DIR, f"COCO_val2014_000000{n}.jpg") for n in ("045057", "317441", "415746")]
 BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
@@ -75,11 +76,7 @@ def test_bf16_is_within_its_tolerance_of_fp32_and_is_not_fp32(photos, fp32_resul
     detector = load_detector(TINY, "bf16")
     assert isinstance(detector, InferenceDetector)
     agreement = compare_detections(fp32_results, detector.detect(photos))
-    assert agreement.matched >= BF16_MATCHED * agreement.reference_boxes, agreement.summary()
-    assert agreement.same_class >= BF16_MATCHED * agreement.reference_boxes, agreement.summary()
-    assert agreement.worst_feature_error() < BF16_FEATURE_ERROR, agreement.summary()
-    ran_bf16 = agreement.median_feature_error() > BF16_FEATURE_ERROR_FLOOR
-    assert ran_bf16, f"bf16 gave fp32's numbers: {agreement.summary()}"
+    assert_detector_gate(agreement, BF16_MATCHED, BF16_FEATURE_ERROR, BF16_FEATURE_ERROR_FLOOR, "bf16")
 
 
 def test_a_precision_the_cpu_lacks_is_refused_before_loading(tmp_path):
