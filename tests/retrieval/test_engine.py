@@ -1,6 +1,5 @@
 """RetrievalEngine and Gallery on a tiny random Oscar model and an in-memory gallery."""
 import os
-import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -11,6 +10,8 @@ import paddle
 from vinvl import OscarConfig, OscarForImageTextRetrieval, OscarProcessor, OscarTokenizer
 from vinvl.retrieval import Gallery, RetrievalEngine, i2t_ranks, rerank_metrics, t2i_ranks, top_k_indices
 from vinvl.retrieval import engine as engine_module
+
+from support.commands import launch_two_ranks
 
 FEATURE_DIM = 2054
 MAX_SEQ_LEN = 24
@@ -403,7 +404,6 @@ np.savez(f"{out_prefix}{dist.get_rank()}.npz", exhaustive=exhaustive.i2t, i2t=tw
 @pytest.mark.slow
 def test_two_cpu_ranks_equal_one_process(model, processor, engine, gallery, exhaustive, tmp_path):
     import pickle
-    import subprocess
 
     model.save_pretrained(str(tmp_path / "model"))
     data = {
@@ -418,12 +418,8 @@ def test_two_cpu_ranks_equal_one_process(model, processor, engine, gallery, exha
         pickle.dump(data, f)
     (tmp_path / "worker.py").write_text(WORKER)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PADDLE_", "OMP_NUM_THREADS"))}
-    command = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2",
-               "--log_dir", str(tmp_path / "log"), "worker.py", str(tmp_path / "model"), str(tmp_path / "data.pkl"),
-               str(tmp_path / "out")]
-    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
-    logs = "".join(p.read_text() for p in sorted((tmp_path / "log").glob("workerlog.*")))
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:] + logs[-4000:]
+    worker = ["worker.py", tmp_path / "model", tmp_path / "data.pkl", tmp_path / "out"]
+    launch_two_ranks(worker, tmp_path, tmp_path / "log", env, timeout=180)
     two_stage = engine.two_stage(gallery, k=2)
     scored_here = []
     for rank in (0, 1):

@@ -1,8 +1,10 @@
 """Running the `vinvl` command and the scripts as a user does, in a new interpreter, and what their
 output must look like: a user error is one stderr line with status 2, start-up prints no noise."""
+import glob
 import os
 import subprocess
 import sys
+from typing import List
 
 import vinvl
 from vinvl.errors import USER_ERROR_STATUS
@@ -56,3 +58,20 @@ def assert_user_error(done, prog, *fragments):
 def assert_quiet(text):
     """None of the start-up noise vinvl quiets is in ``text``."""
     assert not [noise for noise in NOISE if noise in text], text
+
+
+def launch_two_ranks(args, cwd, log_dir, env, timeout=600) -> List[str]:
+    """Run ``python -m paddle.distributed.launch --nproc_per_node 2 --log_dir LOG_DIR <args>`` from
+    ``cwd`` and assert it exited 0; returns each rank's log (workerlog.0, workerlog.1).
+
+    On failure the message leads with how each rank's log ends, where a rank that died says why,
+    then what the launcher printed last."""
+    command = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--log_dir", str(log_dir)]
+    done = subprocess.run(command + [str(a) for a in args], cwd=str(cwd), env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    logs = [open(p).read() for p in sorted(glob.glob(os.path.join(str(log_dir), "workerlog.*")))]
+    ends = "".join(f"--- workerlog.{rank} ends:\n{text[-3000:]}\n" for rank, text in enumerate(logs))
+    said = done.stderr[-1500:] + done.stdout[-1500:]
+    assert done.returncode == 0, f"launcher exited {done.returncode}\n{ends}--- launcher:\n{said}"
+    assert len(logs) == 2, f"expected two ranks' logs in {log_dir}, found {len(logs)}"
+    return logs

@@ -1,10 +1,7 @@
 """Fitting a first stage to a checkpoint: the contrastive heads distilled from the match head with
 everything else frozen, and the heads a run trained recorded in the saved config."""
-import glob
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -20,6 +17,7 @@ from vinvl.training.recipe import load_recipe
 from vinvl.training.heads import HEAD_PARAMETER_PREFIXES, reset_heads
 from vinvl.commands.train import main as train_main
 
+from support.commands import launch_two_ranks
 from support.paths import REPO, TINY_MODEL as TINY
 
 CONTRASTIVE = HEAD_PARAMETER_PREFIXES["contrastive"]
@@ -211,11 +209,7 @@ def test_lists_fitted_under_the_launcher_score_as_one_process(trained, corpus_di
     )
     script = os.path.join(REPO, "scripts", "train_retrieval.py")
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
-    command = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--log_dir", log_dir, script]
-    proc = subprocess.run(command + flags, cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=600)
-    logs = [open(p).read() for p in sorted(glob.glob(os.path.join(log_dir, "workerlog.*")))]
-    assert proc.returncode == 0, proc.stderr[-3000:] + "".join(text[-2000:] for text in logs)
-    assert len(logs) == 2
+    logs = launch_two_ranks([script] + flags, tmp_path, log_dir, env)
     for text in logs:
         assert "Total train batch size (w. parallel, distributed & accumulation) = 32" in text
         assert "Training completed." in text

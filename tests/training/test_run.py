@@ -18,6 +18,7 @@ from vinvl.training.history import read_log_history
 from vinvl.training.run import is_complete_checkpoint, last_complete_checkpoint
 from vinvl.commands.train import main as train_main
 
+from support.commands import launch_two_ranks
 from support.paths import REPO, TINY_MODEL as TINY
 
 SCRIPT = os.path.join(REPO, "scripts", "train_retrieval.py")
@@ -66,13 +67,9 @@ def _logged_losses(output_dir):
 def test_data_parallel_training_with_the_launcher(corpus_dir, tmp_path, itm_negatives):
     output_dir = str(tmp_path / "run")
     log_dir = str(tmp_path / "launch_logs")
-    cmd = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--log_dir", log_dir, SCRIPT]
-    cmd += _flags(corpus_dir, output_dir, max_steps=16, save_steps=16, learning_rate="1e-3", itm_negatives=itm_negatives)
-    proc = subprocess.run(cmd, cwd=str(tmp_path), env=_env(), capture_output=True, text=True, timeout=600)
-    logs = {p: open(p).read() for p in sorted(glob.glob(os.path.join(log_dir, "workerlog.*")))}
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + "".join(v[-2000:] for v in logs.values())
-    assert len(logs) == 2
-    for text in logs.values():  # both ranks trained, in one 2-process group (2 x 8 per step), to the end
+    flags = _flags(corpus_dir, output_dir, max_steps=16, save_steps=16, learning_rate="1e-3", itm_negatives=itm_negatives)
+    logs = launch_two_ranks([SCRIPT] + flags, tmp_path, log_dir, _env())
+    for text in logs:  # both ranks trained, in one 2-process group (2 x 8 per step), to the end
         assert "Total train batch size (w. parallel, distributed & accumulation) = 16" in text
         assert "Training completed." in text
     losses = _logged_losses(output_dir)

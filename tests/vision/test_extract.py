@@ -37,7 +37,7 @@ from vinvl.precision import cpu_flags
 from vinvl.vision.calibration import calibrate_detector
 from vinvl.vision.image import BadImageError, load_image
 
-from support.commands import assert_user_error, vinvl_here
+from support.commands import assert_user_error, launch_two_ranks, vinvl_here
 from support.images import bad_files, jpeg_bytes, odd_good_files
 from support.paths import CAPTIONS_FILE as CAPTIONS, PHOTO_DIR, TINY_DETECTOR as DETECTOR_DIR, TINY_MODEL
 
@@ -167,11 +167,8 @@ def test_two_ranks_under_the_launcher_equal_one_process(reference, photo_folder,
     launcher = tmp_path / "vinvl_cli.py"
     launcher.write_text("import sys\nfrom vinvl.commands.cli import main\nsys.exit(main())\n")
     out, logs = tmp_path / "out", tmp_path / "logs"
-    command = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--log_dir", str(logs),
-               str(launcher), "extract", photo_folder, str(out), "--detector", DETECTOR_DIR]
-    done = subprocess.run(command, cwd=str(tmp_path), env=_env(), capture_output=True, text=True, timeout=300)
-    worker_logs = [(logs / f"workerlog.{r}").read_text() for r in (0, 1)]
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:] + "".join(worker_logs)[-4000:]
+    command = [launcher, "extract", photo_folder, out, "--detector", DETECTOR_DIR]
+    worker_logs = launch_two_ranks(command, tmp_path, logs, _env(), timeout=300)
     for rank, text in enumerate(worker_logs):  # each rank did its half: images rank, rank + 2
         assert f"extract (rank {rank}/2): 100%" in text and "2/2" in text, text[-2000:]
     assert _files(str(out)) == _files(reference)
