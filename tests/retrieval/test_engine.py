@@ -381,6 +381,7 @@ import numpy as np
 import vinvl
 import paddle.distributed as dist
 from vinvl import OscarForImageTextRetrieval, OscarProcessor, OscarTokenizer
+from vinvl.parallel import leave_after_rank_zero
 from vinvl.retrieval import Gallery, RetrievalEngine
 
 model_dir, data_path, out_prefix = sys.argv[1:4]
@@ -398,6 +399,7 @@ exhaustive = engine.exhaustive(gallery)
 two_stage = engine.two_stage(gallery, k=2)
 np.savez(f"{out_prefix}{dist.get_rank()}.npz", exhaustive=exhaustive.i2t, i2t=two_stage.i2t, t2i=two_stage.t2i,
          pairs=two_stage.pairs_scored, scored_here=sum(scored))
+leave_after_rank_zero()
 """
 
 

@@ -17,6 +17,8 @@ command answer without importing paddle. :func:`run_main` runs a ``main`` the sa
   sets ``LIBRARY_LOG_LEVEL`` (training reports through the Trainer's INFO lines); ``--verbose``
   among the options shows all of it. The level is set when paddlenlp's logger is imported (at
   once if it is), so a command that never needs paddlenlp never imports it.
+- Under ``paddle.distributed.launch``, a command that succeeds leaves its process group in the
+  order :func:`vinvl.parallel.leave_after_rank_zero` gives (rank 0 exits first).
 - A command with sub-commands of its own (``SUBCOMMANDS`` in its module, as ``vinvl index``)
   names the one given in its error lines: ``vinvl index build: error: ...``.
 """
@@ -32,6 +34,7 @@ from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 
 from ..errors import USER_ERROR_STATUS, UsageError, UserError
 from ..import_hooks import after_import
+from ..parallel import leave_after_rank_zero
 
 __all__ = ["COMMANDS", "GLOBAL_FLAGS", "main", "run_main"]
 
@@ -160,6 +163,7 @@ def run_main(command_main: Callable[[List[str]], Any], argv: Optional[Sequence[s
                 traceback.print_exc()
             print(f"{prog}: error: {_one_line(exc)}", file=sys.stderr)
             return USER_ERROR_STATUS
+    leave_after_rank_zero()
     return result if isinstance(result, int) and not isinstance(result, bool) else 0
 
 

@@ -17,7 +17,8 @@ Under ``paddle.distributed.launch`` (after ``paddle.distributed.init_parallel_en
 batches (of pair scoring and of the first-stage embeddings) are split into contiguous ranges,
 one per rank, and the results are summed across ranks (each value is written by exactly one
 rank), so every rank returns the full result. With equal thread counts it is bit-identical to
-one process.
+one process. A script of one's own run this way ends with
+:func:`vinvl.parallel.leave_after_rank_zero` (the ``vinvl`` commands do).
 
 Scores and the tie rule. Every score this engine returns is the match head's logit margin
 ``logit[1] - logit[0]``; the match probability ``softmax[:, 1]`` is ``sigmoid(margin)``

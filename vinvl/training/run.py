@@ -58,14 +58,6 @@ def last_complete_checkpoint(output_dir: str) -> Optional[str]:
     return os.path.join(output_dir, f"checkpoint-{max(steps)}") if steps else None
 
 
-def _wait_for_every_rank(training_args: TrainingArguments) -> None:
-    """Under data parallel, return once every rank has reached this point (a no-op in one process)."""
-    if training_args.world_size > 1:
-        import paddle.distributed as dist
-
-        dist.barrier()
-
-
 def _checkpoint_to_resume(training_args: TrainingArguments) -> Optional[str]:
     """The checkpoint to resume: the one asked for, else the newest complete one in output_dir
     unless overwriting.
@@ -73,8 +65,11 @@ def _checkpoint_to_resume(training_args: TrainingArguments) -> Optional[str]:
     Every rank creates output_dir itself and waits for the others before looking, so no rank
     sees a missing directory while another finds checkpoints (the classic hang in all_reduce).
     """
+    import paddle.distributed as dist
+
     os.makedirs(training_args.output_dir, exist_ok=True)
-    _wait_for_every_rank(training_args)
+    if training_args.world_size > 1:
+        dist.barrier()
     asked = training_args.resume_from_checkpoint
     if asked:
         if not is_complete_checkpoint(asked):
@@ -184,10 +179,6 @@ def run_training(
         eval_metrics = trainer.evaluate()
         trainer.save_metrics("eval", eval_metrics)
         metrics.update(eval_metrics)
-    # Rank 0 writes the model, state and metrics while the others have nothing left to do: without
-    # this wait they leave first, and rank 0 (which hosts the group's store) is torn down after
-    # its peers are gone.
-    _wait_for_every_rank(training_args)
     return metrics
 
 
