@@ -7,12 +7,12 @@ while rank 0 is itself exiting (its main thread already in the C library's exit 
 read callback aborts the process: rank 0 ends with status -6 (SIGABRT) and nothing in its log,
 after writing everything, and the launcher reports the run as failed. The core dump shows the
 abort in ``LibUVClient::readCallback`` under ``LibUVMasterDaemon::run`` while the main thread is in
-``exit()`` (``_dl_fini``). It hit about one 2-rank training run in 50 on a loaded 2-core machine,
-more often when the ranks finish together.
+``exit()`` (``_dl_fini``). It failed 3 of about 150 2-rank training runs on a loaded 2-core machine.
 
 :func:`leave_after_rank_zero` orders the exit: the ranks exchange their host and process id,
 then every other rank on rank 0's host waits until rank 0's process has ended before it exits, so
-no connection closes while rank 0's store is running its exit. ``vinvl`` commands and scripts call
+no connection closes while rank 0's store is running its exit (ranks on other machines cannot
+see rank 0's process, and leave at once). ``vinvl`` commands and scripts call
 it when their ``main`` succeeds (:func:`vinvl.commands.cli.run_main`); a script of one's own that
 initialises the group calls it at its end.
 """
