@@ -22,8 +22,18 @@ import os
 import socket
 import sys
 import time
+from typing import Tuple
 
-__all__ = ["leave_after_rank_zero"]
+__all__ = ["rank_and_world_size", "leave_after_rank_zero"]
+
+
+def rank_and_world_size() -> Tuple[int, int]:
+    """This process' rank and the number of ranks (0, 1 unless a process group is initialised)."""
+    import paddle.distributed as dist
+
+    if not dist.is_initialized():
+        return 0, 1
+    return dist.get_rank(), dist.get_world_size()
 
 
 def leave_after_rank_zero(timeout: float = 120.0) -> None:
@@ -34,14 +44,15 @@ def leave_after_rank_zero(timeout: float = 120.0) -> None:
     Call it on success only, on every rank: it is a collective (the ranks exchange host and pid)."""
     if "paddle.distributed" not in sys.modules:
         return
+    rank, world_size = rank_and_world_size()
+    if world_size < 2:
+        return
     import paddle.distributed as dist
 
-    if not dist.is_initialized() or dist.get_world_size() < 2:
-        return
     hosts_and_pids: list = []
     dist.all_gather_object(hosts_and_pids, (socket.gethostname(), os.getpid()))
     host, pid = hosts_and_pids[0]
-    if dist.get_rank() == 0 or host != socket.gethostname():
+    if rank == 0 or host != socket.gethostname():
         return
     deadline = time.monotonic() + timeout
     while _running(pid) and time.monotonic() < deadline:

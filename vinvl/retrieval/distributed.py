@@ -8,22 +8,17 @@ Works on CPU under ``python -m paddle.distributed.launch --nproc_per_node N`` on
 """
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple, TypeVar
+from typing import List, Sequence, TypeVar
 
 import numpy as np
 import paddle
 import paddle.distributed as dist
 
-__all__ = ["rank_and_world_size", "rank", "shard", "all_reduce_sum"]
+from ..parallel import rank_and_world_size
+
+__all__ = ["rank", "shard", "all_reduce_sum"]
 
 T = TypeVar("T")
-
-
-def rank_and_world_size() -> Tuple[int, int]:
-    """This process' rank and the number of ranks (0, 1 unless a parallel env is initialised)."""
-    if not dist.is_initialized():
-        return 0, 1
-    return dist.get_rank(), dist.get_world_size()
 
 
 def rank() -> int:
